@@ -1,0 +1,1 @@
+//! Built-in builder: kbuild make with reserved parallelism

@@ -1,0 +1,1 @@
+//! Built-in configurer: base config target + profile fragment + user fragments

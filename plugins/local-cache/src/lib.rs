@@ -1,0 +1,1 @@
+//! Built-in local cache backend: atomic entries under the cache root

@@ -1,0 +1,1 @@
+//! Built-in reserver that reserves nothing: make -j from the allowed CPUs

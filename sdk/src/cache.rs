@@ -1,0 +1,272 @@
+//! Cache keys, entry metadata and the cache backend stage.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::error::{Result, StageError};
+
+/// A validated cache key: safe to use as one path component.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
+pub struct CacheKey(String);
+
+impl CacheKey {
+    /// Longest key accepted (well under NAME_MAX with temp-dir decorations).
+    pub const MAX_LEN: usize = 160;
+
+    pub fn parse(raw: &str) -> Result<Self> {
+        let bad = |why: &str| {
+            Err(StageError::invalid_input(format!("cache key {raw:?}: {why}")).with_hint(
+                "keys look like 6.12.3-tarball-x86_64-1a2b3c4d; copy one from `ktstr kernel list`",
+            ))
+        };
+        if raw.is_empty() {
+            return bad("is empty");
+        }
+        if raw.len() > Self::MAX_LEN {
+            return bad("is too long");
+        }
+        if raw.starts_with('.') {
+            return bad("must not start with '.'");
+        }
+        if raw.contains("..") {
+            return bad("must not contain '..'");
+        }
+        if let Some(c) = raw
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+')))
+        {
+            return bad(&format!(
+                "contains {c:?}; only letters, digits and - _ . + are allowed"
+            ));
+        }
+        Ok(Self(raw.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for CacheKey {
+    type Error = StageError;
+    fn try_from(s: String) -> Result<Self> {
+        Self::parse(&s)
+    }
+}
+
+impl From<CacheKey> for String {
+    fn from(k: CacheKey) -> String {
+        k.0
+    }
+}
+
+/// One named input of the cache key ("source", "config", "toolchain").
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct KeyComponent {
+    pub name: String,
+    pub value: String,
+}
+
+impl KeyComponent {
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// Where the built kernel came from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceInfo {
+    /// Acquirer kind (`local`, `tarball`, `git`).
+    pub kind: String,
+    /// Content identity (commit id, tarball sha256).
+    pub identity: String,
+    /// The user's tree path, for local sources. Never uploaded to remotes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// Digest and size of one stored file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ArtifactInfo {
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// How vmlinux was reduced before storing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StripInfo {
+    /// The command used (`objcopy --strip-debug`).
+    pub tool: String,
+    pub original_size: u64,
+    pub stripped_size: u64,
+}
+
+/// `metadata.json`: everything known about one entry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Metadata {
+    /// Format version of this file.
+    pub schema: u32,
+    pub key: CacheKey,
+    pub source: SourceInfo,
+    /// Kernel release (`6.12.117`).
+    pub version: Option<String>,
+    pub arch: String,
+    /// File name of the image inside the entry (`bzImage`).
+    pub image_name: String,
+    pub profile: String,
+    /// sha256 of the final `.config`.
+    pub config_sha256: String,
+    /// sha256 of each user fragment, in order.
+    #[serde(default)]
+    pub fragments: Vec<FragmentInfo>,
+    pub builder: String,
+    pub toolchain: String,
+    /// RFC 3339, UTC.
+    pub built_at: String,
+    /// Every key input, so a miss can be explained.
+    pub components: Vec<KeyComponent>,
+    /// sha256 + size of each stored file, by file name.
+    pub artifacts: BTreeMap<String, ArtifactInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strip: Option<StripInfo>,
+}
+
+impl Metadata {
+    pub const SCHEMA: u32 = 1;
+}
+
+/// A user fragment as recorded in metadata.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FragmentInfo {
+    pub name: String,
+    pub sha256: String,
+}
+
+/// Files to store, already processed (vmlinux stripped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifacts {
+    pub image: PathBuf,
+    pub vmlinux: Option<PathBuf>,
+    pub config: PathBuf,
+}
+
+/// File name of the stored vmlinux and config inside an entry.
+pub const VMLINUX_NAME: &str = "vmlinux";
+pub const CONFIG_NAME: &str = "config";
+pub const METADATA_NAME: &str = "metadata.json";
+
+/// A usable cache entry: files on local disk plus their metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheEntry {
+    pub key: CacheKey,
+    /// Directory holding the files (for local backends, the entry itself).
+    pub dir: PathBuf,
+    pub metadata: Metadata,
+    /// Which backend answered (`local`, `s3-cache`).
+    pub origin: String,
+}
+
+impl CacheEntry {
+    pub fn image(&self) -> PathBuf {
+        self.dir.join(&self.metadata.image_name)
+    }
+
+    pub fn vmlinux(&self) -> Option<PathBuf> {
+        self.metadata
+            .artifacts
+            .contains_key(VMLINUX_NAME)
+            .then(|| self.dir.join(VMLINUX_NAME))
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.join(CONFIG_NAME)
+    }
+}
+
+/// One row of a backend's listing: an entry, or why it is unusable.
+#[derive(Debug, Clone)]
+pub enum Listed {
+    Ok(CacheEntry),
+    Corrupt { key: String, reason: String },
+}
+
+/// What a backend can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Capabilities {
+    /// Never stores or removes.
+    pub read_only: bool,
+    /// Lives on another machine: slower, may be unreachable.
+    pub remote: bool,
+}
+
+/// Stage 5: keep built kernels.
+pub trait CacheBackend: Send + Sync {
+    /// `None` on a miss. A corrupt entry is an `Err` of kind `Corrupt` with
+    /// the reason; it is never returned as a hit.
+    fn lookup(&self, key: &CacheKey) -> Result<Option<CacheEntry>>;
+
+    /// Store atomically: readers see the old entry or the new one, never a mix.
+    fn store(
+        &self,
+        key: &CacheKey,
+        artifacts: &Artifacts,
+        metadata: &Metadata,
+    ) -> Result<CacheEntry>;
+
+    fn list(&self) -> Result<Vec<Listed>>;
+
+    /// `Ok(false)` when there was nothing to remove.
+    fn remove(&self, key: &CacheKey) -> Result<bool>;
+
+    /// One line for humans: "local cache at /root/.cache/ktstr".
+    fn describe(&self) -> String;
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_validation_rejects_unsafe_names() {
+        for bad in [
+            "",
+            ".hidden",
+            "a/b",
+            "a..b",
+            "a\0b",
+            "a b",
+            &"x".repeat(200),
+        ] {
+            let err = CacheKey::parse(bad).unwrap_err();
+            assert_eq!(err.kind, crate::error::ErrorKind::InvalidInput, "{bad:?}");
+            assert!(err.hint.is_some());
+        }
+        let ok = CacheKey::parse("6.12.117-local-x86_64-tiny-0a1b2c3d").unwrap();
+        assert_eq!(ok.as_str(), "6.12.117-local-x86_64-tiny-0a1b2c3d");
+    }
+
+    #[test]
+    fn key_deserialization_validates() {
+        let bad: std::result::Result<CacheKey, _> = serde_json::from_str("\"../etc\"");
+        assert!(bad.is_err());
+        let good: CacheKey = serde_json::from_str("\"abc-1\"").unwrap();
+        assert_eq!(good.as_str(), "abc-1");
+    }
+}

@@ -1,0 +1,185 @@
+//! What the host hands every stage call: progress, cancellation and a
+//! command runner.
+//!
+//! Stages never spawn processes or print on their own. Going through the
+//! context lets the host stream make's output into its progress display,
+//! put children into a CPU sandbox, and lets tests substitute processes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::error::{Result, StageError};
+
+/// Progress sink. The host decides how to render (TTY line, heartbeat).
+pub trait Progress: Send + Sync {
+    /// A new named step began ("configuring", "building").
+    fn step(&self, name: &str);
+    /// One line of output from the current step (e.g. a make line).
+    fn line(&self, line: &str);
+    /// The current step finished.
+    fn finish_step(&self);
+    /// A user-facing warning: printed once, never throttled.
+    fn warn(&self, message: &str);
+    /// A user-facing informational note.
+    fn note(&self, message: &str);
+}
+
+/// A progress sink that discards everything (tests, quiet callers).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn step(&self, _: &str) {}
+    fn line(&self, _: &str) {}
+    fn finish_step(&self) {}
+    fn warn(&self, _: &str) {}
+    fn note(&self, _: &str) {}
+}
+
+/// One external command to run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandSpec {
+    pub program: String,
+    pub args: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    /// Extra environment variables (added to the inherited environment).
+    pub env: Vec<(String, String)>,
+    /// A `cgroup.procs` file the child joins before exec (CPU sandbox).
+    pub cgroup_procs: Option<PathBuf>,
+}
+
+impl CommandSpec {
+    pub fn new(program: impl Into<String>) -> Self {
+        Self {
+            program: program.into(),
+            ..Self::default()
+        }
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// `program arg arg` for messages.
+    pub fn display(&self) -> String {
+        std::iter::once(self.program.as_str())
+            .chain(self.args.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutcome {
+    /// Exit code; `None` when killed by a signal.
+    pub code: Option<i32>,
+    /// The last lines of combined stdout+stderr, oldest first.
+    pub tail: Vec<String>,
+}
+
+impl CommandOutcome {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Captured output of a short command (`gcc --version`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs external commands on behalf of stages.
+pub trait CommandRunner: Send + Sync {
+    /// Run to completion, draining stdout and stderr concurrently and feeding
+    /// each line to `on_line`. A missing program is an `Err`; a non-zero exit
+    /// is an `Ok` outcome the caller inspects.
+    fn run(&self, spec: &CommandSpec, on_line: &mut dyn FnMut(&str)) -> Result<CommandOutcome>;
+
+    /// Run and capture stdout/stderr whole (for short, quiet commands).
+    fn capture(&self, spec: &CommandSpec) -> Result<CapturedOutput>;
+}
+
+/// Cooperative cancellation flag shared by the host and stages.
+#[derive(Debug, Clone, Default)]
+pub struct Cancellation(Arc<AtomicBool>);
+
+impl Cancellation {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// `Err(Cancelled)` once cancelled; call between long steps.
+    pub fn check(&self) -> Result<()> {
+        if self.is_cancelled() {
+            Err(StageError::cancelled())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The shared flag, for handing to signal handlers.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.0.clone()
+    }
+}
+
+/// Everything a stage call may use besides its own inputs.
+#[derive(Clone)]
+pub struct StageContext {
+    pub progress: Arc<dyn Progress>,
+    pub runner: Arc<dyn CommandRunner>,
+    pub cancel: Cancellation,
+}
+
+impl std::fmt::Debug for StageContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageContext")
+            .field("cancelled", &self.cancel.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StageContext {
+    /// A context that runs real processes and prints nothing: for tests and
+    /// for tools embedding a single stage.
+    pub fn quiet() -> Self {
+        Self {
+            progress: Arc::new(NoProgress),
+            runner: Arc::new(crate::runner::SystemRunner::default()),
+            cancel: Cancellation::new(),
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! flock(2)-based file locks and who holds them.
+//!
+//! A lock is an open file with a `flock`; dropping the [`FileLock`] closes
+//! the file and releases it, also when the process dies. Holders are read
+//! from `/proc/locks` (matched by device and inode) so a waiting user is
+//! told which process they wait for.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{IoResultExt, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    Shared,
+    Exclusive,
+}
+
+/// A held lock; released on drop.
+#[derive(Debug)]
+pub struct FileLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl FileLock {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn open_lock_file(path: &Path) -> Result<File> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).at("create lock directory", parent)?;
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .at("open lock file", path)
+}
+
+/// Take the lock if it is free; `Ok(None)` when another holder has it.
+pub fn try_lock(path: &Path, mode: LockMode) -> Result<Option<FileLock>> {
+    let file = open_lock_file(path)?;
+    let res = match mode {
+        LockMode::Shared => file.try_lock_shared(),
+        LockMode::Exclusive => file.try_lock(),
+    };
+    match res {
+        Ok(()) => Ok(Some(FileLock {
+            _file: file,
+            path: path.to_path_buf(),
+        })),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(e)) => Err(e).at("lock", path),
+    }
+}
+
+/// Wait until the lock is granted.
+pub fn lock(path: &Path, mode: LockMode) -> Result<FileLock> {
+    let file = open_lock_file(path)?;
+    match mode {
+        LockMode::Shared => file.lock_shared(),
+        LockMode::Exclusive => file.lock(),
+    }
+    .at("lock", path)?;
+    Ok(FileLock {
+        _file: file,
+        path: path.to_path_buf(),
+    })
+}
+
+/// One process holding (or waiting for) a lock.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Holder {
+    pub pid: u32,
+    /// `READ` (shared) or `WRITE` (exclusive).
+    pub mode: String,
+    /// True for a process blocked waiting, not holding.
+    pub waiting: bool,
+    /// The process's command line, space-joined; empty if unreadable.
+    pub cmdline: String,
+}
+
+/// Holders and waiters of the lock file at `path`, from `/proc/locks`.
+pub fn holders(path: &Path) -> Vec<Holder> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Vec::new();
+    };
+    let Ok(table) = std::fs::read_to_string("/proc/locks") else {
+        return Vec::new();
+    };
+    parse_proc_locks(&table, meta.dev(), meta.ino())
+}
+
+fn dev_major(dev: u64) -> u64 {
+    ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff)
+}
+
+fn dev_minor(dev: u64) -> u64 {
+    (dev & 0xff) | ((dev >> 12) & !0xff)
+}
+
+/// Parse `/proc/locks` lines such as
+/// `3: FLOCK  ADVISORY  WRITE 4242 00:2a:1234 0 EOF` and
+/// `3: -> FLOCK  ADVISORY  WRITE 4343 00:2a:1234 0 EOF`.
+pub fn parse_proc_locks(table: &str, dev: u64, ino: u64) -> Vec<Holder> {
+    let want = format!("{:02x}:{:02x}:{ino}", dev_major(dev), dev_minor(dev));
+    let mut out = Vec::new();
+    for line in table.lines() {
+        let mut fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.is_empty() {
+            continue;
+        }
+        fields.remove(0); // "N:"
+        let waiting = fields.first() == Some(&"->");
+        if waiting {
+            fields.remove(0);
+        }
+        // FLOCK ADVISORY WRITE PID DEV:INODE START END
+        if fields.len() < 5 || fields[4] != want {
+            continue;
+        }
+        let Ok(pid) = fields[3].parse::<u32>() else {
+            continue;
+        };
+        out.push(Holder {
+            pid,
+            mode: fields[2].to_string(),
+            waiting,
+            cmdline: cmdline_of(pid),
+        });
+    }
+    out
+}
+
+/// `/proc/<pid>/cmdline`, NULs turned into spaces.
+pub fn cmdline_of(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+/// "pid 4242 (ktstr build --kernel ./linux)" lines for messages.
+pub fn describe_holders(holders: &[Holder]) -> String {
+    let held: Vec<String> = holders
+        .iter()
+        .filter(|h| !h.waiting)
+        .map(|h| {
+            if h.cmdline.is_empty() {
+                format!("pid {}", h.pid)
+            } else {
+                format!("pid {} ({})", h.pid, h.cmdline)
+            }
+        })
+        .collect();
+    if held.is_empty() {
+        "holder unknown (not visible in /proc/locks)".to_string()
+    } else {
+        format!("held by {}", held.join(", "))
+    }
+}
+
+/// Try the lock; if it is taken, call `on_wait` with the holders, then
+/// block until it is granted. Returns the lock and whether it waited.
+pub fn lock_reporting(
+    path: &Path,
+    mode: LockMode,
+    on_wait: impl FnOnce(&[Holder]),
+) -> Result<(FileLock, bool)> {
+    if let Some(l) = try_lock(path, mode)? {
+        return Ok((l, false));
+    }
+    on_wait(&holders(path));
+    Ok((lock(path, mode)?, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exclusive_excludes_and_releases_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/x.lock");
+        let a = try_lock(&p, LockMode::Exclusive).unwrap().unwrap();
+        assert!(try_lock(&p, LockMode::Exclusive).unwrap().is_none());
+        assert!(try_lock(&p, LockMode::Shared).unwrap().is_none());
+        drop(a);
+        let s1 = try_lock(&p, LockMode::Shared).unwrap().unwrap();
+        let s2 = try_lock(&p, LockMode::Shared).unwrap().unwrap();
+        assert!(try_lock(&p, LockMode::Exclusive).unwrap().is_none());
+        drop((s1, s2));
+        assert!(try_lock(&p, LockMode::Exclusive).unwrap().is_some());
+    }
+
+    #[test]
+    fn holders_names_this_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("h.lock");
+        let _held = try_lock(&p, LockMode::Exclusive).unwrap().unwrap();
+        let hs = holders(&p);
+        let me = std::process::id();
+        assert!(
+            hs.iter()
+                .any(|h| h.pid == me && h.mode == "WRITE" && !h.waiting),
+            "{hs:?}"
+        );
+        assert!(describe_holders(&hs).contains(&format!("pid {me}")));
+    }
+
+    #[test]
+    fn parses_waiters_and_ignores_other_inodes() {
+        let dev = (0x08u64 << 8) | 0x01;
+        let table = "1: FLOCK  ADVISORY  WRITE 10 08:01:77 0 EOF\n\
+                     1: -> FLOCK  ADVISORY  WRITE 11 08:01:77 0 EOF\n\
+                     2: FLOCK  ADVISORY  READ 12 08:01:78 0 EOF\n\
+                     3: POSIX  ADVISORY  READ 13 08:01:77 0 EOF\n";
+        let hs = parse_proc_locks(table, dev, 77);
+        assert_eq!(hs.len(), 3);
+        assert!(!hs[0].waiting && hs[0].pid == 10);
+        assert!(hs[1].waiting && hs[1].pid == 11);
+        assert_eq!(hs[2].pid, 13);
+    }
+}

@@ -1,0 +1,73 @@
+//! Where ktstr keeps things: the cache root and its lock files.
+//!
+//! Every lock path is derived here, so the host, the built-in cache and
+//! `ktstr locks` agree on names. Locks live under the cache root's `.locks/`
+//! rather than `/tmp`, where tmp cleaners may unlink a lock file that a
+//! holder still has open.
+
+use std::path::{Path, PathBuf};
+
+use crate::cache::CacheKey;
+use crate::error::{Result, StageError};
+
+pub const CACHE_DIR_ENV: &str = "KTSTR_CACHE_DIR";
+pub const LOCK_DIR_NAME: &str = ".locks";
+pub const KERNELS_DIR_NAME: &str = "kernels";
+
+/// An environment variable's value; empty counts as unset.
+pub fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// `$KTSTR_CACHE_DIR`, else `$XDG_CACHE_HOME/ktstr`, else `~/.cache/ktstr`.
+pub fn cache_root() -> Result<PathBuf> {
+    if let Some(dir) = env_nonempty(CACHE_DIR_ENV) {
+        return Ok(PathBuf::from(dir));
+    }
+    if let Some(xdg) = env_nonempty("XDG_CACHE_HOME") {
+        return Ok(PathBuf::from(xdg).join("ktstr"));
+    }
+    if let Some(home) = env_nonempty("HOME") {
+        return Ok(PathBuf::from(home).join(".cache").join("ktstr"));
+    }
+    Err(
+        StageError::invalid_input("cannot find a cache directory: HOME is not set")
+            .with_hint(format!("set {CACHE_DIR_ENV} to a writable directory")),
+    )
+}
+
+/// `<root>/.locks`.
+pub fn lock_dir(root: &Path) -> PathBuf {
+    root.join(LOCK_DIR_NAME)
+}
+
+/// Lock serialising installs of one cache entry.
+pub fn entry_lock(root: &Path, key: &CacheKey) -> PathBuf {
+    lock_dir(root).join(format!("entry-{key}.lock"))
+}
+
+/// Lock serialising builds in one source tree (by canonical path).
+pub fn source_lock(root: &Path, canonical_tree: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let hash = crate::hash::crc32_hex(canonical_tree.as_os_str().as_bytes());
+    lock_dir(root).join(format!("source-{hash}.lock"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_names_are_stable() {
+        let root = Path::new("/c");
+        let key = CacheKey::parse("6.12.0-local-x86_64-abcd").unwrap();
+        assert_eq!(
+            entry_lock(root, &key),
+            Path::new("/c/.locks/entry-6.12.0-local-x86_64-abcd.lock")
+        );
+        let a = source_lock(root, Path::new("/src/linux"));
+        let b = source_lock(root, Path::new("/src/linux2"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("/c/.locks"));
+    }
+}
