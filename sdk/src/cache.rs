@@ -198,6 +198,7 @@ impl CacheEntry {
 
 /// One row of a backend's listing: an entry, or why it is unusable.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // listings are short; boxing buys nothing
 pub enum Listed {
     Ok(CacheEntry),
     Corrupt { key: String, reason: String },

@@ -178,7 +178,7 @@ impl StageContext {
     pub fn quiet() -> Self {
         Self {
             progress: Arc::new(NoProgress),
-            runner: Arc::new(crate::runner::SystemRunner::default()),
+            runner: Arc::new(crate::runner::SystemRunner),
             cancel: Cancellation::new(),
         }
     }

@@ -1,0 +1,652 @@
+use std::sync::{Arc, Mutex};
+
+use ktstr_sdk::ErrorKind;
+use ktstr_sdk::context::{
+    Cancellation, CapturedOutput, CommandOutcome, CommandRunner, CommandSpec, Progress,
+};
+use ktstr_sdk::registry::StageKind;
+use ktstr_sdk::runner::SystemRunner;
+
+use super::*;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Event {
+    Step(String),
+    Line(String),
+    Finish,
+    Warn(String),
+    Note(String),
+}
+
+#[derive(Default)]
+struct RecordingProgress(Mutex<Vec<Event>>);
+
+impl RecordingProgress {
+    fn events(&self) -> Vec<Event> {
+        self.0.lock().unwrap().clone()
+    }
+    fn lines(&self) -> Vec<String> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Line(l) => Some(l),
+                _ => None,
+            })
+            .collect()
+    }
+    fn steps(&self) -> Vec<String> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Step(s) => Some(s),
+                _ => None,
+            })
+            .collect()
+    }
+    fn warnings(&self) -> Vec<String> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Warn(s) => Some(s),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Progress for RecordingProgress {
+    fn step(&self, name: &str) {
+        self.0.lock().unwrap().push(Event::Step(name.to_string()));
+    }
+    fn line(&self, line: &str) {
+        self.0.lock().unwrap().push(Event::Line(line.to_string()));
+    }
+    fn finish_step(&self) {
+        self.0.lock().unwrap().push(Event::Finish);
+    }
+    fn warn(&self, message: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(Event::Warn(message.to_string()));
+    }
+    fn note(&self, message: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(Event::Note(message.to_string()));
+    }
+}
+
+/// Records every spec; `run` emits `lines` and ends with `code`; `capture`
+/// answers `<program> --version` from `versions`.
+struct FakeRunner {
+    specs: Mutex<Vec<CommandSpec>>,
+    code: Option<i32>,
+    lines: Vec<String>,
+    versions: Vec<(String, String)>,
+}
+
+impl FakeRunner {
+    fn new(code: Option<i32>) -> Self {
+        Self {
+            specs: Mutex::new(Vec::new()),
+            code,
+            lines: Vec::new(),
+            versions: Vec::new(),
+        }
+    }
+    fn specs(&self) -> Vec<CommandSpec> {
+        self.specs.lock().unwrap().clone()
+    }
+}
+
+impl CommandRunner for FakeRunner {
+    fn run(&self, spec: &CommandSpec, on_line: &mut dyn FnMut(&str)) -> Result<CommandOutcome> {
+        self.specs.lock().unwrap().push(spec.clone());
+        for l in &self.lines {
+            on_line(l);
+        }
+        Ok(CommandOutcome {
+            code: self.code,
+            tail: self.lines.clone(),
+        })
+    }
+
+    fn capture(&self, spec: &CommandSpec) -> Result<CapturedOutput> {
+        self.specs.lock().unwrap().push(spec.clone());
+        match self.versions.iter().find(|(p, _)| *p == spec.program) {
+            Some((_, out)) => Ok(CapturedOutput {
+                code: Some(0),
+                stdout: out.clone(),
+                stderr: String::new(),
+            }),
+            None => Err(StageError::command(format!(
+                "cannot run `{}`",
+                spec.display()
+            ))),
+        }
+    }
+}
+
+fn context(runner: Arc<dyn CommandRunner>) -> (StageContext, Arc<RecordingProgress>) {
+    let progress = Arc::new(RecordingProgress::default());
+    let cx = StageContext {
+        progress: progress.clone(),
+        runner,
+        cancel: Cancellation::new(),
+    };
+    (cx, progress)
+}
+
+fn real_context() -> (StageContext, Arc<RecordingProgress>) {
+    context(Arc::new(SystemRunner))
+}
+
+fn builder() -> KbuildBuilder {
+    // Hermetic: never pick up the developer's $CC/$LD.
+    KbuildBuilder::with_toolchain(Toolchain::default())
+}
+
+fn request(tree: &Path, jobs: usize, compile_commands: bool) -> BuildRequest {
+    BuildRequest {
+        tree: tree.to_path_buf(),
+        make_jobs: jobs,
+        sandbox_procs: None,
+        compile_commands,
+    }
+}
+
+/// A tree whose Makefile's default target runs `all_recipe` (one shell line
+/// per element) after logging make's command-line variables to args.log.
+fn fake_tree(all_recipe: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let image = arch::host().image_path;
+    let log = "echo \"$(filter-out --jobserver%,$(MAKEFLAGS)) KCFLAGS=$(KCFLAGS) \
+               LOCALVERSION=[$(LOCALVERSION)] CC=[$(origin CC)]\" >> args.log";
+    let mut mk = format!(
+        "IMAGE := {image}\n.PHONY: all mrproper\nall:\n\t@echo all >> targets.log\n\t@{log}\n"
+    );
+    for line in all_recipe {
+        mk.push_str(&format!("\t{line}\n"));
+    }
+    mk.push_str(&format!(
+        "compile_commands.json:\n\t@echo compile_commands.json >> targets.log\n\t@{log}\n\
+         \t@echo '[]' > compile_commands.json\n\
+         mrproper:\n\t@echo mrproper >> targets.log\n\t@echo '  CLEAN   scripts'\n\
+         \t@rm -f vmlinux $(IMAGE) compile_commands.json\n"
+    ));
+    std::fs::write(dir.path().join("Makefile"), mk).unwrap();
+    dir
+}
+
+/// The recipe of a tree that builds like a kernel.
+const GOOD_BUILD: &[&str] = &[
+    "@echo '  CC      kernel/fork.o'",
+    "@echo '  LD      vmlinux'",
+    "@mkdir -p $(dir $(IMAGE))",
+    "@echo image > $(IMAGE)",
+    "@echo elf > vmlinux",
+    "@echo 'Kernel: $(IMAGE) is ready'",
+];
+
+fn read(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_default()
+}
+
+#[test]
+fn make_args_are_jobs_then_fixed() {
+    let tc = Toolchain::default();
+    assert_eq!(
+        make_args(8, &tc),
+        ["-j8", "KCFLAGS=-Wno-error", "LOCALVERSION="]
+    );
+    assert_eq!(make_args(0, &tc)[0], "-j1", "-j0 would mean unlimited");
+    let tc = Toolchain {
+        cc: Some("ccache gcc".into()),
+        ld: Some("ld.bfd".into()),
+    };
+    assert_eq!(
+        make_args(2, &tc),
+        [
+            "-j2",
+            "KCFLAGS=-Wno-error",
+            "LOCALVERSION=",
+            "CC=ccache gcc",
+            "LD=ld.bfd"
+        ]
+    );
+}
+
+#[test]
+fn build_succeeds_and_both_makes_get_identical_args() {
+    let tree = fake_tree(GOOD_BUILD);
+    let (cx, progress) = real_context();
+    let out = builder()
+        .build(&request(tree.path(), 3, true), &cx)
+        .unwrap();
+
+    assert_eq!(out.image, tree.path().join(arch::host().image_path));
+    assert_eq!(out.vmlinux, Some(tree.path().join("vmlinux")));
+    assert!(tree.path().join("compile_commands.json").is_file());
+    assert_eq!(
+        read(tree.path(), "targets.log"),
+        "all\ncompile_commands.json\n"
+    );
+
+    let log = read(tree.path(), "args.log");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert_eq!(lines[0], lines[1], "build and compile_commands.json differ");
+    assert!(lines[0].contains("-j3"), "{log}");
+    assert!(lines[0].contains("KCFLAGS=-Wno-error"), "{log}");
+    assert!(lines[0].contains("LOCALVERSION=[]"), "{log}");
+    // No $CC override: kbuild's own default stays in charge.
+    assert!(lines[0].contains("CC=[default]"), "{log}");
+
+    let streamed = progress.lines();
+    assert!(streamed.iter().any(|l| l == "  CC      kernel/fork.o"));
+    assert!(streamed.iter().any(|l| l.starts_with("Kernel: ")));
+    assert_eq!(
+        progress.steps(),
+        ["building (make -j3)", "generating compile_commands.json"]
+    );
+    let finishes = progress
+        .events()
+        .iter()
+        .filter(|e| **e == Event::Finish)
+        .count();
+    assert_eq!(finishes, 2);
+    assert!(progress.warnings().is_empty(), "{:?}", progress.warnings());
+}
+
+#[test]
+fn toolchain_override_reaches_make() {
+    let tree = fake_tree(GOOD_BUILD);
+    let (cx, _) = real_context();
+    let b = KbuildBuilder::with_toolchain(Toolchain {
+        cc: Some("gcc".into()),
+        ld: None,
+    });
+    b.build(&request(tree.path(), 1, false), &cx).unwrap();
+    let log = read(tree.path(), "args.log");
+    assert!(log.contains("CC=[command line]"), "{log}");
+}
+
+#[test]
+fn no_compile_commands_runs_make_once() {
+    let tree = fake_tree(GOOD_BUILD);
+    let (cx, progress) = real_context();
+    builder()
+        .build(&request(tree.path(), 2, false), &cx)
+        .unwrap();
+    assert_eq!(read(tree.path(), "targets.log"), "all\n");
+    assert!(!tree.path().join("compile_commands.json").exists());
+    assert_eq!(progress.steps(), ["building (make -j2)"]);
+}
+
+#[test]
+fn failing_build_reports_exit_code_and_tail() {
+    let tree = fake_tree(&[
+        "@i=0; while [ $$i -lt 100 ]; do echo \"  CC      filler$$i.o\"; i=$$((i+1)); done",
+        "@echo \"fs/fake.c:12:3: error: expected ';' before '}' token\" >&2",
+        "@exit 3",
+    ]);
+    let (cx, progress) = real_context();
+    let err = builder()
+        .build(&request(tree.path(), 2, true), &cx)
+        .unwrap_err();
+
+    assert_eq!(err.kind, ErrorKind::Command);
+    assert_eq!(
+        err.message,
+        format!("make failed in {} (exit 2)", tree.path().display())
+    );
+    assert_eq!(err.causes.len(), 1, "{:?}", err.causes);
+    let tail = &err.causes[0];
+    assert!(tail.starts_with("last lines of output:\n"), "{tail}");
+    assert!(
+        tail.contains("fs/fake.c:12:3: error: expected ';'"),
+        "{tail}"
+    );
+    assert!(tail.contains("Error 3"), "make's own report: {tail}");
+    assert!(!tail.contains("filler0.o"), "tail must be trimmed: {tail}");
+    assert!(tail.lines().count() <= ERROR_TAIL_LINES + 1, "{tail}");
+    let hint = err.hint.clone().unwrap();
+    assert!(hint.contains("fix the error"), "{hint}");
+    assert!(
+        hint.contains("make -j2 KCFLAGS=-Wno-error LOCALVERSION="),
+        "{hint}"
+    );
+    // The whole output was still streamed, and compile_commands.json never ran.
+    assert_eq!(
+        progress
+            .lines()
+            .iter()
+            .filter(|l| l.contains("filler"))
+            .count(),
+        100
+    );
+    assert_eq!(read(tree.path(), "targets.log"), "all\n");
+    assert!(err.to_string().contains("error: expected ';'"));
+}
+
+#[test]
+fn failing_compile_commands_is_an_error() {
+    let tree = fake_tree(GOOD_BUILD);
+    let mk = tree.path().join("Makefile");
+    let text = std::fs::read_to_string(&mk).unwrap().replace(
+        "\t@echo '[]' > compile_commands.json\n",
+        "\t@echo 'no python3' >&2; exit 1\n",
+    );
+    std::fs::write(&mk, text).unwrap();
+    let (cx, _) = real_context();
+    let err = builder()
+        .build(&request(tree.path(), 1, true), &cx)
+        .unwrap_err();
+    assert!(
+        err.message
+            .starts_with("make compile_commands.json failed in"),
+        "{err}"
+    );
+    assert!(err.causes[0].contains("no python3"), "{err}");
+    assert!(err.hint.unwrap().contains("python3"));
+}
+
+#[test]
+fn signal_is_reported_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = Arc::new(FakeRunner {
+        lines: vec!["  CC      a.o".into()],
+        ..FakeRunner::new(None)
+    });
+    let (cx, _) = context(runner);
+    let err = builder()
+        .build(&request(dir.path(), 1, false), &cx)
+        .unwrap_err();
+    assert!(err.message.ends_with("(killed by a signal)"), "{err}");
+    assert_eq!(err.causes, ["last lines of output:\n  CC      a.o"]);
+}
+
+#[test]
+fn build_without_image_is_a_clear_error() {
+    let tree = fake_tree(&["@echo elf > vmlinux"]);
+    let (cx, _) = real_context();
+    let err = builder()
+        .build(&request(tree.path(), 1, false), &cx)
+        .unwrap_err();
+    let image = arch::host().image_path;
+    assert_eq!(
+        err.message,
+        format!(
+            "make succeeded but produced no {image} in {}",
+            tree.path().display()
+        )
+    );
+    assert!(err.hint.unwrap().contains(arch::host().image_name));
+}
+
+#[test]
+fn missing_vmlinux_warns_but_succeeds() {
+    let tree = fake_tree(&["@mkdir -p $(dir $(IMAGE))", "@echo image > $(IMAGE)"]);
+    let (cx, progress) = real_context();
+    let out = builder()
+        .build(&request(tree.path(), 1, false), &cx)
+        .unwrap();
+    assert_eq!(out.vmlinux, None);
+    assert_eq!(
+        progress.warnings(),
+        ["vmlinux not found; BTF will not be cached"]
+    );
+}
+
+#[test]
+fn chatty_build_on_both_pipes_does_not_deadlock() {
+    // ~1.4 MB on each pipe: far beyond any pipe buffer.
+    let mut recipe = vec![
+        "@yes 'stdout chatter line 0123456789' | head -n 40000",
+        "@yes 'stderr chatter line 0123456789' | head -n 40000 >&2",
+    ];
+    recipe.extend_from_slice(GOOD_BUILD);
+    let tree = fake_tree(&recipe);
+    let (cx, progress) = real_context();
+    let out = builder()
+        .build(&request(tree.path(), 2, false), &cx)
+        .unwrap();
+    assert!(out.image.is_file());
+    let lines = progress.lines();
+    let count = |needle: &str| lines.iter().filter(|l| l.starts_with(needle)).count();
+    assert_eq!(count("stdout chatter"), 40000);
+    assert_eq!(count("stderr chatter"), 40000);
+}
+
+#[test]
+fn clean_runs_mrproper() {
+    let tree = fake_tree(GOOD_BUILD);
+    let (cx, _) = real_context();
+    let b = builder();
+    b.build(&request(tree.path(), 1, false), &cx).unwrap();
+    assert!(tree.path().join("vmlinux").exists());
+
+    let (cx, progress) = real_context();
+    b.clean(tree.path(), &cx).unwrap();
+    assert_eq!(read(tree.path(), "targets.log"), "all\nmrproper\n");
+    assert!(!tree.path().join("vmlinux").exists());
+    assert_eq!(progress.steps(), ["make mrproper"]);
+    assert_eq!(progress.lines(), ["  CLEAN   scripts"]);
+}
+
+#[test]
+fn failing_clean_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Makefile"),
+        "mrproper:\n\t@echo 'rm: cannot remove x: Permission denied'; exit 1\n",
+    )
+    .unwrap();
+    let (cx, _) = real_context();
+    let err = builder().clean(dir.path(), &cx).unwrap_err();
+    assert_eq!(
+        err.message,
+        format!("make mrproper failed in {} (exit 2)", dir.path().display())
+    );
+    assert!(err.causes[0].contains("Permission denied"), "{err}");
+}
+
+#[test]
+fn missing_tree_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let gone = dir.path().join("linux");
+    let (cx, _) = real_context();
+    let err = builder().build(&request(&gone, 1, false), &cx).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NotFound);
+    assert!(err.message.contains("linux"), "{err}");
+    let err = builder().clean(&gone, &cx).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NotFound);
+}
+
+#[test]
+fn sandbox_procs_reach_every_make() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join(arch::host().image_path);
+    std::fs::create_dir_all(image.parent().unwrap()).unwrap();
+    std::fs::write(&image, "image").unwrap();
+    let runner = Arc::new(FakeRunner {
+        lines: vec!["  LD      vmlinux".into()],
+        ..FakeRunner::new(Some(0))
+    });
+    let (cx, progress) = context(runner.clone());
+    let procs = PathBuf::from("/sys/fs/cgroup/ktstr-test/cgroup.procs");
+    let req = BuildRequest {
+        sandbox_procs: Some(procs.clone()),
+        ..request(dir.path(), 4, true)
+    };
+    let out = builder().build(&req, &cx).unwrap();
+    assert_eq!(out.image, image);
+
+    let specs = runner.specs();
+    assert_eq!(specs.len(), 2);
+    for spec in &specs {
+        assert_eq!(spec.program, "make");
+        assert_eq!(spec.cwd.as_deref(), Some(dir.path()));
+        assert_eq!(spec.cgroup_procs.as_ref(), Some(&procs));
+    }
+    assert_eq!(specs[0].args, make_args(4, &Toolchain::default()));
+    assert_eq!(specs[1].args[..specs[0].args.len()], specs[0].args[..]);
+    assert_eq!(specs[1].args.last().unwrap(), "compile_commands.json");
+    assert_eq!(progress.lines(), ["  LD      vmlinux", "  LD      vmlinux"]);
+}
+
+#[test]
+fn cancelled_build_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = Arc::new(FakeRunner::new(Some(0)));
+    let (cx, _) = context(runner.clone());
+    cx.cancel.cancel();
+    let err = builder()
+        .build(&request(dir.path(), 1, false), &cx)
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Cancelled);
+    assert!(runner.specs().is_empty());
+}
+
+#[test]
+fn identity_excludes_jobs_and_names_toolchain() {
+    let runner = Arc::new(FakeRunner {
+        versions: vec![
+            (
+                "gcc".into(),
+                "gcc (Debian 12.2.0-14) 12.2.0\nCopyright (C) 2022\n".into(),
+            ),
+            (
+                "ld".into(),
+                "GNU ld (GNU Binutils for Debian) 2.40\n".into(),
+            ),
+        ],
+        ..FakeRunner::new(Some(0))
+    });
+    let (cx, _) = context(runner.clone());
+    let ids = builder().identity(&cx).unwrap();
+    assert_eq!(
+        ids,
+        [
+            KeyComponent::new(
+                "builder",
+                format!(
+                    "kbuild {}; make KCFLAGS=-Wno-error LOCALVERSION=",
+                    env!("CARGO_PKG_VERSION")
+                )
+            ),
+            KeyComponent::new(
+                "toolchain",
+                "gcc (Debian 12.2.0-14) 12.2.0; GNU ld (GNU Binutils for Debian) 2.40"
+            ),
+        ]
+    );
+    // Exactly two cheap spawns: this is the cache-hit path.
+    let specs = runner.specs();
+    assert_eq!(specs.len(), 2);
+    assert_eq!(specs[0].display(), "gcc --version");
+    assert_eq!(specs[1].display(), "ld --version");
+
+    // The builder component is what the build runs minus -j, for any N.
+    for jobs in [1, 8] {
+        let args = make_args(jobs, &Toolchain::default());
+        assert_eq!(args[0], format!("-j{jobs}"));
+        assert!(
+            ids[0]
+                .value
+                .ends_with(&format!("make {}", args[1..].join(" ")))
+        );
+    }
+    assert!(!ids[0].value.contains("-j"));
+}
+
+#[test]
+fn identity_uses_real_gcc() {
+    let probe = std::process::Command::new("gcc").arg("--version").output();
+    let Ok(probe) = probe else {
+        eprintln!("skipping: gcc not installed");
+        return;
+    };
+    let first = String::from_utf8_lossy(&probe.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let (cx, _) = real_context();
+    let ids = builder().identity(&cx).unwrap();
+    let toolchain = &ids[1].value;
+    assert!(toolchain.starts_with(&format!("{first}; ")), "{toolchain}");
+    assert!(toolchain.contains("ld"), "{toolchain}");
+    // Stable across calls (and no -j to vary).
+    assert_eq!(builder().identity(&cx).unwrap(), ids);
+}
+
+#[test]
+fn identity_honours_cc_override() {
+    let runner = Arc::new(FakeRunner {
+        versions: vec![
+            ("ccache".into(), "gcc (GCC) 14.1.0\n".into()),
+            ("ld.bfd".into(), "GNU ld 2.42\n".into()),
+        ],
+        ..FakeRunner::new(Some(0))
+    });
+    let (cx, _) = context(runner.clone());
+    let b = KbuildBuilder::with_toolchain(Toolchain {
+        cc: Some("ccache gcc".into()),
+        ld: Some("ld.bfd".into()),
+    });
+    let ids = b.identity(&cx).unwrap();
+    assert!(
+        ids[0].value.ends_with("CC=ccache gcc LD=ld.bfd"),
+        "{:?}",
+        ids
+    );
+    assert_eq!(ids[1].value, "gcc (GCC) 14.1.0; GNU ld 2.42");
+    assert_eq!(runner.specs()[0].display(), "ccache gcc --version");
+}
+
+#[test]
+fn missing_compiler_names_it_with_install_hint() {
+    let (cx, _) = real_context();
+    let b = KbuildBuilder::with_toolchain(Toolchain {
+        cc: Some("ktstr-no-such-cc".into()),
+        ld: None,
+    });
+    let err = b.identity(&cx).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Command);
+    assert!(
+        err.message.contains("C compiler `ktstr-no-such-cc`"),
+        "{err}"
+    );
+    let hint = err.hint.unwrap();
+    assert!(hint.contains("apt-get install build-essential"), "{hint}");
+    assert!(hint.contains("$CC"), "{hint}");
+}
+
+#[test]
+fn failing_version_probe_is_an_error() {
+    let (cx, _) = real_context();
+    let b = KbuildBuilder::with_toolchain(Toolchain {
+        cc: Some("false".into()),
+        ld: None,
+    });
+    let err = b.identity(&cx).unwrap_err();
+    assert!(err.message.contains("false --version"), "{err}");
+    assert!(err.message.contains("exit 1"), "{err}");
+}
+
+#[test]
+fn registered_as_builtin_builder() {
+    let plugin = ktstr_sdk::registry::builtins()
+        .into_iter()
+        .find(|p| p.name == "kbuild")
+        .expect("kbuild registered");
+    assert_eq!(plugin.constructor.kind(), StageKind::Builder);
+    assert_eq!(plugin.version, env!("CARGO_PKG_VERSION"));
+    let Constructor::Builder(make) = plugin.constructor else {
+        unreachable!()
+    };
+    assert!(make(&Default::default()).is_ok());
+}
