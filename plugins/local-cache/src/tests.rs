@@ -1,0 +1,641 @@
+//! Behaviour of the local cache against a real temp directory.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+
+use ktstr_sdk::cache::{ArtifactInfo, KeyComponent, SourceInfo};
+use ktstr_sdk::hash::sha256_file;
+
+use super::*;
+
+fn key(s: &str) -> CacheKey {
+    CacheKey::parse(s).unwrap()
+}
+
+/// Metadata as the pipeline would hand it over. `artifacts` holds a bogus
+/// digest so tests can check that store replaces it.
+fn metadata(key: &CacheKey, tag: &str, built_at: &str) -> Metadata {
+    let mut artifacts = BTreeMap::new();
+    artifacts.insert(
+        "bogus".to_string(),
+        ArtifactInfo {
+            sha256: "0".repeat(64),
+            size: 1,
+        },
+    );
+    Metadata {
+        schema: Metadata::SCHEMA,
+        key: key.clone(),
+        source: SourceInfo {
+            kind: "tarball".into(),
+            identity: "ab".repeat(32),
+            path: None,
+        },
+        version: Some(tag.to_string()),
+        arch: "x86_64".into(),
+        image_name: "bzImage".into(),
+        profile: "tiny".into(),
+        config_sha256: "cd".repeat(32),
+        fragments: Vec::new(),
+        builder: "kbuild".into(),
+        toolchain: "gcc 14.2.0".into(),
+        built_at: built_at.to_string(),
+        components: vec![KeyComponent::new("source", "tarball:abab")],
+        artifacts,
+        strip: None,
+    }
+}
+
+/// Source files in `dir`, each starting with a `tag` line; `pad` bytes of
+/// filler make sizes differ between generations.
+fn sources(dir: &Path, tag: &str, pad: usize, with_vmlinux: bool) -> Artifacts {
+    std::fs::create_dir_all(dir).unwrap();
+    let write = |name: &str, fill: u8| {
+        let p = dir.join(name);
+        let mut body = format!("{tag}\n{name}\n").into_bytes();
+        body.extend(std::iter::repeat_n(fill, pad));
+        std::fs::write(&p, body).unwrap();
+        p
+    };
+    Artifacts {
+        image: write("bzImage", b'i'),
+        vmlinux: with_vmlinux.then(|| write("vmlinux", b'v')),
+        config: write(".config", b'c'),
+    }
+}
+
+fn first_line(p: &Path) -> String {
+    let bytes = std::fs::read(p).unwrap();
+    let end = bytes.iter().position(|b| *b == b'\n').unwrap();
+    String::from_utf8(bytes[..end].to_vec()).unwrap()
+}
+
+/// Names directly under `root` that start with `.tmp-`.
+fn temp_dirs(root: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp-"))
+        .collect()
+}
+
+fn setup() -> (tempfile::TempDir, LocalCache) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = LocalCache::at(dir.path().join("cache"));
+    (dir, cache)
+}
+
+#[test]
+fn store_then_lookup_round_trip() {
+    let (dir, cache) = setup();
+    let k = key("6.12.3-tarball-x86_64-1a2b3c4d");
+    let src = sources(&dir.path().join("src"), "gen-1", 4096, true);
+    let before: Vec<_> = [&src.image, src.vmlinux.as_ref().unwrap(), &src.config]
+        .iter()
+        .map(|p| {
+            let m = std::fs::metadata(p).unwrap();
+            (std::fs::read(p).unwrap(), m.modified().unwrap(), m.ino())
+        })
+        .collect();
+
+    let stored = cache
+        .store(&k, &src, &metadata(&k, "gen-1", "2025-01-01T00:00:00Z"))
+        .unwrap();
+    assert_eq!(stored.origin, "local");
+    assert_eq!(stored.dir, cache.root().join("kernels").join(k.as_str()));
+
+    let hit = cache.lookup(&k).unwrap().expect("hit");
+    assert_eq!(hit.metadata, stored.metadata);
+    assert_eq!(hit.origin, "local");
+    // The caller's artifacts map was replaced by digests of the stored copies.
+    let names: Vec<_> = hit.metadata.artifacts.keys().cloned().collect();
+    assert_eq!(names, ["bzImage", "config", "vmlinux"]);
+    for (name, srcp) in [
+        ("bzImage", &src.image),
+        ("vmlinux", src.vmlinux.as_ref().unwrap()),
+        ("config", &src.config),
+    ] {
+        let (sha, size) = sha256_file(srcp).unwrap();
+        let info = &hit.metadata.artifacts[name];
+        assert_eq!((&info.sha256, info.size), (&sha, size), "{name}");
+        assert_eq!(
+            std::fs::read(hit.dir.join(name)).unwrap(),
+            std::fs::read(srcp).unwrap()
+        );
+    }
+    assert_eq!(hit.image(), hit.dir.join("bzImage"));
+    assert_eq!(hit.vmlinux(), Some(hit.dir.join("vmlinux")));
+    assert_eq!(hit.config(), hit.dir.join("config"));
+
+    // metadata.json is pretty JSON that parses back to the same value.
+    let raw = std::fs::read_to_string(hit.dir.join("metadata.json")).unwrap();
+    assert!(raw.contains("\n  \"schema\": 1"), "{raw}");
+    let parsed: Metadata = serde_json::from_str(&raw).unwrap();
+    assert_eq!(parsed, hit.metadata);
+
+    // Sources untouched: same bytes, same mtime, same inode (copied, not moved).
+    let after: Vec<_> = [&src.image, src.vmlinux.as_ref().unwrap(), &src.config]
+        .iter()
+        .map(|p| {
+            let m = std::fs::metadata(p).unwrap();
+            (std::fs::read(p).unwrap(), m.modified().unwrap(), m.ino())
+        })
+        .collect();
+    assert_eq!(before, after);
+    assert!(temp_dirs(cache.root()).is_empty());
+    cache.verify(&k).unwrap();
+}
+
+#[test]
+fn store_without_vmlinux_and_custom_image_name() {
+    let (dir, cache) = setup();
+    let k = key("6.12.3-tarball-arm64-1a2b3c4d");
+    let src = sources(&dir.path().join("src"), "g", 10, false);
+    let mut md = metadata(&k, "g", "2025-01-01T00:00:00Z");
+    md.image_name = "Image".into();
+    cache.store(&k, &src, &md).unwrap();
+    let hit = cache.lookup(&k).unwrap().unwrap();
+    assert_eq!(hit.vmlinux(), None);
+    assert!(hit.dir.join("Image").is_file());
+    assert!(!hit.dir.join("vmlinux").exists());
+    let names: Vec<_> = hit.metadata.artifacts.keys().cloned().collect();
+    assert_eq!(names, ["Image", "config"]);
+}
+
+#[test]
+fn lookup_miss_creates_nothing() {
+    let (dir, cache) = setup();
+    assert!(cache.lookup(&key("nope")).unwrap().is_none());
+    assert!(!cache.root().exists(), "a miss must not create the root");
+    assert!(cache.list().unwrap().is_empty());
+    assert!(!cache.remove(&key("nope")).unwrap());
+    // A root that is a file is a miss too (store explains the problem).
+    let file_root = dir.path().join("file");
+    std::fs::write(&file_root, b"x").unwrap();
+    assert!(
+        LocalCache::at(file_root)
+            .lookup(&key("k"))
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn replacing_an_entry_serves_the_new_content() {
+    let (dir, cache) = setup();
+    let k = key("k-replace");
+    let a = sources(&dir.path().join("a"), "A", 100, true);
+    let b = sources(&dir.path().join("b"), "B", 5000, false);
+    cache
+        .store(&k, &a, &metadata(&k, "A", "2025-01-01T00:00:00Z"))
+        .unwrap();
+    let first_ino = std::fs::metadata(cache.lookup(&k).unwrap().unwrap().dir)
+        .unwrap()
+        .ino();
+    cache
+        .store(&k, &b, &metadata(&k, "B", "2025-01-02T00:00:00Z"))
+        .unwrap();
+    let hit = cache.lookup(&k).unwrap().unwrap();
+    assert_eq!(hit.metadata.version.as_deref(), Some("B"));
+    assert_eq!(first_line(&hit.image()), "B");
+    assert_eq!(first_line(&hit.config()), "B");
+    // The old entry's vmlinux went with it: files are never mixed across stores.
+    assert!(!hit.dir.join("vmlinux").exists());
+    assert_ne!(std::fs::metadata(&hit.dir).unwrap().ino(), first_ino);
+    assert!(temp_dirs(cache.root()).is_empty(), "old contents removed");
+    cache.verify(&k).unwrap();
+}
+
+#[test]
+fn store_is_atomic_under_concurrent_readers() {
+    let (dir, cache) = setup();
+    let cache = Arc::new(cache);
+    let k = key("k-concurrent");
+    let a = sources(&dir.path().join("a0"), "gen-0", 64, true);
+    cache
+        .store(&k, &a, &metadata(&k, "gen-0", "2025-01-01T00:00:00Z"))
+        .unwrap();
+
+    let done = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let (cache, k, done, reads) = (cache.clone(), k.clone(), done.clone(), reads.clone());
+        readers.push(std::thread::spawn(move || {
+            let mut mine = 0usize;
+            let mut seen = std::collections::BTreeSet::new();
+            while !done.load(Ordering::SeqCst) || mine == 0 {
+                let lock_path = paths::entry_lock(cache.root(), &k);
+                let shared = lock::lock(&lock_path, LockMode::Shared).unwrap();
+                let entry = cache.lookup(&k).unwrap().expect("entry never disappears");
+                let tag = entry.metadata.version.clone().unwrap();
+                seen.insert(tag.clone());
+                for (name, info) in &entry.metadata.artifacts {
+                    let path = entry.dir.join(name);
+                    let (sha, size) = sha256_file(&path).unwrap();
+                    assert_eq!(sha, info.sha256, "{name} digest differs from metadata");
+                    assert_eq!(size, info.size, "{name}");
+                    // Every file is from the same store as the metadata.
+                    assert_eq!(first_line(&path), tag, "{name} mixed with another store");
+                }
+                mine += 1;
+                drop(shared);
+                // flock has no writer preference: back-to-back readers
+                // would starve the writer, so give it a gap as real
+                // (short-lived) readers do.
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            reads.fetch_add(mine, Ordering::SeqCst);
+            seen
+        }));
+    }
+
+    for i in 1..=60 {
+        let tag = format!("gen-{i}");
+        // A and B differ in size and in whether vmlinux exists.
+        let (pad, vmlinux) = if i % 2 == 0 {
+            (64, true)
+        } else {
+            (50_000, false)
+        };
+        let src = sources(&dir.path().join(format!("s{}", i % 2)), &tag, pad, vmlinux);
+        let stored = cache
+            .store(&k, &src, &metadata(&k, &tag, "2025-01-01T00:00:00Z"))
+            .unwrap();
+        assert_eq!(stored.metadata.version.as_deref(), Some(tag.as_str()));
+    }
+    done.store(true, Ordering::SeqCst);
+    let mut generations = std::collections::BTreeSet::new();
+    for r in readers {
+        generations.extend(r.join().expect("reader saw a partial or mixed entry"));
+    }
+    assert!(reads.load(Ordering::SeqCst) >= 3);
+    // Readers really ran while stores replaced the entry.
+    assert!(generations.len() > 1, "{generations:?}");
+    let last = cache.lookup(&k).unwrap().unwrap();
+    assert_eq!(last.metadata.version.as_deref(), Some("gen-60"));
+    assert!(temp_dirs(cache.root()).is_empty());
+}
+
+#[test]
+fn corrupt_metadata_is_reported_by_lookup_and_list() {
+    let (dir, cache) = setup();
+    let good = key("a-good");
+    let bad = key("b-bad");
+    let missing = key("c-nometa");
+    for k in [&good, &bad, &missing] {
+        let src = sources(&dir.path().join(k.as_str()), "t", 10, true);
+        cache
+            .store(k, &src, &metadata(k, "t", "2025-01-01T00:00:00Z"))
+            .unwrap();
+    }
+    let kernels = cache.root().join("kernels");
+    std::fs::write(kernels.join("b-bad/metadata.json"), b"{ not json").unwrap();
+    std::fs::remove_file(kernels.join("c-nometa/metadata.json")).unwrap();
+    // A directory whose name is not a key, and a hidden one that is skipped.
+    std::fs::create_dir(kernels.join("bad name")).unwrap();
+    std::fs::create_dir(kernels.join(".hidden")).unwrap();
+
+    let err = cache.lookup(&bad).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Corrupt);
+    assert!(
+        err.message
+            .starts_with("cache entry b-bad: metadata.json is not valid: "),
+        "{err}"
+    );
+    assert!(err.hint.as_deref().unwrap().contains("ktstr kernel clean"));
+
+    let err = cache.lookup(&missing).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Corrupt);
+    assert_eq!(
+        err.message,
+        "cache entry c-nometa: metadata.json is missing"
+    );
+
+    let rows = cache.list().unwrap();
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert!(matches!(&rows[0], Listed::Ok(e) if e.key == good));
+    let corrupt: Vec<(&str, &str)> = rows[1..]
+        .iter()
+        .map(|r| match r {
+            Listed::Corrupt { key, reason } => (key.as_str(), reason.as_str()),
+            Listed::Ok(e) => panic!("{} listed as ok", e.key),
+        })
+        .collect();
+    assert_eq!(corrupt[0].0, "b-bad");
+    assert!(corrupt[0].1.starts_with("metadata.json is not valid"));
+    assert_eq!(corrupt[1].0, "bad name");
+    assert!(corrupt[1].1.contains("not a valid cache key"));
+    assert_eq!(corrupt[2], ("c-nometa", "metadata.json is missing"));
+
+    // Storing again replaces the corrupt entry.
+    let src = sources(&dir.path().join("again"), "fixed", 10, true);
+    cache
+        .store(&bad, &src, &metadata(&bad, "fixed", "2025-01-01T00:00:00Z"))
+        .unwrap();
+    assert!(cache.lookup(&bad).unwrap().is_some());
+}
+
+#[test]
+fn metadata_for_another_key_is_corrupt() {
+    let (dir, cache) = setup();
+    let (a, b) = (key("k-a"), key("k-b"));
+    let src = sources(&dir.path().join("s"), "t", 10, true);
+    cache
+        .store(&a, &src, &metadata(&a, "t", "2025-01-01T00:00:00Z"))
+        .unwrap();
+    let kernels = cache.root().join("kernels");
+    std::fs::rename(kernels.join("k-a"), kernels.join("k-b")).unwrap();
+    let err = cache.lookup(&b).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Corrupt);
+    assert_eq!(
+        err.message,
+        "cache entry k-b: metadata.json belongs to key k-a"
+    );
+}
+
+#[test]
+fn missing_or_truncated_artifact_is_corrupt_naming_it() {
+    let (dir, cache) = setup();
+    let k = key("k-art");
+    let src = sources(&dir.path().join("s"), "t", 100, true);
+    let entry = cache
+        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"))
+        .unwrap();
+    std::fs::remove_file(entry.dir.join("vmlinux")).unwrap();
+    let err = cache.lookup(&k).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Corrupt);
+    assert_eq!(err.message, "cache entry k-art: vmlinux is missing");
+    let rows = cache.list().unwrap();
+    assert!(
+        matches!(&rows[..], [Listed::Corrupt { key, reason }] if key == "k-art" && reason == "vmlinux is missing"),
+        "{rows:?}"
+    );
+
+    cache
+        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"))
+        .unwrap();
+    let config = entry.dir.join("config");
+    let len = std::fs::metadata(&config).unwrap().len();
+    std::fs::File::options()
+        .write(true)
+        .open(&config)
+        .unwrap()
+        .set_len(len - 1)
+        .unwrap();
+    let err = cache.lookup(&k).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Corrupt);
+    assert!(err.message.contains("config is"), "{err}");
+    assert!(err.message.contains(&format!("records {len}")), "{err}");
+}
+
+#[test]
+fn verify_detects_a_flipped_byte_that_lookup_does_not_hash() {
+    let (dir, cache) = setup();
+    let k = key("k-verify");
+    let src = sources(&dir.path().join("s"), "t", 1000, true);
+    let entry = cache
+        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"))
+        .unwrap();
+    cache.verify(&k).unwrap();
+    let image = entry.dir.join("bzImage");
+    let mut bytes = std::fs::read(&image).unwrap();
+    bytes[500] ^= 0x01;
+    std::fs::write(&image, bytes).unwrap();
+    // Same size: the cheap lookup still serves it...
+    assert!(cache.lookup(&k).unwrap().is_some());
+    // ...and verify catches it.
+    let err = cache.verify(&k).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Corrupt);
+    assert!(
+        err.message
+            .starts_with("cache entry k-verify: bzImage has sha256 "),
+        "{err}"
+    );
+    let err = cache.verify(&key("absent")).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NotFound);
+}
+
+/// The pid of a process that has exited and been reaped.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    pid
+}
+
+#[test]
+fn store_sweeps_dead_temp_dirs_and_keeps_live_ones() {
+    let (dir, cache) = setup();
+    std::fs::create_dir_all(cache.root()).unwrap();
+    let dead = dead_pid();
+    let me = std::process::id();
+    let mk = |name: String| {
+        let p = cache.root().join(name);
+        std::fs::create_dir(&p).unwrap();
+        std::fs::write(p.join("partial"), b"x").unwrap();
+        p
+    };
+    let dead_stage = mk(format!(".tmp-other-key-{dead}"));
+    let dead_delete = mk(format!(".tmp-del@gone-{dead}"));
+    let live = mk(format!(".tmp-other-key-{me}"));
+    let not_ours = mk(".tmp-notapid".to_string());
+
+    let k = key("k-sweep");
+    let src = sources(&dir.path().join("s"), "t", 10, true);
+    cache
+        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"))
+        .unwrap();
+    assert!(!dead_stage.exists());
+    assert!(!dead_delete.exists());
+    assert!(live.join("partial").exists(), "a live pid's dir is kept");
+    assert!(not_ours.exists());
+}
+
+#[test]
+fn unwritable_root_fails_with_hint_and_leaves_nothing() {
+    let (dir, _) = setup();
+    let file_root = dir.path().join("not-a-dir");
+    std::fs::write(&file_root, b"precious").unwrap();
+    let src = sources(&dir.path().join("s"), "t", 10, true);
+    let k = key("k-root");
+    for root in [file_root.clone(), file_root.join("below")] {
+        let cache = LocalCache::at(root.clone());
+        let err = cache
+            .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"))
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Io);
+        assert!(
+            err.message
+                .contains(&format!("cache root {} is not writable", root.display())),
+            "{err}"
+        );
+        assert!(err.message.starts_with("cannot store cache entry k-root"));
+        assert_eq!(
+            err.hint.as_deref(),
+            Some("set KTSTR_CACHE_DIR to a writable directory")
+        );
+    }
+    assert_eq!(std::fs::read(&file_root).unwrap(), b"precious");
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["not-a-dir", "s"]);
+}
+
+#[test]
+fn failed_store_keeps_the_existing_entry_and_no_temp_dir() {
+    let (dir, cache) = setup();
+    let k = key("k-fail");
+    let good = sources(&dir.path().join("good"), "good", 10, true);
+    cache
+        .store(&k, &good, &metadata(&k, "good", "2025-01-01T00:00:00Z"))
+        .unwrap();
+    let mut broken = sources(&dir.path().join("broken"), "broken", 10, true);
+    broken.config = dir.path().join("broken/does-not-exist");
+    let err = cache
+        .store(&k, &broken, &metadata(&k, "broken", "2025-01-01T00:00:00Z"))
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Io);
+    assert!(err.message.contains("does-not-exist"), "{err}");
+    let hit = cache.lookup(&k).unwrap().unwrap();
+    assert_eq!(hit.metadata.version.as_deref(), Some("good"));
+    assert_eq!(first_line(&hit.image()), "good");
+    assert!(
+        temp_dirs(cache.root()).is_empty(),
+        "{:?}",
+        temp_dirs(cache.root())
+    );
+}
+
+#[test]
+fn store_rejects_metadata_for_another_key() {
+    let (dir, cache) = setup();
+    let src = sources(&dir.path().join("s"), "t", 10, true);
+    let err = cache
+        .store(
+            &key("k-one"),
+            &src,
+            &metadata(&key("k-two"), "t", "2025-01-01T00:00:00Z"),
+        )
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidInput);
+    assert!(err.message.contains("metadata is for key k-two"), "{err}");
+    assert!(!cache.root().exists(), "nothing written");
+
+    let k = key("k-img");
+    let mut md = metadata(&k, "t", "2025-01-01T00:00:00Z");
+    md.image_name = "../escape".into();
+    let err = cache.store(&k, &src, &md).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidInput);
+}
+
+#[test]
+fn remove_refuses_while_in_use_then_removes() {
+    let (dir, cache) = setup();
+    let k = key("k-remove");
+    let src = sources(&dir.path().join("s"), "t", 10, true);
+    cache
+        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"))
+        .unwrap();
+
+    // Another thread holds the shared (reader) lock until told to stop.
+    let lock_path = paths::entry_lock(cache.root(), &k);
+    let (held_tx, held_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let reader = std::thread::spawn(move || {
+        let _shared = lock::lock(&lock_path, LockMode::Shared).unwrap();
+        held_tx.send(()).unwrap();
+        release_rx.recv().unwrap();
+    });
+    held_rx.recv().unwrap();
+
+    let err = cache.remove(&k).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Io);
+    assert!(
+        err.message
+            .starts_with("cache entry k-remove is in use: held by "),
+        "{err}"
+    );
+    assert!(
+        err.message.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+    assert_eq!(
+        err.hint.as_deref(),
+        Some("retry when that process finishes")
+    );
+    assert!(cache.lookup(&k).unwrap().is_some(), "entry kept");
+
+    release_tx.send(()).unwrap();
+    reader.join().unwrap();
+    assert!(cache.remove(&k).unwrap());
+    assert!(cache.lookup(&k).unwrap().is_none());
+    assert!(!cache.root().join("kernels/k-remove").exists());
+    assert!(!cache.remove(&k).unwrap());
+    assert!(temp_dirs(cache.root()).is_empty());
+}
+
+#[test]
+fn list_sorts_newest_first() {
+    let (dir, cache) = setup();
+    for (k, at) in [
+        ("k-old", "2024-01-01T00:00:00Z"),
+        ("k-new", "2025-06-01T12:00:00Z"),
+        ("k-mid", "2025-01-01T00:00:00Z"),
+    ] {
+        let k = key(k);
+        let src = sources(&dir.path().join(k.as_str()), "t", 10, false);
+        cache.store(&k, &src, &metadata(&k, "t", at)).unwrap();
+    }
+    // Stray files in kernels/ are not entries.
+    std::fs::write(cache.root().join("kernels/README"), b"x").unwrap();
+    let keys: Vec<String> = cache
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|l| match l {
+            Listed::Ok(e) => e.key.to_string(),
+            Listed::Corrupt { key, reason } => panic!("{key}: {reason}"),
+        })
+        .collect();
+    assert_eq!(keys, ["k-new", "k-mid", "k-old"]);
+}
+
+#[test]
+fn registered_as_builtin_and_configurable() {
+    let plugin = ktstr_sdk::registry::builtins()
+        .into_iter()
+        .find(|p| p.name == "local-cache")
+        .expect("local-cache registered");
+    assert_eq!(plugin.version, env!("CARGO_PKG_VERSION"));
+    let Constructor::Cache(make) = plugin.constructor else {
+        panic!("local-cache is not a cache plugin");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root: PathBuf = dir.path().join("c");
+    let backend = make(&serde_json::json!({ "root": root })).unwrap();
+    assert_eq!(
+        backend.describe(),
+        format!("local cache at {}", root.display())
+    );
+    assert_eq!(backend.capabilities(), Default::default());
+
+    for bad in [
+        serde_json::json!({ "root": 3 }),
+        serde_json::json!({ "root": "" }),
+        serde_json::json!({ "rot": "/x" }),
+        serde_json::json!("x"),
+    ] {
+        let err = LocalCache::from_config(&bad).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidInput, "{bad}");
+        assert!(err.message.starts_with("plugin local-cache: "), "{err}");
+    }
+}
