@@ -1,1 +1,8 @@
-//! The ktstr host.
+//! The ktstr host: command line, pipeline orchestration, stage selection
+//! and cache-key derivation. Stages themselves live in plugin crates.
+
+pub mod cli;
+pub mod identity;
+pub mod pipeline;
+pub mod progress;
+pub mod registry;

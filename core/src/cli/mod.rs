@@ -1,0 +1,194 @@
+//! Command line: parsing, dispatch and how errors reach the user.
+//!
+//! Results go to stdout; progress, warnings and errors to stderr, each
+//! line prefixed `ktstr: `. Exit codes: 0 success, 1 failure, 2 usage.
+
+mod build;
+mod kernel;
+mod plugins;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use ktstr_sdk::StageError;
+use ktstr_sdk::context::{Cancellation, StageContext};
+use ktstr_sdk::runner::SystemRunner;
+
+use crate::progress::{LABEL, StderrProgress};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ktstr",
+    version,
+    about = "Build Linux kernels for kernel and scheduler testing, and never build the same one twice"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build a kernel, or return the cached build of the same inputs.
+    Build(BuildArgs),
+    /// Inspect and prune cached kernels.
+    #[command(subcommand)]
+    Kernel(KernelCommand),
+    /// Show the stage plugins this ktstr can use.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Kernel source: a path to a kernel tree.
+    #[arg(long, value_name = "SPEC")]
+    pub kernel: String,
+    /// Configuration profile: `default` (defconfig + sched_ext test
+    /// options) or `tiny` (tinyconfig + the minimum for sched_ext).
+    #[arg(long, default_value = "default", value_name = "NAME")]
+    pub profile: String,
+    /// Extra kconfig fragment applied after the profile (repeatable; last
+    /// occurrence of a symbol wins).
+    #[arg(long = "extra-kconfig", value_name = "FILE")]
+    pub extra_kconfig: Vec<PathBuf>,
+    /// Run `make mrproper` first (local trees only).
+    #[arg(long)]
+    pub clean: bool,
+    /// Rebuild even if the cache has this kernel.
+    #[arg(long)]
+    pub force: bool,
+    /// Use at most N CPUs for the build (`make -jN`).
+    #[arg(long, value_name = "N", value_parser = parse_cpu_cap)]
+    pub cpu_cap: Option<usize>,
+    /// On a cache miss, say which key input differs from the nearest entry.
+    #[arg(long)]
+    pub explain: bool,
+}
+
+fn parse_cpu_cap(raw: &str) -> Result<usize, String> {
+    let n: usize = raw
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a whole number of CPUs"))?;
+    if n == 0 {
+        return Err("must be at least 1 CPU".into());
+    }
+    Ok(n)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    /// List cached kernels.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove cached kernels.
+    Clean {
+        /// Keep the N most recently built entries.
+        #[arg(long, value_name = "N")]
+        keep: Option<usize>,
+        /// Do not ask for confirmation (required off a terminal).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// List built-in plugins.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The host's stage context: real processes, stderr progress.
+pub fn host_context() -> (StageContext, Arc<StderrProgress>) {
+    let progress = Arc::new(StderrProgress::new());
+    let cx = StageContext {
+        progress: progress.clone(),
+        runner: Arc::new(SystemRunner),
+        cancel: Cancellation::new(),
+    };
+    (cx, progress)
+}
+
+/// Print an error chain the way every ktstr error looks.
+pub fn report(err: &anyhow::Error) {
+    if let Some(stage) = err.chain().find_map(|e| e.downcast_ref::<StageError>()) {
+        let outer: Vec<String> = err
+            .chain()
+            .take_while(|e| e.downcast_ref::<StageError>().is_none())
+            .map(ToString::to_string)
+            .collect();
+        let mut text = outer.join(": ");
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&stage.message);
+        for cause in &stage.causes {
+            if cause.contains('\n') {
+                text.push_str(&format!("\n{cause}"));
+            } else {
+                text.push_str(&format!(": {cause}"));
+            }
+        }
+        eprintln!("{LABEL}: error: {text}");
+        if let Some(hint) = &stage.hint {
+            eprintln!("{LABEL}: hint: {hint}");
+        }
+    } else {
+        eprintln!("{LABEL}: error: {err:#}");
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
+}
+
+/// Entry point of the `ktstr` binary; returns the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Build(args) => build::run(&args),
+        Command::Kernel(KernelCommand::List { json }) => kernel::list(json),
+        Command::Kernel(KernelCommand::Clean { keep, force }) => kernel::clean(keep, force),
+        Command::Plugins(PluginsCommand::List { json }) => plugins::list(json),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            report(&e);
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn cpu_cap_zero_is_rejected_with_reason() {
+        assert_eq!(parse_cpu_cap("0").unwrap_err(), "must be at least 1 CPU");
+        assert!(parse_cpu_cap("x").unwrap_err().contains("\"x\""));
+        assert_eq!(parse_cpu_cap("4"), Ok(4));
+    }
+}

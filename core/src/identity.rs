@@ -1,0 +1,265 @@
+//! Cache-key derivation: the one place that decides when two builds are the same.
+//!
+//! A key is a readable prefix (`<version>-<source kind>-<arch>`) plus the
+//! CRC32 of every input that determines the output: source content
+//! identity, architecture, configuration, builder options and toolchain.
+//! The inputs are kept as named components and stored in the entry's
+//! metadata, so `ktstr build --explain` can say which one differs.
+//!
+//! Configuration identity comes in two forms:
+//! - **declared** (fresh trees: tarballs, git checkouts): the profile and
+//!   fragment hashes, because configuring a fresh tree from them is
+//!   deterministic, so the key is known before anything is downloaded;
+//! - **`.config` content** (the user's own tree): a local tree keeps its
+//!   `.config` when it already carries every requested line, so the file
+//!   itself is the input. Hashing it also catches hand edits, and two
+//!   checkouts of one commit with the same `.config` share one entry.
+
+use ktstr_sdk::cache::{CacheKey, KeyComponent};
+use ktstr_sdk::source::AcquiredSource;
+
+/// How the configuration enters the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigIdentity {
+    /// Components from `Configurer::identity` (profile, fragment hashes).
+    Declared(Vec<KeyComponent>),
+    /// sha256 of the tree's final `.config`.
+    DotConfig(String),
+}
+
+/// Everything the key depends on.
+#[derive(Debug, Clone)]
+pub struct KeyInputs<'a> {
+    pub source: &'a AcquiredSource,
+    pub arch: &'a str,
+    pub config: ConfigIdentity,
+    /// From `Builder::identity` (builder options, toolchain).
+    pub builder: &'a [KeyComponent],
+}
+
+/// A derived key with the components that produced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DerivedKey {
+    pub key: CacheKey,
+    pub components: Vec<KeyComponent>,
+}
+
+/// Derive the key. Only call for sources whose identity is complete
+/// (a clean tree): a dirty tree has no content identity to key on.
+pub fn derive(inputs: &KeyInputs<'_>) -> DerivedKey {
+    let source = inputs.source;
+    let mut components = vec![
+        KeyComponent::new(
+            "source",
+            format!("{}:{}", source.identity.kind, source.identity.id),
+        ),
+        KeyComponent::new("arch", inputs.arch),
+    ];
+    match &inputs.config {
+        ConfigIdentity::Declared(parts) => components.extend(parts.iter().cloned()),
+        ConfigIdentity::DotConfig(sha) => {
+            components.push(KeyComponent::new("config", format!(".config:{sha}")));
+        }
+    }
+    components.extend(inputs.builder.iter().cloned());
+
+    let digest_input: String = components
+        .iter()
+        .map(|c| format!("{}={}\n", c.name, c.value))
+        .collect();
+    let crc = ktstr_sdk::hash::crc32_hex(digest_input.as_bytes());
+    let version = sanitize(source.version.as_deref().unwrap_or("unknown"));
+    let kind = sanitize(&source.identity.kind);
+    let raw = format!("{version}-{kind}-{}-{crc}", sanitize(inputs.arch));
+    let key = CacheKey::parse(&raw).expect("derived keys use only key-safe characters");
+    DerivedKey { key, components }
+}
+
+/// The readable part of a key, shared by every entry of the same
+/// version, source kind and arch: what `--explain` compares against.
+pub fn prefix_of(key: &CacheKey) -> &str {
+    key.as_str()
+        .rsplit_once('-')
+        .map_or(key.as_str(), |(prefix, _)| prefix)
+}
+
+fn sanitize(part: &str) -> String {
+    let cleaned: String = part
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let trimmed = cleaned.trim_start_matches('.').replace("..", "_");
+    if trimmed.is_empty() {
+        "unknown".into()
+    } else {
+        trimmed
+    }
+}
+
+/// Lines saying how `want` differs from `have` (an entry's recorded components).
+pub fn explain_difference(want: &[KeyComponent], have: &[KeyComponent]) -> Vec<String> {
+    let mut out = Vec::new();
+    for w in want {
+        match have.iter().find(|h| h.name == w.name) {
+            Some(h) if h.value == w.value => {}
+            Some(h) => out.push(format!(
+                "{}: wanted {}, entry has {}",
+                w.name, w.value, h.value
+            )),
+            None => out.push(format!("{}: wanted {}, entry has none", w.name, w.value)),
+        }
+    }
+    for h in have {
+        if !want.iter().any(|w| w.name == h.name) {
+            out.push(format!(
+                "{}: entry has {}, not an input now",
+                h.name, h.value
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ktstr_sdk::source::SourceIdentity;
+    use std::path::PathBuf;
+
+    fn source(id: &str, version: Option<&str>) -> AcquiredSource {
+        AcquiredSource {
+            source_dir: PathBuf::from("/src/linux"),
+            identity: SourceIdentity {
+                kind: "local".into(),
+                id: id.into(),
+                short: None,
+            },
+            version: version.map(Into::into),
+            is_temp: false,
+            is_dirty: false,
+            is_git: true,
+            is_local: true,
+        }
+    }
+
+    fn builder() -> Vec<KeyComponent> {
+        vec![
+            KeyComponent::new(
+                "builder",
+                "kbuild 0.1.0; make KCFLAGS=-Wno-error LOCALVERSION=",
+            ),
+            KeyComponent::new("toolchain", "gcc (Debian 12.2.0-14) 12.2.0; GNU ld 2.40"),
+        ]
+    }
+
+    fn key_for(id: &str, config: ConfigIdentity) -> DerivedKey {
+        let src = source(id, Some("6.12.117"));
+        let b = builder();
+        derive(&KeyInputs {
+            source: &src,
+            arch: "x86_64",
+            config,
+            builder: &b,
+        })
+    }
+
+    #[test]
+    fn key_has_readable_prefix_and_crc() {
+        let k = key_for("abc", ConfigIdentity::DotConfig("11".into()));
+        let s = k.key.as_str();
+        assert!(s.starts_with("6.12.117-local-x86_64-"), "{s}");
+        let crc = s.rsplit('-').next().unwrap();
+        assert_eq!(crc.len(), 8);
+        assert!(crc.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(prefix_of(&k.key), "6.12.117-local-x86_64");
+    }
+
+    #[test]
+    fn every_input_changes_the_key() {
+        let base = key_for("abc", ConfigIdentity::DotConfig("11".into()));
+        assert_eq!(base, key_for("abc", ConfigIdentity::DotConfig("11".into())));
+        assert_ne!(
+            base.key,
+            key_for("abd", ConfigIdentity::DotConfig("11".into())).key
+        );
+        assert_ne!(
+            base.key,
+            key_for("abc", ConfigIdentity::DotConfig("12".into())).key
+        );
+        let declared = key_for(
+            "abc",
+            ConfigIdentity::Declared(vec![KeyComponent::new("profile", "tiny")]),
+        );
+        assert_ne!(base.key, declared.key);
+
+        let src = source("abc", Some("6.12.117"));
+        let mut b = builder();
+        b[1].value.push_str(" (patched)");
+        let other_toolchain = derive(&KeyInputs {
+            source: &src,
+            arch: "x86_64",
+            config: ConfigIdentity::DotConfig("11".into()),
+            builder: &b,
+        });
+        assert_ne!(base.key, other_toolchain.key);
+        let other_arch = derive(&KeyInputs {
+            source: &src,
+            arch: "aarch64",
+            config: ConfigIdentity::DotConfig("11".into()),
+            builder: &builder(),
+        });
+        assert_ne!(base.key, other_arch.key);
+    }
+
+    #[test]
+    fn components_are_recorded_in_order() {
+        let k = key_for("abc", ConfigIdentity::DotConfig("11".into()));
+        let names: Vec<_> = k.components.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["source", "arch", "config", "builder", "toolchain"]);
+        assert_eq!(k.components[0].value, "local:abc");
+    }
+
+    #[test]
+    fn odd_versions_are_sanitized() {
+        let src = source("abc", Some("6.13.0-rc1/../x"));
+        let k = derive(&KeyInputs {
+            source: &src,
+            arch: "x86_64",
+            config: ConfigIdentity::DotConfig("1".into()),
+            builder: &[],
+        });
+        assert!(k.key.as_str().starts_with("6.13.0-rc1_"), "{}", k.key);
+        assert!(!k.key.as_str().contains('/'));
+        let none = source("abc", None);
+        let k = derive(&KeyInputs {
+            source: &none,
+            arch: "x86_64",
+            config: ConfigIdentity::DotConfig("1".into()),
+            builder: &[],
+        });
+        assert!(k.key.as_str().starts_with("unknown-local-x86_64-"));
+    }
+
+    #[test]
+    fn explain_names_the_differing_component() {
+        let want = vec![
+            KeyComponent::new("source", "local:b"),
+            KeyComponent::new("arch", "x86_64"),
+        ];
+        let have = vec![
+            KeyComponent::new("source", "local:a"),
+            KeyComponent::new("arch", "x86_64"),
+            KeyComponent::new("old", "x"),
+        ];
+        let lines = explain_difference(&want, &have);
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("source: wanted local:b, entry has local:a"));
+        assert!(lines[1].contains("old"));
+    }
+}

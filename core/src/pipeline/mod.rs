@@ -1,0 +1,398 @@
+//! One `ktstr build`: resolve → identity → (hit?) → reserve → lock →
+//! re-check → configure → build → validate → gate → store.
+//!
+//! The order is what makes "never build the same kernel twice" cheap:
+//! the key is derived before anything is reserved or locked, so a hit
+//! costs a probe, a few stats and one metadata read. Builds of one tree
+//! queue on its lock, and whoever waited looks in the cache again, since
+//! the peer it waited for has usually just stored the same kernel.
+
+mod store;
+pub mod tree_state;
+
+use std::path::{Path, PathBuf};
+
+use ktstr_sdk::build::BuildRequest;
+use ktstr_sdk::cache::{CacheEntry, CacheKey, Listed};
+use ktstr_sdk::configure::ConfigureRequest;
+use ktstr_sdk::context::StageContext;
+use ktstr_sdk::error::{ErrorKind, IoResultExt};
+use ktstr_sdk::lock::{self, LockMode};
+use ktstr_sdk::registry::PluginConfig;
+use ktstr_sdk::reserve::ReserveRequest;
+use ktstr_sdk::source::{AcquiredSource, KernelSpec};
+use ktstr_sdk::{Result, StageError, paths};
+
+use crate::identity::{self, ConfigIdentity, DerivedKey, KeyInputs};
+use crate::registry::Stages;
+use tree_state::{MidWaitState, changed_during_build};
+
+/// What the user asked `ktstr build` for.
+#[derive(Debug, Clone)]
+pub struct BuildRequestSpec {
+    pub spec: KernelSpec,
+    /// Profile and user fragments; jobs and sandbox are filled in here.
+    pub configure: ConfigureRequest,
+    pub clean: bool,
+    pub force: bool,
+    pub cpu_cap: Option<usize>,
+    pub explain: bool,
+}
+
+/// Why a built kernel was not stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotCached {
+    /// Dirty (or non-git) tree: its content has no identity to key on.
+    Dirty { is_git: bool },
+    /// The tree changed while make ran.
+    ChangedDuringBuild,
+}
+
+/// How a build request ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Found in the cache without building.
+    Hit(CacheEntry),
+    /// A concurrent build stored it while we waited for the tree.
+    PeerBuilt(CacheEntry),
+    /// Built and stored.
+    Stored(CacheEntry),
+    /// Built, not stored; the image is in the tree.
+    NotCached {
+        tree: PathBuf,
+        image: PathBuf,
+        reason: NotCached,
+    },
+}
+
+impl Outcome {
+    pub fn image(&self) -> PathBuf {
+        match self {
+            Self::Hit(e) | Self::PeerBuilt(e) | Self::Stored(e) => e.image(),
+            Self::NotCached { image, .. } => image.clone(),
+        }
+    }
+}
+
+/// Derives keys for one request (the parts that don't change mid-run).
+struct Keyer {
+    arch: &'static str,
+    builder: Vec<ktstr_sdk::cache::KeyComponent>,
+    declared: Vec<ktstr_sdk::cache::KeyComponent>,
+}
+
+impl Keyer {
+    fn derive(&self, source: &AcquiredSource, config: ConfigIdentity) -> DerivedKey {
+        identity::derive(&KeyInputs {
+            source,
+            arch: self.arch,
+            config,
+            builder: &self.builder,
+        })
+    }
+
+    /// The key of what building now would produce, if it is knowable
+    /// without configuring: fresh trees always, local trees when their
+    /// `.config` already satisfies the request.
+    fn current(
+        &self,
+        stages: &Stages,
+        source: &AcquiredSource,
+        request: &ConfigureRequest,
+    ) -> Result<Option<DerivedKey>> {
+        if source.is_dirty {
+            return Ok(None);
+        }
+        if !source.is_local {
+            return Ok(Some(
+                self.derive(source, ConfigIdentity::Declared(self.declared.clone())),
+            ));
+        }
+        if !stages
+            .configurer
+            .stage
+            .is_configured(&source.source_dir, request)?
+        {
+            return Ok(None);
+        }
+        let sha = dot_config_sha256(&source.source_dir)?;
+        Ok(Some(self.derive(source, ConfigIdentity::DotConfig(sha))))
+    }
+}
+
+fn dot_config_sha256(tree: &Path) -> Result<String> {
+    Ok(ktstr_sdk::hash::sha256_file(&tree.join(".config"))?.0)
+}
+
+/// Look `key` up in every tier, local first; a remote hit is copied into
+/// the local tier. A corrupt entry is reported and treated as a miss.
+fn lookup(stages: &Stages, key: &CacheKey, cx: &StageContext) -> Result<Option<CacheEntry>> {
+    for (i, tier) in stages.caches.iter().enumerate() {
+        match tier.stage.lookup(key) {
+            Ok(Some(entry)) if i == 0 => return Ok(Some(entry)),
+            Ok(Some(entry)) => return backfill(stages, &entry, cx).map(Some),
+            Ok(None) => {}
+            Err(e) if e.kind == ErrorKind::Corrupt => {
+                cx.progress.warn(&format!("{e}; rebuilding it"));
+            }
+            Err(e) if i == 0 => return Err(e),
+            Err(e) => cx
+                .progress
+                .warn(&format!("{}: lookup of {key} failed: {e}", tier.name)),
+        }
+    }
+    Ok(None)
+}
+
+fn backfill(stages: &Stages, remote: &CacheEntry, cx: &StageContext) -> Result<CacheEntry> {
+    let artifacts = ktstr_sdk::cache::Artifacts {
+        image: remote.image(),
+        vmlinux: remote.vmlinux(),
+        config: remote.config(),
+    };
+    let local = stages.local_cache();
+    match local.stage.store(&remote.key, &artifacts, &remote.metadata) {
+        Ok(entry) => Ok(entry),
+        Err(e) => {
+            cx.progress.warn(&format!(
+                "could not copy {} into the local cache: {e}",
+                remote.key
+            ));
+            Ok(remote.clone())
+        }
+    }
+}
+
+/// Create the cache root and its lock directory up front, so a bad root
+/// fails in milliseconds instead of after a long build.
+pub fn ensure_cache_root(root: &Path) -> Result<()> {
+    for dir in [root.join(paths::KERNELS_DIR_NAME), paths::lock_dir(root)] {
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            StageError::io("cache root is not writable: cannot create", &dir, e).with_hint(format!(
+                "set {} to a writable directory",
+                paths::CACHE_DIR_ENV
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Hold the tree's build lock, saying whom we wait for. Returns whether we waited.
+fn lock_tree(root: &Path, tree: &Path, cx: &StageContext) -> Result<(lock::FileLock, bool)> {
+    let path = paths::source_lock(root, tree);
+    lock::lock_reporting(&path, LockMode::Exclusive, |holders| {
+        cx.progress.note(&format!(
+            "source tree {} is locked by another build; waiting ({})",
+            tree.display(),
+            lock::describe_holders(holders)
+        ));
+    })
+}
+
+/// Print why the cache missed: the nearest entry's differing inputs.
+fn explain_miss(stages: &Stages, derived: &DerivedKey, cx: &StageContext) {
+    let prefix = identity::prefix_of(&derived.key);
+    let entries = stages.local_cache().stage.list().unwrap_or_default();
+    let nearest = entries.iter().filter_map(|l| match l {
+        Listed::Ok(e) if identity::prefix_of(&e.key) == prefix => Some(e),
+        _ => None,
+    });
+    let best = nearest.min_by_key(|e| {
+        identity::explain_difference(&derived.components, &e.metadata.components).len()
+    });
+    match best {
+        None => cx.progress.note(&format!(
+            "explain: no cached entry starts with {prefix}; inputs are: {}",
+            derived
+                .components
+                .iter()
+                .map(|c| format!("{}={}", c.name, c.value))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        Some(e) => {
+            cx.progress.note(&format!(
+                "explain: {} missed; nearest entry {} differs in:",
+                derived.key, e.key
+            ));
+            for line in identity::explain_difference(&derived.components, &e.metadata.components) {
+                cx.progress.note(&format!("explain:   {line}"));
+            }
+        }
+    }
+}
+
+/// Run one build request through the pipeline.
+pub fn run(
+    stages: &Stages,
+    req: &BuildRequestSpec,
+    cache_root: &Path,
+    cx: &StageContext,
+) -> Result<Outcome> {
+    let arch = ktstr_sdk::arch::host();
+    let acquirer = stages.acquirer_for(&req.spec)?;
+    // Validate the profile and fragments before touching anything.
+    let declared = stages.configurer.stage.identity(&req.configure)?;
+    let keyer = Keyer {
+        arch: arch.name,
+        builder: stages.builder.stage.identity(cx)?,
+        declared,
+    };
+    let mut source = acquirer.stage.acquire(&req.spec, cx)?;
+
+    let mut looked_up: Option<CacheKey> = None;
+    if !req.force && !req.clean {
+        if let Some(derived) = keyer.current(stages, &source, &req.configure)? {
+            if let Some(entry) = lookup(stages, &derived.key, cx)? {
+                return Ok(Outcome::Hit(entry));
+            }
+            if req.explain {
+                explain_miss(stages, &derived, cx);
+            }
+            looked_up = Some(derived.key);
+        }
+    }
+    if req.clean && !source.is_local {
+        cx.progress
+            .note("--clean only applies to local trees; downloaded sources start clean");
+    }
+
+    ensure_cache_root(cache_root)?;
+    let reservation = stages.reserver.stage.reserve(
+        &ReserveRequest {
+            cpu_cap: req.cpu_cap,
+        },
+        cx,
+    )?;
+    let tree = source.source_dir.clone();
+    let _tree_lock = if source.is_local {
+        let (held, waited) = lock_tree(cache_root, &tree, cx)?;
+        if waited {
+            let fresh = acquirer.stage.probe(&source, cx).map_err(|e| e.to_string());
+            let state = MidWaitState::classify(&source, fresh);
+            if let Some(msg) = state.diagnostic() {
+                cx.progress.note(&msg);
+            }
+            match state {
+                MidWaitState::Clean if !req.force && !req.clean => {
+                    if let Some(derived) = keyer.current(stages, &source, &req.configure)?
+                        && let Some(entry) = lookup(stages, &derived.key, cx)?
+                    {
+                        cx.progress.note(&format!(
+                            "a concurrent build cached {} while we waited; not rebuilding",
+                            derived.key
+                        ));
+                        return Ok(Outcome::PeerBuilt(entry));
+                    }
+                }
+                MidWaitState::DirtyEdit | MidWaitState::ProbeFailed(_) => source.is_dirty = true,
+                MidWaitState::HeadAdvanced { head } => {
+                    source.identity.short = Some(head.chars().take(12).collect());
+                    source.identity.id = head;
+                    looked_up = None;
+                }
+                _ => {}
+            }
+        }
+        Some(held)
+    } else {
+        None
+    };
+
+    if req.clean && source.is_local {
+        stages.builder.stage.clean(&tree, cx)?;
+    }
+
+    let mut configure = req.configure.clone();
+    configure.make_jobs = reservation.make_jobs;
+    configure.sandbox_procs = reservation.sandbox_procs.clone();
+    if !stages.configurer.stage.is_configured(&tree, &configure)? {
+        stages.configurer.stage.configure(&tree, &configure, cx)?;
+        // A required symbol olddefconfig dropped fails now, not after the build.
+        stages.configurer.stage.validate(&tree, &configure)?;
+    }
+
+    // Configuring may have produced a .config some earlier build used.
+    let derived = keyer.current(stages, &source, &configure)?;
+    if let Some(d) = &derived
+        && !req.force
+        && looked_up.as_ref() != Some(&d.key)
+        && let Some(entry) = lookup(stages, &d.key, cx)?
+    {
+        return Ok(Outcome::Hit(entry));
+    }
+
+    cx.cancel.check()?;
+    let output = stages.builder.stage.build(
+        &BuildRequest {
+            tree: tree.clone(),
+            make_jobs: reservation.make_jobs,
+            sandbox_procs: reservation.sandbox_procs.clone(),
+            compile_commands: source.is_local,
+        },
+        cx,
+    )?;
+    stages.configurer.stage.validate(&tree, &configure)?;
+
+    let Some(derived) = derived.filter(|_| !source.is_dirty) else {
+        return Ok(Outcome::NotCached {
+            tree,
+            image: output.image,
+            reason: NotCached::Dirty {
+                is_git: source.is_git,
+            },
+        });
+    };
+    if source.is_local {
+        match acquirer.stage.probe(&source, cx) {
+            Ok(Some(fresh)) if changed_during_build(&source, &fresh) => {
+                return Ok(Outcome::NotCached {
+                    tree,
+                    image: output.image,
+                    reason: NotCached::ChangedDuringBuild,
+                });
+            }
+            Ok(_) => {}
+            Err(e) => cx.progress.warn(&format!(
+                "could not re-check the source tree after the build ({e}); caching anyway"
+            )),
+        }
+    }
+
+    let config_path = tree.join(".config");
+    let config_sha = ktstr_sdk::hash::sha256_file(&config_path)?.0;
+    let metadata = store::metadata_for(
+        &source,
+        &derived,
+        &configure,
+        &config_sha,
+        arch.image_name,
+        arch.name,
+    );
+    let entry = store::store_all(stages, &derived, &output, &config_path, &metadata, cx)?;
+    drop(reservation);
+    Ok(Outcome::Stored(entry))
+}
+
+/// The default cache root, created if missing.
+pub fn cache_root() -> Result<PathBuf> {
+    paths::cache_root()
+}
+
+/// Read `--extra-kconfig` files; the error names the file.
+pub fn read_fragment(path: &Path) -> Result<ktstr_sdk::configure::Fragment> {
+    let content = std::fs::read_to_string(path)
+        .at("--extra-kconfig: cannot read", path)
+        .map_err(|e| {
+            e.with_hint("pass a readable kconfig fragment file (lines like CONFIG_FOO=y)")
+        })?;
+    Ok(ktstr_sdk::configure::Fragment {
+        name: path.display().to_string(),
+        content,
+    })
+}
+
+/// Unused config table placeholder until the config file lands.
+pub fn empty_config() -> PluginConfig {
+    PluginConfig::Null
+}
