@@ -241,16 +241,17 @@ pub fn run(
     let mut source = acquirer.stage.acquire(&req.spec, cx)?;
 
     let mut looked_up: Option<CacheKey> = None;
-    if !req.force && !req.clean {
-        if let Some(derived) = keyer.current(stages, &source, &req.configure)? {
-            if let Some(entry) = lookup(stages, &derived.key, cx)? {
-                return Ok(Outcome::Hit(entry));
-            }
-            if req.explain {
-                explain_miss(stages, &derived, cx);
-            }
-            looked_up = Some(derived.key);
+    if !req.force
+        && !req.clean
+        && let Some(derived) = keyer.current(stages, &source, &req.configure)?
+    {
+        if let Some(entry) = lookup(stages, &derived.key, cx)? {
+            return Ok(Outcome::Hit(entry));
         }
+        if req.explain {
+            explain_miss(stages, &derived, cx);
+        }
+        looked_up = Some(derived.key);
     }
     if req.clean && !source.is_local {
         cx.progress
