@@ -31,7 +31,7 @@ if [ -z "$tree" ]; then
   sed -i '/^\/\*$/,$d' "$tree/.gitignore"    # Debian's ignore-everything packaging block
   git -C "$tree" init -q
   git -C "$tree" add -A
-  git -C "$tree" -c user.name=bench -c user.email=bench@localhost commit -qm base
+  git -C "$tree" -c gc.auto=0 -c user.name=bench -c user.email=bench@localhost commit -qm base
 fi
 
 echo "priming: ktstr build --kernel $tree --profile tiny" >&2

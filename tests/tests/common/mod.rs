@@ -1,0 +1,665 @@
+//! Helpers shared by the end-to-end tests: find (and build) the `ktstr`
+//! binary, set up a fixture kernel tree with its own cache, run `ktstr`.
+//!
+//! Every test binary includes this module with `mod common;`, and not every
+//! binary uses every helper.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Path of the `ktstr` binary under test.
+///
+/// Cargo only gives `CARGO_BIN_EXE_<name>` to the integration tests of the
+/// package that defines the binary, and `cargo test -p ktstr-tests` does not
+/// build other packages' binaries. So, unless `KTSTR_TEST_BIN` names a binary
+/// to test (e.g. an installed one), the first call runs
+/// `$CARGO build -p ktstr --bin ktstr` for the same profile and target
+/// directory as this test executable (a no-op when it is up to date) and uses
+/// `<target>/<profile>/ktstr`. This works from a clean clone with
+/// `cargo test --workspace` and never tests a stale binary.
+pub fn ktstr_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("KTSTR_TEST_BIN").filter(|v| !v.is_empty()) {
+            let bin = PathBuf::from(bin);
+            assert!(
+                bin.is_file(),
+                "KTSTR_TEST_BIN={} is not a file",
+                bin.display()
+            );
+            return bin;
+        }
+        // <target>/<profile>/deps/<test>-<hash>
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test executable lives in <target>/<profile>/deps")
+            .to_path_buf();
+        let target_dir = profile_dir
+            .parent()
+            .expect("<target>/<profile>")
+            .to_path_buf();
+        let profile = match profile_dir.file_name().and_then(OsStr::to_str) {
+            Some("debug") | None => "dev".to_string(),
+            Some(other) => other.to_string(),
+        };
+        let cargo = std::env::var_os("CARGO")
+            .or_else(|| option_env!("CARGO").map(Into::into))
+            .unwrap_or_else(|| "cargo".into());
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let out = Command::new(&cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "ktstr",
+                "--bin",
+                "ktstr",
+                "--profile",
+                &profile,
+            ])
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", Path::new(&cargo).display()));
+        assert!(
+            out.status.success(),
+            "building the ktstr binary failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bin = profile_dir.join("ktstr");
+        assert!(bin.is_file(), "{} missing after cargo build", bin.display());
+        bin
+    })
+}
+
+/// Source of the fixture kernel tree.
+pub fn fixture_src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/kernel")
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            fs::copy(entry.path(), &dest).unwrap();
+        }
+    }
+}
+
+/// Run git in `dir` without the user's or system's configuration.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_SYSTEM", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "ktstr tests")
+        .env("GIT_AUTHOR_EMAIL", "tests@ktstr.invalid")
+        .env("GIT_AUTHOR_DATE", "2025-01-01T00:00:00Z")
+        .env("GIT_COMMITTER_NAME", "ktstr tests")
+        .env("GIT_COMMITTER_EMAIL", "tests@ktstr.invalid")
+        .env("GIT_COMMITTER_DATE", "2025-01-01T00:00:00Z")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?} in {} failed:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `git init` + add everything + commit.
+pub fn git_init_commit(dir: &Path) {
+    git(dir, &["init", "-q", "-b", "main"]);
+    git(dir, &["add", "-A"]);
+    // gc.auto=0: an 80k-file kernel commit would otherwise start a slow repack.
+    git(
+        dir,
+        &["-c", "gc.auto=0", "commit", "-q", "-m", "fixture kernel"],
+    );
+}
+
+/// The result of one `ktstr` run.
+#[derive(Debug)]
+pub struct Run {
+    pub args: Vec<String>,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    fn from_output(args: Vec<String>, out: Output, elapsed: Duration) -> Run {
+        Run {
+            args,
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            elapsed,
+        }
+    }
+
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// Everything a failed assertion should show.
+    pub fn describe(&self) -> String {
+        format!(
+            "ktstr {}\n  exit: {}\n  --- stdout ---\n{}  --- stderr ---\n{}  --------------",
+            self.args.join(" "),
+            self.status,
+            self.stdout,
+            self.stderr
+        )
+    }
+
+    #[track_caller]
+    pub fn assert_ok(&self) -> &Self {
+        assert_eq!(
+            self.code(),
+            Some(0),
+            "expected success\n{}",
+            self.describe()
+        );
+        self.assert_no_panic();
+        self
+    }
+
+    /// A user-facing failure: exit code 1, an `ktstr: error: ` line, no panic.
+    #[track_caller]
+    pub fn assert_fails(&self) -> &Self {
+        assert_eq!(
+            self.code(),
+            Some(1),
+            "expected exit code 1\n{}",
+            self.describe()
+        );
+        self.assert_no_panic();
+        assert!(
+            self.stderr.contains("ktstr: error: "),
+            "expected an `ktstr: error: ` line\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    /// The error comes with a `hint: ` line (for errors with a known fix).
+    #[track_caller]
+    pub fn assert_hint(&self) -> &Self {
+        assert!(
+            self.error_text().lines().any(|l| l.contains("hint: ")),
+            "expected a `hint: ` line after the error\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_no_panic(&self) -> &Self {
+        assert!(
+            !self.stderr.contains("panicked") && !self.stderr.contains("RUST_BACKTRACE"),
+            "ktstr panicked\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_stderr_has(&self, needle: &str) -> &Self {
+        assert!(
+            self.stderr.contains(needle),
+            "stderr should contain {needle:?}\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_stderr_lacks(&self, needle: &str) -> &Self {
+        assert!(
+            !self.stderr.contains(needle),
+            "stderr should not contain {needle:?}\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    /// The `ktstr: error: ...` line(s) and what follows them.
+    pub fn error_text(&self) -> &str {
+        match self.stderr.find("ktstr: error: ") {
+            Some(i) => &self.stderr[i..],
+            None => "",
+        }
+    }
+
+    /// `ktstr build` on success: exactly one stdout line, an existing file.
+    #[track_caller]
+    pub fn image_path(&self) -> PathBuf {
+        self.assert_ok();
+        let lines: Vec<&str> = self.stdout.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "stdout must be exactly one line (the image)\n{}",
+            self.describe()
+        );
+        let path = PathBuf::from(lines[0]);
+        assert!(
+            path.is_absolute(),
+            "image path must be absolute\n{}",
+            self.describe()
+        );
+        assert!(
+            path.is_file(),
+            "image {} does not exist\n{}",
+            path.display(),
+            self.describe()
+        );
+        path
+    }
+
+    /// stderr lines are `ktstr: ` lines, or indented continuations of one.
+    #[track_caller]
+    pub fn assert_stderr_prefixed(&self) -> &Self {
+        for line in self.stderr.lines() {
+            assert!(
+                line.is_empty() || line.starts_with("ktstr: ") || line.starts_with([' ', '\t']),
+                "stderr line not prefixed with `ktstr: `: {line:?}\n{}",
+                self.describe()
+            );
+        }
+        self
+    }
+
+    /// The key in a `ktstr: cached <key>` line.
+    #[track_caller]
+    pub fn cached_key(&self) -> String {
+        self.key_after("cached ")
+    }
+
+    /// The key after `cache hit `.
+    #[track_caller]
+    pub fn hit_key(&self) -> String {
+        self.key_after("cache hit ")
+    }
+
+    #[track_caller]
+    fn key_after(&self, marker: &str) -> String {
+        let Some(i) = self.stderr.find(marker) else {
+            panic!("stderr should contain {marker:?}\n{}", self.describe());
+        };
+        self.stderr[i + marker.len()..]
+            .split(|c: char| c.is_whitespace() || c == ':' || c == ',' || c == '(' || c == ')')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n{}", self.describe()))
+    }
+}
+
+/// Keys look like `6.99.0-local-x86_64-<8 hex>` for the fixture tree.
+pub fn is_fixture_key(key: &str) -> bool {
+    let Some(hash) = key.strip_prefix("6.99.0-local-x86_64-") else {
+        return false;
+    };
+    hash.len() == 8
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A fixture kernel tree, a cache root and a make log, each in one temp dir.
+pub struct Fixture {
+    pub root: tempfile::TempDir,
+    pub tree: PathBuf,
+    pub cache: PathBuf,
+    pub make_log: PathBuf,
+    /// Extra environment for every ktstr run.
+    pub env: Vec<(String, String)>,
+}
+
+impl Fixture {
+    /// A copy of the fixture tree that is not under git.
+    pub fn plain() -> Fixture {
+        let root = tempfile::Builder::new()
+            .prefix("ktstr-e2e-")
+            .tempdir()
+            .unwrap();
+        let tree = root.path().join("linux");
+        copy_dir(&fixture_src(), &tree);
+        let cache = root.path().join("cache");
+        let make_log = root.path().join("make.log");
+        Fixture {
+            root,
+            tree,
+            cache,
+            make_log,
+            env: Vec::new(),
+        }
+    }
+
+    /// A copy of the fixture tree, committed to a fresh git repository.
+    pub fn git() -> Fixture {
+        let fx = Fixture::plain();
+        git_init_commit(&fx.tree);
+        fx
+    }
+
+    pub fn with_env(mut self, key: &str, value: &str) -> Fixture {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// A file in the temp dir (outside the tree), e.g. for fragments.
+    pub fn write_file(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.root.path().join(name);
+        fs::write(&path, content).unwrap();
+        path
+    }
+
+    /// A `ktstr` command with a private cache, config and make log, and
+    /// none of the caller's `KTSTR_*` settings.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(ktstr_bin());
+        cmd.args(args);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("KTSTR_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("KTSTR_CACHE_DIR", &self.cache)
+            .env("KTSTR_FIXTURE_MAKE_LOG", &self.make_log)
+            .env("XDG_CONFIG_HOME", self.root.path().join("xdg-config"))
+            .env("XDG_DATA_HOME", self.root.path().join("xdg-data"))
+            .env_remove("RUST_LOG")
+            .env_remove("RUST_BACKTRACE")
+            .current_dir(self.root.path())
+            .stdin(Stdio::null());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_cmd(self.command(args), args)
+    }
+
+    pub fn run_cmd(&self, mut cmd: Command, args: &[&str]) -> Run {
+        let start = Instant::now();
+        let out = cmd.output().expect("spawn ktstr");
+        Run::from_output(
+            args.iter().map(|s| s.to_string()).collect(),
+            out,
+            start.elapsed(),
+        )
+    }
+
+    /// `ktstr build --kernel <tree> <extra...>`.
+    pub fn build(&self, extra: &[&str]) -> Run {
+        self.run(&self.build_args(extra))
+    }
+
+    pub fn build_args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["build", "--kernel", self.tree.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args
+    }
+
+    /// Start `ktstr build` in the background with piped stdout/stderr.
+    pub fn spawn_build(&self, extra: &[&str], env: &[(&str, &str)]) -> Spawned {
+        let args: Vec<String> = self
+            .build_args(extra)
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut cmd = self.command(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        Spawned {
+            args,
+            start: Instant::now(),
+            child: cmd.spawn().expect("spawn ktstr"),
+        }
+    }
+
+    /// One entry per make invocation: its goals (`all` for the default goal).
+    pub fn make_log(&self) -> Vec<String> {
+        fs::read_to_string(&self.make_log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// How many make invocations built the kernel (the default goal or an
+    /// image target).
+    pub fn build_count(&self) -> usize {
+        self.make_log()
+            .iter()
+            .filter(|line| is_build_goal(line))
+            .count()
+    }
+
+    /// Wait until make has been asked to build the kernel `n` times in total
+    /// while `child` runs; fails at once if `child` exits first.
+    pub fn wait_for_build_start(&self, n: usize, child: &mut Spawned, timeout: Duration) {
+        let start = Instant::now();
+        while self.build_count() < n {
+            if child.child.try_wait().unwrap().is_some() {
+                let args = child.args.clone();
+                let run = child.collect();
+                panic!(
+                    "ktstr exited before make built; make log: {:?}\n{}",
+                    self.make_log(),
+                    Run { args, ..run }.describe()
+                );
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "make was not asked to build within {timeout:?}; make log: {:?}",
+                self.make_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kernels_dir(&self) -> PathBuf {
+        self.cache.join("kernels")
+    }
+
+    /// `ktstr kernel list --json`, parsed.
+    pub fn list_json(&self) -> Vec<serde_json::Value> {
+        let run = self.run(&["kernel", "list", "--json"]);
+        run.assert_ok();
+        match run.json() {
+            serde_json::Value::Array(items) => items,
+            other => panic!("kernel list --json must print an array, got {other}"),
+        }
+    }
+
+    /// The cache entry directories that exist on disk.
+    pub fn entries_on_disk(&self) -> Vec<String> {
+        let mut names: Vec<String> = match fs::read_dir(self.kernels_dir()) {
+            Ok(rd) => rd
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        names.sort();
+        names
+    }
+
+    /// The in-tree image a build produces.
+    pub fn tree_image(&self) -> PathBuf {
+        self.tree.join("arch/x86/boot/bzImage")
+    }
+
+    /// Make a tracked file differ from HEAD.
+    pub fn dirty_tracked_file(&self) {
+        let kconfig = self.tree.join("Kconfig");
+        let mut text = fs::read_to_string(&kconfig).unwrap();
+        text.push_str("# an uncommitted edit\n");
+        fs::write(&kconfig, text).unwrap();
+    }
+}
+
+pub fn is_build_goal(line: &str) -> bool {
+    line.split_whitespace()
+        .any(|g| matches!(g, "all" | "bzImage" | "vmlinux"))
+}
+
+/// A `ktstr` running in the background.
+pub struct Spawned {
+    pub args: Vec<String>,
+    pub start: Instant,
+    pub child: Child,
+}
+
+impl Spawned {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn wait(mut self, timeout: Duration) -> Run {
+        loop {
+            if self.child.try_wait().unwrap().is_some() {
+                return self.collect();
+            }
+            if self.start.elapsed() > timeout {
+                let _ = self.child.kill();
+                let run = self.collect();
+                panic!(
+                    "ktstr did not finish within {timeout:?}\n{}",
+                    run.describe()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Wait for exit and read the output.
+    fn collect(&mut self) -> Run {
+        let status = self.child.wait().unwrap();
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            out.read_to_end(&mut stdout).unwrap();
+        }
+        if let Some(mut err) = self.child.stderr.take() {
+            err.read_to_end(&mut stderr).unwrap();
+        }
+        let elapsed = self.start.elapsed();
+        Run::from_output(
+            self.args.clone(),
+            Output {
+                status,
+                stdout,
+                stderr,
+            },
+            elapsed,
+        )
+    }
+}
+
+/// Section names of an ELF file, from `readelf -S -W`.
+pub fn elf_sections(path: &Path) -> Vec<String> {
+    let out = Command::new("readelf")
+        .args(["-S", "-W"])
+        .arg(path)
+        .output()
+        .expect("run readelf (binutils)");
+    assert!(
+        out.status.success(),
+        "readelf -S {} failed:\n{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            // "  [Nr] Name  Type ..." -> the token after "]"
+            let rest = line.trim_start().strip_prefix('[')?;
+            let (_, rest) = rest.split_once(']')?;
+            rest.split_whitespace().next().map(str::to_string)
+        })
+        .filter(|name| name != "Name")
+        .collect()
+}
+
+#[track_caller]
+pub fn assert_stripped_vmlinux(path: &Path) {
+    let sections = elf_sections(path);
+    assert!(
+        sections.iter().any(|s| s == ".BTF"),
+        "{}: no .BTF section: {sections:?}",
+        path.display()
+    );
+    assert!(
+        sections.iter().any(|s| s == ".symtab"),
+        "{}: no .symtab: {sections:?}",
+        path.display()
+    );
+    assert!(
+        !sections.iter().any(|s| s.starts_with(".debug_")),
+        "{}: debug sections left: {sections:?}",
+        path.display()
+    );
+}
+
+/// Canonical form of a path for comparisons.
+pub fn canon(path: &Path) -> PathBuf {
+    fs::canonicalize(path).unwrap_or_else(|e| panic!("canonicalize {}: {e}", path.display()))
+}
+
+/// A directory of symlinks to every program on `$PATH` except `without`.
+pub fn path_without(dir: &Path, without: &[&str]) -> PathBuf {
+    let bin = dir.join("bin-without");
+    fs::create_dir_all(&bin).unwrap();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for entry_dir in std::env::split_paths(&path) {
+        let Ok(rd) = fs::read_dir(&entry_dir) else {
+            continue;
+        };
+        for entry in rd.flatten() {
+            let name = entry.file_name();
+            if without.iter().any(|w| OsStr::new(w) == name) {
+                continue;
+            }
+            let link = bin.join(&name);
+            if !link.exists() {
+                let _ = std::os::unix::fs::symlink(entry.path(), &link);
+            }
+        }
+    }
+    bin
+}

@@ -1,0 +1,112 @@
+//! Two builds of one tree: the second waits for the first and is served
+//! from the cache instead of building again.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Fixture;
+
+#[test]
+fn concurrent_builds_of_one_tree_build_once() {
+    let fx = Fixture::git();
+    let slow = [("KTSTR_FIXTURE_BUILD_SECONDS", "3")];
+    let mut first = fx.spawn_build(&[], &slow);
+    let first_pid = first.pid();
+    // The first holds the source-tree lock once make is building.
+    fx.wait_for_build_start(1, &mut first, Duration::from_secs(60));
+    let second = fx.spawn_build(&[], &slow);
+
+    let first = first.wait(Duration::from_secs(120));
+    let second = second.wait(Duration::from_secs(120));
+    let first_image = first.image_path();
+    let key = first.cached_key();
+    assert_eq!(second.image_path(), first_image, "{}", second.describe());
+
+    assert_eq!(
+        fx.build_count(),
+        1,
+        "the kernel was built more than once: {:?}\n{}\n{}",
+        fx.make_log(),
+        first.describe(),
+        second.describe()
+    );
+    second
+        .assert_stderr_has("is locked by")
+        .assert_stderr_has("waiting")
+        .assert_stderr_has(&format!("pid {first_pid}"))
+        .assert_stderr_has("while we waited")
+        .assert_stderr_lacks("ktstr: cached ");
+    assert!(
+        second.stderr.contains(&key),
+        "the second should name the key it got\n{}",
+        second.describe()
+    );
+    assert_eq!(fx.list_json().len(), 1);
+}
+
+#[test]
+fn different_trees_do_not_wait_for_each_other() {
+    let a = Fixture::git();
+    let mut b = Fixture::git();
+    // One cache, two trees with different commits.
+    b.cache = a.cache.clone();
+    b.dirty_tracked_file();
+    common::git(&b.tree, &["commit", "-q", "-am", "b"]);
+    let slow = [("KTSTR_FIXTURE_BUILD_SECONDS", "2")];
+    let ra = a.spawn_build(&[], &slow);
+    let rb = b.spawn_build(&[], &slow);
+    let ra = ra.wait(Duration::from_secs(120));
+    let rb = rb.wait(Duration::from_secs(120));
+    let ia = ra.image_path();
+    let ib = rb.image_path();
+    assert_ne!(ia, ib);
+    ra.assert_stderr_lacks("is locked by");
+    rb.assert_stderr_lacks("is locked by");
+}
+
+/// Identity comes first: a hit is served while another build holds the
+/// tree's lock, without waiting for it.
+#[test]
+fn cache_hit_does_not_wait_for_a_running_build() {
+    let fx = Fixture::git();
+    let key = fx.build(&[]).cached_key();
+    let mut forced = fx.spawn_build(&["--force"], &[("KTSTR_FIXTURE_BUILD_SECONDS", "4")]);
+    fx.wait_for_build_start(2, &mut forced, Duration::from_secs(60));
+    let hit = fx.build(&[]);
+    let still_running = forced.child.try_wait().unwrap().is_none();
+    hit.image_path();
+    assert_eq!(hit.hit_key(), key, "{}", hit.describe());
+    hit.assert_stderr_lacks("is locked by");
+    assert!(
+        still_running,
+        "the hit should not have waited for the --force build\n{}",
+        hit.describe()
+    );
+    forced.wait(Duration::from_secs(120)).assert_ok();
+}
+
+/// A build killed mid-make leaves no lock and no entry behind; the next one
+/// builds and stores normally.
+#[test]
+fn killed_build_leaves_nothing_behind() {
+    let fx = Fixture::git();
+    let mut victim = fx.spawn_build(&[], &[("KTSTR_FIXTURE_BUILD_SECONDS", "2")]);
+    fx.wait_for_build_start(1, &mut victim, Duration::from_secs(60));
+    victim.child.kill().unwrap();
+    let killed = victim.wait(Duration::from_secs(30));
+    assert!(killed.code().is_none(), "{}", killed.describe());
+    // Let the orphaned make finish before building in the same tree.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        fx.entries_on_disk().is_empty(),
+        "{:?}",
+        fx.entries_on_disk()
+    );
+
+    let run = fx.build(&[]);
+    run.image_path();
+    run.assert_stderr_lacks("is locked by");
+    run.cached_key();
+    assert_eq!(fx.list_json().len(), 1);
+}

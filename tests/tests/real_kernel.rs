@@ -1,0 +1,156 @@
+//! Build Debian's `linux-source-6.12` with the `tiny` profile, then hit the
+//! cache. Runs where the source package and the toolchain are installed
+//! (CI: `.ci/run`); elsewhere it prints why it skips.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Fixture, assert_stripped_vmlinux, canon};
+
+const TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
+const PACKAGES: &str = "linux-source-6.12 build-essential flex bison bc libelf-dev libssl-dev dwarves cpio xz-utils python3";
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+fn missing_prerequisites() -> Vec<String> {
+    let mut missing = Vec::new();
+    if !Path::new(TARBALL).is_file() {
+        missing.push(TARBALL.to_string());
+    }
+    for program in [
+        "make", "gcc", "flex", "bison", "bc", "pahole", "git", "objcopy", "readelf", "xz",
+        "python3",
+    ] {
+        if !on_path(program) {
+            missing.push(program.to_string());
+        }
+    }
+    if !Path::new("/usr/include/libelf.h").is_file() && !Path::new("/usr/include/gelf.h").is_file()
+    {
+        missing.push("libelf.h".to_string());
+    }
+    missing
+}
+
+/// Extract the tarball into `dir`, returning the tree.
+fn extract(dir: &Path) -> PathBuf {
+    let status = Command::new("tar")
+        .arg("-xJf")
+        .arg(TARBALL)
+        .arg("-C")
+        .arg(dir)
+        .status()
+        .expect("run tar");
+    assert!(status.success(), "extracting {TARBALL} failed");
+    let tree = dir.join("linux-source-6.12");
+    assert!(
+        tree.join("Makefile").is_file(),
+        "{} has no Makefile",
+        tree.display()
+    );
+    tree
+}
+
+/// Debian's tarball ends `.gitignore` with a packaging block that ignores
+/// everything at the top level (`/*`, `!/debian/`); drop it so the tree can
+/// be committed.
+fn drop_debian_gitignore_block(tree: &Path) {
+    let path = tree.join(".gitignore");
+    let text = fs::read_to_string(&path).unwrap();
+    let mut kept = Vec::new();
+    for line in text.lines() {
+        if line == "/*" {
+            break;
+        }
+        kept.push(line);
+    }
+    fs::write(&path, kept.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn real_kernel_tiny_build_then_cache_hit() {
+    let missing = missing_prerequisites();
+    if !missing.is_empty() {
+        // Straight to the stderr handle: libtest captures print!/eprint!, and
+        // a skip reason nobody sees is no better than a silent pass.
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipping real-kernel test: {} missing (apt-get install {PACKAGES})",
+            missing.join(", ")
+        );
+        return;
+    }
+
+    let root = tempfile::Builder::new()
+        .prefix("ktstr-real-")
+        .tempdir()
+        .unwrap();
+    let tree = extract(root.path());
+    drop_debian_gitignore_block(&tree);
+    common::git_init_commit(&tree);
+    let fx = Fixture {
+        cache: root.path().join("cache"),
+        make_log: root.path().join("make.log"),
+        tree,
+        root,
+        env: Vec::new(),
+    };
+
+    let first = fx.build(&["--profile", "tiny"]);
+    let image = first.image_path();
+    let key = first.cached_key();
+    assert!(
+        key.starts_with("6.12.") && key.contains("-local-x86_64-"),
+        "key {key}\n{}",
+        first.describe()
+    );
+    assert!(
+        canon(&image).starts_with(canon(&fx.kernels_dir())),
+        "{}",
+        first.describe()
+    );
+    let entry = image.parent().unwrap();
+    assert_eq!(image.file_name().unwrap(), "bzImage");
+    for name in ["vmlinux", "config", "metadata.json"] {
+        assert!(entry.join(name).is_file(), "entry lacks {name}");
+    }
+    assert_stripped_vmlinux(&entry.join("vmlinux"));
+    let config = fs::read_to_string(entry.join("config")).unwrap();
+    for sym in [
+        "BPF",
+        "BPF_SYSCALL",
+        "BPF_JIT",
+        "DEBUG_INFO_BTF",
+        "SCHED_CLASS_EXT",
+        "KALLSYMS",
+        "SMP",
+    ] {
+        assert!(
+            config.lines().any(|l| l == format!("CONFIG_{sym}=y")),
+            "cached config lacks CONFIG_{sym}=y"
+        );
+    }
+    assert!(
+        fx.tree.join("compile_commands.json").is_file(),
+        "compile_commands.json missing in the tree"
+    );
+    assert_eq!(
+        common::git(&fx.tree, &["status", "--porcelain"]),
+        "",
+        "building dirtied the tree"
+    );
+
+    let second = fx.build(&["--profile", "tiny"]);
+    assert_eq!(second.image_path(), image);
+    // The hit message is printed only on the path that runs no make; how
+    // fast that is lives in tests/bench/cache-hit.sh, not in a timed test.
+    assert_eq!(second.hit_key(), key, "{}", second.describe());
+}
