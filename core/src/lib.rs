@@ -6,3 +6,4 @@ pub mod identity;
 pub mod pipeline;
 pub mod progress;
 pub mod registry;
+pub mod tree_config;

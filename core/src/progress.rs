@@ -127,8 +127,9 @@ impl Progress for StderrProgress {
     fn finish_step(&self) {
         let step = self.step.lock().unwrap().take();
         if let Some(step) = step {
+            // Neutral wording: a failed step ends here too, before its error.
             self.println(&format!(
-                "{} done in {}",
+                "{} took {}",
                 step.name,
                 human_duration(step.started.elapsed())
             ));

@@ -25,6 +25,11 @@ pub struct ConfigureRequest {
     pub make_jobs: usize,
     /// Sandbox the configure-time make joins, if any.
     pub sandbox_procs: Option<PathBuf>,
+    /// Start from the profile's base target even if `.config` exists (the
+    /// host sets it when the existing `.config` is ktstr's own output for a
+    /// different profile or fragments, or after `--clean`).
+    #[serde(default)]
+    pub reset: bool,
 }
 
 /// One selectable profile, for `ktstr plugins list` and errors.

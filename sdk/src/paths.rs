@@ -13,6 +13,7 @@ use crate::error::{Result, StageError};
 pub const CACHE_DIR_ENV: &str = "KTSTR_CACHE_DIR";
 pub const LOCK_DIR_NAME: &str = ".locks";
 pub const KERNELS_DIR_NAME: &str = "kernels";
+pub const TREES_DIR_NAME: &str = "trees";
 
 /// An environment variable's value; empty counts as unset.
 pub fn env_nonempty(name: &str) -> Option<String> {
@@ -46,11 +47,20 @@ pub fn entry_lock(root: &Path, key: &CacheKey) -> PathBuf {
     lock_dir(root).join(format!("entry-{key}.lock"))
 }
 
+fn tree_hash(canonical_tree: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    crate::hash::crc32_hex(canonical_tree.as_os_str().as_bytes())
+}
+
 /// Lock serialising builds in one source tree (by canonical path).
 pub fn source_lock(root: &Path, canonical_tree: &Path) -> PathBuf {
-    use std::os::unix::ffi::OsStrExt;
-    let hash = crate::hash::crc32_hex(canonical_tree.as_os_str().as_bytes());
-    lock_dir(root).join(format!("source-{hash}.lock"))
+    lock_dir(root).join(format!("source-{}.lock", tree_hash(canonical_tree)))
+}
+
+/// What ktstr last configured a local tree for (see the host's `tree_config`).
+pub fn tree_record(root: &Path, canonical_tree: &Path) -> PathBuf {
+    root.join(TREES_DIR_NAME)
+        .join(format!("{}.json", tree_hash(canonical_tree)))
 }
 
 #[cfg(test)]

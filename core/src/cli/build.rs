@@ -26,6 +26,7 @@ pub fn run(args: &BuildArgs) -> Result<()> {
             fragments,
             make_jobs: 1,
             sandbox_procs: None,
+            reset: false,
         },
         clean: args.clean,
         force: args.force,

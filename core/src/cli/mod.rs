@@ -130,16 +130,30 @@ pub fn report(err: &anyhow::Error) {
             text.push_str(": ");
         }
         text.push_str(&stage.message);
+        // One-line causes extend the sentence; multi-line ones (a build
+        // log tail) follow as an indented block.
+        let mut blocks = Vec::new();
         for cause in &stage.causes {
             if cause.contains('\n') {
-                text.push_str(&format!("\n{cause}"));
+                blocks.push(cause);
             } else {
                 text.push_str(&format!(": {cause}"));
             }
         }
         eprintln!("{LABEL}: error: {text}");
+        for block in blocks {
+            for line in block.lines() {
+                eprintln!("{LABEL}:   {line}");
+            }
+        }
         if let Some(hint) = &stage.hint {
-            eprintln!("{LABEL}: hint: {hint}");
+            let mut lines = hint.lines();
+            if let Some(first) = lines.next() {
+                eprintln!("{LABEL}: hint: {first}");
+            }
+            for line in lines {
+                eprintln!("{LABEL}:       {line}");
+            }
         }
     } else {
         eprintln!("{LABEL}: error: {err:#}");
@@ -158,7 +172,20 @@ fn init_tracing() {
 
 /// Entry point of the `ktstr` binary; returns the exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: print to stdout, exit 0.
+            let _ = e.print();
+            return 0;
+        }
+        Err(e) => {
+            let rendered = e.render().to_string();
+            let body = rendered.strip_prefix("error: ").unwrap_or(&rendered);
+            eprint!("{LABEL}: error: {body}");
+            return 2;
+        }
+    };
     init_tracing();
     let result = match cli.command {
         Command::Build(args) => build::run(&args),

@@ -25,6 +25,7 @@ use ktstr_sdk::{Result, StageError, paths};
 
 use crate::identity::{self, ConfigIdentity, DerivedKey, KeyInputs};
 use crate::registry::Stages;
+use crate::tree_config;
 use tree_state::{MidWaitState, changed_during_build};
 
 /// What the user asked `ktstr build` for.
@@ -76,6 +77,7 @@ impl Outcome {
 
 /// Derives keys for one request (the parts that don't change mid-run).
 struct Keyer {
+    root: PathBuf,
     arch: &'static str,
     builder: Vec<ktstr_sdk::cache::KeyComponent>,
     declared: Vec<ktstr_sdk::cache::KeyComponent>,
@@ -116,6 +118,9 @@ impl Keyer {
             return Ok(None);
         }
         let sha = dot_config_sha256(&source.source_dir)?;
+        if tree_config::is_leftover(&self.root, &source.source_dir, &sha, &self.declared) {
+            return Ok(None);
+        }
         Ok(Some(self.derive(source, ConfigIdentity::DotConfig(sha))))
     }
 }
@@ -234,6 +239,7 @@ pub fn run(
     // Validate the profile and fragments before touching anything.
     let declared = stages.configurer.stage.identity(&req.configure)?;
     let keyer = Keyer {
+        root: cache_root.to_path_buf(),
         arch: arch.name,
         builder: stages.builder.stage.identity(cx)?,
         declared,
@@ -307,10 +313,29 @@ pub fn run(
     let mut configure = req.configure.clone();
     configure.make_jobs = reservation.make_jobs;
     configure.sandbox_procs = reservation.sandbox_procs.clone();
-    if !stages.configurer.stage.is_configured(&tree, &configure)? {
+    configure.reset = source.is_local
+        && !req.clean
+        && dot_config_sha256(&tree)
+            .is_ok_and(|sha| tree_config::is_leftover(cache_root, &tree, &sha, &keyer.declared));
+    if configure.reset {
+        cx.progress.note(&format!(
+            "{}/.config was written by ktstr for another profile or fragments; configuring \
+             from the {} profile's base (kconfig keeps the old one as .config.old)",
+            tree.display(),
+            configure.profile
+        ));
+    }
+    if configure.reset || !stages.configurer.stage.is_configured(&tree, &configure)? {
         stages.configurer.stage.configure(&tree, &configure, cx)?;
         // A required symbol olddefconfig dropped fails now, not after the build.
         stages.configurer.stage.validate(&tree, &configure)?;
+        if source.is_local {
+            let recorded = dot_config_sha256(&tree)
+                .and_then(|sha| tree_config::record(cache_root, &tree, &sha, &keyer.declared));
+            if let Err(e) = recorded {
+                tracing::warn!("could not record the tree's configuration: {e}");
+            }
+        }
     }
 
     // Configuring may have produced a .config some earlier build used.

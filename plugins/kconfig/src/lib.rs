@@ -237,10 +237,10 @@ fn configure_steps(
 ) -> Result<()> {
     let config_path = dot_config_path(tree);
 
-    // 1. Base config, only for a tree without one: an existing .config is
-    //    the user's (or a previous run's) and is built upon, not replaced.
+    // 1. Base config, only for a tree without one (or when the host asks
+    //    for a reset): an existing .config is the user's and is built upon.
     let has_config = config_path.try_exists().at("check for", &config_path)?;
-    if has_config {
+    if has_config && !request.reset {
         tracing::debug!(config = %config_path.display(), "keeping the existing .config");
     } else {
         run_make(tree, request, plan.profile.base_target, cx)?;

@@ -125,6 +125,7 @@ fn request(profile: &str, fragments: &[(&str, &str)]) -> ConfigureRequest {
             .collect(),
         make_jobs: 3,
         sandbox_procs: None,
+        reset: false,
     }
 }
 
@@ -617,6 +618,29 @@ fn configure_builds_on_an_existing_config() {
         std::fs::read_to_string(tree.join("Makefile")).unwrap(),
         FAKE_MAKEFILE
     );
+}
+
+#[test]
+fn configure_with_reset_starts_from_the_base_target() {
+    let c = KconfigConfigurer::new();
+    let dir = fake_tree();
+    let tree = dir.path();
+    std::fs::write(
+        tree.join(".config"),
+        "CONFIG_LEFTOVER_FROM_OTHER_PROFILE=y\n",
+    )
+    .unwrap();
+    let h = harness();
+    let mut req = request("tiny", &[]);
+    req.reset = true;
+    c.configure(tree, &req, &h.cx).unwrap();
+    assert_eq!(h.runner.targets(), ["tinyconfig", "olddefconfig"]);
+    let config = read_config(tree);
+    assert!(
+        !config.contains("CONFIG_LEFTOVER_FROM_OTHER_PROFILE"),
+        "reset must not build on the old .config: {config}"
+    );
+    assert!(c.is_configured(tree, &req).unwrap());
 }
 
 #[test]
