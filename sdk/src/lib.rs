@@ -26,6 +26,7 @@ pub mod registry;
 pub mod reserve;
 pub mod runner;
 pub mod source;
+pub mod testing;
 
 pub use error::{ErrorKind, Result, StageError};
 

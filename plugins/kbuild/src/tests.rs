@@ -1,82 +1,13 @@
 use std::sync::{Arc, Mutex};
 
 use ktstr_sdk::ErrorKind;
-use ktstr_sdk::context::{
-    Cancellation, CapturedOutput, CommandOutcome, CommandRunner, CommandSpec, Progress,
-};
+use ktstr_sdk::context::{CapturedOutput, CommandOutcome, CommandRunner, CommandSpec};
 use ktstr_sdk::registry::StageKind;
 use ktstr_sdk::runner::SystemRunner;
 
+use ktstr_sdk::testing::{ProgressEvent as Event, RecordingProgress};
+
 use super::*;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Event {
-    Step(String),
-    Line(String),
-    Finish,
-    Warn(String),
-    Note(String),
-}
-
-#[derive(Default)]
-struct RecordingProgress(Mutex<Vec<Event>>);
-
-impl RecordingProgress {
-    fn events(&self) -> Vec<Event> {
-        self.0.lock().unwrap().clone()
-    }
-    fn lines(&self) -> Vec<String> {
-        self.events()
-            .into_iter()
-            .filter_map(|e| match e {
-                Event::Line(l) => Some(l),
-                _ => None,
-            })
-            .collect()
-    }
-    fn steps(&self) -> Vec<String> {
-        self.events()
-            .into_iter()
-            .filter_map(|e| match e {
-                Event::Step(s) => Some(s),
-                _ => None,
-            })
-            .collect()
-    }
-    fn warnings(&self) -> Vec<String> {
-        self.events()
-            .into_iter()
-            .filter_map(|e| match e {
-                Event::Warn(s) => Some(s),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
-impl Progress for RecordingProgress {
-    fn step(&self, name: &str) {
-        self.0.lock().unwrap().push(Event::Step(name.to_string()));
-    }
-    fn line(&self, line: &str) {
-        self.0.lock().unwrap().push(Event::Line(line.to_string()));
-    }
-    fn finish_step(&self) {
-        self.0.lock().unwrap().push(Event::Finish);
-    }
-    fn warn(&self, message: &str) {
-        self.0
-            .lock()
-            .unwrap()
-            .push(Event::Warn(message.to_string()));
-    }
-    fn note(&self, message: &str) {
-        self.0
-            .lock()
-            .unwrap()
-            .push(Event::Note(message.to_string()));
-    }
-}
 
 /// Records every spec; `run` emits `lines` and ends with `code`; `capture`
 /// answers `<program> --version` from `versions`.
@@ -130,13 +61,7 @@ impl CommandRunner for FakeRunner {
 }
 
 fn context(runner: Arc<dyn CommandRunner>) -> (StageContext, Arc<RecordingProgress>) {
-    let progress = Arc::new(RecordingProgress::default());
-    let cx = StageContext {
-        progress: progress.clone(),
-        runner,
-        cancel: Cancellation::new(),
-    };
-    (cx, progress)
+    ktstr_sdk::testing::context_with(runner)
 }
 
 fn real_context() -> (StageContext, Arc<RecordingProgress>) {

@@ -3,95 +3,14 @@
 //! implements `defconfig`, `tinyconfig` and `olddefconfig` in sh.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ktstr_sdk::configure::Fragment;
-use ktstr_sdk::context::{Cancellation, CapturedOutput, CommandRunner, Progress};
-use ktstr_sdk::runner::SystemRunner;
+use ktstr_sdk::context::Cancellation;
+
+use ktstr_sdk::testing::{ProgressEvent as Event, RecordingProgress as Recorder, RecordingRunner};
 
 use super::*;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Event {
-    Step(String),
-    Line(String),
-    Finish,
-    Warn(String),
-    Note(String),
-}
-
-/// A progress sink that records everything.
-#[derive(Default)]
-struct Recorder(Mutex<Vec<Event>>);
-
-impl Recorder {
-    fn events(&self) -> Vec<Event> {
-        self.0.lock().unwrap().clone()
-    }
-    fn warnings(&self) -> Vec<String> {
-        self.events()
-            .into_iter()
-            .filter_map(|e| match e {
-                Event::Warn(w) => Some(w),
-                _ => None,
-            })
-            .collect()
-    }
-    fn notes(&self) -> Vec<String> {
-        self.events()
-            .into_iter()
-            .filter_map(|e| match e {
-                Event::Note(w) => Some(w),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
-impl Progress for Recorder {
-    fn step(&self, name: &str) {
-        self.0.lock().unwrap().push(Event::Step(name.into()));
-    }
-    fn line(&self, line: &str) {
-        self.0.lock().unwrap().push(Event::Line(line.into()));
-    }
-    fn finish_step(&self) {
-        self.0.lock().unwrap().push(Event::Finish);
-    }
-    fn warn(&self, message: &str) {
-        self.0.lock().unwrap().push(Event::Warn(message.into()));
-    }
-    fn note(&self, message: &str) {
-        self.0.lock().unwrap().push(Event::Note(message.into()));
-    }
-}
-
-/// Runs real processes and remembers what it was asked to run.
-#[derive(Default)]
-struct RecordingRunner(Mutex<Vec<CommandSpec>>);
-
-impl RecordingRunner {
-    fn specs(&self) -> Vec<CommandSpec> {
-        self.0.lock().unwrap().clone()
-    }
-    fn targets(&self) -> Vec<String> {
-        self.specs()
-            .iter()
-            .map(|s| s.args.last().cloned().unwrap_or_default())
-            .collect()
-    }
-}
-
-impl CommandRunner for RecordingRunner {
-    fn run(&self, spec: &CommandSpec, on_line: &mut dyn FnMut(&str)) -> Result<CommandOutcome> {
-        self.0.lock().unwrap().push(spec.clone());
-        SystemRunner.run(spec, on_line)
-    }
-    fn capture(&self, spec: &CommandSpec) -> Result<CapturedOutput> {
-        self.0.lock().unwrap().push(spec.clone());
-        SystemRunner.capture(spec)
-    }
-}
 
 struct Harness {
     cx: StageContext,
@@ -526,7 +445,7 @@ fn configure_fresh_tree_merges_warns_and_reports_drops() {
     // make defconfig (no .config yet), then olddefconfig, both in the tree
     // with -j, LOCALVERSION= and no sandbox.
     let specs = h.runner.specs();
-    assert_eq!(h.runner.targets(), ["defconfig", "olddefconfig"]);
+    assert_eq!(h.runner.last_args(), ["defconfig", "olddefconfig"]);
     for spec in &specs {
         assert_eq!(spec.program, "make");
         assert_eq!(spec.cwd.as_deref(), Some(tree));
@@ -596,7 +515,7 @@ fn configure_builds_on_an_existing_config() {
     c.configure(tree, &req, &h.cx).unwrap();
 
     assert_eq!(
-        h.runner.targets(),
+        h.runner.last_args(),
         ["olddefconfig"],
         "no defconfig over the user's .config"
     );
@@ -634,7 +553,7 @@ fn configure_with_reset_starts_from_the_base_target() {
     let mut req = request("tiny", &[]);
     req.reset = true;
     c.configure(tree, &req, &h.cx).unwrap();
-    assert_eq!(h.runner.targets(), ["tinyconfig", "olddefconfig"]);
+    assert_eq!(h.runner.last_args(), ["tinyconfig", "olddefconfig"]);
     let config = read_config(tree);
     assert!(
         !config.contains("CONFIG_LEFTOVER_FROM_OTHER_PROFILE"),
@@ -657,7 +576,7 @@ fn configure_tiny_uses_tinyconfig_and_the_sandbox() {
     req.make_jobs = 0;
     c.configure(tree, &req, &h.cx).unwrap();
 
-    assert_eq!(h.runner.targets(), ["tinyconfig", "olddefconfig"]);
+    assert_eq!(h.runner.last_args(), ["tinyconfig", "olddefconfig"]);
     for spec in h.runner.specs() {
         assert_eq!(spec.cgroup_procs.as_deref(), Some(procs.as_path()));
         assert_eq!(spec.args[0], "-j1", "make_jobs 0 is clamped to 1");
@@ -835,18 +754,35 @@ fn configure_rejects_bad_fragments_and_cancellation_before_running_make() {
     assert!(!tree.join(".config").exists());
 }
 
-/// Configures a real kernel tree (configure only, no build) with each
-/// profile and checks every baked-in line survives olddefconfig.
-/// Destructive for the tree's `.config`, so it needs both `--ignored` and
-/// `KTSTR_KCONFIG_REAL_TREE=/path/to/linux`.
+/// Configures a real kernel tree (Debian's linux-source-6.12, extracted into
+/// a temp dir, or `KTSTR_KCONFIG_REAL_TREE` whose `.config` is replaced) with
+/// each profile and checks every baked-in line survives olddefconfig.
 #[test]
-#[ignore = "needs KTSTR_KCONFIG_REAL_TREE pointing at a kernel tree whose .config may be replaced"]
 fn real_tree_profiles_survive_olddefconfig() {
-    let Some(tree) = std::env::var_os("KTSTR_KCONFIG_REAL_TREE").filter(|v| !v.is_empty()) else {
-        eprintln!("skipped: KTSTR_KCONFIG_REAL_TREE is not set");
-        return;
+    const TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
+    let scratch = tempfile::tempdir().unwrap();
+    let tree = match std::env::var_os("KTSTR_KCONFIG_REAL_TREE").filter(|v| !v.is_empty()) {
+        Some(t) => std::path::PathBuf::from(t),
+        None if Path::new(TARBALL).is_file() => {
+            let ok = std::process::Command::new("tar")
+                .args(["-xJf", TARBALL, "-C"])
+                .arg(scratch.path())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "extracting {TARBALL} failed");
+            scratch.path().join("linux-source-6.12")
+        }
+        None => {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipping real-tree kconfig test: {TARBALL} missing (apt-get install \
+                 linux-source-6.12 flex bison bc dwarves) and KTSTR_KCONFIG_REAL_TREE unset"
+            );
+            return;
+        }
     };
-    let tree = Path::new(&tree);
+    let tree = tree.as_path();
     let c = KconfigConfigurer::new();
     for profile in ["default", "tiny"] {
         let _ = std::fs::remove_file(tree.join(".config"));
