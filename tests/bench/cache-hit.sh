@@ -51,7 +51,7 @@ done
 
 m=$(printf '%s\n' "${make_times[@]}" | median)
 h=$(printf '%s\n' "${hit_times[@]}" | median)
-ratio=$(echo "scale=3; $h / $m" | bc)
+ratio=$(printf "%.3f" "$(echo "scale=4; $h / $m" | bc)")
 echo "no-op make runs: ${make_times[*]}" >&2
 echo "cache-hit runs:  ${hit_times[*]}" >&2
 echo "| $(date -u +%F) | $(nproc) | $runs | ${m} s | ${h} s | ${ratio} |"
