@@ -34,7 +34,7 @@ pub fn run(args: &BuildArgs) -> Result<()> {
         explain: args.explain,
     };
     let stages = Stages::builtin()?;
-    let root = pipeline::cache_root()?;
+    let root = ktstr_sdk::paths::cache_root()?;
     let outcome = pipeline::run(&stages, &request, &root, &cx)?;
     match &outcome {
         Outcome::Hit(entry) => progress.println(&format!("cache hit {}", entry.key)),

@@ -18,13 +18,12 @@ use ktstr_sdk::configure::ConfigureRequest;
 use ktstr_sdk::context::StageContext;
 use ktstr_sdk::error::{ErrorKind, IoResultExt};
 use ktstr_sdk::lock::{self, LockMode};
-use ktstr_sdk::registry::PluginConfig;
 use ktstr_sdk::reserve::ReserveRequest;
-use ktstr_sdk::source::{AcquiredSource, KernelSpec};
+use ktstr_sdk::source::{AcquiredSource, KernelSpec, SourceAcquirer};
 use ktstr_sdk::{Result, StageError, paths};
 
 use crate::identity::{self, ConfigIdentity, DerivedKey, KeyInputs};
-use crate::registry::Stages;
+use crate::registry::{Named, Stages};
 use crate::tree_config;
 use tree_state::{MidWaitState, changed_during_build};
 
@@ -227,6 +226,34 @@ fn explain_miss(stages: &Stages, derived: &DerivedKey, cx: &StageContext) {
     }
 }
 
+/// Whether a local tree no longer matches the key the build is about to be
+/// stored under: a commit or edit during make (re-probe), or a `.config`
+/// make rewrote (syncconfig). A failed re-probe warns and trusts the build.
+fn changed_while_building(
+    stages: &Stages,
+    keyer: &Keyer,
+    acquirer: &Named<dyn SourceAcquirer>,
+    source: &AcquiredSource,
+    configure: &ConfigureRequest,
+    derived: &DerivedKey,
+    cx: &StageContext,
+) -> Result<bool> {
+    let now = keyer.current(stages, source, configure)?;
+    if now.as_ref().map(|d| &d.key) != Some(&derived.key) {
+        return Ok(true);
+    }
+    match acquirer.stage.probe(source, cx) {
+        Ok(Some(fresh)) => Ok(changed_during_build(source, &fresh)),
+        Ok(None) => Ok(false),
+        Err(e) => {
+            cx.progress.warn(&format!(
+                "could not re-check the source tree after the build ({e}); caching anyway"
+            ));
+            Ok(false)
+        }
+    }
+}
+
 /// Run one build request through the pipeline.
 pub fn run(
     stages: &Stages,
@@ -369,20 +396,14 @@ pub fn run(
             },
         });
     };
-    if source.is_local {
-        match acquirer.stage.probe(&source, cx) {
-            Ok(Some(fresh)) if changed_during_build(&source, &fresh) => {
-                return Ok(Outcome::NotCached {
-                    tree,
-                    image: output.image,
-                    reason: NotCached::ChangedDuringBuild,
-                });
-            }
-            Ok(_) => {}
-            Err(e) => cx.progress.warn(&format!(
-                "could not re-check the source tree after the build ({e}); caching anyway"
-            )),
-        }
+    if source.is_local
+        && changed_while_building(stages, &keyer, acquirer, &source, &configure, &derived, cx)?
+    {
+        return Ok(Outcome::NotCached {
+            tree,
+            image: output.image,
+            reason: NotCached::ChangedDuringBuild,
+        });
     }
 
     let config_path = tree.join(".config");
@@ -400,11 +421,6 @@ pub fn run(
     Ok(Outcome::Stored(entry))
 }
 
-/// The default cache root, created if missing.
-pub fn cache_root() -> Result<PathBuf> {
-    paths::cache_root()
-}
-
 /// Read `--extra-kconfig` files; the error names the file.
 pub fn read_fragment(path: &Path) -> Result<ktstr_sdk::configure::Fragment> {
     let content = std::fs::read_to_string(path)
@@ -416,9 +432,4 @@ pub fn read_fragment(path: &Path) -> Result<ktstr_sdk::configure::Fragment> {
         name: path.display().to_string(),
         content,
     })
-}
-
-/// Unused config table placeholder until the config file lands.
-pub fn empty_config() -> PluginConfig {
-    PluginConfig::Null
 }
