@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod identity;
+pub mod interrupt;
 pub mod pipeline;
 pub mod progress;
 pub mod registry;

@@ -63,11 +63,17 @@ pub fn try_lock(path: &Path, mode: LockMode) -> Result<Option<FileLock>> {
 /// Wait until the lock is granted.
 pub fn lock(path: &Path, mode: LockMode) -> Result<FileLock> {
     let file = open_lock_file(path)?;
-    match mode {
+    let locked = match mode {
         LockMode::Shared => file.lock_shared(),
         LockMode::Exclusive => file.lock(),
+    };
+    match locked {
+        // A signal (Ctrl-C) ended the wait.
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+            return Err(crate::StageError::cancelled());
+        }
+        other => other.at("lock", path)?,
     }
-    .at("lock", path)?;
     Ok(FileLock {
         _file: file,
         path: path.to_path_buf(),

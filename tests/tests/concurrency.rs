@@ -110,3 +110,29 @@ fn killed_build_leaves_nothing_behind() {
     run.cached_key();
     assert_eq!(fx.list_json().len(), 1);
 }
+
+/// Ctrl-C (SIGINT) stops the build between steps: exit 130, "interrupted",
+/// nothing stored, the tree lock released.
+#[test]
+fn interrupted_build_stops_cleanly() {
+    let fx = Fixture::git();
+    let mut victim = fx.spawn_build(&[], &[("KTSTR_FIXTURE_BUILD_SECONDS", "2")]);
+    fx.wait_for_build_start(1, &mut victim, Duration::from_secs(60));
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &victim.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let run = victim.wait(Duration::from_secs(60));
+    assert_eq!(run.code(), Some(130), "{}", run.describe());
+    run.assert_stderr_has("interrupted");
+    assert!(
+        fx.entries_on_disk().is_empty(),
+        "{:?}",
+        fx.entries_on_disk()
+    );
+
+    let again = fx.build(&[]);
+    again.assert_stderr_lacks("is locked by");
+    again.cached_key();
+}

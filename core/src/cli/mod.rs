@@ -114,6 +114,7 @@ pub fn host_context() -> (StageContext, Arc<StderrProgress>) {
         runner: Arc::new(SystemRunner),
         cancel: Cancellation::new(),
     };
+    crate::interrupt::install(&cx.cancel);
     (cx, progress)
 }
 
@@ -197,7 +198,15 @@ pub fn main() -> i32 {
         Ok(()) => 0,
         Err(e) => {
             report(&e);
-            1
+            let cancelled = e
+                .chain()
+                .filter_map(|c| c.downcast_ref::<StageError>())
+                .any(|s| s.kind == ktstr_sdk::ErrorKind::Cancelled);
+            if cancelled {
+                crate::interrupt::EXIT_INTERRUPTED
+            } else {
+                1
+            }
         }
     }
 }

@@ -333,6 +333,7 @@ pub fn run(
         None
     };
 
+    cx.cancel.check()?;
     if req.clean && source.is_local {
         stages.builder.stage.clean(&tree, cx)?;
     }
@@ -406,6 +407,7 @@ pub fn run(
         });
     }
 
+    cx.cancel.check()?;
     let config_path = tree.join(".config");
     let config_sha = ktstr_sdk::hash::sha256_file(&config_path)?.0;
     let metadata = store::metadata_for(

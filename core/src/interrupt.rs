@@ -1,0 +1,47 @@
+//! Ctrl-C: stop between steps and clean up instead of dying mid-write.
+//!
+//! SIGINT reaches make and the compilers too (same process group), so the
+//! running step ends on its own; ktstr's handler only raises the shared
+//! cancellation flag. The pipeline then returns a `Cancelled` error, which
+//! unwinds normally: locks are released, scratch directories removed, and
+//! nothing half-stored. A second Ctrl-C kills ktstr at once (the handler
+//! is one-shot).
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ktstr_sdk::context::Cancellation;
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+
+/// Exit code for an interrupted run (128 + SIGINT), as shells report it.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+extern "C" fn on_sigint(_: nix::libc::c_int) {
+    // Only an atomic load of an initialized OnceLock and an atomic store:
+    // async-signal-safe.
+    if let Some(flag) = FLAG.get() {
+        flag.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Route SIGINT and SIGTERM into `cancel`.
+pub fn install(cancel: &Cancellation) {
+    if FLAG.set(cancel.flag()).is_err() {
+        return;
+    }
+    let action = SigAction::new(
+        SigHandler::Handler(on_sigint),
+        // No SA_RESTART: a blocking wait for a lock must return (EINTR).
+        SaFlags::SA_RESETHAND,
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only touches atomics (see on_sigint).
+        if let Err(e) = unsafe { sigaction(signal, &action) } {
+            tracing::warn!("cannot install the {signal} handler: {e}");
+        }
+    }
+}
