@@ -274,17 +274,25 @@ pub fn run(
     let mut source = acquirer.stage.acquire(&req.spec, cx)?;
 
     let mut looked_up: Option<CacheKey> = None;
-    if !req.force
-        && !req.clean
-        && let Some(derived) = keyer.current(stages, &source, &req.configure)?
-    {
-        if let Some(entry) = lookup(stages, &derived.key, cx)? {
-            return Ok(Outcome::Hit(entry));
+    if !req.force && !req.clean {
+        match keyer.current(stages, &source, &req.configure)? {
+            Some(derived) => {
+                if let Some(entry) = lookup(stages, &derived.key, cx)? {
+                    return Ok(Outcome::Hit(entry));
+                }
+                if req.explain {
+                    explain_miss(stages, &derived, cx);
+                }
+                looked_up = Some(derived.key);
+            }
+            None if req.explain => cx.progress.note(if source.is_dirty {
+                "explain: the tree has changes its identity does not capture; it is never cached"
+            } else {
+                "explain: the tree's .config does not carry this request yet; the key is known \
+                 only after configuring"
+            }),
+            None => {}
         }
-        if req.explain {
-            explain_miss(stages, &derived, cx);
-        }
-        looked_up = Some(derived.key);
     }
     if req.clean && !source.is_local {
         cx.progress
@@ -371,9 +379,13 @@ pub fn run(
     if let Some(d) = &derived
         && !req.force
         && looked_up.as_ref() != Some(&d.key)
-        && let Some(entry) = lookup(stages, &d.key, cx)?
     {
-        return Ok(Outcome::Hit(entry));
+        if let Some(entry) = lookup(stages, &d.key, cx)? {
+            return Ok(Outcome::Hit(entry));
+        }
+        if req.explain {
+            explain_miss(stages, d, cx);
+        }
     }
 
     cx.cancel.check()?;
