@@ -37,6 +37,19 @@ pub fn cache_root() -> Result<PathBuf> {
     )
 }
 
+/// Create `<root>/kernels` and `<root>/.locks`. The error names the root
+/// and says how to point ktstr elsewhere.
+pub fn ensure_root(root: &Path) -> Result<()> {
+    for dir in [root.join(KERNELS_DIR_NAME), lock_dir(root)] {
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            StageError::io("create directory", &dir, e)
+                .context(format!("cache root {} is not writable", root.display()))
+                .with_hint(format!("set {CACHE_DIR_ENV} to a writable directory"))
+        })?;
+    }
+    Ok(())
+}
+
 /// `<root>/.locks`.
 pub fn lock_dir(root: &Path) -> PathBuf {
     root.join(LOCK_DIR_NAME)

@@ -20,7 +20,7 @@ use ktstr_sdk::error::{ErrorKind, IoResultExt};
 use ktstr_sdk::lock::{self, LockMode};
 use ktstr_sdk::reserve::ReserveRequest;
 use ktstr_sdk::source::{AcquiredSource, KernelSpec, SourceAcquirer};
-use ktstr_sdk::{Result, StageError, paths};
+use ktstr_sdk::{Result, paths};
 
 use crate::identity::{self, ConfigIdentity, DerivedKey, KeyInputs};
 use crate::registry::{Named, Stages};
@@ -167,20 +167,6 @@ fn backfill(stages: &Stages, remote: &CacheEntry, cx: &StageContext) -> Result<C
     }
 }
 
-/// Create the cache root and its lock directory up front, so a bad root
-/// fails in milliseconds instead of after a long build.
-pub fn ensure_cache_root(root: &Path) -> Result<()> {
-    for dir in [root.join(paths::KERNELS_DIR_NAME), paths::lock_dir(root)] {
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            StageError::io("cache root is not writable: cannot create", &dir, e).with_hint(format!(
-                "set {} to a writable directory",
-                paths::CACHE_DIR_ENV
-            ))
-        })?;
-    }
-    Ok(())
-}
-
 /// Hold the tree's build lock, saying whom we wait for. Returns whether we waited.
 fn lock_tree(root: &Path, tree: &Path, cx: &StageContext) -> Result<(lock::FileLock, bool)> {
     let path = paths::source_lock(root, tree);
@@ -299,7 +285,8 @@ pub fn run(
             .note("--clean only applies to local trees; downloaded sources start clean");
     }
 
-    ensure_cache_root(cache_root)?;
+    // A bad root fails now, not after a long build.
+    paths::ensure_root(cache_root)?;
     let reservation = stages.reserver.stage.reserve(
         &ReserveRequest {
             cpu_cap: req.cpu_cap,

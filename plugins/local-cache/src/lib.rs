@@ -172,15 +172,6 @@ impl LocalCache {
         ))
     }
 
-    /// Create `<root>/kernels` and the lock directory.
-    fn ensure_root(&self) -> Result<()> {
-        for dir in [self.kernels_dir(), paths::lock_dir(&self.root)] {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| self.unwritable(StageError::io("create directory", &dir, e)))?;
-        }
-        Ok(())
-    }
-
     fn store_locked(
         &self,
         key: &CacheKey,
@@ -188,7 +179,7 @@ impl LocalCache {
         metadata: &Metadata,
     ) -> Result<CacheEntry> {
         check_store_metadata(key, metadata)?;
-        self.ensure_root()?;
+        paths::ensure_root(&self.root)?;
         let _lock = lock::lock(&paths::entry_lock(&self.root, key), LockMode::Exclusive)
             .map_err(|e| self.unwritable(e))?;
         for swept in sweep::sweep_dead(&self.root) {
