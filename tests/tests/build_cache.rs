@@ -65,20 +65,7 @@ fn first_build_stores_the_kernel_in_the_cache() {
         fs::read_to_string(fx.tree.join(".config")).unwrap(),
         "cached config is not the tree's final .config"
     );
-    for sym in [
-        "BPF",
-        "BPF_SYSCALL",
-        "BPF_JIT",
-        "DEBUG_INFO_BTF",
-        "SCHED_CLASS_EXT",
-        "KALLSYMS",
-        "SMP",
-    ] {
-        assert!(
-            config.lines().any(|l| l == format!("CONFIG_{sym}=y")),
-            "cached config lacks CONFIG_{sym}=y:\n{config}"
-        );
-    }
+    common::assert_required_symbols(&config);
     let meta: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(entry.join("metadata.json")).unwrap())
             .expect("metadata.json is JSON");

@@ -24,12 +24,7 @@ fn dirty_git_tree_is_built_but_not_cached() {
         .assert_stderr_has("not cached")
         .assert_stderr_lacks("ktstr: cached ");
     assert_eq!(fx.build_count(), 1);
-    assert!(
-        fx.entries_on_disk().is_empty(),
-        "{:?}",
-        fx.entries_on_disk()
-    );
-    assert!(fx.list_json().is_empty());
+    fx.assert_nothing_cached();
 
     // Committing the edit makes the next build cacheable.
     common::git(&fx.tree, &["commit", "-q", "-am", "edit"]);
@@ -65,12 +60,7 @@ fn non_git_tree_is_built_but_not_cached() {
         .assert_stderr_has("git init")
         .assert_stderr_has("not cached")
         .assert_stderr_lacks("ktstr: cached ");
-    assert!(
-        fx.entries_on_disk().is_empty(),
-        "{:?}",
-        fx.entries_on_disk()
-    );
-    assert!(fx.list_json().is_empty());
+    fx.assert_nothing_cached();
 }
 
 #[test]
@@ -86,10 +76,5 @@ fn tree_changed_during_the_build_is_not_cached() {
     run.assert_stderr_has("changed during the build")
         .assert_stderr_has("not cached")
         .assert_stderr_lacks("ktstr: cached ");
-    assert!(
-        fx.entries_on_disk().is_empty(),
-        "{:?}",
-        fx.entries_on_disk()
-    );
-    assert!(fx.list_json().is_empty());
+    fx.assert_nothing_cached();
 }

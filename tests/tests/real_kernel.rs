@@ -124,20 +124,7 @@ fn real_kernel_tiny_build_then_cache_hit() {
     }
     assert_stripped_vmlinux(&entry.join("vmlinux"));
     let config = fs::read_to_string(entry.join("config")).unwrap();
-    for sym in [
-        "BPF",
-        "BPF_SYSCALL",
-        "BPF_JIT",
-        "DEBUG_INFO_BTF",
-        "SCHED_CLASS_EXT",
-        "KALLSYMS",
-        "SMP",
-    ] {
-        assert!(
-            config.lines().any(|l| l == format!("CONFIG_{sym}=y")),
-            "cached config lacks CONFIG_{sym}=y"
-        );
-    }
+    common::assert_required_symbols(&config);
     assert!(
         fx.tree.join("compile_commands.json").is_file(),
         "compile_commands.json missing in the tree"

@@ -663,3 +663,36 @@ pub fn path_without(dir: &Path, without: &[&str]) -> PathBuf {
     }
     bin
 }
+
+/// The symbols every ktstr profile requires (validated after each build).
+pub const REQUIRED_SYMBOLS: [&str; 7] = [
+    "BPF",
+    "BPF_SYSCALL",
+    "BPF_JIT",
+    "DEBUG_INFO_BTF",
+    "SCHED_CLASS_EXT",
+    "KALLSYMS",
+    "SMP",
+];
+
+/// Every required symbol is `=y` in `config` (a cached entry's `config`).
+pub fn assert_required_symbols(config: &str) {
+    for sym in REQUIRED_SYMBOLS {
+        assert!(
+            config.lines().any(|l| l == format!("CONFIG_{sym}=y")),
+            "cached config lacks CONFIG_{sym}=y:\n{config}"
+        );
+    }
+}
+
+impl Fixture {
+    /// No entry on disk and none listed.
+    pub fn assert_nothing_cached(&self) {
+        assert!(
+            self.entries_on_disk().is_empty(),
+            "{:?}",
+            self.entries_on_disk()
+        );
+        assert!(self.list_json().is_empty());
+    }
+}
