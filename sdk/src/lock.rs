@@ -225,6 +225,44 @@ mod tests {
         assert!(describe_holders(&hs).contains(&format!("pid {me}")));
     }
 
+    /// Another process holds the lock: the waiter is told who (pid and
+    /// command line from /proc/locks), blocks, and proceeds once released.
+    #[test]
+    fn contention_reports_the_holder_then_proceeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.lock");
+        std::fs::write(&p, b"").unwrap();
+        // flock(1) --close: only flock itself holds the lock, for ~0.7 s.
+        let mut holder = std::process::Command::new("flock")
+            .args(["--exclusive", "--close"])
+            .arg(&p)
+            .args(["sleep", "0.7"])
+            .spawn()
+            .expect("flock(1) from util-linux");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while try_lock(&p, LockMode::Exclusive).unwrap().is_some() {
+            assert!(std::time::Instant::now() < deadline, "holder never locked");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let started = std::time::Instant::now();
+        let mut reported = Vec::new();
+        let (_lock, waited) =
+            lock_reporting(&p, LockMode::Exclusive, |h| reported = h.to_vec()).unwrap();
+        assert!(waited);
+        let pid = holder.id();
+        assert!(
+            reported
+                .iter()
+                .any(|h| h.pid == pid && !h.waiting && h.cmdline.starts_with("flock")),
+            "holder {pid} not reported: {reported:?}"
+        );
+        assert!(
+            started.elapsed() >= std::time::Duration::from_millis(100),
+            "did not block"
+        );
+        holder.wait().unwrap();
+    }
+
     #[test]
     fn parses_waiters_and_ignores_other_inodes() {
         let dev = (0x08u64 << 8) | 0x01;
