@@ -90,18 +90,62 @@ impl CommandSpec {
     }
 }
 
+/// One line of a command's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputLine {
+    pub text: String,
+    /// It came from stderr (where compilers and make report errors).
+    pub stderr: bool,
+}
+
 /// How a command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandOutcome {
     /// Exit code; `None` when killed by a signal.
     pub code: Option<i32>,
-    /// The last lines of combined stdout+stderr, oldest first.
-    pub tail: Vec<String>,
+    /// The last lines of output in arrival order, kept by [`push_tail`]:
+    /// stderr lines outlive stdout lines.
+    pub tail: Vec<OutputLine>,
 }
 
 impl CommandOutcome {
     pub fn success(&self) -> bool {
         self.code == Some(0)
+    }
+
+    /// The last `n` tail lines to show after a failure, stdout lines
+    /// dropped first (see [`push_tail`]).
+    pub fn failure_tail(&self, n: usize) -> Vec<&str> {
+        let mut lines: std::collections::VecDeque<&OutputLine> = self.tail.iter().collect();
+        while lines.len() > n {
+            evict_one(&mut lines, |l| l.stderr);
+        }
+        lines.iter().map(|l| l.text.as_str()).collect()
+    }
+}
+
+/// Append `line` to a tail of at most `cap` lines, evicting the oldest
+/// stdout line first. Both pipes are read concurrently, so a compiler error
+/// on stderr can arrive ahead of a burst of buffered stdout (`CC ...`)
+/// lines; a plain last-N window would then lose the one line that matters.
+pub fn push_tail(tail: &mut std::collections::VecDeque<OutputLine>, line: OutputLine, cap: usize) {
+    if cap == 0 {
+        return;
+    }
+    if tail.len() >= cap {
+        evict_one(tail, |l| l.stderr);
+    }
+    tail.push_back(line);
+}
+
+fn evict_one<T>(q: &mut std::collections::VecDeque<T>, is_stderr: impl Fn(&T) -> bool) {
+    match q.iter().position(|l| !is_stderr(l)) {
+        Some(i) => {
+            q.remove(i);
+        }
+        None => {
+            q.pop_front();
+        }
     }
 }
 

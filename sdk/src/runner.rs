@@ -12,7 +12,9 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 
-use crate::context::{CapturedOutput, CommandOutcome, CommandRunner, CommandSpec};
+use crate::context::{
+    CapturedOutput, CommandOutcome, CommandRunner, CommandSpec, OutputLine, push_tail,
+};
 use crate::error::{Result, StageError};
 
 /// Lines kept for the failure report.
@@ -75,7 +77,7 @@ fn spawn_error(spec: &CommandSpec, err: std::io::Error) -> StageError {
         .with_hint(hint)
 }
 
-fn pump(reader: impl Read, tx: mpsc::Sender<String>) {
+fn pump(reader: impl Read, stderr: bool, tx: mpsc::Sender<OutputLine>) {
     let mut reader = BufReader::new(reader);
     let mut buf = Vec::new();
     loop {
@@ -83,11 +85,10 @@ fn pump(reader: impl Read, tx: mpsc::Sender<String>) {
         match reader.read_until(b'\n', &mut buf) {
             Ok(0) | Err(_) => break,
             Ok(_) => {
-                let line = String::from_utf8_lossy(&buf);
-                if tx
-                    .send(line.trim_end_matches(['\n', '\r']).to_string())
-                    .is_err()
-                {
+                let text = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string();
+                if tx.send(OutputLine { text, stderr }).is_err() {
                     break;
                 }
             }
@@ -107,15 +108,12 @@ impl CommandRunner for SystemRunner {
         let out = child.stdout.take().expect("stdout piped");
         let err = child.stderr.take().expect("stderr piped");
         let tx2 = tx.clone();
-        let t_out = std::thread::spawn(move || pump(out, tx));
-        let t_err = std::thread::spawn(move || pump(err, tx2));
+        let t_out = std::thread::spawn(move || pump(out, false, tx));
+        let t_err = std::thread::spawn(move || pump(err, true, tx2));
         let mut tail = VecDeque::with_capacity(TAIL_LINES);
         for line in rx {
-            on_line(&line);
-            if tail.len() == TAIL_LINES {
-                tail.pop_front();
-            }
-            tail.push_back(line);
+            on_line(&line.text);
+            push_tail(&mut tail, line, TAIL_LINES);
         }
         let _ = t_out.join();
         let _ = t_err.join();
@@ -157,7 +155,29 @@ mod tests {
         assert_eq!(n, 40000);
         assert_eq!(outcome.code, Some(3));
         assert_eq!(outcome.tail.len(), TAIL_LINES);
-        assert!(outcome.tail.iter().any(|l| l == "err19999"));
+        assert!(
+            outcome
+                .tail
+                .iter()
+                .any(|l| l.text == "err19999" && l.stderr)
+        );
+    }
+
+    /// An error on stderr followed by a burst of stdout stays in the tail.
+    #[test]
+    fn stderr_lines_outlive_stdout_in_the_tail() {
+        let spec = CommandSpec::new("sh").args([
+            "-c",
+            "echo 'x.c:1: error: boom' >&2; i=0; while [ $i -lt 500 ]; do echo CC$i; i=$((i+1)); done; exit 2",
+        ]);
+        let outcome = SystemRunner.run(&spec, &mut |_| {}).unwrap();
+        let shown = outcome.failure_tail(5);
+        // Arrival order between the pipes is up to the scheduler; what must
+        // hold is that the error survives next to the newest stdout lines.
+        assert_eq!(shown.len(), 5);
+        assert!(shown.contains(&"x.c:1: error: boom"), "{shown:?}");
+        assert!(shown.contains(&"CC499"), "{shown:?}");
+        assert!(!shown.contains(&"CC0"), "{shown:?}");
     }
 
     #[test]

@@ -40,7 +40,14 @@ impl CommandRunner for FakeRunner {
         }
         Ok(CommandOutcome {
             code: self.code,
-            tail: self.lines.clone(),
+            tail: self
+                .lines
+                .iter()
+                .map(|text| ktstr_sdk::context::OutputLine {
+                    text: text.clone(),
+                    stderr: false,
+                })
+                .collect(),
         })
     }
 

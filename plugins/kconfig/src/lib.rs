@@ -395,8 +395,7 @@ fn make_failure(
         "make {target} failed in {} ({status})",
         tree.display()
     ));
-    let start = outcome.tail.len().saturating_sub(ERROR_TAIL_LINES);
-    let tail = &outcome.tail[start..];
+    let tail = outcome.failure_tail(ERROR_TAIL_LINES);
     if !tail.is_empty() {
         err.causes
             .push(format!("last lines of output:\n{}", tail.join("\n")));
