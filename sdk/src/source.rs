@@ -80,6 +80,11 @@ pub trait SourceAcquirer: Send + Sync {
     }
 }
 
+/// The short form of a content id for messages: its first 12 characters.
+pub fn short_id(id: &str) -> &str {
+    id.char_indices().nth(12).map_or(id, |(i, _)| &id[..i])
+}
+
 /// Read `VERSION.PATCHLEVEL.SUBLEVEL[EXTRAVERSION]` from a kernel Makefile.
 pub fn kernel_version_from_makefile(makefile: &str) -> Option<String> {
     let mut fields = [None::<String>, None, None, None];
@@ -102,6 +107,12 @@ pub fn kernel_version_from_makefile(makefile: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_id_is_twelve_chars_at_most() {
+        assert_eq!(short_id("0123456789abcdef"), "0123456789ab");
+        assert_eq!(short_id("abc"), "abc");
+    }
 
     #[test]
     fn parses_kernel_makefile_version() {

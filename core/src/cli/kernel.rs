@@ -4,6 +4,7 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Result, bail};
 use ktstr_sdk::cache::Listed;
+use ktstr_sdk::source::short_id;
 use serde_json::json;
 
 use crate::progress::LABEL;
@@ -55,8 +56,10 @@ pub fn list(as_json: bool) -> Result<()> {
             Listed::Ok(e) => {
                 let m = &e.metadata;
                 let source = match &m.source.path {
-                    Some(p) => format!("{} {} @ {}", m.source.kind, p, short(&m.source.identity)),
-                    None => format!("{} {}", m.source.kind, short(&m.source.identity)),
+                    Some(p) => {
+                        format!("{} {} @ {}", m.source.kind, p, short_id(&m.source.identity))
+                    }
+                    None => format!("{} {}", m.source.kind, short_id(&m.source.identity)),
                 };
                 writeln!(
                     out,
@@ -87,19 +90,14 @@ pub fn list(as_json: bool) -> Result<()> {
     Ok(())
 }
 
-fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
-}
-
 /// Which rows `clean --keep N` removes: every corrupt one, and every
 /// usable one past the N newest (`list` is newest first).
 fn doomed(rows: &[Listed], keep: usize) -> Vec<String> {
     let mut kept = 0;
     rows.iter()
         .filter_map(|row| match row {
-            Listed::Ok(e) if kept < keep => {
+            Listed::Ok(_) if kept < keep => {
                 kept += 1;
-                let _ = e;
                 None
             }
             Listed::Ok(e) => Some(e.key.to_string()),

@@ -316,7 +316,7 @@ pub fn run(
                 }
                 MidWaitState::DirtyEdit | MidWaitState::ProbeFailed(_) => source.is_dirty = true,
                 MidWaitState::HeadAdvanced { head } => {
-                    source.identity.short = Some(head.chars().take(12).collect());
+                    source.identity.short = Some(ktstr_sdk::source::short_id(&head).to_string());
                     source.identity.id = head;
                     looked_up = None;
                 }

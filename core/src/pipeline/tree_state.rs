@@ -52,7 +52,7 @@ impl MidWaitState {
             ),
             Self::HeadAdvanced { head } => Some(format!(
                 "the source tree moved to commit {} while we waited; building that commit",
-                short(head)
+                ktstr_sdk::source::short_id(head)
             )),
             Self::ProbeFailed(e) => Some(format!(
                 "could not re-check the source tree after waiting ({e}); building without caching"
@@ -65,10 +65,6 @@ impl MidWaitState {
 /// identity the build will be stored under.
 pub fn changed_during_build(acquired: &AcquiredSource, fresh: &SourceState) -> bool {
     fresh.is_dirty || fresh.head.as_deref() != Some(acquired.identity.id.as_str())
-}
-
-fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
 }
 
 #[cfg(test)]

@@ -213,7 +213,10 @@ fn acquired_source(
         identity: SourceIdentity {
             kind: NAME.to_string(),
             id: clean_head.cloned().unwrap_or_default(),
-            short: state.head.as_ref().map(|h| short_hash(h)),
+            short: state
+                .head
+                .as_deref()
+                .map(|h| ktstr_sdk::source::short_id(h).to_string()),
         },
         source_dir,
         version,
@@ -222,11 +225,6 @@ fn acquired_source(
         is_git: state.is_git,
         is_local: true,
     }
-}
-
-/// The first 12 hex digits of a commit id, for messages.
-pub fn short_hash(id: &str) -> String {
-    id.chars().take(12).collect()
 }
 
 /// A tree that is not a git work tree: always dirty, since nothing can
