@@ -16,7 +16,11 @@ use ktstr_plugin_kbuild as _;
 use ktstr_plugin_kconfig as _;
 use ktstr_plugin_local as _;
 use ktstr_plugin_local_cache as _;
+use ktstr_plugin_git as _;
+use ktstr_plugin_llc as _;
 use ktstr_plugin_none as _;
+use ktstr_plugin_remote_cache as _;
+use ktstr_plugin_tarball as _;
 
 /// Default implementation per stage until a config file says otherwise.
 pub const DEFAULT_RESERVER: &str = "none";

@@ -51,6 +51,6 @@ pub mod prelude {
     pub use crate::registry::{BuiltinPlugin, Constructor, PluginConfig, StageKind};
     pub use crate::reserve::{Reservation, ReserveRequest, Reserver};
     pub use crate::source::{
-        AcquiredSource, KernelSpec, SourceAcquirer, SourceIdentity, SourceState,
+        AcquiredSource, KernelSpec, Resolved, SourceAcquirer, SourceIdentity, SourceState,
     };
 }

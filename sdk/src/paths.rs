@@ -14,6 +14,11 @@ pub const CACHE_DIR_ENV: &str = "KTSTR_CACHE_DIR";
 pub const LOCK_DIR_NAME: &str = ".locks";
 pub const KERNELS_DIR_NAME: &str = "kernels";
 pub const TREES_DIR_NAME: &str = "trees";
+pub const SCRATCH_DIR_NAME: &str = "scratch";
+pub const MIRRORS_DIR_NAME: &str = "git";
+/// Overrides where CPU (LLC) locks live, so several cache roots on one host
+/// still coordinate their CPU use.
+pub const LOCK_DIR_ENV: &str = "KTSTR_LOCK_DIR";
 
 /// An environment variable's value; empty counts as unset.
 pub fn env_nonempty(name: &str) -> Option<String> {
@@ -53,6 +58,38 @@ pub fn ensure_root(root: &Path) -> Result<()> {
 /// `<root>/.locks`.
 pub fn lock_dir(root: &Path) -> PathBuf {
     root.join(LOCK_DIR_NAME)
+}
+
+/// Where CPU reservation (per-LLC) locks live: `$KTSTR_LOCK_DIR`, else
+/// `<root>/.locks`.
+pub fn cpu_lock_dir(root: &Path) -> PathBuf {
+    env_nonempty(LOCK_DIR_ENV).map_or_else(|| lock_dir(root), PathBuf::from)
+}
+
+/// Lock of one last-level cache, `llc-<id>.lock` in [`cpu_lock_dir`].
+pub fn llc_lock(cpu_lock_dir: &Path, llc_id: usize) -> PathBuf {
+    cpu_lock_dir.join(format!("llc-{llc_id}.lock"))
+}
+
+/// `<root>/scratch`: temporary kernel trees (extracted tarballs, git
+/// checkouts). Each lives in a `<kind>-<pid>-<n>` directory so that a sweep
+/// can remove the ones whose process died.
+pub fn scratch_dir(root: &Path) -> PathBuf {
+    root.join(SCRATCH_DIR_NAME)
+}
+
+/// `<root>/git/<crc32 of url>.git`: the bare mirror of one remote.
+pub fn git_mirror(root: &Path, url: &str) -> PathBuf {
+    root.join(MIRRORS_DIR_NAME)
+        .join(format!("{}.git", crate::hash::crc32_hex(url.as_bytes())))
+}
+
+/// Lock serialising fetches into one git mirror.
+pub fn mirror_lock(root: &Path, url: &str) -> PathBuf {
+    lock_dir(root).join(format!(
+        "mirror-{}.lock",
+        crate::hash::crc32_hex(url.as_bytes())
+    ))
 }
 
 /// Lock serialising installs of one cache entry.

@@ -60,6 +60,39 @@ pub struct SourceState {
     pub head: Option<String>,
 }
 
+/// A spec narrowed to the exact content it names, before the tree is fetched.
+///
+/// Resolving first is what lets a cache hit skip the download: when both
+/// `identity` and `version` are known, the host derives the cache key from
+/// them and only calls [`SourceAcquirer::acquire`] on a miss.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Resolved {
+    /// What `acquire` is given. Pinned where the spec could move (a branch
+    /// becomes `#sha=<commit>`, a version becomes its tarball URL with
+    /// `#sha256=`), so the tree fetched is the one `identity` names.
+    pub spec: KernelSpec,
+    /// Content identity, when known without fetching the tree.
+    pub identity: Option<SourceIdentity>,
+    /// Kernel release (`6.12.3`), when known; part of the key's readable prefix.
+    pub version: Option<String>,
+}
+
+impl Resolved {
+    /// Nothing is known until the tree is acquired (local trees, plain URLs).
+    pub fn unknown(spec: KernelSpec) -> Self {
+        Self {
+            spec,
+            identity: None,
+            version: None,
+        }
+    }
+
+    /// Whether the host can derive the cache key before acquiring.
+    pub fn is_keyable(&self) -> bool {
+        self.identity.as_ref().is_some_and(|i| !i.id.is_empty()) && self.version.is_some()
+    }
+}
+
 /// Stage 1: find and prepare a kernel tree.
 pub trait SourceAcquirer: Send + Sync {
     /// Whether this acquirer understands `spec`. The host asks every
@@ -69,7 +102,20 @@ pub trait SourceAcquirer: Send + Sync {
     /// Spec forms this acquirer accepts, for the "nobody claimed it" error.
     fn accepted_forms(&self) -> Vec<String>;
 
-    /// Make the tree available and describe it.
+    /// Narrow `spec` to what it names without fetching the tree: resolve a
+    /// version prefix to its newest release, a branch to its commit, a range
+    /// to its members (one [`Resolved`] each, built in order). Cheap network
+    /// lookups are fine here; downloads are not.
+    fn resolve(&self, spec: &KernelSpec, cx: &StageContext) -> Result<Vec<Resolved>> {
+        let _ = cx;
+        Ok(vec![Resolved::unknown(spec.clone())])
+    }
+
+    /// Make the tree available and describe it. `spec` is a
+    /// [`Resolved::spec`] from this acquirer. When the resolution carried an
+    /// identity and version, the returned source must carry the same ones.
+    /// Scratch trees (`is_temp`) go under [`crate::paths::scratch_dir`];
+    /// the host removes them after the build.
     fn acquire(&self, spec: &KernelSpec, cx: &StageContext) -> Result<AcquiredSource>;
 
     /// Re-inspect a tree this acquirer returned. `None` means the tree

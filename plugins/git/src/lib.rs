@@ -1,0 +1,1 @@
+//! Built-in source: git remotes through a local bare mirror, checked out into scratch trees

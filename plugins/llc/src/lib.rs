@@ -1,0 +1,1 @@
+//! Built-in reserver: CPU budgets in whole last-level caches, with per-LLC flocks and a cpuset sandbox

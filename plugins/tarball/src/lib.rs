@@ -1,0 +1,1 @@
+//! Built-in source: kernel.org versions and kernel tarballs (http, https, file)
