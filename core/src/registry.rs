@@ -4,6 +4,9 @@
 //! because a linked crate that nothing references is dropped by the linker
 //! together with its registrations.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use ktstr_sdk::build::Builder;
 use ktstr_sdk::cache::CacheBackend;
 use ktstr_sdk::configure::Configurer;
@@ -12,12 +15,12 @@ use ktstr_sdk::reserve::Reserver;
 use ktstr_sdk::source::{KernelSpec, SourceAcquirer};
 use ktstr_sdk::{Result, StageError};
 
+use ktstr_plugin_git as _;
 use ktstr_plugin_kbuild as _;
 use ktstr_plugin_kconfig as _;
+use ktstr_plugin_llc as _;
 use ktstr_plugin_local as _;
 use ktstr_plugin_local_cache as _;
-use ktstr_plugin_git as _;
-use ktstr_plugin_llc as _;
 use ktstr_plugin_none as _;
 use ktstr_plugin_remote_cache as _;
 use ktstr_plugin_tarball as _;
@@ -27,6 +30,8 @@ pub const DEFAULT_RESERVER: &str = "none";
 pub const DEFAULT_CONFIGURER: &str = "kconfig";
 pub const DEFAULT_BUILDER: &str = "kbuild";
 pub const DEFAULT_CACHE_TIERS: &[&str] = &["local-cache"];
+/// The authoritative first tier; every other tier comes after it.
+pub const LOCAL_CACHE: &str = "local-cache";
 
 /// A stage instance with the name it was registered under.
 pub struct Named<T: ?Sized> {
@@ -44,63 +49,245 @@ pub struct Stages {
     pub caches: Vec<Named<dyn CacheBackend>>,
 }
 
-fn find(kind: StageKind, name: &str) -> Result<&'static BuiltinPlugin> {
-    let all = builtins();
-    all.iter()
-        .find(|p| p.constructor.kind() == kind && p.name == name)
-        .copied()
-        .ok_or_else(|| {
-            let known: Vec<_> = all
-                .iter()
-                .filter(|p| p.constructor.kind() == kind)
-                .map(|p| p.name)
-                .collect();
-            StageError::not_found(format!("no {kind} plugin named {name:?}"))
-                .with_hint(format!("available {kind} plugins: {}", known.join(", ")))
-        })
+/// One stage implementation the host can construct, built in or from a
+/// loaded plugin library. Only the constructor matching [`Self::kind`]
+/// is called.
+pub trait StageFactory: Send + Sync {
+    fn kind(&self) -> StageKind;
+    fn name(&self) -> &str;
+    fn version(&self) -> &str;
+    fn summary(&self) -> &str;
+    /// `built-in`, or the path of the plugin library.
+    fn origin(&self) -> String;
+    fn source(&self, config: &PluginConfig) -> Result<Box<dyn SourceAcquirer>> {
+        Err(self.wrong_kind(config))
+    }
+    fn reserver(&self, config: &PluginConfig) -> Result<Box<dyn Reserver>> {
+        Err(self.wrong_kind(config))
+    }
+    fn configurer(&self, config: &PluginConfig) -> Result<Box<dyn Configurer>> {
+        Err(self.wrong_kind(config))
+    }
+    fn builder(&self, config: &PluginConfig) -> Result<Box<dyn Builder>> {
+        Err(self.wrong_kind(config))
+    }
+    fn cache(&self, config: &PluginConfig) -> Result<Box<dyn CacheBackend>> {
+        Err(self.wrong_kind(config))
+    }
+    #[doc(hidden)]
+    fn wrong_kind(&self, _config: &PluginConfig) -> StageError {
+        StageError::internal(format!(
+            "{} plugin {} was asked for another kind of stage",
+            self.kind(),
+            self.name()
+        ))
+    }
 }
 
-macro_rules! construct {
-    ($variant:ident, $kind:expr, $name:expr, $config:expr) => {{
-        let plugin = find($kind, $name)?;
-        match plugin.constructor {
-            Constructor::$variant(make) => Named {
-                name: plugin.name.to_string(),
-                stage: make($config)
-                    .map_err(|e| e.context(format!("{} plugin {}", $kind, plugin.name)))?,
-            },
-            _ => unreachable!("find() filtered on the stage kind"),
+impl StageFactory for &'static BuiltinPlugin {
+    fn kind(&self) -> StageKind {
+        self.constructor.kind()
+    }
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn version(&self) -> &str {
+        self.version
+    }
+    fn summary(&self) -> &str {
+        self.summary
+    }
+    fn origin(&self) -> String {
+        "built-in".into()
+    }
+    fn source(&self, config: &PluginConfig) -> Result<Box<dyn SourceAcquirer>> {
+        match self.constructor {
+            Constructor::Source(make) => make(config),
+            _ => Err(self.wrong_kind(config)),
         }
-    }};
+    }
+    fn reserver(&self, config: &PluginConfig) -> Result<Box<dyn Reserver>> {
+        match self.constructor {
+            Constructor::Reserver(make) => make(config),
+            _ => Err(self.wrong_kind(config)),
+        }
+    }
+    fn configurer(&self, config: &PluginConfig) -> Result<Box<dyn Configurer>> {
+        match self.constructor {
+            Constructor::Configurer(make) => make(config),
+            _ => Err(self.wrong_kind(config)),
+        }
+    }
+    fn builder(&self, config: &PluginConfig) -> Result<Box<dyn Builder>> {
+        match self.constructor {
+            Constructor::Builder(make) => make(config),
+            _ => Err(self.wrong_kind(config)),
+        }
+    }
+    fn cache(&self, config: &PluginConfig) -> Result<Box<dyn CacheBackend>> {
+        match self.constructor {
+            Constructor::Cache(make) => make(config),
+            _ => Err(self.wrong_kind(config)),
+        }
+    }
+}
+
+/// Every stage implementation this run can choose from: the built-ins,
+/// then the stages of plugin libraries loaded with `--plugin`.
+pub struct Catalog {
+    factories: Vec<Arc<dyn StageFactory>>,
+}
+
+impl Catalog {
+    /// The built-ins linked into this binary.
+    pub fn builtin() -> Self {
+        Self {
+            factories: builtins()
+                .into_iter()
+                .map(|p| Arc::new(p) as Arc<dyn StageFactory>)
+                .collect(),
+        }
+    }
+
+    /// Add a loaded plugin's stage. A (kind, name) already present is an
+    /// error naming both origins.
+    pub fn add(&mut self, factory: Arc<dyn StageFactory>) -> Result<()> {
+        if let Some(existing) = self.get(factory.kind(), factory.name()) {
+            return Err(StageError::invalid_input(format!(
+                "{} plugin {:?} from {} clashes with the one from {}",
+                factory.kind(),
+                factory.name(),
+                factory.origin(),
+                existing.origin()
+            ))
+            .with_hint("remove one of them or rename the plugin's stage"));
+        }
+        self.factories.push(factory);
+        Ok(())
+    }
+
+    pub fn all(&self) -> &[Arc<dyn StageFactory>] {
+        &self.factories
+    }
+
+    pub fn get(&self, kind: StageKind, name: &str) -> Option<&Arc<dyn StageFactory>> {
+        self.factories
+            .iter()
+            .find(|f| f.kind() == kind && f.name() == name)
+    }
+
+    /// The factory for (kind, name), or an error listing the alternatives.
+    pub fn find(&self, kind: StageKind, name: &str) -> Result<&Arc<dyn StageFactory>> {
+        self.get(kind, name).ok_or_else(|| {
+            let known: Vec<_> = self
+                .factories
+                .iter()
+                .filter(|f| f.kind() == kind)
+                .map(|f| f.name().to_string())
+                .collect();
+            StageError::not_found(format!("no {kind} plugin named {name:?}")).with_hint(format!(
+                "available {kind} plugins: {} (a plugin library is loaded with --plugin NAME)",
+                known.join(", ")
+            ))
+        })
+    }
+}
+
+/// Which implementation runs each stage, and each one's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    pub reserver: String,
+    pub configurer: String,
+    pub builder: String,
+    /// Cache tiers; `local-cache` is always first whether listed or not.
+    pub caches: Vec<String>,
+    /// Extra source acquirers asked before the built-in ones, in order.
+    pub sources: Vec<String>,
+    /// Per-plugin settings (`[plugin.<name>]`); a missing entry is `null`.
+    pub configs: BTreeMap<String, PluginConfig>,
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Self {
+            reserver: DEFAULT_RESERVER.into(),
+            configurer: DEFAULT_CONFIGURER.into(),
+            builder: DEFAULT_BUILDER.into(),
+            caches: DEFAULT_CACHE_TIERS.iter().map(|s| s.to_string()).collect(),
+            sources: Vec::new(),
+            configs: BTreeMap::new(),
+        }
+    }
+}
+
+impl Selection {
+    pub fn config(&self, name: &str) -> &PluginConfig {
+        static NULL: PluginConfig = PluginConfig::Null;
+        self.configs.get(name).unwrap_or(&NULL)
+    }
+
+    /// Cache tiers in lookup order: the local tier first, no duplicates.
+    pub fn cache_tiers(&self) -> Vec<&str> {
+        let mut tiers = vec![LOCAL_CACHE];
+        for name in &self.caches {
+            if !tiers.contains(&name.as_str()) {
+                tiers.push(name);
+            }
+        }
+        tiers
+    }
+}
+
+fn named<T: ?Sized>(
+    factory: &Arc<dyn StageFactory>,
+    make: impl FnOnce(&dyn StageFactory) -> Result<Box<T>>,
+) -> Result<Named<T>> {
+    let stage = make(factory.as_ref())
+        .map_err(|e| e.context(format!("{} plugin {}", factory.kind(), factory.name())))?;
+    Ok(Named {
+        name: factory.name().to_string(),
+        stage,
+    })
 }
 
 impl Stages {
     /// The built-in pipeline with default settings.
     pub fn builtin() -> Result<Self> {
-        let empty = PluginConfig::Null;
+        Self::select(&Catalog::builtin(), &Selection::default())
+    }
+
+    /// Construct the selected stages from `catalog`.
+    pub fn select(catalog: &Catalog, selection: &Selection) -> Result<Self> {
         let mut sources = Vec::new();
-        for plugin in builtins() {
-            if let Constructor::Source(make) = plugin.constructor {
-                sources.push(Named {
-                    name: plugin.name.to_string(),
-                    stage: make(&empty)?,
-                });
+        for name in &selection.sources {
+            let f = catalog.find(StageKind::Source, name)?;
+            sources.push(named(f, |f| f.source(selection.config(name)))?);
+        }
+        for f in catalog.all() {
+            if f.kind() == StageKind::Source
+                && f.origin() == "built-in"
+                && !selection.sources.iter().any(|s| s == f.name())
+            {
+                sources.push(named(f, |f| f.source(selection.config(f.name())))?);
             }
         }
         let mut caches = Vec::new();
-        for name in DEFAULT_CACHE_TIERS {
-            caches.push(construct!(Cache, StageKind::Cache, name, &empty));
+        for name in selection.cache_tiers() {
+            let f = catalog.find(StageKind::Cache, name)?;
+            caches.push(named(f, |f| f.cache(selection.config(name)))?);
         }
+        let one = |kind, name: &str| catalog.find(kind, name);
         Ok(Self {
             sources,
-            reserver: construct!(Reserver, StageKind::Reserver, DEFAULT_RESERVER, &empty),
-            configurer: construct!(
-                Configurer,
-                StageKind::Configurer,
-                DEFAULT_CONFIGURER,
-                &empty
-            ),
-            builder: construct!(Builder, StageKind::Builder, DEFAULT_BUILDER, &empty),
+            reserver: named(one(StageKind::Reserver, &selection.reserver)?, |f| {
+                f.reserver(selection.config(&selection.reserver))
+            })?,
+            configurer: named(one(StageKind::Configurer, &selection.configurer)?, |f| {
+                f.configurer(selection.config(&selection.configurer))
+            })?,
+            builder: named(one(StageKind::Builder, &selection.builder)?, |f| {
+                f.builder(selection.config(&selection.builder))
+            })?,
             caches,
         })
     }
@@ -152,8 +339,28 @@ mod tests {
     }
 
     #[test]
+    fn local_cache_is_always_the_first_tier() {
+        let selection = Selection {
+            caches: vec!["s3-cache".into(), "local-cache".into(), "s3-cache".into()],
+            ..Selection::default()
+        };
+        assert_eq!(selection.cache_tiers(), ["local-cache", "s3-cache"]);
+    }
+
+    #[test]
+    fn a_second_stage_with_a_taken_name_is_refused() {
+        let mut catalog = Catalog::builtin();
+        let kbuild = *builtins().iter().find(|p| p.name == "kbuild").unwrap();
+        let err = catalog.add(Arc::new(kbuild)).unwrap_err();
+        assert!(err.message.contains("\"kbuild\""), "{err}");
+    }
+
+    #[test]
     fn unknown_plugin_lists_alternatives() {
-        let err = find(StageKind::Builder, "nope").unwrap_err();
+        let err = Catalog::builtin()
+            .find(StageKind::Builder, "nope")
+            .err()
+            .unwrap();
         assert!(err.message.contains("\"nope\""));
         assert!(err.hint.unwrap().contains("kbuild"));
     }
