@@ -2,6 +2,7 @@
 //! and cache-key derivation. Stages themselves live in plugin crates.
 
 pub mod cli;
+pub mod config;
 pub mod identity;
 pub mod interrupt;
 pub mod pipeline;
