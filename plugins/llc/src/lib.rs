@@ -1,1 +1,418 @@
-//! Built-in reserver: CPU budgets in whole last-level caches, with per-LLC flocks and a cpuset sandbox
+//! Built-in reserver `llc`: CPU budgets in whole last-level caches, with
+//! per-LLC flocks and a cpuset sandbox.
+//!
+//! A kernel build next to a performance test ruins the test's numbers, and
+//! two builds thrash each other's L3. This reserver
+//!
+//! 1. sizes the budget: `--cpu-cap N` (an explicit contract), else
+//!    `budget_percent` (30%) of the CPUs this process may run on;
+//! 2. plans that many CPUs in whole LLCs on one NUMA node ([`plan`]) from
+//!    the sysfs topology ([`topology`]);
+//! 3. takes the planned LLCs' lock files, all or nothing, re-planning when
+//!    it loses a race and waiting (saying for whom) when nothing is free
+//!    ([`locks`]);
+//! 4. creates a cpuset cgroup for the build's processes ([`cgroup`]).
+//!
+//! When the CPUs cannot be confined (no topology, no cpuset controller, no
+//! permission) an explicit cap fails with the remedies; the default budget
+//! warns once and builds with `make -jN` only. The model is described in
+//! docs/reservation.md.
+
+pub mod cgroup;
+pub mod locks;
+pub mod plan;
+pub mod topology;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ktstr_sdk::lock::FileLock;
+use ktstr_sdk::paths;
+use ktstr_sdk::prelude::*;
+
+pub use locks::{LlcLockInfo, list_llc_locks};
+
+use crate::plan::{NoPlan, Plan};
+use crate::topology::{CpuSet, Topology};
+
+/// The plugin's registered name.
+pub const NAME: &str = "llc";
+
+/// Lost races re-planned at once before falling back to waiting.
+const RACE_RETRIES: usize = 8;
+/// How often a waiting reservation looks again (and checks for Ctrl-C).
+const POLL: Duration = Duration::from_millis(100);
+
+ktstr_sdk::inventory::submit! {
+    BuiltinPlugin {
+        name: NAME,
+        version: env!("CARGO_PKG_VERSION"),
+        summary: "reserve --cpu-cap N (default 30%) CPUs in whole last-level caches: per-LLC locks shared by every ktstr on the host, make confined by a cpuset cgroup",
+        constructor: Constructor::Reserver(|cfg| Ok(Box::new(LlcReserver::from_config(cfg)?))),
+    }
+}
+
+/// Options from the config file's `[plugin.llc]` table.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlcConfig {
+    /// Where sysfs is mounted (topology is read below it).
+    pub sysfs_root: PathBuf,
+    /// Where cgroup hierarchies are mounted.
+    pub cgroup_root: PathBuf,
+    /// CPU lock directory; `KTSTR_LOCK_DIR` wins over it, the cache root's
+    /// `.locks/` is the default.
+    pub lock_dir: Option<PathBuf>,
+    /// Default budget as a percentage of the allowed CPUs (1-100).
+    pub budget_percent: u32,
+}
+
+impl Default for LlcConfig {
+    fn default() -> Self {
+        Self {
+            sysfs_root: PathBuf::from("/sys"),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            lock_dir: None,
+            budget_percent: plan::DEFAULT_BUDGET_PERCENT,
+        }
+    }
+}
+
+impl LlcConfig {
+    /// Parse a `[plugin.llc]` table (`Null` when absent).
+    pub fn from_value(cfg: &PluginConfig) -> Result<Self> {
+        let parsed: Self = if cfg.is_null() {
+            Self::default()
+        } else {
+            serde_json::from_value(cfg.clone()).map_err(|e| {
+                StageError::invalid_input(format!("[plugin.llc]: {e}")).with_hint(
+                    "known keys: sysfs_root, cgroup_root, lock_dir, budget_percent \
+                     (see docs/reservation.md)",
+                )
+            })?
+        };
+        if !(1..=100).contains(&parsed.budget_percent) {
+            return Err(StageError::invalid_input(format!(
+                "[plugin.llc] budget_percent = {}: must be between 1 and 100",
+                parsed.budget_percent
+            )));
+        }
+        Ok(parsed)
+    }
+}
+
+/// The `llc` reserver.
+#[derive(Debug, Clone, Default)]
+pub struct LlcReserver {
+    pub config: LlcConfig,
+}
+
+/// Keeps the reservation: the sandbox is removed before the locks are
+/// released, so a peer that sees an LLC free never finds this build's
+/// processes still confined to it.
+struct Held {
+    sandbox: Option<cgroup::Sandbox>,
+    _locks: Vec<FileLock>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Explicit, not just field order: the sandbox goes first.
+        drop(self.sandbox.take());
+    }
+}
+
+/// What to tell the user when the CPUs cannot be confined.
+pub const REMEDIES: &str = "run ktstr as root; or in a cgroup delegated to you, e.g. \
+    `systemd-run --user --scope -p Delegate=yes ktstr build ...`; or build without a CPU \
+    reservation: `--reserver none`, or KTSTR_BYPASS_LLC_LOCKS=1 (not with --cpu-cap); or \
+    leave out --cpu-cap to build best-effort";
+
+/// CPUs this process may run on (sched_getaffinity).
+pub fn allowed_cpus() -> Result<CpuSet> {
+    use nix::sched::{CpuSet as NixSet, sched_getaffinity};
+    let set = sched_getaffinity(nix::unistd::Pid::from_raw(0)).map_err(|e| {
+        StageError::new(ErrorKind::Io, "read this process's CPU affinity")
+            .caused_by(std::io::Error::from(e))
+    })?;
+    Ok((0..NixSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
+        .collect())
+}
+
+fn unreserved(make_jobs: usize) -> Reservation {
+    Reservation {
+        cpus: Vec::new(),
+        mems: Vec::new(),
+        make_jobs,
+        sandbox_procs: None,
+        guard: None,
+    }
+}
+
+impl LlcReserver {
+    pub fn from_config(cfg: &PluginConfig) -> Result<Self> {
+        Ok(Self {
+            config: LlcConfig::from_value(cfg)?,
+        })
+    }
+
+    /// `KTSTR_LOCK_DIR`, else the configured `lock_dir`, else
+    /// `<cache root>/.locks`.
+    pub fn lock_dir(&self) -> Result<PathBuf> {
+        if let Some(dir) = paths::env_nonempty(paths::LOCK_DIR_ENV) {
+            return Ok(PathBuf::from(dir));
+        }
+        if let Some(dir) = &self.config.lock_dir {
+            return Ok(dir.clone());
+        }
+        Ok(paths::cpu_lock_dir(&paths::cache_root()?))
+    }
+
+    /// Reserve for a process allowed to run on `allowed`.
+    pub fn reserve_on(
+        &self,
+        request: &ReserveRequest,
+        cx: &StageContext,
+        allowed: &CpuSet,
+    ) -> Result<Reservation> {
+        cx.cancel.check()?;
+        let pct = self.config.budget_percent;
+        let mut want = plan::budget(request.cpu_cap, allowed.len(), pct)?;
+        let explicit = request.cpu_cap.is_some();
+        let soften = |problem: StageError, want: usize, what_happens: &str| {
+            degrade(explicit, want, cx, problem, what_happens)
+        };
+
+        let topo = match Topology::read(&self.config.sysfs_root) {
+            Ok(t) => t,
+            Err(e) => {
+                let e = e.context(format!(
+                    "cannot read the CPU topology from {}",
+                    self.config.sysfs_root.display()
+                ));
+                soften(
+                    e,
+                    want,
+                    &format!("building with make -j{want}, no CPUs locked"),
+                )?;
+                return Ok(unreserved(want));
+            }
+        };
+        let usable = topo
+            .llcs
+            .iter()
+            .flat_map(|l| l.cpus.iter())
+            .filter(|c| allowed.contains(c))
+            .count();
+        if usable == 0 {
+            let e = StageError::not_found(format!(
+                "none of this process's CPUs ({}) appear in the topology under {}",
+                topology::format_cpulist(allowed),
+                self.config.sysfs_root.display()
+            ));
+            soften(
+                e,
+                want,
+                &format!("building with make -j{want}, no CPUs locked"),
+            )?;
+            return Ok(unreserved(want));
+        }
+        if want > usable {
+            if explicit {
+                return Err(StageError::invalid_input(format!(
+                    "--cpu-cap {want}: only {usable} of this process's CPUs are online \
+                     and in a known last-level cache"
+                ))
+                .with_hint(format!("pass --cpu-cap {usable} or less")));
+            }
+            want = plan::budget(None, usable, pct)?;
+        }
+
+        let lock_dir = self.lock_dir()?;
+        locks::check_lock_dir(&lock_dir)?;
+
+        // Before waiting for anyone: a contract that cannot be kept fails now.
+        let hierarchy = match cgroup::detect_for_self(&self.config.cgroup_root) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                soften(
+                    e,
+                    want,
+                    &format!("building with make -j{want} without a CPU sandbox"),
+                )?;
+                None
+            }
+        };
+        if let Some(h) = &hierarchy {
+            for dir in cgroup::sweep(h) {
+                tracing::info!("removed orphaned sandbox {}", dir.display());
+            }
+        }
+
+        let (plan, held) = acquire(&topo, allowed, want, &lock_dir, cx)?;
+
+        let sandbox = match &hierarchy {
+            Some(h) => match make_sandbox(h, &plan, cx) {
+                Ok(sb) => Some(sb),
+                Err(e) => {
+                    // On error `held` drops here and releases the LLCs.
+                    soften(
+                        e,
+                        want,
+                        &format!("building with make -j{want} without a CPU sandbox"),
+                    )?;
+                    None
+                }
+            },
+            None => None,
+        };
+        cx.progress.note(&format!(
+            "reserved {}{}",
+            plan.describe(),
+            if sandbox.is_some() {
+                ""
+            } else {
+                " (not enforced)"
+            }
+        ));
+        Ok(Reservation {
+            make_jobs: plan.cpus.len(),
+            cpus: plan.cpus,
+            mems: plan.mems,
+            sandbox_procs: sandbox.as_ref().map(cgroup::Sandbox::procs),
+            guard: Some(Box::new(Held {
+                sandbox,
+                _locks: held,
+            })),
+        })
+    }
+}
+
+/// The CPUs cannot be confined: fatal for an explicit cap (a contract),
+/// one warning for the default budget.
+fn degrade(
+    explicit: bool,
+    want: usize,
+    cx: &StageContext,
+    problem: StageError,
+    what_happens: &str,
+) -> Result<()> {
+    if explicit {
+        let kind = match problem.kind {
+            ErrorKind::Io => ErrorKind::Io,
+            _ => ErrorKind::Unsupported,
+        };
+        let mut e = StageError::new(
+            kind,
+            format!("--cpu-cap {want} cannot be enforced: {}", problem.message),
+        );
+        e.causes = problem.causes;
+        Err(e.with_hint(REMEDIES))
+    } else {
+        cx.progress.warn(&format!(
+            "CPU reservation is best-effort: {problem}; {what_happens}. To enforce it: {REMEDIES}"
+        ));
+        Ok(())
+    }
+}
+
+impl Reserver for LlcReserver {
+    fn reserve(&self, request: &ReserveRequest, cx: &StageContext) -> Result<Reservation> {
+        cx.cancel.check()?;
+        self.reserve_on(request, cx, &allowed_cpus()?)
+    }
+}
+
+/// Create the sandbox and prove a process can join it (the same way the
+/// build's processes will), so a permission problem surfaces now and not
+/// as a failed `make`.
+fn make_sandbox(h: &cgroup::Hierarchy, plan: &Plan, cx: &StageContext) -> Result<cgroup::Sandbox> {
+    let sb = cgroup::Sandbox::create(h, &plan.cpus, &plan.mems)?;
+    let mut probe = CommandSpec::new("true");
+    probe.cgroup_procs = Some(sb.procs());
+    let out = cx.runner.capture(&probe).map_err(|e| {
+        StageError::new(
+            ErrorKind::Io,
+            format!("a process cannot join the sandbox {}", sb.procs().display()),
+        )
+        .caused_by(e)
+    })?;
+    if out.code != Some(0) {
+        return Err(StageError::new(
+            ErrorKind::Io,
+            format!(
+                "probe process in sandbox {} exited with {:?}",
+                sb.dir().display(),
+                out.code
+            ),
+        ));
+    }
+    Ok(sb)
+}
+
+/// Plan and lock: take the planned LLCs all or nothing; on a lost race
+/// re-plan at once (up to [`RACE_RETRIES`] times), otherwise wait, noting
+/// whom for, until enough LLCs are free or the user cancels.
+fn acquire(
+    topo: &Topology,
+    allowed: &CpuSet,
+    want: usize,
+    lock_dir: &Path,
+    cx: &StageContext,
+) -> Result<(Plan, Vec<FileLock>)> {
+    let ids: Vec<usize> = topo.llcs.iter().map(|l| l.id).collect();
+    let mut lost = BTreeSet::new();
+    let mut races = 0;
+    let mut last_note = String::new();
+    loop {
+        cx.cancel.check()?;
+        let mut busy = locks::busy(lock_dir, ids.iter().copied());
+        busy.extend(lost.iter().copied());
+        match plan::plan(topo, allowed, want, &busy) {
+            Ok(p) => match locks::try_lock_all(lock_dir, &p.llc_ids())? {
+                Ok(held) => return Ok((p, held)),
+                Err(id) => {
+                    lost.insert(id);
+                    races += 1;
+                    if races < RACE_RETRIES {
+                        continue;
+                    }
+                }
+            },
+            Err(e @ NoPlan::TooFew { .. }) => {
+                return Err(StageError::invalid_input(e.to_string()));
+            }
+            Err(NoPlan::Busy { .. }) => {}
+        }
+        // Wait for the LLCs we would take if everything were free.
+        let ideal = plan::plan(topo, allowed, want, &BTreeSet::new())
+            .map_err(|e| StageError::internal(e.to_string()))?;
+        let mut waiting_for: Vec<usize> = ideal
+            .llc_ids()
+            .into_iter()
+            .filter(|id| busy.contains(id))
+            .collect();
+        if waiting_for.is_empty() {
+            waiting_for = busy.iter().copied().collect();
+        }
+        let note = format!(
+            "waiting for {want} CPU{} in last-level caches held by other ktstr runs: {} \
+             (lock directory {})",
+            if want == 1 { "" } else { "s" },
+            locks::describe_busy(lock_dir, &waiting_for),
+            lock_dir.display()
+        );
+        if note != last_note {
+            cx.progress.note(&note);
+            last_note = note;
+        }
+        std::thread::sleep(POLL);
+        lost.clear();
+        races = 0;
+    }
+}

@@ -1,0 +1,215 @@
+//! Per-LLC lock files: how ktstr processes on one host tell each other
+//! which last-level caches are taken.
+//!
+//! One file per LLC, `llc-<id>.lock` in the CPU lock directory. A build
+//! holds an exclusive `flock` on every LLC its plan touches for as long as
+//! it runs; the kernel drops the lock when the process dies, so a crash
+//! never leaves a stale reservation. A test run that only needs builds kept
+//! off its CPUs may hold LLC locks shared (see docs/reservation.md).
+//!
+//! flock over NFS is emulated with byte-range locks on the server and over
+//! FUSE depends on the daemon; neither gives the crash-safe, host-local
+//! semantics above, so such lock directories are refused.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use ktstr_sdk::lock::{self, FileLock, Holder, LockMode};
+use ktstr_sdk::paths;
+use ktstr_sdk::prelude::*;
+
+/// Refuse lock directories on network or userspace filesystems.
+///
+/// Creates the directory first so the check sees the filesystem the lock
+/// files will live on.
+pub fn check_lock_dir(dir: &Path) -> Result<()> {
+    use nix::sys::statfs::{FUSE_SUPER_MAGIC, FsType, NFS_SUPER_MAGIC, SMB_SUPER_MAGIC, statfs};
+    std::fs::create_dir_all(dir)
+        .at("create lock directory", dir)
+        .map_err(|e| e.with_hint(lock_dir_hint()))?;
+    let st = statfs(dir).map_err(|e| {
+        StageError::io("inspect lock directory", dir, std::io::Error::from(e))
+            .with_hint(lock_dir_hint())
+    })?;
+    let ty = st.filesystem_type();
+    // CIFS and SMB2 are not in nix's table.
+    let cifs = FsType(0xFF53_4D42u32 as _);
+    let smb2 = FsType(0xFE53_4D42u32 as _);
+    let name = if ty == NFS_SUPER_MAGIC {
+        "NFS"
+    } else if ty == FUSE_SUPER_MAGIC {
+        "FUSE"
+    } else if ty == SMB_SUPER_MAGIC || ty == cifs || ty == smb2 {
+        "SMB/CIFS"
+    } else {
+        return Ok(());
+    };
+    Err(StageError::new(
+        ErrorKind::Unsupported,
+        format!(
+            "CPU lock directory {} is on {name}, where flock does not reliably \
+             coordinate processes on this host",
+            dir.display()
+        ),
+    )
+    .with_hint(lock_dir_hint()))
+}
+
+fn lock_dir_hint() -> String {
+    format!(
+        "set {}=/var/tmp/ktstr-locks (or another directory on a local filesystem \
+         shared by every ktstr on this host)",
+        paths::LOCK_DIR_ENV
+    )
+}
+
+/// LLC ids in `ids` that some process holds right now, from `/proc/locks`.
+///
+/// Only a hint for the planner (nothing is locked by looking): the real
+/// test is [`try_lock_all`], which may still lose a race. Locks held by
+/// this same process count too: they belong to another reservation (we
+/// hold none of our own while planning).
+pub fn busy(dir: &Path, ids: impl IntoIterator<Item = usize>) -> BTreeSet<usize> {
+    use std::os::unix::fs::MetadataExt;
+    // One read of /proc/locks for all LLCs: this runs every poll interval.
+    let table = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    ids.into_iter()
+        .filter(|&id| {
+            std::fs::metadata(paths::llc_lock(dir, id)).is_ok_and(|m| {
+                lock::parse_proc_locks(&table, m.dev(), m.ino())
+                    .iter()
+                    .any(|h| !h.waiting)
+            })
+        })
+        .collect()
+}
+
+/// Take every LLC in `ids` exclusively without waiting: all or nothing.
+/// `Ok(Err(id))` names the first LLC someone else holds.
+pub fn try_lock_all(
+    dir: &Path,
+    ids: &[usize],
+) -> Result<std::result::Result<Vec<FileLock>, usize>> {
+    let mut held = Vec::with_capacity(ids.len());
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    for id in sorted {
+        match lock::try_lock(&paths::llc_lock(dir, id), LockMode::Exclusive)? {
+            Some(l) => held.push(l),
+            // Dropping `held` releases what we took.
+            None => return Ok(Err(id)),
+        }
+    }
+    Ok(Ok(held))
+}
+
+/// "LLC 2 held by pid 4242 (ktstr build ...)" for each id.
+pub fn describe_busy(dir: &Path, ids: &[usize]) -> String {
+    ids.iter()
+        .map(|&id| {
+            format!(
+                "LLC {id} {}",
+                lock::describe_holders(&lock::holders(&paths::llc_lock(dir, id)))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// One LLC lock file and who holds it (for `ktstr locks`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LlcLockInfo {
+    pub llc: usize,
+    pub path: PathBuf,
+    pub holders: Vec<Holder>,
+}
+
+/// Every `llc-<id>.lock` in `dir`, by id, with holders and waiters.
+/// A missing directory lists nothing.
+pub fn list_llc_locks(dir: &Path) -> Result<Vec<LlcLockInfo>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StageError::io("list lock directory", dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.at("list lock directory", dir)?;
+        let name = entry.file_name();
+        let Some(id) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("llc-"))
+            .and_then(|n| n.strip_suffix(".lock"))
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        out.push(LlcLockInfo {
+            llc: id,
+            holders: lock::holders(&path),
+            path,
+        });
+    }
+    out.sort_by_key(|i| i.llc);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let other = lock::try_lock(&paths::llc_lock(d, 2), LockMode::Exclusive)
+            .unwrap()
+            .unwrap();
+        assert_eq!(busy(d, [0, 1, 2, 3]), BTreeSet::from([2]));
+        assert_eq!(try_lock_all(d, &[0, 1, 2]).unwrap().unwrap_err(), 2);
+        // 0 and 1 were released again.
+        let got = try_lock_all(d, &[0, 1]).unwrap().unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(busy(d, [0, 1, 2, 3]), BTreeSet::from([0, 1, 2]));
+        drop(other);
+        drop(got);
+        assert!(busy(d, [0, 1, 2, 3]).is_empty());
+        assert_eq!(try_lock_all(d, &[0, 1, 2]).unwrap().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn lists_locks_with_holders() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert!(list_llc_locks(&d.join("missing")).unwrap().is_empty());
+        let held = try_lock_all(d, &[10, 2]).unwrap().unwrap();
+        std::fs::write(d.join("source-abc.lock"), b"").unwrap();
+        let list = list_llc_locks(d).unwrap();
+        assert_eq!(list.iter().map(|l| l.llc).collect::<Vec<_>>(), vec![2, 10]);
+        let me = std::process::id();
+        assert!(
+            list[0]
+                .holders
+                .iter()
+                .any(|h| h.pid == me && h.mode == "WRITE")
+        );
+        drop(held);
+        let list = list_llc_locks(d).unwrap();
+        assert!(list.iter().all(|l| l.holders.is_empty()), "{list:?}");
+    }
+
+    #[test]
+    fn local_lock_dir_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        check_lock_dir(&dir.path().join("a/b")).unwrap();
+        assert!(dir.path().join("a/b").is_dir());
+    }
+
+    #[test]
+    fn unwritable_lock_dir_names_the_fix() {
+        let e = check_lock_dir(Path::new("/proc/ktstr-no-such/locks")).unwrap_err();
+        assert!(e.to_string().contains("/proc/ktstr-no-such/locks"), "{e}");
+        assert!(e.hint.unwrap().contains(paths::LOCK_DIR_ENV));
+    }
+}
