@@ -114,17 +114,13 @@ impl Config {
 
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let file: File = toml::from_str(text).map_err(|e| {
-            StageError::invalid_input(format!(
-                "config file {}: {}",
-                path.display(),
-                e.message()
-            ))
-            .with_hint(format!(
-                "{}; see docs/config.md for the keys",
-                e.span()
-                    .map(|s| format!("at line {}", line_of(text, s.start)))
-                    .unwrap_or_else(|| "fix the file".into())
-            ))
+            StageError::invalid_input(format!("config file {}: {}", path.display(), e.message()))
+                .with_hint(format!(
+                    "{}; see docs/config.md for the keys",
+                    e.span()
+                        .map(|s| format!("at line {}", line_of(text, s.start)))
+                        .unwrap_or_else(|| "fix the file".into())
+                ))
         })?;
         Ok(Config {
             path: Some(path.to_path_buf()),
@@ -323,7 +319,10 @@ reserver = "fixed-cpus"
     #[test]
     fn wrong_types_are_errors() {
         let err = parse("caches = \"s3-cache\"\n").unwrap_err();
-        assert!(err.message.contains("caches") || err.message.contains("sequence"), "{err}");
+        assert!(
+            err.message.contains("caches") || err.message.contains("sequence"),
+            "{err}"
+        );
     }
 
     #[test]

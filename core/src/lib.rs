@@ -3,9 +3,11 @@
 
 pub mod cli;
 pub mod config;
+pub mod host;
 pub mod identity;
 pub mod interrupt;
 pub mod pipeline;
 pub mod progress;
 pub mod registry;
+pub mod scratch;
 pub mod tree_config;

@@ -26,7 +26,7 @@ use ktstr_plugin_remote_cache as _;
 use ktstr_plugin_tarball as _;
 
 /// Default implementation per stage until a config file says otherwise.
-pub const DEFAULT_RESERVER: &str = "none";
+pub const DEFAULT_RESERVER: &str = "llc";
 pub const DEFAULT_CONFIGURER: &str = "kconfig";
 pub const DEFAULT_BUILDER: &str = "kbuild";
 pub const DEFAULT_CACHE_TIERS: &[&str] = &["local-cache"];

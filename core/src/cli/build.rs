@@ -5,8 +5,11 @@ use ktstr_sdk::configure::ConfigureRequest;
 use ktstr_sdk::source::KernelSpec;
 
 use super::{BuildArgs, host_context};
+use ktstr_sdk::StageError;
+
+use crate::host::{self, Overrides};
 use crate::pipeline::{self, BuildRequestSpec, NotCached, Outcome};
-use crate::registry::Stages;
+use crate::progress::StderrProgress;
 
 const DIRTY_GIT_HINT: &str = "commit or stash your changes to cache builds of this tree";
 const NON_GIT_HINT: &str = "run `git init && git add -A && git commit -m base` in the tree so \
@@ -32,11 +35,70 @@ pub fn run(args: &BuildArgs) -> Result<()> {
         force: args.force,
         cpu_cap: args.cpu_cap,
         explain: args.explain,
+        keep_source: args.keep_source,
+        bypass_locks: super::bypass_requested(),
     };
-    let stages = Stages::builtin()?;
+    let mut setup = host::setup(&Overrides {
+        plugins: args.plugins.clone(),
+        reserver: args.reserver.clone(),
+    })?;
+    if args.skip_sha256 {
+        let table = setup
+            .selection
+            .configs
+            .entry("tarball".into())
+            .or_insert_with(|| serde_json::json!({}));
+        if let Some(map) = table.as_object_mut() {
+            map.insert("skip_sha256".into(), true.into());
+        }
+    }
+    let stages = setup.stages()?;
     let root = ktstr_sdk::paths::cache_root()?;
-    let outcome = pipeline::run(&stages, &request, &root, &cx)?;
-    match &outcome {
+    let targets = pipeline::resolve(&stages, &request.spec, &cx)?;
+    if targets.len() == 1 {
+        let outcome = pipeline::run(&stages, &request, &targets[0], &root, &cx)?;
+        report(&outcome, &progress);
+        println!("{}", outcome.image().display());
+        return Ok(());
+    }
+
+    // A range: build each member, carry on past failures, sum up.
+    let mut failed = Vec::new();
+    for (i, target) in targets.iter().enumerate() {
+        let label = target.label();
+        progress.println(&format!("[{}/{}] {label}", i + 1, targets.len()));
+        match pipeline::run(&stages, &request, target, &root, &cx) {
+            Ok(outcome) => {
+                report(&outcome, &progress);
+                println!("{label} {}", outcome.image().display());
+            }
+            Err(e) if e.kind == ktstr_sdk::ErrorKind::Cancelled => return Err(e.into()),
+            Err(e) => {
+                super::report(&anyhow::Error::from(e.clone()));
+                failed.push((label, e));
+            }
+        }
+    }
+    let built = targets.len() - failed.len();
+    if failed.is_empty() {
+        progress.println(&format!("all {} kernels of {} built", built, args.kernel));
+        return Ok(());
+    }
+    let names: Vec<_> = failed.iter().map(|(l, _)| l.as_str()).collect();
+    Err(anyhow::Error::from(
+        StageError::command(format!(
+            "{} of {} kernels of {} failed: {}",
+            failed.len(),
+            targets.len(),
+            args.kernel,
+            names.join(", ")
+        ))
+        .with_hint("the errors above say why; rerun one with --kernel <version>"),
+    ))
+}
+
+fn report(outcome: &Outcome, progress: &StderrProgress) {
+    match outcome {
         Outcome::Hit(entry) => progress.println(&format!("cache hit {}", entry.key)),
         Outcome::PeerBuilt(_) => {}
         Outcome::Stored(entry) => progress.println(&format!("cached {}", entry.key)),
@@ -62,6 +124,4 @@ pub fn run(args: &BuildArgs) -> Result<()> {
             }
         }
     }
-    println!("{}", outcome.image().display());
-    Ok(())
 }

@@ -5,6 +5,7 @@
 
 mod build;
 mod kernel;
+mod locks;
 mod plugins;
 
 use std::path::PathBuf;
@@ -35,6 +36,16 @@ pub enum Command {
     /// Inspect and prune cached kernels.
     #[command(subcommand)]
     Kernel(KernelCommand),
+    /// Show every CPU (LLC), source-tree, mirror and cache-entry lock and
+    /// who holds it.
+    Locks {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Redraw every second until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Show the stage plugins this ktstr can use.
     #[command(subcommand)]
     Plugins(PluginsCommand),
@@ -59,12 +70,34 @@ pub struct BuildArgs {
     /// Rebuild even if the cache has this kernel.
     #[arg(long)]
     pub force: bool,
-    /// Use at most N CPUs for the build (`make -jN`).
-    #[arg(long, value_name = "N", value_parser = parse_cpu_cap)]
+    /// Reserve N CPUs for the build (`make -jN`), enforced by the reserver
+    /// (default: 30% of the CPUs this process may use).
+    #[arg(long, value_name = "N", value_parser = parse_cpu_cap, env = CPU_CAP_ENV)]
     pub cpu_cap: Option<usize>,
+    /// Use this reserver for this run (overrides the config file).
+    #[arg(long, value_name = "NAME")]
+    pub reserver: Option<String>,
+    /// Load a plugin (NAME[@VERSION-REQ] or a library path) and use its
+    /// stages; repeatable.
+    #[arg(long = "plugin", value_name = "NAME|PATH")]
+    pub plugins: Vec<String>,
+    /// Keep the extracted tarball or git checkout after the build.
+    #[arg(long)]
+    pub keep_source: bool,
+    /// Build a tarball whose sha256 does not match the published digest.
+    #[arg(long)]
+    pub skip_sha256: bool,
     /// On a cache miss, say which key input differs from the nearest entry.
     #[arg(long)]
     pub explain: bool,
+}
+
+pub const CPU_CAP_ENV: &str = "KTSTR_CPU_CAP";
+pub const BYPASS_ENV: &str = "KTSTR_BYPASS_LLC_LOCKS";
+
+/// `KTSTR_BYPASS_LLC_LOCKS` is set to something non-empty.
+pub fn bypass_requested() -> bool {
+    ktstr_sdk::paths::env_nonempty(BYPASS_ENV).is_some()
 }
 
 fn parse_cpu_cap(raw: &str) -> Result<usize, String> {
@@ -187,12 +220,29 @@ pub fn main() -> i32 {
             return 2;
         }
     };
+    if let Command::Build(args) = &cli.command
+        && args.cpu_cap.is_some()
+        && bypass_requested()
+    {
+        let from = if std::env::args().any(|a| a.starts_with("--cpu-cap")) {
+            "--cpu-cap"
+        } else {
+            CPU_CAP_ENV
+        };
+        eprintln!(
+            "{LABEL}: error: {from} conflicts with {BYPASS_ENV}: a CPU cap is a reservation, \
+             and the bypass skips reservation\n{LABEL}: hint: unset {BYPASS_ENV} to enforce the \
+             cap, or drop {from} to build without a reservation"
+        );
+        return 2;
+    }
     init_tracing();
     let result = match cli.command {
         Command::Build(args) => build::run(&args),
         Command::Kernel(KernelCommand::List { json }) => kernel::list(json),
         Command::Kernel(KernelCommand::Clean { keep, force }) => kernel::clean(keep, force),
         Command::Plugins(PluginsCommand::List { json }) => plugins::list(json),
+        Command::Locks { json, watch } => locks::run(json, watch),
     };
     match result {
         Ok(()) => 0,

@@ -19,11 +19,12 @@ use ktstr_sdk::context::StageContext;
 use ktstr_sdk::error::{ErrorKind, IoResultExt};
 use ktstr_sdk::lock::{self, LockMode};
 use ktstr_sdk::reserve::ReserveRequest;
-use ktstr_sdk::source::{AcquiredSource, KernelSpec, SourceAcquirer};
+use ktstr_sdk::source::{AcquiredSource, KernelSpec, Resolved, SourceAcquirer};
 use ktstr_sdk::{Result, paths};
 
 use crate::identity::{self, ConfigIdentity, DerivedKey, KeyInputs};
 use crate::registry::{Named, Stages};
+use crate::scratch::{self, ScratchGuard};
 use crate::tree_config;
 use tree_state::{MidWaitState, changed_during_build};
 
@@ -37,6 +38,47 @@ pub struct BuildRequestSpec {
     pub force: bool,
     pub cpu_cap: Option<usize>,
     pub explain: bool,
+    /// Keep a scratch source tree (extracted tarball, git checkout).
+    pub keep_source: bool,
+    /// `KTSTR_BYPASS_LLC_LOCKS`: no reservation, no source-tree lock.
+    pub bypass_locks: bool,
+}
+
+/// One kernel to build: a resolved spec and the acquirer that resolved it.
+pub struct Target<'a> {
+    pub acquirer: &'a Named<dyn SourceAcquirer>,
+    pub resolved: Resolved,
+}
+
+impl Target<'_> {
+    /// How to name this target in messages: its version, else its spec.
+    pub fn label(&self) -> String {
+        self.resolved
+            .version
+            .clone()
+            .unwrap_or_else(|| self.resolved.spec.raw.clone())
+    }
+}
+
+/// Resolve `spec` to the kernels it names (a range names several).
+pub fn resolve<'a>(
+    stages: &'a Stages,
+    spec: &KernelSpec,
+    cx: &StageContext,
+) -> Result<Vec<Target<'a>>> {
+    let acquirer = stages.acquirer_for(spec)?;
+    let resolved = acquirer.stage.resolve(spec, cx)?;
+    if resolved.is_empty() {
+        return Err(ktstr_sdk::StageError::not_found(format!(
+            "--kernel {}: names no kernel",
+            spec.raw
+        ))
+        .with_hint("check the range bounds or the version prefix"));
+    }
+    Ok(resolved
+        .into_iter()
+        .map(|resolved| Target { acquirer, resolved })
+        .collect())
 }
 
 /// Why a built kernel was not stored.
@@ -240,15 +282,33 @@ fn changed_while_building(
     }
 }
 
+/// The source a keyable resolution describes, for deriving its key
+/// before anything is fetched.
+fn pre_acquire_source(resolved: &Resolved) -> Option<AcquiredSource> {
+    if !resolved.is_keyable() {
+        return None;
+    }
+    Some(AcquiredSource {
+        source_dir: PathBuf::new(),
+        identity: resolved.identity.clone()?,
+        version: resolved.version.clone(),
+        is_temp: true,
+        is_dirty: false,
+        is_git: false,
+        is_local: false,
+    })
+}
+
 /// Run one build request through the pipeline.
 pub fn run(
     stages: &Stages,
     req: &BuildRequestSpec,
+    target: &Target<'_>,
     cache_root: &Path,
     cx: &StageContext,
 ) -> Result<Outcome> {
     let arch = ktstr_sdk::arch::host();
-    let acquirer = stages.acquirer_for(&req.spec)?;
+    let acquirer = target.acquirer;
     // Validate the profile and fragments before touching anything.
     let declared = stages.configurer.stage.identity(&req.configure)?;
     let keyer = Keyer {
@@ -257,10 +317,40 @@ pub fn run(
         builder: stages.builder.stage.identity(cx)?,
         declared,
     };
-    let mut source = acquirer.stage.acquire(&req.spec, cx)?;
-
     let mut looked_up: Option<CacheKey> = None;
-    if !req.force && !req.clean {
+    let known = pre_acquire_source(&target.resolved);
+    if let Some(known) = &known
+        && !req.force
+    {
+        let derived = keyer.derive(known, ConfigIdentity::Declared(keyer.declared.clone()));
+        if let Some(entry) = lookup(stages, &derived.key, cx)? {
+            return Ok(Outcome::Hit(entry));
+        }
+        if req.explain {
+            explain_miss(stages, &derived, cx);
+        }
+        looked_up = Some(derived.key);
+    }
+
+    for stale in scratch::sweep(cache_root) {
+        tracing::info!("removed {} left by a dead ktstr", stale.display());
+    }
+    let mut source = acquirer.stage.acquire(&target.resolved.spec, cx)?;
+    let _scratch = ScratchGuard::new(cache_root, &source, req.keep_source, cx);
+    if let Some(known) = known {
+        if source.version.is_some() && source.version != known.version {
+            cx.progress.warn(&format!(
+                "{} resolved to kernel {} but the tree says {}; keying it as resolved",
+                target.resolved.spec.raw,
+                known.version.as_deref().unwrap_or("?"),
+                source.version.as_deref().unwrap_or("?")
+            ));
+        }
+        source.identity = known.identity;
+        source.version = known.version;
+    }
+
+    if looked_up.is_none() && !req.force && !req.clean {
         match keyer.current(stages, &source, &req.configure)? {
             Some(derived) => {
                 if let Some(entry) = lookup(stages, &derived.key, cx)? {
@@ -287,14 +377,20 @@ pub fn run(
 
     // A bad root fails now, not after a long build.
     paths::ensure_root(cache_root)?;
-    let reservation = stages.reserver.stage.reserve(
-        &ReserveRequest {
-            cpu_cap: req.cpu_cap,
-        },
-        cx,
-    )?;
+    let reservation = if req.bypass_locks {
+        cx.progress
+            .note("KTSTR_BYPASS_LLC_LOCKS is set: no CPU reservation, no source-tree lock");
+        bypass_reservation()
+    } else {
+        stages.reserver.stage.reserve(
+            &ReserveRequest {
+                cpu_cap: req.cpu_cap,
+            },
+            cx,
+        )?
+    };
     let tree = source.source_dir.clone();
-    let _tree_lock = if source.is_local {
+    let _tree_lock = if source.is_local && !req.bypass_locks {
         let (held, waited) = lock_tree(cache_root, &tree, cx)?;
         if waited {
             let fresh = acquirer.stage.probe(&source, cx).map_err(|e| e.to_string());
@@ -420,6 +516,17 @@ pub fn run(
     let entry = store::store_all(stages, &derived, &output, &config_path, &metadata, cx)?;
     drop(reservation);
     Ok(Outcome::Stored(entry))
+}
+
+/// What a bypassed reservation amounts to: every allowed CPU, no pinning.
+fn bypass_reservation() -> ktstr_sdk::reserve::Reservation {
+    ktstr_sdk::reserve::Reservation {
+        cpus: Vec::new(),
+        mems: Vec::new(),
+        make_jobs: ktstr_sdk::reserve::allowed_cpu_count(),
+        sandbox_procs: None,
+        guard: None,
+    }
 }
 
 /// Read `--extra-kconfig` files; the error names the file.
