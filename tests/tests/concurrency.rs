@@ -7,15 +7,17 @@ use std::time::Duration;
 
 use common::Fixture;
 
+/// The reserver `none` takes no CPU locks, so the two meet at the tree lock.
 #[test]
 fn concurrent_builds_of_one_tree_build_once() {
     let fx = Fixture::git();
     let slow = [("KTSTR_FIXTURE_BUILD_SECONDS", "3")];
-    let mut first = fx.spawn_build(&[], &slow);
+    let args = ["--reserver", "none"];
+    let mut first = fx.spawn_build(&args, &slow);
     let first_pid = first.pid();
     // The first holds the source-tree lock once make is building.
     fx.wait_for_build_start(1, &mut first, Duration::from_secs(60));
-    let second = fx.spawn_build(&[], &slow);
+    let second = fx.spawn_build(&args, &slow);
 
     let first = first.wait(Duration::from_secs(120));
     let second = second.wait(Duration::from_secs(120));
@@ -45,6 +47,27 @@ fn concurrent_builds_of_one_tree_build_once() {
     assert_eq!(fx.list_json().len(), 1);
 }
 
+/// With the default `llc` reserver the second build waits for the CPUs
+/// instead, names the holder, and still looks in the cache afterwards.
+#[test]
+fn waiting_for_cpus_also_rechecks_the_cache() {
+    let fx = Fixture::git();
+    let slow = [("KTSTR_FIXTURE_BUILD_SECONDS", "3")];
+    let mut first = fx.spawn_build(&["--cpu-cap", "1"], &slow);
+    let first_pid = first.pid();
+    fx.wait_for_build_start(1, &mut first, Duration::from_secs(60));
+    let second = fx.spawn_build(&[], &slow);
+    let first = first.wait(Duration::from_secs(120));
+    let second = second.wait(Duration::from_secs(120));
+    assert_eq!(second.image_path(), first.image_path());
+    assert_eq!(fx.build_count(), 1, "{:?}", fx.make_log());
+    second
+        .assert_stderr_has("waiting for 1 CPU")
+        .assert_stderr_has(&format!("pid {first_pid}"))
+        .assert_stderr_has("while we waited")
+        .assert_stderr_lacks("ktstr: cached ");
+}
+
 #[test]
 fn different_trees_do_not_wait_for_each_other() {
     let a = Fixture::git();
@@ -54,8 +77,10 @@ fn different_trees_do_not_wait_for_each_other() {
     b.dirty_tracked_file();
     common::git(&b.tree, &["commit", "-q", "-am", "b"]);
     let slow = [("KTSTR_FIXTURE_BUILD_SECONDS", "2")];
-    let ra = a.spawn_build(&[], &slow);
-    let rb = b.spawn_build(&[], &slow);
+    // Only the tree lock is under test: the default reserver would make
+    // them queue for the CPUs of this machine's one LLC.
+    let ra = a.spawn_build(&["--reserver", "none"], &slow);
+    let rb = b.spawn_build(&["--reserver", "none"], &slow);
     let ra = ra.wait(Duration::from_secs(120));
     let rb = rb.wait(Duration::from_secs(120));
     let ia = ra.image_path();

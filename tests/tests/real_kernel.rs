@@ -75,6 +75,34 @@ fn drop_debian_gitignore_block(tree: &Path) {
     fs::write(&path, kept.join("\n") + "\n").unwrap();
 }
 
+/// `(cmdline, Cpus_allowed_list)` of every make running in a ktstr sandbox.
+fn sandboxed_makes() -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let dir = entry.path();
+        let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() != "make" {
+            continue;
+        }
+        let cgroup = fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
+        if !cgroup.contains("/ktstr-") {
+            continue;
+        }
+        let status = fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let cmdline = fs::read_to_string(dir.join("cmdline"))
+            .unwrap_or_default()
+            .replace('\0', " ");
+        found.push((cmdline, cpus));
+    }
+    found
+}
+
 #[test]
 fn real_kernel_tiny_build_then_cache_hit() {
     let missing = missing_prerequisites();
@@ -104,7 +132,36 @@ fn real_kernel_tiny_build_then_cache_hit() {
         env: Vec::new(),
     };
 
-    let first = fx.build(&["--profile", "tiny"]);
+    // `--cpu-cap 1`: make must run with -j1 inside a one-CPU cpuset. Watch
+    // the build's make processes while it runs.
+    let mut spawned = fx.spawn_build(&["--profile", "tiny", "--cpu-cap", "1"], &[]);
+    let mut seen = Vec::new();
+    while spawned.child.try_wait().unwrap().is_none() {
+        seen.extend(sandboxed_makes());
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let first = spawned.wait(std::time::Duration::from_secs(5));
+    if nix::unistd::Uid::effective().is_root() {
+        assert!(
+            !seen.is_empty(),
+            "no make ran in a ktstr cpuset\n{}",
+            first.describe()
+        );
+        for (cmdline, cpus) in &seen {
+            assert!(
+                cpus.parse::<usize>().is_ok(),
+                "make ran on {cpus:?}, not one CPU"
+            );
+            if cmdline.starts_with("make ") {
+                assert!(cmdline.contains(" -j1 "), "{cmdline}");
+            }
+        }
+    } else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "not root: the cpuset part is not checked"
+        );
+    }
     let image = first.image_path();
     let key = first.cached_key();
     assert!(

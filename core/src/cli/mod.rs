@@ -72,7 +72,8 @@ pub struct BuildArgs {
     pub force: bool,
     /// Reserve N CPUs for the build (`make -jN`), enforced by the reserver
     /// (default: 30% of the CPUs this process may use).
-    #[arg(long, value_name = "N", value_parser = parse_cpu_cap, env = CPU_CAP_ENV)]
+    /// Also read from KTSTR_CPU_CAP (an empty value counts as unset).
+    #[arg(long, value_name = "N", value_parser = parse_cpu_cap)]
     pub cpu_cap: Option<usize>,
     /// Use this reserver for this run (overrides the config file).
     #[arg(long, value_name = "NAME")]
@@ -220,6 +221,22 @@ pub fn main() -> i32 {
             return 2;
         }
     };
+    let mut cli = cli;
+    if let Command::Build(args) = &mut cli.command
+        && args.cpu_cap.is_none()
+        && let Some(raw) = ktstr_sdk::paths::env_nonempty(CPU_CAP_ENV)
+    {
+        match parse_cpu_cap(&raw) {
+            Ok(n) => args.cpu_cap = Some(n),
+            Err(why) => {
+                eprintln!(
+                    "{LABEL}: error: {CPU_CAP_ENV}={raw:?}: {why}\n{LABEL}: hint: set it to a \
+                     number of CPUs (at least 1) or unset it"
+                );
+                return 2;
+            }
+        }
+    }
     if let Command::Build(args) = &cli.command
         && args.cpu_cap.is_some()
         && bypass_requested()

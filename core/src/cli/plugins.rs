@@ -6,21 +6,24 @@ use anyhow::Result;
 use ktstr_sdk::registry::builtins;
 use serde_json::json;
 
-use crate::registry;
+use ktstr_sdk::registry::StageKind;
 
-/// Whether this host's pipeline uses the named plugin by default.
-fn selected(kind: ktstr_sdk::registry::StageKind, name: &str) -> bool {
-    use ktstr_sdk::registry::StageKind::*;
+use crate::registry::Selection;
+
+/// Whether this host's pipeline (config file included) uses the plugin.
+fn in_use(selection: &Selection, kind: StageKind, name: &str) -> bool {
     match kind {
-        Source => true,
-        Reserver => name == registry::DEFAULT_RESERVER,
-        Configurer => name == registry::DEFAULT_CONFIGURER,
-        Builder => name == registry::DEFAULT_BUILDER,
-        Cache => registry::DEFAULT_CACHE_TIERS.contains(&name),
+        StageKind::Source => true,
+        StageKind::Reserver => name == selection.reserver,
+        StageKind::Configurer => name == selection.configurer,
+        StageKind::Builder => name == selection.builder,
+        StageKind::Cache => selection.cache_tiers().contains(&name),
     }
 }
 
 pub fn list(as_json: bool) -> Result<()> {
+    let setup = crate::host::setup(&crate::host::Overrides::default())?;
+    let selected = |kind, name| in_use(&setup.selection, kind, name);
     let all = builtins();
     let mut out = std::io::stdout().lock();
     if as_json {

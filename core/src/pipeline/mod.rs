@@ -391,8 +391,11 @@ pub fn run(
     };
     let tree = source.source_dir.clone();
     let _tree_lock = if source.is_local && !req.bypass_locks {
-        let (held, waited) = lock_tree(cache_root, &tree, cx)?;
-        if waited {
+        // Waiting for CPUs (in the reserver) is waiting too: re-check the
+        // tree and the cache after every wait, whichever lock it was on.
+        // On this, the miss path, the probe's cost is noise.
+        let (held, _waited) = lock_tree(cache_root, &tree, cx)?;
+        {
             let fresh = acquirer.stage.probe(&source, cx).map_err(|e| e.to_string());
             let state = MidWaitState::classify(&source, fresh);
             if let Some(msg) = state.diagnostic() {
@@ -421,6 +424,15 @@ pub fn run(
         }
         Some(held)
     } else {
+        if !req.force
+            && let Some(key) = &looked_up
+            && let Some(entry) = lookup(stages, key, cx)?
+        {
+            cx.progress.note(&format!(
+                "a concurrent build cached {key} while we waited; not rebuilding"
+            ));
+            return Ok(Outcome::PeerBuilt(entry));
+        }
         None
     };
 

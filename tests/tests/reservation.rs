@@ -1,0 +1,201 @@
+//! CPU reservation end to end: the default `llc` reserver, `--cpu-cap`,
+//! `KTSTR_CPU_CAP`, the bypass, per-host config and `ktstr locks`.
+//!
+//! The fixture's make records its `-j` value and the CPUs its recipe may run
+//! on (`KTSTR_FIXTURE_CPUS_LOG`), so these tests see what make saw.
+
+mod common;
+
+use std::path::Path;
+
+use common::Fixture;
+
+fn cpuset_root() -> Option<&'static Path> {
+    ["/sys/fs/cgroup/cpuset", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.join("cpuset.cpus").exists() || p.join("cpuset.cpus.effective").exists())
+}
+
+fn can_sandbox() -> Result<(), String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Err("not root: cannot create cpuset cgroups".into());
+    }
+    let Some(root) = cpuset_root() else {
+        return Err("no cgroup v1 cpuset hierarchy here".into());
+    };
+    let _ = root;
+    Ok(())
+}
+
+/// The sandbox make ran in, from the fixture's record of `/proc/self/cgroup`.
+fn sandbox_of(log: &str) -> std::path::PathBuf {
+    let rel = log
+        .lines()
+        .find_map(|l| l.split_once(":cpuset:").map(|(_, p)| p.trim()))
+        .unwrap_or_else(|| panic!("no cpuset line in {log}"));
+    assert!(
+        rel.contains("/ktstr-"),
+        "make ran outside a ktstr sandbox: {rel}"
+    );
+    cpuset_root().unwrap().join(rel.trim_start_matches('/'))
+}
+
+fn cpus_log(fx: &Fixture) -> String {
+    std::fs::read_to_string(fx.root.path().join("cpus.log")).unwrap_or_default()
+}
+
+fn with_cpus_log(fx: Fixture) -> Fixture {
+    let log = fx.root.path().join("cpus.log").display().to_string();
+    fx.with_env("KTSTR_FIXTURE_CPUS_LOG", &log)
+}
+
+#[test]
+fn cpu_cap_one_runs_make_j1_inside_a_one_cpu_cpuset() {
+    if let Err(why) = can_sandbox() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let fx = with_cpus_log(Fixture::git());
+    let run = fx.build(&["--cpu-cap", "1"]);
+    run.image_path();
+    let log = cpus_log(&fx);
+    assert!(log.contains("jobs -j1"), "{log}\n{}", run.describe());
+    let cpus = log
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no Cpus_allowed_list in {log}"));
+    assert!(
+        cpus.parse::<usize>().is_ok(),
+        "make should run on exactly one CPU, got {cpus:?}"
+    );
+    let sandbox = sandbox_of(&log);
+    run.assert_stderr_has("reserved 1 CPU");
+    assert!(!sandbox.exists(), "{} must be removed", sandbox.display());
+}
+
+#[test]
+fn failed_build_leaves_no_sandbox() {
+    if let Err(why) = can_sandbox() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let fx = with_cpus_log(Fixture::git());
+    let frag = fx.write_file("fail.config", "CONFIG_FIXTURE_FAIL=y\n");
+    let run = fx.build(&["--cpu-cap", "1", "--extra-kconfig", frag.to_str().unwrap()]);
+    assert!(!run.status.success(), "{}", run.describe());
+    let sandbox = sandbox_of(&cpus_log(&fx));
+    assert!(!sandbox.exists(), "{} must be removed", sandbox.display());
+}
+
+#[test]
+fn cpu_cap_from_the_environment_and_empty_means_unset() {
+    let fx = with_cpus_log(Fixture::git()).with_env("KTSTR_CPU_CAP", "1");
+    let run = fx.build(&["--reserver", "none"]);
+    run.image_path();
+    assert!(cpus_log(&fx).contains("jobs -j1"), "{}", cpus_log(&fx));
+
+    let fx = Fixture::git().with_env("KTSTR_CPU_CAP", "");
+    fx.build(&["--reserver", "none"]).image_path();
+
+    let fx = Fixture::git().with_env("KTSTR_CPU_CAP", "0");
+    let run = fx.build(&[]);
+    assert_eq!(run.status.code(), Some(2), "{}", run.describe());
+    run.assert_stderr_has("at least 1 CPU");
+}
+
+#[test]
+fn bypass_conflicts_with_a_cap_at_parse_time() {
+    let fx = Fixture::git().with_env("KTSTR_BYPASS_LLC_LOCKS", "1");
+    let run = fx.build(&["--cpu-cap", "1"]);
+    assert_eq!(run.status.code(), Some(2), "{}", run.describe());
+    run.assert_stderr_has("--cpu-cap conflicts with KTSTR_BYPASS_LLC_LOCKS");
+    assert_eq!(fx.build_count(), 0);
+
+    let fx = Fixture::git()
+        .with_env("KTSTR_BYPASS_LLC_LOCKS", "1")
+        .with_env("KTSTR_CPU_CAP", "1");
+    let run = fx.build(&[]);
+    assert_eq!(run.status.code(), Some(2), "{}", run.describe());
+    run.assert_stderr_has("KTSTR_CPU_CAP conflicts");
+
+    // Bypassed: builds with no reservation; empty counts as unset.
+    let fx = Fixture::git().with_env("KTSTR_BYPASS_LLC_LOCKS", "1");
+    fx.build(&[])
+        .assert_stderr_has("no CPU reservation")
+        .image_path();
+    let fx = Fixture::git().with_env("KTSTR_BYPASS_LLC_LOCKS", "");
+    fx.build(&[]).assert_stderr_lacks("no CPU reservation");
+}
+
+#[test]
+fn per_host_config_switches_the_reserver() {
+    let fx = Fixture::git();
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    let config = fx.write_file(
+        "config.toml",
+        &format!(
+            "reserver = \"llc\"\n[hosts.\"{}*\"]\nreserver = \"none\"\n",
+            &host[..host.len().min(3)]
+        ),
+    );
+    let fx = fx.with_env("KTSTR_CONFIG", config.to_str().unwrap());
+    let list = fx.run(&["plugins", "list", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    let in_use: Vec<_> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "reserver" && r["selected"] == true)
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(in_use, ["none"], "{}", list.describe());
+    fx.build(&[]).assert_stderr_lacks("reserved ").image_path();
+
+    // --reserver wins over the file for one run.
+    let fx2 = Fixture::git().with_env("KTSTR_CONFIG", config.to_str().unwrap());
+    fx2.build(&["--reserver", "llc"])
+        .assert_stderr_has("reserved ")
+        .image_path();
+}
+
+#[test]
+fn a_bad_config_file_names_itself() {
+    let fx = Fixture::git();
+    let config = fx.write_file("config.toml", "reserver = \"none\"\nreserverr = 1\n");
+    let fx = fx.with_env("KTSTR_CONFIG", config.to_str().unwrap());
+    let run = fx.build(&[]);
+    assert_eq!(run.status.code(), Some(1));
+    run.assert_stderr_has("config.toml")
+        .assert_stderr_has("reserverr")
+        .assert_stderr_has("line 2");
+    let fx = Fixture::git().with_env("KTSTR_CONFIG", "/nonexistent/ktstr.toml");
+    fx.build(&[])
+        .assert_stderr_has("/nonexistent/ktstr.toml")
+        .assert_stderr_has("KTSTR_CONFIG");
+}
+
+#[test]
+fn locks_lists_llc_and_source_locks() {
+    let fx = Fixture::git();
+    fx.build(&[]).image_path();
+    let run = fx.run(&["locks", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let kinds: Vec<_> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert!(kinds.contains(&"llc".to_string()), "{kinds:?}");
+    assert!(kinds.contains(&"source".to_string()), "{kinds:?}");
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["holders"].as_array().unwrap().is_empty())
+    );
+    let text = fx.run(&["locks"]);
+    assert!(text.stdout.contains("free"), "{}", text.describe());
+}
