@@ -1,0 +1,619 @@
+//! Settings of the remote tiers: the plugin's config table, overridden by
+//! `KTSTR_S3_*` / `KTSTR_HTTP_CACHE_*` environment variables.
+//!
+//! Every setting has one config key and one environment variable, named
+//! mechanically (`part_size` ↔ `KTSTR_S3_PART_SIZE`), so the docs, the
+//! error messages and the code cannot drift apart. The environment wins
+//! over the file (the project-wide rule CLI > env > config), and an empty
+//! variable counts as unset, so `KTSTR_S3_READ_ONLY= ktstr ...` does not
+//! silently mean "false".
+//!
+//! Credentials are deliberately *not* settings: a config file is often
+//! committed or shared, so secrets come only from the standard AWS sources
+//! (see [`crate::s3`]) or, for http-cache, from environment variables.
+
+use std::time::Duration;
+
+use ktstr_sdk::error::{Result, StageError};
+use ktstr_sdk::paths::env_nonempty;
+use ktstr_sdk::registry::PluginConfig;
+use serde_json::Value;
+
+/// Limits and tuning shared by both tiers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Common {
+    pub read_only: bool,
+    pub connect_timeout: Duration,
+    /// Longest silence on an open connection (a stalled server).
+    pub read_timeout: Duration,
+    /// Longest single request, transfer included.
+    pub request_timeout: Duration,
+    /// Retries after the first attempt for 5xx, throttling and timeouts.
+    pub retries: usize,
+    /// No retry starts after this long since the first attempt.
+    pub retry_timeout: Duration,
+    /// Largest unpacked entry (and largest archive) accepted on fetch.
+    pub max_entry_size: u64,
+    /// zstd level for uploads.
+    pub compression_level: i32,
+}
+
+impl Common {
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+    pub const DEFAULT_RETRIES: usize = 3;
+    pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const DEFAULT_MAX_ENTRY_SIZE: u64 = 4 << 30;
+    pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+}
+
+/// Settings of `s3-cache`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    /// `http(s)://host[:port]`; `None` means AWS itself.
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    /// Object-name prefix inside the bucket (no leading/trailing `/`).
+    pub prefix: String,
+    pub region: Option<String>,
+    /// `https://endpoint/bucket/...` rather than `https://bucket.endpoint/...`.
+    pub path_style: bool,
+    /// Send unsigned requests (public-read buckets); no credentials needed.
+    pub anonymous: bool,
+    /// Profile in the shared credentials file (`None`: `AWS_PROFILE`/default).
+    pub profile: Option<String>,
+    /// Shared credentials file (`None`: `AWS_SHARED_CREDENTIALS_FILE` or `~/.aws/credentials`).
+    pub credentials_file: Option<String>,
+    pub part_size: u64,
+    pub concurrency: usize,
+    pub common: Common,
+}
+
+impl S3Settings {
+    pub const DEFAULT_PREFIX: &'static str = "ktstr";
+    /// S3's smallest allowed part (except the last one).
+    pub const MIN_PART_SIZE: u64 = 5 << 20;
+    pub const MAX_PART_SIZE: u64 = 5 << 30;
+    pub const DEFAULT_PART_SIZE: u64 = 16 << 20;
+    pub const DEFAULT_CONCURRENCY: usize = 4;
+}
+
+/// Settings of `http-cache`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// Base URL; entries live below it.
+    pub url: String,
+    pub prefix: String,
+    pub common: Common,
+}
+
+/// One setting: its config key and help text; the environment variable
+/// is derived by [`env_name`].
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    pub key: &'static str,
+    pub help: &'static str,
+}
+
+macro_rules! settings {
+    ($name:ident, [$($key:literal => $help:literal),* $(,)?]) => {
+        pub const $name: &[Setting] = &[
+            $(Setting { key: $key, help: $help },)*
+        ];
+    };
+}
+
+settings!(S3_KEYS, [
+    "endpoint" => "S3 endpoint URL (http://host:port); unset means AWS",
+    "bucket" => "bucket name (required)",
+    "prefix" => "object-name prefix inside the bucket (default ktstr)",
+    "region" => "region (default AWS_REGION / AWS_DEFAULT_REGION, else us-east-1)",
+    "path_style" => "true: endpoint/bucket/key URLs; false: bucket.endpoint/key (default true)",
+    "anonymous" => "send unsigned requests, for public-read buckets (default false)",
+    "profile" => "profile in the shared credentials file (default AWS_PROFILE, else default)",
+    "credentials_file" => "shared credentials file (default AWS_SHARED_CREDENTIALS_FILE, else ~/.aws/credentials)",
+    "read_only" => "never upload or delete (default false)",
+    "connect_timeout" => "TCP+TLS connect timeout (default 5s)",
+    "read_timeout" => "longest silence on an open connection (default 30s)",
+    "request_timeout" => "longest single request, transfer included (default 10m)",
+    "retries" => "retries of a failed request: 5xx, throttling, timeouts (default 3)",
+    "retry_timeout" => "no retry starts after this long (default 60s)",
+    "part_size" => "multipart upload part size, at least 5MiB (default 16MiB)",
+    "concurrency" => "parts uploaded in parallel (default 4)",
+    "max_entry_size" => "largest entry accepted on download, unpacked (default 4GiB)",
+    "compression_level" => "zstd level for uploads, 1-19 (default 3)",
+    "scratch_dir" => "where downloads are unpacked before the local cache copies them",
+]);
+
+settings!(HTTP_KEYS, [
+    "url" => "base URL of the cache (required), e.g. http://cache.example:8080/ktstr",
+    "prefix" => "path below the URL (default none)",
+    "read_only" => "never upload or delete (default false)",
+    "connect_timeout" => "TCP+TLS connect timeout (default 5s)",
+    "read_timeout" => "longest silence on an open connection (default 30s)",
+    "request_timeout" => "longest single request, transfer included (default 10m)",
+    "retries" => "retries of a failed request: 5xx, throttling, timeouts (default 3)",
+    "retry_timeout" => "no retry starts after this long (default 60s)",
+    "max_entry_size" => "largest entry accepted on download, unpacked (default 4GiB)",
+    "compression_level" => "zstd level for uploads, 1-19 (default 3)",
+    "scratch_dir" => "where downloads are unpacked before the local cache copies them",
+]);
+
+/// `KTSTR_S3_PART_SIZE` for plugin env prefix `KTSTR_S3_` and key `part_size`.
+pub fn env_name(env_prefix: &str, key: &str) -> String {
+    format!("{env_prefix}{}", key.to_ascii_uppercase())
+}
+
+/// Env prefix of `s3-cache`.
+pub const S3_ENV_PREFIX: &str = "KTSTR_S3_";
+/// Env prefix of `http-cache`.
+pub const HTTP_ENV_PREFIX: &str = "KTSTR_HTTP_CACHE_";
+
+/// Reads settings for one plugin: env first, then the config table.
+pub(crate) struct Reader<'a> {
+    plugin: &'static str,
+    env_prefix: &'static str,
+    table: serde_json::Map<String, Value>,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+/// A raw value and where it came from (for error messages).
+enum Raw {
+    Env(String, String),
+    Config(Value),
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(
+        plugin: &'static str,
+        env_prefix: &'static str,
+        known: &[Setting],
+        cfg: &PluginConfig,
+        env: &'a dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
+        let table = match cfg {
+            Value::Null => serde_json::Map::new(),
+            Value::Object(t) => t.clone(),
+            other => {
+                return Err(StageError::invalid_input(format!(
+                    "plugin {plugin}: config must be a table, got {other}"
+                ))
+                .with_hint(format!("write the settings under [plugin.{plugin}]")));
+            }
+        };
+        if let Some(unknown) = table
+            .keys()
+            .find(|k| !known.iter().any(|s| s.key == k.as_str()))
+        {
+            let names: Vec<&str> = known.iter().map(|s| s.key).collect();
+            return Err(StageError::invalid_input(format!(
+                "plugin {plugin}: unknown config key {unknown:?}"
+            ))
+            .with_hint(format!("known keys: {}", names.join(", "))));
+        }
+        Ok(Self {
+            plugin,
+            env_prefix,
+            table,
+            env,
+        })
+    }
+
+    fn raw(&self, key: &str) -> Option<Raw> {
+        let env = env_name(self.env_prefix, key);
+        if let Some(v) = (self.env)(&env) {
+            return Some(Raw::Env(env, v));
+        }
+        self.table.get(key).cloned().map(Raw::Config)
+    }
+
+    /// An error about `key`, naming both places it can be set.
+    pub(crate) fn bad(&self, key: &str, why: impl std::fmt::Display) -> StageError {
+        StageError::invalid_input(format!("plugin {}: setting `{key}` {why}", self.plugin))
+            .with_hint(format!(
+                "set `{key} = ...` under [plugin.{}] in the config file, or export {}",
+                self.plugin,
+                env_name(self.env_prefix, key)
+            ))
+    }
+
+    fn origin(&self, raw: &Raw, key: &str) -> String {
+        match raw {
+            Raw::Env(name, _) => name.clone(),
+            Raw::Config(_) => format!("[plugin.{}] {key}", self.plugin),
+        }
+    }
+
+    pub(crate) fn string(&self, key: &str) -> Result<Option<String>> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some(Raw::Env(_, v)) => Ok(Some(v)),
+            Some(Raw::Config(Value::String(s))) if s.is_empty() => Ok(None),
+            Some(Raw::Config(Value::String(s))) => Ok(Some(s)),
+            Some(Raw::Config(other)) => {
+                Err(self.bad(key, format!("must be a string, got {other}")))
+            }
+        }
+    }
+
+    pub(crate) fn required(&self, key: &str) -> Result<String> {
+        self.string(key)?.ok_or_else(|| self.bad(key, "is not set"))
+    }
+
+    pub(crate) fn bool(&self, key: &str, default: bool) -> Result<bool> {
+        let Some(raw) = self.raw(key) else {
+            return Ok(default);
+        };
+        let parsed = match &raw {
+            Raw::Config(Value::Bool(b)) => Some(*b),
+            Raw::Env(_, s) | Raw::Config(Value::String(s)) => parse_bool(s),
+            Raw::Config(_) => None,
+        };
+        parsed.ok_or_else(|| {
+            self.bad(
+                key,
+                format!(
+                    "({}) must be true or false (also 1/0, yes/no, on/off)",
+                    self.origin(&raw, key)
+                ),
+            )
+        })
+    }
+
+    pub(crate) fn duration(&self, key: &str, default: Duration) -> Result<Duration> {
+        let Some(raw) = self.raw(key) else {
+            return Ok(default);
+        };
+        let parsed = match &raw {
+            Raw::Config(Value::Number(n)) => n.as_f64().and_then(secs),
+            Raw::Env(_, s) | Raw::Config(Value::String(s)) => parse_duration(s),
+            Raw::Config(_) => None,
+        };
+        match parsed {
+            Some(d) if !d.is_zero() => Ok(d),
+            _ => Err(self.bad(
+                key,
+                format!(
+                    "({}) must be a positive duration such as 500ms, 5s, 2m or a number of seconds",
+                    self.origin(&raw, key)
+                ),
+            )),
+        }
+    }
+
+    pub(crate) fn size(&self, key: &str, default: u64) -> Result<u64> {
+        let Some(raw) = self.raw(key) else {
+            return Ok(default);
+        };
+        let parsed = match &raw {
+            Raw::Config(Value::Number(n)) => n.as_u64(),
+            Raw::Env(_, s) | Raw::Config(Value::String(s)) => parse_size(s),
+            Raw::Config(_) => None,
+        };
+        parsed.filter(|n| *n > 0).ok_or_else(|| {
+            self.bad(
+                key,
+                format!(
+                    "({}) must be a size such as 16MiB, 512KiB, 2GiB or a number of bytes",
+                    self.origin(&raw, key)
+                ),
+            )
+        })
+    }
+
+    pub(crate) fn int(&self, key: &str, default: i64, range: (i64, i64)) -> Result<i64> {
+        let Some(raw) = self.raw(key) else {
+            return Ok(default);
+        };
+        let parsed = match &raw {
+            Raw::Config(Value::Number(n)) => n.as_i64(),
+            Raw::Env(_, s) | Raw::Config(Value::String(s)) => s.trim().parse().ok(),
+            Raw::Config(_) => None,
+        };
+        parsed
+            .filter(|n| (range.0..=range.1).contains(n))
+            .ok_or_else(|| {
+                self.bad(
+                    key,
+                    format!(
+                        "({}) must be a whole number from {} to {}",
+                        self.origin(&raw, key),
+                        range.0,
+                        range.1
+                    ),
+                )
+            })
+    }
+
+    fn common(&self) -> Result<Common> {
+        Ok(Common {
+            read_only: self.bool("read_only", false)?,
+            connect_timeout: self.duration("connect_timeout", Common::DEFAULT_CONNECT_TIMEOUT)?,
+            read_timeout: self.duration("read_timeout", Common::DEFAULT_READ_TIMEOUT)?,
+            request_timeout: self.duration("request_timeout", Common::DEFAULT_REQUEST_TIMEOUT)?,
+            retries: self.int("retries", Common::DEFAULT_RETRIES as i64, (0, 20))? as usize,
+            retry_timeout: self.duration("retry_timeout", Common::DEFAULT_RETRY_TIMEOUT)?,
+            max_entry_size: self.size("max_entry_size", Common::DEFAULT_MAX_ENTRY_SIZE)?,
+            compression_level: self.int(
+                "compression_level",
+                Common::DEFAULT_COMPRESSION_LEVEL as i64,
+                (1, 19),
+            )? as i32,
+        })
+    }
+}
+
+fn secs(f: f64) -> Option<Duration> {
+    (f.is_finite() && f > 0.0 && f < 1e9).then(|| Duration::from_secs_f64(f))
+}
+
+pub(crate) fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// `5s`, `500ms`, `2m`, `1h 30m`, or plain seconds (`2.5`).
+pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if let Ok(f) = s.parse::<f64>() {
+        return secs(f);
+    }
+    humantime::parse_duration(s).ok()
+}
+
+/// `1048576`, `512KiB`, `16MiB`, `2GiB`, `16M` (binary), `16MB` (decimal).
+pub(crate) fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Strip slashes so `"/a/b/"` and `"a/b"` name the same prefix.
+fn clean_prefix(p: &str) -> String {
+    p.trim_matches('/').to_string()
+}
+
+fn check_url(reader: &Reader<'_>, key: &str, url: &str) -> Result<()> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(reader.bad(
+            key,
+            format!("{url:?} is not a URL (expected http://host:port)"),
+        ));
+    };
+    if scheme != "http" && scheme != "https" {
+        return Err(reader.bad(key, format!("{url:?}: scheme must be http or https")));
+    }
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.contains('@') {
+        // Credentials in a URL end up in error messages and logs.
+        return Err(reader.bad(
+            key,
+            "must not contain user:password@; credentials in URLs end up in logs",
+        ));
+    }
+    if authority.is_empty() {
+        return Err(reader.bad(key, format!("{url:?} has no host")));
+    }
+    Ok(())
+}
+
+impl S3Settings {
+    /// Read from `cfg` and the process environment.
+    pub fn from_config(cfg: &PluginConfig) -> Result<Self> {
+        Self::from_sources(cfg, &env_nonempty)
+    }
+
+    /// Read from `cfg` and `env` (tests pass a map instead of the process env).
+    pub fn from_sources(cfg: &PluginConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        let r = Reader::new(crate::S3_PLUGIN, S3_ENV_PREFIX, S3_KEYS, cfg, env)?;
+        let endpoint = r.string("endpoint")?;
+        if let Some(e) = &endpoint {
+            check_url(&r, "endpoint", e)?;
+        }
+        let bucket = r.required("bucket")?;
+        if bucket.contains('/') || bucket.trim() != bucket {
+            return Err(r.bad("bucket", format!("{bucket:?} is not a bucket name")));
+        }
+        let part_size = r.size("part_size", Self::DEFAULT_PART_SIZE)?;
+        if !(Self::MIN_PART_SIZE..=Self::MAX_PART_SIZE).contains(&part_size) {
+            return Err(r.bad(
+                "part_size",
+                format!("is {part_size} bytes; S3 parts must be from 5MiB to 5GiB"),
+            ));
+        }
+        Ok(Self {
+            endpoint: endpoint.map(|e| e.trim_end_matches('/').to_string()),
+            bucket,
+            prefix: clean_prefix(
+                &r.string("prefix")?
+                    .unwrap_or_else(|| Self::DEFAULT_PREFIX.into()),
+            ),
+            region: r.string("region")?,
+            path_style: r.bool("path_style", true)?,
+            anonymous: r.bool("anonymous", false)?,
+            profile: r.string("profile")?,
+            credentials_file: r.string("credentials_file")?,
+            part_size,
+            concurrency: r.int("concurrency", Self::DEFAULT_CONCURRENCY as i64, (1, 64))? as usize,
+            common: r.common()?,
+        })
+    }
+}
+
+impl HttpSettings {
+    pub fn from_config(cfg: &PluginConfig) -> Result<Self> {
+        Self::from_sources(cfg, &env_nonempty)
+    }
+
+    pub fn from_sources(cfg: &PluginConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        let r = Reader::new(crate::HTTP_PLUGIN, HTTP_ENV_PREFIX, HTTP_KEYS, cfg, env)?;
+        let url = r.required("url")?;
+        check_url(&r, "url", &url)?;
+        Ok(Self {
+            url: url.trim_end_matches('/').to_string(),
+            prefix: clean_prefix(&r.string("prefix")?.unwrap_or_default()),
+            common: r.common()?,
+        })
+    }
+}
+
+/// `scratch_dir` of either plugin.
+pub(crate) fn scratch_dir(
+    plugin: &'static str,
+    env_prefix: &'static str,
+    known: &[Setting],
+    cfg: &PluginConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<std::path::PathBuf>> {
+    let r = Reader::new(plugin, env_prefix, known, cfg, env)?;
+    Ok(r.string("scratch_dir")?.map(std::path::PathBuf::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).filter(|v| !v.is_empty()).cloned()
+    }
+
+    #[test]
+    fn parsers() {
+        assert_eq!(parse_size("16MiB"), Some(16 << 20));
+        assert_eq!(parse_size("16M"), Some(16 << 20));
+        assert_eq!(parse_size("2 GiB"), Some(2 << 30));
+        assert_eq!(parse_size("10MB"), Some(10_000_000));
+        assert_eq!(parse_size("123"), Some(123));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size("12 parsecs"), None);
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2.5"), Some(Duration::from_millis(2500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_bool("YES"), Some(true));
+        assert_eq!(parse_bool("off"), Some(false));
+        assert_eq!(parse_bool("maybe"), None);
+    }
+
+    #[test]
+    fn s3_defaults_and_env_over_config() {
+        let cfg = serde_json::json!({
+            "bucket": "from-config",
+            "prefix": "/team/kernels/",
+            "read_only": false,
+            "part_size": "8MiB",
+            "connect_timeout": 2,
+        });
+        let s = S3Settings::from_sources(
+            &cfg,
+            &env(&[
+                ("KTSTR_S3_BUCKET", "from-env"),
+                ("KTSTR_S3_READ_ONLY", "1"),
+                ("KTSTR_S3_REGION", ""),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.bucket, "from-env");
+        assert_eq!(s.prefix, "team/kernels");
+        assert!(s.common.read_only);
+        assert_eq!(s.region, None, "empty env var counts as unset");
+        assert_eq!(s.part_size, 8 << 20);
+        assert_eq!(s.common.connect_timeout, Duration::from_secs(2));
+        assert_eq!(s.common.read_timeout, Common::DEFAULT_READ_TIMEOUT);
+        assert!(s.path_style);
+        assert_eq!(s.concurrency, S3Settings::DEFAULT_CONCURRENCY);
+    }
+
+    #[test]
+    fn s3_errors_name_the_setting_and_env_var() {
+        let err = S3Settings::from_sources(&Value::Null, &env(&[])).unwrap_err();
+        assert_eq!(err.kind, ktstr_sdk::ErrorKind::InvalidInput);
+        assert_eq!(err.message, "plugin s3-cache: setting `bucket` is not set");
+        let hint = err.hint.unwrap();
+        assert!(hint.contains("[plugin.s3-cache]"), "{hint}");
+        assert!(hint.contains("KTSTR_S3_BUCKET"), "{hint}");
+
+        let err = S3Settings::from_sources(
+            &serde_json::json!({"bucket": "b"}),
+            &env(&[("KTSTR_S3_PART_SIZE", "1MiB")]),
+        )
+        .unwrap_err();
+        assert!(err.message.contains("`part_size`"), "{err}");
+        assert!(err.message.contains("5MiB"), "{err}");
+
+        let err = S3Settings::from_sources(
+            &serde_json::json!({"bucket": "b", "read_only": "perhaps"}),
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(err.message.contains("[plugin.s3-cache] read_only"), "{err}");
+
+        let err =
+            S3Settings::from_sources(&serde_json::json!({"bucket": "b", "bukket": 1}), &env(&[]))
+                .unwrap_err();
+        assert!(
+            err.message.contains("unknown config key \"bukket\""),
+            "{err}"
+        );
+
+        let err = S3Settings::from_sources(
+            &serde_json::json!({"bucket": "b", "endpoint": "http://ak:sk@host:9000"}),
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(err.message.contains("`endpoint`"), "{err}");
+        assert!(!err.message.contains("sk@"), "secret echoed: {err}");
+    }
+
+    #[test]
+    fn http_settings() {
+        let s = HttpSettings::from_sources(
+            &Value::Null,
+            &env(&[
+                ("KTSTR_HTTP_CACHE_URL", "http://127.0.0.1:8080/cache/"),
+                ("KTSTR_HTTP_CACHE_READ_TIMEOUT", "250ms"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.url, "http://127.0.0.1:8080/cache");
+        assert_eq!(s.common.read_timeout, Duration::from_millis(250));
+        let err = HttpSettings::from_sources(&Value::Null, &env(&[])).unwrap_err();
+        assert!(err.hint.unwrap().contains("KTSTR_HTTP_CACHE_URL"));
+        let err = HttpSettings::from_sources(&serde_json::json!({"url": "ftp://x"}), &env(&[]))
+            .unwrap_err();
+        assert!(err.message.contains("http or https"), "{err}");
+    }
+
+    #[test]
+    fn every_setting_has_a_distinct_env_name() {
+        for (keys, prefix) in [(S3_KEYS, S3_ENV_PREFIX), (HTTP_KEYS, HTTP_ENV_PREFIX)] {
+            let mut seen = std::collections::BTreeSet::new();
+            for s in keys {
+                assert!(seen.insert(env_name(prefix, s.key)));
+                assert!(!s.help.is_empty());
+            }
+        }
+        assert_eq!(env_name(S3_ENV_PREFIX, "part_size"), "KTSTR_S3_PART_SIZE");
+    }
+}
