@@ -142,6 +142,10 @@ pub struct Metadata {
     pub artifacts: BTreeMap<String, ArtifactInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strip: Option<StripInfo>,
+    /// Where a backfilled entry came from (`s3-cache s3://bucket/prefix`);
+    /// `None` for kernels built on this machine. Never part of the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 impl Metadata {

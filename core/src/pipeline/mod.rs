@@ -176,7 +176,7 @@ fn lookup(stages: &Stages, key: &CacheKey, cx: &StageContext) -> Result<Option<C
     for (i, tier) in stages.caches.iter().enumerate() {
         match tier.stage.lookup(key) {
             Ok(Some(entry)) if i == 0 => return Ok(Some(entry)),
-            Ok(Some(entry)) => return backfill(stages, &entry, cx).map(Some),
+            Ok(Some(entry)) => return backfill(stages, tier, &entry, cx).map(Some),
             Ok(None) => {}
             Err(e) if e.kind == ErrorKind::Corrupt => {
                 cx.progress.warn(&format!("{e}; rebuilding it"));
@@ -190,15 +190,28 @@ fn lookup(stages: &Stages, key: &CacheKey, cx: &StageContext) -> Result<Option<C
     Ok(None)
 }
 
-fn backfill(stages: &Stages, remote: &CacheEntry, cx: &StageContext) -> Result<CacheEntry> {
+/// Copy a remote tier's verified entry into the local tier, recording where
+/// it came from. A local failure still serves the remote copy this once.
+pub(crate) fn backfill(
+    stages: &Stages,
+    tier: &Named<dyn ktstr_sdk::cache::CacheBackend>,
+    remote: &CacheEntry,
+    cx: &StageContext,
+) -> Result<CacheEntry> {
     let artifacts = ktstr_sdk::cache::Artifacts {
         image: remote.image(),
         vmlinux: remote.vmlinux(),
         config: remote.config(),
     };
+    let mut metadata = remote.metadata.clone();
+    metadata.origin = Some(format!("{} {}", tier.name, tier.stage.describe()));
     let local = stages.local_cache();
-    match local.stage.store(&remote.key, &artifacts, &remote.metadata) {
-        Ok(entry) => Ok(entry),
+    match local.stage.store(&remote.key, &artifacts, &metadata) {
+        Ok(entry) => {
+            cx.progress
+                .note(&format!("{} came from {}", remote.key, tier.stage.describe()));
+            Ok(entry)
+        }
         Err(e) => {
             cx.progress.warn(&format!(
                 "could not copy {} into the local cache: {e}",

@@ -110,6 +110,7 @@ pub fn metadata_for(
         components: derived.components.clone(),
         artifacts: BTreeMap::new(),
         strip: None,
+        origin: None,
     }
 }
 

@@ -46,6 +46,7 @@ fn metadata(key: &CacheKey, tag: &str, built_at: &str) -> Metadata {
         components: vec![KeyComponent::new("source", "tarball:abab")],
         artifacts,
         strip: None,
+        origin: None,
     }
 }
 

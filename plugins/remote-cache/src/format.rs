@@ -521,6 +521,7 @@ mod tests {
             components: vec![],
             artifacts: BTreeMap::new(),
             strip: None,
+            origin: None,
         }
     }
 

@@ -934,6 +934,7 @@ mod tests {
             components: vec![],
             artifacts: Default::default(),
             strip: None,
+            origin: None,
         };
         let err = tier.store(&key, &artifacts, &metadata).unwrap_err();
         assert!(err.message.contains("multipart upload"), "{err}");

@@ -374,6 +374,7 @@ pub fn metadata(key: &CacheKey, built_at: &str) -> Metadata {
         components: vec![],
         artifacts: BTreeMap::new(),
         strip: None,
+        origin: None,
     }
 }
 
