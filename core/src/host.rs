@@ -6,8 +6,8 @@
 //! through [`setup`], so `ktstr plugins list` shows exactly what
 //! `ktstr build` would use.
 
+use ktstr_sdk::Result;
 use ktstr_sdk::registry::StageKind;
-use ktstr_sdk::{Result, StageError};
 
 use crate::config::{self, Config, Effective};
 use crate::registry::{Catalog, Selection, Stages};
@@ -43,7 +43,9 @@ pub fn setup(overrides: &Overrides) -> Result<Setup> {
     let mut catalog = Catalog::builtin();
     let mut plugins = effective.settings.plugins.clone().unwrap_or_default();
     plugins.extend(overrides.plugins.iter().cloned());
-    apply_plugins(&plugins, &mut catalog, &mut selection)?;
+    // Built-in names select the built-in; anything else is a plugin
+    // library, loaded and added to the catalog (see `dynamic`).
+    crate::dynamic::apply(&plugins, &mut catalog, &mut selection)?;
     if let Some(r) = &overrides.reserver {
         catalog.find(StageKind::Reserver, r)?;
         selection.reserver = r.clone();
@@ -55,63 +57,4 @@ pub fn setup(overrides: &Overrides) -> Result<Setup> {
         catalog,
         selection,
     })
-}
-
-/// Select the stages named by `--plugin`/`plugins = [...]`: a cache joins
-/// the tiers, a source is asked first, a reserver, configurer or builder
-/// replaces the default for its stage.
-pub fn apply_plugins(
-    plugins: &[String],
-    catalog: &mut Catalog,
-    selection: &mut Selection,
-) -> Result<()> {
-    for name in plugins {
-        let provided: Vec<_> = catalog
-            .all()
-            .iter()
-            .filter(|f| f.name() == name)
-            .map(|f| f.kind())
-            .collect();
-        if provided.is_empty() {
-            return Err(
-                StageError::not_found(format!("--plugin {name}: no such plugin"))
-                    .with_hint("`ktstr plugins list` shows the plugins this ktstr can use"),
-            );
-        }
-        for kind in provided {
-            select_stage(selection, kind, name);
-        }
-    }
-    Ok(())
-}
-
-/// Make `name` the selection's stage of `kind` (appending for lists).
-pub fn select_stage(selection: &mut Selection, kind: StageKind, name: &str) {
-    let push = |list: &mut Vec<String>| {
-        if !list.iter().any(|n| n == name) {
-            list.push(name.to_string());
-        }
-    };
-    match kind {
-        StageKind::Source => push(&mut selection.sources),
-        StageKind::Cache => push(&mut selection.caches),
-        StageKind::Reserver => selection.reserver = name.to_string(),
-        StageKind::Configurer => selection.configurer = name.to_string(),
-        StageKind::Builder => selection.builder = name.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_builtin_plugin_name_selects_it() {
-        let mut catalog = Catalog::builtin();
-        let mut sel = Selection::default();
-        apply_plugins(&["none".into()], &mut catalog, &mut sel).unwrap();
-        assert_eq!(sel.reserver, "none");
-        let err = apply_plugins(&["nope".into()], &mut catalog, &mut sel).unwrap_err();
-        assert!(err.message.contains("nope"));
-    }
 }

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dynamic;
 pub mod host;
 pub mod identity;
 pub mod interrupt;

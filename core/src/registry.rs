@@ -226,6 +226,24 @@ impl Selection {
         self.configs.get(name).unwrap_or(&NULL)
     }
 
+    /// Use `name` for a stage of `kind`: a cache joins the tiers, a source
+    /// is asked first, a reserver, configurer or builder replaces the
+    /// current one.
+    pub fn select(&mut self, kind: StageKind, name: &str) {
+        let push = |list: &mut Vec<String>| {
+            if !list.iter().any(|n| n == name) {
+                list.push(name.to_string());
+            }
+        };
+        match kind {
+            StageKind::Cache => push(&mut self.caches),
+            StageKind::Source => push(&mut self.sources),
+            StageKind::Reserver => self.reserver = name.to_string(),
+            StageKind::Configurer => self.configurer = name.to_string(),
+            StageKind::Builder => self.builder = name.to_string(),
+        }
+    }
+
     /// Cache tiers in lookup order: the local tier first, no duplicates.
     pub fn cache_tiers(&self) -> Vec<&str> {
         let mut tiers = vec![LOCAL_CACHE];

@@ -19,6 +19,7 @@ pub mod cache;
 pub mod configure;
 pub mod context;
 pub mod error;
+pub mod export;
 pub mod hash;
 pub mod lock;
 pub mod paths;
@@ -29,6 +30,9 @@ pub mod source;
 pub mod testing;
 
 pub use error::{ErrorKind, Result, StageError};
+
+/// The plugin ABI crate, so a dynamic plugin depends on `ktstr-sdk` only.
+pub use ktstr_plugin_abi;
 
 /// Re-exported so built-in crates register without naming the dependency.
 pub use inventory;

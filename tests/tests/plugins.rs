@@ -21,7 +21,9 @@ fn built_in_plugins_are_listed_as_json() {
     let plugins = json
         .as_array()
         .unwrap_or_else(|| panic!("an array\n{}", run.describe()));
-    for p in plugins {
+    // Libraries that failed to load (the dynamic-plugin fixtures next to
+    // the binary) are rows without a kind; they are tested elsewhere.
+    for p in plugins.iter().filter(|p| p["status"] == "ok") {
         let kind = p["kind"].as_str().unwrap_or_else(|| panic!("kind: {p}"));
         assert!(
             ["source", "reserver", "configurer", "builder", "cache"].contains(&kind),

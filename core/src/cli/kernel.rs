@@ -3,16 +3,45 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Result, bail};
-use ktstr_sdk::cache::Listed;
+use ktstr_sdk::cache::{CacheBackend, Listed};
 use ktstr_sdk::source::short_id;
 use serde_json::json;
 
+use crate::host::{self, Overrides};
 use crate::progress::LABEL;
-use crate::registry::Stages;
+use crate::registry::{Named, Stages};
 
-fn rows() -> Result<Vec<Listed>> {
-    let stages = Stages::builtin()?;
-    Ok(stages.local_cache().stage.list()?)
+/// The selected stages, with `--plugin` libraries loaded.
+fn stages(plugins: &[String]) -> Result<Stages> {
+    let setup = host::setup(&Overrides {
+        plugins: plugins.to_vec(),
+        ..Overrides::default()
+    })?;
+    Ok(setup.stages()?)
+}
+
+/// The tiers a command works on: the local cache, plus every other tier
+/// when `--plugin` was given (the plugins' tiers are why it was given).
+fn tiers(stages: &Stages, every_tier: bool) -> &[Named<dyn CacheBackend>] {
+    if !every_tier {
+        &stages.caches[..1]
+    } else {
+        &stages.caches
+    }
+}
+
+/// Every tier's rows, local first. A tier other than the local one that
+/// cannot be listed is reported and skipped.
+fn rows(stages: &Stages, every_tier: bool) -> Result<Vec<(usize, Listed)>> {
+    let mut all = Vec::new();
+    for (i, tier) in tiers(stages, every_tier).iter().enumerate() {
+        match tier.stage.list() {
+            Ok(rows) => all.extend(rows.into_iter().map(|r| (i, r))),
+            Err(e) if i == 0 => return Err(e.into()),
+            Err(e) => eprintln!("{LABEL}: warning: {}: cannot list: {e}", tier.name),
+        }
+    }
+    Ok(all)
 }
 
 fn json_row(row: &Listed) -> serde_json::Value {
@@ -28,6 +57,7 @@ fn json_row(row: &Listed) -> serde_json::Value {
             "image": e.image(),
             "vmlinux": e.vmlinux(),
             "origin": e.origin,
+            "pulled_from": e.metadata.origin,
             "fragments": e.metadata.fragments,
         }),
         Listed::Corrupt { key, reason } => json!({
@@ -38,11 +68,32 @@ fn json_row(row: &Listed) -> serde_json::Value {
     }
 }
 
-pub fn list(as_json: bool) -> Result<()> {
-    let rows = rows()?;
+pub fn list(as_json: bool, plugins: &[String], remote: bool) -> Result<()> {
+    let stages = stages(plugins)?;
+    if remote && stages.caches.len() < 2 {
+        eprintln!(
+            "{LABEL}: warning: no remote cache tier is configured (add --plugin s3-cache or \
+             caches = [\"s3-cache\"] in the config file); listing the local cache only"
+        );
+    }
+    let every_tier = remote || !plugins.is_empty();
+    let tagged = rows(&stages, every_tier)?;
+    let tier_of: Vec<&str> = tagged
+        .iter()
+        .map(|(i, _)| stages.caches[*i].name.as_str())
+        .collect();
+    let rows: Vec<Listed> = tagged.into_iter().map(|(_, r)| r).collect();
     let mut out = std::io::stdout().lock();
     if as_json {
-        let all: Vec<_> = rows.iter().map(json_row).collect();
+        let all: Vec<_> = rows
+            .iter()
+            .zip(&tier_of)
+            .map(|(r, tier)| {
+                let mut row = json_row(r);
+                row["tier"] = json!(tier);
+                row
+            })
+            .collect();
         writeln!(out, "{}", serde_json::to_string_pretty(&all)?)?;
         return Ok(());
     }
@@ -51,7 +102,13 @@ pub fn list(as_json: bool) -> Result<()> {
         "{:<44} {:<12} {:<8} {:<20} {:<21} SOURCE",
         "KEY", "VERSION", "PROFILE", "BUILT", "STATUS"
     )?;
-    for row in &rows {
+    for (row, tier) in rows.iter().zip(&tier_of) {
+        // With several tiers, say which one each row is from.
+        let note = if !every_tier {
+            String::new()
+        } else {
+            format!(" [{tier}]")
+        };
         match row {
             Listed::Ok(e) => {
                 let m = &e.metadata;
@@ -61,9 +118,13 @@ pub fn list(as_json: bool) -> Result<()> {
                     }
                     None => format!("{} {}", m.source.kind, short_id(&m.source.identity)),
                 };
+                let source = match &m.origin {
+                    Some(from) => format!("{source} (pulled from {from})"),
+                    None => source,
+                };
                 writeln!(
                     out,
-                    "{:<44} {:<12} {:<8} {:<20} {:<21} {source}",
+                    "{:<44} {:<12} {:<8} {:<20} {:<21} {source}{note}",
                     e.key,
                     m.version.as_deref().unwrap_or("?"),
                     m.profile,
@@ -78,7 +139,7 @@ pub fn list(as_json: bool) -> Result<()> {
             Listed::Corrupt { key, reason } => {
                 writeln!(
                     out,
-                    "{key:<44} {:<12} {:<8} {:<20} corrupt: {reason}",
+                    "{key:<44} {:<12} {:<8} {:<20} corrupt: {reason}{note}",
                     "?", "?", "?"
                 )?;
             }
@@ -114,20 +175,44 @@ fn confirm(question: &str) -> Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
-pub fn clean(keep: Option<usize>, force: bool) -> Result<()> {
-    let stages = Stages::builtin()?;
-    let cache = &stages.local_cache().stage;
-    let rows = cache.list()?;
-    let doomed = doomed(&rows, keep.unwrap_or(0));
-    if doomed.is_empty() {
-        eprintln!("{LABEL}: nothing to remove from the {}", cache.describe());
+pub fn clean(keep: Option<usize>, force: bool, plugins: &[String]) -> Result<()> {
+    let stages = stages(plugins)?;
+    // Per tier: its cache and the keys to remove from it (`--keep` counts
+    // within each tier). Read-only tiers are never cleaned.
+    let mut plan: Vec<(&Named<dyn CacheBackend>, Vec<String>)> = Vec::new();
+    for (i, tier) in tiers(&stages, !plugins.is_empty()).iter().enumerate() {
+        if i > 0 && tier.stage.capabilities().read_only {
+            continue;
+        }
+        let rows = match tier.stage.list() {
+            Ok(rows) => rows,
+            Err(e) if i == 0 => return Err(e.into()),
+            Err(e) => {
+                eprintln!("{LABEL}: warning: {}: cannot list: {e}", tier.name);
+                continue;
+            }
+        };
+        let doomed = doomed(&rows, keep.unwrap_or(0));
+        if !doomed.is_empty() {
+            plan.push((tier, doomed));
+        }
+    }
+    let where_ = plan
+        .iter()
+        .map(|(t, _)| t.stage.describe())
+        .collect::<Vec<_>>()
+        .join(" and the ");
+    let total: usize = plan.iter().map(|(_, d)| d.len()).sum();
+    if total == 0 {
+        eprintln!(
+            "{LABEL}: nothing to remove from the {}",
+            stages.local_cache().stage.describe()
+        );
         return Ok(());
     }
     let question = format!(
-        "remove {} entr{} from the {}?",
-        doomed.len(),
-        if doomed.len() == 1 { "y" } else { "ies" },
-        cache.describe()
+        "remove {total} entr{} from the {where_}?",
+        if total == 1 { "y" } else { "ies" },
     );
     if !force {
         if !std::io::stdin().is_terminal() {
@@ -142,21 +227,23 @@ pub fn clean(keep: Option<usize>, force: bool) -> Result<()> {
     }
     let mut in_use = 0;
     let mut removed = 0;
-    for key in &doomed {
-        let parsed = match ktstr_sdk::cache::CacheKey::parse(key) {
-            Ok(k) => k,
-            Err(_) => {
-                eprintln!(
-                    "{LABEL}: warning: {key}: not a valid key; remove it by hand from the cache directory"
-                );
-                continue;
-            }
-        };
-        match cache.remove(&parsed) {
-            Ok(_) => removed += 1,
-            Err(e) => {
-                in_use += 1;
-                eprintln!("{LABEL}: warning: kept {key}: {e}");
+    for (tier, doomed) in &plan {
+        for key in doomed {
+            let parsed = match ktstr_sdk::cache::CacheKey::parse(key) {
+                Ok(k) => k,
+                Err(_) => {
+                    eprintln!(
+                        "{LABEL}: warning: {key}: not a valid key; remove it by hand from the cache directory"
+                    );
+                    continue;
+                }
+            };
+            match tier.stage.remove(&parsed) {
+                Ok(_) => removed += 1,
+                Err(e) => {
+                    in_use += 1;
+                    eprintln!("{LABEL}: warning: kept {key}: {e}");
+                }
             }
         }
     }

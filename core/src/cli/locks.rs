@@ -74,7 +74,7 @@ fn collect(root: &Path, cpu: &Path) -> Vec<Row> {
             .iter()
             .position(|x| *x == k)
     };
-    rows.sort_by(|a, b| (order(a.kind), natural(&a.id)).cmp(&(order(b.kind), natural(&b.id))));
+    rows.sort_by_key(|r| (order(r.kind), natural(&r.id)));
     rows
 }
 

@@ -4,6 +4,7 @@
 //! line prefixed `ktstr: `. Exit codes: 0 success, 1 failure, 2 usage.
 
 mod build;
+mod cache;
 mod kernel;
 mod locks;
 mod plugins;
@@ -36,6 +37,9 @@ pub enum Command {
     /// Inspect and prune cached kernels.
     #[command(subcommand)]
     Kernel(KernelCommand),
+    /// Copy one cached kernel between the local cache and remote tiers.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Show every CPU (LLC), source-tree, mirror and cache-entry lock and
     /// who holds it.
     Locks {
@@ -118,6 +122,13 @@ pub enum KernelCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also list the entries of this plugin's cache tiers (NAME or
+        /// library path); repeatable.
+        #[arg(long = "plugin", value_name = "NAME|PATH")]
+        plugins: Vec<String>,
+        /// Also list the entries of every remote tier (config `caches`).
+        #[arg(long)]
+        remote: bool,
     },
     /// Remove cached kernels.
     Clean {
@@ -127,16 +138,63 @@ pub enum KernelCommand {
         /// Do not ask for confirmation (required off a terminal).
         #[arg(long)]
         force: bool,
+        /// Also clean this plugin's (writable) cache tiers; repeatable.
+        #[arg(long = "plugin", value_name = "NAME|PATH")]
+        plugins: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Upload a local entry to every writable remote tier.
+    Push {
+        /// The entry's key (`ktstr kernel list`).
+        key: String,
+        /// Load a plugin (e.g. `s3-cache`) for this command; repeatable.
+        #[arg(long = "plugin", value_name = "NAME|PATH")]
+        plugins: Vec<String>,
+    },
+    /// Download an entry from the first remote tier that has it.
+    Pull {
+        /// The entry's key (`ktstr kernel list --remote`).
+        key: String,
+        /// Load a plugin (e.g. `s3-cache`) for this command; repeatable.
+        #[arg(long = "plugin", value_name = "NAME|PATH")]
+        plugins: Vec<String>,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum PluginsCommand {
-    /// List built-in plugins.
+    /// List built-in plugins and every plugin library found, with its ABI
+    /// status.
     List {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Show a plugin's stages, version, library path and config keys.
+    Info {
+        /// A built-in or plugin name, or a library path.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a plugin crate that builds as is (`cargo build --release`).
+    New {
+        /// Plugin name (letters, digits, -): the crate is ktstr-plugin-NAME.
+        name: String,
+        /// The stage the plugin provides.
+        #[arg(long, value_enum)]
+        kind: plugins::NewKind,
+        /// The ktstr-sdk crate to depend on (a path dependency). Default:
+        /// the sdk of the source tree this ktstr was built from.
+        #[arg(long, value_name = "DIR")]
+        sdk_path: Option<PathBuf>,
+        /// Where to create the crate. Default: ./ktstr-plugin-NAME.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -256,10 +314,27 @@ pub fn main() -> i32 {
     init_tracing();
     let result = match cli.command {
         Command::Build(args) => build::run(&args),
-        Command::Kernel(KernelCommand::List { json }) => kernel::list(json),
-        Command::Kernel(KernelCommand::Clean { keep, force }) => kernel::clean(keep, force),
+        Command::Kernel(KernelCommand::List {
+            json,
+            plugins,
+            remote,
+        }) => kernel::list(json, &plugins, remote),
+        Command::Kernel(KernelCommand::Clean {
+            keep,
+            force,
+            plugins,
+        }) => kernel::clean(keep, force, &plugins),
         Command::Plugins(PluginsCommand::List { json }) => plugins::list(json),
+        Command::Plugins(PluginsCommand::Info { name, json }) => plugins::info(&name, json),
+        Command::Plugins(PluginsCommand::New {
+            name,
+            kind,
+            sdk_path,
+            dir,
+        }) => plugins::new(&name, kind, sdk_path.as_deref(), dir.as_deref()),
         Command::Locks { json, watch } => locks::run(json, watch),
+        Command::Cache(CacheCommand::Push { key, plugins }) => cache::push(&key, &plugins),
+        Command::Cache(CacheCommand::Pull { key, plugins }) => cache::pull(&key, &plugins),
     };
     match result {
         Ok(()) => 0,

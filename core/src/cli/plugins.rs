@@ -1,10 +1,21 @@
-//! `ktstr plugins list`.
+//! `ktstr plugins list`, `plugins info` and `plugins new`.
+//!
+//! `list` shows the built-ins and every plugin library in the search
+//! directories with its ABI status, loading each one: a library that does
+//! not load is a row with the reason, never an error for the command.
+
+mod new;
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use ktstr_sdk::registry::builtins;
 use serde_json::json;
+
+use crate::dynamic::{self, LoadError, LoadedPlugin, PluginSpec, Status};
+
+pub use new::{NewKind, new};
 
 use ktstr_sdk::registry::StageKind;
 
@@ -23,8 +34,17 @@ fn in_use(selection: &Selection, kind: StageKind, name: &str) -> bool {
 
 pub fn list(as_json: bool) -> Result<()> {
     let setup = crate::host::setup(&crate::host::Overrides::default())?;
-    let selected = |kind, name| in_use(&setup.selection, kind, name);
+    let selected = |kind: StageKind, name: &str| in_use(&setup.selection, kind, name);
+    // A loaded source is in use only when selected (built-in ones always are).
+    let dyn_selected = |kind: StageKind, name: &str| match kind {
+        StageKind::Source => setup.selection.sources.iter().any(|s| s == name),
+        _ => in_use(&setup.selection, kind, name),
+    };
     let all = builtins();
+    let libraries: Vec<Library> = dynamic::search::discover()
+        .into_iter()
+        .map(Library::probe)
+        .collect();
     let mut out = std::io::stdout().lock();
     if as_json {
         let rows: Vec<_> = all
@@ -36,9 +56,11 @@ pub fn list(as_json: bool) -> Result<()> {
                     "version": p.version,
                     "summary": p.summary,
                     "origin": "builtin",
+                    "status": "ok",
                     "selected": selected(p.constructor.kind(), p.name),
                 })
             })
+            .chain(libraries.iter().flat_map(|l| l.json_rows(&dyn_selected)))
             .collect();
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(());
@@ -59,6 +81,206 @@ pub fn list(as_json: bool) -> Result<()> {
             if selected(kind, p.name) { "yes" } else { "" },
             p.summary
         )?;
+    }
+    if libraries.is_empty() {
+        return Ok(());
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<18} {:<8} {:<24} STAGES / PROBLEM",
+        "PLUGIN LIBRARY", "VERSION", "ABI"
+    )?;
+    for l in &libraries {
+        l.write_row(&mut out, &dyn_selected)?;
+    }
+    Ok(())
+}
+
+/// One library found in the search directories, loaded or not.
+struct Library {
+    path: PathBuf,
+    result: std::result::Result<LoadedPlugin, LoadError>,
+}
+
+impl Library {
+    fn probe(path: PathBuf) -> Self {
+        let result = match dynamic::search::check_trusted(&path) {
+            Ok(trusted) => dynamic::load::load(&trusted, None),
+            Err(error) => Err(LoadError {
+                status: Status::Broken,
+                abi_version: None,
+                error,
+            }),
+        };
+        Self { path, result }
+    }
+
+    fn name(&self) -> String {
+        match &self.result {
+            Ok(p) => p.manifest.name.clone(),
+            Err(_) => dynamic::search::name_of(&self.path).unwrap_or_default(),
+        }
+    }
+
+    fn abi(&self) -> String {
+        match &self.result {
+            Ok(p) => format!("ok ({})", p.manifest.abi_version),
+            Err(e) => match (&e.status, &e.abi_version) {
+                (Status::AbiMismatch, Some(v)) => {
+                    format!("mismatch ({v}, needs {})", dynamic::abi_requirement())
+                }
+                (status, _) => status.as_str().to_string(),
+            },
+        }
+    }
+
+    fn json_rows(&self, selected: &dyn Fn(StageKind, &str) -> bool) -> Vec<serde_json::Value> {
+        let path = self.path.display().to_string();
+        match &self.result {
+            Ok(p) => p
+                .manifest
+                .stages
+                .iter()
+                .map(|s| {
+                    json!({
+                        "name": s.name,
+                        "kind": s.kind,
+                        "version": p.manifest.version,
+                        "summary": s.summary,
+                        "origin": "dynamic",
+                        "status": "ok",
+                        "selected": selected(s.kind, &s.name),
+                        "plugin": p.manifest.name,
+                        "path": path,
+                        "abi_version": p.manifest.abi_version,
+                        "config_keys": s.config_keys,
+                    })
+                })
+                .collect(),
+            Err(e) => vec![json!({
+                "name": self.name(),
+                "kind": null,
+                "version": null,
+                "summary": null,
+                "origin": "dynamic",
+                "status": e.status.as_str(),
+                "selected": false,
+                "plugin": self.name(),
+                "path": path,
+                "abi_version": e.abi_version,
+                "error": e.error.to_string(),
+            })],
+        }
+    }
+
+    fn write_row(
+        &self,
+        out: &mut impl Write,
+        selected: &dyn Fn(StageKind, &str) -> bool,
+    ) -> std::io::Result<()> {
+        let (version, detail) = match &self.result {
+            Ok(p) => (
+                p.manifest.version.clone(),
+                p.manifest
+                    .stages
+                    .iter()
+                    .map(|s| {
+                        let used = if selected(s.kind, &s.name) {
+                            " (in use)"
+                        } else {
+                            ""
+                        };
+                        format!("{} {}{used}", s.kind, s.name)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            Err(e) => ("?".to_string(), e.error.message.clone()),
+        };
+        writeln!(
+            out,
+            "{:<18} {:<8} {:<24} {detail}",
+            self.name(),
+            version,
+            self.abi()
+        )?;
+        writeln!(out, "  {}", self.path.display())
+    }
+}
+
+/// `ktstr plugins info NAME|PATH`.
+pub fn info(raw: &str, as_json: bool) -> Result<()> {
+    let spec = PluginSpec::parse(raw)?;
+    if let PluginSpec::Name { name, .. } = &spec {
+        let found: Vec<_> = builtins().into_iter().filter(|p| p.name == name).collect();
+        if !found.is_empty() {
+            let mut out = std::io::stdout().lock();
+            if as_json {
+                let stages: Vec<_> = found
+                    .iter()
+                    .map(|p| json!({"kind": p.constructor.kind(), "name": p.name, "summary": p.summary}))
+                    .collect();
+                let row = json!({"name": name, "version": found[0].version, "origin": "builtin", "stages": stages});
+                writeln!(out, "{}", serde_json::to_string_pretty(&row)?)?;
+            } else {
+                writeln!(out, "plugin   {name} {} (built in)", found[0].version)?;
+                for p in &found {
+                    writeln!(
+                        out,
+                        "stage    {} {}: {}",
+                        p.constructor.kind(),
+                        p.name,
+                        p.summary
+                    )?;
+                }
+            }
+            return Ok(());
+        }
+    }
+    let p = dynamic::resolve(&spec)?;
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        let row = json!({
+            "name": p.manifest.name,
+            "version": p.manifest.version,
+            "origin": "dynamic",
+            "path": p.path,
+            "abi_version": p.manifest.abi_version,
+            "abi_required": dynamic::abi_requirement().to_string(),
+            "sdk_version": p.manifest.sdk_version,
+            "stages": p.manifest.stages,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&row)?)?;
+        return Ok(());
+    }
+    write_info(&mut out, &p.path, &p)?;
+    Ok(())
+}
+
+fn write_info(out: &mut impl Write, path: &Path, p: &LoadedPlugin) -> std::io::Result<()> {
+    let m = &p.manifest;
+    writeln!(out, "plugin   {} {}", m.name, m.version)?;
+    writeln!(out, "library  {}", path.display())?;
+    writeln!(
+        out,
+        "abi      {} (this ktstr accepts {}): ok",
+        m.abi_version,
+        dynamic::abi_requirement()
+    )?;
+    if !m.sdk_version.is_empty() {
+        writeln!(out, "sdk      ktstr-sdk {}", m.sdk_version)?;
+    }
+    for s in &m.stages {
+        writeln!(out, "stage    {} {}: {}", s.kind, s.name, s.summary)?;
+        if !s.config_keys.is_empty() {
+            writeln!(
+                out,
+                "         config keys ([plugin.{}]): {}",
+                s.name,
+                s.config_keys.join(", ")
+            )?;
+        }
     }
     Ok(())
 }

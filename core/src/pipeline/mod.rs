@@ -208,8 +208,11 @@ pub(crate) fn backfill(
     let local = stages.local_cache();
     match local.stage.store(&remote.key, &artifacts, &metadata) {
         Ok(entry) => {
-            cx.progress
-                .note(&format!("{} came from {}", remote.key, tier.stage.describe()));
+            cx.progress.note(&format!(
+                "{} came from {}",
+                remote.key,
+                tier.stage.describe()
+            ));
             Ok(entry)
         }
         Err(e) => {

@@ -1,0 +1,133 @@
+//! `ktstr cache push <key>` and `ktstr cache pull <key>`: move one entry
+//! between the local cache and the remote tiers explicitly.
+//!
+//! Builds already push after storing and pull on a local miss; these are
+//! for seeding a bucket with kernels built before it existed, and for
+//! fetching a kernel onto a machine that will not build.
+
+use anyhow::Result;
+use ktstr_sdk::StageError;
+use ktstr_sdk::cache::{Artifacts, CacheKey};
+use ktstr_sdk::context::Progress;
+
+use super::host_context;
+use crate::host::{self, Overrides};
+use crate::registry::{Named, Stages};
+
+fn parse_key(raw: &str) -> Result<CacheKey, StageError> {
+    CacheKey::parse(raw).map_err(|e| {
+        StageError::invalid_input(format!("{raw:?} is not a cache key: {e}"))
+            .with_hint("`ktstr kernel list` and `ktstr kernel list --remote` show the keys")
+    })
+}
+
+fn stages(plugins: &[String]) -> Result<Stages> {
+    let setup = host::setup(&Overrides {
+        plugins: plugins.to_vec(),
+        reserver: None,
+    })?;
+    let stages = setup.stages()?;
+    if stages.caches.len() < 2 {
+        return Err(
+            StageError::invalid_input("no remote cache tier is configured")
+                .with_hint(
+                    "add one for this command (--plugin s3-cache) or in the config file \
+                 (caches = [\"s3-cache\"]); see docs/remote-cache.md",
+                )
+                .into(),
+        );
+    }
+    Ok(stages)
+}
+
+fn remotes(stages: &Stages) -> &[Named<dyn ktstr_sdk::cache::CacheBackend>] {
+    &stages.caches[1..]
+}
+
+pub fn push(key: &str, plugins: &[String]) -> Result<()> {
+    let key = parse_key(key)?;
+    let stages = stages(plugins)?;
+    let (cx, progress) = host_context();
+    let Some(entry) = stages.local_cache().stage.lookup(&key)? else {
+        return Err(
+            StageError::not_found(format!("{key} is not in the local cache"))
+                .with_hint("`ktstr kernel list` shows local entries; build it first")
+                .into(),
+        );
+    };
+    let artifacts = Artifacts {
+        image: entry.image(),
+        vmlinux: entry.vmlinux(),
+        config: entry.config(),
+    };
+    let mut pushed = 0;
+    let mut failed = Vec::new();
+    for tier in remotes(&stages) {
+        if tier.stage.capabilities().read_only {
+            progress.note(&format!("{} is read-only; skipped", tier.name));
+            continue;
+        }
+        cx.cancel.check()?;
+        match tier.stage.store(&key, &artifacts, &entry.metadata) {
+            Ok(_) => {
+                progress.println(&format!("pushed {key} to {}", tier.stage.describe()));
+                pushed += 1;
+            }
+            Err(e) => {
+                progress.warn(&format!("{}: {e}", tier.name));
+                failed.push(tier.name.clone());
+            }
+        }
+    }
+    if !failed.is_empty() || pushed == 0 {
+        return Err(StageError::new(
+            ktstr_sdk::ErrorKind::Io,
+            format!(
+                "{key} was not pushed to {}",
+                if failed.is_empty() {
+                    "any tier: every remote tier is read-only".to_string()
+                } else {
+                    failed.join(", ")
+                }
+            ),
+        )
+        .with_hint("the warnings above say why")
+        .into());
+    }
+    Ok(())
+}
+
+pub fn pull(key: &str, plugins: &[String]) -> Result<()> {
+    let key = parse_key(key)?;
+    let stages = stages(plugins)?;
+    let (cx, progress) = host_context();
+    if let Some(entry) = stages.local_cache().stage.lookup(&key)? {
+        progress.note(&format!("{key} is already in the local cache"));
+        println!("{}", entry.image().display());
+        return Ok(());
+    }
+    for tier in remotes(&stages) {
+        cx.cancel.check()?;
+        match tier.stage.lookup(&key) {
+            Ok(Some(remote)) => {
+                let local = crate::pipeline::backfill(&stages, tier, &remote, &cx)?;
+                if !local.dir.starts_with(ktstr_sdk::paths::cache_root()?) {
+                    return Err(StageError::new(
+                        ktstr_sdk::ErrorKind::Io,
+                        format!("{key} was fetched but could not be stored locally"),
+                    )
+                    .with_hint("the warning above says why")
+                    .into());
+                }
+                progress.println(&format!("pulled {key} from {}", tier.stage.describe()));
+                println!("{}", local.image().display());
+                return Ok(());
+            }
+            Ok(None) => {}
+            Err(e) => progress.warn(&format!("{}: {e}", tier.name)),
+        }
+    }
+    Err(StageError::not_found(format!("{key} is in no remote tier"))
+        .with_hint("`ktstr kernel list --remote` shows remote entries")
+        .into())
+}

@@ -1,0 +1,222 @@
+//! Where plugin libraries are looked for, and which files are trusted.
+//!
+//! Only directories the user or the installation controls are searched,
+//! in this order: `$KTSTR_PLUGIN_PATH` (colon-separated, absolute entries
+//! only), `$XDG_DATA_HOME/ktstr/plugins` (default
+//! `~/.local/share/ktstr/plugins`), the directory of the `ktstr` binary and
+//! `<bin>/../lib/ktstr/plugins`. Never the current directory: `ktstr build`
+//! is run inside kernel trees that may come from anywhere. A library, or
+//! the directory holding it, that any user can write is refused, because
+//! loading it runs that user's code.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use ktstr_sdk::paths::env_nonempty;
+use ktstr_sdk::{Result, StageError};
+
+pub const PLUGIN_PATH_ENV: &str = "KTSTR_PLUGIN_PATH";
+
+/// One searched directory and why it is searched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchDir {
+    pub path: PathBuf,
+    /// `$KTSTR_PLUGIN_PATH`, `$XDG_DATA_HOME`, `ktstr's directory`, ...
+    pub why: String,
+}
+
+/// `libktstr_plugin_<name>.so`, with `-` in the name spelled `_` (cargo's
+/// file name for a cdylib crate called `ktstr-plugin-<name>`).
+pub fn file_name(name: &str) -> String {
+    format!("libktstr_plugin_{}.so", name.replace('-', "_"))
+}
+
+/// The plugin name a library file name stands for (`_` shown as `-`).
+pub fn name_of(file: &Path) -> Option<String> {
+    let stem = file.file_name()?.to_str()?;
+    let name = stem.strip_prefix("libktstr_plugin_")?.strip_suffix(".so")?;
+    (!name.is_empty()).then(|| name.replace('_', "-"))
+}
+
+/// The directories searched, in order, without duplicates.
+pub fn search_dirs() -> Vec<SearchDir> {
+    let mut dirs = Vec::new();
+    if let Some(list) = env_nonempty(PLUGIN_PATH_ENV) {
+        for entry in list.split(':').filter(|e| !e.is_empty()) {
+            if Path::new(entry).is_absolute() {
+                dirs.push(SearchDir {
+                    path: entry.into(),
+                    why: format!("${PLUGIN_PATH_ENV}"),
+                });
+            } else {
+                tracing::warn!(
+                    "ignoring relative {PLUGIN_PATH_ENV} entry {entry:?}: plugins are never searched relative to the current directory"
+                );
+            }
+        }
+    }
+    let data = env_nonempty("XDG_DATA_HOME")
+        .filter(|d| Path::new(d).is_absolute())
+        .map(|d| (PathBuf::from(d), "$XDG_DATA_HOME/ktstr/plugins"))
+        .or_else(|| {
+            env_nonempty("HOME").map(|h| {
+                (
+                    PathBuf::from(h).join(".local/share"),
+                    "~/.local/share/ktstr/plugins",
+                )
+            })
+        });
+    if let Some((base, why)) = data {
+        dirs.push(SearchDir {
+            path: base.join("ktstr/plugins"),
+            why: why.into(),
+        });
+    }
+    if let Some(bin_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        let lib_dir = bin_dir.join("../lib/ktstr/plugins");
+        dirs.push(SearchDir {
+            path: bin_dir,
+            why: "ktstr's directory".into(),
+        });
+        dirs.push(SearchDir {
+            path: lib_dir,
+            why: "<ktstr's directory>/../lib/ktstr/plugins".into(),
+        });
+    }
+    let mut seen = Vec::new();
+    dirs.retain(|d| {
+        let canon = std::fs::canonicalize(&d.path).unwrap_or_else(|_| d.path.clone());
+        if seen.contains(&canon) {
+            false
+        } else {
+            seen.push(canon);
+            true
+        }
+    });
+    dirs
+}
+
+/// Find the library of plugin `name` in the search directories.
+pub fn find(name: &str) -> Result<PathBuf> {
+    let file = file_name(name);
+    let dirs = search_dirs();
+    let found: Vec<PathBuf> = dirs
+        .iter()
+        .map(|d| d.path.join(&file))
+        .filter(|p| p.exists())
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => {
+            let searched: Vec<String> = dirs
+                .iter()
+                .map(|d| format!("{} ({})", d.path.display(), d.why))
+                .collect();
+            Err(StageError::not_found(format!(
+                "--plugin {name}: no built-in plugin has this name and no {file} was found"
+            ))
+            .with_hint(format!(
+                "searched {}; install the library into one of them, set {PLUGIN_PATH_ENV}, or pass its path (--plugin /path/to/{file}); `ktstr plugins list` shows what is found",
+                searched.join(", ")
+            )))
+        }
+        [first, second, ..] => Err(StageError::invalid_input(format!(
+            "--plugin {name}: found in two places: {} and {}",
+            first.display(),
+            second.display()
+        ))
+        .with_hint("remove one of them, or pass the path of the one to use")),
+    }
+}
+
+/// Every `libktstr_plugin_*.so` in the search directories, in search order.
+pub fn discover() -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for dir in search_dirs() {
+        let Ok(entries) = std::fs::read_dir(&dir.path) else {
+            continue;
+        };
+        let mut here: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| name_of(p).is_some())
+            .collect();
+        here.sort();
+        found.extend(here);
+    }
+    found
+}
+
+fn world_writable(path: &Path) -> std::io::Result<Option<u32>> {
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    Ok((mode & 0o002 != 0).then_some(mode & 0o7777))
+}
+
+/// Refuse a library that is missing, not a file, or that any user could
+/// have replaced (world-writable file or directory).
+pub fn check_trusted(path: &Path) -> Result<PathBuf> {
+    let canon = std::fs::canonicalize(path).map_err(|e| {
+        StageError::io("cannot open plugin library", path, e)
+            .with_hint("check the path, or pass a plugin name to search the plugin directories")
+    })?;
+    if !canon.is_file() {
+        return Err(StageError::invalid_input(format!(
+            "plugin library {} is not a file",
+            path.display()
+        )));
+    }
+    let dir = canon.parent().unwrap_or(Path::new("/")).to_path_buf();
+    for (what, p) in [("library", &canon), ("directory", &dir)] {
+        if let Some(mode) = world_writable(p).map_err(|e| StageError::io("stat", p, e))? {
+            return Err(StageError::invalid_input(format!(
+                "refusing to load plugin {}: its {what} {} is world-writable (mode {mode:04o}), so any user could replace the code ktstr would run",
+                path.display(),
+                p.display()
+            ))
+            .with_hint(format!("run `chmod o-w {}`", p.display())));
+        }
+    }
+    Ok(canon)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_follow_cargo() {
+        assert_eq!(
+            file_name("shared-dir-cache"),
+            "libktstr_plugin_shared_dir_cache.so"
+        );
+        assert_eq!(
+            name_of(Path::new("/x/libktstr_plugin_shared_dir_cache.so")).as_deref(),
+            Some("shared-dir-cache")
+        );
+        assert_eq!(name_of(Path::new("/x/libfoo.so")), None);
+        assert_eq!(name_of(Path::new("/x/libktstr_plugin_.so")), None);
+    }
+
+    #[test]
+    fn world_writable_files_and_dirs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = dir.path().join("libktstr_plugin_x.so");
+        std::fs::write(&lib, b"").unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(check_trusted(&lib).is_ok());
+        std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = check_trusted(&lib).unwrap_err();
+        assert!(e.message.contains("world-writable"), "{e}");
+        assert!(e.hint.unwrap().contains("chmod o-w"));
+        std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = check_trusted(&lib).unwrap_err();
+        assert!(e.message.contains("its directory"), "{e}");
+        let e = check_trusted(&dir.path().join("missing.so")).unwrap_err();
+        assert!(e.message.contains("missing.so"), "{e}");
+    }
+}

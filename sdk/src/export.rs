@@ -1,0 +1,298 @@
+//! Turning ordinary stage implementations into a loadable plugin library.
+//!
+//! A third-party plugin is a `cdylib` crate that depends on `ktstr-sdk`
+//! only. Its author implements the same stage traits the built-ins
+//! implement, describes them with a [`Plugin`], and invokes
+//! [`export_plugin!`](crate::export_plugin). The macro exports the root
+//! module of the plugin ABI ([`abi`]) whose entry points wrap each stage in
+//! an FFI shim:
+//!
+//! - every call runs under `catch_unwind`: an unwinding panic crossing the
+//!   `extern "C"` boundary would abort the host, so a panic becomes a
+//!   `StageError` of kind `Internal` naming the plugin, the stage method and
+//!   the panic message;
+//! - the plugin's `tracing` events go to the host's log (the cdylib has its
+//!   own `tracing` globals, which nobody would otherwise read), and its
+//!   progress and commands go through the host's `StageContext`;
+//! - data crosses as the JSON form of the sdk types ([`wire`] for the few
+//!   types that are not serde types themselves).
+//!
+//! The host side of the same ABI lives in ktstr's `dynamic` module and
+//! uses [`Manifest`], [`wire`] and the error conversions from here.
+
+mod convert;
+mod guard;
+mod host;
+mod logging;
+mod manifest;
+mod shims;
+pub mod wire;
+
+use std::sync::OnceLock;
+
+pub use ktstr_plugin_abi as abi;
+use ktstr_plugin_abi::abi_stable::library::RootModule;
+use ktstr_plugin_abi::abi_stable::prefix_type::PrefixTypeTrait;
+use ktstr_plugin_abi::abi_stable::std_types::{RBoxError, RStr, RString};
+use ktstr_plugin_abi::{
+    FfiBuilderBox, FfiCacheBox, FfiConfigurerBox, FfiReserverBox, FfiResult, FfiSourceBox,
+    LoggerBox, PluginMod, PluginModRef,
+};
+
+pub use convert::{from_ffi, from_json, json_arg, to_ffi, to_json};
+pub use manifest::{Manifest, StageManifest};
+
+use crate::registry::{Constructor, PluginConfig, StageKind};
+
+/// The version of this SDK; the host names it in "rebuild against" hints.
+pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// One stage a plugin library provides.
+#[derive(Clone, Copy)]
+pub struct StageDef {
+    pub name: &'static str,
+    /// One line for `ktstr plugins list`.
+    pub summary: &'static str,
+    /// Keys the stage accepts in its config table (`[plugin.<name>]`).
+    pub config_keys: &'static [&'static str],
+    /// The same constructor a built-in registers.
+    pub constructor: Constructor,
+}
+
+/// What a plugin library provides: its name, version and stages.
+#[derive(Clone)]
+pub struct Plugin {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub stages: Vec<StageDef>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field(
+                "stages",
+                &self.stages.iter().map(|s| s.name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Plugin {
+    /// A plugin named `name` (what users pass to `--plugin`; the library
+    /// file is `libktstr_plugin_<name with - as _>.so`).
+    pub fn new(name: &'static str, version: &'static str) -> Self {
+        Self {
+            name,
+            version,
+            stages: Vec::new(),
+        }
+    }
+
+    /// Add a stage.
+    pub fn stage(
+        mut self,
+        name: &'static str,
+        summary: &'static str,
+        config_keys: &'static [&'static str],
+        constructor: Constructor,
+    ) -> Self {
+        self.stages.push(StageDef {
+            name,
+            summary,
+            config_keys,
+            constructor,
+        });
+        self
+    }
+
+    /// The manifest the host reads after loading.
+    pub fn manifest(&self) -> Manifest {
+        Manifest {
+            name: self.name.to_string(),
+            version: self.version.to_string(),
+            abi_version: abi::ABI_VERSION.to_string(),
+            sdk_version: SDK_VERSION.to_string(),
+            stages: self
+                .stages
+                .iter()
+                .map(|s| StageManifest {
+                    kind: s.constructor.kind(),
+                    name: s.name.to_string(),
+                    summary: s.summary.to_string(),
+                    config_keys: s.config_keys.iter().map(|k| k.to_string()).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn find(&self, kind: StageKind, name: &str) -> crate::Result<&StageDef> {
+        self.stages
+            .iter()
+            .find(|s| s.constructor.kind() == kind && s.name == name)
+            .ok_or_else(|| {
+                crate::StageError::not_found(format!(
+                    "plugin {} has no {kind} stage named {name:?}",
+                    self.name
+                ))
+            })
+    }
+}
+
+/// This library's plugin, set once by the root-module loader. Each cdylib
+/// has its own copy of the SDK and so its own copy of this static.
+static PLUGIN: OnceLock<Plugin> = OnceLock::new();
+
+fn plugin() -> crate::Result<&'static Plugin> {
+    PLUGIN
+        .get()
+        .ok_or_else(|| crate::StageError::internal("plugin used before its root module loaded"))
+}
+
+/// The plugin's name for messages, `?` before it is known.
+fn plugin_name() -> &'static str {
+    PLUGIN.get().map_or("?", |p| p.name)
+}
+
+/// Body of the exported root-module loader (see [`export_plugin!`]).
+///
+/// Runs the author's `define` function under the panic guard: a panic
+/// there is returned to the host as a load error with the panic message
+/// rather than as abi_stable's bare "unwound".
+#[doc(hidden)]
+pub fn __root_module(define: fn() -> Plugin) -> Result<PluginModRef, RBoxError> {
+    guard::install_panic_hook();
+    let plugin = guard::catch(define).map_err(|panic| {
+        RBoxError::from_fmt(&format_args!(
+            "the plugin panicked while describing itself: {panic}"
+        ))
+    })?;
+    let _ = PLUGIN.set(plugin);
+    Ok(PluginMod {
+        manifest: ffi_manifest,
+        attach: ffi_attach,
+        new_source: ffi_new_source,
+        new_reserver: ffi_new_reserver,
+        new_configurer: ffi_new_configurer,
+        new_builder: ffi_new_builder,
+        new_cache: ffi_new_cache,
+    }
+    .leak_into_prefix())
+}
+
+/// Whether a root module with this layout is what the host expects; used
+/// by tests to make sure the root type stays loadable.
+#[doc(hidden)]
+pub fn __root_module_name() -> &'static str {
+    PluginModRef::NAME
+}
+
+extern "C" fn ffi_manifest() -> FfiResult<RString> {
+    guard::ffi("plugin", "manifest", || to_json(&plugin()?.manifest()))
+}
+
+extern "C" fn ffi_attach(logger: LoggerBox) -> FfiResult<()> {
+    guard::ffi("plugin", "attach", || {
+        logging::attach(logger);
+        Ok(())
+    })
+}
+
+/// Look up the stage and call its constructor with the decoded config.
+fn construct<T>(
+    kind: StageKind,
+    name: RStr<'_>,
+    config: RStr<'_>,
+    wrap: impl FnOnce(&'static str, &Constructor, &PluginConfig) -> crate::Result<T>,
+) -> FfiResult<T> {
+    let label = format!("{kind} {}", name.as_str());
+    guard::ffi(&label, "new", || {
+        let def = plugin()?.find(kind, name.as_str())?;
+        let config: PluginConfig = from_json("the stage config", config.as_str())?;
+        wrap(def.name, &def.constructor, &config)
+    })
+}
+
+extern "C" fn ffi_new_source(name: RStr<'_>, config: RStr<'_>) -> FfiResult<FfiSourceBox> {
+    construct(StageKind::Source, name, config, |n, c, cfg| match c {
+        Constructor::Source(make) => Ok(shims::source(n, make(cfg)?)),
+        _ => unreachable!("find() matched the kind"),
+    })
+}
+
+extern "C" fn ffi_new_reserver(name: RStr<'_>, config: RStr<'_>) -> FfiResult<FfiReserverBox> {
+    construct(StageKind::Reserver, name, config, |n, c, cfg| match c {
+        Constructor::Reserver(make) => Ok(shims::reserver(n, make(cfg)?)),
+        _ => unreachable!("find() matched the kind"),
+    })
+}
+
+extern "C" fn ffi_new_configurer(name: RStr<'_>, config: RStr<'_>) -> FfiResult<FfiConfigurerBox> {
+    construct(StageKind::Configurer, name, config, |n, c, cfg| match c {
+        Constructor::Configurer(make) => Ok(shims::configurer(n, make(cfg)?)),
+        _ => unreachable!("find() matched the kind"),
+    })
+}
+
+extern "C" fn ffi_new_builder(name: RStr<'_>, config: RStr<'_>) -> FfiResult<FfiBuilderBox> {
+    construct(StageKind::Builder, name, config, |n, c, cfg| match c {
+        Constructor::Builder(make) => Ok(shims::builder(n, make(cfg)?)),
+        _ => unreachable!("find() matched the kind"),
+    })
+}
+
+extern "C" fn ffi_new_cache(name: RStr<'_>, config: RStr<'_>) -> FfiResult<FfiCacheBox> {
+    construct(StageKind::Cache, name, config, |n, c, cfg| match c {
+        Constructor::Cache(make) => Ok(shims::cache(n, make(cfg)?)),
+        _ => unreachable!("find() matched the kind"),
+    })
+}
+
+/// Export this crate as a ktstr plugin library.
+///
+/// ```ignore
+/// fn plugin() -> ktstr_sdk::export::Plugin {
+///     ktstr_sdk::export::Plugin::new("my-cache", env!("CARGO_PKG_VERSION")).stage(
+///         "my-cache",
+///         "kernels kept on the team's NFS share",
+///         &["dir"],
+///         ktstr_sdk::registry::Constructor::Cache(|cfg| Ok(Box::new(MyCache::from_config(cfg)?))),
+///     )
+/// }
+/// ktstr_sdk::export_plugin!(plugin);
+/// ```
+///
+/// The crate must be built as a `cdylib` named `ktstr-plugin-<name>`.
+/// `plugin` runs once, when the host loads the library.
+#[macro_export]
+macro_rules! export_plugin {
+    ($define:path) => {
+        /// The plugin's library header, read by the ktstr host.
+        #[unsafe(no_mangle)]
+        #[allow(non_upper_case_globals)]
+        pub static _1as_0lib_1header_0root_bmodule_bloader:
+            $crate::export::abi::abi_stable::library::LibHeader = {
+            extern "C" fn __ktstr_root_module()
+            -> $crate::export::abi::abi_stable::library::RootModuleResult {
+                $crate::export::abi::abi_stable::library::__call_root_module_loader(|| {
+                    $crate::export::__root_module($define)
+                })
+            }
+            // SAFETY: the constructor returns a `PluginModRef` erased by
+            // abi_stable's own loader, as `from_constructor` requires.
+            unsafe {
+                $crate::export::abi::abi_stable::library::LibHeader::from_constructor::<
+                    $crate::export::abi::PluginModRef,
+                >(
+                    __ktstr_root_module,
+                    $crate::export::abi::abi_stable::library::CheckTypeLayout::Yes,
+                )
+            }
+        };
+    };
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,109 @@
+//! The plugin side driven directly, as the host would through the ABI.
+
+use ktstr_plugin_abi::abi_stable::std_types::RResult;
+
+use super::*;
+use crate::cache::{CacheBackend, CacheEntry, CacheKey, Listed, Metadata};
+use crate::error::{ErrorKind, StageError};
+
+struct Boom;
+
+impl CacheBackend for Boom {
+    fn lookup(&self, _: &CacheKey) -> crate::Result<Option<CacheEntry>> {
+        panic!("lookup exploded")
+    }
+    fn store(
+        &self,
+        _: &CacheKey,
+        _: &crate::cache::Artifacts,
+        _: &Metadata,
+    ) -> crate::Result<CacheEntry> {
+        Err(StageError::invalid_input("no space").with_hint("free some"))
+    }
+    fn list(&self) -> crate::Result<Vec<Listed>> {
+        Ok(Vec::new())
+    }
+    fn remove(&self, _: &CacheKey) -> crate::Result<bool> {
+        Ok(false)
+    }
+    fn describe(&self) -> String {
+        "boom cache".into()
+    }
+}
+
+fn define() -> Plugin {
+    Plugin::new("unit", "1.2.3").stage(
+        "boom",
+        "panics on lookup",
+        &["dir"],
+        Constructor::Cache(|_| Ok(Box::new(Boom))),
+    )
+}
+
+fn ok<T>(r: FfiResult<T>) -> T {
+    match r {
+        RResult::ROk(v) => v,
+        RResult::RErr(e) => panic!("unexpected error: {}", from_ffi(e)),
+    }
+}
+
+fn err<T>(r: FfiResult<T>) -> StageError {
+    match r {
+        RResult::ROk(_) => panic!("expected an error"),
+        RResult::RErr(e) => from_ffi(e),
+    }
+}
+
+#[test]
+fn manifest_names_the_stages_and_abi() {
+    let root = __root_module(define).unwrap();
+    let json = ok((root.manifest())());
+    let m: Manifest = from_json("manifest", &json).unwrap();
+    assert_eq!(m.name, "unit");
+    assert_eq!(m.version, "1.2.3");
+    assert_eq!(m.abi_version, abi::ABI_VERSION);
+    assert_eq!(m.stages.len(), 1);
+    assert_eq!(m.stages[0].kind, StageKind::Cache);
+    assert_eq!(m.stages[0].config_keys, ["dir"]);
+}
+
+#[test]
+fn panics_and_errors_come_back_structured() {
+    let root = __root_module(define).unwrap();
+    let cache = ok((root.new_cache())("boom".into(), "null".into()));
+    let e = err(cache.lookup("k1".into()));
+    assert_eq!(e.kind, ErrorKind::Internal);
+    assert!(
+        e.message
+            .starts_with("plugin unit panicked in cache boom lookup: lookup exploded"),
+        "{e}"
+    );
+    assert!(e.causes.iter().any(|c| c.contains("tests.rs")), "{e:?}");
+    let e = err(cache.store("k1".into(), "{}".into(), "{}".into()));
+    assert_eq!(e.kind, ErrorKind::Internal, "malformed artifacts: {e}");
+    assert_eq!(ok(cache.describe()).as_str(), "boom cache");
+    let e = err((root.new_cache())("nope".into(), "null".into()));
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    let e = err((root.new_source())("boom".into(), "null".into()));
+    assert_eq!(e.kind, ErrorKind::NotFound, "wrong kind: {e}");
+}
+
+#[test]
+fn errors_round_trip_and_unknown_kinds_degrade() {
+    let e = StageError::invalid_input("bad")
+        .with_hint("fix")
+        .caused_by(std::io::Error::other("io"));
+    assert_eq!(from_ffi(to_ffi(&e)), e);
+    let mut f = to_ffi(&e);
+    f.kind = "from-the-future".into();
+    assert_eq!(from_ffi(f).kind, ErrorKind::Internal);
+}
+
+#[test]
+fn header_symbol_matches_abi_stable() {
+    assert_eq!(
+        abi::LIB_HEADER_SYMBOL,
+        "_1as_0lib_1header_0root_bmodule_bloader",
+        "export_plugin! spells this symbol literally; update it"
+    );
+}
