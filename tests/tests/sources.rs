@@ -1,0 +1,320 @@
+//! `--kernel` versions, ranges and tarballs from the command line, against a
+//! kernel.org-shaped mirror made of fixture kernels (a `file://` directory,
+//! and a loopback HTTP server for URLs).
+//!
+//! The plugin's own tests cover the download and unpacking faults; these
+//! check what the host adds: a keyable spec is a hit with the mirror gone,
+//! ranges go on past failures, scratch trees go away unless kept.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::Fixture;
+
+/// Versions the fixture mirror offers.
+const RELEASES: &[&str] = &["6.98.3", "6.99.0", "6.99.1", "6.99.2"];
+
+/// kernel.org's file stem for a release: `linux-6.12` for 6.12.0.
+fn stem(version: &str) -> String {
+    format!("linux-{}", version.strip_suffix(".0").unwrap_or(version))
+}
+
+/// `<stem>.tar.xz` of the fixture tree, its Makefile set to `version`.
+fn make_tarball(work: &Path, version: &str, out_dir: &Path) -> PathBuf {
+    let [v, p, s]: [&str; 3] = version
+        .split('.')
+        .collect::<Vec<_>>()
+        .try_into()
+        .expect("X.Y.Z");
+    let top = work.join(stem(version));
+    common::copy_dir(&common::fixture_src(), &top);
+    let makefile = std::fs::read_to_string(top.join("Makefile")).unwrap();
+    let makefile = makefile
+        .replacen("VERSION = 6\n", &format!("VERSION = {v}\n"), 1)
+        .replacen("PATCHLEVEL = 99\n", &format!("PATCHLEVEL = {p}\n"), 1)
+        .replacen("SUBLEVEL = 0\n", &format!("SUBLEVEL = {s}\n"), 1);
+    std::fs::write(top.join("Makefile"), makefile).unwrap();
+    std::fs::create_dir_all(out_dir).unwrap();
+    let file = out_dir.join(format!("{}.tar.xz", stem(version)));
+    let status = Command::new("tar")
+        .arg("-cJf")
+        .arg(&file)
+        .arg("-C")
+        .arg(work)
+        .arg(stem(version))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::remove_dir_all(&top).unwrap();
+    file
+}
+
+fn sha256(path: &Path) -> String {
+    ktstr_sdk::hash::sha256_file(path).unwrap().0
+}
+
+/// `<dir>/mirror/v6.x/{linux-*.tar.xz, sha256sums.asc}` and
+/// `<dir>/releases.json`; `corrupt` versions get a wrong digest.
+struct Mirror {
+    root: PathBuf,
+    releases: PathBuf,
+}
+
+impl Mirror {
+    fn new(dir: &Path, corrupt: &[&str]) -> Mirror {
+        let root = dir.join("mirror");
+        let series = root.join("v6.x");
+        let work = dir.join("mirror-work");
+        std::fs::create_dir_all(&work).unwrap();
+        let mut sums = String::from("-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\n");
+        for version in RELEASES {
+            let file = make_tarball(&work, version, &series);
+            let digest = if corrupt.contains(version) {
+                "0".repeat(64)
+            } else {
+                sha256(&file)
+            };
+            sums.push_str(&format!("{digest}  {}.tar.xz\n", stem(version)));
+        }
+        sums.push_str(
+            "-----BEGIN PGP SIGNATURE-----\n\nnot checked\n-----END PGP SIGNATURE-----\n",
+        );
+        std::fs::write(series.join("sha256sums.asc"), sums).unwrap();
+        let releases = dir.join("releases.json");
+        let entries: Vec<String> = ["6.99.2", "6.98.3"]
+            .iter()
+            .map(|v| {
+                format!(
+                    r#"{{"iseol": false, "version": "{v}", "moniker": "stable", "source": "file://{}/v6.x/linux-{v}.tar.xz"}}"#,
+                    root.display()
+                )
+            })
+            .collect();
+        std::fs::write(
+            &releases,
+            format!(
+                r#"{{"latest_stable": {{"version": "6.99.2"}}, "releases": [{}]}}"#,
+                entries.join(", ")
+            ),
+        )
+        .unwrap();
+        Mirror { root, releases }
+    }
+
+    /// A fixture whose ktstr uses this mirror.
+    fn fixture(&self, fx: Fixture) -> Fixture {
+        fx.with_env(
+            "KTSTR_KERNEL_MIRROR",
+            &format!("file://{}", self.root.display()),
+        )
+        .with_env(
+            "KTSTR_RELEASES_URL",
+            &format!("file://{}", self.releases.display()),
+        )
+    }
+}
+
+fn scratch_entries(fx: &Fixture) -> Vec<String> {
+    std::fs::read_dir(fx.cache.join("scratch"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect()
+}
+
+fn build(fx: &Fixture, spec: &str, extra: &[&str]) -> common::Run {
+    let mut args = vec!["build", "--kernel", spec];
+    args.extend_from_slice(extra);
+    fx.run(&args)
+}
+
+#[test]
+fn exact_version_builds_then_hits_without_the_mirror() {
+    let fx = Fixture::plain();
+    let mirror = Mirror::new(fx.root.path(), &[]);
+    let fx = mirror.fixture(fx);
+    let first = build(&fx, "6.99.1", &[]);
+    first.image_path();
+    let key = first.cached_key();
+    assert!(key.starts_with("6.99.1-tarball-x86_64-"), "{key}");
+    assert_eq!(fx.build_count(), 1);
+    assert!(
+        scratch_entries(&fx).is_empty(),
+        "{:?}",
+        scratch_entries(&fx)
+    );
+
+    // The key is known from the spec alone: no download, no mirror needed.
+    std::fs::remove_dir_all(&mirror.root).unwrap();
+    let second = build(&fx, "6.99.1", &[]);
+    assert_eq!(second.hit_key(), key, "{}", second.describe());
+    assert_eq!(fx.build_count(), 1);
+}
+
+#[test]
+fn a_series_resolves_to_its_newest_release() {
+    let fx = Fixture::plain();
+    let fx = Mirror::new(fx.root.path(), &[]).fixture(fx);
+    let run = build(&fx, "6.99", &[]);
+    run.image_path();
+    assert!(
+        run.cached_key().starts_with("6.99.2-tarball-"),
+        "{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn a_range_builds_every_member_and_goes_on_past_failures() {
+    let fx = Fixture::plain();
+    let fx = Mirror::new(fx.root.path(), &["6.99.1"]).fixture(fx);
+    let run = build(&fx, "6.99.0..6.99.2", &[]);
+    assert_eq!(run.code(), Some(1), "{}", run.describe());
+    run.assert_stderr_has("[1/3] 6.99.0")
+        .assert_stderr_has("[3/3] 6.99.2")
+        .assert_stderr_has("sha256 mismatch")
+        .assert_stderr_has("1 of 3 kernels of 6.99.0..6.99.2 failed: 6.99.1");
+    let built: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(built.len(), 2, "{}", run.describe());
+    assert!(built[0].starts_with("6.99.0 ") && built[1].starts_with("6.99.2 "));
+    assert!(
+        scratch_entries(&fx).is_empty(),
+        "{:?}",
+        scratch_entries(&fx)
+    );
+
+    // Both good members are now hits.
+    let again = build(&fx, "6.99.0..6.99.2", &["--skip-sha256"]);
+    again
+        .assert_stderr_has("cache hit 6.99.0-tarball")
+        .assert_stderr_has("cache hit 6.99.2-tarball");
+}
+
+#[test]
+fn a_tarball_path_builds_and_keep_source_keeps_the_tree() {
+    let fx = Fixture::plain();
+    let work = fx.root.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let file = make_tarball(&work, "6.99.1", fx.root.path());
+    let run = build(&fx, "./linux-6.99.1.tar.xz", &["--keep-source"]);
+    run.image_path();
+    run.assert_stderr_has("kept the source tree in");
+    let kept = scratch_entries(&fx);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(
+        fx.cache
+            .join("scratch")
+            .join(&kept[0])
+            .join("linux-6.99.1/Makefile")
+            .is_file()
+            || fx
+                .cache
+                .join("scratch")
+                .join(&kept[0])
+                .join("Makefile")
+                .is_file()
+    );
+    // A named local tarball is hashed during resolve: the second run hits.
+    let again = build(&fx, file.to_str().unwrap(), &[]);
+    assert_eq!(again.hit_key(), run.cached_key(), "{}", again.describe());
+}
+
+/// `python3 -m http.server` on a free loopback port, killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Option<Server> {
+        let mut child = Command::new("python3")
+            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .ok()?;
+        // "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
+        let port = line
+            .split("port ")
+            .nth(1)?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()?;
+        Some(Server { child, port })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_url_with_a_digest_is_a_hit_with_the_server_gone() {
+    let fx = Fixture::plain();
+    let work = fx.root.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let served = fx.root.path().join("www");
+    let file = make_tarball(&work, "6.99.3", &served);
+    let Some(server) = Server::start(&served) else {
+        eprintln!("skipped: python3 http.server did not start");
+        return;
+    };
+    let url = format!(
+        "http://127.0.0.1:{}/linux-6.99.3.tar.xz#sha256={}",
+        server.port,
+        sha256(&file)
+    );
+    let first = build(&fx, &url, &[]);
+    first.image_path();
+    drop(server);
+    let second = build(&fx, &url, &[]);
+    assert_eq!(
+        second.hit_key(),
+        first.cached_key(),
+        "{}",
+        second.describe()
+    );
+
+    // A wrong digest is refused, nothing is cached, nothing is left behind.
+    let bad = format!(
+        "{}#sha256={}",
+        url.split('#').next().unwrap(),
+        "1".repeat(64)
+    );
+    let server = Server::start(&served).unwrap();
+    let bad = bad.replace(
+        &url.split('/').nth(2).unwrap().to_string(),
+        &format!("127.0.0.1:{}", server.port),
+    );
+    let run = build(&fx, &bad, &[]);
+    run.assert_fails().assert_stderr_has("sha256 mismatch");
+    assert!(
+        scratch_entries(&fx).is_empty(),
+        "{:?}",
+        scratch_entries(&fx)
+    );
+}
+
+#[test]
+fn an_unclaimed_spec_lists_the_accepted_forms() {
+    let fx = Fixture::plain();
+    let run = build(&fx, "ftp://example/linux.tar.xz", &[]);
+    run.assert_fails()
+        .assert_stderr_has("not a kernel spec ktstr understands")
+        .assert_stderr_has("6.12.3")
+        .assert_stderr_has("git+");
+}
