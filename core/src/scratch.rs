@@ -1,10 +1,10 @@
-//! Scratch kernel trees (extracted tarballs, git checkouts): removed after
-//! the build whatever happens, and swept when their process died.
+//! Removing scratch kernel trees (extracted tarballs, git checkouts) after
+//! the build, whatever happens.
 //!
-//! Acquirers put each scratch tree in `<root>/scratch/<kind>-<pid>-<n>/`.
-//! The host owns its removal, so a plugin cannot forget it and `--keep-source`
-//! works the same for every source. A `kill -9` leaves the directory behind;
-//! the next build removes directories whose pid is no longer alive.
+//! Acquirers create them with [`ktstr_sdk::scratch::Scratch`]. The host owns
+//! their removal, so a plugin cannot forget it and `--keep-source` works the
+//! same for every source; trees a `kill -9` left are removed by
+//! [`ktstr_sdk::scratch::sweep_dead`] at the next build.
 
 use std::path::{Path, PathBuf};
 
@@ -71,37 +71,6 @@ fn scratch_top(root: &Path, tree: &Path) -> Option<PathBuf> {
     Some(scratch.join(first))
 }
 
-/// The pid in a `<kind>-<pid>-<n>` scratch name.
-fn owner_pid(name: &str) -> Option<i32> {
-    let mut parts = name.rsplitn(3, '-');
-    let _n: u64 = parts.next()?.parse().ok()?;
-    let pid = parts.next()?.parse().ok()?;
-    parts.next()?;
-    Some(pid)
-}
-
-fn alive(pid: i32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
-}
-
-/// Remove scratch trees whose process is gone. Returns what was removed.
-pub fn sweep(root: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(paths::scratch_dir(root)) else {
-        return Vec::new();
-    };
-    let mut removed = Vec::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(owner_pid) else {
-            continue;
-        };
-        if !alive(pid) && std::fs::remove_dir_all(entry.path()).is_ok() {
-            removed.push(entry.path());
-        }
-    }
-    removed
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,14 +90,6 @@ mod tests {
             is_git: false,
             is_local: false,
         }
-    }
-
-    #[test]
-    fn names_carry_the_owner_pid() {
-        assert_eq!(owner_pid("tarball-123-0"), Some(123));
-        assert_eq!(owner_pid("git-remote-77-4"), Some(77));
-        assert_eq!(owner_pid("linux-6.12"), None);
-        assert_eq!(owner_pid("notes"), None);
     }
 
     #[test]
@@ -166,20 +127,5 @@ mod tests {
             &cx,
         ));
         assert!(user.path().exists());
-    }
-
-    #[test]
-    fn sweep_removes_only_dead_owners() {
-        let root = tempfile::tempdir().unwrap();
-        let scratch = paths::scratch_dir(root.path());
-        let mine = scratch.join(format!("git-{}-0", std::process::id()));
-        // Pid numbers wrap well below i32::MAX, so this one is not running.
-        let dead = scratch.join(format!("tarball-{}-0", i32::MAX - 1));
-        let other = scratch.join("notes");
-        for d in [&mine, &dead, &other] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        assert_eq!(sweep(root.path()), vec![dead.clone()]);
-        assert!(mine.exists() && other.exists() && !dead.exists());
     }
 }

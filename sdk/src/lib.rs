@@ -26,6 +26,7 @@ pub mod paths;
 pub mod registry;
 pub mod reserve;
 pub mod runner;
+pub mod scratch;
 pub mod source;
 pub mod testing;
 

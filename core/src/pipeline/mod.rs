@@ -24,7 +24,7 @@ use ktstr_sdk::{Result, paths};
 
 use crate::identity::{self, ConfigIdentity, DerivedKey, KeyInputs};
 use crate::registry::{Named, Stages};
-use crate::scratch::{self, ScratchGuard};
+use crate::scratch::ScratchGuard;
 use crate::tree_config;
 use tree_state::{MidWaitState, changed_during_build};
 
@@ -348,7 +348,7 @@ pub fn run(
         looked_up = Some(derived.key);
     }
 
-    for stale in scratch::sweep(cache_root) {
+    for stale in ktstr_sdk::scratch::sweep_dead(cache_root) {
         tracing::info!("removed {} left by a dead ktstr", stale.display());
     }
     let mut source = acquirer.stage.acquire(&target.resolved.spec, cx)?;

@@ -10,61 +10,12 @@
 //! isolated configuration, so a user's `core.autocrlf`, `core.eol` or
 //! filter drivers cannot rewrite kernel sources on the way out.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use ktstr_sdk::paths;
 use ktstr_sdk::prelude::*;
 
 use crate::remote::chain;
-
-static SCRATCH_SEQ: AtomicUsize = AtomicUsize::new(0);
-
-/// A scratch directory that is removed on drop unless [`Scratch::keep`]
-/// is called: any error or cancellation between creation and handing the
-/// tree to the host leaves nothing behind.
-#[derive(Debug)]
-pub struct Scratch {
-    path: Option<PathBuf>,
-}
-
-impl Scratch {
-    /// Create `<root>/scratch/git-<pid>-<n>` (a new, empty directory).
-    pub fn create(root: &Path) -> Result<Scratch> {
-        let parent = paths::scratch_dir(root);
-        std::fs::create_dir_all(&parent).at("create directory", &parent)?;
-        let pid = std::process::id();
-        loop {
-            let n = SCRATCH_SEQ.fetch_add(1, Ordering::SeqCst);
-            let path = parent.join(format!("git-{pid}-{n}"));
-            match std::fs::create_dir(&path) {
-                Ok(()) => return Ok(Scratch { path: Some(path) }),
-                // Left by an earlier process with the same pid.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(StageError::io("create scratch directory", &path, e)),
-            }
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        self.path.as_deref().expect("present until kept")
-    }
-
-    /// Hand the directory over: it is no longer removed on drop.
-    pub fn keep(mut self) -> PathBuf {
-        self.path.take().expect("present until kept")
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Some(path) = self.path.take()
-            && let Err(e) = std::fs::remove_dir_all(&path)
-        {
-            tracing::warn!(path = %path.display(), error = %e, "cannot remove scratch tree");
-        }
-    }
-}
 
 /// Write the tree of `commit` from the mirror at `mirror` into `dest`
 /// (an empty directory).

@@ -251,7 +251,7 @@ impl SourceAcquirer for GitSource {
         // No lock from here: the checkout only reads objects, which a
         // concurrent fetch never removes (it only adds packs by rename), so
         // a checkout does not wait behind another commit's long fetch.
-        let scratch = checkout::Scratch::create(&root)?;
+        let scratch = ktstr_sdk::scratch::Scratch::stage(&root, NAME)?;
         cx.progress.step(&format!(
             "checking out {} into {}",
             short_id(&commit),
@@ -261,8 +261,9 @@ impl SourceAcquirer for GitSource {
         cx.progress.finish_step();
         written?;
         cx.cancel.check()?;
-        let source_dir = std::fs::canonicalize(scratch.path()).at("resolve", scratch.path())?;
-        scratch.keep();
+        let tree = scratch.path().to_path_buf();
+        let installed = scratch.install(&tree)?;
+        let source_dir = std::fs::canonicalize(&installed).at("resolve", &installed)?;
         Ok(AcquiredSource {
             source_dir,
             identity: identity(&commit),

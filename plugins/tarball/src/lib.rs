@@ -21,19 +21,17 @@ pub mod extract;
 pub mod fetch;
 pub mod pipe;
 pub mod releases;
-pub mod scratch;
 pub mod spec;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ktstr_sdk::prelude::*;
+use ktstr_sdk::scratch::Scratch;
 
 use crate::config::Settings;
 use crate::fetch::OpenError;
 use crate::releases::{Catalog, Sums};
 use crate::spec::{Location, Release, Spec, VersionSpec};
-
-pub use crate::scratch::sweep_dead;
 
 /// The plugin's registered name and its identity kind.
 pub const NAME: &str = "tarball";
@@ -53,15 +51,6 @@ ktstr_sdk::inventory::submit! {
         summary: "kernel.org releases (6.12.3, 6.12, 6.10..6.12) and kernel tarballs (http(s)://, file://, PATH; #sha256=), streamed and verified",
         constructor: Constructor::Source(|cfg| Ok(Box::new(TarballSource::new(cfg)?))),
     }
-}
-
-/// Remove the scratch trees of this plugin whose ktstr process died
-/// (`<root>/scratch/tarball-<pid>-<n>[.part]`). The host calls it at startup.
-pub fn sweep_scratch(cache_root: &Path) -> Result<Vec<PathBuf>> {
-    scratch::sweep_dead(
-        &ktstr_sdk::paths::scratch_dir(cache_root),
-        Some(scratch::KIND),
-    )
 }
 
 impl TarballSource {
@@ -87,12 +76,11 @@ impl TarballSource {
         &self.settings
     }
 
-    fn scratch(&self) -> Result<PathBuf> {
-        let root = match &self.cache_root {
-            Some(root) => root.clone(),
-            None => ktstr_sdk::paths::cache_root()?,
-        };
-        Ok(ktstr_sdk::paths::scratch_dir(&root))
+    fn cache_root(&self) -> Result<PathBuf> {
+        match &self.cache_root {
+            Some(root) => Ok(root.clone()),
+            None => ktstr_sdk::paths::cache_root(),
+        }
     }
 
     fn release_identity(release: &Release) -> SourceIdentity {
@@ -315,10 +303,11 @@ impl TarballSource {
             .map_err(OpenError::into_stage)?,
             Location::File(path) => fetch::open_file(path).map_err(|e| e.context(format!("--kernel {what}")))?,
         };
-        let staging = scratch::Staging::create(&self.scratch()?)?;
+        let staging = Scratch::stage(&self.cache_root()?, NAME)?;
         cx.progress
             .step(&format!("fetching {}", location.file_name()));
-        let fetched = download::fetch_and_extract(opened, &what, &staging.path, &self.settings, cx);
+        let fetched =
+            download::fetch_and_extract(opened, &what, staging.path(), &self.settings, cx);
         cx.progress.finish_step();
         let fetched = fetched?;
         let mut dirty = false;
@@ -339,7 +328,7 @@ impl TarballSource {
             ));
             dirty = true;
         }
-        let (tree, version) = extract::find_tree(&staging.path, &what)?;
+        let (tree, version) = extract::find_tree(staging.path(), &what)?;
         if let Some(named) = named
             && Release::parse(&version) != Some(named)
         {
