@@ -318,3 +318,78 @@ fn an_unclaimed_spec_lists_the_accepted_forms() {
         .assert_stderr_has("6.12.3")
         .assert_stderr_has("git+");
 }
+
+/// A git remote holding the fixture kernel on `main`, tagged `v6.99.0`.
+fn git_remote(fx: &Fixture) -> (PathBuf, String) {
+    let repo = fx.root.path().join("remote");
+    common::copy_dir(&common::fixture_src(), &repo);
+    common::git_init_commit(&repo);
+    common::git(&repo, &["tag", "v6.99.0"]);
+    let url = format!("git+file://{}", repo.display());
+    (repo, url)
+}
+
+#[test]
+fn git_refs_build_once_per_commit() {
+    let fx = Fixture::plain();
+    let (repo, url) = git_remote(&fx);
+    let head_before = common::git(&repo, &["rev-parse", "HEAD"]);
+
+    let first = build(&fx, &format!("{url}#branch=main"), &[]);
+    first.image_path();
+    let key = first.cached_key();
+    assert!(key.starts_with("6.99.0-git-x86_64-"), "{key}");
+    assert!(
+        scratch_entries(&fx).is_empty(),
+        "{:?}",
+        scratch_entries(&fx)
+    );
+
+    // The same commit by tag, by sha and by the remote's HEAD: one key, no build.
+    let sha = head_before.trim();
+    for spec in [
+        format!("{url}#branch=main"),
+        format!("{url}#tag=v6.99.0"),
+        format!("{url}#sha={sha}"),
+        url.clone(),
+    ] {
+        let run = build(&fx, &spec, &[]);
+        assert_eq!(run.hit_key(), key, "{spec}\n{}", run.describe());
+    }
+    assert_eq!(fx.build_count(), 1);
+
+    // The branch moves: a new key and a build; the old tag still hits.
+    std::fs::write(repo.join("NEWS"), "moved\n").unwrap();
+    common::git(&repo, &["add", "NEWS"]);
+    common::git(&repo, &["-c", "gc.auto=0", "commit", "-q", "-m", "move"]);
+    let moved = build(&fx, &format!("{url}#branch=main"), &[]);
+    moved.image_path();
+    assert_ne!(moved.cached_key(), key);
+    assert_eq!(fx.build_count(), 2);
+    assert_eq!(
+        build(&fx, &format!("{url}#tag=v6.99.0"), &[]).hit_key(),
+        key
+    );
+
+    // The user's repository is never touched.
+    assert_eq!(common::git(&repo, &["status", "--porcelain"]), "");
+    assert_ne!(common::git(&repo, &["rev-parse", "HEAD"]), head_before);
+    assert_eq!(
+        common::git(&repo, &["rev-parse", "v6.99.0"]).trim(),
+        head_before.trim()
+    );
+}
+
+#[test]
+fn git_unknown_ref_names_it() {
+    let fx = Fixture::plain();
+    let (_repo, url) = git_remote(&fx);
+    let run = build(&fx, &format!("{url}#tag=v9.9"), &[]);
+    run.assert_fails().assert_stderr_has("v9.9").assert_hint();
+    assert_eq!(fx.build_count(), 0);
+    assert!(
+        scratch_entries(&fx).is_empty(),
+        "{:?}",
+        scratch_entries(&fx)
+    );
+}
