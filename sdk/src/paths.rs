@@ -92,6 +92,12 @@ pub fn mirror_lock(root: &Path, url: &str) -> PathBuf {
     ))
 }
 
+/// `<root>/state/<plugin>`: small facts a plugin remembers between runs
+/// (e.g. which kernel version a tarball digest unpacks to).
+pub fn plugin_state(root: &Path, plugin: &str) -> PathBuf {
+    root.join("state").join(plugin)
+}
+
 /// Lock serialising installs of one cache entry.
 pub fn entry_lock(root: &Path, key: &CacheKey) -> PathBuf {
     lock_dir(root).join(format!("entry-{key}.lock"))

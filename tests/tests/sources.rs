@@ -393,3 +393,24 @@ fn git_unknown_ref_names_it() {
         scratch_entries(&fx)
     );
 }
+
+/// Debian's `linux-source-6.12.tar.xz` has no version in its name: the first
+/// run unpacks it to learn the version, later runs hash it and hit.
+#[test]
+fn an_unversioned_tarball_is_unpacked_once() {
+    let fx = Fixture::plain();
+    let work = fx.root.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let made = make_tarball(&work, "6.99.4", &work);
+    let file = fx.root.path().join("linux-source-6.99.tar.xz");
+    std::fs::rename(made, &file).unwrap();
+    let spec = file.to_str().unwrap();
+    let first = build(&fx, spec, &[]);
+    first.image_path();
+    first.assert_stderr_has("unpacked");
+    let key = first.cached_key();
+    assert!(key.starts_with("6.99.4-tarball-"), "{key}");
+    let second = build(&fx, spec, &[]);
+    assert_eq!(second.hit_key(), key, "{}", second.describe());
+    second.assert_stderr_lacks("unpacked");
+}

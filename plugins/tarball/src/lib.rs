@@ -19,6 +19,7 @@ pub mod decompress;
 pub mod download;
 pub mod extract;
 pub mod fetch;
+pub mod memo;
 pub mod pipe;
 pub mod releases;
 pub mod spec;
@@ -105,6 +106,14 @@ impl TarballSource {
             Some(hex) => format!("{release}#sha256={hex}"),
             None => release.to_string(),
         })
+    }
+
+    /// A tarball's version: from its name, else remembered by digest.
+    fn version_for(&self, location: &Location, sha256: &str) -> Option<String> {
+        location
+            .release_from_name()
+            .map(|r| r.to_string())
+            .or_else(|| memo::version_of(&self.cache_root().ok()?, sha256))
     }
 
     fn resolve_release(&self, release: Release, sha256: Option<String>) -> Resolved {
@@ -347,6 +356,9 @@ impl TarballSource {
             source_dir.display()
         ));
         let id = expected.unwrap_or(&fetched.sha256);
+        if !dirty && let Ok(root) = self.cache_root() {
+            memo::record(&root, &fetched.sha256, &version);
+        }
         Ok(AcquiredSource {
             source_dir,
             identity: Self::digest_identity(id),
@@ -427,23 +439,21 @@ impl SourceAcquirer for TarballSource {
             } => Ok(vec![Resolved {
                 spec: spec.clone(),
                 identity: Some(Self::digest_identity(&hex)),
-                version: location.release_from_name().map(|r| r.to_string()),
+                version: self.version_for(&location, &hex),
             }]),
             Spec::Tarball {
                 location: Location::File(path),
                 sha256: None,
             } => {
-                // Hashing a local file costs far less than unpacking it and
-                // makes it keyable, but only when its name gives the version.
-                let Some(release) = Location::File(path.clone()).release_from_name() else {
-                    return Ok(vec![Resolved::unknown(spec.clone())]);
-                };
+                // Hashing a local file costs far less than unpacking it, and
+                // with the version (from its name, or remembered from an
+                // earlier unpack) it makes the file keyable.
                 fetch::open_file(&path).map_err(|e| e.context(format!("--kernel {}", spec.raw)))?;
                 let hex = download::sha256_file(&path, &cx.cancel)?;
                 Ok(vec![Resolved {
                     spec: KernelSpec::new(format!("{}#sha256={hex}", spec.raw)),
                     identity: Some(Self::digest_identity(&hex)),
-                    version: Some(release.to_string()),
+                    version: self.version_for(&Location::File(path), &hex),
                 }])
             }
             Spec::Tarball { .. } => Ok(vec![Resolved::unknown(spec.clone())]),
