@@ -172,6 +172,22 @@ pub const VMLINUX_NAME: &str = "vmlinux";
 pub const CONFIG_NAME: &str = "config";
 pub const METADATA_NAME: &str = "metadata.json";
 
+/// A name that is one plain file inside an entry directory (and not the
+/// metadata file): what every artifact name must be, whatever the backend.
+pub fn is_entry_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\0')
+        && name != METADATA_NAME
+}
+
+/// A usable kernel image name: an entry file other than vmlinux and config.
+pub fn is_image_name(name: &str) -> bool {
+    is_entry_file_name(name) && name != VMLINUX_NAME && name != CONFIG_NAME
+}
+
 /// A usable cache entry: files on local disk plus their metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheEntry {

@@ -50,15 +50,7 @@ impl Fault {
     }
 }
 
-/// True for a name that is one plain file inside the entry directory.
-pub(crate) fn is_plain_file_name(name: &str) -> bool {
-    !name.is_empty()
-        && name != "."
-        && name != ".."
-        && !name.contains('/')
-        && !name.contains('\0')
-        && name != METADATA_NAME
-}
+pub(crate) use ktstr_sdk::cache::is_entry_file_name as is_plain_file_name;
 
 /// Read and check the entry in `dir` for `key`: metadata parses, names this
 /// key, and every recorded artifact exists with its recorded size.

@@ -235,7 +235,7 @@ fn check_store_metadata(key: &CacheKey, metadata: &Metadata) -> Result<()> {
         )));
     }
     let name = metadata.image_name.as_str();
-    if !entry::is_plain_file_name(name) || name == VMLINUX_NAME || name == CONFIG_NAME {
+    if !ktstr_sdk::cache::is_image_name(name) {
         return Err(StageError::invalid_input(format!(
             "cache entry {key}: image name {name:?} is not a usable file name"
         ))

@@ -31,9 +31,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 
-use ktstr_sdk::cache::{
-    ArtifactInfo, Artifacts, CONFIG_NAME, CacheKey, METADATA_NAME, Metadata, VMLINUX_NAME,
-};
+use ktstr_sdk::cache::{ArtifactInfo, Artifacts, CONFIG_NAME, CacheKey, Metadata, VMLINUX_NAME};
 use ktstr_sdk::error::{IoResultExt, Result, StageError};
 use sha2::{Digest, Sha256};
 
@@ -113,16 +111,6 @@ fn hex(bytes: &[u8]) -> String {
 
 fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// A name that is one plain file inside an entry.
-fn is_plain_file_name(name: &str) -> bool {
-    !name.is_empty()
-        && name != "."
-        && name != ".."
-        && !name.contains('/')
-        && !name.contains('\0')
-        && name != METADATA_NAME
 }
 
 /// Hashes and counts what passes through; fails past `limit` bytes.
@@ -222,7 +210,7 @@ pub fn pack(
         .with_hint("this is a bug in the caller: store the metadata under its own key"));
     }
     let image_name = metadata.image_name.as_str();
-    if !is_plain_file_name(image_name) || image_name == VMLINUX_NAME || image_name == CONFIG_NAME {
+    if !ktstr_sdk::cache::is_image_name(image_name) {
         return Err(StageError::invalid_input(format!(
             "cache entry {key}: image name {image_name:?} is not a usable file name"
         )));
@@ -356,7 +344,7 @@ pub fn parse_manifest(
         ));
     }
     let image = m.metadata.image_name.as_str();
-    if !is_plain_file_name(image) || image == VMLINUX_NAME || image == CONFIG_NAME {
+    if !ktstr_sdk::cache::is_image_name(image) {
         return Err(format!("image name {image:?} is not a plain file name"));
     }
     for required in [image, CONFIG_NAME] {
