@@ -196,6 +196,16 @@ fn locks_lists_llc_and_source_locks() {
             .iter()
             .all(|r| r["holders"].as_array().unwrap().is_empty())
     );
+    let source = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "source")
+        .unwrap();
+    assert_eq!(
+        source["guards"].as_str().unwrap(),
+        common::canon(&fx.tree).display().to_string()
+    );
     let text = fx.run(&["locks"]);
     assert!(text.stdout.contains("free"), "{}", text.describe());
 }

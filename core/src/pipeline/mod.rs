@@ -228,13 +228,18 @@ pub(crate) fn backfill(
 /// Hold the tree's build lock, saying whom we wait for. Returns whether we waited.
 fn lock_tree(root: &Path, tree: &Path, cx: &StageContext) -> Result<(lock::FileLock, bool)> {
     let path = paths::source_lock(root, tree);
-    lock::lock_reporting(&path, LockMode::Exclusive, |holders| {
+    let held = lock::lock_reporting(&path, LockMode::Exclusive, |holders| {
         cx.progress.note(&format!(
             "source tree {} is locked by another build; waiting ({})",
             tree.display(),
             lock::describe_holders(holders)
         ));
-    })
+    })?;
+    // The file's name is a hash; its content says which tree (`ktstr locks`).
+    if let Err(e) = std::fs::write(&path, format!("{}\n", tree.display())) {
+        tracing::debug!("cannot describe {}: {e}", path.display());
+    }
+    Ok(held)
 }
 
 /// Print why the cache missed: the nearest entry's differing inputs.
