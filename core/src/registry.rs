@@ -47,6 +47,9 @@ pub struct Stages {
     pub builder: Named<dyn Builder>,
     /// Cache tiers, authoritative (local) first.
     pub caches: Vec<Named<dyn CacheBackend>>,
+    /// Remote tiers that failed during this run: not asked again, so an
+    /// unreachable remote costs one timeout and one warning, not one per call.
+    down: std::sync::Mutex<Vec<String>>,
 }
 
 /// One stage implementation the host can construct, built in or from a
@@ -307,6 +310,7 @@ impl Stages {
                 f.builder(selection.config(&selection.builder))
             })?,
             caches,
+            down: Default::default(),
         })
     }
 
@@ -327,6 +331,24 @@ impl Stages {
                 ))
                 .with_hint(format!("accepted forms: {}", forms.join("; ")))
             })
+    }
+
+    /// The remote tiers still worth asking in this run.
+    pub fn live_remotes(&self) -> impl Iterator<Item = &Named<dyn CacheBackend>> {
+        let down = self.down.lock().map(|d| d.clone()).unwrap_or_default();
+        self.caches
+            .iter()
+            .skip(1)
+            .filter(move |t| !down.contains(&t.name))
+    }
+
+    /// Stop asking `tier` for the rest of this run.
+    pub fn mark_down(&self, tier: &str) {
+        if let Ok(mut down) = self.down.lock()
+            && !down.iter().any(|d| d == tier)
+        {
+            down.push(tier.to_string());
+        }
     }
 
     /// The authoritative local tier.

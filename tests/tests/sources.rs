@@ -11,45 +11,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use common::Fixture;
+use common::{Fixture, make_tarball, stem};
 
 /// Versions the fixture mirror offers.
 const RELEASES: &[&str] = &["6.98.3", "6.99.0", "6.99.1", "6.99.2"];
-
-/// kernel.org's file stem for a release: `linux-6.12` for 6.12.0.
-fn stem(version: &str) -> String {
-    format!("linux-{}", version.strip_suffix(".0").unwrap_or(version))
-}
-
-/// `<stem>.tar.xz` of the fixture tree, its Makefile set to `version`.
-fn make_tarball(work: &Path, version: &str, out_dir: &Path) -> PathBuf {
-    let [v, p, s]: [&str; 3] = version
-        .split('.')
-        .collect::<Vec<_>>()
-        .try_into()
-        .expect("X.Y.Z");
-    let top = work.join(stem(version));
-    common::copy_dir(&common::fixture_src(), &top);
-    let makefile = std::fs::read_to_string(top.join("Makefile")).unwrap();
-    let makefile = makefile
-        .replacen("VERSION = 6\n", &format!("VERSION = {v}\n"), 1)
-        .replacen("PATCHLEVEL = 99\n", &format!("PATCHLEVEL = {p}\n"), 1)
-        .replacen("SUBLEVEL = 0\n", &format!("SUBLEVEL = {s}\n"), 1);
-    std::fs::write(top.join("Makefile"), makefile).unwrap();
-    std::fs::create_dir_all(out_dir).unwrap();
-    let file = out_dir.join(format!("{}.tar.xz", stem(version)));
-    let status = Command::new("tar")
-        .arg("-cJf")
-        .arg(&file)
-        .arg("-C")
-        .arg(work)
-        .arg(stem(version))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    std::fs::remove_dir_all(&top).unwrap();
-    file
-}
 
 fn sha256(path: &Path) -> String {
     ktstr_sdk::hash::sha256_file(path).unwrap().0

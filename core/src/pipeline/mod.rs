@@ -171,20 +171,32 @@ fn dot_config_sha256(tree: &Path) -> Result<String> {
 }
 
 /// Look `key` up in every tier, local first; a remote hit is copied into
-/// the local tier. A corrupt entry is reported and treated as a miss.
+/// the local tier. A corrupt entry is reported and treated as a miss; a
+/// remote tier that fails otherwise is reported once and not asked again.
 fn lookup(stages: &Stages, key: &CacheKey, cx: &StageContext) -> Result<Option<CacheEntry>> {
-    for (i, tier) in stages.caches.iter().enumerate() {
+    let local = stages.local_cache();
+    match local.stage.lookup(key) {
+        Ok(Some(entry)) => return Ok(Some(entry)),
+        Ok(None) => {}
+        Err(e) if e.kind == ErrorKind::Corrupt => {
+            cx.progress.warn(&format!("{e}; rebuilding it"));
+        }
+        Err(e) => return Err(e),
+    }
+    for tier in stages.live_remotes() {
         match tier.stage.lookup(key) {
-            Ok(Some(entry)) if i == 0 => return Ok(Some(entry)),
             Ok(Some(entry)) => return backfill(stages, tier, &entry, cx).map(Some),
             Ok(None) => {}
             Err(e) if e.kind == ErrorKind::Corrupt => {
-                cx.progress.warn(&format!("{e}; rebuilding it"));
+                cx.progress.warn(&format!("{e}; not using it"));
             }
-            Err(e) if i == 0 => return Err(e),
-            Err(e) => cx
-                .progress
-                .warn(&format!("{}: lookup of {key} failed: {e}", tier.name)),
+            Err(e) => {
+                stages.mark_down(&tier.name);
+                cx.progress.warn(&format!(
+                    "{}: lookup of {key} failed: {e}; not using {} for the rest of this run",
+                    tier.name, tier.name
+                ));
+            }
         }
     }
     Ok(None)

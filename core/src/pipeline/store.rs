@@ -151,7 +151,7 @@ pub fn store_all(
                 local.stage.describe()
             ))
         })?;
-    for tier in stages.caches.iter().skip(1) {
+    for tier in stages.live_remotes() {
         if tier.stage.capabilities().read_only {
             continue;
         }

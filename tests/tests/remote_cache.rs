@@ -1,0 +1,208 @@
+//! Two cache roots sharing a bucket behave like two machines: the first
+//! builds and uploads, the second downloads instead of building. A remote
+//! that is down costs one warning, never the build. Runs against a real
+//! `s3s-fs` (SigV4-checking S3 server) on loopback; skips with the reason
+//! when it is not installed (.ci/run installs it).
+
+mod common;
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Fixture, make_tarball};
+
+const ACCESS_KEY: &str = "ktstr-e2e-access";
+const SECRET_KEY: &str = "ktstr-e2e-secret-key-123";
+const BUCKET: &str = "kernels";
+
+fn s3s_fs() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("s3s-fs"))
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running s3s-fs with one bucket; killed on drop.
+struct S3 {
+    child: Child,
+    port: u16,
+    root: tempfile::TempDir,
+}
+
+impl S3 {
+    fn start() -> Option<S3> {
+        let Some(bin) = s3s_fs() else {
+            eprintln!(
+                "skipped: s3s-fs is not installed \
+                 (cargo install s3s-fs@0.14.1 --features binary --locked)"
+            );
+            return None;
+        };
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join(BUCKET)).unwrap();
+        let port = free_port();
+        let mut child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(root.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(child.try_wait().unwrap().is_none(), "s3s-fs exited");
+            assert!(Instant::now() < deadline, "s3s-fs did not listen");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Some(S3 { child, port, root })
+    }
+
+    fn objects(&self) -> usize {
+        fn count(dir: &Path) -> usize {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| {
+                    if e.file_type().unwrap().is_dir() {
+                        count(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        }
+        count(&self.root.path().join(BUCKET))
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fixture ("machine") whose ktstr uses the bucket at `port`.
+fn machine(port: u16) -> Fixture {
+    Fixture::plain()
+        .with_env("KTSTR_S3_ENDPOINT", &format!("http://127.0.0.1:{port}"))
+        .with_env("KTSTR_S3_BUCKET", BUCKET)
+        .with_env("KTSTR_S3_REGION", "us-east-1")
+        .with_env("KTSTR_S3_CONNECT_TIMEOUT", "2s")
+        .with_env("KTSTR_S3_RETRIES", "0")
+        .with_env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .with_env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+}
+
+/// The same tarball for every machine (same digest, same key).
+fn tarball(dir: &Path, version: &str) -> PathBuf {
+    let work = dir.join(format!("work-{version}"));
+    std::fs::create_dir_all(&work).unwrap();
+    make_tarball(&work, version, dir)
+}
+
+fn build(fx: &Fixture, spec: &Path) -> common::Run {
+    fx.run(&[
+        "build",
+        "--kernel",
+        spec.to_str().unwrap(),
+        "--plugin",
+        "s3-cache",
+    ])
+}
+
+#[test]
+fn a_second_machine_downloads_instead_of_building() {
+    let Some(s3) = S3::start() else { return };
+    let shared = tempfile::tempdir().unwrap();
+    let spec = tarball(shared.path(), "6.99.5");
+
+    let a = machine(s3.port);
+    let built = build(&a, &spec);
+    built.image_path();
+    built.assert_stderr_lacks("warning");
+    let key = built.cached_key();
+    assert!(s3.objects() >= 2, "archive and manifest uploaded");
+
+    let b = machine(s3.port);
+    let pulled = build(&b, &spec);
+    assert_eq!(pulled.hit_key(), key, "{}", pulled.describe());
+    pulled.assert_stderr_has("came from");
+    assert_eq!(b.build_count(), 0, "the second machine must not build");
+    let image = pulled.image_path();
+    assert!(image.starts_with(&b.cache), "backfilled into b's own cache");
+
+    let list = b.run(&["kernel", "list", "--json"]);
+    let rows = list.json();
+    assert!(
+        rows[0]["pulled_from"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("s3-cache")),
+        "{}",
+        list.describe()
+    );
+    let remote = b.run(&["kernel", "list", "--json", "--plugin", "s3-cache"]);
+    let tiers: Vec<String> = remote
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["tier"].as_str().unwrap().to_string())
+        .collect();
+    assert!(tiers.contains(&"s3-cache".to_string()), "{tiers:?}");
+
+    // Explicit pull onto a third machine.
+    let c = machine(s3.port);
+    let run = c.run(&["cache", "pull", &key, "--plugin", "s3-cache"]);
+    run.assert_ok();
+    assert!(run.stdout.trim().starts_with(c.cache.to_str().unwrap()));
+}
+
+#[test]
+fn read_only_never_writes_and_a_down_remote_costs_a_warning() {
+    let Some(s3) = S3::start() else { return };
+    let shared = tempfile::tempdir().unwrap();
+    let spec = tarball(shared.path(), "6.99.6");
+
+    let ro = machine(s3.port).with_env("KTSTR_S3_READ_ONLY", "1");
+    build(&ro, &spec).image_path();
+    assert_eq!(s3.objects(), 0, "a read-only tier uploaded something");
+    let push = ro.run(&[
+        "cache",
+        "push",
+        &build(&ro, &spec).hit_key(),
+        "--plugin",
+        "s3-cache",
+    ]);
+    push.assert_fails().assert_stderr_has("read-only");
+
+    // Nothing listens on this port: the build goes on, with a warning.
+    let down = machine(free_port());
+    let run = build(&down, &spec);
+    run.image_path();
+    run.assert_stderr_has("not using s3-cache for the rest of this run");
+    assert_eq!(
+        run.stderr.matches("warning").count(),
+        1,
+        "one warning for a down remote\n{}",
+        run.describe()
+    );
+}
