@@ -1,11 +1,12 @@
 //! Ctrl-C: stop between steps and clean up instead of dying mid-write.
 //!
-//! SIGINT reaches make and the compilers too (same process group), so the
-//! running step ends on its own; ktstr's handler only raises the shared
-//! cancellation flag. The pipeline then returns a `Cancelled` error, which
-//! unwinds normally: locks are released, scratch directories removed, and
-//! nothing half-stored. A second Ctrl-C kills ktstr at once (the handler
-//! is one-shot).
+//! ktstr's handler only raises the shared cancellation flag. Commands run in
+//! their own process group, so the host's runner passes the interrupt on
+//! (SIGINT to make's group, SIGKILL after a grace period): the same for a
+//! terminal's Ctrl-C and for `kill -TERM` from a CI runner. The pipeline then
+//! returns a `Cancelled` error, which unwinds normally: the sandbox and locks
+//! are released, scratch trees removed, nothing half-stored. A second Ctrl-C
+//! kills ktstr at once (the handler is one-shot).
 
 use std::sync::Arc;
 use std::sync::OnceLock;

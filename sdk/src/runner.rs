@@ -4,6 +4,13 @@
 //! to the end before the other deadlocks as soon as the unread pipe fills.
 //! Each pipe gets its own reader thread and lines meet in one channel, so
 //! `on_line` sees them in arrival order on the caller's thread.
+//!
+//! [`InterruptibleRunner`] (the host's) also stops a command when the run is
+//! cancelled. Its children run in their own process group, so a Ctrl-C
+//! reaches ktstr alone and ktstr decides: SIGINT to the child's group (make
+//! removes half-written targets and stops its jobs), SIGKILL if it lingers.
+//! This works the same for a terminal's Ctrl-C and for a `kill -INT` or
+//! `kill -TERM` of ktstr by a CI runner, which signals no one else.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
@@ -11,9 +18,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use crate::context::{
-    CapturedOutput, CommandOutcome, CommandRunner, CommandSpec, OutputLine, push_tail,
+    Cancellation, CapturedOutput, CommandOutcome, CommandRunner, CommandSpec, OutputLine, push_tail,
 };
 use crate::error::{Result, StageError};
 
@@ -23,6 +31,21 @@ pub const TAIL_LINES: usize = 60;
 /// Runs commands as child processes of the current process.
 #[derive(Debug, Clone, Default)]
 pub struct SystemRunner;
+
+/// Like [`SystemRunner`], and stops the running command on cancellation.
+#[derive(Debug, Clone)]
+pub struct InterruptibleRunner {
+    cancel: Cancellation,
+}
+
+impl InterruptibleRunner {
+    pub fn new(cancel: Cancellation) -> Self {
+        Self { cancel }
+    }
+}
+
+/// How long a cancelled command gets to stop after SIGINT before SIGKILL.
+const GRACE: Duration = Duration::from_secs(10);
 
 fn command_for(spec: &CommandSpec) -> Result<(Command, Option<OwnedFd>)> {
     let mut cmd = Command::new(&spec.program);
@@ -96,34 +119,78 @@ fn pump(reader: impl Read, stderr: bool, tx: mpsc::Sender<OutputLine>) {
     }
 }
 
+/// Run `spec`, feeding lines to `on_line`; with `cancel`, in its own process
+/// group, signalled when the run is cancelled.
+fn run_streaming(
+    spec: &CommandSpec,
+    on_line: &mut dyn FnMut(&str),
+    cancel: Option<&Cancellation>,
+) -> Result<CommandOutcome> {
+    let (mut cmd, cgroup_fd) = command_for(spec)?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if cancel.is_some() {
+        cmd.process_group(0);
+    }
+    let mut child = cmd.spawn().map_err(|e| spawn_error(spec, e))?;
+    drop(cgroup_fd);
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().expect("stdout piped");
+    let err = child.stderr.take().expect("stderr piped");
+    let tx2 = tx.clone();
+    let t_out = std::thread::spawn(move || pump(out, false, tx));
+    let t_err = std::thread::spawn(move || pump(err, true, tx2));
+    let mut tail = VecDeque::with_capacity(TAIL_LINES);
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut interrupted_at: Option<Instant> = None;
+    let mut killed = false;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                on_line(&line.text);
+                push_tail(&mut tail, line, TAIL_LINES);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let Some(cancel) = cancel else { continue };
+        match interrupted_at {
+            None if cancel.is_cancelled() => {
+                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT);
+                interrupted_at = Some(Instant::now());
+            }
+            Some(at) if !killed && at.elapsed() > GRACE => {
+                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+                killed = true;
+            }
+            _ => {}
+        }
+    }
+    let _ = t_out.join();
+    let _ = t_err.join();
+    let status = child
+        .wait()
+        .map_err(|e| StageError::command(format!("wait for `{}`", spec.display())).caused_by(e))?;
+    Ok(CommandOutcome {
+        code: status.code(),
+        tail: tail.into(),
+    })
+}
+
+impl CommandRunner for InterruptibleRunner {
+    fn run(&self, spec: &CommandSpec, on_line: &mut dyn FnMut(&str)) -> Result<CommandOutcome> {
+        run_streaming(spec, on_line, Some(&self.cancel))
+    }
+
+    fn capture(&self, spec: &CommandSpec) -> Result<CapturedOutput> {
+        SystemRunner.capture(spec)
+    }
+}
+
 impl CommandRunner for SystemRunner {
     fn run(&self, spec: &CommandSpec, on_line: &mut dyn FnMut(&str)) -> Result<CommandOutcome> {
-        let (mut cmd, cgroup_fd) = command_for(spec)?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| spawn_error(spec, e))?;
-        drop(cgroup_fd);
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().expect("stdout piped");
-        let err = child.stderr.take().expect("stderr piped");
-        let tx2 = tx.clone();
-        let t_out = std::thread::spawn(move || pump(out, false, tx));
-        let t_err = std::thread::spawn(move || pump(err, true, tx2));
-        let mut tail = VecDeque::with_capacity(TAIL_LINES);
-        for line in rx {
-            on_line(&line.text);
-            push_tail(&mut tail, line, TAIL_LINES);
-        }
-        let _ = t_out.join();
-        let _ = t_err.join();
-        let status = child.wait().map_err(|e| {
-            StageError::command(format!("wait for `{}`", spec.display())).caused_by(e)
-        })?;
-        Ok(CommandOutcome {
-            code: status.code(),
-            tail: tail.into(),
-        })
+        run_streaming(spec, on_line, None)
     }
 
     fn capture(&self, spec: &CommandSpec) -> Result<CapturedOutput> {
@@ -178,6 +245,27 @@ mod tests {
         assert!(shown.contains(&"x.c:1: error: boom"), "{shown:?}");
         assert!(shown.contains(&"CC499"), "{shown:?}");
         assert!(!shown.contains(&"CC0"), "{shown:?}");
+    }
+
+    #[test]
+    fn cancellation_stops_the_command_and_its_children() {
+        let cancel = Cancellation::new();
+        let runner = InterruptibleRunner::new(cancel.clone());
+        let trigger = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            trigger.cancel();
+        });
+        let started = Instant::now();
+        // The shell's child sleep must die too, or the pipes stay open.
+        let spec = CommandSpec::new("sh").args(["-c", "sleep 30; echo done"]);
+        let out = runner.run(&spec, &mut |_| {}).unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_ne!(out.code, Some(0));
     }
 
     #[test]

@@ -209,3 +209,56 @@ fn locks_lists_llc_and_source_locks() {
     let text = fx.run(&["locks"]);
     assert!(text.stdout.contains("free"), "{}", text.describe());
 }
+
+/// Ctrl-C during make: exit 130, the sandbox is removed and the scratch
+/// tree of a tarball source too.
+#[test]
+fn interrupt_removes_sandbox_and_scratch_tree() {
+    let fx = with_cpus_log(Fixture::plain());
+    let work = fx.root.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let file = common::make_tarball(&work, "6.99.8", fx.root.path());
+    let mut victim = fx.spawn(
+        &[
+            "build",
+            "--kernel",
+            file.to_str().unwrap(),
+            "--cpu-cap",
+            "1",
+        ],
+        &[("KTSTR_FIXTURE_BUILD_SECONDS", "30")],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !cpus_log(&fx).contains("cgroup") && !cpus_log(&fx).contains("0::") {
+        assert!(std::time::Instant::now() < deadline, "make never started");
+        assert!(
+            victim.child.try_wait().unwrap().is_none(),
+            "ktstr exited early"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &victim.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let run = victim.wait(std::time::Duration::from_secs(60));
+    assert_eq!(run.code(), Some(130), "{}", run.describe());
+    // A signal to ktstr alone (as a CI runner sends it) must stop make too,
+    // not wait out its 30 s.
+    assert!(
+        run.elapsed < std::time::Duration::from_secs(25),
+        "make was not stopped: {:?}",
+        run.elapsed
+    );
+    let scratch: Vec<_> = std::fs::read_dir(fx.cache.join("scratch"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect();
+    assert!(scratch.is_empty(), "{scratch:?}");
+    if can_sandbox().is_ok() {
+        let sandbox = sandbox_of(&cpus_log(&fx));
+        assert!(!sandbox.exists(), "{} must be removed", sandbox.display());
+    }
+}

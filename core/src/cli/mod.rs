@@ -15,7 +15,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use ktstr_sdk::StageError;
 use ktstr_sdk::context::{Cancellation, StageContext};
-use ktstr_sdk::runner::SystemRunner;
+use ktstr_sdk::runner::InterruptibleRunner;
 
 use crate::progress::{LABEL, StderrProgress};
 
@@ -201,10 +201,11 @@ pub enum PluginsCommand {
 /// The host's stage context: real processes, stderr progress.
 pub fn host_context() -> (StageContext, Arc<StderrProgress>) {
     let progress = Arc::new(StderrProgress::new());
+    let cancel = Cancellation::new();
     let cx = StageContext {
         progress: progress.clone(),
-        runner: Arc::new(SystemRunner),
-        cancel: Cancellation::new(),
+        runner: Arc::new(InterruptibleRunner::new(cancel.clone())),
+        cancel,
     };
     crate::interrupt::install(&cx.cancel);
     (cx, progress)

@@ -434,11 +434,12 @@ impl Fixture {
 
     /// Start `ktstr build` in the background with piped stdout/stderr.
     pub fn spawn_build(&self, extra: &[&str], env: &[(&str, &str)]) -> Spawned {
-        let args: Vec<String> = self
-            .build_args(extra)
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        self.spawn(&self.build_args(extra), env)
+    }
+
+    /// `ktstr <args...>` in the background, with extra environment.
+    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> Spawned {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let mut cmd = self.command(&args.iter().map(String::as_str).collect::<Vec<_>>());
         for (k, v) in env {
             cmd.env(k, v);
