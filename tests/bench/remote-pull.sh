@@ -2,7 +2,7 @@
 # Remote-cache pull benchmarks against a local s3s-fs (loopback).
 #
 #   tests/bench/remote-pull.sh            # throughput: lookup vs plain GET
-#   tests/bench/remote-pull.sh --e2e [TREE]
+#   tests/bench/remote-pull.sh --e2e [SPEC]
 #
 # Throughput (default): runs the ignored `bench` test of ktstr-plugin-remote-cache
 # in release mode. It pushes a kernel-like entry (12 MiB incompressible image +
@@ -12,10 +12,11 @@
 # The bar: lookup throughput >= 80% of the plain GET.
 #
 # --e2e: the real thing. Builds `ktstr` (release), starts s3s-fs, then
-#   A: ktstr build --kernel TREE --profile tiny --plugin s3-cache  (cold: build + push)
+#   A: ktstr build --kernel SPEC --profile tiny --plugin s3-cache  (cold: unpack, build, push)
 #   B: same command with a fresh, empty KTSTR_CACHE_DIR             (pull + backfill)
-# and prints B/A (the bar: < 5%). TREE defaults to a git-committed extract of
-# Debian's linux-source-6.12 (apt-get install linux-source-6.12 + build deps).
+# and prints B/A (the bar: < 5%). SPEC defaults to Debian's
+# /usr/src/linux-source-6.12.tar.xz (apt-get install linux-source-6.12 + build deps);
+# any --kernel spec works. The build uses ktstr's default CPU budget.
 #
 # Needs: s3s-fs (cargo install s3s-fs@0.14.1 --features binary --locked).
 set -euo pipefail
@@ -29,8 +30,7 @@ if [ "${1:-}" != "--e2e" ]; then
     --test bench -- --ignored --nocapture
 fi
 
-tree=${2:-}
-tarball=/usr/src/linux-source-6.12.tar.xz
+spec=${2:-/usr/src/linux-source-6.12.tar.xz}
 cargo build --release -p ktstr --manifest-path "$here/Cargo.toml" >&2
 ktstr="$here/target/release/ktstr"
 
@@ -38,17 +38,6 @@ work=$(mktemp -d /tmp/ktstr-remote-bench.XXXXXX)
 s3pid=
 cleanup() { [ -n "$s3pid" ] && kill "$s3pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-
-if [ -z "$tree" ]; then
-  [ -f "$tarball" ] || { echo "need $tarball (apt-get install linux-source-6.12)" >&2; exit 1; }
-  echo "extracting $tarball into $work" >&2
-  tar -xJf "$tarball" -C "$work"
-  tree="$work/linux-source-6.12"
-  sed -i '/^\/\*$/,$d' "$tree/.gitignore"    # Debian's ignore-everything packaging block
-  git -C "$tree" init -q
-  git -C "$tree" add -A
-  git -C "$tree" -c gc.auto=0 -c user.name=bench -c user.email=bench@localhost commit -qm base
-fi
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 mkdir -p "$work/s3/kernels"
@@ -62,7 +51,7 @@ export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret
 
 now() { date +%s.%N; }
 run() { # $1 = cache dir
-  KTSTR_CACHE_DIR="$1" "$ktstr" build --kernel "$tree" --profile tiny --plugin s3-cache
+  KTSTR_CACHE_DIR="$1" "$ktstr" build --kernel "$spec" --profile tiny --plugin s3-cache
 }
 
 echo "A: cold build + push" >&2

@@ -386,21 +386,50 @@ pub fn parse_manifest(
     Ok(m)
 }
 
+/// One message from the decoding thread to the writing thread.
+enum Chunk {
+    /// Start the file `dest/name`, expected to hash to `info`.
+    File(String, ArtifactInfo),
+    Bytes(Vec<u8>),
+}
+
 /// Unpack the tar.zst read from `archive` into the empty directory `dest`,
 /// checking every file against `manifest`. At most
 /// `manifest.archive.unpacked_size` bytes are inflated. The archive's own
 /// digest is the caller's to check (it sees the raw bytes). The error is
 /// the reason, for a `Corrupt` error.
+///
+/// Decompression and untar run here; hashing and writing each file run on a
+/// second thread, so the two halves overlap and a pull keeps up with the
+/// download instead of trailing it.
 pub fn unpack(
     archive: impl Read,
     manifest: &Manifest,
     dest: &Path,
 ) -> std::result::Result<(), String> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(8);
+    let writer_dest = dest.to_path_buf();
+    let writer = std::thread::spawn(move || write_files(rx, &writer_dest));
+    let decoded = decode_entries(archive, manifest, &tx);
+    drop(tx);
+    let written = writer
+        .join()
+        .unwrap_or_else(|_| Err("the unpacking thread panicked".to_string()));
+    // A decoding error explains a writer that stopped early, not the reverse.
+    decoded?;
+    written
+}
+
+/// Decode the archive and send each file's bytes to the writer.
+fn decode_entries(
+    archive: impl Read,
+    manifest: &Manifest,
+    tx: &std::sync::mpsc::SyncSender<Chunk>,
+) -> std::result::Result<(), String> {
     let cap = manifest.archive.unpacked_size;
     let decoder = zstd::Decoder::new(archive).map_err(|e| format!("archive: {e}"))?;
     let mut tar = tar::Archive::new(Hashing::with_limit(decoder, cap));
     let mut seen = BTreeSet::new();
-    let mut buf = vec![0u8; 1 << 20];
     let bad = |e: io::Error| {
         if e.to_string().starts_with("more than the expected") {
             format!("archive unpacks to more than the {cap} bytes its manifest records")
@@ -408,6 +437,8 @@ pub fn unpack(
             format!("archive is damaged: {e}")
         }
     };
+    // The writer has stopped; its own error says why.
+    let gone = |_| "the unpacking thread stopped".to_string();
     for entry in tar.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
         if entry.header().entry_type() != tar::EntryType::Regular {
@@ -435,19 +466,15 @@ pub fn unpack(
                 info.size
             ));
         }
-        let path = dest.join(&name);
-        let file =
-            File::create_new(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
-        let mut out = Hashing::new(BufWriter::with_capacity(1 << 20, file));
-        copy_big(&mut entry, &mut out, &mut buf).map_err(bad)?;
-        let (sha256, size, mut w) = out.finish();
-        w.flush()
-            .map_err(|e| format!("write {}: {e}", path.display()))?;
-        if size != info.size || sha256 != info.sha256 {
-            return Err(format!(
-                "{name} has sha256 {sha256} ({size} bytes), the manifest records {} ({} bytes)",
-                info.sha256, info.size
-            ));
+        tx.send(Chunk::File(name, info.clone())).map_err(gone)?;
+        loop {
+            let mut buf = vec![0u8; 1 << 20];
+            let n = read_full(&mut entry, &mut buf).map_err(bad)?;
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            tx.send(Chunk::Bytes(buf)).map_err(gone)?;
         }
     }
     if let Some(missing) = manifest
@@ -460,8 +487,72 @@ pub fn unpack(
     }
     // Inflate the rest so the zstd frame checksum is checked and the
     // reader is drained (still under the cap).
+    let mut buf = vec![0u8; 1 << 20];
     copy_big(&mut tar.into_inner(), &mut io::sink(), &mut buf).map_err(bad)?;
     Ok(())
+}
+
+/// Fill `buf` as far as the reader allows; 0 only at the end.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The writing half: create, hash and write each file; check its digest.
+fn write_files(
+    rx: std::sync::mpsc::Receiver<Chunk>,
+    dest: &Path,
+) -> std::result::Result<(), String> {
+    type Open = (
+        String,
+        ArtifactInfo,
+        std::path::PathBuf,
+        Hashing<BufWriter<File>>,
+    );
+    fn close(open: Option<Open>) -> std::result::Result<(), String> {
+        let Some((name, info, path, out)) = open else {
+            return Ok(());
+        };
+        let (sha256, size, mut w) = out.finish();
+        w.flush()
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
+        if size != info.size || sha256 != info.sha256 {
+            return Err(format!(
+                "{name} has sha256 {sha256} ({size} bytes), the manifest records {} ({} bytes)",
+                info.sha256, info.size
+            ));
+        }
+        Ok(())
+    }
+    let mut open: Option<Open> = None;
+    for chunk in rx {
+        match chunk {
+            Chunk::File(name, info) => {
+                close(open.take())?;
+                let path = dest.join(&name);
+                let file = File::create_new(&path)
+                    .map_err(|e| format!("create {}: {e}", path.display()))?;
+                let out = Hashing::new(BufWriter::with_capacity(1 << 20, file));
+                open = Some((name, info, path, out));
+            }
+            Chunk::Bytes(bytes) => {
+                let Some((_, _, path, out)) = open.as_mut() else {
+                    return Err("archive data before any file".into());
+                };
+                out.write_all(&bytes)
+                    .map_err(|e| format!("write {}: {e}", path.display()))?;
+            }
+        }
+    }
+    close(open)
 }
 
 /// `io::copy` with a large buffer: std's 8 KiB chunks make every layer
