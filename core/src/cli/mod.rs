@@ -26,6 +26,9 @@ use crate::progress::{LABEL, StderrProgress};
     about = "Build Linux kernels for kernel and scheduler testing, and never build the same one twice"
 )]
 pub struct Cli {
+    /// More diagnostics on stderr: -v debug, -vv trace (like RUST_LOG=ktstr=debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -254,9 +257,13 @@ pub fn report(err: &anyhow::Error) {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+fn init_tracing(verbose: u8) {
+    let filter = match verbose {
+        0 => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        1 => tracing_subscriber::EnvFilter::new("warn,ktstr=debug"),
+        _ => tracing_subscriber::EnvFilter::new("warn,ktstr=trace"),
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -312,7 +319,7 @@ pub fn main() -> i32 {
         );
         return 2;
     }
-    init_tracing();
+    init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Build(args) => build::run(&args),
         Command::Kernel(KernelCommand::List {

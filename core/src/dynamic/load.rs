@@ -241,7 +241,7 @@ fn init_error(name: &str, path: &Path, abi: &str, e: LibraryError) -> LoadError 
                     "plugin {name} ({at}) declares plugin ABI {abi}, but its types do not match this ktstr's (it was built against a different ktstr-sdk)"
                 ))
                 .with_hint(format!(
-                    "{}; RUST_LOG=ktstr=debug shows abi_stable's layout report",
+                    "{}; -v (or RUST_LOG=ktstr=debug) shows abi_stable's layout report",
                     rebuild_hint(path)
                 )),
             )
