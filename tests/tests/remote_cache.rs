@@ -194,6 +194,19 @@ fn read_only_never_writes_and_a_down_remote_costs_a_warning() {
     ]);
     push.assert_fails().assert_stderr_has("read-only");
 
+    // The same cache root with a writable tier: an explicit push uploads it,
+    // and a fresh machine then pulls instead of building.
+    let key = build(&ro, &spec).hit_key();
+    let mut rw = machine(s3.port);
+    rw.cache = ro.cache.clone();
+    rw.run(&["cache", "push", &key, "--plugin", "s3-cache"])
+        .assert_ok()
+        .assert_stderr_has("pushed");
+    assert!(s3.objects() >= 2);
+    let fresh = machine(s3.port);
+    assert_eq!(build(&fresh, &spec).hit_key(), key);
+    assert_eq!(fresh.build_count(), 0);
+
     // Nothing listens on this port: the build goes on, with a warning.
     let down = machine(free_port());
     let run = build(&down, &spec);
