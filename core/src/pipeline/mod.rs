@@ -172,7 +172,8 @@ fn dot_config_sha256(tree: &Path) -> Result<String> {
 
 /// Look `key` up in every tier, local first; a remote hit is copied into
 /// the local tier. A corrupt entry is reported and treated as a miss; a
-/// remote tier that fails otherwise is reported once and not asked again.
+/// remote tier that fails otherwise (unreachable, timing out, refusing the
+/// credentials) is reported once and not asked again.
 fn lookup(stages: &Stages, key: &CacheKey, cx: &StageContext) -> Result<Option<CacheEntry>> {
     let local = stages.local_cache();
     match local.stage.lookup(key) {
@@ -190,6 +191,11 @@ fn lookup(stages: &Stages, key: &CacheKey, cx: &StageContext) -> Result<Option<C
             Err(e) if e.kind == ErrorKind::Corrupt => {
                 cx.progress.warn(&format!("{e}; not using it"));
             }
+            // A plugin bug (a caught panic) is that call's failure, not an
+            // unreachable remote: keep asking it.
+            Err(e) if e.kind == ErrorKind::Internal => cx
+                .progress
+                .warn(&format!("{}: lookup of {key} failed: {e}", tier.name)),
             Err(e) => {
                 stages.mark_down(&tier.name);
                 cx.progress.warn(&format!(
