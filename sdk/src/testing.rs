@@ -127,3 +127,11 @@ pub fn context_with(runner: Arc<dyn CommandRunner>) -> (StageContext, Arc<Record
     };
     (cx, progress)
 }
+
+/// Say why a test did not run, on the process's real stderr. libtest
+/// captures `eprintln!` of passing tests, and a skip nobody sees reads as a
+/// pass; writing to the stderr handle itself is not captured.
+pub fn skip(reason: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped: {reason}");
+}

@@ -5,7 +5,6 @@
 mod common;
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -107,13 +106,10 @@ fn sandboxed_makes() -> Vec<(String, String)> {
 fn real_kernel_tiny_build_then_cache_hit() {
     let missing = missing_prerequisites();
     if !missing.is_empty() {
-        // Straight to the stderr handle: libtest captures print!/eprint!, and
-        // a skip reason nobody sees is no better than a silent pass.
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipping real-kernel test: {} missing (apt-get install {PACKAGES})",
+        ktstr_sdk::testing::skip(format!(
+            "real-kernel test: {} missing (apt-get install {PACKAGES})",
             missing.join(", ")
-        );
+        ));
         return;
     }
 
@@ -163,10 +159,7 @@ fn real_kernel_tiny_build_then_cache_hit() {
         assert!(jobs.contains(&"-j1"), "no make -j1 among {seen:?}");
         assert!(jobs.iter().all(|j| *j == "-j1"), "{jobs:?}");
     } else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "not root: the cpuset part is not checked"
-        );
+        ktstr_sdk::testing::skip("the cpuset part of the real-kernel test: not root");
     }
     let image = first.image_path();
     let key = first.cached_key();

@@ -47,9 +47,9 @@ struct S3 {
 impl S3 {
     fn start() -> Option<S3> {
         let Some(bin) = s3s_fs() else {
-            eprintln!(
-                "skipped: s3s-fs is not installed \
-                 (cargo install s3s-fs@0.14.1 --features binary --locked)"
+            ktstr_sdk::testing::skip(
+                "s3s-fs is not installed \
+                 (cargo install s3s-fs@0.14.1 --features binary --locked)",
             );
             return None;
         };

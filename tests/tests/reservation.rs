@@ -53,7 +53,7 @@ fn with_cpus_log(fx: Fixture) -> Fixture {
 #[test]
 fn cpu_cap_one_runs_make_j1_inside_a_one_cpu_cpuset() {
     if let Err(why) = can_sandbox() {
-        eprintln!("skipped: {why}");
+        ktstr_sdk::testing::skip(why);
         return;
     }
     let fx = with_cpus_log(Fixture::git());
@@ -78,7 +78,7 @@ fn cpu_cap_one_runs_make_j1_inside_a_one_cpu_cpuset() {
 #[test]
 fn failed_build_leaves_no_sandbox() {
     if let Err(why) = can_sandbox() {
-        eprintln!("skipped: {why}");
+        ktstr_sdk::testing::skip(why);
         return;
     }
     let fx = with_cpus_log(Fixture::git());

@@ -350,7 +350,7 @@ fn repository_owned_by_another_user_is_refused_with_the_fix() {
         return;
     }
     if !nix_is_root() {
-        eprintln!("not running as root (cannot chown a repository to another user); skipping");
+        ktstr_sdk::testing::skip("not running as root (cannot chown a repository to another user)");
         return;
     }
     let safe = std::process::Command::new("git")
@@ -359,7 +359,7 @@ fn repository_owned_by_another_user_is_refused_with_the_fix() {
         .map(|o| o.stdout)
         .unwrap_or_default();
     if !safe.is_empty() {
-        eprintln!("this host's git config sets safe.directory; skipping");
+        ktstr_sdk::testing::skip("this host's git config sets safe.directory");
         return;
     }
     let origin = Origin::new();
@@ -540,7 +540,7 @@ fn config_and_registration() {
 #[ignore = "needs a kernel repository in KTSTR_GIT_BENCH_REPO; prints timings"]
 fn real_kernel_timings() {
     let Some(repo) = std::env::var_os("KTSTR_GIT_BENCH_REPO").map(PathBuf::from) else {
-        eprintln!("KTSTR_GIT_BENCH_REPO is not set; skipping");
+        ktstr_sdk::testing::skip("KTSTR_GIT_BENCH_REPO is not set");
         return;
     };
     let time = |what: &str, f: &mut dyn FnMut()| {

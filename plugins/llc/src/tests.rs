@@ -470,20 +470,17 @@ fn registered_as_builtin() {
 /// or None (with the reason printed) when this host cannot run the test.
 fn real_host() -> Option<(tempfile::TempDir, LlcReserver, cgroup::Hierarchy)> {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: real cpuset sandbox tests need root");
+        ktstr_sdk::testing::skip("real cpuset sandbox tests need root");
         return None;
     }
     let h = match cgroup::detect_for_self(Path::new("/sys/fs/cgroup")) {
         Ok(h) if !h.synthetic => h,
         Ok(h) => {
-            eprintln!(
-                "skipping: {} is not a cgroup filesystem",
-                h.parent.display()
-            );
+            ktstr_sdk::testing::skip(format!("{} is not a cgroup filesystem", h.parent.display()));
             return None;
         }
         Err(e) => {
-            eprintln!("skipping: {e}");
+            ktstr_sdk::testing::skip(e);
             return None;
         }
     };

@@ -517,7 +517,7 @@ mod tests {
             .output()
             .is_ok_and(|o| o.status.success());
         if !ok {
-            eprintln!("git is not installed; skipping");
+            ktstr_sdk::testing::skip("git is not installed");
         }
         ok
     }
@@ -888,7 +888,7 @@ mod tests {
             fs::metadata(&dir).unwrap().uid()
         };
         if uid != 0 || std::env::var_os("SUDO_UID").is_some() {
-            eprintln!("not running as root; skipping");
+            ktstr_sdk::testing::skip("not running as root");
             return;
         }
         let safe = Command::new("git")
@@ -897,7 +897,7 @@ mod tests {
             .map(|o| o.stdout)
             .unwrap_or_default();
         if !safe.is_empty() {
-            eprintln!("host git config sets safe.directory; skipping");
+            ktstr_sdk::testing::skip("host git config sets safe.directory");
             return;
         }
         for p in [dir.clone(), dir.join(".git")] {

@@ -17,7 +17,9 @@ const TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
 #[test]
 fn debian_linux_source_over_http() {
     if !Path::new(TARBALL).is_file() {
-        eprintln!("skipped: {TARBALL} is missing (apt-get install linux-source-6.12)");
+        ktstr_sdk::testing::skip(format!(
+            "{TARBALL} is missing (apt-get install linux-source-6.12)"
+        ));
         return;
     }
     let server = support::Server::start();

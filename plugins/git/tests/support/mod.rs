@@ -18,7 +18,7 @@ pub fn git_available() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("git is not installed; skipping");
+        ktstr_sdk::testing::skip("git is not installed");
     }
     ok
 }

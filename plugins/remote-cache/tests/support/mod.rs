@@ -66,9 +66,9 @@ impl S3Server {
     /// `None` (after printing why) when s3s-fs is not installed.
     pub fn start() -> Option<Self> {
         let Some(bin) = find_program("s3s-fs") else {
-            eprintln!(
-                "SKIP: s3s-fs not found on PATH; install it with \
-                 `cargo install s3s-fs@0.14.1 --features binary --locked`"
+            ktstr_sdk::testing::skip(
+                "s3s-fs not found on PATH; install it with \
+                 `cargo install s3s-fs@0.14.1 --features binary --locked`",
             );
             return None;
         };
@@ -160,15 +160,15 @@ const DAV_EXT: &str = "/usr/lib/nginx/modules/ngx_http_dav_ext_module.so";
 impl Nginx {
     pub fn start() -> Option<Self> {
         let Some(bin) = find_program("nginx") else {
-            eprintln!(
-                "SKIP: nginx not found; install it with `apt-get install -y nginx libnginx-mod-http-dav-ext`"
+            ktstr_sdk::testing::skip(
+                "nginx not found; install it with `apt-get install -y nginx libnginx-mod-http-dav-ext`",
             );
             return None;
         };
         if !Path::new(DAV_EXT).exists() {
-            eprintln!(
-                "SKIP: {DAV_EXT} not found; install it with `apt-get install -y libnginx-mod-http-dav-ext`"
-            );
+            ktstr_sdk::testing::skip(format!(
+                "{DAV_EXT} not found; install it with `apt-get install -y libnginx-mod-http-dav-ext`"
+            ));
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
