@@ -34,6 +34,15 @@ impl Setup {
     }
 }
 
+/// The stages of a command whose only stage option is `--plugin`.
+pub fn stages_with_plugins(plugins: &[String]) -> Result<Stages> {
+    setup(&Overrides {
+        plugins: plugins.to_vec(),
+        reserver: None,
+    })?
+    .stages()
+}
+
 /// Load the config file and apply `overrides`.
 pub fn setup(overrides: &Overrides) -> Result<Setup> {
     let config = Config::load()?;

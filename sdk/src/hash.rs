@@ -5,7 +5,34 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use crate::context::Cancellation;
 use crate::error::{IoResultExt, Result};
+
+/// An incremental sha256 (downloads, archives, files streamed through a
+/// pipeline): feed bytes as they pass, get the lowercase hex at the end.
+#[derive(Clone, Default)]
+pub struct Sha256Stream(Sha256);
+
+impl Sha256Stream {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// Lowercase hex of everything fed.
+    pub fn finish(self) -> String {
+        hex(&self.0.finalize())
+    }
+}
+
+/// Whether `s` is a sha256 digest as ktstr writes them: 64 lowercase hex
+/// digits. (Parsers of user input lowercase first.)
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
 
 /// Lowercase hex sha256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -14,19 +41,33 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Lowercase hex sha256 and size of a file, streamed.
 pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
+    sha256_file_cancellable(path, None)
+}
+
+/// [`sha256_file`] that stops with `Cancelled` between reads once `cancel`
+/// is raised (a large tarball takes a noticeable fraction of a second).
+pub fn sha256_file_cancellable(
+    path: &Path,
+    cancel: Option<&Cancellation>,
+) -> Result<(String, u64)> {
     let mut file = std::fs::File::open(path).at("open", path)?;
-    let mut hasher = Sha256::new();
+    let mut hasher = Sha256Stream::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
-        let n = file.read(&mut buf).at("read", path)?;
-        if n == 0 {
-            break;
+        if let Some(cancel) = cancel {
+            cancel.check()?;
         }
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(crate::error::StageError::io("read", path, e)),
+        };
         size += n as u64;
         hasher.update(&buf[..n]);
     }
-    Ok((hex(&hasher.finalize()), size))
+    Ok((hasher.finish(), size))
 }
 
 /// CRC32 as exactly 8 lowercase hex digits (zero-padded: keys depend on it).

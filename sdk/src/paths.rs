@@ -60,10 +60,13 @@ pub fn lock_dir(root: &Path) -> PathBuf {
     root.join(LOCK_DIR_NAME)
 }
 
-/// Where CPU reservation (per-LLC) locks live: `$KTSTR_LOCK_DIR`, else
-/// `<root>/.locks`.
-pub fn cpu_lock_dir(root: &Path) -> PathBuf {
-    env_nonempty(LOCK_DIR_ENV).map_or_else(|| lock_dir(root), PathBuf::from)
+/// Where CPU reservation (per-LLC) locks live: `$KTSTR_LOCK_DIR`, else the
+/// reserver's configured directory, else `<root>/.locks`.
+pub fn cpu_lock_dir(root: &Path, configured: Option<&Path>) -> PathBuf {
+    env_nonempty(LOCK_DIR_ENV)
+        .map(PathBuf::from)
+        .or_else(|| configured.map(Path::to_path_buf))
+        .unwrap_or_else(|| lock_dir(root))
 }
 
 /// Lock of one last-level cache, `llc-<id>.lock` in [`cpu_lock_dir`].

@@ -11,7 +11,7 @@ use ktstr_sdk::cache::{Artifacts, CacheKey};
 use ktstr_sdk::context::Progress;
 
 use super::host_context;
-use crate::host::{self, Overrides};
+use crate::host;
 use crate::registry::{Named, Stages};
 
 fn parse_key(raw: &str) -> Result<CacheKey, StageError> {
@@ -22,11 +22,7 @@ fn parse_key(raw: &str) -> Result<CacheKey, StageError> {
 }
 
 fn stages(plugins: &[String]) -> Result<Stages> {
-    let setup = host::setup(&Overrides {
-        plugins: plugins.to_vec(),
-        reserver: None,
-    })?;
-    let stages = setup.stages()?;
+    let stages = host::stages_with_plugins(plugins)?;
     if stages.caches.len() < 2 {
         return Err(
             StageError::invalid_input("no remote cache tier is configured")

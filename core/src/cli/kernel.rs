@@ -7,18 +7,9 @@ use ktstr_sdk::cache::{CacheBackend, Listed};
 use ktstr_sdk::source::short_id;
 use serde_json::json;
 
-use crate::host::{self, Overrides};
+use crate::host;
 use crate::progress::LABEL;
 use crate::registry::{Named, Stages};
-
-/// The selected stages, with `--plugin` libraries loaded.
-fn stages(plugins: &[String]) -> Result<Stages> {
-    let setup = host::setup(&Overrides {
-        plugins: plugins.to_vec(),
-        ..Overrides::default()
-    })?;
-    Ok(setup.stages()?)
-}
 
 /// The tiers a command works on: the local cache, plus every other tier
 /// when `--plugin` was given (the plugins' tiers are why it was given).
@@ -69,7 +60,7 @@ fn json_row(row: &Listed) -> serde_json::Value {
 }
 
 pub fn list(as_json: bool, plugins: &[String], remote: bool) -> Result<()> {
-    let stages = stages(plugins)?;
+    let stages = host::stages_with_plugins(plugins)?;
     if remote && stages.caches.len() < 2 {
         eprintln!(
             "{LABEL}: warning: no remote cache tier is configured (add --plugin s3-cache or \
@@ -176,7 +167,7 @@ fn confirm(question: &str) -> Result<bool> {
 }
 
 pub fn clean(keep: Option<usize>, force: bool, plugins: &[String]) -> Result<()> {
-    let stages = stages(plugins)?;
+    let stages = host::stages_with_plugins(plugins)?;
     // Per tier: its cache and the keys to remove from it (`--keep` counts
     // within each tier). Read-only tiers are never cleaned.
     let mut plan: Vec<(&Named<dyn CacheBackend>, Vec<String>)> = Vec::new();

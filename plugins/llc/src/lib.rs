@@ -164,13 +164,10 @@ impl LlcReserver {
     /// `KTSTR_LOCK_DIR`, else the configured `lock_dir`, else
     /// `<cache root>/.locks`.
     pub fn lock_dir(&self) -> Result<PathBuf> {
-        if let Some(dir) = paths::env_nonempty(paths::LOCK_DIR_ENV) {
-            return Ok(PathBuf::from(dir));
-        }
-        if let Some(dir) = &self.config.lock_dir {
-            return Ok(dir.clone());
-        }
-        Ok(paths::cpu_lock_dir(&paths::cache_root()?))
+        Ok(paths::cpu_lock_dir(
+            &paths::cache_root()?,
+            self.config.lock_dir.as_deref(),
+        ))
     }
 
     /// Reserve for a process allowed to run on `allowed`.

@@ -33,7 +33,7 @@ use std::path::Path;
 
 use ktstr_sdk::cache::{ArtifactInfo, Artifacts, CONFIG_NAME, CacheKey, Metadata, VMLINUX_NAME};
 use ktstr_sdk::error::{IoResultExt, Result, StageError};
-use sha2::{Digest, Sha256};
+use ktstr_sdk::hash::{Sha256Stream, is_sha256_hex};
 
 /// `format` field of every manifest.
 pub const FORMAT: &str = "ktstr-remote-cache";
@@ -99,24 +99,10 @@ pub fn sanitize(metadata: &Metadata) -> Metadata {
     m
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
-fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
 /// Hashes and counts what passes through; fails past `limit` bytes.
 pub struct Hashing<T> {
     inner: T,
-    hasher: Sha256,
+    hasher: Sha256Stream,
     count: u64,
     limit: u64,
 }
@@ -129,7 +115,7 @@ impl<T> Hashing<T> {
     pub fn with_limit(inner: T, limit: u64) -> Self {
         Self {
             inner,
-            hasher: Sha256::new(),
+            hasher: Sha256Stream::new(),
             count: 0,
             limit,
         }
@@ -154,7 +140,7 @@ impl<T> Hashing<T> {
 
     /// (sha256 hex, byte count, inner).
     pub fn finish(self) -> (String, u64, T) {
-        (hex(&self.hasher.finalize()), self.count, self.inner)
+        (self.hasher.finish(), self.count, self.inner)
     }
 }
 

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ktstr_sdk::context::{Cancellation, Progress};
+use ktstr_sdk::hash::Sha256Stream;
 use ktstr_sdk::prelude::*;
-use sha2::{Digest, Sha256};
 
 use crate::config::Settings;
 use crate::extract::{self, Extracted};
@@ -140,7 +140,7 @@ fn download(
     let Opened {
         mut reader, len, ..
     } = opened;
-    let mut hasher = Sha256::new();
+    let mut hasher = Sha256Stream::new();
     let mut total = 0u64;
     let start = Instant::now();
     let mut last_report = start;
@@ -220,7 +220,7 @@ fn download(
         Ok(()) => {
             report(total, true);
             drop(out);
-            Some((hex(&hasher.finalize()), total))
+            Some((hasher.finish(), total))
         }
         Err(e) => {
             failure.record(e);
@@ -253,28 +253,6 @@ fn read_some(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(filled)
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// sha256 of a local file (for resolving plain paths).
-pub fn sha256_file(path: &Path, cancel: &Cancellation) -> Result<String> {
-    let mut file = std::fs::File::open(path).at("open", path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        cancel.check()?;
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(StageError::io("read", path, e)),
-        };
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
 }
 
 pub fn human_bytes(n: u64) -> String {

@@ -449,7 +449,7 @@ impl SourceAcquirer for TarballSource {
                 // with the version (from its name, or remembered from an
                 // earlier unpack) it makes the file keyable.
                 fetch::open_file(&path).map_err(|e| e.context(format!("--kernel {}", spec.raw)))?;
-                let hex = download::sha256_file(&path, &cx.cancel)?;
+                let (hex, _) = ktstr_sdk::hash::sha256_file_cancellable(&path, Some(&cx.cancel))?;
                 Ok(vec![Resolved {
                     spec: KernelSpec::new(format!("{}#sha256={hex}", spec.raw)),
                     identity: Some(Self::digest_identity(&hex)),

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use ktstr_sdk::paths;
 
 fn path(root: &Path, sha256: &str) -> Option<PathBuf> {
-    let valid = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit());
-    valid.then(|| paths::plugin_state(root, crate::NAME).join(format!("{sha256}.version")))
+    ktstr_sdk::hash::is_sha256_hex(sha256)
+        .then(|| paths::plugin_state(root, crate::NAME).join(format!("{sha256}.version")))
 }
 
 /// The version recorded for `sha256`, if any.

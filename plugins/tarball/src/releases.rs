@@ -70,7 +70,8 @@ pub fn parse_sha256sums(text: &str) -> BTreeMap<Release, String> {
         let (Some(hex), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let hex = hex.to_ascii_lowercase();
+        if !ktstr_sdk::hash::is_sha256_hex(&hex) {
             continue;
         }
         let name = name.trim_start_matches('*');
@@ -81,7 +82,7 @@ pub fn parse_sha256sums(text: &str) -> BTreeMap<Release, String> {
             continue;
         };
         if let Some(release) = Release::parse(version) {
-            out.insert(release, hex.to_ascii_lowercase());
+            out.insert(release, hex);
         }
     }
     out

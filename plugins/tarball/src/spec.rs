@@ -205,13 +205,14 @@ fn split_digest(raw: &str) -> std::result::Result<(&str, Option<String>), String
             "unknown fragment #{fragment}: the only one understood is #sha256=<64 hex digits>"
         ));
     };
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let digest = hex.to_ascii_lowercase();
+    if !ktstr_sdk::hash::is_sha256_hex(&digest) {
         return Err(format!(
             "#sha256={hex}: a sha256 digest is 64 hex digits (got {} characters)",
             hex.len()
         ));
     }
-    Ok((body, Some(hex.to_ascii_lowercase())))
+    Ok((body, Some(digest)))
 }
 
 fn has_archive_suffix(s: &str) -> bool {

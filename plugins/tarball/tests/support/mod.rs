@@ -300,13 +300,8 @@ pub fn tarball(items: &[Item], format: Format) -> Vec<u8> {
     compress(&tar_of(items), format)
 }
 
-pub fn sha256_hex(data: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+#[allow(unused_imports)] // not every test binary that includes this module hashes
+pub use ktstr_sdk::hash::sha256_hex;
 
 /// A clear-signed sums file listing `(file name, digest)`.
 pub fn sums_asc(entries: &[(String, String)]) -> Vec<u8> {
