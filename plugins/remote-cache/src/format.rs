@@ -401,9 +401,30 @@ pub fn unpack(
     let written = writer
         .join()
         .unwrap_or_else(|_| Err("the unpacking thread panicked".to_string()));
-    // A decoding error explains a writer that stopped early, not the reverse.
-    decoded?;
-    written
+    match decoded {
+        // The writer hung up first: its own error (a digest mismatch, a
+        // failed write) is the reason, whichever thread noticed first.
+        Err(Decode::WriterGone) => Err(written
+            .err()
+            .unwrap_or_else(|| "the unpacking thread stopped early".to_string())),
+        // A decoding error explains a writer that stopped early, not the reverse.
+        Err(Decode::Failed(reason)) => Err(reason),
+        Ok(()) => written,
+    }
+}
+
+/// Why decoding stopped.
+enum Decode {
+    /// The archive is bad; the reason.
+    Failed(String),
+    /// The writing thread hung up; its result carries the reason.
+    WriterGone,
+}
+
+impl From<String> for Decode {
+    fn from(reason: String) -> Self {
+        Decode::Failed(reason)
+    }
 }
 
 /// Decode the archive and send each file's bytes to the writer.
@@ -411,7 +432,7 @@ fn decode_entries(
     archive: impl Read,
     manifest: &Manifest,
     tx: &std::sync::mpsc::SyncSender<Chunk>,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), Decode> {
     let cap = manifest.archive.unpacked_size;
     let decoder = zstd::Decoder::new(archive).map_err(|e| format!("archive: {e}"))?;
     let mut tar = tar::Archive::new(Hashing::with_limit(decoder, cap));
@@ -423,15 +444,15 @@ fn decode_entries(
             format!("archive is damaged: {e}")
         }
     };
-    // The writer has stopped; its own error says why.
-    let gone = |_| "the unpacking thread stopped".to_string();
+    let gone = |_| Decode::WriterGone;
     for entry in tar.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
         if entry.header().entry_type() != tar::EntryType::Regular {
             return Err(format!(
                 "archive holds a {:?} entry; only regular files are allowed",
                 entry.header().entry_type()
-            ));
+            )
+            .into());
         }
         let name = entry
             .path()
@@ -440,17 +461,18 @@ fn decode_entries(
             .map(str::to_string)
             .unwrap_or_default();
         let Some(info) = manifest.metadata.artifacts.get(&name) else {
-            return Err(format!("archive holds unexpected file {name:?}"));
+            return Err(format!("archive holds unexpected file {name:?}").into());
         };
         if !seen.insert(name.clone()) {
-            return Err(format!("archive holds {name} twice"));
+            return Err(format!("archive holds {name} twice").into());
         }
         if entry.size() != info.size {
             return Err(format!(
                 "{name} is {} bytes in the archive, the manifest records {}",
                 entry.size(),
                 info.size
-            ));
+            )
+            .into());
         }
         tx.send(Chunk::File(name, info.clone())).map_err(gone)?;
         loop {
@@ -469,7 +491,7 @@ fn decode_entries(
         .keys()
         .find(|n| !seen.contains(*n))
     {
-        return Err(format!("archive lacks {missing}"));
+        return Err(format!("archive lacks {missing}").into());
     }
     // Inflate the rest so the zstd frame checksum is checked and the
     // reader is drained (still under the cap).
@@ -711,6 +733,31 @@ mod tests {
         std::fs::create_dir(&out).unwrap();
         let err = unpack(File::open(packed.file.path()).unwrap(), &m, &out).unwrap_err();
         assert!(err.starts_with("vmlinux has sha256 "), "{err}");
+    }
+
+    /// The writer fails on the first file while the decoder still has
+    /// megabytes to send: the decoder then finds the channel closed, and
+    /// the digest error must still be what the caller reads (it once read
+    /// "the unpacking thread stopped", at random).
+    #[test]
+    fn writer_error_wins_over_a_closed_channel() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let a = files(&src, 1000);
+        std::fs::write(a.vmlinux.as_ref().unwrap(), vec![7u8; 24 << 20]).unwrap();
+        let packed = pack(&key(), &a, &metadata(&key()), 1, dir.path()).unwrap();
+        let mut m = packed.manifest.clone();
+        m.metadata.artifacts.get_mut("bzImage").unwrap().sha256 = "0".repeat(64);
+        for round in 0..5 {
+            let out = dir.path().join(format!("out{round}"));
+            std::fs::create_dir(&out).unwrap();
+            let err = unpack(File::open(packed.file.path()).unwrap(), &m, &out).unwrap_err();
+            assert!(
+                err.starts_with("bzImage has sha256 "),
+                "round {round}: {err}"
+            );
+        }
     }
 
     #[test]
