@@ -48,6 +48,15 @@ pub struct Settings {
     /// `[plugin.<name>]` settings tables.
     #[serde(default)]
     pub plugin: BTreeMap<String, toml::Table>,
+    /// Default `--arch`.
+    pub arch: Option<String>,
+    /// Default `--toolchain`.
+    pub toolchain: Option<String>,
+    /// Default `--cross-compile`.
+    pub cross_compile: Option<String>,
+    /// kconfig lines applied after `--extra-kconfig` files and before
+    /// `--kconfig` flags (`["CONFIG_KASAN=y"]`).
+    pub kconfig: Option<Vec<String>>,
 }
 
 /// The parsed file.
@@ -73,6 +82,10 @@ struct File {
     plugins: Option<Vec<String>>,
     #[serde(default)]
     plugin: BTreeMap<String, toml::Table>,
+    arch: Option<String>,
+    toolchain: Option<String>,
+    cross_compile: Option<String>,
+    kconfig: Option<Vec<String>>,
     #[serde(default)]
     hosts: BTreeMap<String, Settings>,
 }
@@ -133,6 +146,10 @@ impl Config {
                 caches: file.caches,
                 plugins: file.plugins,
                 plugin: file.plugin,
+                arch: file.arch,
+                toolchain: file.toolchain,
+                cross_compile: file.cross_compile,
+                kconfig: file.kconfig,
             },
         })
     }
@@ -158,7 +175,17 @@ impl Settings {
         macro_rules! take {
             ($($f:ident),*) => {$(if over.$f.is_some() { self.$f = over.$f.clone(); })*};
         }
-        take!(reserver, configurer, builder, caches, plugins);
+        take!(
+            reserver,
+            configurer,
+            builder,
+            caches,
+            plugins,
+            arch,
+            toolchain,
+            cross_compile,
+            kconfig
+        );
         for (name, table) in &over.plugin {
             let mine = self.plugin.entry(name.clone()).or_default();
             for (k, v) in table {
@@ -323,6 +350,26 @@ reserver = "fixed-cpus"
             err.message.contains("caches") || err.message.contains("sequence"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn build_variant_defaults_apply_per_host() {
+        let cfg = parse(
+            r#"
+toolchain = "gcc"
+kconfig = ["CONFIG_KASAN=y"]
+[hosts."arm-ci-*"]
+arch = "arm64"
+toolchain = "llvm"
+"#,
+        )
+        .unwrap();
+        let dev = cfg.for_host("dev").settings;
+        assert_eq!((dev.arch, dev.toolchain.as_deref()), (None, Some("gcc")));
+        let ci = cfg.for_host("arm-ci-2").settings;
+        assert_eq!(ci.arch.as_deref(), Some("arm64"));
+        assert_eq!(ci.toolchain.as_deref(), Some("llvm"));
+        assert_eq!(ci.kconfig.unwrap(), ["CONFIG_KASAN=y"]);
     }
 
     #[test]

@@ -1,10 +1,16 @@
 //! Cache-key derivation: the one place that decides when two builds are the same.
 //!
-//! A key is a readable prefix (`<version>-<source kind>-<arch>`) plus the
-//! CRC32 of every input that determines the output: source content
+//! A key is a readable prefix (`<version>-<source kind>-<arch>`) plus a
+//! digest of every input that determines the output: source content
 //! identity, architecture, configuration, builder options and toolchain.
-//! The inputs are kept as named components and stored in the entry's
-//! metadata, so `ktstr build --explain` can say which one differs.
+//! The digest is the first [`DIGEST_HEX`] hex digits (64 bits) of the
+//! SHA-256 of the inputs: on a bucket shared by a fleet with a million
+//! entries, the chance of any two keys colliding stays below 1 in 30,000
+//! (32 bits, the CRC32 of the first format, collided with 1% odds at 10,000
+//! entries). A collision would still not serve a wrong kernel: the inputs
+//! are kept as named components in the entry's metadata, and a lookup
+//! serves an entry only when they all equal the wanted ones
+//! ([`same_inputs`]); `ktstr build --explain` shows which one differs.
 //!
 //! Configuration identity comes in two forms:
 //! - **declared** (fresh trees: tarballs, git checkouts): the profile and
@@ -67,12 +73,43 @@ pub fn derive(inputs: &KeyInputs<'_>) -> DerivedKey {
         .iter()
         .map(|c| format!("{}={}\n", c.name, c.value))
         .collect();
-    let crc = ktstr_sdk::hash::crc32_hex(digest_input.as_bytes());
+    let digest = &ktstr_sdk::hash::sha256_hex(digest_input.as_bytes())[..DIGEST_HEX];
     let version = sanitize(source.version.as_deref().unwrap_or("unknown"));
     let kind = sanitize(&source.identity.kind);
-    let raw = format!("{version}-{kind}-{}-{crc}", sanitize(inputs.arch));
+    let raw = format!("{version}-{kind}-{}-{digest}", sanitize(inputs.arch));
     let key = CacheKey::parse(&raw).expect("derived keys use only key-safe characters");
     DerivedKey { key, components }
+}
+
+/// Hex digits of the key's digest (64 bits of SHA-256).
+pub const DIGEST_HEX: usize = 16;
+
+/// Whether `key` was derived by this key scheme. Keys of the first scheme
+/// (a CRC32, 8 hex digits) are never looked up again: `kernel list` shows
+/// them as `old format` and `kernel clean` removes them.
+pub fn is_current_format(key: &CacheKey) -> bool {
+    key.as_str().rsplit_once('-').is_some_and(|(_, digest)| {
+        digest.len() == DIGEST_HEX && digest.bytes().all(|b| b.is_ascii_hexdigit())
+    })
+}
+
+/// Whether an entry recorded exactly the `wanted` inputs (in any order):
+/// the condition for serving it under a key derived from them.
+pub fn same_inputs(wanted: &[KeyComponent], recorded: &[KeyComponent]) -> bool {
+    let mut a = wanted.to_vec();
+    let mut b = recorded.to_vec();
+    a.sort();
+    b.sort();
+    a == b
+}
+
+/// The name of the first input that differs, for the warning.
+pub fn first_difference(wanted: &[KeyComponent], recorded: &[KeyComponent]) -> String {
+    wanted
+        .iter()
+        .find(|w| !recorded.contains(w))
+        .or_else(|| recorded.iter().find(|r| !wanted.contains(r)))
+        .map_or_else(|| "an input".to_string(), |c| c.name.clone())
 }
 
 /// The readable part of a key, shared by every entry of the same
@@ -170,14 +207,34 @@ mod tests {
     }
 
     #[test]
-    fn key_has_readable_prefix_and_crc() {
+    fn key_has_readable_prefix_and_64_bit_digest() {
         let k = key_for("abc", ConfigIdentity::DotConfig("11".into()));
         let s = k.key.as_str();
         assert!(s.starts_with("6.12.117-local-x86_64-"), "{s}");
-        let crc = s.rsplit('-').next().unwrap();
-        assert_eq!(crc.len(), 8);
-        assert!(crc.bytes().all(|b| b.is_ascii_hexdigit()));
+        let digest = s.rsplit('-').next().unwrap();
+        assert_eq!(digest.len(), 16);
+        assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_eq!(prefix_of(&k.key), "6.12.117-local-x86_64");
+        assert!(is_current_format(&k.key));
+        let old = CacheKey::parse("6.12.117-local-x86_64-1a2b3c4d").unwrap();
+        assert!(!is_current_format(&old));
+    }
+
+    #[test]
+    fn same_inputs_ignores_order_and_sees_every_difference() {
+        let k = key_for("abc", ConfigIdentity::DotConfig("11".into()));
+        let mut shuffled = k.components.clone();
+        shuffled.reverse();
+        assert!(same_inputs(&k.components, &shuffled));
+        let mut tampered = k.components.clone();
+        tampered[4].value.push('x');
+        assert!(!same_inputs(&k.components, &tampered));
+        assert_eq!(first_difference(&k.components, &tampered), "toolchain");
+        let mut extra = k.components.clone();
+        extra.push(KeyComponent::new("make-vars", "KCFLAGS=-O3"));
+        assert!(!same_inputs(&k.components, &extra));
+        assert_eq!(first_difference(&k.components, &extra), "make-vars");
+        assert!(!same_inputs(&k.components, &k.components[1..]));
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub struct Fragment {
 }
 
 /// What to configure.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConfigureRequest {
     /// Profile name (`default`, `tiny`, ...).
     pub profile: String,
@@ -30,6 +30,15 @@ pub struct ConfigureRequest {
     /// different profile or fragments, or after `--clean`).
     #[serde(default)]
     pub reset: bool,
+    /// Arguments every configure-time `make` gets besides `-j` and the
+    /// target (the builder's [`BuildPlan::make_args`](crate::build::BuildPlan)),
+    /// so `.config` is made for the compiler and arch that will build it.
+    #[serde(default)]
+    pub make_args: Vec<String>,
+    /// Out-of-tree configuration: the `tree` argument is the build directory
+    /// and this is the source (`make -C source O=tree`).
+    #[serde(default)]
+    pub source_dir: Option<PathBuf>,
 }
 
 /// One selectable profile, for `ktstr plugins list` and errors.

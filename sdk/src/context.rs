@@ -45,6 +45,9 @@ pub struct CommandSpec {
     pub cwd: Option<PathBuf>,
     /// Extra environment variables (added to the inherited environment).
     pub env: Vec<(String, String)>,
+    /// Start from an empty environment: only `env` reaches the command
+    /// (`make_env::controlled` fills it for every kbuild `make`).
+    pub env_clear: bool,
     /// A `cgroup.procs` file the child joins before exec (CPU sandbox).
     pub cgroup_procs: Option<PathBuf>,
 }

@@ -22,6 +22,7 @@ pub mod error;
 pub mod export;
 pub mod hash;
 pub mod lock;
+pub mod make_env;
 pub mod paths;
 pub mod registry;
 pub mod reserve;

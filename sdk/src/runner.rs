@@ -53,6 +53,9 @@ fn command_for(spec: &CommandSpec) -> Result<(Command, Option<OwnedFd>)> {
     if let Some(dir) = &spec.cwd {
         cmd.current_dir(dir);
     }
+    if spec.env_clear {
+        cmd.env_clear();
+    }
     for (k, v) in &spec.env {
         cmd.env(k, v);
     }

@@ -1,7 +1,8 @@
 //! `ktstr build`.
 
 use anyhow::Result;
-use ktstr_sdk::configure::ConfigureRequest;
+use ktstr_sdk::build::Variant;
+use ktstr_sdk::configure::{ConfigureRequest, Fragment};
 use ktstr_sdk::source::KernelSpec;
 
 use super::{BuildArgs, host_context};
@@ -17,19 +18,43 @@ const NON_GIT_HINT: &str = "run `git init && git add -A && git commit -m base` i
 
 pub fn run(args: &BuildArgs) -> Result<()> {
     let (cx, progress) = host_context();
-    let fragments = args
+    let mut setup = host::setup(&Overrides {
+        plugins: args.plugins.clone(),
+        reserver: args.reserver.clone(),
+    })?;
+    let settings = &setup.effective.settings;
+    let mut fragments = args
         .extra_kconfig
         .iter()
         .map(|p| pipeline::read_fragment(p))
         .collect::<Result<Vec<_>, _>>()?;
+    let config_lines = settings.kconfig.iter().flatten().map(|l| (l, "config file kconfig"));
+    let flag_lines = args.kconfig.iter().map(|l| (l, "--kconfig"));
+    fragments.extend(config_lines.chain(flag_lines).map(|(line, origin)| Fragment {
+        name: format!("{origin} {line}"),
+        content: format!("{line}\n"),
+    }));
+    let variant = Variant {
+        arch: args.arch.clone().or_else(|| settings.arch.clone()),
+        toolchain: args.toolchain.clone().or_else(|| settings.toolchain.clone()),
+        cross_compile: args
+            .cross_compile
+            .clone()
+            .or_else(|| settings.cross_compile.clone()),
+    };
+    let output = args
+        .output
+        .as_deref()
+        .map(std::path::absolute)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--output: {e}"))?;
     let request = BuildRequestSpec {
         spec: KernelSpec::new(&args.kernel),
         configure: ConfigureRequest {
             profile: args.profile.clone(),
             fragments,
             make_jobs: 1,
-            sandbox_procs: None,
-            reset: false,
+            ..ConfigureRequest::default()
         },
         clean: args.clean,
         force: args.force,
@@ -37,11 +62,9 @@ pub fn run(args: &BuildArgs) -> Result<()> {
         explain: args.explain,
         keep_source: args.keep_source,
         bypass_locks: super::bypass_requested(),
+        variant,
+        output,
     };
-    let mut setup = host::setup(&Overrides {
-        plugins: args.plugins.clone(),
-        reserver: args.reserver.clone(),
-    })?;
     if args.skip_sha256 {
         let table = setup
             .selection

@@ -98,6 +98,45 @@ pub struct BuildArgs {
     /// On a cache miss, say which key input differs from the nearest entry.
     #[arg(long)]
     pub explain: bool,
+    /// Build for this architecture (kbuild ARCH: x86_64, arm64, riscv, s390,
+    /// powerpc, arm, loongarch; aliases like aarch64 work). Default: the
+    /// host's, or `arch` in the config file.
+    #[arg(long, value_name = "ARCH", value_parser = parse_arch)]
+    pub arch: Option<String>,
+    /// Compiler family: gcc (default), gcc-N, clang or llvm (LLVM=1 with its
+    /// integrated assembler), llvm-N (LLVM=-N).
+    #[arg(long, value_name = "NAME", value_parser = parse_toolchain)]
+    pub toolchain: Option<String>,
+    /// CROSS_COMPILE prefix for a foreign --arch (default: found on PATH by
+    /// the usual triplet, e.g. aarch64-linux-gnu-).
+    #[arg(long, value_name = "PREFIX")]
+    pub cross_compile: Option<String>,
+    /// Configure and build out of tree in DIR (kbuild O=); the source tree
+    /// is not written.
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// One kconfig line, applied after --extra-kconfig files (repeatable;
+    /// last occurrence of a symbol wins), e.g. --kconfig CONFIG_KASAN=y.
+    #[arg(long = "kconfig", value_name = "CONFIG_X=VALUE")]
+    pub kconfig: Vec<String>,
+}
+
+fn parse_arch(raw: &str) -> Result<String, String> {
+    ktstr_sdk::arch::find(raw)
+        .map(|a| a.name.to_string())
+        .map_err(|e| match e.hint {
+            Some(h) => format!("not an architecture ktstr builds; {h}"),
+            None => e.message,
+        })
+}
+
+fn parse_toolchain(raw: &str) -> Result<String, String> {
+    ktstr_plugin_kbuild::toolchain::Family::parse(raw)
+        .map(|_| raw.to_string())
+        .map_err(|e| match e.hint {
+            Some(h) => format!("not a toolchain ktstr knows; {h}"),
+            None => e.message,
+        })
 }
 
 pub const CPU_CAP_ENV: &str = "KTSTR_CPU_CAP";

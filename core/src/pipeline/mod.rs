@@ -12,8 +12,8 @@ pub mod tree_state;
 
 use std::path::{Path, PathBuf};
 
-use ktstr_sdk::build::BuildRequest;
-use ktstr_sdk::cache::{CacheEntry, CacheKey, Listed};
+use ktstr_sdk::build::{BuildPlan, BuildRequest, Variant};
+use ktstr_sdk::cache::{CacheEntry, Listed};
 use ktstr_sdk::configure::ConfigureRequest;
 use ktstr_sdk::context::StageContext;
 use ktstr_sdk::error::{ErrorKind, IoResultExt};
@@ -42,6 +42,10 @@ pub struct BuildRequestSpec {
     pub keep_source: bool,
     /// `KTSTR_BYPASS_LLC_LOCKS`: no reservation, no source-tree lock.
     pub bypass_locks: bool,
+    /// Architecture and toolchain (`--arch`, `--toolchain`, `--cross-compile`).
+    pub variant: Variant,
+    /// Out-of-tree build directory (`--output`, kbuild `O=`), absolute.
+    pub output: Option<PathBuf>,
 }
 
 /// One kernel to build: a resolved spec and the acquirer that resolved it.
@@ -135,12 +139,13 @@ impl Keyer {
     }
 
     /// The key of what building now would produce, if it is knowable
-    /// without configuring: fresh trees always, local trees when their
-    /// `.config` already satisfies the request.
+    /// without configuring: fresh trees always, local trees when the
+    /// `.config` in their build directory already satisfies the request.
     fn current(
         &self,
         stages: &Stages,
         source: &AcquiredSource,
+        build_dir: &Path,
         request: &ConfigureRequest,
     ) -> Result<Option<DerivedKey>> {
         if source.is_dirty {
@@ -151,15 +156,11 @@ impl Keyer {
                 self.derive(source, ConfigIdentity::Declared(self.declared.clone())),
             ));
         }
-        if !stages
-            .configurer
-            .stage
-            .is_configured(&source.source_dir, request)?
-        {
+        if !stages.configurer.stage.is_configured(build_dir, request)? {
             return Ok(None);
         }
-        let sha = dot_config_sha256(&source.source_dir)?;
-        if tree_config::is_leftover(&self.root, &source.source_dir, &sha, &self.declared) {
+        let sha = dot_config_sha256(build_dir)?;
+        if tree_config::is_leftover(&self.root, build_dir, &sha, &self.declared) {
             return Ok(None);
         }
         Ok(Some(self.derive(source, ConfigIdentity::DotConfig(sha))))
@@ -170,14 +171,24 @@ fn dot_config_sha256(tree: &Path) -> Result<String> {
     Ok(ktstr_sdk::hash::sha256_file(&tree.join(".config"))?.0)
 }
 
-/// Look `key` up in every tier, local first; a remote hit is copied into
-/// the local tier. A corrupt entry is reported and treated as a miss; a
-/// remote tier that fails otherwise (unreachable, timing out, refusing the
-/// credentials) is reported once and not asked again.
-fn lookup(stages: &Stages, key: &CacheKey, cx: &StageContext) -> Result<Option<CacheEntry>> {
+/// Look `derived` up in every tier, local first; a remote hit is copied
+/// into the local tier. An entry is served only when the inputs it
+/// recorded are exactly the wanted ones: one built from other inputs under
+/// the same key (a digest collision, a tampered or foreign entry) is a
+/// miss with a warning, and the rebuild replaces it. A corrupt entry is
+/// reported and treated as a miss; a remote tier that fails otherwise
+/// (unreachable, timing out, refusing the credentials) is reported once
+/// and not asked again.
+fn lookup(
+    stages: &Stages,
+    derived: &DerivedKey,
+    cx: &StageContext,
+) -> Result<Option<CacheEntry>> {
+    let key = &derived.key;
     let local = stages.local_cache();
     match local.stage.lookup(key) {
-        Ok(Some(entry)) => return Ok(Some(entry)),
+        Ok(Some(entry)) if verified(derived, &entry, "rebuilding", cx) => return Ok(Some(entry)),
+        Ok(Some(_)) => {}
         Ok(None) => {}
         Err(e) if e.kind == ErrorKind::Corrupt => {
             cx.progress.warn(&format!("{e}; rebuilding it"));
@@ -186,7 +197,10 @@ fn lookup(stages: &Stages, key: &CacheKey, cx: &StageContext) -> Result<Option<C
     }
     for tier in stages.live_remotes() {
         match tier.stage.lookup(key) {
-            Ok(Some(entry)) => return backfill(stages, tier, &entry, cx).map(Some),
+            Ok(Some(entry)) if verified(derived, &entry, "not using it", cx) => {
+                return backfill(stages, tier, &entry, cx).map(Some);
+            }
+            Ok(Some(_)) => {}
             Ok(None) => {}
             Err(e) if e.kind == ErrorKind::Corrupt => {
                 cx.progress.warn(&format!("{e}; not using it"));
@@ -206,6 +220,20 @@ fn lookup(stages: &Stages, key: &CacheKey, cx: &StageContext) -> Result<Option<C
         }
     }
     Ok(None)
+}
+
+/// Whether `entry` recorded the inputs `derived` was made of; warns when not.
+fn verified(derived: &DerivedKey, entry: &CacheEntry, then: &str, cx: &StageContext) -> bool {
+    if identity::same_inputs(&derived.components, &entry.metadata.components) {
+        return true;
+    }
+    cx.progress.warn(&format!(
+        "entry {} in the {} was built from other inputs ({} differs); {then}",
+        derived.key,
+        entry.origin,
+        identity::first_difference(&derived.components, &entry.metadata.components)
+    ));
+    false
 }
 
 /// Copy a remote tier's verified entry into the local tier, recording where
@@ -301,11 +329,12 @@ fn changed_while_building(
     keyer: &Keyer,
     acquirer: &Named<dyn SourceAcquirer>,
     source: &AcquiredSource,
+    build_dir: &Path,
     configure: &ConfigureRequest,
     derived: &DerivedKey,
     cx: &StageContext,
 ) -> Result<bool> {
-    let now = keyer.current(stages, source, configure)?;
+    let now = keyer.current(stages, source, build_dir, configure)?;
     if now.as_ref().map(|d| &d.key) != Some(&derived.key) {
         return Ok(true);
     }
@@ -346,29 +375,36 @@ pub fn run(
     cache_root: &Path,
     cx: &StageContext,
 ) -> Result<Outcome> {
-    let arch = ktstr_sdk::arch::host();
     let acquirer = target.acquirer;
-    // Validate the profile and fragments before touching anything.
+    // Validate the variant, profile and fragments before touching anything.
+    let plan = stages.builder.stage.plan(&req.variant, cx)?;
+    if req.output.is_some() && !stages.builder.stage.builds_out_of_tree() {
+        return Err(ktstr_sdk::StageError::invalid_input(format!(
+            "--output: the {} builder does not build out of tree",
+            stages.builder.name
+        ))
+        .with_hint("drop --output, or use the built-in kbuild builder"));
+    }
     let declared = stages.configurer.stage.identity(&req.configure)?;
     let keyer = Keyer {
         root: cache_root.to_path_buf(),
-        arch: arch.name,
-        builder: stages.builder.stage.identity(cx)?,
+        arch: plan.arch.name,
+        builder: plan.components.clone(),
         declared,
     };
-    let mut looked_up: Option<CacheKey> = None;
+    let mut looked_up: Option<DerivedKey> = None;
     let known = pre_acquire_source(&target.resolved);
     if let Some(known) = &known
         && !req.force
     {
         let derived = keyer.derive(known, ConfigIdentity::Declared(keyer.declared.clone()));
-        if let Some(entry) = lookup(stages, &derived.key, cx)? {
+        if let Some(entry) = lookup(stages, &derived, cx)? {
             return Ok(Outcome::Hit(entry));
         }
         if req.explain {
             explain_miss(stages, &derived, cx);
         }
-        looked_up = Some(derived.key);
+        looked_up = Some(derived);
     }
 
     for stale in ktstr_sdk::scratch::sweep_dead(cache_root) {
@@ -388,17 +424,19 @@ pub fn run(
         source.identity = known.identity;
         source.version = known.version;
     }
+    let tree = source.source_dir.clone();
+    let build_dir = build_dir_for(&tree, req.output.as_deref())?;
 
     if looked_up.is_none() && !req.force && !req.clean {
-        match keyer.current(stages, &source, &req.configure)? {
+        match keyer.current(stages, &source, &build_dir, &req.configure)? {
             Some(derived) => {
-                if let Some(entry) = lookup(stages, &derived.key, cx)? {
+                if let Some(entry) = lookup(stages, &derived, cx)? {
                     return Ok(Outcome::Hit(entry));
                 }
                 if req.explain {
                     explain_miss(stages, &derived, cx);
                 }
-                looked_up = Some(derived.key);
+                looked_up = Some(derived);
             }
             None if req.explain => cx.progress.note(if source.is_dirty {
                 "explain: the tree has changes its identity does not capture; it is never cached"
@@ -428,12 +466,12 @@ pub fn run(
             cx,
         )?
     };
-    let tree = source.source_dir.clone();
     let _tree_lock = if source.is_local && !req.bypass_locks {
         // Waiting for CPUs (in the reserver) is waiting too: re-check the
         // tree and the cache after every wait, whichever lock it was on.
-        // On this, the miss path, the probe's cost is noise.
-        let (held, _waited) = lock_tree(cache_root, &tree, cx)?;
+        // On this, the miss path, the probe's cost is noise. An out-of-tree
+        // build writes only its build directory, so that is what it locks.
+        let (held, _waited) = lock_tree(cache_root, &build_dir, cx)?;
         {
             let fresh = acquirer.stage.probe(&source, cx).map_err(|e| e.to_string());
             let state = MidWaitState::classify(&source, fresh);
@@ -442,8 +480,9 @@ pub fn run(
             }
             match state {
                 MidWaitState::Clean if !req.force && !req.clean => {
-                    if let Some(derived) = keyer.current(stages, &source, &req.configure)?
-                        && let Some(entry) = lookup(stages, &derived.key, cx)?
+                    if let Some(derived) =
+                        keyer.current(stages, &source, &build_dir, &req.configure)?
+                        && let Some(entry) = lookup(stages, &derived, cx)?
                     {
                         cx.progress.note(&format!(
                             "a concurrent build cached {} while we waited; not rebuilding",
@@ -464,11 +503,12 @@ pub fn run(
         Some(held)
     } else {
         if !req.force
-            && let Some(key) = &looked_up
-            && let Some(entry) = lookup(stages, key, cx)?
+            && let Some(derived) = &looked_up
+            && let Some(entry) = lookup(stages, derived, cx)?
         {
             cx.progress.note(&format!(
-                "a concurrent build cached {key} while we waited; not rebuilding"
+                "a concurrent build cached {} while we waited; not rebuilding",
+                derived.key
             ));
             return Ok(Outcome::PeerBuilt(entry));
         }
@@ -476,45 +516,29 @@ pub fn run(
     };
 
     cx.cancel.check()?;
-    if req.clean && source.is_local {
-        stages.builder.stage.clean(&tree, cx)?;
+    if req.clean && source.is_local && build_dir.join("Makefile").is_file() {
+        stages.builder.stage.clean(&build_dir, cx)?;
     }
 
-    let mut configure = req.configure.clone();
-    configure.make_jobs = reservation.make_jobs;
-    configure.sandbox_procs = reservation.sandbox_procs.clone();
-    configure.reset = source.is_local
-        && !req.clean
-        && dot_config_sha256(&tree)
-            .is_ok_and(|sha| tree_config::is_leftover(cache_root, &tree, &sha, &keyer.declared));
-    if configure.reset {
-        cx.progress.note(&format!(
-            "{}/.config was written by ktstr for another profile or fragments; configuring \
-             from the {} profile's base (kconfig keeps the old one as .config.old)",
-            tree.display(),
-            configure.profile
-        ));
-    }
-    if configure.reset || !stages.configurer.stage.is_configured(&tree, &configure)? {
-        stages.configurer.stage.configure(&tree, &configure, cx)?;
-        // A required symbol olddefconfig dropped fails now, not after the build.
-        stages.configurer.stage.validate(&tree, &configure)?;
-        if source.is_local {
-            let recorded = dot_config_sha256(&tree)
-                .and_then(|sha| tree_config::record(cache_root, &tree, &sha, &keyer.declared));
-            if let Err(e) = recorded {
-                tracing::warn!("could not record the tree's configuration: {e}");
-            }
-        }
-    }
+    let configure = configure_phase(
+        stages,
+        req,
+        &plan,
+        &source,
+        &build_dir,
+        &keyer.declared,
+        cache_root,
+        &reservation,
+        cx,
+    )?;
 
     // Configuring may have produced a .config some earlier build used.
-    let derived = keyer.current(stages, &source, &configure)?;
+    let derived = keyer.current(stages, &source, &build_dir, &configure)?;
     if let Some(d) = &derived
         && !req.force
-        && looked_up.as_ref() != Some(&d.key)
+        && looked_up.as_ref().map(|l| &l.key) != Some(&d.key)
     {
-        if let Some(entry) = lookup(stages, &d.key, cx)? {
+        if let Some(entry) = lookup(stages, d, cx)? {
             return Ok(Outcome::Hit(entry));
         }
         if req.explain {
@@ -529,10 +553,12 @@ pub fn run(
             make_jobs: reservation.make_jobs,
             sandbox_procs: reservation.sandbox_procs.clone(),
             compile_commands: source.is_local,
+            variant: req.variant.clone(),
+            output: req.output.clone(),
         },
         cx,
     )?;
-    stages.configurer.stage.validate(&tree, &configure)?;
+    stages.configurer.stage.validate(&build_dir, &configure)?;
 
     let Some(derived) = derived.filter(|_| !source.is_dirty) else {
         return Ok(Outcome::NotCached {
@@ -544,7 +570,9 @@ pub fn run(
         });
     };
     if source.is_local
-        && changed_while_building(stages, &keyer, acquirer, &source, &configure, &derived, cx)?
+        && changed_while_building(
+            stages, &keyer, acquirer, &source, &build_dir, &configure, &derived, cx,
+        )?
     {
         return Ok(Outcome::NotCached {
             tree,
@@ -554,19 +582,84 @@ pub fn run(
     }
 
     cx.cancel.check()?;
-    let config_path = tree.join(".config");
+    let config_path = build_dir.join(".config");
     let config_sha = ktstr_sdk::hash::sha256_file(&config_path)?.0;
     let metadata = store::metadata_for(
         &source,
         &derived,
         &configure,
         &config_sha,
-        arch.image_name,
-        arch.name,
+        plan.arch.image_name,
+        plan.arch.name,
     );
     let entry = store::store_all(stages, &derived, &output, &config_path, &metadata, cx)?;
     drop(reservation);
     Ok(Outcome::Stored(entry))
+}
+
+/// Where `.config` and the objects go: `--output` (created if missing;
+/// never the source tree itself), else the tree.
+fn build_dir_for(tree: &Path, output: Option<&Path>) -> Result<PathBuf> {
+    let Some(out) = output else {
+        return Ok(tree.to_path_buf());
+    };
+    std::fs::create_dir_all(out).at("--output: cannot create", out)?;
+    let out = std::fs::canonicalize(out).at("--output: cannot resolve", out)?;
+    if std::fs::canonicalize(tree).is_ok_and(|t| t == out) {
+        return Err(ktstr_sdk::StageError::invalid_input(format!(
+            "--output {}: is the source tree itself",
+            out.display()
+        ))
+        .with_hint("name a directory of its own, e.g. --output ../build-linux"));
+    }
+    Ok(out)
+}
+
+/// Configure the build directory when its `.config` does not carry the
+/// request (or is ktstr's own output for another request), then validate
+/// at once. Returns the request as configured (jobs, sandbox, make args).
+#[allow(clippy::too_many_arguments)]
+fn configure_phase(
+    stages: &Stages,
+    req: &BuildRequestSpec,
+    plan: &BuildPlan,
+    source: &AcquiredSource,
+    build_dir: &Path,
+    declared: &[ktstr_sdk::cache::KeyComponent],
+    cache_root: &Path,
+    reservation: &ktstr_sdk::reserve::Reservation,
+    cx: &StageContext,
+) -> Result<ConfigureRequest> {
+    let mut configure = req.configure.clone();
+    configure.make_jobs = reservation.make_jobs;
+    configure.sandbox_procs = reservation.sandbox_procs.clone();
+    configure.make_args = plan.make_args.clone();
+    configure.source_dir = req.output.as_ref().map(|_| source.source_dir.clone());
+    configure.reset = source.is_local
+        && !req.clean
+        && dot_config_sha256(build_dir)
+            .is_ok_and(|sha| tree_config::is_leftover(cache_root, build_dir, &sha, declared));
+    if configure.reset {
+        cx.progress.note(&format!(
+            "{}/.config was written by ktstr for another profile or fragments; configuring \
+             from the {} profile's base (kconfig keeps the old one as .config.old)",
+            build_dir.display(),
+            configure.profile
+        ));
+    }
+    if configure.reset || !stages.configurer.stage.is_configured(build_dir, &configure)? {
+        stages.configurer.stage.configure(build_dir, &configure, cx)?;
+        // A required symbol olddefconfig dropped fails now, not after the build.
+        stages.configurer.stage.validate(build_dir, &configure)?;
+        if source.is_local {
+            let recorded = dot_config_sha256(build_dir)
+                .and_then(|sha| tree_config::record(cache_root, build_dir, &sha, declared));
+            if let Err(e) = recorded {
+                tracing::warn!("could not record the tree's configuration: {e}");
+            }
+        }
+    }
+    Ok(configure)
 }
 
 /// What a bypassed reservation amounts to: every allowed CPU, no pinning.

@@ -3,49 +3,55 @@
 //! # Make arguments
 //!
 //! Every `make` that compiles (the kernel build and `compile_commands.json`)
-//! gets the argument list from [`make_args`], and only from there:
+//! gets the argument list from [`Setup::make_args`], and only from there:
 //!
 //! ```text
-//! make -j<N> KCFLAGS=-Wno-error LOCALVERSION= [CC=$CC] [LD=$LD] [target]
+//! make -j<N> KCFLAGS=-Wno-error[ $KCFLAGS] LOCALVERSION= [ARCH=..] [CROSS_COMPILE=..]
+//!      [LLVM=1 | LLVM=-N | CC=gcc-N HOSTCC=gcc-N] [inputs from the environment] [O=dir] [target]
 //! ```
 //!
 //! * `KCFLAGS=-Wno-error`: a new compiler's new warning must not fail an
 //!   otherwise good build.
 //! * `LOCALVERSION=`: without it a git tree with uncommitted changes gains a
 //!   `+` suffix and relinks on every no-op build.
-//! * `CC=`/`LD=`: only when `$CC`/`$LD` are set and non-empty. kbuild assigns
-//!   `CC` and `LD` in its Makefile, which overrides the environment, so the
-//!   toolchain the cache key records ([`Builder::identity`]) is only the one
-//!   that builds the kernel if it is passed on the command line.
+//! * The variant ([`Variant`]: `--arch`, `--toolchain`, `--cross-compile`).
+//! * Inputs from the environment (`CC`, `KCFLAGS`, ...; see
+//!   [`ktstr_sdk::make_env`]): passed on the command line, because kbuild's
+//!   own assignments override the environment, and recorded in the key.
+//!
+//! make runs with a controlled environment (`make_env::controlled`), so
+//! nothing else the user exported reaches it. The configure-time makes get
+//! the same arguments through [`BuildPlan::make_args`].
 //!
 //! kbuild records each object's command line and rebuilds everything whose
 //! command changed, so the build and `compile_commands.json` invocations must
 //! agree exactly; that is why there is one function.
 //!
-//! The `-j` value only changes how fast the kernel builds, not what it
-//! builds, so it is left out of the cache key.
+//! The `-j` value and `O=` only change how and where the kernel builds, not
+//! what it builds, so they are left out of the cache key.
+
+pub mod toolchain;
 
 use std::path::{Path, PathBuf};
 
-use ktstr_sdk::arch;
-use ktstr_sdk::build::{BuildOutput, BuildRequest, Builder};
+use ktstr_sdk::arch::{self, KernelArch};
+use ktstr_sdk::build::{BuildOutput, BuildPlan, BuildRequest, Builder, Variant};
 use ktstr_sdk::cache::KeyComponent;
 use ktstr_sdk::context::{CommandOutcome, CommandSpec, StageContext};
 use ktstr_sdk::error::{Result, StageError};
+use ktstr_sdk::make_env;
 use ktstr_sdk::registry::{BuiltinPlugin, Constructor};
+
+use crate::toolchain::Family;
 
 /// Plugin name in the registry and in the `builder` key component.
 pub const NAME: &str = "kbuild";
 
-/// Arguments every compiling `make` gets, besides `-j` and the toolchain.
+/// Arguments every compiling `make` gets, before the variant's.
 pub const FIXED_MAKE_ARGS: [&str; 2] = ["KCFLAGS=-Wno-error", "LOCALVERSION="];
 
 /// Output lines quoted in a failure report.
 pub const ERROR_TAIL_LINES: usize = 40;
-
-/// Debian packages a kernel build needs; quoted in hints.
-const DEBIAN_PACKAGES: &str =
-    "apt-get install build-essential flex bison bc libelf-dev libssl-dev dwarves cpio";
 
 ktstr_sdk::inventory::submit! {
     BuiltinPlugin {
@@ -56,74 +62,94 @@ ktstr_sdk::inventory::submit! {
     }
 }
 
-/// Compiler and linker overrides (`$CC`, `$LD`), `None` for kbuild's
-/// defaults (`gcc`, `ld`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Toolchain {
-    pub cc: Option<String>,
-    pub ld: Option<String>,
+/// What one variant's makes are given, before any tool is asked anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setup {
+    pub arch: &'static KernelArch,
+    pub family: Family,
+    /// `CROSS_COMPILE`, empty for none.
+    pub cross: String,
+    /// Every make argument but `-j`, `O=` and the target.
+    pub make_args: Vec<String>,
+    /// The commands make will run as compiler, linker and assembler.
+    pub cc: String,
+    pub ld: String,
+    pub assembler: Option<String>,
 }
 
-impl Toolchain {
-    /// `$CC` and `$LD`; an empty value counts as unset.
-    pub fn from_env() -> Self {
-        let var = |name: &str| {
-            std::env::var(name)
-                .ok()
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
+impl Setup {
+    /// Work out the make arguments for `variant` and the kbuild `inputs`
+    /// taken from the environment.
+    pub fn new(variant: &Variant, inputs: &[(String, String)]) -> Result<Self> {
+        let arch = match &variant.arch {
+            Some(a) => arch::find(a)?,
+            None => arch::host(),
         };
-        Self {
-            cc: var("CC"),
-            ld: var("LD"),
+        let family = Family::parse(variant.toolchain.as_deref().unwrap_or("gcc"))?;
+        let cross = match &variant.cross_compile {
+            Some(prefix) => prefix.trim().to_string(),
+            None if !arch.is_native() && matches!(family, Family::Gcc(_)) => {
+                toolchain::find_cross_prefix(arch, family)?
+            }
+            None => String::new(),
+        };
+        let mut vars: Vec<(String, String)> = Vec::new();
+        if !arch.is_native() {
+            vars.push(("ARCH".into(), arch.name.into()));
         }
-    }
-
-    /// The compiler command (`gcc` unless overridden).
-    pub fn cc(&self) -> &str {
-        self.cc.as_deref().unwrap_or("gcc")
-    }
-
-    /// The linker command (`ld` unless overridden).
-    pub fn ld(&self) -> &str {
-        self.ld.as_deref().unwrap_or("ld")
-    }
-
-    /// `CC=`/`LD=` make arguments for the overrides that are set.
-    fn make_overrides(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if let Some(cc) = &self.cc {
-            out.push(format!("CC={cc}"));
+        if !cross.is_empty() {
+            vars.push(("CROSS_COMPILE".into(), cross.clone()));
         }
-        if let Some(ld) = &self.ld {
-            out.push(format!("LD={ld}"));
+        for arg in family.make_args(&cross) {
+            let (k, v) = arg.split_once('=').expect("family make args are assignments");
+            vars.push((k.into(), v.into()));
         }
-        out
+        let mut kcflags = "-Wno-error".to_string();
+        for (k, v) in inputs {
+            if k == "KCFLAGS" {
+                kcflags = format!("{kcflags} {v}");
+            } else if let Some(slot) = vars.iter_mut().find(|(n, _)| n == k) {
+                slot.1 = v.clone();
+            } else {
+                vars.push((k.clone(), v.clone()));
+            }
+        }
+        let var = |name: &str| vars.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        let cc = var("CC").unwrap_or_else(|| family.cc(&cross));
+        let ld = var("LD").unwrap_or_else(|| family.ld(&cross));
+        let assembler = var("AS").or_else(|| family.assembler(&cross));
+        let make_args = [format!("KCFLAGS={kcflags}"), "LOCALVERSION=".to_string()]
+            .into_iter()
+            .chain(vars.iter().map(|(k, v)| format!("{k}={v}")))
+            .collect();
+        Ok(Self {
+            arch,
+            family,
+            cross,
+            make_args,
+            cc,
+            ld,
+            assembler,
+        })
     }
-}
 
-/// Everything a compiling `make` gets except `-j`: the part of the command
-/// line that determines what is built (and therefore enters the cache key).
-pub fn make_args_without_jobs(toolchain: &Toolchain) -> Vec<String> {
-    FIXED_MAKE_ARGS
-        .iter()
-        .map(|s| s.to_string())
-        .chain(toolchain.make_overrides())
-        .collect()
-}
-
-/// The argument list shared by the kernel build and `compile_commands.json`:
-/// `-j<jobs>` (at least 1) followed by [`make_args_without_jobs`].
-pub fn make_args(jobs: usize, toolchain: &Toolchain) -> Vec<String> {
-    std::iter::once(format!("-j{}", jobs.max(1)))
-        .chain(make_args_without_jobs(toolchain))
-        .collect()
+    /// `-j<jobs>` (at least 1), the make arguments and `O=` for `output`.
+    pub fn args_for(&self, jobs: usize, output: Option<&Path>) -> Vec<String> {
+        std::iter::once(format!("-j{}", jobs.max(1)))
+            .chain(self.make_args.iter().cloned())
+            .chain(output.map(|o| format!("O={}", o.display())))
+            .collect()
+    }
 }
 
 /// The kbuild builder.
 #[derive(Debug, Clone)]
 pub struct KbuildBuilder {
-    toolchain: Toolchain,
+    /// kbuild variables to pass; `None`: taken from the environment when
+    /// a build is planned (refusing the ones ktstr cannot honour).
+    inputs: Option<Vec<(String, String)>>,
+    /// Where toolchain answers are remembered (a cache root).
+    memo_root: Option<PathBuf>,
 }
 
 impl Default for KbuildBuilder {
@@ -133,24 +159,43 @@ impl Default for KbuildBuilder {
 }
 
 impl KbuildBuilder {
-    /// A builder using `$CC`/`$LD` from the environment, if set.
+    /// A builder taking kbuild inputs from the environment and remembering
+    /// toolchain versions under the cache root.
     pub fn new() -> Self {
-        Self::with_toolchain(Toolchain::from_env())
+        Self {
+            inputs: None,
+            memo_root: ktstr_sdk::paths::cache_root().ok(),
+        }
     }
 
-    /// A builder with explicit toolchain overrides (ignores the environment).
-    pub fn with_toolchain(toolchain: Toolchain) -> Self {
-        Self { toolchain }
+    /// A builder with explicit kbuild inputs (`CC`, `KCFLAGS`, ...),
+    /// ignoring the environment and remembering nothing.
+    pub fn with_inputs(inputs: Vec<(String, String)>) -> Self {
+        Self {
+            inputs: Some(inputs),
+            memo_root: None,
+        }
     }
 
-    pub fn toolchain(&self) -> &Toolchain {
-        &self.toolchain
+    /// Remember toolchain answers under the cache root `root`.
+    pub fn remembering_in(mut self, root: &Path) -> Self {
+        self.memo_root = Some(root.to_path_buf());
+        self
+    }
+
+    /// The make setup for `variant`.
+    pub fn setup(&self, variant: &Variant) -> Result<Setup> {
+        let inputs = match &self.inputs {
+            Some(i) => i.clone(),
+            None => make_env::classify(std::env::vars())?,
+        };
+        Setup::new(variant, &inputs)
     }
 
     /// Run one `make` as a progress step, streaming its lines.
     fn run_make(&self, cx: &StageContext, tree: &Path, make: Invocation) -> Result<()> {
         cx.cancel.check()?;
-        let mut spec = CommandSpec::new("make").args(make.args).cwd(tree);
+        let mut spec = make_env::controlled(CommandSpec::new("make").args(make.args).cwd(tree));
         spec.cgroup_procs = make.sandbox;
         tracing::debug!(command = %spec.display(), tree = %tree.display(), "running make");
         cx.progress.step(&make.step);
@@ -204,62 +249,39 @@ fn make_failure(
     ))
 }
 
-/// First non-empty line of `<tool> --version`, for the toolchain identity.
-/// `role` names the tool in messages, `var` is the variable that overrides it.
-fn tool_version(cx: &StageContext, role: &str, var: &str, command: &str) -> Result<String> {
-    let mut words = command.split_whitespace();
-    let program = words.next().unwrap_or(command);
-    let spec = CommandSpec::new(program).args(words).arg("--version");
-    let hint = format!(
-        "install the {role} (on Debian: {DEBIAN_PACKAGES}), put `{program}` on PATH, or point \
-         ${var} at another one"
-    );
-    let out = cx.runner.capture(&spec).map_err(|e| {
-        let mut err =
-            StageError::command(format!("cannot run the {role} `{command}`")).with_hint(&hint);
-        if e.causes.is_empty() {
-            err.causes.push(e.message);
-        } else {
-            err.causes.extend(e.causes);
-        }
-        err
-    })?;
-    let first = out
-        .stdout
-        .lines()
-        .chain(out.stderr.lines())
-        .map(str::trim)
-        .find(|l| !l.is_empty());
-    match (out.code, first) {
-        (Some(0), Some(line)) => Ok(line.to_string()),
-        (code, _) => {
-            let status = code.map_or("killed by a signal".to_string(), |c| format!("exit {c}"));
-            let mut err = StageError::command(format!(
-                "`{}` did not report a version ({status})",
-                spec.display()
-            ))
-            .with_hint(hint);
-            if let Some(line) = out.stderr.lines().find(|l| !l.trim().is_empty()) {
-                err.causes.push(line.trim().to_string());
-            }
-            Err(err)
-        }
-    }
-}
-
 impl Builder for KbuildBuilder {
     fn identity(&self, cx: &StageContext) -> Result<Vec<KeyComponent>> {
+        Ok(self.plan(&Variant::default(), cx)?.components)
+    }
+
+    fn plan(&self, variant: &Variant, cx: &StageContext) -> Result<BuildPlan> {
+        let setup = self.setup(variant)?;
+        let memo = self.memo_root.as_deref();
+        let family = setup.family;
+        let gcc = matches!(family, Family::Gcc(_));
+        let cc = toolchain::describe(memo, cx, "C compiler", "CC", &setup.cc, gcc, family)?;
+        let ld = toolchain::describe(memo, cx, "linker", "LD", &setup.ld, false, family)?;
+        let assembler = match &setup.assembler {
+            Some(a) => toolchain::describe(memo, cx, "assembler", "AS", a, false, family)?,
+            None => "integrated".to_string(),
+        };
         let builder = format!(
             "{NAME} {}; make {}",
             env!("CARGO_PKG_VERSION"),
-            make_args_without_jobs(&self.toolchain).join(" ")
+            setup.make_args.join(" ")
         );
-        let cc = tool_version(cx, "C compiler", "CC", self.toolchain.cc())?;
-        let ld = tool_version(cx, "linker", "LD", self.toolchain.ld())?;
-        Ok(vec![
-            KeyComponent::new("builder", builder),
-            KeyComponent::new("toolchain", format!("{cc}; {ld}")),
-        ])
+        Ok(BuildPlan {
+            arch: setup.arch,
+            components: vec![
+                KeyComponent::new("builder", builder),
+                KeyComponent::new("toolchain", format!("cc: {cc}; ld: {ld}; as: {assembler}")),
+            ],
+            make_args: setup.make_args,
+        })
+    }
+
+    fn builds_out_of_tree(&self) -> bool {
+        true
     }
 
     fn clean(&self, tree: &Path, cx: &StageContext) -> Result<()> {
@@ -280,7 +302,14 @@ impl Builder for KbuildBuilder {
     fn build(&self, req: &BuildRequest, cx: &StageContext) -> Result<BuildOutput> {
         let tree = req.tree.as_path();
         check_tree(tree)?;
-        let args = make_args(req.make_jobs, &self.toolchain);
+        let setup = self.setup(&req.variant)?;
+        let output = req.output.as_deref();
+        let build_dir = output.unwrap_or(tree);
+        if let Some(out) = output {
+            std::fs::create_dir_all(out)
+                .map_err(|e| StageError::io("create the output directory", out, e))?;
+        }
+        let args = setup.args_for(req.make_jobs, output);
         self.run_make(
             cx,
             tree,
@@ -310,13 +339,13 @@ impl Builder for KbuildBuilder {
             )?;
         }
 
-        let arch = arch::host();
-        let image = tree.join(arch.image_path);
+        let arch = setup.arch;
+        let image = build_dir.join(arch.image_path);
         if !image.is_file() {
             return Err(StageError::command(format!(
                 "make succeeded but produced no {} in {}",
                 arch.image_path,
-                tree.display()
+                build_dir.display()
             ))
             .with_hint(format!(
                 "check that .config targets {} (run `make olddefconfig` in the tree) and that \
@@ -324,7 +353,7 @@ impl Builder for KbuildBuilder {
                 arch.name, arch.image_name
             )));
         }
-        let vmlinux = tree.join("vmlinux");
+        let vmlinux = build_dir.join("vmlinux");
         let vmlinux = if vmlinux.is_file() {
             Some(vmlinux)
         } else {

@@ -53,7 +53,13 @@ impl CommandRunner for FakeRunner {
 
     fn capture(&self, spec: &CommandSpec) -> Result<CapturedOutput> {
         self.specs.lock().unwrap().push(spec.clone());
-        match self.versions.iter().find(|(p, _)| *p == spec.program) {
+        let display = spec.display();
+        let answer = self
+            .versions
+            .iter()
+            .find(|(p, _)| *p == display)
+            .or_else(|| self.versions.iter().find(|(p, _)| *p == spec.program));
+        match answer {
             Some((_, out)) => Ok(CapturedOutput {
                 code: Some(0),
                 stdout: out.clone(),
@@ -76,8 +82,8 @@ fn real_context() -> (StageContext, Arc<RecordingProgress>) {
 }
 
 fn builder() -> KbuildBuilder {
-    // Hermetic: never pick up the developer's $CC/$LD.
-    KbuildBuilder::with_toolchain(Toolchain::default())
+    // Hermetic: never pick up the developer's $CC/$LD, remember nothing.
+    KbuildBuilder::with_inputs(Vec::new())
 }
 
 fn request(tree: &Path, jobs: usize, compile_commands: bool) -> BuildRequest {
@@ -86,6 +92,7 @@ fn request(tree: &Path, jobs: usize, compile_commands: bool) -> BuildRequest {
         make_jobs: jobs,
         sandbox_procs: None,
         compile_commands,
+        ..Default::default()
     }
 }
 
@@ -126,28 +133,128 @@ fn read(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_default()
 }
 
+fn inputs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 #[test]
 fn make_args_are_jobs_then_fixed() {
-    let tc = Toolchain::default();
+    let setup = Setup::new(&Variant::default(), &[]).unwrap();
     assert_eq!(
-        make_args(8, &tc),
+        setup.args_for(8, None),
         ["-j8", "KCFLAGS=-Wno-error", "LOCALVERSION="]
     );
-    assert_eq!(make_args(0, &tc)[0], "-j1", "-j0 would mean unlimited");
-    let tc = Toolchain {
-        cc: Some("ccache gcc".into()),
-        ld: Some("ld.bfd".into()),
-    };
+    assert_eq!(setup.args_for(0, None)[0], "-j1", "-j0 would mean unlimited");
+    let setup = Setup::new(
+        &Variant::default(),
+        &inputs(&[("CC", "ccache gcc"), ("LD", "ld.bfd"), ("KCFLAGS", "-O3")]),
+    )
+    .unwrap();
     assert_eq!(
-        make_args(2, &tc),
+        setup.args_for(2, Some(Path::new("/out"))),
         [
             "-j2",
-            "KCFLAGS=-Wno-error",
+            "KCFLAGS=-Wno-error -O3",
             "LOCALVERSION=",
             "CC=ccache gcc",
-            "LD=ld.bfd"
+            "LD=ld.bfd",
+            "O=/out"
         ]
     );
+    assert_eq!((setup.cc.as_str(), setup.ld.as_str()), ("ccache gcc", "ld.bfd"));
+}
+
+#[test]
+fn variants_choose_arch_cross_prefix_and_llvm() {
+    let foreign = if arch::host().name == "arm64" { "x86_64" } else { "arm64" };
+    let setup = Setup::new(
+        &Variant {
+            arch: Some(foreign.into()),
+            toolchain: Some("gcc-12".into()),
+            cross_compile: Some("my-prefix-".into()),
+        },
+        &[],
+    )
+    .unwrap();
+    assert_eq!(setup.arch.name, foreign);
+    assert_eq!(
+        setup.make_args[2..],
+        [
+            format!("ARCH={foreign}"),
+            "CROSS_COMPILE=my-prefix-".into(),
+            "CC=my-prefix-gcc-12".into(),
+            "HOSTCC=gcc-12".into()
+        ]
+    );
+    assert_eq!(setup.cc, "my-prefix-gcc-12");
+    assert_eq!(setup.assembler.as_deref(), Some("my-prefix-as"));
+
+    // LLVM needs no cross prefix; the arch alone picks clang's target.
+    let llvm = Setup::new(
+        &Variant {
+            arch: Some(foreign.into()),
+            toolchain: Some("llvm-16".into()),
+            cross_compile: None,
+        },
+        &[],
+    )
+    .unwrap();
+    assert_eq!(llvm.make_args[2..], [format!("ARCH={foreign}"), "LLVM=-16".into()]);
+    assert_eq!((llvm.cc.as_str(), llvm.ld.as_str()), ("clang-16", "ld.lld-16"));
+    assert_eq!(llvm.assembler, None);
+
+    // The environment's CC wins over the family's, as make would have it.
+    let cc = Setup::new(
+        &Variant {
+            toolchain: Some("clang".into()),
+            ..Variant::default()
+        },
+        &inputs(&[("CC", "ccache clang")]),
+    )
+    .unwrap();
+    assert_eq!(cc.make_args[2..], ["LLVM=1", "CC=ccache clang"]);
+    assert_eq!(cc.cc, "ccache clang");
+
+    let err = Setup::new(
+        &Variant {
+            arch: Some("vax".into()),
+            ..Variant::default()
+        },
+        &[],
+    )
+    .unwrap_err();
+    assert!(err.message.contains("--arch vax"), "{err}");
+}
+
+#[test]
+fn out_of_tree_build_finds_the_image_in_the_output_dir() {
+    let tree = fake_tree(&[
+        "@mkdir -p $(O)/$(dir $(IMAGE))",
+        "@echo image > $(O)/$(IMAGE)",
+        "@echo elf > $(O)/vmlinux",
+    ]);
+    let out = tempfile::tempdir().unwrap();
+    let (cx, _) = real_context();
+    let mut req = request(tree.path(), 1, false);
+    req.output = Some(out.path().join("build"));
+    let built = builder().build(&req, &cx).unwrap();
+    assert_eq!(built.image, out.path().join("build").join(arch::host().image_path));
+    assert_eq!(built.vmlinux, Some(out.path().join("build/vmlinux")));
+    assert!(read(tree.path(), "args.log").contains(&format!("O={}", out.path().join("build").display())));
+}
+
+#[test]
+fn make_gets_a_controlled_environment() {
+    let runner = Arc::new(FakeRunner::new(Some(0)));
+    let (cx, _) = context(runner.clone());
+    let tree = fake_tree(GOOD_BUILD);
+    let _ = builder().build(&request(tree.path(), 1, false), &cx);
+    let spec = &runner.specs()[0];
+    assert!(spec.env_clear, "{spec:?}");
+    assert!(spec.env.iter().all(|(k, _)| make_env::is_allowed(k)), "{spec:?}");
 }
 
 #[test]
@@ -196,10 +303,7 @@ fn build_succeeds_and_both_makes_get_identical_args() {
 fn toolchain_override_reaches_make() {
     let tree = fake_tree(GOOD_BUILD);
     let (cx, _) = real_context();
-    let b = KbuildBuilder::with_toolchain(Toolchain {
-        cc: Some("gcc".into()),
-        ld: None,
-    });
+    let b = KbuildBuilder::with_inputs(inputs(&[("CC", "gcc")]));
     b.build(&request(tree.path(), 1, false), &cx).unwrap();
     let log = read(tree.path(), "args.log");
     assert!(log.contains("CC=[command line]"), "{log}");
@@ -423,7 +527,7 @@ fn sandbox_procs_reach_every_make() {
         assert_eq!(spec.cwd.as_deref(), Some(dir.path()));
         assert_eq!(spec.cgroup_procs.as_ref(), Some(&procs));
     }
-    assert_eq!(specs[0].args, make_args(4, &Toolchain::default()));
+    assert_eq!(specs[0].args, Setup::new(&Variant::default(), &[]).unwrap().args_for(4, None));
     assert_eq!(specs[1].args[..specs[0].args.len()], specs[0].args[..]);
     assert_eq!(specs[1].args.last().unwrap(), "compile_commands.json");
     assert_eq!(progress.lines(), ["  LD      vmlinux", "  LD      vmlinux"]);
@@ -442,19 +546,28 @@ fn cancelled_build_runs_nothing() {
     assert!(runner.specs().is_empty());
 }
 
+fn fake_versions() -> Vec<(String, String)> {
+    vec![
+        (
+            "gcc --version".into(),
+            "gcc (Debian 12.2.0-14) 12.2.0\nCopyright (C) 2022\n".into(),
+        ),
+        ("gcc -dumpmachine".into(), "x86_64-linux-gnu\n".into()),
+        (
+            "ld".into(),
+            "GNU ld (GNU Binutils for Debian) 2.40\n".into(),
+        ),
+        (
+            "as".into(),
+            "GNU assembler (GNU Binutils for Debian) 2.40\n".into(),
+        ),
+    ]
+}
+
 #[test]
 fn identity_excludes_jobs_and_names_toolchain() {
     let runner = Arc::new(FakeRunner {
-        versions: vec![
-            (
-                "gcc".into(),
-                "gcc (Debian 12.2.0-14) 12.2.0\nCopyright (C) 2022\n".into(),
-            ),
-            (
-                "ld".into(),
-                "GNU ld (GNU Binutils for Debian) 2.40\n".into(),
-            ),
-        ],
+        versions: fake_versions(),
         ..FakeRunner::new(Some(0))
     });
     let (cx, _) = context(runner.clone());
@@ -471,19 +584,22 @@ fn identity_excludes_jobs_and_names_toolchain() {
             ),
             KeyComponent::new(
                 "toolchain",
-                "gcc (Debian 12.2.0-14) 12.2.0; GNU ld (GNU Binutils for Debian) 2.40"
+                "cc: gcc (Debian 12.2.0-14) 12.2.0 (target x86_64-linux-gnu); \
+                 ld: GNU ld (GNU Binutils for Debian) 2.40; \
+                 as: GNU assembler (GNU Binutils for Debian) 2.40"
             ),
         ]
     );
-    // Exactly two cheap spawns: this is the cache-hit path.
-    let specs = runner.specs();
-    assert_eq!(specs.len(), 2);
-    assert_eq!(specs[0].display(), "gcc --version");
-    assert_eq!(specs[1].display(), "ld --version");
+    let specs: Vec<String> = runner.specs().iter().map(|s| s.display()).collect();
+    assert_eq!(
+        specs,
+        ["gcc --version", "gcc -dumpmachine", "ld --version", "as --version"]
+    );
 
     // The builder component is what the build runs minus -j, for any N.
+    let setup = Setup::new(&Variant::default(), &[]).unwrap();
     for jobs in [1, 8] {
-        let args = make_args(jobs, &Toolchain::default());
+        let args = setup.args_for(jobs, None);
         assert_eq!(args[0], format!("-j{jobs}"));
         assert!(
             ids[0]
@@ -492,6 +608,39 @@ fn identity_excludes_jobs_and_names_toolchain() {
         );
     }
     assert!(!ids[0].value.contains("-j"));
+}
+
+/// The cache-hit path: answers are remembered per binary, so a second
+/// identity spawns nothing; a changed binary is asked again.
+#[test]
+fn toolchain_answers_are_remembered_per_binary() {
+    let root = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    let cc = bin.path().join("my-cc");
+    std::fs::write(&cc, "#!/bin/sh\necho 'my-cc 1.0'\n").unwrap();
+    std::fs::set_permissions(&cc, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let b = KbuildBuilder::with_inputs(inputs(&[("CC", cc.to_str().unwrap())]))
+        .remembering_in(root.path());
+    let runner = Arc::new(FakeRunner {
+        versions: {
+            let mut v = fake_versions();
+            v.push((cc.display().to_string(), "my-cc 1.0\n".into()));
+            v
+        },
+        ..FakeRunner::new(Some(0))
+    });
+    let (cx, _) = context(runner.clone());
+    let first = b.identity(&cx).unwrap();
+    let spawned = runner.specs().len();
+    assert_eq!(spawned, 4, "{:?}", runner.specs());
+    assert_eq!(b.identity(&cx).unwrap(), first);
+    assert_eq!(runner.specs().len(), spawned, "a second identity spawned");
+
+    // A new compiler binary (other size and mtime) is asked again.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&cc, "#!/bin/sh\necho 'my-cc 2.0, a longer answer'\n").unwrap();
+    b.identity(&cx).unwrap();
+    assert!(runner.specs().len() > spawned);
 }
 
 #[test]
@@ -509,8 +658,9 @@ fn identity_uses_real_gcc() {
     let (cx, _) = real_context();
     let ids = builder().identity(&cx).unwrap();
     let toolchain = &ids[1].value;
-    assert!(toolchain.starts_with(&format!("{first}; ")), "{toolchain}");
-    assert!(toolchain.contains("ld"), "{toolchain}");
+    assert!(toolchain.starts_with(&format!("cc: {first} (target ")), "{toolchain}");
+    assert!(toolchain.contains("; ld: GNU ld"), "{toolchain}");
+    assert!(toolchain.contains("; as: GNU assembler"), "{toolchain}");
     // Stable across calls (and no -j to vary).
     assert_eq!(builder().identity(&cx).unwrap(), ids);
 }
@@ -521,31 +671,27 @@ fn identity_honours_cc_override() {
         versions: vec![
             ("ccache".into(), "gcc (GCC) 14.1.0\n".into()),
             ("ld.bfd".into(), "GNU ld 2.42\n".into()),
+            ("as".into(), "GNU assembler 2.42\n".into()),
         ],
         ..FakeRunner::new(Some(0))
     });
     let (cx, _) = context(runner.clone());
-    let b = KbuildBuilder::with_toolchain(Toolchain {
-        cc: Some("ccache gcc".into()),
-        ld: Some("ld.bfd".into()),
-    });
+    let b = KbuildBuilder::with_inputs(inputs(&[("CC", "ccache gcc"), ("LD", "ld.bfd")]));
     let ids = b.identity(&cx).unwrap();
     assert!(
         ids[0].value.ends_with("CC=ccache gcc LD=ld.bfd"),
         "{:?}",
         ids
     );
-    assert_eq!(ids[1].value, "gcc (GCC) 14.1.0; GNU ld 2.42");
+    assert!(ids[1].value.starts_with("cc: gcc (GCC) 14.1.0"), "{ids:?}");
+    assert!(ids[1].value.contains("; ld: GNU ld 2.42; as: GNU assembler 2.42"), "{ids:?}");
     assert_eq!(runner.specs()[0].display(), "ccache gcc --version");
 }
 
 #[test]
 fn missing_compiler_names_it_with_install_hint() {
     let (cx, _) = real_context();
-    let b = KbuildBuilder::with_toolchain(Toolchain {
-        cc: Some("ktstr-no-such-cc".into()),
-        ld: None,
-    });
+    let b = KbuildBuilder::with_inputs(inputs(&[("CC", "ktstr-no-such-cc")]));
     let err = b.identity(&cx).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Command);
     assert!(
@@ -560,12 +706,10 @@ fn missing_compiler_names_it_with_install_hint() {
 #[test]
 fn failing_version_probe_is_an_error() {
     let (cx, _) = real_context();
-    let b = KbuildBuilder::with_toolchain(Toolchain {
-        cc: Some("false".into()),
-        ld: None,
-    });
+    let b = KbuildBuilder::with_inputs(inputs(&[("CC", "false")]));
     let err = b.identity(&cx).unwrap_err();
     assert!(err.message.contains("false --version"), "{err}");
+    assert!(err.message.contains("did not answer"), "{err}");
     assert!(err.message.contains("exit 1"), "{err}");
 }
 

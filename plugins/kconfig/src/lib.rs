@@ -28,6 +28,7 @@ use ktstr_sdk::configure::{ConfigureRequest, Configurer, ProfileInfo};
 use ktstr_sdk::context::{CommandOutcome, CommandSpec, StageContext};
 use ktstr_sdk::error::{ErrorKind, IoResultExt, Result, StageError};
 use ktstr_sdk::hash::sha256_hex;
+use ktstr_sdk::make_env;
 use ktstr_sdk::registry::{BuiltinPlugin, Constructor};
 
 use crate::fragment::{Assignment, DotConfig, Value};
@@ -355,19 +356,28 @@ fn append_lines(config_path: &Path, lines: &[Assignment]) -> Result<()> {
     Ok(())
 }
 
-/// `make -jN LOCALVERSION= <target>` in `tree`, in the sandbox, streaming
-/// output to the progress display.
+/// `make -jN LOCALVERSION= <builder's make args> [O=tree] <target>` in
+/// `tree` (or in the source, for an out-of-tree build directory), in the
+/// sandbox and the controlled environment, streaming output.
 fn run_make(
     tree: &Path,
     request: &ConfigureRequest,
     target: &str,
     cx: &StageContext,
 ) -> Result<()> {
-    let mut spec = CommandSpec::new("make").cwd(tree).args([
+    let (cwd, out_of_tree) = match &request.source_dir {
+        Some(source) => (source.as_path(), Some(tree)),
+        None => (tree, None),
+    };
+    let args = [
         format!("-j{}", request.make_jobs.max(1)),
         "LOCALVERSION=".to_string(),
-        target.to_string(),
-    ]);
+    ]
+    .into_iter()
+    .chain(request.make_args.iter().cloned())
+    .chain(out_of_tree.map(|o| format!("O={}", o.display())))
+    .chain(std::iter::once(target.to_string()));
+    let mut spec = make_env::controlled(CommandSpec::new("make").cwd(cwd).args(args));
     spec.cgroup_procs = request.sandbox_procs.clone();
     tracing::debug!(command = %spec.display(), tree = %tree.display(), "running make");
     let outcome = cx.runner.run(&spec, &mut |line| cx.progress.line(line))?;
@@ -376,7 +386,7 @@ fn run_make(
     }
     // Ctrl-C reaches make too: report the interruption, not a failure.
     cx.cancel.check()?;
-    Err(make_failure(tree, target, &spec, &outcome))
+    Err(make_failure(cwd, target, &spec, &outcome))
 }
 
 /// A `make` that ran and failed: target, tree and exit status in the

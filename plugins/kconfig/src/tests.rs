@@ -43,8 +43,7 @@ fn request(profile: &str, fragments: &[(&str, &str)]) -> ConfigureRequest {
             })
             .collect(),
         make_jobs: 3,
-        sandbox_procs: None,
-        reset: false,
+        ..ConfigureRequest::default()
     }
 }
 
@@ -426,6 +425,31 @@ fn validate_without_config_names_the_path() {
 }
 
 // ---- configure -----------------------------------------------------------
+
+/// The builder's make arguments reach every configure-time make, in the
+/// controlled environment; an out-of-tree request runs in the source with
+/// `O=` the build directory.
+#[test]
+fn configure_passes_builder_args_and_builds_out_of_tree() {
+    let c = KconfigConfigurer::new();
+    let src = fake_tree();
+    let out = tempfile::tempdir().unwrap();
+    let h = harness();
+    let mut req = request("tiny", &[]);
+    req.make_args = vec!["ARCH=arm64".into(), "LLVM=1".into()];
+    req.source_dir = Some(src.path().to_path_buf());
+    let _ = c.configure(out.path(), &req, &h.cx);
+    let specs = h.runner.specs();
+    assert!(!specs.is_empty());
+    let o = format!("O={}", out.path().display());
+    for spec in &specs {
+        assert_eq!(spec.cwd.as_deref(), Some(src.path()));
+        assert_eq!(spec.args[2..4], ["ARCH=arm64", "LLVM=1"]);
+        assert_eq!(spec.args[4], o);
+        assert!(spec.env_clear);
+        assert!(spec.env.iter().all(|(k, _)| ktstr_sdk::make_env::is_allowed(k)));
+    }
+}
 
 #[test]
 fn configure_fresh_tree_merges_warns_and_reports_drops() {

@@ -23,6 +23,8 @@ pub struct CommandSpec {
     pub env: Vec<(String, String)>,
     #[serde(default)]
     pub cgroup_procs: Option<PathBuf>,
+    #[serde(default)]
+    pub env_clear: bool,
 }
 
 impl From<&context::CommandSpec> for CommandSpec {
@@ -33,6 +35,7 @@ impl From<&context::CommandSpec> for CommandSpec {
             cwd: s.cwd.clone(),
             env: s.env.clone(),
             cgroup_procs: s.cgroup_procs.clone(),
+            env_clear: s.env_clear,
         }
     }
 }
@@ -45,6 +48,7 @@ impl From<CommandSpec> for context::CommandSpec {
             cwd: s.cwd,
             env: s.env,
             cgroup_procs: s.cgroup_procs,
+            env_clear: s.env_clear,
         }
     }
 }
