@@ -41,6 +41,9 @@ pub struct BuildPlan {
     /// `ARCH=`, `CROSS_COMPILE=`, `LLVM=`, `CC=`, ...: everything but `-j`,
     /// `O=` and the target.
     pub make_args: Vec<String>,
+    /// The objcopy that understands this arch's ELF (the host strips the
+    /// stored vmlinux with it): `aarch64-linux-gnu-objcopy`, `llvm-objcopy`.
+    pub objcopy: String,
 }
 
 /// What to build.
@@ -84,12 +87,15 @@ pub trait Builder: Send + Sync {
             return Err(StageError::invalid_input(
                 "this builder builds only for the host with its own toolchain",
             )
-            .with_hint("drop --arch/--toolchain/--cross-compile, or use the built-in kbuild builder"));
+            .with_hint(
+                "drop --arch/--toolchain/--cross-compile, or use the built-in kbuild builder",
+            ));
         }
         Ok(BuildPlan {
             arch: arch::host(),
             components: self.identity(cx)?,
             make_args: Vec::new(),
+            objcopy: "objcopy".into(),
         })
     }
 

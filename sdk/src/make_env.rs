@@ -23,7 +23,8 @@ pub const ALLOWED: &[&str] = &[
 /// Prefixes of inherited variables that pass unchanged: locale, compiler
 /// caches and distributors (they never change the object code), and
 /// ktstr's own (tests steer the fixture tree with `KTSTR_FIXTURE_*`).
-pub const ALLOWED_PREFIXES: &[&str] = &["LC_", "CCACHE_", "DISTCC_", "ICECC_", "SCCACHE_", "KTSTR_"];
+pub const ALLOWED_PREFIXES: &[&str] =
+    &["LC_", "CCACHE_", "DISTCC_", "ICECC_", "SCCACHE_", "KTSTR_"];
 
 /// What happens to a kbuild variable found in the environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,12 +48,17 @@ pub const VARIABLES: &[(&str, Policy)] = &[
     ("SUBARCH", Policy::UseFlag("--arch")),
     ("CROSS_COMPILE", Policy::UseFlag("--cross-compile")),
     ("LLVM", Policy::UseFlag("--toolchain llvm (or llvm-N)")),
-    ("LLVM_IAS", Policy::UseFlag("--toolchain llvm (the integrated assembler is always on)")),
+    (
+        "LLVM_IAS",
+        Policy::UseFlag("--toolchain llvm (the integrated assembler is always on)"),
+    ),
     ("O", Policy::UseFlag("--output")),
     ("KBUILD_OUTPUT", Policy::UseFlag("--output")),
     (
         "LOCALVERSION",
-        Policy::Refused("ktstr builds with LOCALVERSION= so a tree's release string is stable; set CONFIG_LOCALVERSION with --kconfig instead"),
+        Policy::Refused(
+            "ktstr builds with LOCALVERSION= so a tree's release string is stable; set CONFIG_LOCALVERSION with --kconfig instead",
+        ),
     ),
     (
         "MAKEFILES",
@@ -100,18 +106,51 @@ pub const VARIABLES: &[(&str, Policy)] = &[
     ("KBUILD_BUILD_HOST", Policy::Input),
     ("KBUILD_BUILD_TIMESTAMP", Policy::Input),
     ("KBUILD_BUILD_VERSION", Policy::Input),
-    ("INSTALL_PATH", Policy::Dropped("only `make install` reads it")),
-    ("INSTALL_MOD_PATH", Policy::Dropped("only `make modules_install` reads it")),
-    ("INSTALL_MOD_STRIP", Policy::Dropped("only `make modules_install` reads it")),
-    ("INSTALL_HDR_PATH", Policy::Dropped("only `make headers_install` reads it")),
-    ("INSTALL_DTBS_PATH", Policy::Dropped("only `make dtbs_install` reads it")),
-    ("MAKEFLAGS", Policy::Dropped("ktstr sets make's flags (-j) itself")),
-    ("MFLAGS", Policy::Dropped("ktstr sets make's flags (-j) itself")),
-    ("GNUMAKEFLAGS", Policy::Dropped("ktstr sets make's flags (-j) itself")),
+    (
+        "INSTALL_PATH",
+        Policy::Dropped("only `make install` reads it"),
+    ),
+    (
+        "INSTALL_MOD_PATH",
+        Policy::Dropped("only `make modules_install` reads it"),
+    ),
+    (
+        "INSTALL_MOD_STRIP",
+        Policy::Dropped("only `make modules_install` reads it"),
+    ),
+    (
+        "INSTALL_HDR_PATH",
+        Policy::Dropped("only `make headers_install` reads it"),
+    ),
+    (
+        "INSTALL_DTBS_PATH",
+        Policy::Dropped("only `make dtbs_install` reads it"),
+    ),
+    (
+        "MAKEFLAGS",
+        Policy::Dropped("ktstr sets make's flags (-j) itself"),
+    ),
+    (
+        "MFLAGS",
+        Policy::Dropped("ktstr sets make's flags (-j) itself"),
+    ),
+    (
+        "GNUMAKEFLAGS",
+        Policy::Dropped("ktstr sets make's flags (-j) itself"),
+    ),
     ("MAKELEVEL", Policy::Dropped("make's own bookkeeping")),
-    ("V", Policy::Dropped("kbuild reads it from the command line only")),
-    ("W", Policy::Dropped("kbuild reads it from the command line only")),
-    ("C", Policy::Dropped("kbuild reads it from the command line only")),
+    (
+        "V",
+        Policy::Dropped("kbuild reads it from the command line only"),
+    ),
+    (
+        "W",
+        Policy::Dropped("kbuild reads it from the command line only"),
+    ),
+    (
+        "C",
+        Policy::Dropped("kbuild reads it from the command line only"),
+    ),
 ];
 
 /// The policy for `name`, if kbuild reads it.
@@ -127,15 +166,25 @@ pub fn policy_of(name: &str) -> Option<Policy> {
     None
 }
 
-/// The kbuild inputs found in `env` (name, value), in [`VARIABLES`] order,
-/// or the error for the first refused one. Empty values count as unset.
-pub fn classify<I, K, V>(env: I) -> Result<Vec<(String, String)>>
+/// What [`classify`] found in an environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Classified {
+    /// Declared inputs (name, value), in [`VARIABLES`] order.
+    pub inputs: Vec<(String, String)>,
+    /// Variables kbuild would not read during a build: (name, why).
+    pub dropped: Vec<(String, &'static str)>,
+}
+
+/// The kbuild variables found in `env`, or the error for the first
+/// refused one. Empty values count as unset.
+pub fn classify<I, K, V>(env: I) -> Result<Classified>
 where
     I: IntoIterator<Item = (K, V)>,
     K: AsRef<str>,
     V: AsRef<str>,
 {
     let mut inputs = Vec::new();
+    let mut dropped = Vec::new();
     let mut refused: Vec<StageError> = Vec::new();
     for (k, v) in env {
         let (name, value) = (k.as_ref(), v.as_ref());
@@ -158,9 +207,7 @@ where
                 ))
                 .with_hint(format!("{why} (see docs/build-inputs.md)")),
             ),
-            Some(Policy::Dropped(why)) => {
-                tracing::debug!("not passing {name} to make: {why}");
-            }
+            Some(Policy::Dropped(why)) => dropped.push((name.to_string(), why)),
             None => {}
         }
     }
@@ -169,7 +216,8 @@ where
         return Err(first);
     }
     inputs.sort_by_key(|(n, _)| VARIABLES.iter().position(|(v, _)| v == n));
-    Ok(inputs)
+    dropped.sort();
+    Ok(Classified { inputs, dropped })
 }
 
 /// Whether an inherited variable passes into make unchanged.
@@ -196,8 +244,14 @@ mod tests {
 
     #[test]
     fn inputs_are_kept_in_table_order() {
-        let got = classify([("KCFLAGS", "-O3"), ("PATH", "/bin"), ("CC", "clang"), ("X", "y")])
-            .unwrap();
+        let got = classify([
+            ("KCFLAGS", "-O3"),
+            ("PATH", "/bin"),
+            ("CC", "clang"),
+            ("X", "y"),
+        ])
+        .unwrap()
+        .inputs;
         assert_eq!(
             got,
             [
@@ -218,21 +272,37 @@ mod tests {
         ] {
             let err = classify([(var, "x")]).unwrap_err();
             assert!(err.message.starts_with(&format!("{var}=x ")), "{err}");
-            assert!(err.hint.as_deref().unwrap().contains(flag), "{var}: {err:?}");
+            assert!(
+                err.hint.as_deref().unwrap().contains(flag),
+                "{var}: {err:?}"
+            );
         }
     }
 
     #[test]
     fn unknown_kbuild_and_kconfig_variables_are_refused() {
-        for var in ["KBUILD_EXTRA_SYMBOLS", "KCONFIG_CONFIG", "KBUILD_VERBOSE", "LOCALVERSION"] {
+        for var in [
+            "KBUILD_EXTRA_SYMBOLS",
+            "KCONFIG_CONFIG",
+            "KBUILD_VERBOSE",
+            "LOCALVERSION",
+        ] {
             assert!(classify([(var, "1")]).is_err(), "{var}");
         }
         assert!(classify([("KBUILD_BUILD_USER", "ci")]).is_ok());
     }
 
     #[test]
-    fn empty_values_count_as_unset_and_dropped_ones_pass_silently() {
-        assert_eq!(classify([("ARCH", ""), ("MAKEFLAGS", "-j8")]).unwrap(), []);
+    fn empty_values_count_as_unset_and_dropped_ones_are_reported() {
+        let got = classify([("ARCH", ""), ("MAKEFLAGS", "-j8")]).unwrap();
+        assert_eq!(got.inputs, []);
+        assert_eq!(
+            got.dropped,
+            [(
+                "MAKEFLAGS".to_string(),
+                "ktstr sets make's flags (-j) itself"
+            )]
+        );
     }
 
     #[test]
@@ -240,7 +310,10 @@ mod tests {
         let spec = controlled(CommandSpec::new("make").env("CC", "gcc"));
         assert!(spec.env_clear);
         assert!(spec.env.iter().all(|(k, _)| is_allowed(k) || k == "CC"));
-        assert_eq!(spec.env.last().unwrap(), &("CC".to_string(), "gcc".to_string()));
+        assert_eq!(
+            spec.env.last().unwrap(),
+            &("CC".to_string(), "gcc".to_string())
+        );
         assert!(is_allowed("LC_ALL") && is_allowed("PATH") && !is_allowed("ARCH"));
         assert!(!is_allowed("KCFLAGS") && !is_allowed("MAKEFLAGS"));
     }

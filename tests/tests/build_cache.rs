@@ -30,7 +30,7 @@ fn first_build_stores_the_kernel_in_the_cache() {
     let key = entry.file_name().unwrap().to_str().unwrap().to_string();
     assert!(
         is_fixture_key(&key),
-        "key {key:?} should look like 6.99.0-local-x86_64-<8 hex>"
+        "key {key:?} should look like 6.99.0-local-x86_64-<16 hex>"
     );
     assert_eq!(
         run.cached_key(),

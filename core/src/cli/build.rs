@@ -28,15 +28,26 @@ pub fn run(args: &BuildArgs) -> Result<()> {
         .iter()
         .map(|p| pipeline::read_fragment(p))
         .collect::<Result<Vec<_>, _>>()?;
-    let config_lines = settings.kconfig.iter().flatten().map(|l| (l, "config file kconfig"));
+    let config_lines = settings
+        .kconfig
+        .iter()
+        .flatten()
+        .map(|l| (l, "config file kconfig"));
     let flag_lines = args.kconfig.iter().map(|l| (l, "--kconfig"));
-    fragments.extend(config_lines.chain(flag_lines).map(|(line, origin)| Fragment {
-        name: format!("{origin} {line}"),
-        content: format!("{line}\n"),
-    }));
+    fragments.extend(
+        config_lines
+            .chain(flag_lines)
+            .map(|(line, origin)| Fragment {
+                name: format!("{origin} {line}"),
+                content: format!("{line}\n"),
+            }),
+    );
     let variant = Variant {
         arch: args.arch.clone().or_else(|| settings.arch.clone()),
-        toolchain: args.toolchain.clone().or_else(|| settings.toolchain.clone()),
+        toolchain: args
+            .toolchain
+            .clone()
+            .or_else(|| settings.toolchain.clone()),
         cross_compile: args
             .cross_compile
             .clone()

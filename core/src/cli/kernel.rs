@@ -35,11 +35,17 @@ fn rows(stages: &Stages, every_tier: bool) -> Result<Vec<(usize, Listed)>> {
     Ok(all)
 }
 
+/// An entry of the first key scheme: never served again (see
+/// `identity::is_current_format`), listed and cleaned as such.
+fn is_old_format(e: &ktstr_sdk::cache::CacheEntry) -> bool {
+    !crate::identity::is_current_format(&e.key)
+}
+
 fn json_row(row: &Listed) -> serde_json::Value {
     match row {
         Listed::Ok(e) => json!({
             "key": e.key,
-            "status": "ok",
+            "status": if is_old_format(e) { "old-format" } else { "ok" },
             "version": e.metadata.version,
             "profile": e.metadata.profile,
             "arch": e.metadata.arch,
@@ -90,8 +96,8 @@ pub fn list(as_json: bool, plugins: &[String], remote: bool) -> Result<()> {
     }
     writeln!(
         out,
-        "{:<44} {:<12} {:<8} {:<20} {:<21} SOURCE",
-        "KEY", "VERSION", "PROFILE", "BUILT", "STATUS"
+        "{:<44} {:<12} {:<9} {:<8} {:<20} {:<21} SOURCE",
+        "KEY", "VERSION", "ARCH", "PROFILE", "BUILT", "STATUS"
     )?;
     for (row, tier) in rows.iter().zip(&tier_of) {
         // With several tiers, say which one each row is from.
@@ -115,12 +121,15 @@ pub fn list(as_json: bool, plugins: &[String], remote: bool) -> Result<()> {
                 };
                 writeln!(
                     out,
-                    "{:<44} {:<12} {:<8} {:<20} {:<21} {source}{note}",
+                    "{:<44} {:<12} {:<9} {:<8} {:<20} {:<21} {source}{note}",
                     e.key,
                     m.version.as_deref().unwrap_or("?"),
+                    m.arch,
                     m.profile,
                     m.built_at,
-                    if m.fragments.is_empty() {
+                    if is_old_format(e) {
+                        "old format"
+                    } else if m.fragments.is_empty() {
                         "ok"
                     } else {
                         "ok (extra kconfig)"
@@ -130,8 +139,8 @@ pub fn list(as_json: bool, plugins: &[String], remote: bool) -> Result<()> {
             Listed::Corrupt { key, reason } => {
                 writeln!(
                     out,
-                    "{key:<44} {:<12} {:<8} {:<20} corrupt: {reason}{note}",
-                    "?", "?", "?"
+                    "{key:<44} {:<12} {:<9} {:<8} {:<20} corrupt: {reason}{note}",
+                    "?", "?", "?", "?"
                 )?;
             }
         }
@@ -142,13 +151,13 @@ pub fn list(as_json: bool, plugins: &[String], remote: bool) -> Result<()> {
     Ok(())
 }
 
-/// Which rows `clean --keep N` removes: every corrupt one, and every
-/// usable one past the N newest (`list` is newest first).
+/// Which rows `clean --keep N` removes: every corrupt or old-format one,
+/// and every usable one past the N newest (`list` is newest first).
 fn doomed(rows: &[Listed], keep: usize) -> Vec<String> {
     let mut kept = 0;
     rows.iter()
         .filter_map(|row| match row {
-            Listed::Ok(_) if kept < keep => {
+            Listed::Ok(e) if !is_old_format(e) && kept < keep => {
                 kept += 1;
                 None
             }

@@ -179,11 +179,7 @@ fn dot_config_sha256(tree: &Path) -> Result<String> {
 /// reported and treated as a miss; a remote tier that fails otherwise
 /// (unreachable, timing out, refusing the credentials) is reported once
 /// and not asked again.
-fn lookup(
-    stages: &Stages,
-    derived: &DerivedKey,
-    cx: &StageContext,
-) -> Result<Option<CacheEntry>> {
+fn lookup(stages: &Stages, derived: &DerivedKey, cx: &StageContext) -> Result<Option<CacheEntry>> {
     let key = &derived.key;
     let local = stages.local_cache();
     match local.stage.lookup(key) {
@@ -592,7 +588,15 @@ pub fn run(
         plan.arch.image_name,
         plan.arch.name,
     );
-    let entry = store::store_all(stages, &derived, &output, &config_path, &metadata, cx)?;
+    let entry = store::store_all(
+        stages,
+        &derived,
+        &output,
+        &config_path,
+        &metadata,
+        &plan.objcopy,
+        cx,
+    )?;
     drop(reservation);
     Ok(Outcome::Stored(entry))
 }
@@ -647,8 +651,16 @@ fn configure_phase(
             configure.profile
         ));
     }
-    if configure.reset || !stages.configurer.stage.is_configured(build_dir, &configure)? {
-        stages.configurer.stage.configure(build_dir, &configure, cx)?;
+    if configure.reset
+        || !stages
+            .configurer
+            .stage
+            .is_configured(build_dir, &configure)?
+    {
+        stages
+            .configurer
+            .stage
+            .configure(build_dir, &configure, cx)?;
         // A required symbol olddefconfig dropped fails now, not after the build.
         stages.configurer.stage.validate(build_dir, &configure)?;
         if source.is_local {

@@ -21,18 +21,19 @@ use ktstr_sdk::{Result, StageError};
 use crate::identity::DerivedKey;
 use crate::registry::Stages;
 
-const STRIP_TOOL: &str = "objcopy";
 const STRIP_ARGS: &[&str] = &["--strip-debug"];
 
-/// Strip `vmlinux` into `scratch`. Without objcopy the original is kept,
-/// with a warning: a bigger entry beats no entry.
+/// Strip `vmlinux` into `scratch` with `objcopy` (the build's, which reads
+/// its arch's ELF). Without objcopy the original is kept, with a warning:
+/// a bigger entry beats no entry.
 pub fn strip_vmlinux(
     vmlinux: &Path,
     scratch: &Path,
+    objcopy: &str,
     cx: &StageContext,
 ) -> Result<(PathBuf, Option<StripInfo>)> {
     let out = scratch.join(ktstr_sdk::cache::VMLINUX_NAME);
-    let spec = CommandSpec::new(STRIP_TOOL)
+    let spec = CommandSpec::new(objcopy)
         .args(STRIP_ARGS.iter().copied())
         .arg(vmlinux.display().to_string())
         .arg(out.display().to_string());
@@ -43,7 +44,7 @@ pub fn strip_vmlinux(
             Ok((
                 out,
                 Some(StripInfo {
-                    tool: format!("{STRIP_TOOL} {}", STRIP_ARGS.join(" ")),
+                    tool: format!("{objcopy} {}", STRIP_ARGS.join(" ")),
                     original_size,
                     stripped_size,
                 }),
@@ -122,13 +123,14 @@ pub fn store_all(
     output: &BuildOutput,
     config: &Path,
     metadata: &Metadata,
+    objcopy: &str,
     cx: &StageContext,
 ) -> Result<CacheEntry> {
     let scratch = tempfile::tempdir()
         .map_err(|e| StageError::io("create scratch directory in", &std::env::temp_dir(), e))?;
     let (vmlinux, strip) = match &output.vmlinux {
         Some(v) => {
-            let (path, info) = strip_vmlinux(v, scratch.path(), cx)?;
+            let (path, info) = strip_vmlinux(v, scratch.path(), objcopy, cx)?;
             (Some(path), info)
         }
         None => (None, None),

@@ -75,6 +75,7 @@ pub struct Setup {
     pub cc: String,
     pub ld: String,
     pub assembler: Option<String>,
+    pub objcopy: String,
 }
 
 impl Setup {
@@ -101,7 +102,9 @@ impl Setup {
             vars.push(("CROSS_COMPILE".into(), cross.clone()));
         }
         for arg in family.make_args(&cross) {
-            let (k, v) = arg.split_once('=').expect("family make args are assignments");
+            let (k, v) = arg
+                .split_once('=')
+                .expect("family make args are assignments");
             vars.push((k.into(), v.into()));
         }
         let mut kcflags = "-Wno-error".to_string();
@@ -118,6 +121,7 @@ impl Setup {
         let cc = var("CC").unwrap_or_else(|| family.cc(&cross));
         let ld = var("LD").unwrap_or_else(|| family.ld(&cross));
         let assembler = var("AS").or_else(|| family.assembler(&cross));
+        let objcopy = var("OBJCOPY").unwrap_or_else(|| family.objcopy(&cross));
         let make_args = [format!("KCFLAGS={kcflags}"), "LOCALVERSION=".to_string()]
             .into_iter()
             .chain(vars.iter().map(|(k, v)| format!("{k}={v}")))
@@ -130,6 +134,7 @@ impl Setup {
             cc,
             ld,
             assembler,
+            objcopy,
         })
     }
 
@@ -183,13 +188,20 @@ impl KbuildBuilder {
         self
     }
 
+    /// The kbuild variables to pass, and those not passed.
+    fn environment(&self) -> Result<make_env::Classified> {
+        match &self.inputs {
+            Some(inputs) => Ok(make_env::Classified {
+                inputs: inputs.clone(),
+                dropped: Vec::new(),
+            }),
+            None => make_env::classify(std::env::vars()),
+        }
+    }
+
     /// The make setup for `variant`.
     pub fn setup(&self, variant: &Variant) -> Result<Setup> {
-        let inputs = match &self.inputs {
-            Some(i) => i.clone(),
-            None => make_env::classify(std::env::vars())?,
-        };
-        Setup::new(variant, &inputs)
+        Setup::new(variant, &self.environment()?.inputs)
     }
 
     /// Run one `make` as a progress step, streaming its lines.
@@ -255,7 +267,13 @@ impl Builder for KbuildBuilder {
     }
 
     fn plan(&self, variant: &Variant, cx: &StageContext) -> Result<BuildPlan> {
-        let setup = self.setup(variant)?;
+        let env = self.environment()?;
+        for (name, why) in &env.dropped {
+            cx.progress.note(&format!(
+                "not passing {name} from the environment to make: {why}"
+            ));
+        }
+        let setup = Setup::new(variant, &env.inputs)?;
         let memo = self.memo_root.as_deref();
         let family = setup.family;
         let gcc = matches!(family, Family::Gcc(_));
@@ -277,6 +295,7 @@ impl Builder for KbuildBuilder {
                 KeyComponent::new("toolchain", format!("cc: {cc}; ld: {ld}; as: {assembler}")),
             ],
             make_args: setup.make_args,
+            objcopy: setup.objcopy,
         })
     }
 

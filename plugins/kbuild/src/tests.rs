@@ -147,7 +147,11 @@ fn make_args_are_jobs_then_fixed() {
         setup.args_for(8, None),
         ["-j8", "KCFLAGS=-Wno-error", "LOCALVERSION="]
     );
-    assert_eq!(setup.args_for(0, None)[0], "-j1", "-j0 would mean unlimited");
+    assert_eq!(
+        setup.args_for(0, None)[0],
+        "-j1",
+        "-j0 would mean unlimited"
+    );
     let setup = Setup::new(
         &Variant::default(),
         &inputs(&[("CC", "ccache gcc"), ("LD", "ld.bfd"), ("KCFLAGS", "-O3")]),
@@ -164,12 +168,19 @@ fn make_args_are_jobs_then_fixed() {
             "O=/out"
         ]
     );
-    assert_eq!((setup.cc.as_str(), setup.ld.as_str()), ("ccache gcc", "ld.bfd"));
+    assert_eq!(
+        (setup.cc.as_str(), setup.ld.as_str()),
+        ("ccache gcc", "ld.bfd")
+    );
 }
 
 #[test]
 fn variants_choose_arch_cross_prefix_and_llvm() {
-    let foreign = if arch::host().name == "arm64" { "x86_64" } else { "arm64" };
+    let foreign = if arch::host().name == "arm64" {
+        "x86_64"
+    } else {
+        "arm64"
+    };
     let setup = Setup::new(
         &Variant {
             arch: Some(foreign.into()),
@@ -202,8 +213,14 @@ fn variants_choose_arch_cross_prefix_and_llvm() {
         &[],
     )
     .unwrap();
-    assert_eq!(llvm.make_args[2..], [format!("ARCH={foreign}"), "LLVM=-16".into()]);
-    assert_eq!((llvm.cc.as_str(), llvm.ld.as_str()), ("clang-16", "ld.lld-16"));
+    assert_eq!(
+        llvm.make_args[2..],
+        [format!("ARCH={foreign}"), "LLVM=-16".into()]
+    );
+    assert_eq!(
+        (llvm.cc.as_str(), llvm.ld.as_str()),
+        ("clang-16", "ld.lld-16")
+    );
     assert_eq!(llvm.assembler, None);
 
     // The environment's CC wins over the family's, as make would have it.
@@ -241,9 +258,15 @@ fn out_of_tree_build_finds_the_image_in_the_output_dir() {
     let mut req = request(tree.path(), 1, false);
     req.output = Some(out.path().join("build"));
     let built = builder().build(&req, &cx).unwrap();
-    assert_eq!(built.image, out.path().join("build").join(arch::host().image_path));
+    assert_eq!(
+        built.image,
+        out.path().join("build").join(arch::host().image_path)
+    );
     assert_eq!(built.vmlinux, Some(out.path().join("build/vmlinux")));
-    assert!(read(tree.path(), "args.log").contains(&format!("O={}", out.path().join("build").display())));
+    assert!(
+        read(tree.path(), "args.log")
+            .contains(&format!("O={}", out.path().join("build").display()))
+    );
 }
 
 #[test]
@@ -254,7 +277,10 @@ fn make_gets_a_controlled_environment() {
     let _ = builder().build(&request(tree.path(), 1, false), &cx);
     let spec = &runner.specs()[0];
     assert!(spec.env_clear, "{spec:?}");
-    assert!(spec.env.iter().all(|(k, _)| make_env::is_allowed(k)), "{spec:?}");
+    assert!(
+        spec.env.iter().all(|(k, _)| make_env::is_allowed(k)),
+        "{spec:?}"
+    );
 }
 
 #[test]
@@ -527,7 +553,12 @@ fn sandbox_procs_reach_every_make() {
         assert_eq!(spec.cwd.as_deref(), Some(dir.path()));
         assert_eq!(spec.cgroup_procs.as_ref(), Some(&procs));
     }
-    assert_eq!(specs[0].args, Setup::new(&Variant::default(), &[]).unwrap().args_for(4, None));
+    assert_eq!(
+        specs[0].args,
+        Setup::new(&Variant::default(), &[])
+            .unwrap()
+            .args_for(4, None)
+    );
     assert_eq!(specs[1].args[..specs[0].args.len()], specs[0].args[..]);
     assert_eq!(specs[1].args.last().unwrap(), "compile_commands.json");
     assert_eq!(progress.lines(), ["  LD      vmlinux", "  LD      vmlinux"]);
@@ -593,7 +624,12 @@ fn identity_excludes_jobs_and_names_toolchain() {
     let specs: Vec<String> = runner.specs().iter().map(|s| s.display()).collect();
     assert_eq!(
         specs,
-        ["gcc --version", "gcc -dumpmachine", "ld --version", "as --version"]
+        [
+            "gcc --version",
+            "gcc -dumpmachine",
+            "ld --version",
+            "as --version"
+        ]
     );
 
     // The builder component is what the build runs minus -j, for any N.
@@ -658,7 +694,10 @@ fn identity_uses_real_gcc() {
     let (cx, _) = real_context();
     let ids = builder().identity(&cx).unwrap();
     let toolchain = &ids[1].value;
-    assert!(toolchain.starts_with(&format!("cc: {first} (target ")), "{toolchain}");
+    assert!(
+        toolchain.starts_with(&format!("cc: {first} (target ")),
+        "{toolchain}"
+    );
     assert!(toolchain.contains("; ld: GNU ld"), "{toolchain}");
     assert!(toolchain.contains("; as: GNU assembler"), "{toolchain}");
     // Stable across calls (and no -j to vary).
@@ -684,7 +723,12 @@ fn identity_honours_cc_override() {
         ids
     );
     assert!(ids[1].value.starts_with("cc: gcc (GCC) 14.1.0"), "{ids:?}");
-    assert!(ids[1].value.contains("; ld: GNU ld 2.42; as: GNU assembler 2.42"), "{ids:?}");
+    assert!(
+        ids[1]
+            .value
+            .contains("; ld: GNU ld 2.42; as: GNU assembler 2.42"),
+        "{ids:?}"
+    );
     assert_eq!(runner.specs()[0].display(), "ccache gcc --version");
 }
 

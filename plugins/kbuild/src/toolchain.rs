@@ -37,7 +37,9 @@ impl Family {
     pub fn parse(raw: &str) -> Result<Self> {
         let bad = || {
             StageError::invalid_input(format!("--toolchain {raw}: not a toolchain ktstr knows"))
-                .with_hint("use gcc, gcc-N, clang, llvm or llvm-N (N a major version, e.g. llvm-16)")
+                .with_hint(
+                    "use gcc, gcc-N, clang, llvm or llvm-N (N a major version, e.g. llvm-16)",
+                )
         };
         let (name, version) = match raw.split_once('-') {
             Some((n, v)) => {
@@ -85,6 +87,14 @@ impl Family {
         }
     }
 
+    /// The objcopy for this family's ELF files.
+    pub fn objcopy(self, cross: &str) -> String {
+        match self {
+            Self::Gcc(_) => format!("{cross}objcopy"),
+            Self::Llvm(_) => format!("llvm-objcopy{}", self.suffix()),
+        }
+    }
+
     /// The make arguments selecting this family (besides `CROSS_COMPILE`).
     pub fn make_args(self, cross: &str) -> Vec<String> {
         match self {
@@ -114,11 +124,7 @@ pub fn find_cross_prefix(arch: &KernelArch, family: Family) -> Result<String> {
             return Ok((*prefix).to_string());
         }
     }
-    let tried: Vec<String> = arch
-        .cross_prefixes
-        .iter()
-        .map(|p| family.cc(p))
-        .collect();
+    let tried: Vec<String> = arch.cross_prefixes.iter().map(|p| family.cc(p)).collect();
     Err(StageError::not_found(format!(
         "--arch {}: no cross compiler on PATH (looked for {})",
         arch.name,
@@ -185,7 +191,9 @@ fn probe(
 ) -> Result<String> {
     let mut words = command.split_whitespace();
     let program = words.next().unwrap_or(command);
-    let spec = CommandSpec::new(program).args(words).args(args.iter().copied());
+    let spec = CommandSpec::new(program)
+        .args(words)
+        .args(args.iter().copied());
     let hint = format!(
         "install the {role} (on Debian: apt-get install {}; for the kernel's other build tools: \
          {DEBIAN_PACKAGES}), put `{program}` on PATH, or point ${var} at another one",
@@ -211,11 +219,9 @@ fn probe(
         (Some(0), Some(line)) => Ok(line.to_string()),
         (code, _) => {
             let status = code.map_or("killed by a signal".to_string(), |c| format!("exit {c}"));
-            let mut err = StageError::command(format!(
-                "`{}` did not answer ({status})",
-                spec.display()
-            ))
-            .with_hint(hint);
+            let mut err =
+                StageError::command(format!("`{}` did not answer ({status})", spec.display()))
+                    .with_hint(hint);
             if let Some(line) = out.stderr.lines().find(|l| !l.trim().is_empty()) {
                 err.causes.push(line.trim().to_string());
             }
@@ -253,7 +259,9 @@ impl Memo {
         }
         let name = &ktstr_sdk::hash::sha256_hex(id.as_bytes())[..32];
         Some(Self {
-            path: ktstr_sdk::paths::plugin_state(root, crate::NAME).join("toolchain").join(name),
+            path: ktstr_sdk::paths::plugin_state(root, crate::NAME)
+                .join("toolchain")
+                .join(name),
         })
     }
 
@@ -265,7 +273,9 @@ impl Memo {
 
     /// Best effort: a memo that cannot be written costs a spawn next time.
     fn write(&self, answer: &str) {
-        let Some(dir) = self.path.parent() else { return };
+        let Some(dir) = self.path.parent() else {
+            return;
+        };
         let tmp = self
             .path
             .with_extension(format!("tmp{}", std::process::id()));
@@ -274,7 +284,10 @@ impl Memo {
             .and_then(|()| std::fs::rename(&tmp, &self.path));
         if let Err(e) = ok {
             let _ = std::fs::remove_file(&tmp);
-            tracing::debug!("cannot remember toolchain identity in {}: {e}", dir.display());
+            tracing::debug!(
+                "cannot remember toolchain identity in {}: {e}",
+                dir.display()
+            );
         }
     }
 }
@@ -301,7 +314,10 @@ mod tests {
             ["CC=aarch64-linux-gnu-gcc-12", "HOSTCC=gcc-12"]
         );
         let l = Family::Llvm(Some(16));
-        assert_eq!((l.cc("x-"), l.ld("x-")), ("clang-16".into(), "ld.lld-16".into()));
+        assert_eq!(
+            (l.cc("x-"), l.ld("x-")),
+            ("clang-16".into(), "ld.lld-16".into())
+        );
         assert_eq!(l.assembler(""), None);
         assert_eq!(Family::Llvm(None).make_args(""), ["LLVM=1"]);
         assert_eq!(l.make_args(""), ["LLVM=-16"]);
@@ -312,7 +328,10 @@ mod tests {
         let arch = ktstr_sdk::arch::find("loongarch").unwrap();
         // Nobody has a loongarch cross compiler called this on PATH.
         let err = find_cross_prefix(arch, Family::Gcc(Some(999))).unwrap_err();
-        assert!(err.message.contains("loongarch64-linux-gnu-gcc-999"), "{err}");
+        assert!(
+            err.message.contains("loongarch64-linux-gnu-gcc-999"),
+            "{err}"
+        );
         let hint = err.hint.unwrap();
         assert!(hint.contains("gcc-loongarch64-linux-gnu"), "{hint}");
         assert!(hint.contains("--cross-compile"), "{hint}");

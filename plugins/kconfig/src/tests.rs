@@ -447,7 +447,11 @@ fn configure_passes_builder_args_and_builds_out_of_tree() {
         assert_eq!(spec.args[2..4], ["ARCH=arm64", "LLVM=1"]);
         assert_eq!(spec.args[4], o);
         assert!(spec.env_clear);
-        assert!(spec.env.iter().all(|(k, _)| ktstr_sdk::make_env::is_allowed(k)));
+        assert!(
+            spec.env
+                .iter()
+                .all(|(k, _)| ktstr_sdk::make_env::is_allowed(k))
+        );
     }
 }
 

@@ -323,12 +323,12 @@ impl Run {
     }
 }
 
-/// Keys look like `6.99.0-local-x86_64-<8 hex>` for the fixture tree.
+/// Keys look like `6.99.0-local-x86_64-<16 hex>` for the fixture tree.
 pub fn is_fixture_key(key: &str) -> bool {
     let Some(hash) = key.strip_prefix("6.99.0-local-x86_64-") else {
         return false;
     };
-    hash.len() == 8
+    hash.len() == 16
         && hash
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
@@ -615,6 +615,21 @@ pub fn elf_sections(path: &Path) -> Vec<String> {
         })
         .filter(|name| name != "Name")
         .collect()
+}
+
+/// The `Machine:` line of an ELF header, from `readelf -h`.
+pub fn elf_machine(path: &Path) -> String {
+    let out = Command::new("readelf")
+        .arg("-h")
+        .arg(path)
+        .output()
+        .expect("run readelf (binutils)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Machine:"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 #[track_caller]
