@@ -9,6 +9,7 @@
 # fully built tree; then RUNS (default 7) alternating rounds time
 #   A: make -jN KCFLAGS=-Wno-error LOCALVERSION=   (exactly what ktstr's builder runs)
 #   B: ktstr build --kernel TREE --profile tiny     (a cache hit)
+#   C: git status --porcelain                        (the budget: a hit costs at most half)
 # and print the medians as a markdown table row for docs/benchmarks.md.
 set -euo pipefail
 
@@ -40,8 +41,10 @@ echo "priming: ktstr build --kernel $tree --profile tiny" >&2
 now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f", m}'; }
 
-make_times=() hit_times=()
+make_times=() hit_times=() git_times=()
 for i in $(seq "$runs"); do
+  t0=$(now); git -C "$tree" status --porcelain >/dev/null; t1=$(now)
+  git_times+=("$(echo "$t1 - $t0" | bc)")
   t0=$(now); make -C "$tree" -j"$jobs" KCFLAGS=-Wno-error LOCALVERSION= >/dev/null 2>&1; t1=$(now)
   make_times+=("$(echo "$t1 - $t0" | bc)")
   t0=$(now); out=$("$ktstr" build --kernel "$tree" --profile tiny 2>&1 >/dev/null); t1=$(now)
@@ -51,7 +54,10 @@ done
 
 m=$(printf '%s\n' "${make_times[@]}" | median)
 h=$(printf '%s\n' "${hit_times[@]}" | median)
+g=$(printf '%s\n' "${git_times[@]}" | median)
 ratio=$(printf "%.3f" "$(echo "scale=4; $h / $m" | bc)")
+gratio=$(printf "%.3f" "$(echo "scale=4; $h / $g" | bc)")
 echo "no-op make runs: ${make_times[*]}" >&2
 echo "cache-hit runs:  ${hit_times[*]}" >&2
-echo "| $(date -u +%F) | $(nproc) | $runs | ${m} s | ${h} s | ${ratio} |"
+echo "git status runs: ${git_times[*]}" >&2
+echo "| $(date -u +%F) | $(nproc) | $runs | ${m} s | ${g} s | ${h} s | ${ratio} | ${gratio} |"

@@ -1,6 +1,9 @@
 //! Build Debian's `linux-source-6.12` with the `tiny` profile, then hit the
-//! cache. Runs where the source package and the toolchain are installed
-//! (CI: `.ci/run`); elsewhere it prints why it skips.
+//! cache: first an arm64 cross build and an LLVM build, both out of tree
+//! (`--output`, so the one unpacked tree stays clean for them all), then the
+//! in-tree gcc build. Runs where the source package and the toolchains are
+//! installed (CI: `.ci/run`); elsewhere it prints why it skips (a missing
+//! cross or LLVM toolchain skips only that variant).
 
 mod common;
 
@@ -127,6 +130,7 @@ fn real_kernel_tiny_build_then_cache_hit() {
         root,
         env: Vec::new(),
     };
+    let variant_keys = out_of_tree_variants(&fx);
 
     // `--cpu-cap 1`: make must run with -j1 inside a one-CPU cpuset. Watch
     // the build's make processes while it runs.
@@ -196,4 +200,79 @@ fn real_kernel_tiny_build_then_cache_hit() {
     // The hit message is printed only on the path that runs no make; how
     // fast that is lives in tests/bench/cache-hit.sh, not in a timed test.
     assert_eq!(second.hit_key(), key, "{}", second.describe());
+    assert!(
+        !variant_keys.contains(&key),
+        "the gcc x86 build shares a key with a variant: {variant_keys:?}"
+    );
+}
+
+/// The `.comment` section of an ELF file (the compilers that built it).
+fn elf_comment(path: &Path) -> String {
+    let out = Command::new("readelf")
+        .args(["-p", ".comment"])
+        .arg(path)
+        .output()
+        .expect("run readelf");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Build the arm64 cross and LLVM variants out of tree at `--cpu-cap 2`,
+/// check each is what it claims, is cached under its own key and hits on a
+/// re-run, and that the source tree was never written. Returns their keys.
+fn out_of_tree_variants(fx: &Fixture) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut variants: Vec<(&str, Vec<&str>)> = Vec::new();
+    if on_path("aarch64-linux-gnu-gcc") {
+        variants.push(("arm64", vec!["--arch", "arm64"]));
+    } else {
+        ktstr_sdk::testing::skip(
+            "real-kernel arm64 cross build: aarch64-linux-gnu-gcc missing \
+             (apt-get install gcc-aarch64-linux-gnu)",
+        );
+    }
+    if on_path("clang") && on_path("ld.lld") && on_path("llvm-objcopy") {
+        variants.push(("llvm", vec!["--toolchain", "llvm"]));
+    } else {
+        ktstr_sdk::testing::skip(
+            "real-kernel LLVM build: clang/ld.lld/llvm missing (apt-get install clang lld llvm)",
+        );
+    }
+    for (name, flags) in variants {
+        let out = fx.root.path().join(format!("out-{name}"));
+        let out_arg = out.to_str().unwrap().to_string();
+        let mut args = vec!["--profile", "tiny", "--cpu-cap", "2", "--output", &out_arg];
+        args.extend(flags.iter().copied());
+        let run = fx.build(&args);
+        let image = run.image_path();
+        let key = run.cached_key();
+        assert!(!keys.contains(&key), "{name}: key {key} reused\n{}", run.describe());
+        let entry = image.parent().unwrap();
+        let vmlinux = entry.join("vmlinux");
+        assert_stripped_vmlinux(&vmlinux);
+        match name {
+            "arm64" => {
+                assert!(key.contains("-local-arm64-"), "{key}");
+                assert_eq!(image.file_name().unwrap(), "Image");
+                assert_eq!(common::elf_machine(&vmlinux), "AArch64", "{}", vmlinux.display());
+                // The arm64 boot image's header carries the "ARM\x64" magic at 56.
+                let bytes = fs::read(&image).unwrap();
+                assert_eq!(&bytes[56..60], b"ARM\x64", "not an arm64 Image");
+            }
+            _ => {
+                assert!(key.contains("-local-x86_64-"), "{key}");
+                assert!(common::elf_machine(&vmlinux).contains("X86-64"));
+                let comment = elf_comment(&vmlinux);
+                assert!(comment.contains("clang"), "{name}: .comment: {comment}");
+            }
+        }
+        assert_eq!(
+            common::git(&fx.tree, &["status", "--porcelain", "--ignored"]),
+            "",
+            "{name}: the out-of-tree build wrote into the source tree"
+        );
+        let again = fx.build(&args);
+        assert_eq!(again.hit_key(), key, "{name}\n{}", again.describe());
+        keys.push(key);
+    }
+    keys
 }

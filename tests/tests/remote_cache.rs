@@ -219,3 +219,57 @@ fn read_only_never_writes_and_a_down_remote_costs_a_warning() {
         run.describe()
     );
 }
+
+/// Every `manifests/<key>.json` object s3s-fs holds on disk.
+fn manifests(s3: &S3) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.parent().is_some_and(|d| d.ends_with("manifests"))
+                && p.extension().is_some_and(|x| x == "json")
+            {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&s3.root.path().join(BUCKET), &mut out);
+    out
+}
+
+/// A remote entry whose recorded inputs differ from the wanted ones (here:
+/// its manifest rewritten at rest) is never installed: the second machine
+/// warns, builds, and its own entry records the real inputs.
+#[test]
+fn a_remote_entry_built_from_other_inputs_is_never_installed() {
+    let Some(s3) = S3::start() else { return };
+    let shared = tempfile::tempdir().unwrap();
+    let spec = tarball(shared.path(), "6.99.7");
+    let a = machine(s3.port);
+    let key = build(&a, &spec).cached_key();
+
+    let found = manifests(&s3);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&found[0]).unwrap()).unwrap();
+    let comps = manifest["metadata"]["components"].as_array_mut().unwrap();
+    let toolchain = comps.iter_mut().find(|c| c["name"] == "toolchain").unwrap();
+    let real = toolchain["value"].as_str().unwrap().to_string();
+    toolchain["value"] = "cc: some other compiler".into();
+    std::fs::write(&found[0], serde_json::to_vec(&manifest).unwrap()).unwrap();
+
+    let b = machine(s3.port);
+    let run = build(&b, &spec);
+    run.image_path();
+    run.assert_stderr_has(&format!(
+        "entry {key} in s3-cache was built from other inputs (toolchain differs); not using it"
+    ))
+    .assert_stderr_lacks("came from");
+    assert_eq!(b.build_count(), 1, "the second machine must build");
+    assert_eq!(run.cached_key(), key);
+    let local = std::fs::read_to_string(b.kernels_dir().join(&key).join("metadata.json")).unwrap();
+    assert!(local.contains(&real), "{local}");
+    assert!(!local.contains("some other compiler"), "{local}");
+}

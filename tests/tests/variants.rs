@@ -222,8 +222,8 @@ fn an_entry_built_from_other_inputs_is_never_served() {
         let run = fx.build(&[]);
         run.assert_ok()
             .assert_stderr_has(&format!(
-                "entry {key} in the local was built from other inputs ({component} differs); \
-                 rebuilding"
+                "entry {key} in the local cache was built from other inputs ({component} \
+                 differs); rebuilding"
             ))
             .assert_stderr_lacks("cache hit");
         // The rebuild replaced it: the next run is a clean hit.

@@ -183,7 +183,9 @@ fn lookup(stages: &Stages, derived: &DerivedKey, cx: &StageContext) -> Result<Op
     let key = &derived.key;
     let local = stages.local_cache();
     match local.stage.lookup(key) {
-        Ok(Some(entry)) if verified(derived, &entry, "rebuilding", cx) => return Ok(Some(entry)),
+        Ok(Some(entry)) if verified(derived, &entry, "the local cache", "rebuilding", cx) => {
+            return Ok(Some(entry));
+        }
         Ok(Some(_)) => {}
         Ok(None) => {}
         Err(e) if e.kind == ErrorKind::Corrupt => {
@@ -193,7 +195,7 @@ fn lookup(stages: &Stages, derived: &DerivedKey, cx: &StageContext) -> Result<Op
     }
     for tier in stages.live_remotes() {
         match tier.stage.lookup(key) {
-            Ok(Some(entry)) if verified(derived, &entry, "not using it", cx) => {
+            Ok(Some(entry)) if verified(derived, &entry, &tier.name, "not using it", cx) => {
                 return backfill(stages, tier, &entry, cx).map(Some);
             }
             Ok(Some(_)) => {}
@@ -218,15 +220,21 @@ fn lookup(stages: &Stages, derived: &DerivedKey, cx: &StageContext) -> Result<Op
     Ok(None)
 }
 
-/// Whether `entry` recorded the inputs `derived` was made of; warns when not.
-fn verified(derived: &DerivedKey, entry: &CacheEntry, then: &str, cx: &StageContext) -> bool {
+/// Whether `entry` (found in `tier`) recorded the inputs `derived` was made
+/// of; warns when not.
+fn verified(
+    derived: &DerivedKey,
+    entry: &CacheEntry,
+    tier: &str,
+    then: &str,
+    cx: &StageContext,
+) -> bool {
     if identity::same_inputs(&derived.components, &entry.metadata.components) {
         return true;
     }
     cx.progress.warn(&format!(
-        "entry {} in the {} was built from other inputs ({} differs); {then}",
+        "entry {} in {tier} was built from other inputs ({} differs); {then}",
         derived.key,
-        entry.origin,
         identity::first_difference(&derived.components, &entry.metadata.components)
     ));
     false
