@@ -7,6 +7,8 @@
 //! queue on its lock, and whoever waited looks in the cache again, since
 //! the peer it waited for has usually just stored the same kernel.
 
+mod evidence;
+mod failure;
 mod store;
 pub mod tree_state;
 
@@ -216,11 +218,7 @@ pub(crate) fn backfill(
     remote: &CacheEntry,
     cx: &StageContext,
 ) -> Result<CacheEntry> {
-    let artifacts = ktstr_sdk::cache::Artifacts {
-        image: remote.image(),
-        vmlinux: remote.vmlinux(),
-        config: remote.config(),
-    };
+    let artifacts = remote.artifacts();
     let mut metadata = remote.metadata.clone();
     metadata.origin = Some(format!("{} {}", tier.name, tier.stage.describe()));
     let local = stages.local_cache();
@@ -375,7 +373,7 @@ pub fn run(
         tracing::info!("removed {} left by a dead ktstr", stale.display());
     }
     let mut source = acquirer.stage.acquire(&target.resolved.spec, cx)?;
-    let _scratch = ScratchGuard::new(cache_root, &source, req.keep_source, cx);
+    let mut scratch = ScratchGuard::new(cache_root, &source, req.keep_source, cx);
     if let Some(known) = known {
         if source.version.is_some() && source.version != known.version {
             cx.progress.warn(&format!(
@@ -476,8 +474,12 @@ pub fn run(
     };
 
     cx.cancel.check()?;
+    // make's whole output, from here on, also goes to the build log.
+    let mut log = crate::build_log::BuildLog::start(cache_root)?;
+    let lcx = log.context(cx);
+    let mut evidence = evidence::Evidence::default();
     if req.clean && source.is_local {
-        stages.builder.stage.clean(&tree, cx)?;
+        stages.builder.stage.clean(&tree, &lcx)?;
     }
 
     let mut configure = req.configure.clone();
@@ -496,7 +498,13 @@ pub fn run(
         ));
     }
     if configure.reset || !stages.configurer.stage.is_configured(&tree, &configure)? {
-        stages.configurer.stage.configure(&tree, &configure, cx)?;
+        let started = std::time::Instant::now();
+        stages
+            .configurer
+            .stage
+            .configure(&tree, &configure, &lcx)
+            .map_err(|e| failure::keep_evidence(e, &mut log, &mut scratch))?;
+        evidence.durations.configure_ms = Some(evidence::millis(started.elapsed()));
         // A required symbol olddefconfig dropped fails now, not after the build.
         stages.configurer.stage.validate(&tree, &configure)?;
         if source.is_local {
@@ -523,15 +531,21 @@ pub fn run(
     }
 
     cx.cancel.check()?;
-    let output = stages.builder.stage.build(
-        &BuildRequest {
-            tree: tree.clone(),
-            make_jobs: reservation.make_jobs,
-            sandbox_procs: reservation.sandbox_procs.clone(),
-            compile_commands: source.is_local,
-        },
-        cx,
-    )?;
+    let started = std::time::Instant::now();
+    let output = stages
+        .builder
+        .stage
+        .build(
+            &BuildRequest {
+                tree: tree.clone(),
+                make_jobs: reservation.make_jobs,
+                sandbox_procs: reservation.sandbox_procs.clone(),
+                compile_commands: source.is_local,
+            },
+            &lcx,
+        )
+        .map_err(|e| failure::keep_evidence(e, &mut log, &mut scratch))?;
+    evidence.durations.build_ms = Some(evidence::millis(started.elapsed()));
     stages.configurer.stage.validate(&tree, &configure)?;
 
     let Some(derived) = derived.filter(|_| !source.is_dirty) else {
@@ -556,6 +570,14 @@ pub fn run(
     cx.cancel.check()?;
     let config_path = tree.join(".config");
     let config_sha = ktstr_sdk::hash::sha256_file(&config_path)?.0;
+    let summary = log.finish(cx);
+    evidence.kernelrelease = evidence::kernelrelease(&tree);
+    evidence.warnings = summary.warnings;
+    evidence.errors = summary.errors;
+    evidence.make_command = output.command.clone();
+    evidence.declared = keyer.declared.clone();
+    evidence.ktstr_command =
+        evidence::ktstr_command(&target.resolved.spec.raw, &source, &configure);
     let metadata = store::metadata_for(
         &source,
         &derived,
@@ -563,8 +585,17 @@ pub fn run(
         &config_sha,
         arch.image_name,
         arch.name,
+        &evidence,
     );
-    let entry = store::store_all(stages, &derived, &output, &config_path, &metadata, cx)?;
+    let entry = store::store_all(
+        stages,
+        &derived,
+        &output,
+        &config_path,
+        summary.compressed.as_deref(),
+        &metadata,
+        cx,
+    )?;
     drop(reservation);
     Ok(Outcome::Stored(entry))
 }
