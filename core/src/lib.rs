@@ -1,6 +1,7 @@
 //! The ktstr host: command line, pipeline orchestration, stage selection
 //! and cache-key derivation. Stages themselves live in plugin crates.
 
+pub mod build_log;
 pub mod cli;
 pub mod config;
 pub mod dynamic;

@@ -3,10 +3,13 @@
 //! A kernel build prints tens of thousands of lines. On a terminal the
 //! user sees one updating line (elapsed time + latest make line); in CI
 //! logs, where carriage returns turn into noise, a throttled heartbeat line
-//! shows the job is alive without burying the log.
+//! shows the job is alive without burying the log. With `-v` every line is
+//! printed as it arrives instead ([`set_stream_output`]); either way the
+//! whole output is in the build log (`ktstr kernel log KEY`).
 
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ktstr_sdk::context::Progress;
@@ -16,6 +19,18 @@ pub const LABEL: &str = "ktstr";
 
 const TTY_REFRESH: Duration = Duration::from_millis(100);
 const HEARTBEAT: Duration = Duration::from_secs(30);
+
+static STREAM: AtomicBool = AtomicBool::new(false);
+
+/// `-v`: print every output line of a step (make's lines) to stderr as it
+/// arrives, as make printed it, instead of the status line or heartbeat.
+pub fn set_stream_output(on: bool) {
+    STREAM.store(on, Ordering::Relaxed);
+}
+
+fn streaming() -> bool {
+    STREAM.load(Ordering::Relaxed)
+}
 
 struct Step {
     name: String,
@@ -96,6 +111,12 @@ impl Progress for StderrProgress {
             return;
         };
         step.lines += 1;
+        if streaming() {
+            drop(guard);
+            self.clear_status();
+            eprintln!("{line}");
+            return;
+        }
         let now = Instant::now();
         let interval = if self.tty { TTY_REFRESH } else { HEARTBEAT };
         let due = match step.last_draw {

@@ -5,6 +5,11 @@
 //! their removal, so a plugin cannot forget it and `--keep-source` works the
 //! same for every source; trees a `kill -9` left are removed by
 //! [`ktstr_sdk::scratch::sweep_dead`] at the next build.
+//!
+//! A tree is kept (and marked, so no sweep takes it) with `--keep-source`.
+//! A tree whose build failed is kept too, so the reproduce command in the
+//! error works: [`ScratchGuard::keep_failed`] marks it for the sweep to
+//! remove a day later ([`ktstr_sdk::scratch::FAILED_KEPT_FOR`]).
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +21,7 @@ use ktstr_sdk::source::AcquiredSource;
 pub struct ScratchGuard<'a> {
     dir: Option<PathBuf>,
     keep: bool,
+    failed: bool,
     cx: &'a StageContext,
 }
 
@@ -38,7 +44,28 @@ impl<'a> ScratchGuard<'a> {
         } else {
             None
         };
-        Self { dir, keep, cx }
+        Self {
+            dir,
+            keep,
+            failed: false,
+            cx,
+        }
+    }
+
+    /// The build in this tree failed: keep the tree for the reproduce
+    /// command. Returns it, `None` when the source is not a scratch tree.
+    pub fn keep_failed(&mut self) -> Option<PathBuf> {
+        let dir = self.dir.clone()?;
+        if !self.keep && !self.failed {
+            ktstr_sdk::scratch::mark_failed(&dir);
+            self.failed = true;
+        }
+        Some(dir)
+    }
+
+    /// Whether the tree stays after this build whatever happens.
+    pub fn kept_for_good(&self) -> bool {
+        self.keep
     }
 }
 
@@ -46,9 +73,14 @@ impl Drop for ScratchGuard<'_> {
     fn drop(&mut self) {
         let Some(dir) = self.dir.take() else { return };
         if self.keep {
+            ktstr_sdk::scratch::mark_kept(&dir);
             self.cx
                 .progress
                 .note(&format!("kept the source tree in {}", dir.display()));
+            return;
+        }
+        if self.failed {
+            // The error says where and for how long.
             return;
         }
         if let Err(e) = std::fs::remove_dir_all(&dir)
@@ -113,6 +145,23 @@ mod tests {
             &cx,
         ));
         assert!(!top.exists());
+    }
+
+    #[test]
+    fn a_failed_build_keeps_the_tree_marked_for_a_later_sweep() {
+        let root = tempfile::tempdir().unwrap();
+        let top = paths::scratch_dir(root.path()).join("git-1-0");
+        let tree = top.join("linux");
+        std::fs::create_dir_all(&tree).unwrap();
+        let cx = StageContext::quiet();
+        let mut guard = ScratchGuard::new(root.path(), &source(tree.clone(), true), false, &cx);
+        assert_eq!(
+            guard.keep_failed().map(|d| d.canonicalize().unwrap()),
+            Some(top.canonicalize().unwrap())
+        );
+        drop(guard);
+        assert!(tree.is_dir(), "kept for the reproduce command");
+        assert!(ktstr_sdk::scratch::is_marked(&top.canonicalize().unwrap()));
     }
 
     #[test]

@@ -72,6 +72,10 @@ pub struct BuildOutput {
     pub image: PathBuf,
     /// The ELF `vmlinux`, when the build left one.
     pub vmlinux: Option<PathBuf>,
+    /// The make command line that built it, as run in the tree (recorded in
+    /// the entry's metadata as its reproducer). Optional for builders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
 }
 
 /// Stage 4: run the build system.

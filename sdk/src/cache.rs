@@ -112,6 +112,9 @@ pub struct StripInfo {
     pub tool: String,
     pub original_size: u64,
     pub stripped_size: u64,
+    /// How long stripping took, in milliseconds (absent in older entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
 }
 
 /// `metadata.json`: everything known about one entry.
@@ -146,6 +149,65 @@ pub struct Metadata {
     /// `None` for kernels built on this machine. Never part of the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// `include/config/kernel.release` after the build (`6.12.3`): the
+    /// release the kernel reports in `uname -r`. Absent in older entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernelrelease: Option<String>,
+    /// How the entry was built and how to build it again. Absent in entries
+    /// stored before ktstr recorded it (and in backfills of those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildRecord>,
+}
+
+/// The evidence a build leaves in its entry's metadata (see docs/cache.md).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct BuildRecord {
+    /// Wall-clock time of each step.
+    #[serde(default)]
+    pub durations: StepDurations,
+    /// Lines of the build log that report a compiler/linker warning
+    /// (`...: warning: ...`).
+    #[serde(default)]
+    pub warnings: u64,
+    /// Lines of the build log that report an error (`...: error: ...`); a
+    /// stored build can have some (make `-k`, a tool that recovers).
+    #[serde(default)]
+    pub errors: u64,
+    /// The exact make command line that built the kernel, as run in the tree
+    /// (`make -j8 KCFLAGS=-Wno-error LOCALVERSION=`); `None` when the builder
+    /// did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub make_command: Option<String>,
+    /// Every input the build was asked for: the key components plus the
+    /// declared configuration (profile, fragment digests) that a local
+    /// tree's `.config` digest stands for in the key.
+    #[serde(default)]
+    pub inputs: Vec<KeyComponent>,
+    /// How to build this kernel again.
+    #[serde(default)]
+    pub reproduce: Reproducer,
+}
+
+/// Milliseconds per build step; `None` for a step that did not run (a local
+/// tree whose `.config` already carried the request is not reconfigured).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct StepDurations {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configure_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_ms: Option<u64>,
+}
+
+/// Commands that rebuild an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Reproducer {
+    /// The `ktstr build ... --force` command that rebuilds it.
+    #[serde(default)]
+    pub ktstr: String,
+    /// Plain kbuild: `cp config .config && make olddefconfig && <make_command>`,
+    /// run in the source at `source.identity` with the entry's `config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub make: Option<String>,
 }
 
 impl Metadata {
@@ -165,11 +227,17 @@ pub struct Artifacts {
     pub image: PathBuf,
     pub vmlinux: Option<PathBuf>,
     pub config: PathBuf,
+    /// The zstd-compressed build log ([`LOG_NAME`]), stored as is.
+    pub log: Option<PathBuf>,
 }
 
 /// File name of the stored vmlinux and config inside an entry.
 pub const VMLINUX_NAME: &str = "vmlinux";
 pub const CONFIG_NAME: &str = "config";
+/// File name of the build log inside an entry: make's whole output
+/// (configure and build steps), zstd-compressed. Optional: entries stored
+/// before ktstr kept logs, and builds by other hosts, have none.
+pub const LOG_NAME: &str = "build.log.zst";
 pub const METADATA_NAME: &str = "metadata.json";
 
 /// A name that is one plain file inside an entry directory (and not the
@@ -183,9 +251,10 @@ pub fn is_entry_file_name(name: &str) -> bool {
         && name != METADATA_NAME
 }
 
-/// A usable kernel image name: an entry file other than vmlinux and config.
+/// A usable kernel image name: an entry file other than vmlinux, config and
+/// the build log.
 pub fn is_image_name(name: &str) -> bool {
-    is_entry_file_name(name) && name != VMLINUX_NAME && name != CONFIG_NAME
+    is_entry_file_name(name) && name != VMLINUX_NAME && name != CONFIG_NAME && name != LOG_NAME
 }
 
 /// A usable cache entry: files on local disk plus their metadata.
@@ -213,6 +282,24 @@ impl CacheEntry {
 
     pub fn config(&self) -> PathBuf {
         self.dir.join(CONFIG_NAME)
+    }
+
+    /// The compressed build log, when the entry has one.
+    pub fn log(&self) -> Option<PathBuf> {
+        self.metadata
+            .artifacts
+            .contains_key(LOG_NAME)
+            .then(|| self.dir.join(LOG_NAME))
+    }
+
+    /// The entry's files, for storing it in another tier.
+    pub fn artifacts(&self) -> Artifacts {
+        Artifacts {
+            image: self.image(),
+            vmlinux: self.vmlinux(),
+            config: self.config(),
+            log: self.log(),
+        }
     }
 }
 

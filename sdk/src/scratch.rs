@@ -7,14 +7,25 @@
 //! before that removes the staging directory (drop). The host removes the
 //! finished tree after the build; the pid in the name lets [`sweep_dead`]
 //! remove what a `kill -9` left behind.
+//!
+//! Two markers beside an entry change that: `<name>.kept` (`--keep-source`:
+//! the user asked for it, so no sweep ever removes it) and `<name>.failed`
+//! (the tree or build log of a failed build, kept so the reproduce hint
+//! works: a sweep removes it once the marker is [`FAILED_KEPT_FOR`] old).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::error::{IoResultExt, Result, StageError};
 use crate::paths;
 
 const PART: &str = ".part";
+const KEPT: &str = ".kept";
+const FAILED: &str = ".failed";
+
+/// How long the scratch tree or log of a failed build survives sweeps.
+pub const FAILED_KEPT_FOR: Duration = Duration::from_secs(24 * 60 * 60);
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -101,6 +112,40 @@ pub fn owner(name: &str) -> Option<(&str, u32)> {
     Some((kind, pid.parse().ok()?))
 }
 
+fn marker(entry: &Path, suffix: &str) -> PathBuf {
+    let mut name = entry.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    entry.with_file_name(name)
+}
+
+fn write_marker(entry: &Path, suffix: &str) {
+    if let Err(e) = std::fs::write(marker(entry, suffix), b"") {
+        tracing::warn!("cannot mark {} as kept: {e}", entry.display());
+    }
+}
+
+/// Keep the scratch entry `entry` (a tree's top directory or a log file)
+/// from every sweep: the user asked for it (`--keep-source`).
+pub fn mark_kept(entry: &Path) {
+    write_marker(entry, KEPT);
+}
+
+/// Keep the scratch entry `entry` of a failed build from sweeps for
+/// [`FAILED_KEPT_FOR`].
+pub fn mark_failed(entry: &Path) {
+    write_marker(entry, FAILED);
+}
+
+/// Whether `entry` carries a marker that protects it from sweeps now.
+pub fn is_marked(entry: &Path) -> bool {
+    if marker(entry, KEPT).exists() {
+        return true;
+    }
+    std::fs::metadata(marker(entry, FAILED))
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().unwrap_or_default() < FAILED_KEPT_FOR)
+}
+
 fn alive(pid: u32) -> bool {
     pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists()
 }
@@ -114,20 +159,38 @@ pub fn sweep_dead(root: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some((_, pid)) = name.to_str().and_then(owner) else {
+        let Some(name) = name.to_str() else { continue };
+        // A marker whose entry is gone is removed with it.
+        if let Some(base) = name
+            .strip_suffix(KEPT)
+            .or_else(|| name.strip_suffix(FAILED))
+        {
+            let target = entry.path().with_file_name(base);
+            if owner(base).is_some() && std::fs::symlink_metadata(&target).is_err() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+            continue;
+        }
+        let Some((_, pid)) = owner(name) else {
             continue;
         };
         if alive(pid) {
             continue;
         }
         let path = entry.path();
+        if is_marked(&path) {
+            continue;
+        }
         let gone = if entry.file_type().is_ok_and(|t| t.is_dir()) {
             std::fs::remove_dir_all(&path)
         } else {
             std::fs::remove_file(&path)
         };
         match gone {
-            Ok(()) => removed.push(path),
+            Ok(()) => {
+                let _ = std::fs::remove_file(marker(&path, FAILED));
+                removed.push(path)
+            }
             Err(e) => tracing::warn!("cannot remove stale scratch {}: {e}", path.display()),
         }
     }
@@ -186,5 +249,41 @@ mod tests {
         }
         assert_eq!(sweep_dead(root.path()), vec![dead.clone()]);
         assert!(mine.exists() && other.exists() && !dead.exists());
+    }
+
+    #[test]
+    fn kept_and_recently_failed_entries_survive_sweeps() {
+        let root = tempfile::tempdir().unwrap();
+        let scratch = paths::scratch_dir(root.path());
+        let dead_pid = i32::MAX - 1;
+        let kept = scratch.join(format!("tarball-{dead_pid}-0"));
+        let failed = scratch.join(format!("git-{dead_pid}-1"));
+        let old_failed = scratch.join(format!("buildlog-{dead_pid}-2"));
+        for d in [&kept, &failed] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(&old_failed, "log").unwrap();
+        mark_kept(&kept);
+        mark_failed(&failed);
+        mark_failed(&old_failed);
+        // A day and a bit ago.
+        let stale = std::time::SystemTime::now() - FAILED_KEPT_FOR - Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(marker(&old_failed, FAILED))
+            .unwrap()
+            .set_modified(stale)
+            .unwrap();
+        assert!(is_marked(&kept) && is_marked(&failed) && !is_marked(&old_failed));
+
+        assert_eq!(sweep_dead(root.path()), vec![old_failed.clone()]);
+        assert!(kept.exists() && failed.exists() && !old_failed.exists());
+        assert!(!marker(&old_failed, FAILED).exists(), "its marker goes too");
+
+        // A marker left without its entry is tidied away.
+        std::fs::remove_dir_all(&failed).unwrap();
+        sweep_dead(root.path());
+        assert!(!marker(&failed, FAILED).exists());
+        assert!(marker(&kept, KEPT).exists());
     }
 }

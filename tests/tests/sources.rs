@@ -167,8 +167,14 @@ fn a_tarball_path_builds_and_keep_source_keeps_the_tree() {
     let run = build(&fx, "./linux-6.99.1.tar.xz", &["--keep-source"]);
     run.image_path();
     run.assert_stderr_has("kept the source tree in");
-    let kept = scratch_entries(&fx);
-    assert_eq!(kept.len(), 1, "{kept:?}");
+    let mut kept = scratch_entries(&fx);
+    kept.sort();
+    assert_eq!(kept.len(), 2, "the tree and its marker: {kept:?}");
+    assert_eq!(
+        kept[1],
+        format!("{}.kept", kept[0]),
+        "--keep-source marks the tree so no sweep removes it"
+    );
     assert!(
         fx.cache
             .join("scratch")
@@ -185,6 +191,13 @@ fn a_tarball_path_builds_and_keep_source_keeps_the_tree() {
     // A named local tarball is hashed during resolve: the second run hits.
     let again = build(&fx, file.to_str().unwrap(), &[]);
     assert_eq!(again.hit_key(), run.cached_key(), "{}", again.describe());
+    // A later build sweeps what dead processes left, but not a kept tree.
+    build(&fx, file.to_str().unwrap(), &["--force"]).image_path();
+    assert!(
+        fx.cache.join("scratch").join(&kept[0]).is_dir(),
+        "{:?}",
+        scratch_entries(&fx)
+    );
 }
 
 /// `python3 -m http.server` on a free loopback port, killed on drop.

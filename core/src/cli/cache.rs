@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 use ktstr_sdk::StageError;
-use ktstr_sdk::cache::{Artifacts, CacheKey};
+use ktstr_sdk::cache::CacheKey;
 use ktstr_sdk::context::Progress;
 
 use super::host_context;
@@ -51,11 +51,7 @@ pub fn push(key: &str, plugins: &[String]) -> Result<()> {
                 .into(),
         );
     };
-    let artifacts = Artifacts {
-        image: entry.image(),
-        vmlinux: entry.vmlinux(),
-        config: entry.config(),
-    };
+    let artifacts = entry.artifacts();
     let mut pushed = 0;
     let mut failed = Vec::new();
     for tier in remotes(&stages) {

@@ -7,6 +7,7 @@ mod build;
 mod cache;
 mod kernel;
 mod locks;
+mod log;
 mod plugins;
 
 use std::path::PathBuf;
@@ -26,7 +27,8 @@ use crate::progress::{LABEL, StderrProgress};
     about = "Build Linux kernels for kernel and scheduler testing, and never build the same one twice"
 )]
 pub struct Cli {
-    /// More diagnostics on stderr: -v debug, -vv trace (like RUST_LOG=ktstr=debug).
+    /// More on stderr: -v streams make's output line by line and logs at
+    /// debug level, -vv at trace level (like RUST_LOG=ktstr=debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     #[command(subcommand)]
@@ -171,6 +173,11 @@ pub enum KernelCommand {
         /// Also list the entries of every remote tier (config `caches`).
         #[arg(long)]
         remote: bool,
+    },
+    /// Print the build log of a cached kernel (make's whole output) to stdout.
+    Log {
+        /// The entry's key (`ktstr kernel list`).
+        key: String,
     },
     /// Remove cached kernels.
     Clean {
@@ -359,6 +366,7 @@ pub fn main() -> i32 {
         return 2;
     }
     init_tracing(cli.verbose);
+    crate::progress::set_stream_output(cli.verbose > 0);
     let result = match cli.command {
         Command::Build(args) => build::run(&args),
         Command::Kernel(KernelCommand::List {
@@ -371,6 +379,7 @@ pub fn main() -> i32 {
             force,
             plugins,
         }) => kernel::clean(keep, force, &plugins),
+        Command::Kernel(KernelCommand::Log { key }) => log::run(&key),
         Command::Plugins(PluginsCommand::List { json }) => plugins::list(json),
         Command::Plugins(PluginsCommand::Info { name, json }) => plugins::info(&name, json),
         Command::Plugins(PluginsCommand::New {

@@ -7,6 +7,8 @@
 //! queue on its lock, and whoever waited looks in the cache again, since
 //! the peer it waited for has usually just stored the same kernel.
 
+mod evidence;
+mod failure;
 mod store;
 pub mod tree_state;
 
@@ -248,11 +250,7 @@ pub(crate) fn backfill(
     remote: &CacheEntry,
     cx: &StageContext,
 ) -> Result<CacheEntry> {
-    let artifacts = ktstr_sdk::cache::Artifacts {
-        image: remote.image(),
-        vmlinux: remote.vmlinux(),
-        config: remote.config(),
-    };
+    let artifacts = remote.artifacts();
     let mut metadata = remote.metadata.clone();
     metadata.origin = Some(format!("{} {}", tier.name, tier.stage.describe()));
     let local = stages.local_cache();
@@ -415,7 +413,7 @@ pub fn run(
         tracing::info!("removed {} left by a dead ktstr", stale.display());
     }
     let mut source = acquirer.stage.acquire(&target.resolved.spec, cx)?;
-    let _scratch = ScratchGuard::new(cache_root, &source, req.keep_source, cx);
+    let mut scratch = ScratchGuard::new(cache_root, &source, req.keep_source, cx);
     if let Some(known) = known {
         if source.version.is_some() && source.version != known.version {
             cx.progress.warn(&format!(
@@ -520,11 +518,15 @@ pub fn run(
     };
 
     cx.cancel.check()?;
+    // make's whole output, from here on, also goes to the build log.
+    let mut log = crate::build_log::BuildLog::start(cache_root)?;
+    let lcx = log.context(cx);
+    let mut evidence = evidence::Evidence::default();
     if req.clean && source.is_local && build_dir.join("Makefile").is_file() {
-        stages.builder.stage.clean(&build_dir, cx)?;
+        stages.builder.stage.clean(&build_dir, &lcx)?;
     }
 
-    let configure = configure_phase(
+    let (configure, configure_took) = configure_phase(
         stages,
         req,
         &plan,
@@ -533,8 +535,10 @@ pub fn run(
         &keyer.declared,
         cache_root,
         &reservation,
-        cx,
-    )?;
+        &lcx,
+    )
+    .map_err(|e| failure::keep_evidence(e, &mut log, &mut scratch))?;
+    evidence.durations.configure_ms = configure_took.map(evidence::millis);
 
     // Configuring may have produced a .config some earlier build used.
     let derived = keyer.current(stages, &source, &build_dir, &configure)?;
@@ -551,17 +555,23 @@ pub fn run(
     }
 
     cx.cancel.check()?;
-    let output = stages.builder.stage.build(
-        &BuildRequest {
-            tree: tree.clone(),
-            make_jobs: reservation.make_jobs,
-            sandbox_procs: reservation.sandbox_procs.clone(),
-            compile_commands: source.is_local,
-            variant: req.variant.clone(),
-            output: req.output.clone(),
-        },
-        cx,
-    )?;
+    let started = std::time::Instant::now();
+    let output = stages
+        .builder
+        .stage
+        .build(
+            &BuildRequest {
+                tree: tree.clone(),
+                make_jobs: reservation.make_jobs,
+                sandbox_procs: reservation.sandbox_procs.clone(),
+                compile_commands: source.is_local,
+                variant: req.variant.clone(),
+                output: req.output.clone(),
+            },
+            &lcx,
+        )
+        .map_err(|e| failure::keep_evidence(e, &mut log, &mut scratch))?;
+    evidence.durations.build_ms = Some(evidence::millis(started.elapsed()));
     stages.configurer.stage.validate(&build_dir, &configure)?;
 
     let Some(derived) = derived.filter(|_| !source.is_dirty) else {
@@ -588,6 +598,13 @@ pub fn run(
     cx.cancel.check()?;
     let config_path = build_dir.join(".config");
     let config_sha = ktstr_sdk::hash::sha256_file(&config_path)?.0;
+    let summary = log.finish(cx);
+    evidence.kernelrelease = evidence::kernelrelease(&build_dir);
+    evidence.warnings = summary.warnings;
+    evidence.errors = summary.errors;
+    evidence.make_command = output.command.clone();
+    evidence.declared = keyer.declared.clone();
+    evidence.ktstr_command = evidence::ktstr_command(&target.resolved.spec.raw, &source, req);
     let metadata = store::metadata_for(
         &source,
         &derived,
@@ -595,12 +612,14 @@ pub fn run(
         &config_sha,
         plan.arch.image_name,
         plan.arch.name,
+        &evidence,
     );
     let entry = store::store_all(
         stages,
         &derived,
         &output,
         &config_path,
+        summary.compressed.as_deref(),
         &metadata,
         &plan.objcopy,
         cx,
@@ -641,7 +660,7 @@ fn configure_phase(
     cache_root: &Path,
     reservation: &ktstr_sdk::reserve::Reservation,
     cx: &StageContext,
-) -> Result<ConfigureRequest> {
+) -> Result<(ConfigureRequest, Option<std::time::Duration>)> {
     let mut configure = req.configure.clone();
     configure.make_jobs = reservation.make_jobs;
     configure.sandbox_procs = reservation.sandbox_procs.clone();
@@ -679,7 +698,7 @@ fn configure_phase(
             }
         }
     }
-    Ok(configure)
+    Ok((configure, took))
 }
 
 /// What a bypassed reservation amounts to: every allowed CPU, no pinning.

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use ktstr_sdk::build::BuildOutput;
 use ktstr_sdk::cache::{
-    Artifacts, CacheEntry, FragmentInfo, KeyComponent, Metadata, SourceInfo, StripInfo,
+    Artifacts, BuildRecord, CacheEntry, FragmentInfo, KeyComponent, Metadata, Reproducer,
+    SourceInfo, StripInfo,
 };
 use ktstr_sdk::configure::ConfigureRequest;
 use ktstr_sdk::context::{CommandSpec, StageContext};
@@ -18,6 +19,7 @@ use ktstr_sdk::error::IoResultExt;
 use ktstr_sdk::source::AcquiredSource;
 use ktstr_sdk::{Result, StageError};
 
+use super::evidence::{self, Evidence};
 use crate::identity::DerivedKey;
 use crate::registry::Stages;
 
@@ -32,6 +34,7 @@ pub fn strip_vmlinux(
     objcopy: &str,
     cx: &StageContext,
 ) -> Result<(PathBuf, Option<StripInfo>)> {
+    let started = std::time::Instant::now();
     let out = scratch.join(ktstr_sdk::cache::VMLINUX_NAME);
     let spec = CommandSpec::new(objcopy)
         .args(STRIP_ARGS.iter().copied())
@@ -47,6 +50,7 @@ pub fn strip_vmlinux(
                     tool: format!("{objcopy} {}", STRIP_ARGS.join(" ")),
                     original_size,
                     stripped_size,
+                    duration_ms: Some(super::evidence::millis(started.elapsed())),
                 }),
             ))
         }
@@ -81,7 +85,22 @@ pub fn metadata_for(
     config_sha256: &str,
     image_name: &str,
     arch: &str,
+    evidence: &Evidence,
 ) -> Metadata {
+    let build = BuildRecord {
+        durations: evidence.durations.clone(),
+        warnings: evidence.warnings,
+        errors: evidence.errors,
+        make_command: evidence.make_command.clone(),
+        inputs: evidence::inputs(&derived.components, &evidence.declared),
+        reproduce: Reproducer {
+            ktstr: evidence.ktstr_command.clone(),
+            make: evidence
+                .make_command
+                .as_deref()
+                .map(evidence::make_reproducer),
+        },
+    };
     Metadata {
         schema: Metadata::SCHEMA,
         key: derived.key.clone(),
@@ -112,6 +131,8 @@ pub fn metadata_for(
         artifacts: BTreeMap::new(),
         strip: None,
         origin: None,
+        kernelrelease: evidence.kernelrelease.clone(),
+        build: Some(build),
     }
 }
 
@@ -122,6 +143,7 @@ pub fn store_all(
     derived: &DerivedKey,
     output: &BuildOutput,
     config: &Path,
+    log: Option<&Path>,
     metadata: &Metadata,
     objcopy: &str,
     cx: &StageContext,
@@ -141,6 +163,7 @@ pub fn store_all(
         image: output.image.clone(),
         vmlinux,
         config: config.to_path_buf(),
+        log: log.map(Path::to_path_buf),
     };
     let local = stages.local_cache();
     let entry = local

@@ -380,7 +380,15 @@ impl Builder for KbuildBuilder {
                 .warn("vmlinux not found; BTF will not be cached");
             None
         };
-        Ok(BuildOutput { image, vmlinux })
+        let command = Some(format!(
+            "make {}",
+            make_args(req.make_jobs, &self.toolchain).join(" ")
+        ));
+        Ok(BuildOutput {
+            image,
+            vmlinux,
+            command,
+        })
     }
 }
 

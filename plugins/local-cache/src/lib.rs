@@ -2,8 +2,9 @@
 //!
 //! This is the authoritative cache tier. Each built kernel lives in its own
 //! directory, `<root>/kernels/<key>/`, holding the image, the (stripped)
-//! vmlinux, the final `.config` and a `metadata.json` that records the
-//! sha256 and size of every file. Entries are installed atomically (see
+//! vmlinux, the final `.config`, the build log (`build.log.zst`, stored as
+//! the host compressed it) and a `metadata.json` that records the sha256
+//! and size of every file. Entries are installed atomically (see
 //! [`atomic`]) under a per-key exclusive flock; readers take the shared
 //! flock, so a reader never sees a half-installed entry and `remove` never
 //! pulls an entry out from under a running reader or install.
@@ -19,8 +20,8 @@ use std::io::ErrorKind as IoKind;
 use std::path::{Path, PathBuf};
 
 use ktstr_sdk::cache::{
-    Artifacts, CONFIG_NAME, CacheBackend, CacheEntry, CacheKey, Listed, METADATA_NAME, Metadata,
-    VMLINUX_NAME,
+    Artifacts, CONFIG_NAME, CacheBackend, CacheEntry, CacheKey, LOG_NAME, Listed, METADATA_NAME,
+    Metadata, VMLINUX_NAME,
 };
 use ktstr_sdk::error::{ErrorKind, Result, StageError};
 use ktstr_sdk::lock::{self, FileLock, LockMode};
@@ -196,6 +197,9 @@ impl LocalCache {
             files.push((VMLINUX_NAME.to_string(), vmlinux));
         }
         files.push((CONFIG_NAME.to_string(), &artifacts.config));
+        if let Some(log) = &artifacts.log {
+            files.push((LOG_NAME.to_string(), log));
+        }
         for (name, src) in files {
             let info = staging.copy_in(&name, src)?;
             stored.artifacts.insert(name, info);

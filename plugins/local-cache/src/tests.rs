@@ -47,6 +47,8 @@ fn metadata(key: &CacheKey, tag: &str, built_at: &str) -> Metadata {
         artifacts,
         strip: None,
         origin: None,
+        kernelrelease: None,
+        build: None,
     }
 }
 
@@ -65,6 +67,7 @@ fn sources(dir: &Path, tag: &str, pad: usize, with_vmlinux: bool) -> Artifacts {
         image: write("bzImage", b'i'),
         vmlinux: with_vmlinux.then(|| write("vmlinux", b'v')),
         config: write(".config", b'c'),
+        log: None,
     }
 }
 
@@ -639,4 +642,81 @@ fn registered_as_builtin_and_configurable() {
         assert_eq!(err.kind, ErrorKind::InvalidInput, "{bad}");
         assert!(err.message.starts_with("plugin local-cache: "), "{err}");
     }
+}
+
+#[test]
+fn the_build_log_is_stored_as_given_and_optional() {
+    let (dir, cache) = setup();
+    let k = key("6.12.3-tarball-x86_64-10910910");
+    let mut src = sources(&dir.path().join("src"), "gen-1", 16, true);
+    let log = dir.path().join("src/buildlog");
+    std::fs::write(&log, b"(zstd bytes)").unwrap();
+    src.log = Some(log.clone());
+    let stored = cache
+        .store(&k, &src, &metadata(&k, "gen-1", "2025-01-01T00:00:00Z"))
+        .unwrap();
+    let hit = cache.lookup(&k).unwrap().expect("hit");
+    let kept = hit.log().expect("the entry has a log");
+    assert_eq!(kept, stored.dir.join(LOG_NAME));
+    assert_eq!(std::fs::read(&kept).unwrap(), b"(zstd bytes)");
+    assert_eq!(hit.artifacts().log, Some(kept.clone()));
+    cache.verify(&k).unwrap();
+
+    // A truncated log is a corrupt entry like any other file.
+    std::fs::write(&kept, b"x").unwrap();
+    let err = cache.lookup(&k).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Corrupt, "{err}");
+
+    // Entries without one (older ktstr) load, with no log.
+    let old = key("6.12.3-tarball-x86_64-01d01d01");
+    let plain = sources(&dir.path().join("src2"), "gen-1", 16, true);
+    cache
+        .store(
+            &old,
+            &plain,
+            &metadata(&old, "gen-1", "2025-01-01T00:00:00Z"),
+        )
+        .unwrap();
+    let hit = cache.lookup(&old).unwrap().unwrap();
+    assert_eq!(hit.log(), None);
+    assert_eq!(hit.metadata.build, None);
+}
+
+#[test]
+fn metadata_json_of_an_older_ktstr_still_loads() {
+    let (dir, cache) = setup();
+    let k = key("6.12.3-tarball-x86_64-0a0a0a0a");
+    let src = sources(&dir.path().join("src"), "gen-1", 16, false);
+    let mut md = metadata(&k, "gen-1", "2025-01-01T00:00:00Z");
+    md.kernelrelease = Some("6.12.3".into());
+    md.build = Some(ktstr_sdk::cache::BuildRecord {
+        warnings: 3,
+        ..Default::default()
+    });
+    let stored = cache.store(&k, &src, &md).unwrap();
+    assert_eq!(
+        cache
+            .lookup(&k)
+            .unwrap()
+            .unwrap()
+            .metadata
+            .build
+            .unwrap()
+            .warnings,
+        3
+    );
+    // Rewrite metadata.json as the seed's ktstr wrote it: no new fields.
+    let path = stored.dir.join(METADATA_NAME);
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let obj = json.as_object_mut().unwrap();
+    assert!(obj.remove("kernelrelease").is_some());
+    assert!(obj.remove("build").is_some());
+    std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    let hit = cache
+        .lookup(&k)
+        .unwrap()
+        .expect("old metadata is still a hit");
+    assert_eq!(hit.metadata.kernelrelease, None);
+    assert_eq!(hit.metadata.build, None);
 }

@@ -31,7 +31,9 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 
-use ktstr_sdk::cache::{ArtifactInfo, Artifacts, CONFIG_NAME, CacheKey, Metadata, VMLINUX_NAME};
+use ktstr_sdk::cache::{
+    ArtifactInfo, Artifacts, CONFIG_NAME, CacheKey, LOG_NAME, Metadata, VMLINUX_NAME,
+};
 use ktstr_sdk::error::{IoResultExt, Result, StageError};
 use ktstr_sdk::hash::{Sha256Stream, is_sha256_hex};
 
@@ -85,9 +87,10 @@ pub fn archive_dir(key: &CacheKey) -> String {
     format!("archives/{key}")
 }
 
-/// Metadata as it may leave this machine: no source tree path, and user
+/// Metadata as it may leave this machine: no source tree path, user
 /// fragments named by file name only (they are recorded as given on the
-/// command line, which may be an absolute path under someone's home).
+/// command line, which may be an absolute path under someone's home), and
+/// the same for every absolute path in the `ktstr build` reproducer.
 pub fn sanitize(metadata: &Metadata) -> Metadata {
     let mut m = metadata.clone();
     m.source.path = None;
@@ -96,7 +99,66 @@ pub fn sanitize(metadata: &Metadata) -> Metadata {
             f.name = base.to_string_lossy().into_owned();
         }
     }
+    if let Some(build) = &mut m.build {
+        build.reproduce.ktstr = without_local_paths(&build.reproduce.ktstr);
+    }
     m
+}
+
+/// Each word of a command line (POSIX-shell quoted, as the host writes it)
+/// that is an absolute path reduced to its file name.
+fn without_local_paths(command: &str) -> String {
+    split_shell_words(command)
+        .into_iter()
+        .map(|(raw, value)| match value.strip_prefix('/') {
+            Some(_) => {
+                let base = Path::new(&value)
+                    .file_name()
+                    .map_or_else(|| ".".to_string(), |b| b.to_string_lossy().into_owned());
+                if base.contains([' ', '\'', '"', '\\', '$', '`']) {
+                    format!("'{}'", base.replace('\'', r"'\''"))
+                } else {
+                    base
+                }
+            }
+            None => raw,
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Words of a command line: (as written, unquoted value). Handles single
+/// quotes and backslash escapes, which is all the host's quoting uses.
+fn split_shell_words(command: &str) -> Vec<(String, String)> {
+    let mut words = Vec::new();
+    let (mut raw, mut value) = (String::new(), String::new());
+    let mut quoted = false;
+    let mut chars = command.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' if !quoted => {
+                if !raw.is_empty() {
+                    words.push((std::mem::take(&mut raw), std::mem::take(&mut value)));
+                }
+                continue;
+            }
+            '\'' => quoted = !quoted,
+            '\\' if !quoted => {
+                raw.push(c);
+                if let Some(next) = chars.next() {
+                    raw.push(next);
+                    value.push(next);
+                }
+                continue;
+            }
+            _ => value.push(c),
+        }
+        raw.push(c);
+    }
+    if !raw.is_empty() {
+        words.push((raw, value));
+    }
+    words
 }
 
 /// Hashes and counts what passes through; fails past `limit` bytes.
@@ -206,6 +268,9 @@ pub fn pack(
         files.push((VMLINUX_NAME.to_string(), v));
     }
     files.push((CONFIG_NAME.to_string(), &artifacts.config));
+    if let Some(log) = &artifacts.log {
+        files.push((LOG_NAME.to_string(), log));
+    }
 
     let tmp = tempfile::Builder::new()
         .prefix(".push-")
@@ -340,7 +405,9 @@ pub fn parse_manifest(
     }
     let mut total = 0u64;
     for (name, info) in &m.metadata.artifacts {
-        if name != image && name != VMLINUX_NAME && name != CONFIG_NAME {
+        // The build log is optional: manifests written before ktstr kept
+        // logs list only the first three.
+        if name != image && name != VMLINUX_NAME && name != CONFIG_NAME && name != LOG_NAME {
             return Err(format!("manifest lists unexpected file {name:?}"));
         }
         if !is_sha256_hex(&info.sha256) {
@@ -609,6 +676,8 @@ mod tests {
             artifacts: BTreeMap::new(),
             strip: None,
             origin: None,
+            kernelrelease: None,
+            build: None,
         }
     }
 
@@ -624,10 +693,13 @@ mod tests {
         std::fs::write(&image, &bytes).unwrap();
         std::fs::write(&vmlinux, b"\x7fELF fake vmlinux").unwrap();
         std::fs::write(&config, b"CONFIG_X=y\n").unwrap();
+        let log = dir.join("build.log.zst");
+        std::fs::write(&log, b"(a compressed build log)").unwrap();
         Artifacts {
             image,
             vmlinux: Some(vmlinux),
             config,
+            log: Some(log),
         }
     }
 
@@ -656,7 +728,7 @@ mod tests {
             ktstr_sdk::hash::sha256_file(packed.file.path()).unwrap().0
         );
         assert!(m.archive.size < 100_000, "compressed: {}", m.archive.size);
-        assert_eq!(m.metadata.artifacts.len(), 3);
+        assert_eq!(m.metadata.artifacts.len(), 4, "image, vmlinux, config, log");
 
         let json = m.to_json();
         let parsed = parse_manifest(&json, &key(), 1 << 30).unwrap();
@@ -693,14 +765,14 @@ mod tests {
         assert!(!json.contains("/home/alice"), "{json}");
         assert!(json.contains("\"debug.kconfig\""), "{json}");
         assert_eq!(packed.manifest.metadata.source.path, None);
-        // Also in the archive: only the three plain files.
+        // Also in the archive: only the plain files.
         let mut names = vec![];
         let mut ar =
             tar::Archive::new(zstd::Decoder::new(File::open(packed.file.path()).unwrap()).unwrap());
         for e in ar.entries().unwrap() {
             names.push(e.unwrap().path().unwrap().display().to_string());
         }
-        assert_eq!(names, ["bzImage", "vmlinux", "config"]);
+        assert_eq!(names, ["bzImage", "vmlinux", "config", LOG_NAME]);
     }
 
     #[test]
@@ -841,6 +913,56 @@ mod tests {
         assert!(err.starts_with("manifest is not valid"), "{err}");
         let err = parse_manifest(&vec![b' '; 2 << 20], &k, 1 << 30).unwrap_err();
         assert!(err.contains("more than"), "{err}");
+    }
+
+    #[test]
+    fn reproducers_lose_their_local_paths() {
+        assert_eq!(
+            without_local_paths(
+                "ktstr build --kernel /home/alice/linux --profile tiny --extra-kconfig \
+                 '/home/alice/my frag.kconfig' --force"
+            ),
+            "ktstr build --kernel linux --profile tiny --extra-kconfig 'my frag.kconfig' --force"
+        );
+        let url = "ktstr build --kernel git+https://h/r.git#tag=v1 --profile default --force";
+        assert_eq!(without_local_paths(url), url);
+        assert_eq!(
+            without_local_paths(r"--kernel '/home/a/it'\''s/linux' x"),
+            "--kernel linux x"
+        );
+        assert_eq!(
+            without_local_paths(r"--extra-kconfig '/h/it'\''s'"),
+            r"--extra-kconfig 'it'\''s'"
+        );
+    }
+
+    #[test]
+    fn manifests_without_a_log_or_build_record_still_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let packed = pack_one(dir.path());
+        let mut m = packed.manifest.clone();
+        m.metadata.artifacts.remove(LOG_NAME);
+        // What a ktstr from before build logs wrote: no such fields at all.
+        let mut json: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
+        let meta = json["metadata"].as_object_mut().unwrap();
+        meta.remove("kernelrelease");
+        meta.remove("build");
+        assert!(!json.to_string().contains(LOG_NAME));
+        let parsed = parse_manifest(json.to_string().as_bytes(), &key(), 1 << 30).unwrap();
+        assert_eq!(parsed.metadata.build, None);
+        assert!(!parsed.metadata.artifacts.contains_key(LOG_NAME));
+
+        // And one with them keeps them.
+        let mut with = packed.manifest.clone();
+        with.metadata.kernelrelease = Some("6.12.3".into());
+        with.metadata.build = Some(ktstr_sdk::cache::BuildRecord {
+            warnings: 2,
+            ..Default::default()
+        });
+        let parsed = parse_manifest(&with.to_json(), &key(), 1 << 30).unwrap();
+        assert_eq!(parsed.metadata.kernelrelease.as_deref(), Some("6.12.3"));
+        assert_eq!(parsed.metadata.build.unwrap().warnings, 2);
+        assert!(parsed.metadata.artifacts.contains_key(LOG_NAME));
     }
 
     #[test]

@@ -910,6 +910,7 @@ mod tests {
             image: src.join("bzImage"),
             vmlinux: None,
             config: src.join("config"),
+            log: None,
         };
         std::fs::write(&artifacts.image, noise(12 << 20)).unwrap();
         std::fs::write(&artifacts.config, b"CONFIG_X=y\n").unwrap();
@@ -935,6 +936,8 @@ mod tests {
             artifacts: Default::default(),
             strip: None,
             origin: None,
+            kernelrelease: None,
+            build: None,
         };
         let err = tier.store(&key, &artifacts, &metadata).unwrap_err();
         assert!(err.message.contains("multipart upload"), "{err}");

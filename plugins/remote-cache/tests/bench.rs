@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ktstr_plugin_local_cache::LocalCache;
 use ktstr_plugin_remote_cache::s3_tier_with_env;
-use ktstr_sdk::cache::{Artifacts, CacheBackend};
+use ktstr_sdk::cache::CacheBackend;
 use serde_json::json;
 use support::*;
 
@@ -93,17 +93,7 @@ fn pull_throughput_vs_plain_get() {
     let hit = pull.lookup(&k).unwrap().unwrap();
     let local = LocalCache::at(work.path().join("cache"));
     let t = Instant::now();
-    local
-        .store(
-            &k,
-            &Artifacts {
-                image: hit.image(),
-                vmlinux: hit.vmlinux(),
-                config: hit.config(),
-            },
-            &hit.metadata,
-        )
-        .unwrap();
+    local.store(&k, &hit.artifacts(), &hit.metadata).unwrap();
     let backfill = t.elapsed();
 
     println!(

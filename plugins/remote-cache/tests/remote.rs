@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ktstr_plugin_local_cache::LocalCache;
 use ktstr_plugin_remote_cache::{RemoteTier, http_tier_with_env, s3_tier_with_env};
 use ktstr_sdk::ErrorKind;
-use ktstr_sdk::cache::{Artifacts, CacheBackend, CacheEntry, Listed};
+use ktstr_sdk::cache::{CacheBackend, CacheEntry, Listed};
 use serde_json::json;
 use support::*;
 
@@ -30,15 +30,7 @@ fn http(server: &Nginx, scratch: &Path, extra: serde_json::Value) -> RemoteTier 
 /// What the host does with a remote hit: copy it into the local cache.
 fn backfill(local: &LocalCache, hit: &CacheEntry) -> CacheEntry {
     local
-        .store(
-            &hit.key,
-            &Artifacts {
-                image: hit.image(),
-                vmlinux: hit.vmlinux(),
-                config: hit.config(),
-            },
-            &hit.metadata,
-        )
+        .store(&hit.key, &hit.artifacts(), &hit.metadata)
         .unwrap()
 }
 
@@ -77,6 +69,10 @@ fn push_pull_round_trip(a: &RemoteTier, b: &RemoteTier, work: &Path) {
     same_bytes(&hit.image(), &src.image);
     same_bytes(&hit.vmlinux().unwrap(), src.vmlinux.as_ref().unwrap());
     same_bytes(&hit.config(), &src.config);
+    same_bytes(
+        &hit.log().expect("the build log travels"),
+        src.log.as_ref().unwrap(),
+    );
 
     let local_b = LocalCache::at(work.join("cache-b"));
     assert!(local_b.lookup(&k).unwrap().is_none());
@@ -84,6 +80,7 @@ fn push_pull_round_trip(a: &RemoteTier, b: &RemoteTier, work: &Path) {
     assert_eq!(installed.origin, "local");
     local_b.verify(&k).unwrap();
     assert!(local_b.lookup(&k).unwrap().is_some());
+    same_bytes(&installed.log().unwrap(), src.log.as_ref().unwrap());
 
     // Listing shows it, without downloading it.
     let rows = b.list().unwrap();

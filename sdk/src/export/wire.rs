@@ -134,6 +134,9 @@ pub struct Artifacts {
     pub image: PathBuf,
     pub vmlinux: Option<PathBuf>,
     pub config: PathBuf,
+    /// Optional on the wire: older hosts and plugins do not send it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<PathBuf>,
 }
 
 impl From<&cache::Artifacts> for Artifacts {
@@ -142,6 +145,7 @@ impl From<&cache::Artifacts> for Artifacts {
             image: a.image.clone(),
             vmlinux: a.vmlinux.clone(),
             config: a.config.clone(),
+            log: a.log.clone(),
         }
     }
 }
@@ -152,6 +156,7 @@ impl From<Artifacts> for cache::Artifacts {
             image: a.image,
             vmlinux: a.vmlinux,
             config: a.config,
+            log: a.log,
         }
     }
 }

@@ -330,6 +330,7 @@ impl Builder for Stage {
         Ok(BuildOutput {
             image: request.tree.join(ktstr_sdk::arch::host().image_path),
             vmlinux: vmlinux.is_file().then_some(vmlinux),
+            command: None,
         })
     }
 }

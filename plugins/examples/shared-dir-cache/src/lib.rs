@@ -182,6 +182,9 @@ impl SharedDirCache {
             files.push((VMLINUX_NAME.into(), v));
         }
         files.push((CONFIG_NAME.into(), &artifacts.config));
+        if let Some(log) = &artifacts.log {
+            files.push((ktstr_sdk::cache::LOG_NAME.into(), log));
+        }
         for (name, src) in files {
             let dst = tmp.join(&name);
             std::fs::copy(src, &dst).at("copy into the shared cache", src)?;
@@ -356,6 +359,8 @@ mod tests {
             artifacts: Default::default(),
             strip: None,
             origin: None,
+            kernelrelease: None,
+            build: None,
         }
     }
 
@@ -373,6 +378,7 @@ mod tests {
             image: src.join("bzImage"),
             vmlinux: None,
             config: src.join("config"),
+            log: None,
         };
         let stored = cache.store(&key, &artifacts, &metadata(&key)).unwrap();
         assert_eq!(std::fs::read(stored.image()).unwrap(), b"image");

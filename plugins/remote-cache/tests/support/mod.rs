@@ -346,10 +346,13 @@ pub fn build_output(dir: &Path, image_len: usize, seed: u64) -> Artifacts {
     v.extend(std::iter::repeat_n(b"symbols ".to_vec(), 4096).flatten());
     std::fs::write(&vmlinux, v).unwrap();
     std::fs::write(&config, format!("CONFIG_SEED={seed}\nCONFIG_X=y\n")).unwrap();
+    let log = dir.join("build.log.zst");
+    std::fs::write(&log, format!("(compressed build log {seed})")).unwrap();
     Artifacts {
         image,
         vmlinux: Some(vmlinux),
         config,
+        log: Some(log),
     }
 }
 
@@ -375,6 +378,8 @@ pub fn metadata(key: &CacheKey, built_at: &str) -> Metadata {
         artifacts: BTreeMap::new(),
         strip: None,
         origin: None,
+        kernelrelease: None,
+        build: None,
     }
 }
 
