@@ -268,7 +268,9 @@ fn real_kernel_kill_9_mid_compile_leaves_no_process() {
         "no make in {before:?}"
     );
     victim.child.kill().unwrap();
-    let killed = victim.wait(std::time::Duration::from_secs(30));
+    // `wait`'s timeout counts from the spawn, minutes ago.
+    let timeout = victim.start.elapsed() + std::time::Duration::from_secs(30);
+    let killed = victim.wait(timeout);
     assert!(killed.code().is_none(), "{}", killed.describe());
     common::assert_nothing_runs_in(
         &fx.tree,

@@ -27,7 +27,7 @@ pub(super) enum Turn {
     /// Build it; the lock (if the key was known) is held until dropped.
     Build(Option<FileLock>),
     /// The build we waited for stored the key.
-    PeerBuilt(CacheEntry),
+    PeerBuilt(Box<CacheEntry>),
 }
 
 /// Take the build lock of `key` (nothing to take when the key is not known
@@ -68,7 +68,7 @@ pub(super) fn take_turn(
                 "just now"
             }
         ));
-        return Ok(Turn::PeerBuilt(entry));
+        return Ok(Turn::PeerBuilt(Box::new(entry)));
     }
     Ok(Turn::Build(Some(held)))
 }

@@ -374,7 +374,7 @@ pub fn run(
         looked_up = Some(derived.key);
     }
     let mut key_lock = match build_lock::take_turn(stages, cache_root, looked_up.as_ref(), cx)? {
-        build_lock::Turn::PeerBuilt(entry) => return Ok(Outcome::PeerBuilt(entry)),
+        build_lock::Turn::PeerBuilt(entry) => return Ok(Outcome::PeerBuilt(*entry)),
         build_lock::Turn::Build(held) => held,
     };
 
@@ -419,7 +419,7 @@ pub fn run(
     // Builds of one local tree queue on the tree's lock below instead.
     if key_lock.is_none() && !source.is_local {
         match build_lock::take_turn(stages, cache_root, looked_up.as_ref(), cx)? {
-            build_lock::Turn::PeerBuilt(entry) => return Ok(Outcome::PeerBuilt(entry)),
+            build_lock::Turn::PeerBuilt(entry) => return Ok(Outcome::PeerBuilt(*entry)),
             build_lock::Turn::Build(held) => key_lock = held,
         }
     }
