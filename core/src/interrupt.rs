@@ -5,8 +5,13 @@
 //! (SIGINT to make's group, SIGKILL after a grace period): the same for a
 //! terminal's Ctrl-C and for `kill -TERM` from a CI runner. The pipeline then
 //! returns a `Cancelled` error, which unwinds normally: the sandbox and locks
-//! are released, scratch trees removed, nothing half-stored. A second Ctrl-C
-//! kills ktstr at once (the handler is one-shot).
+//! are released, scratch trees removed, nothing half-stored. SIGHUP (a closed
+//! terminal or SSH session) is handled the same way. A second signal kills
+//! ktstr at once (the handler is one-shot); so does `kill -9`. Then the
+//! runner's safeguards take over (see `ktstr_sdk::runner`): the running
+//! command is killed with its whole process group, and the build's locks
+//! stay held until its last process has exited, so a killed build never
+//! leaves a writer behind for the next one.
 
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -28,7 +33,7 @@ extern "C" fn on_sigint(_: nix::libc::c_int) {
     }
 }
 
-/// Route SIGINT and SIGTERM into `cancel`.
+/// Route SIGINT, SIGTERM and SIGHUP into `cancel`.
 pub fn install(cancel: &Cancellation) {
     if FLAG.set(cancel.flag()).is_err() {
         return;
@@ -39,7 +44,7 @@ pub fn install(cancel: &Cancellation) {
         SaFlags::SA_RESETHAND,
         SigSet::empty(),
     );
-    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         // SAFETY: the handler only touches atomics (see on_sigint).
         if let Err(e) = unsafe { sigaction(signal, &action) } {
             tracing::warn!("cannot install the {signal} handler: {e}");

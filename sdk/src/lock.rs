@@ -6,8 +6,10 @@
 //! told which process they wait for.
 
 use std::fs::{File, OpenOptions, TryLockError};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use crate::error::{IoResultExt, Result};
 
@@ -22,11 +24,47 @@ pub enum LockMode {
 pub struct FileLock {
     _file: File,
     path: PathBuf,
+    inherited: bool,
+}
+
+/// Fds of the locks every spawned command inherits (see the module doc).
+static INHERITED: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+
+fn inherited_registry() -> MutexGuard<'static, Vec<RawFd>> {
+    INHERITED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The fds every command spawned now must inherit. Hold the guard until
+/// the spawn returns, so no fd in it is closed (and its number reused)
+/// between the snapshot and the fork.
+pub fn inherited_fds() -> MutexGuard<'static, Vec<RawFd>> {
+    inherited_registry()
 }
 
 impl FileLock {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Let every command spawned (by the SDK's runners) while this lock is
+    /// held inherit it: the lock is then released only when this handle is
+    /// dropped *and* every such process (and its descendants) has exited.
+    /// For locks that guard what a build's processes write.
+    pub fn inherit_into_commands(mut self) -> Self {
+        if !self.inherited {
+            inherited_registry().push(self._file.as_raw_fd());
+            self.inherited = true;
+        }
+        self
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        if self.inherited {
+            let fd = self._file.as_raw_fd();
+            inherited_registry().retain(|f| *f != fd);
+        }
     }
 }
 
@@ -54,6 +92,7 @@ pub fn try_lock(path: &Path, mode: LockMode) -> Result<Option<FileLock>> {
         Ok(()) => Ok(Some(FileLock {
             _file: file,
             path: path.to_path_buf(),
+            inherited: false,
         })),
         Err(TryLockError::WouldBlock) => Ok(None),
         Err(TryLockError::Error(e)) => Err(e).at("lock", path),
@@ -77,6 +116,7 @@ pub fn lock(path: &Path, mode: LockMode) -> Result<FileLock> {
     Ok(FileLock {
         _file: file,
         path: path.to_path_buf(),
+        inherited: false,
     })
 }
 

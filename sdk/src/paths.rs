@@ -106,6 +106,13 @@ pub fn entry_lock(root: &Path, key: &CacheKey) -> PathBuf {
     lock_dir(root).join(format!("entry-{key}.lock"))
 }
 
+/// Lock making one cache key's build single-flight: whoever holds it builds
+/// the key; the others wait and then look in the cache again. Held through
+/// the build (and by every process the build runs), whatever the reserver.
+pub fn build_lock(root: &Path, key: &CacheKey) -> PathBuf {
+    lock_dir(root).join(format!("build-{key}.lock"))
+}
+
 fn tree_hash(canonical_tree: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
     crate::hash::crc32_hex(canonical_tree.as_os_str().as_bytes())
@@ -134,6 +141,11 @@ mod tests {
             entry_lock(root, &key),
             Path::new("/c/.locks/entry-6.12.0-local-x86_64-abcd.lock")
         );
+        assert_eq!(
+            build_lock(root, &key),
+            Path::new("/c/.locks/build-6.12.0-local-x86_64-abcd.lock")
+        );
+        assert_ne!(build_lock(root, &key), entry_lock(root, &key));
         let a = source_lock(root, Path::new("/src/linux"));
         let b = source_lock(root, Path::new("/src/linux2"));
         assert_ne!(a, b);

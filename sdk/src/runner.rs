@@ -11,10 +11,28 @@
 //! removes half-written targets and stops its jobs), SIGKILL if it lingers.
 //! This works the same for a terminal's Ctrl-C and for a `kill -INT` or
 //! `kill -TERM` of ktstr by a CI runner, which signals no one else.
+//!
+//! No process of a command outlives ktstr, whichever way ktstr ends:
+//! - every command is spawned with `PR_SET_PDEATHSIG(SIGKILL)`: if ktstr
+//!   dies (`kill -9`, a second Ctrl-C), the kernel kills the direct child;
+//! - a command in its own process group gets a *reaper*: a tiny `sh` in a
+//!   group of its own that reads a pipe only ktstr writes to. ktstr tells
+//!   it "done" when the command has ended; if ktstr dies instead the pipe
+//!   closes and the reaper SIGKILLs the command's whole group (make's jobs,
+//!   kbuild's sub-makes, the compilers). Being outside ktstr's group, it
+//!   also survives a kill of ktstr's process group;
+//! - when the command's leader exits, whatever is left of its group is
+//!   SIGKILLed before the leader is reaped (so the group id cannot have
+//!   been reused);
+//! - the locks a build holds ([`crate::lock::FileLock::inherit_into_commands`])
+//!   are inherited by every command, so even a process that escapes all of
+//!   the above keeps the build's lock held until it exits: no new build of
+//!   that tree or key starts while it may still write.
 
 use std::collections::VecDeque;
+use std::io::Write;
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -88,6 +106,119 @@ fn command_for(spec: &CommandSpec) -> Result<(Command, Option<OwnedFd>)> {
     Ok((cmd, cgroup_fd))
 }
 
+/// Spawn `cmd` (through `spawn`) so that the child inherits the build's
+/// locks and is killed if ktstr dies (see the module doc).
+fn spawn_guarded<T>(
+    cmd: &mut Command,
+    spawn: impl FnOnce(&mut Command) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    use nix::libc;
+    // Held across the fork: no registered fd is closed meanwhile.
+    let registry = crate::lock::inherited_fds();
+    let fds: Vec<RawFd> = registry.clone();
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec the closure only calls fcntl, prctl,
+    // getppid and _exit (async-signal-safe) and reads a Vec allocated
+    // before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+                }
+            }
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // ktstr died before the prctl: no signal will come.
+            if libc::getppid() != parent {
+                libc::_exit(137);
+            }
+            Ok(())
+        });
+    }
+    let spawned = spawn(cmd);
+    drop(registry);
+    spawned
+}
+
+/// Kills a command's process group if ktstr dies while it runs.
+struct Reaper {
+    child: Option<std::process::Child>,
+}
+
+impl Reaper {
+    /// Start watching `group`. Without `sh` there is no reaper (the
+    /// parent-death signal and the inherited locks still hold).
+    fn start(group: i32) -> Reaper {
+        let spawned = Command::new("sh")
+            .args([
+                "-c",
+                "trap '' HUP INT; read -r line || kill -s KILL -- \"-$1\" 2>/dev/null",
+                "ktstr-reaper",
+            ])
+            .arg(group.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn();
+        match spawned {
+            Ok(child) => Reaper { child: Some(child) },
+            Err(e) => {
+                tracing::debug!("cannot start the process-group reaper: {e}");
+                Reaper { child: None }
+            }
+        }
+    }
+
+    /// The command is over: the reaper exits without killing anything.
+    fn finish(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = stdin.write_all(b"done\n");
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Block until `pid` (our child) has exited, without reaping it: its pid,
+/// and so its process group id, stays reserved until `wait`.
+fn wait_exited_unreaped(pid: i32) {
+    use nix::libc;
+    loop {
+        // SAFETY: a zeroed siginfo_t is a valid out-parameter for waitid.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: plain syscall on our own child with a valid pointer.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return;
+        }
+    }
+}
+
 fn spawn_error(spec: &CommandSpec, err: std::io::Error) -> StageError {
     let hint = if err.kind() == std::io::ErrorKind::NotFound {
         format!(
@@ -136,8 +267,10 @@ fn run_streaming(
     if cancel.is_some() {
         cmd.process_group(0);
     }
-    let mut child = cmd.spawn().map_err(|e| spawn_error(spec, e))?;
+    let mut child = spawn_guarded(&mut cmd, Command::spawn).map_err(|e| spawn_error(spec, e))?;
     drop(cgroup_fd);
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut reaper = cancel.map(|_| Reaper::start(group.as_raw()));
     let (tx, rx) = mpsc::channel();
     let out = child.stdout.take().expect("stdout piped");
     let err = child.stderr.take().expect("stderr piped");
@@ -145,7 +278,6 @@ fn run_streaming(
     let t_out = std::thread::spawn(move || pump(out, false, tx));
     let t_err = std::thread::spawn(move || pump(err, true, tx2));
     let mut tail = VecDeque::with_capacity(TAIL_LINES);
-    let group = nix::unistd::Pid::from_raw(child.id() as i32);
     let mut interrupted_at: Option<Instant> = None;
     let mut killed = false;
     loop {
@@ -172,6 +304,13 @@ fn run_streaming(
     }
     let _ = t_out.join();
     let _ = t_err.join();
+    if let Some(reaper) = reaper.as_mut() {
+        // Nothing of the group outlives its leader: kill what is left
+        // (background jobs, daemons) while the group id is still ours.
+        wait_exited_unreaped(group.as_raw());
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        reaper.finish();
+    }
     let status = child
         .wait()
         .map_err(|e| StageError::command(format!("wait for `{}`", spec.display())).caused_by(e))?;
@@ -199,7 +338,7 @@ impl CommandRunner for SystemRunner {
     fn capture(&self, spec: &CommandSpec) -> Result<CapturedOutput> {
         let (mut cmd, cgroup_fd) = command_for(spec)?;
         cmd.stdin(Stdio::null());
-        let out = cmd.output().map_err(|e| spawn_error(spec, e))?;
+        let out = spawn_guarded(&mut cmd, Command::output).map_err(|e| spawn_error(spec, e))?;
         drop(cgroup_fd);
         Ok(CapturedOutput {
             code: out.status.code(),
@@ -269,6 +408,75 @@ mod tests {
             started.elapsed()
         );
         assert_ne!(out.code, Some(0));
+    }
+
+    fn pid_alive(pid: i32) -> bool {
+        // Zombies count as gone: they run nothing and hold no files.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().to_string()))
+            .is_some_and(|state| !state.starts_with('Z'))
+    }
+
+    /// What a command leaves running in its process group when it exits
+    /// is killed before `run` returns.
+    #[test]
+    fn leftovers_of_a_commands_group_are_killed() {
+        let runner = InterruptibleRunner::new(Cancellation::new());
+        let spec =
+            CommandSpec::new("sh").args(["-c", "sleep 30 >/dev/null 2>&1 </dev/null & echo $!"]);
+        let mut pid = None;
+        let out = runner
+            .run(&spec, &mut |l| pid = l.trim().parse::<i32>().ok())
+            .unwrap();
+        assert_eq!(out.code, Some(0));
+        let pid = pid.expect("the shell printed its job's pid");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pid_alive(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "the background sleep {pid} survived"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A build's lock is held by every process its commands leave behind,
+    /// after the handle that took it is gone; a plain lock is not.
+    #[test]
+    fn inherited_locks_outlive_the_handle_in_leftover_processes() {
+        use crate::lock::{LockMode, try_lock};
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain.lock");
+        let build = dir.path().join("build.lock");
+        let p = try_lock(&plain, LockMode::Exclusive).unwrap().unwrap();
+        let b = try_lock(&build, LockMode::Exclusive)
+            .unwrap()
+            .unwrap()
+            .inherit_into_commands();
+        // SystemRunner: no process group, so nothing kills the leftover.
+        let spec = CommandSpec::new("sh").args(["-c", "sleep 2 >/dev/null 2>&1 </dev/null &"]);
+        SystemRunner.run(&spec, &mut |_| {}).unwrap();
+        drop((p, b));
+        assert!(
+            try_lock(&build, LockMode::Exclusive).unwrap().is_none(),
+            "the leftover sleep should still hold the build lock"
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while try_lock(&plain, LockMode::Exclusive).unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the plain lock leaked into a child"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        while try_lock(&build, LockMode::Exclusive).unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the build lock outlived its holders"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     #[test]

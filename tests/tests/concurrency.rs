@@ -121,8 +121,8 @@ fn killed_build_leaves_nothing_behind() {
     victim.child.kill().unwrap();
     let killed = victim.wait(Duration::from_secs(30));
     assert!(killed.code().is_none(), "{}", killed.describe());
-    // Let the orphaned make finish before building in the same tree.
-    std::thread::sleep(Duration::from_secs(3));
+    // make and its jobs die with ktstr (see killed_builds.rs).
+    common::assert_nothing_runs_in(&fx.tree, Duration::from_secs(3), &killed.describe());
     assert!(
         fx.entries_on_disk().is_empty(),
         "{:?}",

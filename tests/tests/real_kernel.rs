@@ -276,3 +276,90 @@ fn out_of_tree_variants(fx: &Fixture) -> Vec<String> {
     }
     keys
 }
+
+/// Whether `cmdline` (a compiler's) compiles a kernel object rather than a
+/// host tool of the configuration step.
+fn compiles_kernel_code(cmdline: &str) -> bool {
+    cmdline.split(' ').any(|arg| {
+        [
+            "init/",
+            "kernel/",
+            "mm/",
+            "lib/",
+            "fs/",
+            "block/",
+            "security/",
+        ]
+        .iter()
+        .any(|dir| arg.starts_with(dir) && arg.ends_with(".c"))
+    })
+}
+
+/// `kill -9` of ktstr while kbuild compiles the real kernel: within a few
+/// seconds no make, shell or compiler of the build runs in the tree any
+/// more and the tree lock is free. Stops long before a full build.
+#[test]
+fn real_kernel_kill_9_mid_compile_leaves_no_process() {
+    let missing = missing_prerequisites();
+    if !missing.is_empty() {
+        ktstr_sdk::testing::skip(format!(
+            "real-kernel kill test: {} missing (apt-get install {PACKAGES})",
+            missing.join(", ")
+        ));
+        return;
+    }
+    let root = tempfile::Builder::new()
+        .prefix("ktstr-real-kill-")
+        .tempdir()
+        .unwrap();
+    // Not under git: a dirty tree builds (uncached) just the same, and
+    // committing 80k files would cost more than the build we interrupt.
+    let tree = extract(root.path());
+    let fx = Fixture {
+        cache: root.path().join("cache"),
+        make_log: root.path().join("make.log"),
+        tree,
+        root,
+        env: Vec::new(),
+    };
+    let mut victim = fx.spawn_build(&["--profile", "tiny", "--reserver", "none"], &[]);
+    let start = std::time::Instant::now();
+    let compiling = loop {
+        let procs = common::processes_in(&fx.tree);
+        if let Some(p) = procs.iter().find(|(_, _, cmd)| compiles_kernel_code(cmd)) {
+            break p.clone();
+        }
+        if victim.child.try_wait().unwrap().is_some() {
+            let run = victim.wait(std::time::Duration::from_secs(5));
+            panic!("ktstr ended before compiling\n{}", run.describe());
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(900),
+            "no kernel object compiled within 15 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    // Let make fan out its jobs and sub-makes.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let before = common::processes_in(&fx.tree);
+    assert!(
+        before.iter().any(|(_, comm, _)| comm == "make"),
+        "no make in {before:?}"
+    );
+    victim.child.kill().unwrap();
+    // `wait`'s timeout counts from the spawn, minutes ago.
+    let timeout = victim.start.elapsed() + std::time::Duration::from_secs(30);
+    let killed = victim.wait(timeout);
+    assert!(killed.code().is_none(), "{}", killed.describe());
+    common::assert_nothing_runs_in(
+        &fx.tree,
+        std::time::Duration::from_secs(5),
+        &format!("compiling {compiling:?}; before the kill: {before:?}"),
+    );
+    common::assert_tree_lock_free(&fx.cache, &fx.tree);
+    assert!(
+        fx.entries_on_disk().is_empty(),
+        "{:?}",
+        fx.entries_on_disk()
+    );
+}

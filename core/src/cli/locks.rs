@@ -1,5 +1,5 @@
-//! `ktstr locks`: every LLC, source-tree, mirror and cache-entry lock, and
-//! who holds or waits for it.
+//! `ktstr locks`: every LLC, source-tree, build (per key), mirror and
+//! cache-entry lock, and who holds or waits for it.
 //!
 //! Lock files are never deleted (see docs/cache.md), so the directory lists
 //! everything ever locked; holders come from `/proc/locks`. A lock file's
@@ -32,6 +32,7 @@ fn classify(name: &str) -> Option<(&'static str, &str)> {
         ("llc-", "llc"),
         ("source-", "source"),
         ("entry-", "entry"),
+        ("build-", "build"),
         ("mirror-", "mirror"),
     ]
     .into_iter()
@@ -70,7 +71,7 @@ fn collect(root: &Path, cpu: &Path) -> Vec<Row> {
         scan(cpu, &mut rows);
     }
     let order = |k: &str| {
-        ["llc", "source", "mirror", "entry"]
+        ["llc", "build", "source", "mirror", "entry"]
             .iter()
             .position(|x| *x == k)
     };
@@ -161,6 +162,10 @@ mod tests {
             Some(("entry", "6.12.0-local-x86_64-ab"))
         );
         assert_eq!(classify("source-1a2b.lock"), Some(("source", "1a2b")));
+        assert_eq!(
+            classify("build-6.12.0-tarball-x86_64-ab.lock"),
+            Some(("build", "6.12.0-tarball-x86_64-ab"))
+        );
         assert_eq!(classify("other.txt"), None);
     }
 

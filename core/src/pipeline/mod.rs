@@ -7,6 +7,7 @@
 //! queue on its lock, and whoever waited looks in the cache again, since
 //! the peer it waited for has usually just stored the same kernel.
 
+mod build_lock;
 mod evidence;
 mod failure;
 mod store;
@@ -42,7 +43,8 @@ pub struct BuildRequestSpec {
     pub explain: bool,
     /// Keep a scratch source tree (extracted tarball, git checkout).
     pub keep_source: bool,
-    /// `KTSTR_BYPASS_LLC_LOCKS`: no reservation, no source-tree lock.
+    /// `KTSTR_BYPASS_LLC_LOCKS`: no CPU reservation (the tree and key locks
+    /// still apply).
     pub bypass_locks: bool,
     /// Architecture and toolchain (`--arch`, `--toolchain`, `--cross-compile`).
     pub variant: Variant,
@@ -287,7 +289,8 @@ fn lock_tree(root: &Path, tree: &Path, cx: &StageContext) -> Result<(lock::FileL
     if let Err(e) = std::fs::write(&path, format!("{}\n", tree.display())) {
         tracing::debug!("cannot describe {}: {e}", path.display());
     }
-    Ok(held)
+    // Every process of the build holds it: see ktstr_sdk::runner.
+    Ok((held.0.inherit_into_commands(), held.1))
 }
 
 /// Print why the cache missed: the nearest entry's differing inputs.
@@ -408,6 +411,10 @@ pub fn run(
         }
         looked_up = Some(derived);
     }
+    let mut key_lock = match build_lock::take_turn(stages, cache_root, looked_up.as_ref(), cx)? {
+        build_lock::Turn::PeerBuilt(entry) => return Ok(Outcome::PeerBuilt(*entry)),
+        build_lock::Turn::Build(held) => held,
+    };
 
     for stale in ktstr_sdk::scratch::sweep_dead(cache_root) {
         tracing::info!("removed {} left by a dead ktstr", stale.display());
@@ -449,6 +456,13 @@ pub fn run(
             None => {}
         }
     }
+    // Builds of one local tree queue on the tree's lock below instead.
+    if key_lock.is_none() && !source.is_local {
+        match build_lock::take_turn(stages, cache_root, looked_up.as_ref(), cx)? {
+            build_lock::Turn::PeerBuilt(entry) => return Ok(Outcome::PeerBuilt(*entry)),
+            build_lock::Turn::Build(held) => key_lock = held,
+        }
+    }
     if req.clean && !source.is_local {
         cx.progress
             .note("--clean only applies to local trees; downloaded sources start clean");
@@ -458,7 +472,7 @@ pub fn run(
     paths::ensure_root(cache_root)?;
     let reservation = if req.bypass_locks {
         cx.progress
-            .note("KTSTR_BYPASS_LLC_LOCKS is set: no CPU reservation, no source-tree lock");
+            .note("KTSTR_BYPASS_LLC_LOCKS is set: no CPU reservation");
         bypass_reservation()
     } else {
         stages.reserver.stage.reserve(
@@ -468,7 +482,7 @@ pub fn run(
             cx,
         )?
     };
-    let _tree_lock = if source.is_local && !req.bypass_locks {
+    let _tree_lock = if source.is_local {
         // Waiting for CPUs (in the reserver) is waiting too: re-check the
         // tree and the cache after every wait, whichever lock it was on.
         // On this, the miss path, the probe's cost is noise. An out-of-tree
@@ -622,9 +636,11 @@ pub fn run(
         summary.compressed.as_deref(),
         &metadata,
         &plan.objcopy,
+        cache_root,
         cx,
     )?;
     drop(reservation);
+    drop(key_lock);
     Ok(Outcome::Stored(entry))
 }
 

@@ -3,7 +3,15 @@
 //! vmlinux carries hundreds of MiB of DWARF that nothing downstream reads;
 //! the symbol table and `.BTF` (what BPF schedulers and tracing need) stay.
 //! The stripped copy is written to a scratch directory, never over the
-//! user's tree.
+//! user's tree: `<root>/scratch/strip-<pid>-<n>.part`, under the cache root
+//! (not `$TMPDIR`), removed when the store ends and swept by the next build
+//! if ktstr was killed (the pid in its name says whose it is).
+//!
+//! An interrupt (SIGINT, SIGTERM, SIGHUP) during strip or store stores
+//! nothing: the run is checked for cancellation after the strip, before the
+//! local store and after it (an entry installed while the signal arrived is
+//! removed again), and an objcopy killed by the signal is a cancellation,
+//! not a failure.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,7 +48,10 @@ pub fn strip_vmlinux(
         .args(STRIP_ARGS.iter().copied())
         .arg(vmlinux.display().to_string())
         .arg(out.display().to_string());
-    match cx.runner.capture(&spec) {
+    let captured = cx.runner.capture(&spec);
+    // A terminal's Ctrl-C reaches objcopy too: that is an interrupt.
+    cx.cancel.check()?;
+    match captured {
         Ok(o) if o.code == Some(0) => {
             let original_size = std::fs::metadata(vmlinux).at("stat", vmlinux)?.len();
             let stripped_size = std::fs::metadata(&out).at("stat", &out)?.len();
@@ -54,6 +65,12 @@ pub fn strip_vmlinux(
                 }),
             ))
         }
+        Ok(o) if o.code.is_none() => Err(StageError::command(format!(
+            "{} was killed by a signal while stripping {}",
+            spec.display(),
+            vmlinux.display()
+        ))
+        .with_hint("run the build again; if it recurs, check `dmesg` for the OOM killer")),
         Ok(o) => Err(StageError::command(format!(
             "{} failed on {} (exit {:?})",
             spec.display(),
@@ -146,10 +163,10 @@ pub fn store_all(
     log: Option<&Path>,
     metadata: &Metadata,
     objcopy: &str,
+    cache_root: &Path,
     cx: &StageContext,
 ) -> Result<CacheEntry> {
-    let scratch = tempfile::tempdir()
-        .map_err(|e| StageError::io("create scratch directory in", &std::env::temp_dir(), e))?;
+    let scratch = ktstr_sdk::scratch::Scratch::stage(cache_root, "strip")?;
     let (vmlinux, strip) = match &output.vmlinux {
         Some(v) => {
             let (path, info) = strip_vmlinux(v, scratch.path(), objcopy, cx)?;
@@ -166,6 +183,7 @@ pub fn store_all(
         log: log.map(Path::to_path_buf),
     };
     let local = stages.local_cache();
+    cx.cancel.check()?;
     let entry = local
         .stage
         .store(&derived.key, &artifacts, &metadata)
@@ -176,10 +194,12 @@ pub fn store_all(
                 local.stage.describe()
             ))
         })?;
+    undo_if_cancelled(stages, &derived.key, cx)?;
     for tier in stages.live_remotes() {
         if tier.stage.capabilities().read_only {
             continue;
         }
+        undo_if_cancelled(stages, &derived.key, cx)?;
         if let Err(e) = tier.stage.store(&derived.key, &artifacts, &entry.metadata) {
             cx.progress.warn(&format!(
                 "{}: could not store {}: {e}",
@@ -187,5 +207,24 @@ pub fn store_all(
             ));
         }
     }
+    undo_if_cancelled(stages, &derived.key, cx)?;
     Ok(entry)
+}
+
+/// Interrupted while the entry was being stored: take the local entry out
+/// again (an interrupted build caches nothing) and stop.
+fn undo_if_cancelled(
+    stages: &Stages,
+    key: &ktstr_sdk::cache::CacheKey,
+    cx: &StageContext,
+) -> Result<()> {
+    if !cx.cancel.is_cancelled() {
+        return Ok(());
+    }
+    if let Err(e) = stages.local_cache().stage.remove(key) {
+        cx.progress.warn(&format!(
+            "interrupted while storing {key}; could not remove it again: {e}"
+        ));
+    }
+    Err(StageError::cancelled())
 }

@@ -225,6 +225,13 @@ impl SourceAcquirer for GitSource {
                 ));
             })?;
             cx.cancel.check()?;
+            for stale in mirror.remove_stale_locks() {
+                cx.progress.note(&format!(
+                    "removed {} left in the git mirror of {} by a fetch that was killed",
+                    stale.display(),
+                    spec.url
+                ));
+            }
             // A peer may have fetched it while we waited.
             if !mirror.has_commit(&commit) {
                 cx.progress.step(&format!(

@@ -16,6 +16,13 @@
 //! The mirror is only ever written under the exclusive mirror lock
 //! (`<root>/.locks/mirror-<crc32>.lock`); reading objects needs no lock,
 //! since git only adds packs by rename.
+//!
+//! A fetch that is killed (`kill -9`, a power cut) leaves git's own lock
+//! files behind (`shallow.lock`, `packed-refs.lock`, `refs/.../<ref>.lock`),
+//! and git refuses to write while they exist. The flock is released by the
+//! kernel when its holder dies, so whoever holds it next knows that no one
+//! else writes the mirror: every `*.lock` file in it is stale, and
+//! [`Mirror::remove_stale_locks`] removes them before fetching.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -126,6 +133,35 @@ impl Mirror {
         Ok(ktstr_sdk::source::kernel_version_from_makefile(
             &String::from_utf8_lossy(&blob.data),
         ))
+    }
+
+    /// Remove the `*.lock` files a killed writer left in the mirror. Only
+    /// call it with the mirror lock held: then no live ktstr writes here.
+    /// Returns the files removed.
+    pub fn remove_stale_locks(&self) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        let mut dirs = vec![self.path.clone()];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                let path = entry.path();
+                if kind.is_dir() {
+                    dirs.push(path);
+                } else if kind.is_file() && path.extension().is_some_and(|e| e == "lock") {
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => removed.push(path),
+                        Err(e) => tracing::warn!("cannot remove stale {}: {e}", path.display()),
+                    }
+                }
+            }
+        }
+        removed.sort();
+        removed
     }
 
     /// Fetch `commit` from the remote into the mirror (the caller holds the

@@ -649,3 +649,70 @@ fn stalled_remote_times_out() {
     let e = GitSource::from_config(&serde_json::json!({ "timeout_secs": 0 })).unwrap_err();
     assert!(e.message.contains("timeout_secs = 0"), "{e}");
 }
+
+/// Records every note, to check what the user was told.
+#[derive(Default)]
+struct Notes(std::sync::Mutex<Vec<String>>);
+
+impl Progress for Notes {
+    fn step(&self, _: &str) {}
+    fn line(&self, _: &str) {}
+    fn finish_step(&self) {}
+    fn warn(&self, msg: &str) {
+        self.0.lock().unwrap().push(msg.to_string());
+    }
+    fn note(&self, msg: &str) {
+        self.0.lock().unwrap().push(msg.to_string());
+    }
+}
+
+/// A fetch killed mid-way leaves git's lock files in the mirror (the flock
+/// dies with the process, `shallow.lock` does not). The next fetch, holding
+/// the mirror lock, knows they are stale: it removes them, says so, and
+/// fetches, over HTTP as over file://.
+#[test]
+fn stale_lock_files_of_a_killed_fetch_are_recovered() {
+    if !git_available() {
+        return;
+    }
+    let origin = Origin::new();
+    let c = cache();
+    let src = GitSource::default().with_root(&c.root);
+    let server = GitHttpServer::start(origin.dir.parent().unwrap());
+    let url = server.url("origin");
+    let first = origin.rev("HEAD");
+    src.acquire(&KernelSpec::new(format!("git+{url}#sha={first}")), &cx())
+        .unwrap();
+    let mirror = ktstr_sdk::paths::git_mirror(&c.root, &url);
+    assert!(mirror.join("shallow").is_file(), "the mirror is shallow");
+
+    // What a `kill -9` during the next fetch leaves behind.
+    let planted = [
+        mirror.join("shallow.lock"),
+        mirror.join("packed-refs.lock"),
+        mirror.join("config.lock"),
+        mirror.join(format!("refs/ktstr/{first}.lock")),
+    ];
+    for p in &planted {
+        std::fs::write(p, "").unwrap();
+    }
+    let second = origin.bump(5);
+    let notes = Arc::new(Notes::default());
+    let cx2 = StageContext {
+        progress: notes.clone(),
+        ..StageContext::quiet()
+    };
+    let got = src
+        .acquire(&KernelSpec::new(format!("git+{url}#sha={second}")), &cx2)
+        .expect("a stale shallow.lock must not break the remote");
+    assert_tree(&got, &origin, &second, &c.root);
+    assert_eq!(got.version.as_deref(), Some("6.99.5"));
+    for p in &planted {
+        assert!(!p.exists(), "{} was left", p.display());
+    }
+    let said = notes.0.lock().unwrap().join("\n");
+    assert!(
+        said.contains("shallow.lock") && said.contains("killed"),
+        "the user was not told: {said}"
+    );
+}

@@ -747,3 +747,68 @@ pub fn make_tarball(work: &Path, version: &str, out_dir: &Path) -> PathBuf {
     std::fs::remove_dir_all(&top).unwrap();
     file
 }
+
+/// Live processes (zombies aside) whose working directory is in `tree`:
+/// the make, shells and compilers of a build there. `(pid, comm, cmdline)`.
+pub fn processes_in(tree: &Path) -> Vec<(u32, String, String)> {
+    let tree = canon(tree);
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cwd) = fs::read_link(entry.path().join("cwd")) else {
+            continue;
+        };
+        if !cwd.starts_with(&tree) {
+            continue;
+        }
+        let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // "pid (comm) S ...": the state follows the last ')'.
+        let state = stat.rsplit_once(')').map(|(_, r)| r.trim_start());
+        if state.is_none_or(|s| s.starts_with('Z') || s.starts_with('X')) {
+            continue;
+        }
+        let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        let cmdline = fs::read(entry.path().join("cmdline"))
+            .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+            .unwrap_or_default();
+        found.push((pid, comm.trim().to_string(), cmdline));
+    }
+    found
+}
+
+/// Wait until nothing runs in `tree`; panics naming what still does.
+#[track_caller]
+pub fn assert_nothing_runs_in(tree: &Path, within: Duration, context: &str) {
+    let start = Instant::now();
+    loop {
+        let left = processes_in(tree);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "processes of the killed build still run in {} after {within:?}: {left:?}\n{context}",
+            tree.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The tree's build lock can be taken: no process of any build holds it.
+#[track_caller]
+pub fn assert_tree_lock_free(cache: &Path, tree: &Path) {
+    let path = ktstr_sdk::paths::source_lock(cache, &canon(tree));
+    let lock = ktstr_sdk::lock::try_lock(&path, ktstr_sdk::lock::LockMode::Exclusive).unwrap();
+    assert!(
+        lock.is_some(),
+        "the tree lock {} is still held: {:?}",
+        path.display(),
+        ktstr_sdk::lock::holders(&path)
+    );
+}
