@@ -631,11 +631,13 @@ pub fn run(
     let entry = store::store_all(
         stages,
         &derived,
-        &output,
-        &config_path,
-        summary.compressed.as_deref(),
-        &metadata,
-        &plan.objcopy,
+        &store::Built {
+            output: &output,
+            config: &config_path,
+            log: summary.compressed.as_deref(),
+            metadata: &metadata,
+            objcopy: &plan.objcopy,
+        },
         cache_root,
         cx,
     )?;

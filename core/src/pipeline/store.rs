@@ -153,19 +153,34 @@ pub fn metadata_for(
     }
 }
 
+/// What a finished build hands to [`store_all`].
+pub struct Built<'a> {
+    pub output: &'a BuildOutput,
+    /// The final `.config`.
+    pub config: &'a Path,
+    /// The compressed build log, if one was kept.
+    pub log: Option<&'a Path>,
+    pub metadata: &'a Metadata,
+    /// The objcopy that reads this build's ELF (`BuildPlan::objcopy`).
+    pub objcopy: &'a str,
+}
+
 /// Store into the local tier (its failure is an error: the user asked for
 /// a cached kernel) and then every writable remote tier (failures warn).
 pub fn store_all(
     stages: &Stages,
     derived: &DerivedKey,
-    output: &BuildOutput,
-    config: &Path,
-    log: Option<&Path>,
-    metadata: &Metadata,
-    objcopy: &str,
+    built: &Built<'_>,
     cache_root: &Path,
     cx: &StageContext,
 ) -> Result<CacheEntry> {
+    let Built {
+        output,
+        config,
+        log,
+        metadata,
+        objcopy,
+    } = *built;
     let scratch = ktstr_sdk::scratch::Scratch::stage(cache_root, "strip")?;
     let (vmlinux, strip) = match &output.vmlinux {
         Some(v) => {
