@@ -104,23 +104,24 @@ impl Config {
             return Ok(Self::default());
         };
         let explicit = env_nonempty(CONFIG_ENV).is_some();
-        match std::fs::read_to_string(&path) {
+        use ktstr_sdk::fsread::{Follow, SMALL_FILE_LIMIT, read_text};
+        match read_text(&path, "config file", SMALL_FILE_LIMIT, Follow::Yes) {
             Ok(text) => Self::parse(&text, &path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(Self::default()),
-            Err(e) => Err(StageError::io("read config file", &path, e)
-                .with_hint(format!("fix or unset {CONFIG_ENV}"))),
+            Err(e) if e.kind == ktstr_sdk::ErrorKind::NotFound && !explicit => Ok(Self::default()),
+            Err(e) => Err(e.with_hint(format!("fix or unset {CONFIG_ENV}"))),
         }
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let file: File = toml::from_str(text).map_err(|e| {
-            StageError::invalid_input(format!("config file {}: {}", path.display(), e.message()))
-                .with_hint(format!(
-                    "{}; see docs/config.md for the keys",
-                    e.span()
-                        .map(|s| format!("at line {}", line_of(text, s.start)))
-                        .unwrap_or_else(|| "fix the file".into())
-                ))
+            let at = e.span().map(|s| describe_position(text, s.start));
+            StageError::invalid_input(format!(
+                "config file {}{}: {}",
+                path.display(),
+                at.as_deref().unwrap_or(""),
+                e.message().trim_end()
+            ))
+            .with_hint("see docs/config.md for the keys and their types")
         })?;
         Ok(Config {
             path: Some(path.to_path_buf()),
@@ -232,6 +233,22 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
+/// ` line N (key `k`)` for an error at byte `offset`: the line, and the
+/// key assigned on it when the line is a `key = value` line.
+fn describe_position(text: &str, offset: usize) -> String {
+    let line = line_of(text, offset);
+    let key = text
+        .lines()
+        .nth(line - 1)
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim().trim_matches('"'))
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    match key {
+        Some(key) => format!(" line {line} (key `{key}`)"),
+        None => format!(" line {line}"),
+    }
+}
+
 /// `hosts` patterns in the order their tables first appear in the text.
 fn host_order(text: &str, hosts: &BTreeMap<String, Settings>) -> Vec<String> {
     let mut found: Vec<(usize, String)> = hosts
@@ -313,16 +330,18 @@ reserver = "fixed-cpus"
         let err = parse("reserver = \"llc\"\nreserve = \"none\"\n").unwrap_err();
         assert!(err.message.contains("/etc/test.toml"), "{err}");
         assert!(err.message.contains("reserve"), "{err}");
-        assert!(err.hint.as_deref().unwrap().contains("line 2"), "{err:?}");
+        assert!(err.message.contains("line 2"), "{err:?}");
     }
 
     #[test]
-    fn wrong_types_are_errors() {
-        let err = parse("caches = \"s3-cache\"\n").unwrap_err();
-        assert!(
-            err.message.contains("caches") || err.message.contains("sequence"),
-            "{err}"
-        );
+    fn wrong_types_name_the_key_and_the_line() {
+        let err = parse("reserver = \"llc\"\ncaches = \"s3-cache\"\n").unwrap_err();
+        assert!(err.message.contains("line 2 (key `caches`)"), "{err}");
+        let err = parse("# c\n\nreserver = 5\n").unwrap_err();
+        assert!(err.message.contains("line 3 (key `reserver`)"), "{err}");
+        assert!(err.message.contains("string"), "{err}");
+        let err = parse("[hosts.\"x\"]\nplugins = [1]\n").unwrap_err();
+        assert!(err.message.contains("line 2 (key `plugins`)"), "{err}");
     }
 
     #[test]
