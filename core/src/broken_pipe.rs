@@ -50,7 +50,9 @@ mod tests {
         assert!(is_stdout_epipe_panic(
             "failed printing to stdout: Broken pipe (os error 32)"
         ));
-        assert!(!is_stdout_epipe_panic("failed printing to stdout: No space left"));
+        assert!(!is_stdout_epipe_panic(
+            "failed printing to stdout: No space left"
+        ));
         assert!(!is_stdout_epipe_panic("index out of bounds"));
         let e = anyhow::Error::from(std::io::Error::from(ErrorKind::BrokenPipe));
         assert!(is_broken_pipe(&e.context("writing the table")));

@@ -280,6 +280,9 @@ mod tests {
         let key = fit_key(&"6.12.3-".repeat(40), digest);
         assert_eq!(key.as_str().len(), CacheKey::MAX_LEN);
         assert!(key.as_str().ends_with("-0123abcd"));
-        assert_eq!(fit_key("6.12.3-tarball-x86_64", digest).as_str(), "6.12.3-tarball-x86_64-0123abcd");
+        assert_eq!(
+            fit_key("6.12.3-tarball-x86_64", digest).as_str(),
+            "6.12.3-tarball-x86_64-0123abcd"
+        );
     }
 }

@@ -98,7 +98,10 @@ mod tests {
         std::fs::write(dir.path().join("bzImage"), b"kernEl").unwrap();
         let err = require_intact(&e, &cancel).unwrap_err();
         assert_eq!(err.kind, ktstr_sdk::ErrorKind::Corrupt);
-        assert!(err.message.contains("k-1 is corrupt: bzImage: sha256"), "{err}");
+        assert!(
+            err.message.contains("k-1 is corrupt: bzImage: sha256"),
+            "{err}"
+        );
         std::fs::remove_file(dir.path().join("bzImage")).unwrap();
         assert_eq!(check_entry(&e, &cancel).unwrap().len(), 1);
     }

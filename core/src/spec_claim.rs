@@ -25,10 +25,7 @@ pub fn is_path_shaped(raw: &str) -> bool {
 
 /// The error for a spec claimed both as a bare directory name and by
 /// another source; `None` when the first claimer may have it.
-pub fn ambiguity(
-    spec: &KernelSpec,
-    claimers: &[&Named<dyn SourceAcquirer>],
-) -> Option<StageError> {
+pub fn ambiguity(spec: &KernelSpec, claimers: &[&Named<dyn SourceAcquirer>]) -> Option<StageError> {
     let (first, rest) = claimers.split_first()?;
     if first.name != LOCAL || is_path_shaped(&spec.raw) {
         return None;
@@ -104,7 +101,8 @@ mod tests {
     #[test]
     fn errors_name_the_spec_once() {
         let spec = KernelSpec::new("99.99.99");
-        let e = name_spec::<()>(&spec, Err(StageError::not_found("cannot reach host"))).unwrap_err();
+        let e =
+            name_spec::<()>(&spec, Err(StageError::not_found("cannot reach host"))).unwrap_err();
         assert_eq!(e.message, "--kernel 99.99.99: cannot reach host");
         let e = name_spec::<()>(&spec, Err(StageError::not_found("--kernel 99.99.99: gone")))
             .unwrap_err();

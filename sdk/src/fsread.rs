@@ -180,7 +180,10 @@ mod tests {
             "CONFIG_X=y\n"
         );
         std::fs::write(&f, [b'a'; 16]).unwrap();
-        assert_eq!(read_bounded(&f, "fragment", 16, Follow::No).unwrap().len(), 16);
+        assert_eq!(
+            read_bounded(&f, "fragment", 16, Follow::No).unwrap().len(),
+            16
+        );
     }
 
     #[test]
@@ -190,7 +193,10 @@ mod tests {
         std::fs::write(&f, [b'a'; 17]).unwrap();
         let e = err(&f, Follow::Yes);
         assert_eq!(e.kind, ErrorKind::InvalidInput);
-        assert!(e.to_string().contains("larger than the 16 bytes limit"), "{e}");
+        assert!(
+            e.to_string().contains("larger than the 16 bytes limit"),
+            "{e}"
+        );
         assert!(e.to_string().contains(&f.display().to_string()), "{e}");
     }
 
@@ -236,10 +242,7 @@ mod tests {
         assert!(err(&a, Follow::Yes).to_string().contains("symbolic links"));
         let missing = dir.path().join("missing");
         assert_eq!(err(&missing, Follow::Yes).kind, ErrorKind::NotFound);
-        assert_eq!(
-            read_optional(&missing, "x", 16, Follow::No).unwrap(),
-            None
-        );
+        assert_eq!(read_optional(&missing, "x", 16, Follow::No).unwrap(), None);
     }
 
     #[test]

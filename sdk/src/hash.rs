@@ -51,8 +51,7 @@ pub fn sha256_file_cancellable(
     cancel: Option<&Cancellation>,
 ) -> Result<(String, u64)> {
     // A FIFO or a device in place of a file would block or never end.
-    let mut file =
-        crate::fsread::open_regular(path, "file", crate::fsread::Follow::Yes)?;
+    let mut file = crate::fsread::open_regular(path, "file", crate::fsread::Follow::Yes)?;
     let mut hasher = Sha256Stream::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;

@@ -75,17 +75,18 @@ fn plant(path: &Path, what: Hostile) {
             symlink(&other, path).unwrap();
             symlink(path, &other).unwrap();
         }
-        Hostile::Huge => fs::File::create(path)
-            .unwrap()
-            .set_len(3 << 30)
-            .unwrap(),
+        Hostile::Huge => fs::File::create(path).unwrap().set_len(3 << 30).unwrap(),
     }
 }
 
 /// A fixture whose `$TMPDIR` is a private, empty directory, so that
 /// anything written outside the cache root is seen.
 fn fixture(git: bool) -> Fixture {
-    let fx = if git { Fixture::git() } else { Fixture::plain() };
+    let fx = if git {
+        Fixture::git()
+    } else {
+        Fixture::plain()
+    };
     let tmp = fx.root.path().join("tmp");
     fs::create_dir(&tmp).unwrap();
     let tmp = tmp.to_str().unwrap().to_string();
@@ -93,7 +94,14 @@ fn fixture(git: bool) -> Fixture {
 }
 
 /// Names the fixture itself puts in its root.
-const FIXTURE_NAMES: [&str; 6] = ["linux", "cache", "make.log", "tmp", "xdg-config", "xdg-data"];
+const FIXTURE_NAMES: [&str; 6] = [
+    "linux",
+    "cache",
+    "make.log",
+    "tmp",
+    "xdg-config",
+    "xdg-data",
+];
 
 /// Nothing outside the cache root: `$TMPDIR` empty, the working directory
 /// holding only the fixture's own names and `planted` ones; no staging or
@@ -105,12 +113,15 @@ fn assert_contained(fx: &Fixture, planted: &[&str], run: &Run) {
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert!(tmp.is_empty(), "written to $TMPDIR: {tmp:?}\n{}", run.describe());
+    assert!(
+        tmp.is_empty(),
+        "written to $TMPDIR: {tmp:?}\n{}",
+        run.describe()
+    );
     for entry in fs::read_dir(fx.root.path()).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
         assert!(
-            FIXTURE_NAMES.contains(&name.as_str())
-                || planted.iter().any(|p| name.starts_with(p)),
+            FIXTURE_NAMES.contains(&name.as_str()) || planted.iter().any(|p| name.starts_with(p)),
             "written outside the cache root: {name}\n{}",
             run.describe()
         );
@@ -225,7 +236,11 @@ fn config_values_of_the_wrong_type_name_the_key_and_the_line() {
     let cases: [(&str, &str, &str); 4] = [
         ("reserver = 5\n", "line 1", "`reserver`"),
         ("# fleet\n\ncaches = \"s3-cache\"\n", "line 3", "`caches`"),
-        ("reserver = \"none\"\nplugins = [1, 2]\n", "line 2", "`plugins`"),
+        (
+            "reserver = \"none\"\nplugins = [1, 2]\n",
+            "line 2",
+            "`plugins`",
+        ),
         ("[hosts.\"ci-*\"]\nbuilder = true\n", "line 2", "`builder`"),
     ];
     for (text, line, key) in cases {
@@ -317,7 +332,10 @@ fn hostile_metadata_is_a_corrupt_entry_listed_cleaned_and_rebuilt() {
         assert_eq!(rows[0]["key"], key, "{what:?}\n{}", run.describe());
         assert_eq!(rows[0]["status"], "corrupt", "{what:?}\n{}", run.describe());
         assert!(
-            rows[0]["reason"].as_str().unwrap().contains("metadata.json"),
+            rows[0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("metadata.json"),
             "{what:?}: {}",
             rows[0]
         );
@@ -325,10 +343,17 @@ fn hostile_metadata_is_a_corrupt_entry_listed_cleaned_and_rebuilt() {
         let run = fx.run(&["kernel", "verify"]);
         run.assert_fails();
         assert_prompt(&run);
-        assert!(run.stdout.contains(&key) && run.stdout.contains("corrupt"), "{}", run.describe());
+        assert!(
+            run.stdout.contains(&key) && run.stdout.contains("corrupt"),
+            "{}",
+            run.describe()
+        );
 
         // verify removed it; plant again and let a build replace it.
-        assert!(fx.entries_on_disk().is_empty(), "{what:?}: verify removes it");
+        assert!(
+            fx.entries_on_disk().is_empty(),
+            "{what:?}: verify removes it"
+        );
         let rebuilt = fx.build(&[]);
         rebuilt.assert_ok();
         assert_eq!(rebuilt.cached_key(), key);
@@ -336,7 +361,11 @@ fn hostile_metadata_is_a_corrupt_entry_listed_cleaned_and_rebuilt() {
         let run = fx.build(&[]);
         run.assert_ok().assert_stderr_has("rebuilding it");
         assert_prompt(&run);
-        assert_eq!(fx.build_count(), 3, "{what:?}: the corrupt entry is rebuilt");
+        assert_eq!(
+            fx.build_count(),
+            3,
+            "{what:?}: the corrupt entry is rebuilt"
+        );
         assert_contained(&fx, &[], &run);
         assert_eq!(fx.list_json()[0]["status"], "ok");
 
@@ -353,7 +382,10 @@ fn hostile_tree_config_records_are_ignored() {
     for what in EVERY {
         let (fx, _key) = cached();
         let record = ktstr_sdk::paths::tree_record(&fx.cache, &common::canon(&fx.tree));
-        assert!(record.exists(), "the build records the tree's configuration");
+        assert!(
+            record.exists(),
+            "the build records the tree's configuration"
+        );
         plant(&record, what);
         let run = fx.build(&[]);
         run.assert_ok();
@@ -406,7 +438,11 @@ fn a_tampered_version_memo_never_keys_a_tree_by_a_version_it_does_not_have() {
     assert_refused(&fx, &run, "says 6.1.0", &["tarball-work"]);
     assert!(run.error_text().contains("6.99.4"), "{}", run.describe());
     fx.assert_nothing_cached();
-    assert_eq!(fs::read_to_string(&memo).unwrap().trim(), "6.99.4", "corrected");
+    assert_eq!(
+        fs::read_to_string(&memo).unwrap().trim(),
+        "6.99.4",
+        "corrected"
+    );
 
     let again = fx.run(&["build", "--kernel", spec]);
     assert_eq!(again.cached_key(), key);
@@ -431,15 +467,26 @@ fn a_symlinked_key_directory_is_never_followed() {
 
     let run = fx.build(&[]);
     run.assert_ok().assert_stderr_has("symlink");
-    assert_eq!(fx.build_count(), 2, "rebuilt, not served from outside the root");
+    assert_eq!(
+        fx.build_count(),
+        2,
+        "rebuilt, not served from outside the root"
+    );
     assert!(
         !run.image_path().starts_with(&outside),
         "served from the symlink target\n{}",
         run.describe()
     );
     let entry = fx.kernels_dir().join(&key);
-    assert!(fs::symlink_metadata(&entry).unwrap().is_dir(), "replaced by a real entry");
-    assert_eq!(fs::read(outside.join("bzImage")).unwrap(), image_before, "target untouched");
+    assert!(
+        fs::symlink_metadata(&entry).unwrap().is_dir(),
+        "replaced by a real entry"
+    );
+    assert_eq!(
+        fs::read(outside.join("bzImage")).unwrap(),
+        image_before,
+        "target untouched"
+    );
     assert_contained(&fx, &["outside-entry"], &run);
 }
 
@@ -470,7 +517,11 @@ fn kernel_verify_finds_same_size_corruption_and_the_next_build_rebuilds() {
         let (fx, key) = cached();
         let ok = fx.run(&["kernel", "verify"]);
         ok.assert_ok();
-        assert!(ok.stdout.contains(&format!("{key}")) && ok.stdout.contains(" ok"), "{}", ok.describe());
+        assert!(
+            ok.stdout.contains(&key) && ok.stdout.contains(" ok"),
+            "{}",
+            ok.describe()
+        );
 
         flip_byte(&fx.kernels_dir().join(&key).join(artifact));
         let run = fx.run(&["kernel", "verify", &key, "--json"]);
@@ -479,8 +530,18 @@ fn kernel_verify_finds_same_size_corruption_and_the_next_build_rebuilds() {
         assert_eq!(rows[0]["key"], key);
         assert_eq!(rows[0]["status"], "corrupt");
         assert_eq!(rows[0]["removed"], true);
-        assert!(rows[0]["problems"][0].as_str().unwrap().starts_with(artifact), "{}", rows[0]);
-        assert!(fx.entries_on_disk().is_empty(), "a corrupt entry is removed");
+        assert!(
+            rows[0]["problems"][0]
+                .as_str()
+                .unwrap()
+                .starts_with(artifact),
+            "{}",
+            rows[0]
+        );
+        assert!(
+            fx.entries_on_disk().is_empty(),
+            "a corrupt entry is removed"
+        );
 
         let run = fx.build(&[]);
         assert_eq!(run.cached_key(), key);
@@ -549,7 +610,8 @@ struct Tar(Vec<u8>);
 
 impl Tar {
     fn entry(&mut self, name: &str, kind: u8, link: &str, body: &[u8], declared: u64) -> &mut Self {
-        self.0.extend_from_slice(&header(name, declared, kind, link));
+        self.0
+            .extend_from_slice(&header(name, declared, kind, link));
         self.0.extend_from_slice(body);
         let pad = (512 - body.len() % 512) % 512;
         self.0.extend(std::iter::repeat_n(0u8, pad));
@@ -568,7 +630,13 @@ impl Tar {
             }
             body.push_str(&format!("{len}{rest}"));
         }
-        self.entry("././@PaxHeader", b'x', "", body.as_bytes(), body.len() as u64)
+        self.entry(
+            "././@PaxHeader",
+            b'x',
+            "",
+            body.as_bytes(),
+            body.len() as u64,
+        )
     }
     fn kernel_top(&mut self) -> &mut Self {
         let makefile = fs::read(common::fixture_src().join("Makefile")).unwrap();
@@ -592,59 +660,102 @@ fn capped(fx: Fixture) -> Fixture {
 
 #[test]
 fn archives_that_lie_about_sizes_or_carry_huge_records_are_refused() {
-    let mib = 1usize << 20;
     type Build = fn(&mut Tar);
     let cases: [(&str, Build, &str); 8] = [
         // Header says 0 bytes, PAX says 4 MiB, 4 MiB follow.
-        ("pax-size-lie", |t| {
-            t.kernel_top()
-                .pax(&[("size", "4194304")])
-                .entry("linux-6.99.0/big", b'0', "", &vec![b'a'; 4 << 20], 0);
-        }, "PAX record gives"),
+        (
+            "pax-size-lie",
+            |t| {
+                t.kernel_top().pax(&[("size", "4194304")]).entry(
+                    "linux-6.99.0/big",
+                    b'0',
+                    "",
+                    &vec![b'a'; 4 << 20],
+                    0,
+                );
+            },
+            "PAX record gives",
+        ),
         // PAX size agrees with the header but passes the cap.
-        ("pax-size-over-cap", |t| {
-            t.kernel_top()
-                .pax(&[("size", "2097152")])
-                .file("linux-6.99.0/big", &vec![b'a'; 2 << 20]);
-        }, "max_unpacked_bytes"),
+        (
+            "pax-size-over-cap",
+            |t| {
+                t.kernel_top()
+                    .pax(&[("size", "2097152")])
+                    .file("linux-6.99.0/big", &vec![b'a'; 2 << 20]);
+            },
+            "max_unpacked_bytes",
+        ),
         // Many files, each under the cap, together over it.
-        ("many-files-over-cap", |t| {
-            t.kernel_top();
-            for i in 0..5 {
-                t.file(&format!("linux-6.99.0/f{i}"), &vec![b'a'; 300 << 10]);
-            }
-        }, "max_unpacked_bytes"),
+        (
+            "many-files-over-cap",
+            |t| {
+                t.kernel_top();
+                for i in 0..5 {
+                    t.file(&format!("linux-6.99.0/f{i}"), &vec![b'a'; 300 << 10]);
+                }
+            },
+            "max_unpacked_bytes",
+        ),
         // A PAX header far larger than any real one.
-        ("huge-pax-header", |t| {
-            let long = "a".repeat(2 << 20);
-            t.kernel_top().pax(&[("comment", &long)]).file("linux-6.99.0/x", b"x");
-        }, "PAX header of"),
+        (
+            "huge-pax-header",
+            |t| {
+                let long = "a".repeat(2 << 20);
+                t.kernel_top()
+                    .pax(&[("comment", &long)])
+                    .file("linux-6.99.0/x", b"x");
+            },
+            "PAX header of",
+        ),
         // A GNU long name larger than any path.
-        ("huge-gnu-long-name", |t| {
-            let long = vec![b'a'; 2 << 20];
-            t.kernel_top()
-                .entry("././@LongLink", b'L', "", &long, long.len() as u64)
-                .file("linux-6.99.0/x", b"x");
-        }, "GNU long name of"),
+        (
+            "huge-gnu-long-name",
+            |t| {
+                let long = vec![b'a'; 2 << 20];
+                t.kernel_top()
+                    .entry("././@LongLink", b'L', "", &long, long.len() as u64)
+                    .file("linux-6.99.0/x", b"x");
+            },
+            "GNU long name of",
+        ),
         // A GNU long name that escapes the tree.
-        ("gnu-long-name-escape", |t| {
-            let name = format!("linux-6.99.0/{}/../../../../escaped\0", "d".repeat(120));
-            t.kernel_top()
-                .entry("././@LongLink", b'L', "", name.as_bytes(), name.len() as u64)
-                .file("linux-6.99.0/innocent", b"x");
-        }, "contains `..`"),
+        (
+            "gnu-long-name-escape",
+            |t| {
+                let name = format!("linux-6.99.0/{}/../../../../escaped\0", "d".repeat(120));
+                t.kernel_top()
+                    .entry(
+                        "././@LongLink",
+                        b'L',
+                        "",
+                        name.as_bytes(),
+                        name.len() as u64,
+                    )
+                    .file("linux-6.99.0/innocent", b"x");
+            },
+            "contains `..`",
+        ),
         // A PAX path that escapes the tree.
-        ("pax-path-escape", |t| {
-            t.kernel_top()
-                .pax(&[("path", "../../escaped")])
-                .file("linux-6.99.0/innocent", b"x");
-        }, "contains `..`"),
+        (
+            "pax-path-escape",
+            |t| {
+                t.kernel_top()
+                    .pax(&[("path", "../../escaped")])
+                    .file("linux-6.99.0/innocent", b"x");
+            },
+            "contains `..`",
+        ),
         // A GNU sparse entry.
-        ("gnu-sparse", |t| {
-            t.kernel_top().entry("linux-6.99.0/sparse", b'S', "", b"", 0);
-        }, "unsupported entry type"),
+        (
+            "gnu-sparse",
+            |t| {
+                t.kernel_top()
+                    .entry("linux-6.99.0/sparse", b'S', "", b"", 0);
+            },
+            "unsupported entry type",
+        ),
     ];
-    let _ = mib;
     for (name, build, needle) in cases {
         let fx = capped(fixture(false));
         let tarball = fx.root.path().join(format!("{name}.tar"));
@@ -658,7 +769,11 @@ fn archives_that_lie_about_sizes_or_carry_huge_records_are_refused() {
             "{name}: escaped"
         );
         let scratch = fx.cache.join("scratch");
-        let left: Vec<_> = fs::read_dir(&scratch).into_iter().flatten().flatten().collect();
+        let left: Vec<_> = fs::read_dir(&scratch)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
         assert!(left.is_empty(), "{name}: scratch left behind: {left:?}");
         fx.assert_nothing_cached();
     }
@@ -679,11 +794,19 @@ fn pax_and_gnu_long_names_within_bounds_still_unpack() {
     // The rest of the fixture tree, so the build can run.
     let src = common::fixture_src();
     for rel in ["Kconfig", "fixture.c"] {
-        tar.file(&format!("linux-6.99.0/{rel}"), &fs::read(src.join(rel)).unwrap());
+        tar.file(
+            &format!("linux-6.99.0/{rel}"),
+            &fs::read(src.join(rel)).unwrap(),
+        );
     }
     add_dir(&mut tar, &src.join("arch"), "linux-6.99.0/arch");
     tar.finish(&tarball);
-    let run = fx.run(&["build", "--kernel", tarball.to_str().unwrap(), "--keep-source"]);
+    let run = fx.run(&[
+        "build",
+        "--kernel",
+        tarball.to_str().unwrap(),
+        "--keep-source",
+    ]);
     run.assert_ok();
     assert_contained(&fx, &["long-names"], &run);
 }
@@ -728,9 +851,15 @@ fn tarball_specs_with_fragments_in_every_form() {
         (format!("{rel}#foo=bar"), "unknown fragment #foo=bar"),
         (format!("file://{abs}#foo=bar"), "unknown fragment #foo=bar"),
         (format!("{abs}#sha256=abc"), "64 hex digits"),
-        (format!("{abs}#sha256={}", "0".repeat(64)), "sha256 mismatch"),
+        (
+            format!("{abs}#sha256={}", "0".repeat(64)),
+            "sha256 mismatch",
+        ),
         ("6.99.5#foo=bar".to_string(), "unknown fragment #foo=bar"),
-        (format!("{}#tag=v1", fx.tree.display()), "unknown fragment #tag=v1"),
+        (
+            format!("{}#tag=v1", fx.tree.display()),
+            "unknown fragment #tag=v1",
+        ),
     ] {
         let run = fx.run(&["build", "--kernel", &spec]);
         assert_refused(&fx, &run, needle, &["tarballs"]);
@@ -795,16 +924,32 @@ fn a_huge_range_names_only_releases_that_exist() {
     let releases = fx.root.path().join("releases.json");
     fs::write(&releases, r#"{"releases": []}"#).unwrap();
     let fx = fx
-        .with_env("KTSTR_KERNEL_MIRROR", &format!("file://{}", mirror.display()))
-        .with_env("KTSTR_RELEASES_URL", &format!("file://{}", releases.display()));
+        .with_env(
+            "KTSTR_KERNEL_MIRROR",
+            &format!("file://{}", mirror.display()),
+        )
+        .with_env(
+            "KTSTR_RELEASES_URL",
+            &format!("file://{}", releases.display()),
+        );
 
     let run = fx.run(&["build", "--kernel", "6.99.0..6.99.999999"]);
     run.assert_ok();
     assert_prompt(&run);
-    assert_eq!(run.stdout.lines().count(), 1, "one member\n{}", run.describe());
+    assert_eq!(
+        run.stdout.lines().count(),
+        1,
+        "one member\n{}",
+        run.describe()
+    );
 
     let run = fx.run(&["build", "--kernel", "6.99.3..6.99.999999"]);
-    assert_refused(&fx, &run, "no release in this range", &["mirror", "releases.json"]);
+    assert_refused(
+        &fx,
+        &run,
+        "no release in this range",
+        &["mirror", "releases.json"],
+    );
 }
 
 #[test]
@@ -812,9 +957,11 @@ fn a_long_extraversion_is_cut_from_the_key_not_a_panic() {
     for extra in ["-".to_string() + &"x".repeat(200), "-rc1+".repeat(60)] {
         let fx = fixture(true);
         let makefile = fx.tree.join("Makefile");
-        let text = fs::read_to_string(&makefile)
-            .unwrap()
-            .replacen("EXTRAVERSION =\n", &format!("EXTRAVERSION = {extra}\n"), 1);
+        let text = fs::read_to_string(&makefile).unwrap().replacen(
+            "EXTRAVERSION =\n",
+            &format!("EXTRAVERSION = {extra}\n"),
+            1,
+        );
         fs::write(&makefile, text).unwrap();
         common::git(&fx.tree, &["commit", "-qam", "long extraversion"]);
         let run = fx.build(&[]);
@@ -882,5 +1029,8 @@ fn a_closed_stdout_is_not_an_error_for_any_command() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("Broken pipe"), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("Broken pipe"),
+        "{out:?}"
+    );
 }

@@ -346,7 +346,12 @@ pub fn verify(keys: &[String], as_json: bool) -> Result<()> {
                     } else {
                         ""
                     };
-                    writeln!(out, "{:<44} {status}: {}{fate}", v.key, v.problems.join("; "))?;
+                    writeln!(
+                        out,
+                        "{:<44} {status}: {}{fate}",
+                        v.key,
+                        v.problems.join("; ")
+                    )?;
                 }
             }
         }

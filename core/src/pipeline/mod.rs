@@ -584,10 +584,13 @@ fn bypass_reservation() -> ktstr_sdk::reserve::Reservation {
 /// Read `--extra-kconfig` files; the error names the file.
 pub fn read_fragment(path: &Path) -> Result<ktstr_sdk::configure::Fragment> {
     use ktstr_sdk::fsread::{Follow, SMALL_FILE_LIMIT, read_text};
-    let content = read_text(path, "--extra-kconfig fragment", SMALL_FILE_LIMIT, Follow::Yes)
-        .map_err(|e| {
-            e.with_hint("pass a readable kconfig fragment file (lines like CONFIG_FOO=y)")
-        })?;
+    let content = read_text(
+        path,
+        "--extra-kconfig fragment",
+        SMALL_FILE_LIMIT,
+        Follow::Yes,
+    )
+    .map_err(|e| e.with_hint("pass a readable kconfig fragment file (lines like CONFIG_FOO=y)"))?;
     Ok(ktstr_sdk::configure::Fragment {
         name: path.display().to_string(),
         content,

@@ -158,7 +158,9 @@ pub fn unpack(
                 ));
             }
         }
-        let path_bytes = pending.path.unwrap_or_else(|| entry.path_bytes().into_owned());
+        let path_bytes = pending
+            .path
+            .unwrap_or_else(|| entry.path_bytes().into_owned());
         let link_bytes = pending
             .link
             .or_else(|| entry.link_name_bytes().map(|b| b.into_owned()));
