@@ -552,6 +552,32 @@ fn kernel_verify_finds_same_size_corruption_and_the_next_build_rebuilds() {
 }
 
 #[test]
+fn a_hit_never_serves_an_artifact_rewritten_in_place() {
+    for artifact in ["bzImage", "vmlinux", "config"] {
+        let (fx, key) = cached();
+        let path = fx.kernels_dir().join(&key).join(artifact);
+        flip_byte(&path);
+        // Newer than metadata.json, whatever the clock granularity.
+        let later = std::time::SystemTime::now() + Duration::from_secs(2);
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        let run = fx.build(&[]);
+        run.assert_ok()
+            .assert_stderr_has(&format!(
+                "{artifact} was modified after the entry was stored"
+            ))
+            .assert_stderr_has("rebuilding it");
+        assert_eq!(fx.build_count(), 2, "{artifact}: rebuilt, not served");
+        fx.run(&["kernel", "verify", &key]).assert_ok();
+        assert_contained(&fx, &[], &run);
+    }
+}
+
+#[test]
 fn kernel_verify_of_unknown_and_malformed_keys_fails_naming_them() {
     let fx = fixture(false);
     for key in ["6.99.0-local-x86_64-00000000", "../../etc", ""] {

@@ -293,7 +293,12 @@ pub fn verify(keys: &[String], as_json: bool) -> Result<()> {
                     Ok(None) => None,
                     Err(e) => Some(Listed::Corrupt {
                         key: raw.clone(),
-                        reason: e.to_string(),
+                        // As `kernel list` shows it: the reason, without the key.
+                        reason: e
+                            .to_string()
+                            .strip_prefix(&format!("cache entry {key}: "))
+                            .map(str::to_string)
+                            .unwrap_or_else(|| e.to_string()),
                     }),
                 },
             };

@@ -3,7 +3,9 @@
 //! A cache hit must be cheap (the whole point of the cache is that a hit
 //! returns in milliseconds), so [`load`] reads `metadata.json` once and
 //! `stat`s each recorded file — enough to catch a missing or truncated
-//! artifact from a crash or a careless `rm`. Hashing every artifact (a
+//! artifact from a crash or a careless `rm`, and, because `metadata.json`
+//! is written last, an artifact written to in place after the store (its
+//! mtime is newer than the metadata's), even when its size is unchanged. Hashing every artifact (a
 //! vmlinux is tens of megabytes) is left to [`verify_digests`], which only
 //! `ktstr kernel verify`-style callers pay for.
 //!
@@ -75,6 +77,11 @@ pub(crate) fn load(dir: &Path, key: &CacheKey) -> Result<Metadata, Fault> {
             }));
         }
     };
+    // metadata.json is written last when an entry is stored, so no artifact
+    // is newer than it unless something wrote to the artifact afterwards.
+    let stored_at = std::fs::symlink_metadata(&meta_path)
+        .and_then(|m| m.modified())
+        .ok();
     let metadata: Metadata = serde_json::from_slice(&raw)
         .map_err(|e| Fault::Corrupt(format!("{METADATA_NAME} is not valid: {e}")))?;
     check_metadata(&metadata, key)?;
@@ -89,6 +96,13 @@ pub(crate) fn load(dir: &Path, key: &CacheKey) -> Result<Metadata, Fault> {
         };
         if !stat.is_file() {
             return Err(Fault::Corrupt(format!("{name} is not a regular file")));
+        }
+        if let (Some(stored_at), Ok(modified)) = (stored_at, stat.modified())
+            && modified > stored_at
+        {
+            return Err(Fault::Corrupt(format!(
+                "{name} was modified after the entry was stored (it is newer than {METADATA_NAME})"
+            )));
         }
         if stat.len() != info.size {
             return Err(Fault::Corrupt(format!(
