@@ -59,6 +59,8 @@ pub struct Config {
     pub hosts: BTreeMap<String, Settings>,
     /// `hosts` keys in file order (BTreeMap sorts them).
     host_order: Vec<String>,
+    /// The file's text, to locate settings a plugin refuses.
+    pub text: Option<String>,
 }
 
 /// The file's shape. `Settings` is spelt out rather than flattened: serde
@@ -126,6 +128,7 @@ impl Config {
         Ok(Config {
             path: Some(path.to_path_buf()),
             host_order: host_order(text, &file.hosts),
+            text: Some(text.to_string()),
             hosts: file.hosts,
             settings: Settings {
                 reserver: file.reserver,
@@ -249,6 +252,48 @@ fn describe_position(text: &str, offset: usize) -> String {
     }
 }
 
+/// Where in `text` the `[plugin.<plugin>]` settings are (top level or in a
+/// `[hosts."…".plugin.<plugin>]` table): the line of the first `key = value`
+/// whose key `message` names, else the table's header line.
+pub fn locate_plugin_setting(text: &str, plugin: &str, message: &str) -> Option<String> {
+    let headers = [
+        format!("[plugin.{plugin}]"),
+        format!("[plugin.\"{plugin}\"]"),
+    ];
+    let mut in_table = false;
+    let mut header_line = None;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            in_table = headers.iter().any(|h| {
+                trimmed == h || (trimmed.ends_with(&h[1..]) && trimmed.contains(".plugin."))
+            });
+            if in_table && header_line.is_none() {
+                header_line = Some(i + 1);
+            }
+            continue;
+        }
+        if !in_table {
+            continue;
+        }
+        if let Some((key, _)) = trimmed.split_once('=') {
+            let key = key.trim().trim_matches('"');
+            let named = message.match_indices(key).any(|(at, _)| {
+                let before = message[..at].chars().next_back();
+                let after = message[at + key.len()..].chars().next();
+                let boundary = |c: Option<char>| {
+                    c.is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+                };
+                boundary(before) && boundary(after)
+            });
+            if !key.is_empty() && named {
+                return Some(format!("line {} (key `{key}`)", i + 1));
+            }
+        }
+    }
+    header_line.map(|l| format!("line {l} ([plugin.{plugin}])"))
+}
+
 /// `hosts` patterns in the order their tables first appear in the text.
 fn host_order(text: &str, hosts: &BTreeMap<String, Settings>) -> Vec<String> {
     let mut found: Vec<(usize, String)> = hosts
@@ -348,5 +393,23 @@ reserver = "fixed-cpus"
     fn empty_file_is_defaults() {
         let sel = parse("").unwrap().for_host("x").selection().unwrap();
         assert_eq!(sel, Selection::default());
+    }
+
+    #[test]
+    fn plugin_settings_are_located_by_key_or_table() {
+        let text = "reserver = \"llc\"\n[plugin.tarball]\nmirror = \"x\"\nretries = \"many\"\n\n[hosts.\"ci\".plugin.tarball]\nxz_threads = 0\n";
+        assert_eq!(
+            locate_plugin_setting(text, "tarball", "`retries` must be a number").as_deref(),
+            Some("line 4 (key `retries`)")
+        );
+        assert_eq!(
+            locate_plugin_setting(text, "tarball", "xz_threads must be at least 1").as_deref(),
+            Some("line 7 (key `xz_threads`)")
+        );
+        assert_eq!(
+            locate_plugin_setting(text, "tarball", "invalid type: string, expected u32").as_deref(),
+            Some("line 2 ([plugin.tarball])")
+        );
+        assert_eq!(locate_plugin_setting(text, "s3-cache", "x"), None);
     }
 }

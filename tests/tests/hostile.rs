@@ -233,8 +233,18 @@ fn hostile_config_files_are_refused_by_every_command() {
 
 #[test]
 fn config_values_of_the_wrong_type_name_the_key_and_the_line() {
-    let cases: [(&str, &str, &str); 4] = [
+    let cases: [(&str, &str, &str); 6] = [
         ("reserver = 5\n", "line 1", "`reserver`"),
+        (
+            "[plugin.tarball]\nmirror = \"file:///srv\"\nretries = \"many\"\n",
+            "line 3",
+            "`retries`",
+        ),
+        (
+            "[hosts.\"*\".plugin.tarball]\nmax_unpacked_bytes = -1\n",
+            "line 2",
+            "`max_unpacked_bytes`",
+        ),
         ("# fleet\n\ncaches = \"s3-cache\"\n", "line 3", "`caches`"),
         (
             "reserver = \"none\"\nplugins = [1, 2]\n",
@@ -523,7 +533,18 @@ fn kernel_verify_finds_same_size_corruption_and_the_next_build_rebuilds() {
             ok.describe()
         );
 
-        flip_byte(&fx.kernels_dir().join(&key).join(artifact));
+        // Bit rot: same size, same mtime; only the digest can tell.
+        let path = fx.kernels_dir().join(&key).join(artifact);
+        let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+        flip_byte(&path);
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let served = fx.build(&[]);
+        assert_eq!(served.hit_key(), key, "a hit does not hash (docs/cache.md)");
         let run = fx.run(&["kernel", "verify", &key, "--json"]);
         run.assert_fails();
         let rows = run.json();

@@ -97,18 +97,18 @@ pub(crate) fn load(dir: &Path, key: &CacheKey) -> Result<Metadata, Fault> {
         if !stat.is_file() {
             return Err(Fault::Corrupt(format!("{name} is not a regular file")));
         }
-        if let (Some(stored_at), Ok(modified)) = (stored_at, stat.modified())
-            && modified > stored_at
-        {
-            return Err(Fault::Corrupt(format!(
-                "{name} was modified after the entry was stored (it is newer than {METADATA_NAME})"
-            )));
-        }
         if stat.len() != info.size {
             return Err(Fault::Corrupt(format!(
                 "{name} is {} bytes, {METADATA_NAME} records {}",
                 stat.len(),
                 info.size
+            )));
+        }
+        if let (Some(stored_at), Ok(modified)) = (stored_at, stat.modified())
+            && modified > stored_at
+        {
+            return Err(Fault::Corrupt(format!(
+                "{name} was modified after the entry was stored (it is newer than {METADATA_NAME})"
             )));
         }
     }
