@@ -513,6 +513,19 @@ fn kernel_clean_removes_a_symlinked_key_without_touching_its_target() {
     assert!(outside.join("metadata.json").is_file());
 }
 
+/// Bit rot: flip one byte of `path`, keeping its size and mtime, so that
+/// only a digest can tell.
+fn rot_byte(path: &Path) {
+    let mtime = fs::metadata(path).unwrap().modified().unwrap();
+    flip_byte(path);
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+}
+
 /// Flip one byte of `path` in place (same size).
 fn flip_byte(path: &Path) {
     let mut bytes = fs::read(path).unwrap();
@@ -534,15 +547,7 @@ fn kernel_verify_finds_same_size_corruption_and_the_next_build_rebuilds() {
         );
 
         // Bit rot: same size, same mtime; only the digest can tell.
-        let path = fx.kernels_dir().join(&key).join(artifact);
-        let mtime = fs::metadata(&path).unwrap().modified().unwrap();
-        flip_byte(&path);
-        fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(mtime)
-            .unwrap();
+        rot_byte(&fx.kernels_dir().join(&key).join(artifact));
         let served = fx.build(&[]);
         assert_eq!(served.hit_key(), key, "a hit does not hash (docs/cache.md)");
         let run = fx.run(&["kernel", "verify", &key, "--json"]);
@@ -614,7 +619,7 @@ fn kernel_verify_of_unknown_and_malformed_keys_fails_naming_them() {
 #[test]
 fn cache_push_refuses_a_locally_corrupted_entry() {
     let (fx, key) = cached();
-    flip_byte(&fx.kernels_dir().join(&key).join("bzImage"));
+    rot_byte(&fx.kernels_dir().join(&key).join("bzImage"));
     // The remote is never reached: the entry is checked first.
     let fx = fx
         .with_env("KTSTR_S3_ENDPOINT", "http://127.0.0.1:9")
