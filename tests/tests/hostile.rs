@@ -435,6 +435,40 @@ fn hostile_version_memos_are_ignored_and_rebuilt() {
 }
 
 #[test]
+fn hostile_lock_files_do_not_hang_ktstr_locks() {
+    for what in EVERY {
+        let (fx, _key) = cached();
+        let lock = fx.cache.join(".locks").join("source-0badf00d.lock");
+        plant(&lock, what);
+        let run = fx.run(&["locks", "--json"]);
+        run.assert_ok();
+        assert_prompt(&run);
+        assert_contained(&fx, &[], &run);
+    }
+}
+
+#[test]
+fn hostile_credentials_files_are_refused_naming_the_file() {
+    for what in EVERY {
+        let (fx, key) = cached();
+        let creds = fx.root.path().join("credentials");
+        plant(&creds, what);
+        let fx = fx
+            .with_env("KTSTR_S3_ENDPOINT", "http://127.0.0.1:9")
+            .with_env("KTSTR_S3_BUCKET", "kernels")
+            .with_env("KTSTR_S3_PROFILE", "ci")
+            .with_env("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap());
+        let run = fx.run(&["cache", "push", &key, "--plugin", "s3-cache"]);
+        assert_refused(&fx, &run, creds.to_str().unwrap(), &["credentials"]);
+        assert!(
+            run.error_text().contains(described_as(what)),
+            "{what:?}\n{}",
+            run.describe()
+        );
+    }
+}
+
+#[test]
 fn a_tampered_version_memo_never_keys_a_tree_by_a_version_it_does_not_have() {
     let fx = fixture(false);
     let (tarball, memo) = unnamed_tarball(&fx);
