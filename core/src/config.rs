@@ -68,6 +68,8 @@ pub struct Config {
     pub hosts: BTreeMap<String, Settings>,
     /// `hosts` keys in file order (BTreeMap sorts them).
     host_order: Vec<String>,
+    /// The file's text, to locate settings a plugin refuses.
+    pub text: Option<String>,
 }
 
 /// The file's shape. `Settings` is spelt out rather than flattened: serde
@@ -117,27 +119,29 @@ impl Config {
             return Ok(Self::default());
         };
         let explicit = env_nonempty(CONFIG_ENV).is_some();
-        match std::fs::read_to_string(&path) {
+        use ktstr_sdk::fsread::{Follow, SMALL_FILE_LIMIT, read_text};
+        match read_text(&path, "config file", SMALL_FILE_LIMIT, Follow::Yes) {
             Ok(text) => Self::parse(&text, &path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(Self::default()),
-            Err(e) => Err(StageError::io("read config file", &path, e)
-                .with_hint(format!("fix or unset {CONFIG_ENV}"))),
+            Err(e) if e.kind == ktstr_sdk::ErrorKind::NotFound && !explicit => Ok(Self::default()),
+            Err(e) => Err(e.with_hint(format!("fix or unset {CONFIG_ENV}"))),
         }
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let file: File = toml::from_str(text).map_err(|e| {
-            StageError::invalid_input(format!("config file {}: {}", path.display(), e.message()))
-                .with_hint(format!(
-                    "{}; see docs/config.md for the keys",
-                    e.span()
-                        .map(|s| format!("at line {}", line_of(text, s.start)))
-                        .unwrap_or_else(|| "fix the file".into())
-                ))
+            let at = e.span().map(|s| describe_position(text, s.start));
+            StageError::invalid_input(format!(
+                "config file {}{}: {}",
+                path.display(),
+                at.as_deref().unwrap_or(""),
+                e.message().trim_end()
+            ))
+            .with_hint("see docs/config.md for the keys and their types")
         })?;
         Ok(Config {
             path: Some(path.to_path_buf()),
             host_order: host_order(text, &file.hosts),
+            text: Some(text.to_string()),
             hosts: file.hosts,
             settings: Settings {
                 reserver: file.reserver,
@@ -259,6 +263,64 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
+/// ` line N (key `k`)` for an error at byte `offset`: the line, and the
+/// key assigned on it when the line is a `key = value` line.
+fn describe_position(text: &str, offset: usize) -> String {
+    let line = line_of(text, offset);
+    let key = text
+        .lines()
+        .nth(line - 1)
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim().trim_matches('"'))
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    match key {
+        Some(key) => format!(" line {line} (key `{key}`)"),
+        None => format!(" line {line}"),
+    }
+}
+
+/// Where in `text` the `[plugin.<plugin>]` settings are (top level or in a
+/// `[hosts."…".plugin.<plugin>]` table): the line of the first `key = value`
+/// whose key `message` names, else the table's header line.
+pub fn locate_plugin_setting(text: &str, plugin: &str, message: &str) -> Option<String> {
+    let headers = [
+        format!("[plugin.{plugin}]"),
+        format!("[plugin.\"{plugin}\"]"),
+    ];
+    let mut in_table = false;
+    let mut header_line = None;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            in_table = headers.iter().any(|h| {
+                trimmed == h || (trimmed.ends_with(&h[1..]) && trimmed.contains(".plugin."))
+            });
+            if in_table && header_line.is_none() {
+                header_line = Some(i + 1);
+            }
+            continue;
+        }
+        if !in_table {
+            continue;
+        }
+        if let Some((key, _)) = trimmed.split_once('=') {
+            let key = key.trim().trim_matches('"');
+            let named = message.match_indices(key).any(|(at, _)| {
+                let before = message[..at].chars().next_back();
+                let after = message[at + key.len()..].chars().next();
+                let boundary = |c: Option<char>| {
+                    c.is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+                };
+                boundary(before) && boundary(after)
+            });
+            if !key.is_empty() && named {
+                return Some(format!("line {} (key `{key}`)", i + 1));
+            }
+        }
+    }
+    header_line.map(|l| format!("line {l} ([plugin.{plugin}])"))
+}
+
 /// `hosts` patterns in the order their tables first appear in the text.
 fn host_order(text: &str, hosts: &BTreeMap<String, Settings>) -> Vec<String> {
     let mut found: Vec<(usize, String)> = hosts
@@ -340,16 +402,18 @@ reserver = "fixed-cpus"
         let err = parse("reserver = \"llc\"\nreserve = \"none\"\n").unwrap_err();
         assert!(err.message.contains("/etc/test.toml"), "{err}");
         assert!(err.message.contains("reserve"), "{err}");
-        assert!(err.hint.as_deref().unwrap().contains("line 2"), "{err:?}");
+        assert!(err.message.contains("line 2"), "{err:?}");
     }
 
     #[test]
-    fn wrong_types_are_errors() {
-        let err = parse("caches = \"s3-cache\"\n").unwrap_err();
-        assert!(
-            err.message.contains("caches") || err.message.contains("sequence"),
-            "{err}"
-        );
+    fn wrong_types_name_the_key_and_the_line() {
+        let err = parse("reserver = \"llc\"\ncaches = \"s3-cache\"\n").unwrap_err();
+        assert!(err.message.contains("line 2 (key `caches`)"), "{err}");
+        let err = parse("# c\n\nreserver = 5\n").unwrap_err();
+        assert!(err.message.contains("line 3 (key `reserver`)"), "{err}");
+        assert!(err.message.contains("string"), "{err}");
+        let err = parse("[hosts.\"x\"]\nplugins = [1]\n").unwrap_err();
+        assert!(err.message.contains("line 2 (key `plugins`)"), "{err}");
     }
 
     #[test]
@@ -376,5 +440,23 @@ toolchain = "llvm"
     fn empty_file_is_defaults() {
         let sel = parse("").unwrap().for_host("x").selection().unwrap();
         assert_eq!(sel, Selection::default());
+    }
+
+    #[test]
+    fn plugin_settings_are_located_by_key_or_table() {
+        let text = "reserver = \"llc\"\n[plugin.tarball]\nmirror = \"x\"\nretries = \"many\"\n\n[hosts.\"ci\".plugin.tarball]\nxz_threads = 0\n";
+        assert_eq!(
+            locate_plugin_setting(text, "tarball", "`retries` must be a number").as_deref(),
+            Some("line 4 (key `retries`)")
+        );
+        assert_eq!(
+            locate_plugin_setting(text, "tarball", "xz_threads must be at least 1").as_deref(),
+            Some("line 7 (key `xz_threads`)")
+        );
+        assert_eq!(
+            locate_plugin_setting(text, "tarball", "invalid type: string, expected u32").as_deref(),
+            Some("line 2 ([plugin.tarball])")
+        );
+        assert_eq!(locate_plugin_setting(text, "s3-cache", "x"), None);
     }
 }

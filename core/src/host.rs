@@ -30,7 +30,31 @@ pub struct Setup {
 
 impl Setup {
     pub fn stages(&self) -> Result<Stages> {
-        Stages::select(&self.catalog, &self.selection)
+        Stages::select(&self.catalog, &self.selection).map_err(|e| self.locate(e))
+    }
+
+    /// A plugin that refuses its settings names a key at best; add where
+    /// in the config file its table (or that key) is.
+    fn locate(&self, e: ktstr_sdk::StageError) -> ktstr_sdk::StageError {
+        let Some(path) = &self.config.path else {
+            return e;
+        };
+        if e.kind != ktstr_sdk::ErrorKind::InvalidInput {
+            return e;
+        }
+        let Some(text) = &self.config.text else {
+            return e;
+        };
+        let found = self.effective.settings.plugin.keys().find_map(|name| {
+            e.message
+                .contains(&format!("plugin {name}"))
+                .then(|| config::locate_plugin_setting(text, name, &e.message))
+                .flatten()
+        });
+        match found {
+            Some(at) => e.context(format!("config file {} {at}", path.display())),
+            None => e,
+        }
     }
 }
 

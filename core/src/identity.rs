@@ -76,8 +76,7 @@ pub fn derive(inputs: &KeyInputs<'_>) -> DerivedKey {
     let digest = &ktstr_sdk::hash::sha256_hex(digest_input.as_bytes())[..DIGEST_HEX];
     let version = sanitize(source.version.as_deref().unwrap_or("unknown"));
     let kind = sanitize(&source.identity.kind);
-    let raw = format!("{version}-{kind}-{}-{digest}", sanitize(inputs.arch));
-    let key = CacheKey::parse(&raw).expect("derived keys use only key-safe characters");
+    let key = fit_key(&format!("{version}-{kind}-{}", sanitize(inputs.arch)), digest);
     DerivedKey { key, components }
 }
 
@@ -110,6 +109,18 @@ pub fn first_difference(wanted: &[KeyComponent], recorded: &[KeyComponent]) -> S
         .find(|w| !recorded.contains(w))
         .or_else(|| recorded.iter().find(|r| !wanted.contains(r)))
         .map_or_else(|| "an input".to_string(), |c| c.name.clone())
+}
+
+/// `PREFIX-DIGEST`, the readable prefix cut short when the whole would pass
+/// [`CacheKey::MAX_LEN`] (a Makefile with a long EXTRAVERSION, a plugin with
+/// a long source kind). The digest covers every input, so a cut prefix
+/// costs readability, never uniqueness.
+fn fit_key(prefix: &str, digest: &str) -> CacheKey {
+    let room = CacheKey::MAX_LEN.saturating_sub(digest.len() + 1);
+    let cut = prefix.get(..room.min(prefix.len())).unwrap_or("unknown");
+    CacheKey::parse(&format!("{cut}-{digest}"))
+        .or_else(|_| CacheKey::parse(&format!("unknown-{digest}")))
+        .expect("a sanitized prefix and a hex digest form a valid key")
 }
 
 /// The readable part of a key, shared by every entry of the same
@@ -318,5 +329,17 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("source: wanted local:b, entry has local:a"));
         assert!(lines[1].contains("old"));
+    }
+
+    #[test]
+    fn long_prefixes_are_cut_to_fit_the_key_limit() {
+        let digest = "0123abcd";
+        let key = fit_key(&"6.12.3-".repeat(40), digest);
+        assert_eq!(key.as_str().len(), CacheKey::MAX_LEN);
+        assert!(key.as_str().ends_with("-0123abcd"));
+        assert_eq!(
+            fit_key("6.12.3-tarball-x86_64", digest).as_str(),
+            "6.12.3-tarball-x86_64-0123abcd"
+        );
     }
 }

@@ -1,15 +1,18 @@
 //! The ktstr host: command line, pipeline orchestration, stage selection
 //! and cache-key derivation. Stages themselves live in plugin crates.
 
+pub mod broken_pipe;
 pub mod build_log;
 pub mod cli;
 pub mod config;
 pub mod dynamic;
 pub mod host;
 pub mod identity;
+pub mod integrity;
 pub mod interrupt;
 pub mod pipeline;
 pub mod progress;
 pub mod registry;
 pub mod scratch;
+pub mod spec_claim;
 pub mod tree_config;

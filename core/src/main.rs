@@ -1,3 +1,4 @@
 fn main() {
+    ktstr::broken_pipe::install();
     std::process::exit(ktstr::cli::main());
 }

@@ -316,21 +316,26 @@ impl Stages {
 
     /// The acquirer that claims `spec`, or an error listing accepted forms.
     pub fn acquirer_for(&self, spec: &KernelSpec) -> Result<&Named<dyn SourceAcquirer>> {
-        self.sources
+        let claimers: Vec<&Named<dyn SourceAcquirer>> = self
+            .sources
             .iter()
-            .find(|s| s.stage.claims(spec))
-            .ok_or_else(|| {
-                let forms: Vec<String> = self
-                    .sources
-                    .iter()
-                    .flat_map(|s| s.stage.accepted_forms())
-                    .collect();
-                StageError::invalid_input(format!(
-                    "--kernel {}: not a kernel spec ktstr understands",
-                    spec.raw
-                ))
-                .with_hint(format!("accepted forms: {}", forms.join("; ")))
-            })
+            .filter(|s| s.stage.claims(spec))
+            .collect();
+        if let Some(err) = crate::spec_claim::ambiguity(spec, &claimers) {
+            return Err(err);
+        }
+        claimers.into_iter().next().ok_or_else(|| {
+            let forms: Vec<String> = self
+                .sources
+                .iter()
+                .flat_map(|s| s.stage.accepted_forms())
+                .collect();
+            StageError::invalid_input(format!(
+                "--kernel {}: not a kernel spec ktstr understands",
+                spec.raw
+            ))
+            .with_hint(format!("accepted forms: {}", forms.join("; ")))
+        })
     }
 
     /// The remote tiers still worth asking in this run.

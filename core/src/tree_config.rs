@@ -23,6 +23,9 @@ struct Record {
     request: String,
 }
 
+/// A record is two digests; anything much larger is not one.
+const RECORD_LIMIT: u64 = 4 << 10;
+
 /// One string for a configure request's identity components.
 fn request_id(declared: &[KeyComponent]) -> String {
     let joined: String = declared
@@ -39,10 +42,19 @@ pub fn is_leftover(
     config_sha256: &str,
     declared: &[KeyComponent],
 ) -> bool {
-    let Ok(text) = std::fs::read_to_string(paths::tree_record(root, tree)) else {
-        return false;
+    use ktstr_sdk::fsread::{Follow, read_optional};
+    let path = paths::tree_record(root, tree);
+    let text = match read_optional(&path, "tree config record", RECORD_LIMIT, Follow::No) {
+        Ok(Some(text)) => text,
+        Ok(None) => return false,
+        Err(e) => {
+            // Not ours any more (replaced by a FIFO, a directory, a huge
+            // file): the `.config` is treated as the user's, which is safe.
+            tracing::warn!("ignoring {e}");
+            return false;
+        }
     };
-    let Ok(record) = serde_json::from_str::<Record>(&text) else {
+    let Ok(record) = serde_json::from_slice::<Record>(&text) else {
         return false;
     };
     record.config_sha256 == config_sha256 && record.request != request_id(declared)
@@ -95,6 +107,14 @@ mod tests {
             !is_leftover(root.path(), tree, "bb", &req("tiny")),
             "edited since: the user's"
         );
+        // A record replaced by a FIFO or a directory is ignored at once.
+        let path = paths::tree_record(root.path(), tree);
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        assert!(!is_leftover(root.path(), tree, "aa", &req("tiny")));
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(!is_leftover(root.path(), tree, "aa", &req("tiny")));
         assert!(!is_leftover(
             root.path(),
             Path::new("/src/other"),

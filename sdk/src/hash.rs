@@ -6,7 +6,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::context::Cancellation;
-use crate::error::{IoResultExt, Result};
+use crate::error::Result;
 
 /// An incremental sha256 (downloads, archives, files streamed through a
 /// pipeline): feed bytes as they pass, get the lowercase hex at the end.
@@ -50,7 +50,8 @@ pub fn sha256_file_cancellable(
     path: &Path,
     cancel: Option<&Cancellation>,
 ) -> Result<(String, u64)> {
-    let mut file = std::fs::File::open(path).at("open", path)?;
+    // A FIFO or a device in place of a file would block or never end.
+    let mut file = crate::fsread::open_regular(path, "file", crate::fsread::Follow::Yes)?;
     let mut hasher = Sha256Stream::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;

@@ -20,6 +20,7 @@ pub mod configure;
 pub mod context;
 pub mod error;
 pub mod export;
+pub mod fsread;
 pub mod hash;
 pub mod lock;
 pub mod make_env;

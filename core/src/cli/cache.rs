@@ -51,6 +51,9 @@ pub fn push(key: &str, plugins: &[String]) -> Result<()> {
                 .into(),
         );
     };
+    // Never spread a locally corrupted entry: push is the one place an
+    // entry leaves this machine, so it pays for the full digest check.
+    crate::integrity::require_intact(&entry, &cx.cancel)?;
     let artifacts = entry.artifacts();
     let mut pushed = 0;
     let mut failed = Vec::new();

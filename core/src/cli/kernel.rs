@@ -1,4 +1,4 @@
-//! `ktstr kernel list` and `ktstr kernel clean`.
+//! `ktstr kernel list`, `ktstr kernel clean` and `ktstr kernel verify`.
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -264,6 +264,130 @@ pub fn clean(keep: Option<usize>, force: bool, plugins: &[String]) -> Result<()>
         bail!(
             "{in_use} entr{} could not be removed (see warnings above)",
             if in_use == 1 { "y" } else { "ies" }
+        );
+    }
+    Ok(())
+}
+
+/// One entry's verdict in `kernel verify`.
+#[derive(serde::Serialize)]
+struct Verdict {
+    key: String,
+    /// `ok`, `corrupt` or `missing`.
+    status: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    problems: Vec<String>,
+    /// A corrupt entry is removed so the next build of its key rebuilds it.
+    removed: bool,
+}
+
+/// `ktstr kernel verify [KEY...]`: hash every artifact of the local
+/// entries named (all of them without keys) against the recorded digests.
+/// A corrupt entry is removed from the local cache, which is how it is
+/// "marked": the next build of that key misses and rebuilds it. Exit 1 when
+/// any entry was corrupt or missing.
+pub fn verify(keys: &[String], as_json: bool) -> Result<()> {
+    let stages = host::stages_with_plugins(&[])?;
+    let (cx, _progress) = super::host_context();
+    let local = stages.local_cache();
+    let mut targets: Vec<(String, Option<Listed>)> = Vec::new();
+    if keys.is_empty() {
+        for row in local.stage.list()? {
+            let key = match &row {
+                Listed::Ok(e) => e.key.to_string(),
+                Listed::Corrupt { key, .. } => key.clone(),
+            };
+            targets.push((key, Some(row)));
+        }
+    } else {
+        for raw in keys {
+            let row = match ktstr_sdk::cache::CacheKey::parse(raw) {
+                Err(e) => Some(Listed::Corrupt {
+                    key: raw.clone(),
+                    reason: format!("not a cache key: {e}"),
+                }),
+                Ok(key) => match local.stage.lookup(&key) {
+                    Ok(Some(entry)) => Some(Listed::Ok(entry)),
+                    Ok(None) => None,
+                    Err(e) => Some(Listed::Corrupt {
+                        key: raw.clone(),
+                        // As `kernel list` shows it: the reason, without the key.
+                        reason: e
+                            .to_string()
+                            .strip_prefix(&format!("cache entry {key}: "))
+                            .map(str::to_string)
+                            .unwrap_or_else(|| e.to_string()),
+                    }),
+                },
+            };
+            targets.push((raw.clone(), row));
+        }
+    }
+    let mut verdicts = Vec::new();
+    for (key, row) in targets {
+        cx.cancel.check()?;
+        let problems = match &row {
+            None => {
+                verdicts.push(Verdict {
+                    key,
+                    status: "missing",
+                    problems: vec!["not in the local cache".into()],
+                    removed: false,
+                });
+                continue;
+            }
+            Some(Listed::Corrupt { reason, .. }) => vec![reason.clone()],
+            Some(Listed::Ok(entry)) => crate::integrity::check_entry(entry, &cx.cancel)?
+                .into_iter()
+                .map(|m| format!("{}: {}", m.file, m.reason))
+                .collect(),
+        };
+        let removed = !problems.is_empty()
+            && ktstr_sdk::cache::CacheKey::parse(&key).is_ok_and(|k| {
+                local.stage.remove(&k).unwrap_or_else(|e| {
+                    eprintln!("{LABEL}: warning: could not remove corrupt entry {key}: {e}");
+                    false
+                })
+            });
+        verdicts.push(Verdict {
+            key,
+            status: if problems.is_empty() { "ok" } else { "corrupt" },
+            problems,
+            removed,
+        });
+    }
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&verdicts)?)?;
+    } else {
+        for v in &verdicts {
+            match v.status {
+                "ok" => writeln!(out, "{:<44} ok", v.key)?,
+                status => {
+                    let fate = if v.removed {
+                        "; removed, the next build of it rebuilds it"
+                    } else {
+                        ""
+                    };
+                    writeln!(
+                        out,
+                        "{:<44} {status}: {}{fate}",
+                        v.key,
+                        v.problems.join("; ")
+                    )?;
+                }
+            }
+        }
+        if verdicts.is_empty() {
+            eprintln!("{LABEL}: the cache is empty");
+        }
+    }
+    let bad = verdicts.iter().filter(|v| v.status != "ok").count();
+    if bad > 0 {
+        bail!(
+            "{bad} of {} entr{} failed verification",
+            verdicts.len(),
+            if verdicts.len() == 1 { "y" } else { "ies" }
         );
     }
     Ok(())

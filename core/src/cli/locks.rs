@@ -49,10 +49,17 @@ fn scan(dir: &Path, rows: &mut Vec<Row>) {
             continue;
         };
         let path = entry.path();
-        let guards = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| t.lines().next().map(str::to_string))
-            .unwrap_or_default();
+        // A lock file's content says what it guards; one replaced by a
+        // FIFO or a huge file must not hang or bloat `ktstr locks`.
+        let guards = ktstr_sdk::fsread::read_text(
+            &path,
+            "lock file",
+            4 << 10,
+            ktstr_sdk::fsread::Follow::No,
+        )
+        .ok()
+        .and_then(|t| t.lines().next().map(str::to_string))
+        .unwrap_or_default();
         rows.push(Row {
             kind,
             id: id.to_string(),

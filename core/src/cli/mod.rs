@@ -191,6 +191,15 @@ pub enum KernelCommand {
         #[arg(long = "plugin", value_name = "NAME|PATH")]
         plugins: Vec<String>,
     },
+    /// Check local entries' files against their recorded sha256 digests;
+    /// a corrupt entry is removed so its next build rebuilds it.
+    Verify {
+        /// Keys to check (default: every local entry).
+        keys: Vec<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -380,6 +389,7 @@ pub fn main() -> i32 {
             plugins,
         }) => kernel::clean(keep, force, &plugins),
         Command::Kernel(KernelCommand::Log { key }) => log::run(&key),
+        Command::Kernel(KernelCommand::Verify { keys, json }) => kernel::verify(&keys, json),
         Command::Plugins(PluginsCommand::List { json }) => plugins::list(json),
         Command::Plugins(PluginsCommand::Info { name, json }) => plugins::info(&name, json),
         Command::Plugins(PluginsCommand::New {
@@ -394,6 +404,8 @@ pub fn main() -> i32 {
     };
     match result {
         Ok(()) => 0,
+        // The reader closed stdout (`| head`): it has what it wanted.
+        Err(e) if crate::broken_pipe::is_broken_pipe(&e) => 0,
         Err(e) => {
             report(&e);
             let cancelled = e

@@ -19,7 +19,7 @@ use ktstr_sdk::build::{BuildPlan, BuildRequest, Variant};
 use ktstr_sdk::cache::{CacheEntry, Listed};
 use ktstr_sdk::configure::ConfigureRequest;
 use ktstr_sdk::context::StageContext;
-use ktstr_sdk::error::{ErrorKind, IoResultExt};
+use ktstr_sdk::error::ErrorKind;
 use ktstr_sdk::lock::{self, LockMode};
 use ktstr_sdk::reserve::ReserveRequest;
 use ktstr_sdk::source::{AcquiredSource, KernelSpec, Resolved, SourceAcquirer};
@@ -75,7 +75,7 @@ pub fn resolve<'a>(
     cx: &StageContext,
 ) -> Result<Vec<Target<'a>>> {
     let acquirer = stages.acquirer_for(spec)?;
-    let resolved = acquirer.stage.resolve(spec, cx)?;
+    let resolved = crate::spec_claim::name_spec(spec, acquirer.stage.resolve(spec, cx))?;
     if resolved.is_empty() {
         return Err(ktstr_sdk::StageError::not_found(format!(
             "--kernel {}: names no kernel",
@@ -419,7 +419,8 @@ pub fn run(
     for stale in ktstr_sdk::scratch::sweep_dead(cache_root) {
         tracing::info!("removed {} left by a dead ktstr", stale.display());
     }
-    let mut source = acquirer.stage.acquire(&target.resolved.spec, cx)?;
+    let mut source =
+        crate::spec_claim::name_spec(&req.spec, acquirer.stage.acquire(&target.resolved.spec, cx))?;
     let mut scratch = ScratchGuard::new(cache_root, &source, req.keep_source, cx);
     if let Some(known) = known {
         if source.version.is_some() && source.version != known.version {
@@ -732,11 +733,14 @@ fn bypass_reservation() -> ktstr_sdk::reserve::Reservation {
 
 /// Read `--extra-kconfig` files; the error names the file.
 pub fn read_fragment(path: &Path) -> Result<ktstr_sdk::configure::Fragment> {
-    let content = std::fs::read_to_string(path)
-        .at("--extra-kconfig: cannot read", path)
-        .map_err(|e| {
-            e.with_hint("pass a readable kconfig fragment file (lines like CONFIG_FOO=y)")
-        })?;
+    use ktstr_sdk::fsread::{Follow, SMALL_FILE_LIMIT, read_text};
+    let content = read_text(
+        path,
+        "--extra-kconfig fragment",
+        SMALL_FILE_LIMIT,
+        Follow::Yes,
+    )
+    .map_err(|e| e.with_hint("pass a readable kconfig fragment file (lines like CONFIG_FOO=y)"))?;
     Ok(ktstr_sdk::configure::Fragment {
         name: path.display().to_string(),
         content,

@@ -3,7 +3,9 @@
 //! A cache hit must be cheap (the whole point of the cache is that a hit
 //! returns in milliseconds), so [`load`] reads `metadata.json` once and
 //! `stat`s each recorded file — enough to catch a missing or truncated
-//! artifact from a crash or a careless `rm`. Hashing every artifact (a
+//! artifact from a crash or a careless `rm`, and, because `metadata.json`
+//! is written last, an artifact written to in place after the store (its
+//! mtime is newer than the metadata's), even when its size is unchanged. Hashing every artifact (a
 //! vmlinux is tens of megabytes) is left to [`verify_digests`], which only
 //! `ktstr kernel verify`-style callers pay for.
 //!
@@ -15,7 +17,11 @@ use std::io::ErrorKind as IoKind;
 use std::path::Path;
 
 use ktstr_sdk::cache::{CONFIG_NAME, CacheKey, METADATA_NAME, Metadata};
-use ktstr_sdk::error::StageError;
+use ktstr_sdk::error::{ErrorKind, StageError};
+use ktstr_sdk::fsread::{Follow, read_bounded};
+
+/// A `metadata.json` is a few KiB; a larger one is not ktstr's.
+pub(crate) const METADATA_LIMIT: u64 = 1 << 20;
 
 /// What to do about a corrupt entry.
 pub(crate) const CORRUPT_HINT: &str =
@@ -56,13 +62,26 @@ pub(crate) use ktstr_sdk::cache::is_entry_file_name as is_plain_file_name;
 /// key, and every recorded artifact exists with its recorded size.
 pub(crate) fn load(dir: &Path, key: &CacheKey) -> Result<Metadata, Fault> {
     let meta_path = dir.join(METADATA_NAME);
-    let raw = match std::fs::read(&meta_path) {
+    let raw = match read_bounded(&meta_path, METADATA_NAME, METADATA_LIMIT, Follow::No) {
         Ok(raw) => raw,
-        Err(e) if e.kind() == IoKind::NotFound => {
+        Err(e) if e.kind == ErrorKind::NotFound => {
             return Err(Fault::Corrupt(format!("{METADATA_NAME} is missing")));
         }
-        Err(e) => return Err(Fault::Io(StageError::io("read", &meta_path, e))),
+        // A directory, a FIFO, a symlink, a huge or unreadable file where
+        // the metadata should be: the entry is unusable, so it is reported
+        // and rebuilt (the rebuild replaces the whole entry directory).
+        Err(e) => {
+            return Err(Fault::Corrupt(match e.causes.first() {
+                Some(cause) => format!("{}: {cause}", e.message),
+                None => e.message,
+            }));
+        }
     };
+    // metadata.json is written last when an entry is stored, so no artifact
+    // is newer than it unless something wrote to the artifact afterwards.
+    let stored_at = std::fs::symlink_metadata(&meta_path)
+        .and_then(|m| m.modified())
+        .ok();
     let metadata: Metadata = serde_json::from_slice(&raw)
         .map_err(|e| Fault::Corrupt(format!("{METADATA_NAME} is not valid: {e}")))?;
     check_metadata(&metadata, key)?;
@@ -83,6 +102,13 @@ pub(crate) fn load(dir: &Path, key: &CacheKey) -> Result<Metadata, Fault> {
                 "{name} is {} bytes, {METADATA_NAME} records {}",
                 stat.len(),
                 info.size
+            )));
+        }
+        if let (Some(stored_at), Ok(modified)) = (stored_at, stat.modified())
+            && modified > stored_at
+        {
+            return Err(Fault::Corrupt(format!(
+                "{name} was modified after the entry was stored (it is newer than {METADATA_NAME})"
             )));
         }
     }

@@ -141,8 +141,16 @@ impl LocalCache {
     /// Load and check the entry for `key`; `Ok(None)` when there is none.
     fn read_entry(&self, key: &CacheKey) -> std::result::Result<Option<CacheEntry>, Fault> {
         let dir = self.entry_dir(key);
-        match std::fs::metadata(&dir) {
+        // Never followed: a symlink here could serve anything on the disk
+        // (an entry outside the cache root) under this key.
+        match std::fs::symlink_metadata(&dir) {
             Ok(m) if m.is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(Fault::Corrupt(format!(
+                    "{} is a symlink; cache entries are never followed through symlinks",
+                    dir.display()
+                )));
+            }
             Ok(_) => {
                 return Err(Fault::Corrupt(format!(
                     "{} is not a directory",
@@ -286,7 +294,10 @@ impl CacheBackend for LocalCache {
         for dirent in dir {
             let dirent = dirent.map_err(|e| StageError::io("list", &kernels, e))?;
             let name = dirent.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || !dirent.path().is_dir() {
+            // Entries are directories; a symlink is listed as corrupt (and
+            // never followed), other files are not entries.
+            let is_link = dirent.file_type().is_ok_and(|t| t.is_symlink());
+            if name.starts_with('.') || !(is_link || dirent.file_type().is_ok_and(|t| t.is_dir())) {
                 continue;
             }
             let key = match CacheKey::parse(&name) {

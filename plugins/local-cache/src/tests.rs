@@ -409,8 +409,15 @@ fn verify_detects_a_flipped_byte_that_lookup_does_not_hash() {
     let image = entry.dir.join("bzImage");
     let mut bytes = std::fs::read(&image).unwrap();
     bytes[500] ^= 0x01;
+    let stored_at = std::fs::metadata(&image).unwrap().modified().unwrap();
     std::fs::write(&image, bytes).unwrap();
-    // Same size: the cheap lookup still serves it...
+    // Bit rot: same size, mtime unchanged. The cheap lookup still serves it...
+    std::fs::File::options()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_modified(stored_at)
+        .unwrap();
     assert!(cache.lookup(&k).unwrap().is_some());
     // ...and verify catches it.
     let err = cache.verify(&k).unwrap_err();
@@ -422,6 +429,72 @@ fn verify_detects_a_flipped_byte_that_lookup_does_not_hash() {
     );
     let err = cache.verify(&key("absent")).unwrap_err();
     assert_eq!(err.kind, ErrorKind::NotFound);
+}
+
+#[test]
+fn an_artifact_written_in_place_after_the_store_is_corrupt_at_lookup() {
+    let (dir, cache) = setup();
+    let k = key("k-inplace");
+    let src = sources(&dir.path().join("s"), "t", 1000, true);
+    let entry = cache
+        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"))
+        .unwrap();
+    let meta = std::fs::metadata(entry.dir.join(METADATA_NAME)).unwrap();
+    let image = entry.dir.join("bzImage");
+    let mut bytes = std::fs::read(&image).unwrap();
+    bytes[10] ^= 0x01;
+    std::fs::write(&image, bytes).unwrap();
+    // Same size, newer than metadata.json (set explicitly: no clock races).
+    let later = meta.modified().unwrap() + std::time::Duration::from_secs(1);
+    std::fs::File::options()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let err = cache.lookup(&k).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Corrupt);
+    assert!(
+        err.message
+            .contains("bzImage was modified after the entry was stored"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_symlinked_entry_or_metadata_is_corrupt_and_never_followed() {
+    let (dir, cache) = setup();
+    let k = key("k-link");
+    let src = sources(&dir.path().join("s"), "t", 10, true);
+    let entry = cache
+        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"))
+        .unwrap();
+    // metadata.json as a symlink to a valid copy: refused.
+    let copy = dir.path().join("metadata-copy.json");
+    std::fs::copy(entry.dir.join(METADATA_NAME), &copy).unwrap();
+    std::fs::remove_file(entry.dir.join(METADATA_NAME)).unwrap();
+    std::os::unix::fs::symlink(&copy, entry.dir.join(METADATA_NAME)).unwrap();
+    let err = cache.lookup(&k).unwrap_err();
+    assert!(err.message.contains("is a symlink"), "{err}");
+    // The whole key directory as a symlink to a valid entry elsewhere.
+    std::fs::remove_file(entry.dir.join(METADATA_NAME)).unwrap();
+    std::fs::copy(&copy, entry.dir.join(METADATA_NAME)).unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::rename(&entry.dir, &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, &entry.dir).unwrap();
+    let err = cache.lookup(&k).unwrap_err();
+    assert!(err.message.contains("is a symlink"), "{err}");
+    assert!(matches!(
+        &cache.list().unwrap()[..],
+        [Listed::Corrupt { .. }]
+    ));
+    // A store replaces the link, never writing through it.
+    cache
+        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"))
+        .unwrap();
+    assert!(std::fs::symlink_metadata(&entry.dir).unwrap().is_dir());
+    assert!(outside.join(METADATA_NAME).is_file(), "target untouched");
+    assert!(cache.lookup(&k).unwrap().is_some());
 }
 
 /// The pid of a process that has exited and been reaped.

@@ -74,7 +74,11 @@ impl SourceAcquirer for LocalSource {
 /// `--kernel ./typo` fails with "no such directory" rather than with
 /// "no source plugin understands ./typo".
 pub fn claims_spec(raw: &str) -> bool {
-    if raw.is_empty() || is_url(raw) || is_tarball(raw) {
+    // A tarball path keeps its `#sha256=` (or a malformed `#...`): the
+    // name before the fragment decides (`/abs/linux-6.12.tar.xz#sha256=…`
+    // is the tarball source's, which explains a bad fragment).
+    let body = raw.split_once('#').map_or(raw, |(b, _)| b);
+    if raw.is_empty() || is_url(raw) || is_tarball(raw) || is_tarball(body) {
         return false;
     }
     let path_shaped = matches!(raw, "." | ".." | "~")
@@ -117,6 +121,14 @@ fn check_kernel_tree(raw: &str, path: &Path) -> Result<(PathBuf, Option<String>)
     let meta = match std::fs::metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some((body, fragment)) = raw.split_once('#')
+                && Path::new(body).exists()
+            {
+                return Err(StageError::invalid_input(format!(
+                    "--kernel {raw}: unknown fragment #{fragment}: a local tree takes no fragment"
+                ))
+                .with_hint(format!("write the path alone: --kernel {body}")));
+            }
             let mut err = StageError::not_found(format!("--kernel {raw}: no such directory"));
             err = if path.is_relative() {
                 let cwd = std::env::current_dir()
@@ -165,7 +177,13 @@ fn check_kernel_tree(raw: &str, path: &Path) -> Result<(PathBuf, Option<String>)
 fn kernel_tree_parts(dir: &Path) -> Result<(Vec<&'static str>, Option<String>)> {
     let mut missing = Vec::new();
     let makefile = dir.join("Makefile");
-    let version = match std::fs::read(&makefile) {
+    let read = ktstr_sdk::fsread::read_bounded(
+        &makefile,
+        "Makefile",
+        ktstr_sdk::fsread::SMALL_FILE_LIMIT,
+        ktstr_sdk::fsread::Follow::Yes,
+    );
+    let version = match read {
         Ok(bytes) => {
             let version = kernel_version_from_makefile(&String::from_utf8_lossy(&bytes));
             if version.is_none() {
@@ -173,16 +191,12 @@ fn kernel_tree_parts(dir: &Path) -> Result<(Vec<&'static str>, Option<String>)> 
             }
             version
         }
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::IsADirectory
-            ) =>
-        {
+        Err(e) if e.kind == ktstr_sdk::ErrorKind::NotFound || makefile.is_dir() => {
             missing.push("Makefile");
             None
         }
-        Err(e) => return Err(StageError::io("read", &makefile, e)),
+        // A FIFO, a device, a huge file: refused at once, naming it.
+        Err(e) => return Err(e.with_hint(TREE_HINT)),
     };
     if !dir.join("Kconfig").is_file() {
         missing.push("Kconfig");

@@ -123,8 +123,8 @@ pub fn resolve_credentials(
             ))
             .with_hint("set credentials_file or AWS_SHARED_CREDENTIALS_FILE"));
         };
-        let text = std::fs::read_to_string(&file).map_err(|e| {
-            StageError::io("read credentials file", &file, e).context(format!(
+        let text = read_credentials(&file).map_err(|e| {
+            e.context(format!(
                 "plugin s3-cache: profile {profile:?} ({})",
                 env_name(S3_ENV_PREFIX, "profile")
             ))
@@ -149,12 +149,23 @@ pub fn resolve_credentials(
     }
     let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".to_string());
     if let Some(file) = file
-        && let Ok(text) = std::fs::read_to_string(&file)
+        && let Ok(text) = read_credentials(&file)
         && let Some(c) = parse_credentials_file(&text, &profile)
     {
         return Ok((CredentialSource::Profile { profile, file }, Some(c)));
     }
     Ok((CredentialSource::Chain, None))
+}
+
+/// A credentials file: a regular file (symlinks followed) of at most 1 MiB,
+/// so a FIFO or a device there fails at once instead of hanging.
+fn read_credentials(file: &std::path::Path) -> ktstr_sdk::Result<String> {
+    ktstr_sdk::fsread::read_text(
+        file,
+        "credentials file",
+        ktstr_sdk::fsread::SMALL_FILE_LIMIT,
+        ktstr_sdk::fsread::Follow::Yes,
+    )
 }
 
 /// Timeouts and retries shared with http-cache.

@@ -77,7 +77,19 @@ impl Settings {
             return Ok(Self::default());
         }
         serde_json::from_value(cfg.clone()).map_err(|e| {
-            StageError::invalid_input(format!("[plugin.tarball] in the config file: {e}"))
+            // serde does not say which field failed: find the one key that
+            // fails on its own, so the message (and the host, which adds the
+            // line) can name it.
+            let culprit = cfg.as_object().and_then(|table| {
+                table.iter().find_map(|(k, v)| {
+                    let alone = serde_json::json!({ k.clone(): v.clone() });
+                    serde_json::from_value::<Self>(alone)
+                        .is_err()
+                        .then_some(k.clone())
+                })
+            });
+            let at = culprit.map(|k| format!(" {k}")).unwrap_or_default();
+            StageError::invalid_input(format!("[plugin.tarball]{at} in the config file: {e}"))
                 .with_hint(
                     "known keys: mirror, releases_url, connect_timeout_secs, stall_timeout_secs, \
                      retries, max_unpacked_bytes, skip_sha256, xz_threads (see docs/sources.md)",

@@ -7,8 +7,10 @@
 //! write); symlinks must resolve inside the tree, following the archive's
 //! other symlinks, which is checked again once all are known; hardlinks
 //! must name an earlier regular file of the archive; device files and
-//! fifos are refused; and the sum of the declared sizes is capped before
-//! a byte is written. File modes are normalised to 0644/0755.
+//! fifos are refused; and the bytes written are capped: an entry whose
+//! declared size (ustar or PAX) would pass the cap is refused before a byte
+//! of it is written, and every byte is counted as it is written, whatever
+//! any header claims. File modes are normalised to 0644/0755.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -122,9 +124,14 @@ pub fn unpack(
     let mut total = 0u64;
     let mut count = 0u64;
     let mut buf = vec![0u8; 256 << 10];
+    // Raw iteration: extension records (PAX, GNU long names) are read here
+    // with a bound, not by the tar crate, which would read one of any size
+    // into memory.
     let entries = archive
         .entries()
-        .map_err(|e| StageError::corrupt(format!("{what}: not a tar archive")).caused_by(e))?;
+        .map_err(|e| StageError::corrupt(format!("{what}: not a tar archive")).caused_by(e))?
+        .raw(true);
+    let mut ext = Extensions::default();
     for entry in entries {
         if count.is_multiple_of(128) {
             cancel.check()?;
@@ -135,16 +142,29 @@ pub fn unpack(
                 .with_hint("the archive is truncated or corrupt; fetch it again")
         })?;
         let kind = entry.header().entry_type();
-        if matches!(
-            kind,
-            EntryType::XGlobalHeader
-                | EntryType::XHeader
-                | EntryType::GNULongName
-                | EntryType::GNULongLink
-        ) {
+        if ext.absorb(&mut entry, kind, what)? {
             continue;
         }
-        let raw_path = PathBuf::from(std::ffi::OsStr::from_bytes(&entry.path_bytes()));
+        let pending = std::mem::take(&mut ext);
+        if let Some(size) = pending.size {
+            let declared = entry.size();
+            if size != declared {
+                return Err(refuse(
+                    what,
+                    format!(
+                        "a PAX record gives {} a size of {size} bytes, its header {declared}",
+                        String::from_utf8_lossy(&entry.path_bytes())
+                    ),
+                ));
+            }
+        }
+        let path_bytes = pending
+            .path
+            .unwrap_or_else(|| entry.path_bytes().into_owned());
+        let link_bytes = pending
+            .link
+            .or_else(|| entry.link_name_bytes().map(|b| b.into_owned()));
+        let raw_path = PathBuf::from(std::ffi::OsStr::from_bytes(&path_bytes));
         let rel = clean_relative(&raw_path)
             .map_err(|why| refuse(what, format!("entry {} {why}", raw_path.display())))?;
         if rel.as_os_str().is_empty() {
@@ -169,17 +189,11 @@ pub fn unpack(
                 made_dirs.insert(rel);
             }
             EntryType::Regular | EntryType::Continuous => {
-                let size = entry.header().size().unwrap_or(0);
-                total = total.saturating_add(size);
-                if total > limits.max_unpacked_bytes {
-                    return Err(refuse(
-                        what,
-                        format!(
-                            "its files add up to more than the {} MiB cap (max_unpacked_bytes)",
-                            limits.max_unpacked_bytes >> 20
-                        ),
-                    )
-                    .with_hint("a kernel tree is about 1.5 GiB; raise max_unpacked_bytes in [plugin.tarball] if this archive is genuine"));
+                // The size the entry declares (PAX `size` records included:
+                // `Entry::size` is the effective one) refuses early; the
+                // bytes really written are what the cap is enforced on.
+                if total.saturating_add(entry.size()) > limits.max_unpacked_bytes {
+                    return Err(over_cap(what, limits));
                 }
                 ensure_parent(dest, &rel, &mut made_dirs)?;
                 let mode = entry.header().mode().unwrap_or(0o644);
@@ -199,6 +213,10 @@ pub fn unpack(
                             .caused_by(e));
                         }
                     };
+                    total = total.saturating_add(n as u64);
+                    if total > limits.max_unpacked_bytes {
+                        return Err(over_cap(what, limits));
+                    }
                     file.write_all(&buf[..n]).at("write", &target)?;
                 }
                 if let Some(mtime) = mtime {
@@ -207,9 +225,9 @@ pub fn unpack(
                 regular.insert(rel);
             }
             EntryType::Symlink => {
-                let link = entry
-                    .link_name_bytes()
-                    .map(|b| PathBuf::from(std::ffi::OsStr::from_bytes(&b)))
+                let link = link_bytes
+                    .as_deref()
+                    .map(|b| PathBuf::from(std::ffi::OsStr::from_bytes(b)))
                     .unwrap_or_default();
                 if link.as_os_str().is_empty() || link.is_absolute() {
                     return Err(refuse(
@@ -230,9 +248,9 @@ pub fn unpack(
                 symlinks.insert(rel, link);
             }
             EntryType::Link => {
-                let link = entry
-                    .link_name_bytes()
-                    .map(|b| PathBuf::from(std::ffi::OsStr::from_bytes(&b)))
+                let link = link_bytes
+                    .as_deref()
+                    .map(|b| PathBuf::from(std::ffi::OsStr::from_bytes(b)))
                     .unwrap_or_default();
                 let source = clean_relative(&link).map_err(|why| {
                     refuse(
@@ -280,6 +298,97 @@ pub fn unpack(
         entries: count,
         bytes: total,
     })
+}
+
+/// The most an extension record (a PAX header, a GNU long name) may
+/// hold: real ones are a path or two and a few numbers.
+const EXTENSION_LIMIT: u64 = 1 << 20;
+
+/// What extension records said about the next entry.
+#[derive(Default)]
+struct Extensions {
+    path: Option<Vec<u8>>,
+    link: Option<Vec<u8>>,
+    size: Option<u64>,
+}
+
+impl Extensions {
+    /// If `entry` is an extension record, read it (bounded) into `self`
+    /// and return true.
+    fn absorb<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        kind: EntryType,
+        what: &str,
+    ) -> Result<bool> {
+        let name = match kind {
+            EntryType::XGlobalHeader => "PAX global header",
+            EntryType::XHeader => "PAX header",
+            EntryType::GNULongName => "GNU long name",
+            EntryType::GNULongLink => "GNU long link name",
+            _ => return Ok(false),
+        };
+        if entry.size() > EXTENSION_LIMIT {
+            return Err(refuse(
+                what,
+                format!(
+                    "a {name} of {} bytes (the limit is {})",
+                    entry.size(),
+                    ktstr_sdk::fsread::human_size(EXTENSION_LIMIT)
+                ),
+            ));
+        }
+        let mut body = Vec::new();
+        Read::take(&mut *entry, EXTENSION_LIMIT)
+            .read_to_end(&mut body)
+            .map_err(|e| {
+                StageError::corrupt(format!("{what}: damaged tar data in a {name}")).caused_by(e)
+            })?;
+        let trim = |mut b: Vec<u8>| {
+            while b.last() == Some(&0) {
+                b.pop();
+            }
+            b
+        };
+        match kind {
+            EntryType::GNULongName => self.path = Some(trim(body)),
+            EntryType::GNULongLink => self.link = Some(trim(body)),
+            EntryType::XHeader => {
+                for record in tar::PaxExtensions::new(&body) {
+                    let record = record.map_err(|e| {
+                        StageError::corrupt(format!("{what}: a malformed PAX header")).caused_by(e)
+                    })?;
+                    match record.key_bytes() {
+                        b"path" => self.path = Some(record.value_bytes().to_vec()),
+                        b"linkpath" => self.link = Some(record.value_bytes().to_vec()),
+                        b"size" => {
+                            let size = std::str::from_utf8(record.value_bytes())
+                                .ok()
+                                .and_then(|v| v.parse::<u64>().ok())
+                                .ok_or_else(|| {
+                                    refuse(what, "a PAX size record is not a number".to_string())
+                                })?;
+                            self.size = Some(size);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {} // global header: nothing ktstr uses (git puts the commit there)
+        }
+        Ok(true)
+    }
+}
+
+fn over_cap(what: &str, limits: &Limits) -> StageError {
+    refuse(
+        what,
+        format!(
+            "its files add up to more than the {} MiB cap (max_unpacked_bytes)",
+            limits.max_unpacked_bytes >> 20
+        ),
+    )
+    .with_hint("a kernel tree is about 1.5 GiB; raise max_unpacked_bytes in [plugin.tarball] if this archive is genuine")
 }
 
 fn symlink_escape(what: &str, rel: &Path, link: &Path) -> StageError {
@@ -347,7 +456,13 @@ pub fn find_tree(dest: &Path, what: &str) -> Result<(PathBuf, String)> {
         top.push(entry.file_name());
     }
     let version_at = |dir: &Path| -> Option<String> {
-        let text = std::fs::read(dir.join("Makefile")).ok()?;
+        let text = ktstr_sdk::fsread::read_bounded(
+            &dir.join("Makefile"),
+            "Makefile",
+            ktstr_sdk::fsread::SMALL_FILE_LIMIT,
+            ktstr_sdk::fsread::Follow::No,
+        )
+        .ok()?;
         ktstr_sdk::source::kernel_version_from_makefile(&String::from_utf8_lossy(&text))
     };
     if top.is_empty() {

@@ -174,31 +174,23 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     out
 }
 
-/// Open a local file as a body.
+/// Open a local file as a body. Only a regular file (after following
+/// symlinks) is a tarball: a FIFO, a device (`/dev/zero`) or a directory is
+/// refused at once, before anything reads from it.
 pub fn open_file(path: &Path) -> Result<Opened> {
-    let file = std::fs::File::open(path).map_err(|e| {
-        let kind = e.kind();
-        let err = StageError::io("open", path, e);
-        if kind == std::io::ErrorKind::NotFound {
-            StageError {
-                kind: ErrorKind::NotFound,
-                ..err
-            }
-            .with_hint("check the path; relative paths are taken from the current directory")
-        } else {
-            err
+    use ktstr_sdk::fsread::{Follow, open_regular};
+    let file = open_regular(path, "tarball", Follow::Yes).map_err(|e| match e.kind {
+        ErrorKind::NotFound => {
+            e.with_hint("check the path; relative paths are taken from the current directory")
         }
+        _ if path.is_dir() => {
+            e.with_hint("pass a kernel source directory as ./DIR (the local source) instead")
+        }
+        _ => e,
     })?;
     let meta = file
         .metadata()
         .map_err(|e| StageError::io("inspect", path, e))?;
-    if meta.is_dir() {
-        return Err(StageError::invalid_input(format!(
-            "{} is a directory, not a tarball",
-            path.display()
-        ))
-        .with_hint("pass a kernel source directory as ./DIR (the local source) instead"));
-    }
     Ok(Opened {
         reader: Box::new(file),
         len: Some(meta.len()),

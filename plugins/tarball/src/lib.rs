@@ -116,6 +116,28 @@ impl TarballSource {
             .or_else(|| memo::version_of(&self.cache_root().ok()?, sha256))
     }
 
+    /// The version memo steers the key of a tarball before it is unpacked;
+    /// once unpacked, the Makefile is the truth. A memo that disagrees was
+    /// damaged or tampered with: it is corrected, and this run fails rather
+    /// than store a tree under a version it does not have.
+    fn check_memo(&self, sha256: &str, version: &str) -> Result<()> {
+        let Ok(root) = self.cache_root() else {
+            return Ok(());
+        };
+        match memo::version_of(&root, sha256) {
+            Some(memo) if memo != version => {
+                memo::record(&root, sha256, version);
+                let file = memo::file(&root, sha256).unwrap_or_default();
+                Err(StageError::corrupt(format!(
+                    "the version memo {} says {memo}, but the tarball's Makefile says {version}",
+                    file.display()
+                ))
+                .with_hint("the memo was damaged or edited by hand; ktstr corrected it, run the command again"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn resolve_release(&self, release: Release, sha256: Option<String>) -> Resolved {
         Resolved {
             spec: Self::pinned(&release, sha256.as_deref()),
@@ -169,9 +191,39 @@ impl TarballSource {
         cx: &StageContext,
     ) -> Result<Vec<Resolved>> {
         match (from, to) {
-            (VersionSpec::Exact(a), VersionSpec::Exact(b)) => Ok((a.patch..=b.patch)
-                .map(|patch| self.resolve_release(Release { patch, ..a }, None))
-                .collect()),
+            // Members are the releases the mirror lists between the ends,
+            // never every number in between: `6.12.0..6.12.999999` names
+            // the few hundred 6.12 releases that exist.
+            (VersionSpec::Exact(a), VersionSpec::Exact(b)) => {
+                let sums = catalog.sums(&a)?.clone();
+                if let Sums::Missing(e) = &sums {
+                    cx.progress.warn(&format!(
+                        "{e}; the range holds the releases {} lists",
+                        self.settings.releases_url
+                    ));
+                }
+                let members: Vec<Release> = catalog
+                    .known(a.major)?
+                    .into_iter()
+                    .filter(|r| a.sort_key() <= r.sort_key() && r.sort_key() <= b.sort_key())
+                    .collect();
+                if members.is_empty() {
+                    return Err(StageError::not_found(format!(
+                        "--kernel {}..{}: no release in this range in {} or the mirror's sha256sums.asc",
+                        a.file_version(),
+                        b.file_version(),
+                        self.settings.releases_url
+                    ))
+                    .with_hint(self.settings.releases_hint()));
+                }
+                Ok(members
+                    .into_iter()
+                    .map(|r| {
+                        let digest = sums.digest(&r).map(str::to_string);
+                        self.resolve_release(r, digest)
+                    })
+                    .collect())
+            }
             (VersionSpec::Series(a, b), VersionSpec::Series(c, d)) => {
                 let mut series: Vec<(u32, u32)> = Vec::new();
                 for major in a..=c {
@@ -345,6 +397,9 @@ impl TarballSource {
                 "{what}: expected a {named} tree, but its Makefile says {version}"
             ))
             .with_hint("the file is misnamed or the mirror serves the wrong file; pin it by digest with a URL spec instead"));
+        }
+        if !dirty {
+            self.check_memo(&fetched.sha256, &version)?;
         }
         let source_dir = staging.install(&tree)?;
         let source_dir = std::fs::canonicalize(&source_dir).at("resolve", &source_dir)?;

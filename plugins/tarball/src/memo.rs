@@ -17,9 +17,28 @@ fn path(root: &Path, sha256: &str) -> Option<PathBuf> {
         .then(|| paths::plugin_state(root, crate::NAME).join(format!("{sha256}.version")))
 }
 
-/// The version recorded for `sha256`, if any.
+/// A memo is one version number; anything larger is not one.
+const MEMO_LIMIT: u64 = 256;
+
+/// The memo file for `sha256`, for messages.
+pub fn file(root: &Path, sha256: &str) -> Option<PathBuf> {
+    path(root, sha256)
+}
+
+/// The version recorded for `sha256`, if any. A memo that is not a small
+/// regular file (a FIFO, a directory, a symlink, a huge file) is ignored
+/// with a warning naming it: it only costs one unpack.
 pub fn version_of(root: &Path, sha256: &str) -> Option<String> {
-    let text = std::fs::read_to_string(path(root, sha256)?).ok()?;
+    use ktstr_sdk::fsread::{Follow, read_optional};
+    let file = path(root, sha256)?;
+    let bytes = match read_optional(&file, "tarball version memo", MEMO_LIMIT, Follow::No) {
+        Ok(bytes) => bytes?,
+        Err(e) => {
+            tracing::warn!("ignoring {e}");
+            return None;
+        }
+    };
+    let text = String::from_utf8(bytes).ok()?;
     let version = text.trim();
     let plausible = !version.is_empty()
         && version.len() < 64
@@ -60,5 +79,13 @@ mod tests {
         std::fs::write(path(root.path(), &sha).unwrap(), "../../etc\n").unwrap();
         assert_eq!(version_of(root.path(), &sha), None);
         assert_eq!(path(root.path(), "../x"), None);
+        // Not a regular file: ignored at once, never read.
+        let memo = path(root.path(), &sha).unwrap();
+        std::fs::remove_file(&memo).unwrap();
+        nix::unistd::mkfifo(&memo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        assert_eq!(version_of(root.path(), &sha), None);
+        std::fs::remove_file(&memo).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &memo).unwrap();
+        assert_eq!(version_of(root.path(), &sha), None);
     }
 }
