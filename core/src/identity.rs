@@ -76,7 +76,10 @@ pub fn derive(inputs: &KeyInputs<'_>) -> DerivedKey {
     let digest = &ktstr_sdk::hash::sha256_hex(digest_input.as_bytes())[..DIGEST_HEX];
     let version = sanitize(source.version.as_deref().unwrap_or("unknown"));
     let kind = sanitize(&source.identity.kind);
-    let key = fit_key(&format!("{version}-{kind}-{}", sanitize(inputs.arch)), digest);
+    let key = fit_key(
+        &format!("{version}-{kind}-{}", sanitize(inputs.arch)),
+        digest,
+    );
     DerivedKey { key, components }
 }
 

@@ -251,7 +251,11 @@ fn out_of_tree_variants(fx: &Fixture) -> Vec<String> {
         let run = fx.build(&args);
         let image = run.image_path();
         let key = run.cached_key();
-        assert!(!keys.contains(&key), "{name}: key {key} reused\n{}", run.describe());
+        assert!(
+            !keys.contains(&key),
+            "{name}: key {key} reused\n{}",
+            run.describe()
+        );
         let entry = image.parent().unwrap();
         let vmlinux = entry.join("vmlinux");
         assert_stripped_vmlinux(&vmlinux);
@@ -259,7 +263,12 @@ fn out_of_tree_variants(fx: &Fixture) -> Vec<String> {
             "arm64" => {
                 assert!(key.contains("-local-arm64-"), "{key}");
                 assert_eq!(image.file_name().unwrap(), "Image");
-                assert_eq!(common::elf_machine(&vmlinux), "AArch64", "{}", vmlinux.display());
+                assert_eq!(
+                    common::elf_machine(&vmlinux),
+                    "AArch64",
+                    "{}",
+                    vmlinux.display()
+                );
                 // The arm64 boot image's header carries the "ARM\x64" magic at 56.
                 let bytes = fs::read(&image).unwrap();
                 assert_eq!(&bytes[56..60], b"ARM\x64", "not an arm64 Image");
@@ -321,7 +330,14 @@ fn kill_9_mid_compile_leaves_no_process(shared: &Fixture) {
     };
     let out_arg = out.to_str().unwrap().to_string();
     let mut victim = fx.spawn_build(
-        &["--profile", "tiny", "--reserver", "none", "--output", &out_arg],
+        &[
+            "--profile",
+            "tiny",
+            "--reserver",
+            "none",
+            "--output",
+            &out_arg,
+        ],
         &[],
     );
     let start = std::time::Instant::now();

@@ -15,11 +15,12 @@
 use std::path::Path;
 
 use ktstr_sdk::Result;
-use ktstr_sdk::cache::{CacheEntry, CacheKey};
+use ktstr_sdk::cache::CacheEntry;
 use ktstr_sdk::context::StageContext;
 use ktstr_sdk::lock::{self, FileLock, LockMode};
 use ktstr_sdk::paths;
 
+use crate::identity::DerivedKey;
 use crate::registry::Stages;
 
 /// What a build may do after asking for its key's turn.
@@ -37,12 +38,13 @@ pub(super) enum Turn {
 pub(super) fn take_turn(
     stages: &Stages,
     root: &Path,
-    key: Option<&CacheKey>,
+    key: Option<&DerivedKey>,
     cx: &StageContext,
 ) -> Result<Turn> {
-    let Some(key) = key else {
+    let Some(derived) = key else {
         return Ok(Turn::Build(None));
     };
+    let key = &derived.key;
     paths::ensure_root(root)?;
     let path = paths::build_lock(root, key);
     let (held, waited) = lock::lock_reporting(&path, LockMode::Exclusive, |holders| {
@@ -55,9 +57,10 @@ pub(super) fn take_turn(
     let held = held.inherit_into_commands();
     cx.cancel.check()?;
     let found = if waited {
-        super::lookup(stages, key, cx)?
+        super::lookup(stages, derived, cx)?
     } else {
-        stages.local_cache().stage.lookup(key).ok().flatten()
+        (stages.local_cache().stage.lookup(key).ok().flatten())
+            .filter(|e| super::verified(derived, e, "the local cache", "rebuilding", cx))
     };
     if let Some(entry) = found {
         cx.progress.note(&format!(

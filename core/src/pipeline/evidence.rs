@@ -89,7 +89,11 @@ pub fn ktstr_command(spec: &str, source: &AcquiredSource, req: &BuildRequestSpec
     ];
     for f in &request.fragments {
         // `--kconfig` lines (and the config file's) are named after their line.
-        if let Some(line) = f.name.strip_prefix("--kconfig ").or_else(|| f.name.strip_prefix("config file kconfig ")) {
+        if let Some(line) = f
+            .name
+            .strip_prefix("--kconfig ")
+            .or_else(|| f.name.strip_prefix("config file kconfig "))
+        {
             words.push("--kconfig".to_string());
             words.push(line.to_string());
         } else {

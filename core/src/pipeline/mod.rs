@@ -653,6 +653,7 @@ fn build_dir_for(tree: &Path, output: Option<&Path>) -> Result<PathBuf> {
     let Some(out) = output else {
         return Ok(tree.to_path_buf());
     };
+    use ktstr_sdk::error::IoResultExt;
     std::fs::create_dir_all(out).at("--output: cannot create", out)?;
     let out = std::fs::canonicalize(out).at("--output: cannot resolve", out)?;
     if std::fs::canonicalize(tree).is_ok_and(|t| t == out) {
@@ -697,16 +698,19 @@ fn configure_phase(
             configure.profile
         ));
     }
+    let mut took = None;
     if configure.reset
         || !stages
             .configurer
             .stage
             .is_configured(build_dir, &configure)?
     {
+        let started = std::time::Instant::now();
         stages
             .configurer
             .stage
             .configure(build_dir, &configure, cx)?;
+        took = Some(started.elapsed());
         // A required symbol olddefconfig dropped fails now, not after the build.
         stages.configurer.stage.validate(build_dir, &configure)?;
         if source.is_local {

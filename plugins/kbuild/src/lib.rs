@@ -382,7 +382,7 @@ impl Builder for KbuildBuilder {
         };
         let command = Some(format!(
             "make {}",
-            make_args(req.make_jobs, &self.toolchain).join(" ")
+            setup.args_for(req.make_jobs, output).join(" ")
         ));
         Ok(BuildOutput {
             image,

@@ -27,6 +27,7 @@ use ktstr_sdk::cache::KeyComponent;
 use ktstr_sdk::configure::{ConfigureRequest, Configurer, ProfileInfo};
 use ktstr_sdk::context::{CommandOutcome, CommandSpec, StageContext};
 use ktstr_sdk::error::{ErrorKind, IoResultExt, Result, StageError};
+use ktstr_sdk::fsread::{self, Follow};
 use ktstr_sdk::hash::sha256_hex;
 use ktstr_sdk::make_env;
 use ktstr_sdk::registry::{BuiltinPlugin, Constructor};
@@ -112,14 +113,15 @@ fn dot_config_path(tree: &Path) -> PathBuf {
     tree.join(".config")
 }
 
-/// Read `tree/.config`; `None` when it does not exist.
+/// Largest `.config` read (a real one is ~300 KiB).
+const MAX_DOT_CONFIG: u64 = 16 << 20;
+
+/// Read `tree/.config`; `None` when it does not exist. A FIFO, device or
+/// huge file in its place is an error naming it, at once.
 fn read_dot_config(tree: &Path) -> Result<Option<DotConfig>> {
     let path = dot_config_path(tree);
-    match std::fs::read(&path) {
-        Ok(bytes) => Ok(Some(DotConfig::parse(&String::from_utf8_lossy(&bytes)))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(StageError::io("read", &path, e)),
-    }
+    let bytes = fsread::read_optional(&path, "kernel config", MAX_DOT_CONFIG, Follow::Yes)?;
+    Ok(bytes.map(|b| DotConfig::parse(&String::from_utf8_lossy(&b))))
 }
 
 /// Names of the user fragments, for hints: `a.kconfig, b.kconfig`.
@@ -341,7 +343,7 @@ fn report_dropped(plan: &Plan, request: &ConfigureRequest, config: &DotConfig, c
 
 /// Append `lines` to `.config`, starting on a fresh line.
 fn append_lines(config_path: &Path, lines: &[Assignment]) -> Result<()> {
-    let existing = std::fs::read(config_path).at("read", config_path)?;
+    let existing = fsread::read_bounded(config_path, "kernel config", MAX_DOT_CONFIG, Follow::Yes)?;
     let mut text = String::new();
     if existing.last().is_some_and(|b| *b != b'\n') {
         text.push('\n');
