@@ -10,5 +10,6 @@ pub mod interrupt;
 pub mod pipeline;
 pub mod progress;
 pub mod registry;
+pub mod report;
 pub mod scratch;
 pub mod tree_config;

@@ -171,16 +171,18 @@ fn dot_config_sha256(tree: &Path) -> Result<String> {
 }
 
 /// Look `key` up in every tier, local first; a remote hit is copied into
-/// the local tier. A corrupt entry is reported and treated as a miss; a
-/// remote tier that fails otherwise (unreachable, timing out, refusing the
-/// credentials) is reported once and not asked again.
+/// the local tier. A corrupt entry is reported (with its hint) and treated
+/// as a miss; the tier replaces it when the rebuild is stored. A remote
+/// tier that fails otherwise (unreachable, timing out, refusing the
+/// credentials, a missing bucket, a plugin that panicked) is reported once
+/// and not asked again in this run.
 fn lookup(stages: &Stages, key: &CacheKey, cx: &StageContext) -> Result<Option<CacheEntry>> {
     let local = stages.local_cache();
     match local.stage.lookup(key) {
         Ok(Some(entry)) => return Ok(Some(entry)),
         Ok(None) => {}
         Err(e) if e.kind == ErrorKind::Corrupt => {
-            cx.progress.warn(&format!("{e}; rebuilding it"));
+            crate::report::warn_error_then(&*cx.progress, "", &e, "; rebuilding it");
         }
         Err(e) => return Err(e),
     }
@@ -189,19 +191,18 @@ fn lookup(stages: &Stages, key: &CacheKey, cx: &StageContext) -> Result<Option<C
             Ok(Some(entry)) => return backfill(stages, tier, &entry, cx).map(Some),
             Ok(None) => {}
             Err(e) if e.kind == ErrorKind::Corrupt => {
-                cx.progress.warn(&format!("{e}; not using it"));
+                crate::report::warn_error(&*cx.progress, "not using ", &e);
             }
-            // A plugin bug (a caught panic) is that call's failure, not an
-            // unreachable remote: keep asking it.
-            Err(e) if e.kind == ErrorKind::Internal => cx
-                .progress
-                .warn(&format!("{}: lookup of {key} failed: {e}", tier.name)),
             Err(e) => {
                 stages.mark_down(&tier.name);
-                cx.progress.warn(&format!(
-                    "{}: lookup of {key} failed: {e}; not using {} for the rest of this run",
-                    tier.name, tier.name
-                ));
+                crate::report::warn_error(
+                    &*cx.progress,
+                    &format!(
+                        "{}: not using it for the rest of this run: lookup of {key} failed: ",
+                        tier.name
+                    ),
+                    &e,
+                );
             }
         }
     }
@@ -222,7 +223,8 @@ pub(crate) fn backfill(
         config: remote.config(),
     };
     let mut metadata = remote.metadata.clone();
-    metadata.origin = Some(format!("{} {}", tier.name, tier.stage.describe()));
+    // describe() already starts with the tier's name.
+    metadata.origin = Some(tier.stage.describe());
     let local = stages.local_cache();
     match local.stage.store(&remote.key, &artifacts, &metadata) {
         Ok(entry) => {
@@ -234,10 +236,11 @@ pub(crate) fn backfill(
             Ok(entry)
         }
         Err(e) => {
-            cx.progress.warn(&format!(
-                "could not copy {} into the local cache: {e}",
-                remote.key
-            ));
+            crate::report::warn_error(
+                &*cx.progress,
+                &format!("could not copy {} into the local cache: ", remote.key),
+                &e,
+            );
             Ok(remote.clone())
         }
     }
