@@ -708,7 +708,8 @@ fn build_abi_bump(version: &str, dest: &Path) -> PathBuf {
         format!(
             "[package]\nname = \"ktstr-plugin-fixture-abi-bump\"\nversion = \"0.1.0\"\n\
              edition = \"2024\"\npublish = false\n\n[lib]\ncrate-type = [\"cdylib\"]\npath = \"{}\"\n\n\
-             [dependencies]\nktstr-plugin-abi = {{ path = \"../abi\" }}\n",
+             [dependencies]\nktstr-plugin-abi = {{ path = \"../abi\" }}\n\
+             abi_stable = {{ version = \"0.11\", default-features = false }}\n",
             repo.join("tests/fixtures/plugins/abi-bump/src/lib.rs").display()
         ),
     )
