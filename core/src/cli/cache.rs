@@ -60,7 +60,7 @@ pub fn push(key: &str, plugins: &[String]) -> Result<()> {
     let mut failed = Vec::new();
     for tier in remotes(&stages) {
         if tier.stage.capabilities().read_only {
-            progress.note(&format!("{} is read-only; skipped", tier.stage.describe()));
+            progress.note(&format!("{} is read-only; skipped", tier.name));
             continue;
         }
         cx.cancel.check()?;

@@ -173,10 +173,7 @@ pub fn clean(keep: Option<usize>, force: bool, plugins: &[String]) -> Result<()>
     let mut plan: Vec<(&Named<dyn CacheBackend>, Vec<String>)> = Vec::new();
     for (i, tier) in tiers(&stages, !plugins.is_empty()).iter().enumerate() {
         if i > 0 && tier.stage.capabilities().read_only {
-            eprintln!(
-                "{LABEL}: not cleaning {}: it is read-only",
-                tier.stage.describe()
-            );
+            eprintln!("{LABEL}: not cleaning {}: it is read-only", tier.name);
             continue;
         }
         let rows = match tier.stage.list() {
