@@ -315,7 +315,8 @@ reserver = "fixed-cpus"
 
         let special = cfg.for_host("ci-special");
         assert_eq!(
-            cfg.for_host("dev").settings.plugins, None,
+            cfg.for_host("dev").settings.plugins,
+            None,
             "no list anywhere stays no list"
         );
         assert_eq!(special.matched, ["ci-*", "ci-special"]);

@@ -276,7 +276,9 @@ fn a_panicking_plugin_method_is_an_error_and_the_build_goes_on() {
     .assert_stderr_has("fixture-panic-cache: not using it for the rest of this run")
     .assert_stderr_has("hint: this is a bug in plugin fixture-panic 0.1.0");
     assert_eq!(
-        run.stderr.matches("panicked in cache fixture-panic-cache").count(),
+        run.stderr
+            .matches("panicked in cache fixture-panic-cache")
+            .count(),
         1,
         "{}",
         run.describe()
@@ -396,12 +398,10 @@ fn world_writable_libraries_and_directories_are_refused() {
     let log = fx.root.path().join("plugin.log");
     let env = [("KTSTR_FIXTURE_PLUGIN_LOG", log.to_str().unwrap())];
     let run = inst.run(&fx, &env, &build_args(&fx, &["--plugin", arg]));
-    run.assert_fails()
-        .assert_hint()
-        .assert_stderr_has(&format!(
-            "its ancestor directory {} is world-writable",
-            dir.join("team").display()
-        ));
+    run.assert_fails().assert_hint().assert_stderr_has(&format!(
+        "its ancestor directory {} is world-writable",
+        dir.join("team").display()
+    ));
     assert!(!log.exists(), "the refused plugin ran");
     assert_eq!(fx.build_count(), 0);
     inst.run(&fx, &[], &["plugins", "info", arg])
@@ -620,7 +620,14 @@ fn build_abort_fixture(dest: &Path) -> PathBuf {
     let mut cmd = cargo_in_target("rustc");
     cmd.arg("--manifest-path")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
-        .args(["-p", "ktstr-plugin-fixture-abort", "--lib", "--", "-C", "panic=abort"]);
+        .args([
+            "-p",
+            "ktstr-plugin-fixture-abort",
+            "--lib",
+            "--",
+            "-C",
+            "panic=abort",
+        ]);
     cargo_ok(cmd, "building the panic=abort fixture");
     let name = lib_file("ktstr-plugin-fixture-abort");
     let to = dest.join(&name);
@@ -641,7 +648,11 @@ fn a_plugin_built_with_panic_abort_is_refused_before_it_runs() {
         .assert_stderr_has("refusing to load plugin")
         .assert_stderr_has("built with panic = \"abort\"")
         .assert_stderr_has("rebuild it with the default panic = \"unwind\"");
-    assert!(!run.stderr.contains("fixture-abort lookup"), "{}", run.describe());
+    assert!(
+        !run.stderr.contains("fixture-abort lookup"),
+        "{}",
+        run.describe()
+    );
     assert_eq!(fx.build_count(), 0);
 
     // `plugins info` does not call it ok; `plugins list` says why.
@@ -718,7 +729,10 @@ fn build_abi_bump(version: &str, dest: &Path) -> PathBuf {
     cmd.arg("--manifest-path")
         .arg(w.join("Cargo.toml"))
         .args(["-p", "ktstr-plugin-fixture-abi-bump"]);
-    cargo_ok(cmd, &format!("building the fixture against plugin ABI {version}"));
+    cargo_ok(
+        cmd,
+        &format!("building the fixture against plugin ABI {version}"),
+    );
     let name = lib_file("ktstr-plugin-fixture-abi-bump");
     let to = dest.join(format!("abi-{version}"));
     fs::create_dir_all(&to).unwrap();
@@ -742,8 +756,9 @@ fn an_abi_patch_bump_loads_and_a_minor_bump_is_refused_as_documented() {
     let info = inst.run(&fx, &[], &["plugins", "info", lib.to_str().unwrap()]);
     info.assert_ok();
     assert!(
-        info.stdout
-            .contains(&format!("abi      {patch} (this ktstr accepts {needs}): ok")),
+        info.stdout.contains(&format!(
+            "abi      {patch} (this ktstr accepts {needs}): ok"
+        )),
         "{}",
         info.describe()
     );
@@ -790,7 +805,9 @@ cpus = "0"
     let run = inst.run(&fx, &env, &build_args(&fx, &[]));
     run.image_path();
     assert!(
-        fs::read_to_string(&cpus_log).unwrap_or_default().contains("-j1"),
+        fs::read_to_string(&cpus_log)
+            .unwrap_or_default()
+            .contains("-j1"),
         "the fixed-cpus reserver ran\n{}",
         run.describe()
     );
@@ -844,7 +861,10 @@ fn a_library_named_like_a_builtin_is_listed_as_shadowed() {
         .unwrap_or_else(|| panic!("no row for the shadowed library\n{}", list.describe()));
     assert_eq!(row["status"], "shadowed", "{row}");
     assert!(
-        row["error"].as_str().unwrap().contains("shadowed by the built-in kbuild"),
+        row["error"]
+            .as_str()
+            .unwrap()
+            .contains("shadowed by the built-in kbuild"),
         "{row}"
     );
     let table = inst.run(&fx, &[], &["plugins", "list"]);

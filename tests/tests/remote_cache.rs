@@ -258,7 +258,9 @@ fn an_entry_damaged_at_rest_is_repaired_and_push_tells_the_truth() {
     assert_eq!(run.cached_key(), key);
     run.assert_stderr_has(&format!("not using s3-cache entry {key}"))
         .assert_stderr_has("sha256")
-        .assert_stderr_has(&format!("hint: the next successful build of {key} replaces it"))
+        .assert_stderr_has(&format!(
+            "hint: the next successful build of {key} replaces it"
+        ))
         .assert_stderr_lacks("not using it; not using it");
     assert_eq!(b.build_count(), 1);
     // C downloads the repaired entry instead of building.

@@ -92,7 +92,13 @@ impl From<LoadError> for StageError {
 pub fn abi_requirement() -> semver::VersionReq {
     let ours = semver::Version::parse(ABI_VERSION).expect("ABI_VERSION is semver");
     let req = if ours.major == 0 {
-        format!(">={}.{}.0, <{}.{}.0", ours.major, ours.minor, ours.major, ours.minor + 1)
+        format!(
+            ">={}.{}.0, <{}.{}.0",
+            ours.major,
+            ours.minor,
+            ours.major,
+            ours.minor + 1
+        )
     } else {
         format!("^{}.{}.0", ours.major, ours.minor)
     };

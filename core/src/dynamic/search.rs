@@ -266,9 +266,15 @@ mod tests {
             .unwrap();
         let e = check_trusted(&deep).unwrap_err();
         assert!(e.message.contains("its ancestor directory"), "{e}");
-        assert!(e.message.contains(&format!("{}/a ", dir.path().display())), "{e}");
-        std::fs::set_permissions(dir.path().join("a"), std::fs::Permissions::from_mode(0o1777))
-            .unwrap();
+        assert!(
+            e.message.contains(&format!("{}/a ", dir.path().display())),
+            "{e}"
+        );
+        std::fs::set_permissions(
+            dir.path().join("a"),
+            std::fs::Permissions::from_mode(0o1777),
+        )
+        .unwrap();
         assert!(check_trusted(&deep).is_ok(), "a sticky ancestor is fine");
         let e = check_trusted(&dir.path().join("missing.so")).unwrap_err();
         assert!(e.message.contains("missing.so"), "{e}");

@@ -619,7 +619,11 @@ impl RemoteTier {
     }
 
     /// Stream the archive `m` names and check its size and sha256.
-    async fn archive_digest(&self, key: &CacheKey, m: &Manifest) -> std::result::Result<(), String> {
+    async fn archive_digest(
+        &self,
+        key: &CacheKey,
+        m: &Manifest,
+    ) -> std::result::Result<(), String> {
         let path = self.archive_path(key, &m.archive.name);
         let got = self.store.get(&path).await.map_err(|e| summarize(&e))?;
         if got.meta.size != m.archive.size {
@@ -1054,10 +1058,22 @@ mod tests {
 
     #[test]
     fn stale_scratch_of_dead_pids_is_swept_at_construction() {
-        assert_eq!(scratch_owner(".tmp-remote@s3-cache.3-123", "s3-cache"), Some(123));
-        assert_eq!(scratch_owner(".tmp-remote@s3-cache.3-123", "http-cache"), None);
-        assert_eq!(scratch_owner(".tmp-remote@s3-cache.x-123", "s3-cache"), None);
-        assert_eq!(scratch_owner("6.12.3-tarball-x86_64-1a2b3c4d", "s3-cache"), None);
+        assert_eq!(
+            scratch_owner(".tmp-remote@s3-cache.3-123", "s3-cache"),
+            Some(123)
+        );
+        assert_eq!(
+            scratch_owner(".tmp-remote@s3-cache.3-123", "http-cache"),
+            None
+        );
+        assert_eq!(
+            scratch_owner(".tmp-remote@s3-cache.x-123", "s3-cache"),
+            None
+        );
+        assert_eq!(
+            scratch_owner("6.12.3-tarball-x86_64-1a2b3c4d", "s3-cache"),
+            None
+        );
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("scratch");
         // Pid numbers wrap well below this, so no such process runs.

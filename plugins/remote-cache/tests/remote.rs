@@ -437,7 +437,10 @@ fn damaged_at_rest_is_repaired(make: &dyn Fn(&Path) -> RemoteTier, server_dir: &
     a.store(&k, &src, &metadata(&k, "2025-05-01T10:00:00Z"))
         .unwrap();
     assert!(a.lookup(&k).unwrap().is_some(), "the store repaired it");
-    assert_ne!(std::fs::read(find_file(server_dir, ".tar.zst")).unwrap(), damaged);
+    assert_ne!(
+        std::fs::read(find_file(server_dir, ".tar.zst")).unwrap(),
+        damaged
+    );
 
     // Damaged again; machine B pushes without looking first.
     let archive = find_file(server_dir, ".tar.zst");
