@@ -4,9 +4,9 @@
 //! level → its matching `[hosts."…"]` tables → `plugins = [...]` and
 //! `--plugin` → `--reserver`. A selected stage that no built-in or listed
 //! library provides is loaded from the plugin library of that name, and a
-//! `[plugin.<name>]` table that configures nothing is a warning. Every subcommand that touches stages goes
-//! through [`setup`], so `ktstr plugins list` shows exactly what
-//! `ktstr build` would use.
+//! `[plugin.<name>]` table that configures nothing is a warning. Every
+//! subcommand that touches stages goes through [`setup`], so `ktstr
+//! plugins list` shows exactly what `ktstr build` would use.
 
 use ktstr_sdk::Result;
 use ktstr_sdk::registry::StageKind;

@@ -223,8 +223,13 @@ pub(crate) fn backfill(
         config: remote.config(),
     };
     let mut metadata = remote.metadata.clone();
-    // describe() already starts with the tier's name.
-    metadata.origin = Some(tier.stage.describe());
+    // Built-in tiers' descriptions start with their name: say it once.
+    let described = tier.stage.describe();
+    metadata.origin = Some(if described.starts_with(&tier.name) {
+        described
+    } else {
+        format!("{} {described}", tier.name)
+    });
     let local = stages.local_cache();
     match local.stage.store(&remote.key, &artifacts, &metadata) {
         Ok(entry) => {
