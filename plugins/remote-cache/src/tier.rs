@@ -76,6 +76,9 @@ pub struct RemoteTier {
     /// Keys this run found damaged here: the next store replaces them
     /// whatever the remote's manifest claims.
     damaged: Mutex<HashSet<CacheKey>>,
+    /// What the first miss (or push) found out about the bucket: `Some`
+    /// error when it does not exist.
+    bucket_check: std::sync::OnceLock<Option<StageError>>,
 }
 
 impl std::fmt::Debug for RemoteTier {
@@ -265,6 +268,7 @@ impl RemoteTier {
             runtime,
             scratch: Mutex::new(None),
             damaged: Mutex::new(HashSet::new()),
+            bucket_check: std::sync::OnceLock::new(),
         })
     }
 
@@ -373,6 +377,33 @@ impl RemoteTier {
         text.contains("NoSuchBucket").then(|| bucket.to_string())
     }
 
+    /// On the first miss or push of an S3 tier, make sure the bucket exists:
+    /// AWS answers a GET in a missing bucket with `NoSuchBucket`,
+    /// but some servers (s3s-fs, ...) say `NoSuchKey`, which would make a
+    /// misspelt bucket a silent miss forever. One LIST per run; any answer
+    /// but `NoSuchBucket` (a read-only key without ListBucket gets 403) is
+    /// ignored.
+    async fn check_bucket_once(&self) -> Result<()> {
+        if !self.location.starts_with("s3://") {
+            return Ok(());
+        }
+        if let Some(known) = self.bucket_check.get() {
+            return known.clone().map_or(Ok(()), Err);
+        }
+        let verdict = match self.store.list_with_delimiter(Some(&self.root)).await {
+            Err(e) if self.missing_bucket(&e).is_some() => {
+                Some(self.request_error("list", &self.root, e))
+            }
+            Err(e) => {
+                tracing::debug!("{}: bucket check: {e}", self.plugin);
+                None
+            }
+            Ok(_) => None,
+        };
+        let _ = self.bucket_check.set(verdict.clone());
+        verdict.map_or(Ok(()), Err)
+    }
+
     /// "AWS" or "at http://host:port", for messages about the server.
     fn endpoint_words(&self) -> String {
         if self.detail.is_empty() {
@@ -416,6 +447,7 @@ impl RemoteTier {
         let got = match self.store.get(&path).await {
             Ok(g) => g,
             Err(e @ object_store::Error::NotFound { .. }) if self.missing_bucket(&e).is_none() => {
+                self.check_bucket_once().await?;
                 return Ok(None);
             }
             Err(e) => return Err(self.request_error("GET", &path, e)),
@@ -768,6 +800,9 @@ impl CacheBackend for RemoteTier {
         if self.opts.read_only {
             return Err(self.read_only_error(&format!("store {key}")));
         }
+        // Some servers create a missing bucket on PUT, AWS refuses it:
+        // either way a misspelt bucket is an error, not an upload.
+        self.runtime.block_on(self.check_bucket_once())?;
         let work = self.scratch_subdir("push")?;
         let result = (|| {
             let packed =
