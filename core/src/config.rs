@@ -184,12 +184,21 @@ impl Settings {
             configurer,
             builder,
             caches,
-            plugins,
             arch,
             toolchain,
             cross_compile,
             kconfig
         );
+        // Libraries add up: a host table's `plugins` loads more, it never
+        // silently drops the top-level list.
+        if let Some(more) = &over.plugins {
+            let mine = self.plugins.get_or_insert_with(Vec::new);
+            for p in more {
+                if !mine.contains(p) {
+                    mine.push(p.clone());
+                }
+            }
+        }
         for (name, table) in &over.plugin {
             let mine = self.plugin.entry(name.clone()).or_default();
             for (k, v) in table {
@@ -393,8 +402,33 @@ reserver = "fixed-cpus"
         assert_eq!(sel.config("s3-cache")["bucket"], "k");
 
         let special = cfg.for_host("ci-special");
+        assert_eq!(
+            cfg.for_host("dev").settings.plugins,
+            None,
+            "no list anywhere stays no list"
+        );
         assert_eq!(special.matched, ["ci-*", "ci-special"]);
         assert_eq!(special.settings.reserver.as_deref(), Some("fixed-cpus"));
+    }
+
+    #[test]
+    fn host_plugin_lists_add_to_the_top_level_list() {
+        let cfg = parse(
+            r#"
+plugins = ["acme-cache", "fixed-cpus"]
+[hosts."ci-*"]
+plugins = ["fixed-cpus", "gpu-builder"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.for_host("ci-1").settings.plugins.unwrap(),
+            ["acme-cache", "fixed-cpus", "gpu-builder"]
+        );
+        assert_eq!(
+            cfg.for_host("dev").settings.plugins.unwrap(),
+            ["acme-cache", "fixed-cpus"]
+        );
     }
 
     #[test]

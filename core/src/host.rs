@@ -2,9 +2,11 @@
 //!
 //! Precedence, lowest first: built-in defaults → the config file's top
 //! level → its matching `[hosts."…"]` tables → `plugins = [...]` and
-//! `--plugin` → `--reserver`. Every subcommand that touches stages goes
-//! through [`setup`], so `ktstr plugins list` shows exactly what
-//! `ktstr build` would use.
+//! `--plugin` → `--reserver`. A selected stage that no built-in or listed
+//! library provides is loaded from the plugin library of that name, and a
+//! `[plugin.<name>]` table that configures nothing is a warning. Every
+//! subcommand that touches stages goes through [`setup`], so `ktstr
+//! plugins list` shows exactly what `ktstr build` would use.
 
 use ktstr_sdk::Result;
 use ktstr_sdk::registry::StageKind;
@@ -80,8 +82,25 @@ pub fn setup(overrides: &Overrides) -> Result<Setup> {
     // library, loaded and added to the catalog (see `dynamic`).
     crate::dynamic::apply(&plugins, &mut catalog, &mut selection)?;
     if let Some(r) = &overrides.reserver {
-        catalog.find(StageKind::Reserver, r)?;
         selection.reserver = r.clone();
+    }
+    // A stage named in the config file (or by --reserver) whose plugin
+    // library is installed but not listed in `plugins`: load it.
+    crate::dynamic::load_selected(&selection, &mut catalog)?;
+    if let Some(r) = &overrides.reserver {
+        catalog.find(StageKind::Reserver, r)?;
+    }
+    for name in crate::dynamic::unused_config_tables(effective.settings.plugin.keys(), &catalog) {
+        eprintln!(
+            "{}: warning: [plugin.{name}] in {} configures no stage of a built-in or loaded \
+             plugin; its settings are ignored (a typo, or a plugin that is not loaded: \
+             `ktstr plugins list` shows the names)",
+            crate::progress::LABEL,
+            config
+                .path
+                .as_ref()
+                .map_or("the config file".to_string(), |p| p.display().to_string())
+        );
     }
     Ok(Setup {
         config,

@@ -13,6 +13,7 @@ pub mod interrupt;
 pub mod pipeline;
 pub mod progress;
 pub mod registry;
+pub mod report;
 pub mod scratch;
 pub mod spec_claim;
 pub mod tree_config;

@@ -189,8 +189,11 @@ impl Catalog {
                 .map(|f| f.name().to_string())
                 .collect();
             StageError::not_found(format!("no {kind} plugin named {name:?}")).with_hint(format!(
-                "available {kind} plugins: {} (a plugin library is loaded with --plugin NAME)",
-                known.join(", ")
+                "available {kind} plugins: {}; a plugin library is loaded with --plugin NAME, \
+                 plugins = [\"NAME\"] in the config file, or by selecting its stage when \
+                 {} is in a plugin directory (`ktstr plugins list` shows them)",
+                known.join(", "),
+                crate::dynamic::search::file_name(name)
             ))
         })
     }

@@ -47,6 +47,16 @@ use crate::registry::{Constructor, PluginConfig, StageKind};
 /// The version of this SDK; the host names it in "rebuild against" hints.
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The symbol [`export_plugin!`](crate::export_plugin) exports next to the
+/// library header: a `u8`, 1 when the plugin was compiled with
+/// `panic = "unwind"`, 0 with `panic = "abort"`. The host reads it before
+/// running any of the plugin's code and refuses an aborting plugin: its
+/// first panic would kill ktstr (leaking its sandbox) instead of becoming
+/// an error. A separate symbol, not a root-module field, so the checked
+/// layout (and the ABI version) stay as they are; a library built before
+/// it existed simply lacks it.
+pub const PANIC_UNWIND_SYMBOL: &str = "ktstr_plugin_panic_unwind";
+
 /// One stage a plugin library provides.
 #[derive(Clone, Copy)]
 pub struct StageDef {
@@ -269,6 +279,13 @@ extern "C" fn ffi_new_cache(name: RStr<'_>, config: RStr<'_>) -> FfiResult<FfiCa
 #[macro_export]
 macro_rules! export_plugin {
     ($define:path) => {
+        /// 1 if this library unwinds on panic (what the host requires),
+        /// 0 if it was built with `panic = "abort"`. Name:
+        /// `ktstr_sdk::export::PANIC_UNWIND_SYMBOL`.
+        #[unsafe(no_mangle)]
+        #[allow(non_upper_case_globals)]
+        pub static ktstr_plugin_panic_unwind: u8 = if cfg!(panic = "unwind") { 1 } else { 0 };
+
         /// The plugin's library header, read by the ktstr host.
         #[unsafe(no_mangle)]
         #[allow(non_upper_case_globals)]

@@ -270,8 +270,24 @@ fn a_panicking_plugin_method_is_an_error_and_the_build_goes_on() {
     run.assert_stderr_has(
         "plugin fixture-panic panicked in cache fixture-panic-cache lookup: fixture lookup of",
     )
-    .assert_stderr_has("panicked in cache fixture-panic-cache store")
-    .assert_stderr_has("panicked at tests/fixtures/plugins/panic/src/lib.rs");
+    .assert_stderr_has("panicked at tests/fixtures/plugins/panic/src/lib.rs")
+    // Marked down for the run: said once, with the plugin's hint, and
+    // neither asked again nor given the build to store.
+    .assert_stderr_has("fixture-panic-cache: not using it for the rest of this run")
+    .assert_stderr_has("hint: this is a bug in plugin fixture-panic 0.1.0");
+    assert_eq!(
+        run.stderr
+            .matches("panicked in cache fixture-panic-cache")
+            .count(),
+        1,
+        "{}",
+        run.describe()
+    );
+    assert!(
+        !run.stderr.contains("fixture-panic-cache store"),
+        "store was called on a tier marked down\n{}",
+        run.describe()
+    );
     run.cached_key();
     // Listing through the panicking tier warns and still lists the local one.
     let list = inst.run(&fx, &[], &["kernel", "list", "--plugin", &lib]);
@@ -359,12 +375,40 @@ fn world_writable_libraries_and_directories_are_refused() {
         .assert_fails()
         .assert_hint()
         .assert_stderr_has("world-writable")
-        .assert_stderr_has("chmod o-w");
+        .assert_stderr_has("chmod go-w");
     fs::set_permissions(&lib, fs::Permissions::from_mode(0o644)).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
     inst.run(&fx, &[], &build_args(&fx, &["--plugin", arg]))
         .assert_fails()
         .assert_stderr_has("its directory");
+
+    // Any writable ancestor is as bad, checked before the library is
+    // opened; a sticky one (like /tmp) is not.
+    let deep = dir.join("team/x86");
+    fs::create_dir_all(&deep).unwrap();
+    for d in [dir.clone(), dir.join("team"), deep.clone()] {
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let lib = deep.join("libktstr_plugin_fixture_ok.so");
+    fs::copy(inst.lib("ktstr-plugin-fixture-ok"), &lib).unwrap();
+    fs::set_permissions(&lib, fs::Permissions::from_mode(0o644)).unwrap();
+    let arg = lib.to_str().unwrap();
+    inst.run(&fx, &[], &["plugins", "info", arg]).assert_ok();
+    fs::set_permissions(dir.join("team"), fs::Permissions::from_mode(0o777)).unwrap();
+    let log = fx.root.path().join("plugin.log");
+    let env = [("KTSTR_FIXTURE_PLUGIN_LOG", log.to_str().unwrap())];
+    let run = inst.run(&fx, &env, &build_args(&fx, &["--plugin", arg]));
+    run.assert_fails().assert_hint().assert_stderr_has(&format!(
+        "its ancestor directory {} is world-writable",
+        dir.join("team").display()
+    ));
+    assert!(!log.exists(), "the refused plugin ran");
+    assert_eq!(fx.build_count(), 0);
+    inst.run(&fx, &[], &["plugins", "info", arg])
+        .assert_fails()
+        .assert_stderr_has("ancestor directory");
+    fs::set_permissions(dir.join("team"), fs::Permissions::from_mode(0o1777)).unwrap();
+    inst.run(&fx, &[], &["plugins", "info", arg]).assert_ok();
 }
 
 #[test]
@@ -538,4 +582,292 @@ fn plugins_new_scaffolds_a_crate_that_builds_and_loads() {
     )
     .assert_fails()
     .assert_stderr_has("already exists");
+}
+
+/// `cargo <sub>` with this test's target directory and profile.
+fn cargo_in_target(sub: &str) -> Command {
+    let profile_dir = built();
+    let target = profile_dir.parent().unwrap();
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev".to_string(),
+        Some(p) => p.to_string(),
+    };
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.arg(sub)
+        .arg("--quiet")
+        .args(["--profile", &profile])
+        .arg("--target-dir")
+        .arg(target)
+        .stdin(Stdio::null());
+    cmd
+}
+
+#[track_caller]
+fn cargo_ok(mut cmd: Command, what: &str) {
+    let out = cmd.output().expect("run cargo");
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The abort fixture compiled with `-C panic=abort` (a workspace member
+/// cannot have a profile of its own; `cargo rustc` passes the flag to the
+/// plugin crate only, and a crate built with panic=abort links against
+/// dependencies built to unwind), copied out at once into `dest`.
+fn build_abort_fixture(dest: &Path) -> PathBuf {
+    let mut cmd = cargo_in_target("rustc");
+    cmd.arg("--manifest-path")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
+        .args([
+            "-p",
+            "ktstr-plugin-fixture-abort",
+            "--lib",
+            "--",
+            "-C",
+            "panic=abort",
+        ]);
+    cargo_ok(cmd, "building the panic=abort fixture");
+    let name = lib_file("ktstr-plugin-fixture-abort");
+    let to = dest.join(&name);
+    fs::copy(built().join(&name), &to).unwrap();
+    to
+}
+
+#[test]
+fn a_plugin_built_with_panic_abort_is_refused_before_it_runs() {
+    let inst = Install::new();
+    let fx = Fixture::git();
+    let lib = build_abort_fixture(&inst.libs);
+    let arg = lib.to_str().unwrap();
+    let run = inst.run(&fx, &[], &build_args(&fx, &["--plugin", arg]));
+    // Refused with an error, not exit 134 from an abort in its lookup.
+    assert_no_crash(&run, 1);
+    run.assert_hint()
+        .assert_stderr_has("refusing to load plugin")
+        .assert_stderr_has("built with panic = \"abort\"")
+        .assert_stderr_has("rebuild it with the default panic = \"unwind\"");
+    assert!(
+        !run.stderr.contains("fixture-abort lookup"),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(fx.build_count(), 0);
+
+    // `plugins info` does not call it ok; `plugins list` says why.
+    inst.run(&fx, &[], &["plugins", "info", arg])
+        .assert_fails()
+        .assert_stderr_has("panic = \"abort\"");
+    let list = inst.run(&fx, &[], &["plugins", "list", "--json"]);
+    list.assert_ok();
+    let rows = list.json();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["plugin"] == "fixture-abort")
+        .unwrap_or_else(|| panic!("no fixture-abort row\n{}", list.describe()));
+    assert_eq!(row["status"], "panic-abort", "{row}");
+
+    // The same crate built normally loads: the refusal is the strategy.
+    let mut cmd = cargo_in_target("build");
+    cmd.arg("--manifest-path")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
+        .args(["-p", "ktstr-plugin-fixture-abort"]);
+    cargo_ok(cmd, "building the abort fixture to unwind");
+    let unwinding = inst.root.join("unwind");
+    fs::create_dir(&unwinding).unwrap();
+    let name = lib_file("ktstr-plugin-fixture-abort");
+    fs::copy(built().join(&name), unwinding.join(&name)).unwrap();
+    inst.run(
+        &fx,
+        &[],
+        &["plugins", "info", unwinding.join(&name).to_str().unwrap()],
+    )
+    .assert_ok();
+}
+
+/// The abi-bump fixture built against a copy of the ABI crate (same
+/// source, so the same types) whose version is `version`.
+fn build_abi_bump(version: &str, dest: &Path) -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let repo = fs::canonicalize(repo).unwrap();
+    let ws = tempfile::tempdir().unwrap();
+    let w = ws.path();
+    fs::create_dir_all(w.join("abi")).unwrap();
+    fs::create_dir_all(w.join("plugin")).unwrap();
+    fs::write(
+        w.join("Cargo.toml"),
+        "[workspace]\nresolver = \"3\"\nmembers = [\"abi\", \"plugin\"]\n",
+    )
+    .unwrap();
+    // The workspace's lock: the same dependency versions, nothing fetched.
+    fs::copy(repo.join("Cargo.lock"), w.join("Cargo.lock")).unwrap();
+    fs::write(
+        w.join("abi/Cargo.toml"),
+        format!(
+            "[package]\nname = \"ktstr-plugin-abi\"\nversion = \"{version}\"\nedition = \"2024\"\n\
+             publish = false\n\n[lib]\npath = \"{}\"\n\n[dependencies]\n\
+             abi_stable = {{ version = \"0.11\", default-features = false }}\n",
+            repo.join("sdk/abi/src/lib.rs").display()
+        ),
+    )
+    .unwrap();
+    fs::write(
+        w.join("plugin/Cargo.toml"),
+        format!(
+            "[package]\nname = \"ktstr-plugin-fixture-abi-bump\"\nversion = \"0.1.0\"\n\
+             edition = \"2024\"\npublish = false\n\n[lib]\ncrate-type = [\"cdylib\"]\npath = \"{}\"\n\n\
+             [dependencies]\nktstr-plugin-abi = {{ path = \"../abi\" }}\n\
+             abi_stable = {{ version = \"0.11\", default-features = false }}\n",
+            repo.join("tests/fixtures/plugins/abi-bump/src/lib.rs").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = cargo_in_target("build");
+    cmd.arg("--manifest-path")
+        .arg(w.join("Cargo.toml"))
+        .args(["-p", "ktstr-plugin-fixture-abi-bump"]);
+    cargo_ok(
+        cmd,
+        &format!("building the fixture against plugin ABI {version}"),
+    );
+    let name = lib_file("ktstr-plugin-fixture-abi-bump");
+    let to = dest.join(format!("abi-{version}"));
+    fs::create_dir_all(&to).unwrap();
+    fs::copy(built().join(&name), to.join(&name)).unwrap();
+    to.join(name)
+}
+
+/// docs/plugin-abi.md: a 0.y.z host loads plugins of ABI >=0.y.0, <0.(y+1).0.
+#[test]
+fn an_abi_patch_bump_loads_and_a_minor_bump_is_refused_as_documented() {
+    let inst = Install::new();
+    let fx = Fixture::git();
+    let ours = ktstr_sdk::export::abi::ABI_VERSION;
+    let parts: Vec<u64> = ours.split('.').map(|p| p.parse().unwrap()).collect();
+    assert_eq!(parts[0], 0, "update this test (and the docs) for ABI 1.0");
+    let patch = format!("0.{}.{}", parts[1], parts[2] + 7);
+    let minor = format!("0.{}.0", parts[1] + 1);
+    let needs = format!(">=0.{}.0, <0.{}.0", parts[1], parts[1] + 1);
+
+    let lib = build_abi_bump(&patch, &inst.root);
+    let info = inst.run(&fx, &[], &["plugins", "info", lib.to_str().unwrap()]);
+    info.assert_ok();
+    assert!(
+        info.stdout.contains(&format!(
+            "abi      {patch} (this ktstr accepts {needs}): ok"
+        )),
+        "{}",
+        info.describe()
+    );
+
+    let lib = build_abi_bump(&minor, &inst.root);
+    let run = inst.run(&fx, &[], &["plugins", "info", lib.to_str().unwrap()]);
+    run.assert_fails()
+        .assert_hint()
+        .assert_stderr_has(&format!("built against plugin ABI {minor}"))
+        .assert_stderr_has(&format!("needs plugin ABI {needs}"))
+        .assert_stderr_has("rebuild it against ktstr-sdk");
+    assert!(
+        run.stderr.lines().count() <= 3,
+        "one paragraph, no layout report\n{}",
+        run.describe()
+    );
+}
+
+fn write_config(fx: &Fixture, text: &str) {
+    let dir = fx.root.path().join("xdg-config/ktstr");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("config.toml"), text).unwrap();
+}
+
+#[test]
+fn a_plugin_stage_named_in_a_host_table_is_loaded_and_stray_tables_warn() {
+    let inst = Install::new();
+    let fx = Fixture::git();
+    write_config(
+        &fx,
+        r#"
+[hosts."*"]
+reserver = "fixed-cpus"
+
+[plugin.fixed-cpu]
+cpus = "0"
+"#,
+    );
+    let cpus_log = fx.root.path().join("cpus.log");
+    let env = [
+        ("KTSTR_FIXED_CPUS", "0"),
+        ("KTSTR_FIXTURE_CPUS_LOG", cpus_log.to_str().unwrap()),
+    ];
+    let run = inst.run(&fx, &env, &build_args(&fx, &[]));
+    run.image_path();
+    assert!(
+        fs::read_to_string(&cpus_log)
+            .unwrap_or_default()
+            .contains("-j1"),
+        "the fixed-cpus reserver ran\n{}",
+        run.describe()
+    );
+    // The misspelt table is named, once.
+    run.assert_stderr_has("warning: [plugin.fixed-cpu]")
+        .assert_stderr_has("its settings are ignored");
+    assert_eq!(run.stderr.matches("[plugin.fixed-cpu]").count(), 1);
+
+    // `plugins list` tells the same truth.
+    let list = inst.run(&fx, &env, &["plugins", "list", "--json"]);
+    list.assert_ok();
+    let rows = list.json();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "fixed-cpus")
+        .unwrap();
+    assert_eq!(row["selected"], true, "{row}");
+
+    // A stage no built-in and no installed library provides: the error
+    // says what to add.
+    write_config(&fx, "reserver = \"no-such-reserver\"\n");
+    inst.run(&fx, &[], &build_args(&fx, &[]))
+        .assert_fails()
+        .assert_stderr_has("no reserver plugin named \"no-such-reserver\"")
+        .assert_stderr_has("libktstr_plugin_no_such_reserver.so");
+}
+
+#[test]
+fn a_library_named_like_a_builtin_is_listed_as_shadowed() {
+    let inst = Install::new();
+    let fx = Fixture::git();
+    fs::copy(
+        inst.lib("ktstr-plugin-fixture-ok"),
+        inst.libs.join("libktstr_plugin_kbuild.so"),
+    )
+    .unwrap();
+    let list = inst.run(&fx, &[], &["plugins", "list", "--json"]);
+    list.assert_ok();
+    let rows = list.json();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("libktstr_plugin_kbuild.so"))
+        })
+        .unwrap_or_else(|| panic!("no row for the shadowed library\n{}", list.describe()));
+    assert_eq!(row["status"], "shadowed", "{row}");
+    assert!(
+        row["error"]
+            .as_str()
+            .unwrap()
+            .contains("shadowed by the built-in kbuild"),
+        "{row}"
+    );
+    let table = inst.run(&fx, &[], &["plugins", "list"]);
+    table.assert_ok();
+    assert!(table.stdout.contains("shadowed"), "{}", table.describe());
 }

@@ -211,13 +211,155 @@ fn read_only_never_writes_and_a_down_remote_costs_a_warning() {
     let down = machine(free_port());
     let run = build(&down, &spec);
     run.image_path();
-    run.assert_stderr_has("not using s3-cache for the rest of this run");
+    run.assert_stderr_has("s3-cache: not using it for the rest of this run")
+        .assert_stderr_has("hint: is the server reachable?");
     assert_eq!(
         run.stderr.matches("warning").count(),
         1,
         "one warning for a down remote\n{}",
         run.describe()
     );
+}
+
+/// Flip one byte of every archive in the bucket, keeping its size.
+fn damage_archives(s3: &S3) -> usize {
+    fn walk(dir: &Path, n: &mut usize) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, n);
+            } else if p.to_string_lossy().ends_with(".tar.zst") {
+                let mut bytes = std::fs::read(&p).unwrap();
+                let mid = bytes.len() / 2;
+                bytes[mid] ^= 0x10;
+                std::fs::write(&p, &bytes).unwrap();
+                *n += 1;
+            }
+        }
+    }
+    let mut n = 0;
+    walk(&s3.root.path().join(BUCKET), &mut n);
+    n
+}
+
+#[test]
+fn an_entry_damaged_at_rest_is_repaired_and_push_tells_the_truth() {
+    let Some(s3) = S3::start() else { return };
+    let shared = tempfile::tempdir().unwrap();
+    let spec = tarball(shared.path(), "6.99.7");
+    let a = machine(s3.port);
+    let key = build(&a, &spec).cached_key();
+    assert_eq!(damage_archives(&s3), 1);
+
+    // B finds it damaged (one warning, with the hint), builds, and its
+    // store replaces the bad copy.
+    let b = machine(s3.port);
+    let run = build(&b, &spec);
+    assert_eq!(run.cached_key(), key);
+    run.assert_stderr_has(&format!("not using s3-cache entry {key}"))
+        .assert_stderr_has("sha256")
+        .assert_stderr_has(&format!(
+            "hint: the next successful build of {key} replaces it"
+        ))
+        .assert_stderr_lacks("not using it; not using it");
+    assert_eq!(b.build_count(), 1);
+    // C downloads the repaired entry instead of building.
+    let c = machine(s3.port);
+    assert_eq!(build(&c, &spec).hit_key(), key);
+    assert_eq!(c.build_count(), 0);
+
+    // A push of the entry the bucket holds (B's build) checks it and says
+    // nothing was uploaded.
+    let push = b.run(&["cache", "push", &key, "--plugin", "s3-cache"]);
+    push.assert_ok()
+        .assert_stderr_has("verified")
+        .assert_stderr_has("nothing uploaded");
+    // A's own build of the key (the fixture's builds differ byte-wise)
+    // replaces it, and says so.
+    a.run(&["cache", "push", &key, "--plugin", "s3-cache"])
+        .assert_ok()
+        .assert_stderr_has("uploaded; replaced another build of it");
+    // A push over a damaged copy says so and replaces it (every archive
+    // is damaged: B's, now garbage, and A's, the current one).
+    assert!(damage_archives(&s3) >= 1);
+    let push = a.run(&["cache", "push", &key, "--plugin", "s3-cache"]);
+    push.assert_ok()
+        .assert_stderr_has("replacing it")
+        .assert_stderr_has("uploaded; replaced the damaged copy");
+    let d = machine(s3.port);
+    assert_eq!(build(&d, &spec).hit_key(), key);
+    assert_eq!(d.build_count(), 0);
+    // The origin names the tier once.
+    let rows = d.run(&["kernel", "list", "--json"]).json();
+    let from = rows[0]["pulled_from"].as_str().unwrap().to_string();
+    assert!(
+        from.starts_with("s3-cache s3://") && !from.contains("s3-cache s3-cache"),
+        "{from}"
+    );
+}
+
+#[test]
+fn a_missing_bucket_is_said_once_with_a_hint() {
+    let Some(s3) = S3::start() else { return };
+    let shared = tempfile::tempdir().unwrap();
+    let spec = tarball(shared.path(), "6.99.8");
+    let m = machine(s3.port)
+        .with_env("KTSTR_S3_BUCKET", "kernelz")
+        .with_env("KTSTR_S3_READ_ONLY", "1");
+    let run = build(&m, &spec);
+    run.image_path();
+    run.assert_stderr_has("bucket kernelz does not exist")
+        .assert_stderr_has("hint: check the bucket name");
+    assert_eq!(
+        run.stderr.matches("does not exist").count(),
+        1,
+        "once per run\n{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn refused_credentials_warn_with_the_documented_hint() {
+    let Some(s3) = S3::start() else { return };
+    let shared = tempfile::tempdir().unwrap();
+    let spec = tarball(shared.path(), "6.99.9");
+    let m = machine(s3.port).with_env("AWS_SECRET_ACCESS_KEY", "not-the-secret-key-0000");
+    let run = build(&m, &spec);
+    run.image_path();
+    run.assert_stderr_has("s3-cache: not using it for the rest of this run")
+        .assert_stderr_has("hint: check that the credentials (AWS_ACCESS_KEY_ID");
+}
+
+/// No server needed: a tier that is never reached still sweeps what a
+/// push killed with -9 left, whenever a command opens it (a local hit too).
+#[test]
+fn a_killed_push_leaves_nothing_after_the_next_command() {
+    let shared = tempfile::tempdir().unwrap();
+    let spec = tarball(shared.path(), "6.99.10");
+    let m = machine(free_port());
+    build(&m, &spec).image_path();
+    // What `kill -9` during a push leaves: the tier's scratch with a
+    // packed archive, owned by a pid that no longer runs.
+    let dead = m
+        .cache
+        .join(format!(".tmp-remote@s3-cache.0-{}", i32::MAX - 1));
+    std::fs::create_dir_all(dead.join("push-1")).unwrap();
+    std::fs::write(dead.join("push-1/archive.tar.zst"), vec![0u8; 1 << 20]).unwrap();
+    let hit = build(&m, &spec);
+    hit.hit_key();
+    assert!(!dead.exists(), "a cache hit left {}", dead.display());
+}
+
+#[test]
+fn kernel_clean_says_it_skips_a_read_only_tier() {
+    let shared = tempfile::tempdir().unwrap();
+    let spec = tarball(shared.path(), "6.99.11");
+    let m = machine(free_port()).with_env("KTSTR_S3_READ_ONLY", "1");
+    build(&m, &spec).image_path();
+    let run = m.run(&["kernel", "clean", "--force", "--plugin", "s3-cache"]);
+    run.assert_ok()
+        .assert_stderr_has("not cleaning s3-cache")
+        .assert_stderr_has("it is read-only");
 }
 
 /// Every `manifests/<key>.json` object s3s-fs holds on disk.
@@ -246,7 +388,7 @@ fn manifests(s3: &S3) -> Vec<PathBuf> {
 fn a_remote_entry_built_from_other_inputs_is_never_installed() {
     let Some(s3) = S3::start() else { return };
     let shared = tempfile::tempdir().unwrap();
-    let spec = tarball(shared.path(), "6.99.7");
+    let spec = tarball(shared.path(), "6.99.17");
     let a = machine(s3.port);
     let key = build(&a, &spec).cached_key();
 

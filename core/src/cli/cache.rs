@@ -63,13 +63,40 @@ pub fn push(key: &str, plugins: &[String]) -> Result<()> {
             continue;
         }
         cx.cancel.check()?;
+        // What the tier holds now, verified: a lookup downloads the entry
+        // and checks every digest, which a manifest and a size cannot.
+        let found = match tier.stage.lookup(&key) {
+            Ok(Some(remote)) if remote.metadata.artifacts == entry.metadata.artifacts => {
+                progress.println(&format!(
+                    "{key} is already at {}, verified (every digest matches); nothing uploaded",
+                    tier.stage.describe()
+                ));
+                pushed += 1;
+                continue;
+            }
+            Ok(Some(_)) => "; replaced another build of it",
+            Ok(None) => "",
+            Err(e) if e.kind == ktstr_sdk::ErrorKind::Corrupt => {
+                crate::report::warn_error_then(&*progress, "", &e, "; replacing it");
+                "; replaced the damaged copy"
+            }
+            Err(e) => {
+                crate::report::warn_error(&*progress, &format!("{}: ", tier.name), &e);
+                failed.push(tier.name.clone());
+                continue;
+            }
+        };
+        cx.cancel.check()?;
         match tier.stage.store(&key, &artifacts, &entry.metadata) {
             Ok(_) => {
-                progress.println(&format!("pushed {key} to {}", tier.stage.describe()));
+                progress.println(&format!(
+                    "pushed {key} to {} (uploaded{found})",
+                    tier.stage.describe()
+                ));
                 pushed += 1;
             }
             Err(e) => {
-                progress.warn(&format!("{}: {e}", tier.name));
+                crate::report::warn_error(&*progress, &format!("{}: ", tier.name), &e);
                 failed.push(tier.name.clone());
             }
         }
@@ -119,7 +146,7 @@ pub fn pull(key: &str, plugins: &[String]) -> Result<()> {
                 return Ok(());
             }
             Ok(None) => {}
-            Err(e) => progress.warn(&format!("{}: {e}", tier.name)),
+            Err(e) => crate::report::warn_error(&*progress, &format!("{}: ", tier.name), &e),
         }
     }
     Err(StageError::not_found(format!("{key} is in no remote tier"))

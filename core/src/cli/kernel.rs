@@ -29,7 +29,7 @@ fn rows(stages: &Stages, every_tier: bool) -> Result<Vec<(usize, Listed)>> {
         match tier.stage.list() {
             Ok(rows) => all.extend(rows.into_iter().map(|r| (i, r))),
             Err(e) if i == 0 => return Err(e.into()),
-            Err(e) => eprintln!("{LABEL}: warning: {}: cannot list: {e}", tier.name),
+            Err(e) => crate::report::eprint_warning(&format!("{}: cannot list: ", tier.name), &e),
         }
     }
     Ok(all)
@@ -191,13 +191,14 @@ pub fn clean(keep: Option<usize>, force: bool, plugins: &[String]) -> Result<()>
     let mut plan: Vec<(&Named<dyn CacheBackend>, Vec<String>)> = Vec::new();
     for (i, tier) in tiers(&stages, !plugins.is_empty()).iter().enumerate() {
         if i > 0 && tier.stage.capabilities().read_only {
+            eprintln!("{LABEL}: not cleaning {}: it is read-only", tier.name);
             continue;
         }
         let rows = match tier.stage.list() {
             Ok(rows) => rows,
             Err(e) if i == 0 => return Err(e.into()),
             Err(e) => {
-                eprintln!("{LABEL}: warning: {}: cannot list: {e}", tier.name);
+                crate::report::eprint_warning(&format!("{}: cannot list: ", tier.name), &e);
                 continue;
             }
         };

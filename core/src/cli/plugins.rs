@@ -105,6 +105,28 @@ struct Library {
 
 impl Library {
     fn probe(path: PathBuf) -> Self {
+        // `--plugin NAME` selects a built-in of that name, so a library
+        // called like one is never loaded by name: say so, do not load it.
+        if let Some(name) = dynamic::search::name_of(&path)
+            && builtins().iter().any(|b| b.name == name)
+        {
+            let error = ktstr_sdk::StageError::invalid_input(format!(
+                "shadowed by the built-in {name}: --plugin {name} and config names select the \
+                 built-in, never this library"
+            ))
+            .with_hint(format!(
+                "rename the plugin, or load this library by its path (--plugin {})",
+                path.display()
+            ));
+            return Self {
+                path,
+                result: Err(LoadError {
+                    status: Status::Shadowed,
+                    abi_version: None,
+                    error,
+                }),
+            };
+        }
         let result = match dynamic::search::check_trusted(&path) {
             Ok(trusted) => dynamic::load::load(&trusted, None),
             Err(error) => Err(LoadError {

@@ -46,7 +46,10 @@ fn path_arg(p: &Path) -> Result<String> {
 /// "cache stage shared-dir-cache (plugin shared-dir-cache)", for logs.
 fn fallback<T>(label: &str, method: &str, r: Result<T>, default: T) -> T {
     r.unwrap_or_else(|e| {
-        tracing::warn!("{label}: {method} failed: {e}");
+        match e.hint.as_deref() {
+            Some(hint) => tracing::warn!("{label}: {method} failed: {e} (hint: {hint})"),
+            None => tracing::warn!("{label}: {method} failed: {e}"),
+        }
         default
     })
 }

@@ -15,11 +15,11 @@
 use std::path::{Path, PathBuf};
 
 use ktstr_sdk::export::abi::abi_stable::library::{
-    LibraryError, RootModuleError, lib_header_from_path,
+    LibraryError, RawLibrary, RootModuleError, lib_header_from_path,
 };
 use ktstr_sdk::export::abi::abi_stable::sabi_types::VersionNumber;
 use ktstr_sdk::export::abi::{ABI_VERSION, PluginModRef, ROOT_MODULE_NAME};
-use ktstr_sdk::export::{Manifest, SDK_VERSION, from_ffi, from_json};
+use ktstr_sdk::export::{Manifest, PANIC_UNWIND_SYMBOL, SDK_VERSION, from_ffi, from_json};
 use ktstr_sdk::{ErrorKind, StageError};
 
 /// A library that loaded and passed every check. Never unloaded: its
@@ -46,6 +46,11 @@ pub enum Status {
     Ok,
     AbiMismatch,
     NotAPlugin,
+    /// Built with `panic = "abort"`.
+    PanicAbort,
+    /// A library whose name a built-in already has: `--plugin NAME`
+    /// selects the built-in, so this library is never loaded by name.
+    Shadowed,
     Broken,
 }
 
@@ -55,6 +60,8 @@ impl Status {
             Self::Ok => "ok",
             Self::AbiMismatch => "mismatch",
             Self::NotAPlugin => "not-a-plugin",
+            Self::PanicAbort => "panic-abort",
+            Self::Shadowed => "shadowed",
             Self::Broken => "error",
         }
     }
@@ -75,14 +82,23 @@ impl From<LoadError> for StageError {
     }
 }
 
-/// Plugin ABI versions this host accepts: the same major version and, as
-/// abi_stable enforces for prefix types, at least our minor version (an
-/// older host loads a newer plugin; a newer host refuses an older one once
-/// the ABI grew). For 0.x, the minor version plays the major's role.
+/// Plugin ABI versions this host accepts, as abi_stable checks them: for
+/// `x.y.z` with x >= 1, the same major version and at least our minor (an
+/// older host loads a newer, grown plugin; a newer host refuses an older
+/// one); for `0.y.z`, the same `0.y` (abi_stable's per-type check treats
+/// the 0.y minor as a major version, so a plugin of ABI 0.(y+1) is refused
+/// even with identical types). Checked before abi_stable so a mismatch is
+/// one clear paragraph.
 pub fn abi_requirement() -> semver::VersionReq {
     let ours = semver::Version::parse(ABI_VERSION).expect("ABI_VERSION is semver");
     let req = if ours.major == 0 {
-        format!(">={}.{}.0, <1.0.0", ours.major, ours.minor)
+        format!(
+            ">={}.{}.0, <{}.{}.0",
+            ours.major,
+            ours.minor,
+            ours.major,
+            ours.minor + 1
+        )
     } else {
         format!("^{}.{}.0", ours.major, ours.minor)
     };
@@ -199,6 +215,9 @@ pub fn load(path: &Path, asked: Option<&str>) -> std::result::Result<LoadedPlugi
         ));
     }
 
+    // Before the root-module constructor, the first plugin code that runs.
+    check_unwinds(path, &name, &abi)?;
+
     let root = header
         .init_root_module::<PluginModRef>()
         .map_err(|e| init_error(&name, path, &abi, e))?;
@@ -227,6 +246,53 @@ pub fn load(path: &Path, asked: Option<&str>) -> std::result::Result<LoadedPlugi
         manifest,
         root,
     })
+}
+
+/// Whether the library records that it unwinds on panic (the symbol
+/// `export_plugin!` exports); `None` for a library built before the SDK
+/// exported it.
+fn unwinds(path: &Path) -> Option<bool> {
+    let lib = RawLibrary::load_at(path).ok()?;
+    let mut symbol = PANIC_UNWIND_SYMBOL.as_bytes().to_vec();
+    symbol.push(0);
+    // SAFETY: `export_plugin!` declares this symbol as a `u8` static; the
+    // library stays loaded (abi_stable leaked a handle to it) while we read.
+    let value = unsafe {
+        let sym = lib.get::<*const u8>(&symbol).ok()?;
+        (*sym).read_volatile()
+    };
+    Some(value != 0)
+}
+
+/// Refuse a plugin built with `panic = "abort"`: a panic in it would kill
+/// ktstr on the spot (exit 134, its CPU sandbox left behind) instead of
+/// being the error the panic guards turn it into.
+fn check_unwinds(path: &Path, name: &str, abi: &str) -> std::result::Result<(), LoadError> {
+    match unwinds(path) {
+        Some(true) => Ok(()),
+        None => {
+            tracing::debug!(
+                "plugin {name} ({}) does not record its panic strategy (built with an older \
+                 ktstr-sdk); assuming it unwinds",
+                path.display()
+            );
+            Ok(())
+        }
+        Some(false) => Err(fail(
+            Status::PanicAbort,
+            Some(abi.to_string()),
+            StageError::invalid_input(format!(
+                "refusing to load plugin {name} ({}): it was built with panic = \"abort\", so \
+                 its first panic would kill ktstr instead of being reported as an error",
+                path.display()
+            ))
+            .with_hint(format!(
+                "rebuild it with the default panic = \"unwind\" (remove panic = \"abort\" from \
+                 its Cargo profile and -C panic=abort from RUSTFLAGS) and replace {}",
+                path.display()
+            )),
+        )),
+    }
 }
 
 fn init_error(name: &str, path: &Path, abi: &str, e: LibraryError) -> LoadError {
@@ -296,8 +362,11 @@ mod tests {
         assert!(req.matches(&ours));
         let older = semver::Version::new(0, 0, 1);
         assert!(!req.matches(&older), "{req}");
+        let next_patch = semver::Version::new(ours.major, ours.minor, ours.patch + 7);
+        assert!(req.matches(&next_patch), "a newer patch: {req}");
         let next_minor = semver::Version::new(ours.major, ours.minor + 1, 0);
-        assert!(req.matches(&next_minor), "newer additive ABI: {req}");
+        // abi_stable accepts a newer minor only from 1.0 on.
+        assert_eq!(req.matches(&next_minor), ours.major >= 1, "{req}");
         let next_major = semver::Version::new(ours.major + 1, 0, 0);
         assert!(!req.matches(&next_major), "{req}");
     }

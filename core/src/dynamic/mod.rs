@@ -176,6 +176,75 @@ pub fn apply(
     Ok(loaded)
 }
 
+/// Load the plugin library of every stage `selection` names that no
+/// built-in or loaded library provides (`reserver = "fixed-cpus"` in a
+/// `[hosts."…"]` table): selecting a plugin's stage is enough, as long as
+/// its library is in a plugin directory under the stage's name. The
+/// stages are added to `catalog`, not selected: only the named stage is
+/// used. A name with no library is left for `Stages::select` to report.
+pub fn load_selected(selection: &Selection, catalog: &mut Catalog) -> Result<Vec<LoadedPlugin>> {
+    let mut wanted: Vec<(StageKind, String)> = vec![
+        (StageKind::Reserver, selection.reserver.clone()),
+        (StageKind::Configurer, selection.configurer.clone()),
+        (StageKind::Builder, selection.builder.clone()),
+    ];
+    wanted.extend(
+        selection
+            .cache_tiers()
+            .into_iter()
+            .map(|n| (StageKind::Cache, n.to_string())),
+    );
+    wanted.extend(
+        selection
+            .sources
+            .iter()
+            .map(|n| (StageKind::Source, n.clone())),
+    );
+    let mut loaded: Vec<LoadedPlugin> = Vec::new();
+    for (kind, name) in wanted {
+        if catalog.get(kind, &name).is_some() || PluginSpec::parse(&name).is_err() {
+            continue;
+        }
+        let path = match search::find(&name) {
+            Ok(p) => p,
+            Err(e) if e.kind == ktstr_sdk::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.context(format!("{kind} {name:?} is selected"))),
+        };
+        let plugin = load_path(&path, Some(&name))
+            .map_err(|e| e.context(format!("{kind} {name:?} is selected")))?;
+        if loaded.iter().any(|p| p.path == plugin.path) {
+            continue;
+        }
+        let shared = Arc::new(plugin.clone());
+        for stage in &plugin.manifest.stages {
+            if catalog.get(stage.kind, &stage.name).is_none() {
+                let factory = factory::DynFactory::new(shared.clone(), stage.clone());
+                catalog.add(Arc::new(factory) as Arc<dyn StageFactory>)?;
+            }
+        }
+        tracing::debug!(
+            "loaded plugin {} from {} for the selected {kind} {name}",
+            plugin.manifest.name,
+            plugin.path.display()
+        );
+        loaded.push(plugin);
+    }
+    Ok(loaded)
+}
+
+/// `[plugin.<name>]` tables that name no stage this run knows: a typo, or
+/// a plugin that is not loaded. Their settings are ignored; say so.
+pub fn unused_config_tables<'a>(
+    tables: impl IntoIterator<Item = &'a String>,
+    catalog: &Catalog,
+) -> Vec<String> {
+    tables
+        .into_iter()
+        .filter(|name| !catalog.all().iter().any(|f| f.name() == name.as_str()))
+        .cloned()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +281,13 @@ mod tests {
         assert_eq!(selection.cache_tiers(), ["local-cache"]);
         let e = apply(&["kbuild@>=99".into()], &mut catalog, &mut selection).unwrap_err();
         assert!(e.message.contains("does not match"), "{e}");
+    }
+
+    #[test]
+    fn config_tables_of_unknown_stages_are_reported() {
+        let catalog = Catalog::builtin();
+        let tables = ["s3-cache".to_string(), "s3-cahce".to_string()];
+        assert_eq!(unused_config_tables(&tables, &catalog), ["s3-cahce"]);
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //! only), `$XDG_DATA_HOME/ktstr/plugins` (default
 //! `~/.local/share/ktstr/plugins`), the directory of the `ktstr` binary and
 //! `<bin>/../lib/ktstr/plugins`. Never the current directory: `ktstr build`
-//! is run inside kernel trees that may come from anywhere. A library, or
-//! the directory holding it, that any user can write is refused, because
-//! loading it runs that user's code.
+//! is run inside kernel trees that may come from anywhere. A library that
+//! another user could replace (the file, its directory or any ancestor
+//! writable by someone other than this user and root, sticky directories
+//! such as `/tmp` aside) is refused before it is opened, because opening
+//! it runs that user's code.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -150,13 +152,40 @@ pub fn discover() -> Vec<PathBuf> {
     found
 }
 
-fn world_writable(path: &Path) -> std::io::Result<Option<u32>> {
-    let mode = std::fs::metadata(path)?.permissions().mode();
-    Ok((mode & 0o002 != 0).then_some(mode & 0o7777))
+/// Who besides the owner may write `path`, if anyone: `o+w`, or `g+w` for
+/// a group other than root's and ours. A sticky directory (`/tmp`) is
+/// fine: others may add files there but not replace ours.
+fn writable_by_others(path: &Path) -> std::io::Result<Option<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    let mode = meta.permissions().mode();
+    let sticky_dir = meta.is_dir() && mode & 0o1000 != 0;
+    if sticky_dir {
+        return Ok(None);
+    }
+    if mode & 0o002 != 0 {
+        return Ok(Some(format!("world-writable (mode {:04o})", mode & 0o7777)));
+    }
+    let own_group = meta.gid() == 0 || meta.gid() == nix::unistd::getegid().as_raw();
+    if mode & 0o020 != 0 && !own_group {
+        return Ok(Some(format!(
+            "writable by group {} (mode {:04o})",
+            meta.gid(),
+            mode & 0o7777
+        )));
+    }
+    let uid = meta.uid();
+    if uid != 0 && uid != nix::unistd::geteuid().as_raw() {
+        return Ok(Some(format!("owned by another user (uid {uid})")));
+    }
+    Ok(None)
 }
 
-/// Refuse a library that is missing, not a file, or that any user could
-/// have replaced (world-writable file or directory).
+/// Refuse a library that is missing, not a file, or that anyone but this
+/// user and root could have replaced: the library, its directory and
+/// every ancestor must be writable by no one else (a sticky directory
+/// such as `/tmp` aside). Checked before the library is opened, because
+/// opening it runs its code.
 pub fn check_trusted(path: &Path) -> Result<PathBuf> {
     let canon = std::fs::canonicalize(path).map_err(|e| {
         StageError::io("cannot open plugin library", path, e)
@@ -168,15 +197,21 @@ pub fn check_trusted(path: &Path) -> Result<PathBuf> {
             path.display()
         )));
     }
-    let dir = canon.parent().unwrap_or(Path::new("/")).to_path_buf();
-    for (what, p) in [("library", &canon), ("directory", &dir)] {
-        if let Some(mode) = world_writable(p).map_err(|e| StageError::io("stat", p, e))? {
+    let dir = canon.parent().unwrap_or(Path::new("/"));
+    let chain = std::iter::once(("library", canon.as_path()))
+        .chain(std::iter::once(("directory", dir)))
+        .chain(dir.ancestors().skip(1).map(|a| ("ancestor directory", a)));
+    for (what, p) in chain {
+        if let Some(why) = writable_by_others(p).map_err(|e| StageError::io("stat", p, e))? {
             return Err(StageError::invalid_input(format!(
-                "refusing to load plugin {}: its {what} {} is world-writable (mode {mode:04o}), so any user could replace the code ktstr would run",
+                "refusing to load plugin {}: its {what} {} is {why}, so another user could replace the code ktstr would run",
                 path.display(),
                 p.display()
             ))
-            .with_hint(format!("run `chmod o-w {}`", p.display())));
+            .with_hint(format!(
+                "run `chmod go-w {}` (and make it yours or root's), or install the plugin in a directory only you can write",
+                p.display()
+            )));
         }
     }
     Ok(canon)
@@ -211,11 +246,36 @@ mod tests {
         std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o666)).unwrap();
         let e = check_trusted(&lib).unwrap_err();
         assert!(e.message.contains("world-writable"), "{e}");
-        assert!(e.hint.unwrap().contains("chmod o-w"));
+        assert!(e.hint.unwrap().contains("chmod go-w"));
         std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let e = check_trusted(&lib).unwrap_err();
         assert!(e.message.contains("its directory"), "{e}");
+        // A writable ancestor is as bad as a writable directory; a sticky
+        // one (like /tmp) is not.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let nested = dir.path().join("a/b");
+        std::fs::create_dir_all(&nested).unwrap();
+        let deep = nested.join("libktstr_plugin_x.so");
+        std::fs::write(&deep, b"").unwrap();
+        for d in [dir.path().join("a"), nested.clone()] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        assert!(check_trusted(&deep).is_ok());
+        std::fs::set_permissions(dir.path().join("a"), std::fs::Permissions::from_mode(0o777))
+            .unwrap();
+        let e = check_trusted(&deep).unwrap_err();
+        assert!(e.message.contains("its ancestor directory"), "{e}");
+        assert!(
+            e.message.contains(&format!("{}/a ", dir.path().display())),
+            "{e}"
+        );
+        std::fs::set_permissions(
+            dir.path().join("a"),
+            std::fs::Permissions::from_mode(0o1777),
+        )
+        .unwrap();
+        assert!(check_trusted(&deep).is_ok(), "a sticky ancestor is fine");
         let e = check_trusted(&dir.path().join("missing.so")).unwrap_err();
         assert!(e.message.contains("missing.so"), "{e}");
     }

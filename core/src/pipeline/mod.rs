@@ -180,9 +180,10 @@ fn dot_config_sha256(tree: &Path) -> Result<String> {
 /// recorded are exactly the wanted ones: one built from other inputs under
 /// the same key (a digest collision, a tampered or foreign entry) is a
 /// miss with a warning, and the rebuild replaces it. A corrupt entry is
-/// reported and treated as a miss; a remote tier that fails otherwise
-/// (unreachable, timing out, refusing the credentials) is reported once
-/// and not asked again.
+/// reported (with its hint) and treated as a miss; the tier replaces it
+/// when the rebuild is stored. A remote tier that fails otherwise
+/// (unreachable, timing out, refusing the credentials, a missing bucket, a
+/// plugin that panicked) is reported once and not asked again in this run.
 fn lookup(stages: &Stages, derived: &DerivedKey, cx: &StageContext) -> Result<Option<CacheEntry>> {
     let key = &derived.key;
     let local = stages.local_cache();
@@ -193,7 +194,7 @@ fn lookup(stages: &Stages, derived: &DerivedKey, cx: &StageContext) -> Result<Op
         Ok(Some(_)) => {}
         Ok(None) => {}
         Err(e) if e.kind == ErrorKind::Corrupt => {
-            cx.progress.warn(&format!("{e}; rebuilding it"));
+            crate::report::warn_error_then(&*cx.progress, "", &e, "; rebuilding it");
         }
         Err(e) => return Err(e),
     }
@@ -205,19 +206,18 @@ fn lookup(stages: &Stages, derived: &DerivedKey, cx: &StageContext) -> Result<Op
             Ok(Some(_)) => {}
             Ok(None) => {}
             Err(e) if e.kind == ErrorKind::Corrupt => {
-                cx.progress.warn(&format!("{e}; not using it"));
+                crate::report::warn_error(&*cx.progress, "not using ", &e);
             }
-            // A plugin bug (a caught panic) is that call's failure, not an
-            // unreachable remote: keep asking it.
-            Err(e) if e.kind == ErrorKind::Internal => cx
-                .progress
-                .warn(&format!("{}: lookup of {key} failed: {e}", tier.name)),
             Err(e) => {
                 stages.mark_down(&tier.name);
-                cx.progress.warn(&format!(
-                    "{}: lookup of {key} failed: {e}; not using {} for the rest of this run",
-                    tier.name, tier.name
-                ));
+                crate::report::warn_error(
+                    &*cx.progress,
+                    &format!(
+                        "{}: not using it for the rest of this run: lookup of {key} failed: ",
+                        tier.name
+                    ),
+                    &e,
+                );
             }
         }
     }
@@ -254,7 +254,13 @@ pub(crate) fn backfill(
 ) -> Result<CacheEntry> {
     let artifacts = remote.artifacts();
     let mut metadata = remote.metadata.clone();
-    metadata.origin = Some(format!("{} {}", tier.name, tier.stage.describe()));
+    // Built-in tiers' descriptions start with their name: say it once.
+    let described = tier.stage.describe();
+    metadata.origin = Some(if described.starts_with(&tier.name) {
+        described
+    } else {
+        format!("{} {described}", tier.name)
+    });
     let local = stages.local_cache();
     match local.stage.store(&remote.key, &artifacts, &metadata) {
         Ok(entry) => {
@@ -266,10 +272,11 @@ pub(crate) fn backfill(
             Ok(entry)
         }
         Err(e) => {
-            cx.progress.warn(&format!(
-                "could not copy {} into the local cache: {e}",
-                remote.key
-            ));
+            crate::report::warn_error(
+                &*cx.progress,
+                &format!("could not copy {} into the local cache: ", remote.key),
+                &e,
+            );
             Ok(remote.clone())
         }
     }

@@ -216,10 +216,11 @@ pub fn store_all(
         }
         undo_if_cancelled(stages, &derived.key, cx)?;
         if let Err(e) = tier.stage.store(&derived.key, &artifacts, &entry.metadata) {
-            cx.progress.warn(&format!(
-                "{}: could not store {}: {e}",
-                tier.name, derived.key
-            ));
+            crate::report::warn_error(
+                &*cx.progress,
+                &format!("{}: could not store {}: ", tier.name, derived.key),
+                &e,
+            );
         }
     }
     undo_if_cancelled(stages, &derived.key, cx)?;

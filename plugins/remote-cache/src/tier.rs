@@ -19,10 +19,14 @@
 //!   is dead, and are removed when the tier is dropped.
 //!
 //! How a push works: pack into a temporary archive (digests computed on the
-//! way), skip if the remote already has an entry with the same file digests,
-//! upload the archive (multipart above one part, aborted on failure so no
-//! parts linger), then the manifest.
+//! way), skip only if the remote already has an entry with the same file
+//! digests *and* an archive whose streamed sha256 is the recorded one (a key
+//! a lookup in this run found damaged is replaced without asking), upload
+//! the archive (multipart above one part, aborted on failure so no parts
+//! linger), then the manifest. A dead push's scratch is swept whenever the
+//! tier is constructed.
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -69,6 +73,12 @@ pub struct RemoteTier {
     opts: TierOptions,
     runtime: tokio::runtime::Runtime,
     scratch: Mutex<Option<Scratch>>,
+    /// Keys this run found damaged here: the next store replaces them
+    /// whatever the remote's manifest claims.
+    damaged: Mutex<HashSet<CacheKey>>,
+    /// What the first miss (or push) found out about the bucket: `Some`
+    /// error when it does not exist.
+    bucket_check: std::sync::OnceLock<Option<StageError>>,
 }
 
 impl std::fmt::Debug for RemoteTier {
@@ -97,6 +107,66 @@ impl Drop for Scratch {
             tracing::warn!("cannot remove {}: {e}", self.dir.display());
         }
     }
+}
+
+/// Where a tier's scratch directories go: the configured directory, else
+/// the cache root (the temp dir when neither can be named).
+fn scratch_base(opts: &TierOptions) -> Option<PathBuf> {
+    opts.scratch_dir
+        .clone()
+        .or_else(|| ktstr_sdk::paths::cache_root().ok())
+}
+
+/// The pid in a scratch directory name `.tmp-remote@<plugin>.<n>-<pid>`.
+fn scratch_owner(name: &str, plugin: &str) -> Option<u32> {
+    let rest = name.strip_prefix(".tmp-remote@")?.strip_prefix(plugin)?;
+    let (seq, pid) = rest.strip_prefix('.')?.rsplit_once('-')?;
+    if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Remove `plugin`'s scratch directories under `base` whose process is
+/// gone. Failures are logged: a leftover wastes space, it never breaks a run.
+pub(crate) fn sweep_dead_scratch(base: &Path, plugin: &str) -> Vec<PathBuf> {
+    // Without /proc every pid would look dead.
+    if !Path::new("/proc/self").exists() {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| scratch_owner(n, plugin))
+        else {
+            continue;
+        };
+        let alive = pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists();
+        if alive || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => removed.push(entry.path()),
+            Err(e) => tracing::warn!("cannot remove stale {}: {e}", entry.path().display()),
+        }
+    }
+    removed
+}
+
+/// What a push found at the remote under its key.
+enum Existing {
+    Absent,
+    /// An intact entry with the same files: nothing to upload.
+    Same,
+    /// An intact entry of another build of the key.
+    Different,
+    /// Unreadable, or bytes that do not match their digest.
+    Damaged(String),
 }
 
 static SCRATCH_SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -175,6 +245,14 @@ impl RemoteTier {
                 StageError::internal(format!("plugin {plugin}: cannot start the I/O runtime"))
                     .caused_by(e)
             })?;
+        // A push killed with -9 leaves its scratch (a packed archive, often
+        // 100 MB) behind; every command that opens this tier removes such
+        // leftovers, not only the next local store.
+        if let Some(base) = scratch_base(&opts) {
+            for stale in sweep_dead_scratch(&base, plugin) {
+                tracing::info!("removed {} left by a dead ktstr", stale.display());
+            }
+        }
         let root = if prefix.is_empty() {
             ObjPath::from("v1")
         } else {
@@ -189,6 +267,8 @@ impl RemoteTier {
             opts,
             runtime,
             scratch: Mutex::new(None),
+            damaged: Mutex::new(HashSet::new()),
+            bucket_check: std::sync::OnceLock::new(),
         })
     }
 
@@ -226,15 +306,8 @@ impl RemoteTier {
     fn scratch_subdir(&self, what: &str) -> Result<PathBuf> {
         let mut guard = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
-            let base = self
-                .opts
-                .scratch_dir
-                .clone()
-                .or_else(|| {
-                    let root = ktstr_sdk::paths::cache_root().ok()?;
-                    std::fs::create_dir_all(&root).ok()?;
-                    Some(root)
-                })
+            let base = scratch_base(&self.opts)
+                .filter(|b| self.opts.scratch_dir.is_some() || std::fs::create_dir_all(b).is_ok())
                 .unwrap_or_else(std::env::temp_dir);
             let dir = base.join(format!(
                 ".tmp-remote@{}.{}-{}",
@@ -255,6 +328,18 @@ impl RemoteTier {
 
     /// A failed request, worded for the host's one-line warning.
     fn request_error(&self, action: &str, object: &ObjPath, e: object_store::Error) -> StageError {
+        if let Some(bucket) = self.missing_bucket(&e) {
+            tracing::debug!("{}: {action} {}: {e:?}", self.plugin, self.url_of(object));
+            return StageError::not_found(format!(
+                "bucket {bucket} does not exist ({})",
+                self.endpoint_words()
+            ))
+            .with_hint(format!(
+                "check the bucket name (bucket in [plugin.{}], {}BUCKET) and the endpoint and \
+                 region; create the bucket if this cache is new",
+                self.plugin, self.opts.env_prefix
+            ));
+        }
         let (kind, hint) = match &e {
             object_store::Error::NotFound { .. } => (ErrorKind::NotFound, None),
             object_store::Error::PermissionDenied { .. }
@@ -279,9 +364,62 @@ impl RemoteTier {
         }
     }
 
+    /// The bucket named in `location`, when `e` says it does not exist
+    /// (S3's `NoSuchBucket`, which object_store reports as a plain 404).
+    fn missing_bucket(&self, e: &object_store::Error) -> Option<String> {
+        let bucket = self.location.strip_prefix("s3://")?.split('/').next()?;
+        let mut text = e.to_string();
+        let mut cur = std::error::Error::source(e);
+        while let Some(c) = cur {
+            text.push_str(&c.to_string());
+            cur = c.source();
+        }
+        text.contains("NoSuchBucket").then(|| bucket.to_string())
+    }
+
+    /// On the first miss or push of an S3 tier, make sure the bucket exists:
+    /// AWS answers a GET in a missing bucket with `NoSuchBucket`,
+    /// but some servers (s3s-fs, ...) say `NoSuchKey`, which would make a
+    /// misspelt bucket a silent miss forever. One LIST per run; any answer
+    /// but `NoSuchBucket` (a read-only key without ListBucket gets 403) is
+    /// ignored.
+    async fn check_bucket_once(&self) -> Result<()> {
+        if !self.location.starts_with("s3://") {
+            return Ok(());
+        }
+        if let Some(known) = self.bucket_check.get() {
+            return known.clone().map_or(Ok(()), Err);
+        }
+        let verdict = match self.store.list_with_delimiter(Some(&self.root)).await {
+            Err(e) if self.missing_bucket(&e).is_some() => {
+                Some(self.request_error("list", &self.root, e))
+            }
+            Err(e) => {
+                tracing::debug!("{}: bucket check: {e}", self.plugin);
+                None
+            }
+            Ok(_) => None,
+        };
+        let _ = self.bucket_check.set(verdict.clone());
+        verdict.map_or(Ok(()), Err)
+    }
+
+    /// "AWS" or "at http://host:port", for messages about the server.
+    fn endpoint_words(&self) -> String {
+        if self.detail.is_empty() {
+            self.location.clone()
+        } else {
+            self.detail.split(", ").next().unwrap_or("").to_string()
+        }
+    }
+
     fn corrupt(&self, key: &CacheKey, reason: impl std::fmt::Display) -> StageError {
+        self.damaged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone());
         StageError::corrupt(format!(
-            "{} entry {key} at {}: {reason}; not using it",
+            "{} entry {key} at {}: {reason}",
             self.plugin, self.location
         ))
         .with_hint(if self.opts.read_only {
@@ -296,10 +434,7 @@ impl RemoteTier {
     fn read_only_error(&self, action: &str) -> StageError {
         StageError::new(
             ErrorKind::Unsupported,
-            format!(
-                "{}: cannot {action}: {} is read-only",
-                self.plugin, self.location
-            ),
+            format!("cannot {action}: {} is read-only", self.location),
         )
         .with_hint(format!(
             "read_only is set ({}READ_ONLY); unset it on machines trusted to write",
@@ -311,7 +446,10 @@ impl RemoteTier {
         let path = self.manifest_path(key);
         let got = match self.store.get(&path).await {
             Ok(g) => g,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e @ object_store::Error::NotFound { .. }) if self.missing_bucket(&e).is_none() => {
+                self.check_bucket_once().await?;
+                return Ok(None);
+            }
             Err(e) => return Err(self.request_error("GET", &path, e)),
         };
         if got.meta.size > format::MAX_MANIFEST_SIZE {
@@ -460,7 +598,13 @@ impl RemoteTier {
             }
             w.write(&buf[..n]);
         }
-        // finish() aborts the upload itself when a part or the completion fails.
+        // Wait for every part first, so a failed part is reported as that
+        // (not as a failed completion); the upload is then aborted.
+        if let Err(e) = w.wait_for_capacity(0).await {
+            self.abort(w, path).await;
+            return Err(self.request_error("upload part of", path, e));
+        }
+        // finish() aborts the upload itself when the completion fails.
         w.finish()
             .await
             .map(|_| ())
@@ -477,16 +621,64 @@ impl RemoteTier {
         }
     }
 
-    /// Whether the remote already holds these exact files under `key`.
-    async fn already_has(&self, key: &CacheKey, m: &Manifest) -> bool {
-        let Ok(Some(existing)) = self.fetch_manifest(key).await else {
-            return false;
+    /// What the remote holds under `key`, compared with manifest `m`. An
+    /// entry counts as the same only if its manifest records the same file
+    /// digests *and* its archive, streamed and hashed (not unpacked), has
+    /// the recorded sha256: a manifest and a HEAD size say nothing about
+    /// bytes damaged at rest. A key a lookup in this run found damaged is
+    /// replaced without asking.
+    async fn existing(&self, key: &CacheKey, m: &Manifest) -> Existing {
+        let known_bad = self
+            .damaged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key);
+        if known_bad {
+            return Existing::Damaged("a lookup in this run found it damaged".into());
+        }
+        let existing = match self.fetch_manifest(key).await {
+            Ok(Some(existing)) => existing,
+            Ok(None) => return Existing::Absent,
+            Err(e) => return Existing::Damaged(e.to_string()),
         };
         if existing.metadata.artifacts != m.metadata.artifacts {
-            return false;
+            return Existing::Different;
         }
-        let archive = self.archive_path(key, &existing.archive.name);
-        matches!(self.store.head(&archive).await, Ok(meta) if meta.size == existing.archive.size)
+        match self.archive_digest(key, &existing).await {
+            Ok(()) => Existing::Same,
+            Err(why) => Existing::Damaged(why),
+        }
+    }
+
+    /// Stream the archive `m` names and check its size and sha256.
+    async fn archive_digest(
+        &self,
+        key: &CacheKey,
+        m: &Manifest,
+    ) -> std::result::Result<(), String> {
+        let path = self.archive_path(key, &m.archive.name);
+        let got = self.store.get(&path).await.map_err(|e| summarize(&e))?;
+        if got.meta.size != m.archive.size {
+            return Err(format!(
+                "archive is {} bytes, the manifest records {}",
+                got.meta.size, m.archive.size
+            ));
+        }
+        let mut hash = Hashing::with_limit((), m.archive.size);
+        let mut stream = got.into_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| summarize(&e))?;
+            hash.update(&chunk)
+                .map_err(|_| "archive is longer than recorded".to_string())?;
+        }
+        let (sha, n, ()) = hash.finish();
+        if n != m.archive.size || sha != m.archive.sha256 {
+            return Err(format!(
+                "archive has sha256 {sha} ({n} bytes), the manifest records {}",
+                m.archive.sha256
+            ));
+        }
+        Ok(())
     }
 
     fn remote_entry(&self, key: &CacheKey, metadata: Metadata) -> CacheEntry {
@@ -523,9 +715,7 @@ impl RemoteTier {
                     .message
                     .split_once(": ")
                     .map_or(e.message.clone(), |(_, r)| r.to_string());
-                return Some(corrupt(
-                    reason.trim_end_matches("; not using it").to_string(),
-                ));
+                return Some(corrupt(reason));
             }
             Err(e) => return Some(corrupt(e.to_string())),
         };
@@ -610,15 +800,30 @@ impl CacheBackend for RemoteTier {
         if self.opts.read_only {
             return Err(self.read_only_error(&format!("store {key}")));
         }
+        // Some servers create a missing bucket on PUT, AWS refuses it:
+        // either way a misspelt bucket is an error, not an upload.
+        self.runtime.block_on(self.check_bucket_once())?;
         let work = self.scratch_subdir("push")?;
         let result = (|| {
             let packed =
                 format::pack(key, artifacts, metadata, self.opts.compression_level, &work)?;
             let m = &packed.manifest;
             self.runtime.block_on(async {
-                if self.already_has(key, m).await {
-                    tracing::debug!("{}: {key} is already at {}", self.plugin, self.location);
-                    return Ok(());
+                match self.existing(key, m).await {
+                    Existing::Same => {
+                        tracing::debug!(
+                            "{}: {key} is already at {} (archive digest verified)",
+                            self.plugin,
+                            self.location
+                        );
+                        return Ok(());
+                    }
+                    Existing::Damaged(why) => tracing::info!(
+                        "{}: replacing the damaged {key} at {} ({why})",
+                        self.plugin,
+                        self.location
+                    ),
+                    Existing::Different | Existing::Absent => {}
                 }
                 let archive = self.archive_path(key, &m.archive.name);
                 self.upload_archive(&archive, packed.file.path(), m.archive.size)
@@ -635,6 +840,10 @@ impl CacheBackend for RemoteTier {
                     m.archive.size,
                     self.location
                 );
+                self.damaged
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(key);
                 Ok(())
             })?;
             Ok(self.remote_entry(key, packed.manifest.metadata.clone()))
@@ -651,7 +860,9 @@ impl CacheBackend for RemoteTier {
             .block_on(self.store.list_with_delimiter(Some(&prefix)))
         {
             Ok(v) => v.objects,
-            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e @ object_store::Error::NotFound { .. }) if self.missing_bucket(&e).is_none() => {
+                Vec::new()
+            }
             Err(e) => return Err(self.request_error("list", &prefix, e)),
         };
         let mut rows: Vec<Listed> = self.runtime.block_on(
@@ -881,6 +1092,55 @@ mod tests {
     }
 
     #[test]
+    fn stale_scratch_of_dead_pids_is_swept_at_construction() {
+        assert_eq!(
+            scratch_owner(".tmp-remote@s3-cache.3-123", "s3-cache"),
+            Some(123)
+        );
+        assert_eq!(
+            scratch_owner(".tmp-remote@s3-cache.3-123", "http-cache"),
+            None
+        );
+        assert_eq!(
+            scratch_owner(".tmp-remote@s3-cache.x-123", "s3-cache"),
+            None
+        );
+        assert_eq!(
+            scratch_owner("6.12.3-tarball-x86_64-1a2b3c4d", "s3-cache"),
+            None
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("scratch");
+        // Pid numbers wrap well below this, so no such process runs.
+        let dead = base.join(format!(".tmp-remote@s3-cache.0-{}", i32::MAX - 1));
+        let mine = base.join(format!(".tmp-remote@s3-cache.0-{}", std::process::id()));
+        let other = base.join("notes");
+        for d in [&dead, &mine, &other] {
+            std::fs::create_dir_all(d.join("push-1")).unwrap();
+        }
+        std::fs::write(dead.join("push-1/archive.tar.zst"), b"partial").unwrap();
+        let _tier = RemoteTier::new(
+            "s3-cache",
+            "s3://test/p".into(),
+            String::new(),
+            Box::new(InMemory::new()),
+            "p",
+            TierOptions {
+                read_only: false,
+                max_entry_size: 1 << 30,
+                compression_level: 1,
+                multipart: None,
+                scratch_dir: Some(base.clone()),
+                env_prefix: "KTSTR_S3_",
+                auth_hint: String::new(),
+            },
+        )
+        .unwrap();
+        assert!(!dead.exists(), "the dead push's scratch is still there");
+        assert!(mine.exists() && other.exists());
+    }
+
+    #[test]
     fn failed_multipart_upload_is_aborted_and_publishes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let aborted = Arc::new(AtomicBool::new(false));
@@ -940,7 +1200,7 @@ mod tests {
             build: None,
         };
         let err = tier.store(&key, &artifacts, &metadata).unwrap_err();
-        assert!(err.message.contains("multipart upload"), "{err}");
+        assert!(err.message.starts_with("upload part of"), "{err}");
         assert!(err.to_string().contains("injected 500 on part 2"), "{err}");
         assert!(aborted.load(Ordering::SeqCst), "upload was not aborted");
         // No manifest (and so no entry) was published.

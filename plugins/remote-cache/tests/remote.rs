@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ktstr_plugin_local_cache::LocalCache;
 use ktstr_plugin_remote_cache::{RemoteTier, http_tier_with_env, s3_tier_with_env};
 use ktstr_sdk::ErrorKind;
-use ktstr_sdk::cache::{CacheBackend, CacheEntry, Listed};
+use ktstr_sdk::cache::{Artifacts, CacheBackend, CacheEntry, Listed};
 use serde_json::json;
 use support::*;
 
@@ -397,6 +397,114 @@ fn s3_concurrent_pushes_of_one_key_leave_a_valid_entry() {
     assert!(image == noise(400_000, 100) || image == noise(400_000, 101));
     // The digests were checked against the manifest, so image and
     // metadata belong to the same push.
+}
+
+/// Push `name`, then damage its archive at rest without changing its size.
+fn push_and_flip(
+    tier: &RemoteTier,
+    work: &Path,
+    name: &str,
+    server_dir: &Path,
+) -> (std::path::PathBuf, Artifacts) {
+    let k = key(name);
+    let src = build_output(&work.join(name), 200_000, 11);
+    tier.store(&k, &src, &metadata(&k, "2025-05-01T10:00:00Z"))
+        .unwrap();
+    let archive = find_file(server_dir, ".tar.zst");
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    std::fs::write(&archive, &bytes).unwrap();
+    (archive, src)
+}
+
+/// A same-size flipped byte at rest is repaired by the next store: by the
+/// machine whose lookup found it (its store does not trust the manifest),
+/// and by one that never looked (its store hashes the remote archive
+/// before calling it "already there").
+fn damaged_at_rest_is_repaired(make: &dyn Fn(&Path) -> RemoteTier, server_dir: &Path) {
+    let work = tempfile::tempdir().unwrap();
+    let k = key("k-rest");
+
+    // Machine A looks, finds it damaged, rebuilds and stores.
+    let a = make(&work.path().join("scratch-a"));
+    let (archive, src) = push_and_flip(&a, work.path(), "k-rest", server_dir);
+    let damaged = std::fs::read(&archive).unwrap();
+    assert_eq!(a.lookup(&k).unwrap_err().kind, ErrorKind::Corrupt);
+    a.store(&k, &src, &metadata(&k, "2025-05-01T10:00:00Z"))
+        .unwrap();
+    assert!(a.lookup(&k).unwrap().is_some(), "the store repaired it");
+    assert_ne!(
+        std::fs::read(find_file(server_dir, ".tar.zst")).unwrap(),
+        damaged
+    );
+
+    // Damaged again; machine B pushes without looking first.
+    let archive = find_file(server_dir, ".tar.zst");
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let mid = bytes.len() / 3;
+    bytes[mid] ^= 0x08;
+    std::fs::write(&archive, &bytes).unwrap();
+    let b = make(&work.path().join("scratch-b"));
+    b.store(&k, &src, &metadata(&k, "2025-05-01T10:00:00Z"))
+        .unwrap();
+    let c = make(&work.path().join("scratch-c"));
+    let hit = c.lookup(&k).unwrap().expect("repaired by B's push");
+    same_bytes(&hit.image(), &src.image);
+    assert!(a.remove(&k).unwrap());
+}
+
+#[test]
+fn s3_archive_damaged_at_rest_is_replaced_by_the_next_store() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    damaged_at_rest_is_repaired(
+        &|scratch: &Path| s3(&server, scratch, json!({})),
+        &server.bucket_dir(),
+    );
+}
+
+#[test]
+fn http_archive_damaged_at_rest_is_replaced_by_the_next_store() {
+    let Some(server) = Nginx::start() else { return };
+    damaged_at_rest_is_repaired(
+        &|scratch: &Path| http(&server, scratch, json!({})),
+        &server.data_dir(),
+    );
+}
+
+#[test]
+fn s3_missing_bucket_is_reported_not_a_miss() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let tier = s3(
+        &server,
+        &work.path().join("scratch"),
+        json!({"bucket": "no-such-bucket"}),
+    );
+    let k = key("k-nobucket");
+    for err in [
+        tier.lookup(&k).unwrap_err(),
+        tier.list().unwrap_err(),
+        tier.store(
+            &k,
+            &build_output(&work.path().join("src"), 1000, 3),
+            &metadata(&k, "2025-05-01T10:00:00Z"),
+        )
+        .unwrap_err(),
+    ] {
+        assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
+        assert!(
+            err.message.contains("bucket no-such-bucket does not exist"),
+            "{err}"
+        );
+        assert!(err.message.contains(&server.endpoint()), "{err}");
+        let hint = err.hint.unwrap();
+        assert!(hint.contains("KTSTR_S3_BUCKET"), "{hint}");
+    }
 }
 
 #[test]
