@@ -193,20 +193,16 @@ where
         }
         match policy_of(name) {
             Some(Policy::Input) => inputs.push((name.to_string(), value.to_string())),
-            Some(Policy::UseFlag(flag)) => refused.push(
-                StageError::invalid_input(format!(
-                    "{name}={value} is set in the environment; kbuild would read it, and ktstr \
-                     does not pass it to make"
-                ))
-                .with_hint(format!("unset {name} and pass {flag} instead")),
-            ),
-            Some(Policy::Refused(why)) => refused.push(
-                StageError::invalid_input(format!(
-                    "{name}={value} is set in the environment; kbuild would read it, and ktstr \
-                     does not pass it to make"
-                ))
-                .with_hint(format!("{why} (see docs/build-inputs.md)")),
-            ),
+            Some(Policy::UseFlag(flag)) => refused.push(refusal(
+                name,
+                value,
+                format!("unset {name} and pass {flag} instead"),
+            )),
+            Some(Policy::Refused(why)) => refused.push(refusal(
+                name,
+                value,
+                format!("{why} (see docs/build-inputs.md)"),
+            )),
             Some(Policy::Dropped(why)) => dropped.push((name.to_string(), why)),
             None => {}
         }
@@ -218,6 +214,15 @@ where
     inputs.sort_by_key(|(n, _)| VARIABLES.iter().position(|(v, _)| v == n));
     dropped.sort();
     Ok(Classified { inputs, dropped })
+}
+
+/// The error for a refused variable; `hint` says what to do instead.
+fn refusal(name: &str, value: &str, hint: String) -> StageError {
+    StageError::invalid_input(format!(
+        "{name}={value} is set in the environment; kbuild would read it, and ktstr does not \
+         pass it to make"
+    ))
+    .with_hint(hint)
 }
 
 /// Whether an inherited variable passes into make unchanged.

@@ -294,18 +294,13 @@ fn out_of_tree_variants(fx: &Fixture) -> Vec<String> {
 /// Whether `cmdline` (a compiler's) compiles a kernel object rather than a
 /// host tool of the configuration step.
 fn compiles_kernel_code(cmdline: &str) -> bool {
+    // In-tree builds name sources relative (`init/main.c`), out-of-tree
+    // builds by the source tree's absolute path (`/src/linux/init/main.c`).
     cmdline.split(' ').any(|arg| {
-        [
-            "init/",
-            "kernel/",
-            "mm/",
-            "lib/",
-            "fs/",
-            "block/",
-            "security/",
-        ]
-        .iter()
-        .any(|dir| arg.starts_with(dir) && arg.ends_with(".c"))
+        arg.ends_with(".c")
+            && ["init/", "kernel/", "mm/", "lib/", "fs/", "block/", "security/"]
+                .iter()
+                .any(|dir| arg.starts_with(dir) || arg.contains(&format!("/{dir}")))
     })
 }
 

@@ -333,23 +333,13 @@ fn explain_miss(stages: &Stages, derived: &DerivedKey, cx: &StageContext) {
     }
 }
 
-/// Whether a local tree no longer matches the key the build is about to be
-/// stored under: a commit or edit during make (re-probe), or a `.config`
-/// make rewrote (syncconfig). A failed re-probe warns and trusts the build.
-fn changed_while_building(
-    stages: &Stages,
-    keyer: &Keyer,
+/// Whether a re-probe shows the local tree changed (a commit or an edit)
+/// while make ran. A failed re-probe warns and trusts the build.
+fn probe_changed(
     acquirer: &Named<dyn SourceAcquirer>,
     source: &AcquiredSource,
-    build_dir: &Path,
-    configure: &ConfigureRequest,
-    derived: &DerivedKey,
     cx: &StageContext,
 ) -> Result<bool> {
-    let now = keyer.current(stages, source, build_dir, configure)?;
-    if now.as_ref().map(|d| &d.key) != Some(&derived.key) {
-        return Ok(true);
-    }
     match acquirer.stage.probe(source, cx) {
         Ok(Some(fresh)) => Ok(changed_during_build(source, &fresh)),
         Ok(None) => Ok(false),
@@ -605,10 +595,13 @@ pub fn run(
             },
         });
     };
+    // A local tree must still match the key it is stored under: no commit
+    // or edit during make, and no `.config` make rewrote (syncconfig).
     if source.is_local
-        && changed_while_building(
-            stages, &keyer, acquirer, &source, &build_dir, &configure, &derived, cx,
-        )?
+        && (keyer
+            .current(stages, &source, &build_dir, &configure)?
+            .is_none_or(|now| now.key != derived.key)
+            || probe_changed(acquirer, &source, cx)?)
     {
         return Ok(Outcome::NotCached {
             tree,
