@@ -295,9 +295,19 @@ fn probe_inner(path: &Path) -> Result<SourceState> {
         )));
     }
     let tree = std::fs::canonicalize(path).at("resolve", path)?;
-    let Some(repo) = open_repository(&tree)? else {
+    let Some(mut repo) = open_repository(&tree)? else {
         return Ok(not_git());
     };
+    // The probe is the cache hit's main cost. Checking the index's trailing
+    // SHA-1 (~10 MB on a kernel tree) doubles the time to read it, and git
+    // writes the index by rename, so a torn one cannot be seen: skip it
+    // (git's own `index.skipHash`), in memory only.
+    if let Err(e) = repo
+        .config_snapshot_mut()
+        .set_value(&gix::config::tree::Index::SKIP_HASH, "true")
+    {
+        tracing::debug!("cannot skip the index checksum: {e}");
+    }
     let fail = |what: &str| {
         let what = what.to_string();
         let tree = tree.clone();
