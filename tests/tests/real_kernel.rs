@@ -298,9 +298,17 @@ fn compiles_kernel_code(cmdline: &str) -> bool {
     // builds by the source tree's absolute path (`/src/linux/init/main.c`).
     cmdline.split(' ').any(|arg| {
         arg.ends_with(".c")
-            && ["init/", "kernel/", "mm/", "lib/", "fs/", "block/", "security/"]
-                .iter()
-                .any(|dir| arg.starts_with(dir) || arg.contains(&format!("/{dir}")))
+            && [
+                "init/",
+                "kernel/",
+                "mm/",
+                "lib/",
+                "fs/",
+                "block/",
+                "security/",
+            ]
+            .iter()
+            .any(|dir| arg.starts_with(dir) || arg.contains(&format!("/{dir}")))
     })
 }
 
