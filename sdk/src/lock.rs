@@ -137,11 +137,50 @@ pub fn holders(path: &Path) -> Vec<Holder> {
     let Ok(meta) = std::fs::metadata(path) else {
         return Vec::new();
     };
-    let Ok(table) = std::fs::read_to_string("/proc/locks") else {
-        return Vec::new();
-    };
-    parse_proc_locks(&table, meta.dev(), meta.ino())
+    parse_proc_locks(&proc_locks(), meta.dev(), meta.ino())
 }
+
+/// The text of `/proc/locks`, empty when unreadable.
+///
+/// The kernel renders the table at most a page per `read()`, and no more
+/// than the caller's buffer asks for (a 32-byte read renders one line).
+/// Between reads it finds its place in the lock list again by position, so
+/// while other processes take and release locks, a table read in small
+/// pieces can skip a lock that is held all along. Reading with a buffer of
+/// many pages makes a table of up to a page one walk; a longer one is read
+/// several times and all kept ([`parse_proc_locks`] drops repeats), which makes a
+/// miss unlikely. Callers treat the table as a hint either way.
+pub fn proc_locks() -> String {
+    use std::io::Read;
+    fn read_once() -> Option<String> {
+        let mut f = File::open("/proc/locks").ok()?;
+        let mut chunk = vec![0u8; 1 << 16];
+        let mut text = Vec::new();
+        loop {
+            match f.read(&mut chunk) {
+                Ok(0) => return String::from_utf8(text).ok(),
+                Ok(n) => text.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+        }
+    }
+    let Some(first) = read_once() else {
+        return String::new();
+    };
+    if first.len() < 4096 {
+        return first;
+    }
+    let mut table = first;
+    for _ in 1..READS_OF_A_LONG_TABLE {
+        table.push('\n');
+        table.push_str(&read_once().unwrap_or_default());
+    }
+    table
+}
+
+/// See [`proc_locks`]: how often a table longer than a page is read.
+const READS_OF_A_LONG_TABLE: usize = 4;
 
 fn dev_major(dev: u64) -> u64 {
     ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff)
@@ -174,9 +213,16 @@ pub fn parse_proc_locks(table: &str, dev: u64, ino: u64) -> Vec<Holder> {
         let Ok(pid) = fields[3].parse::<u32>() else {
             continue;
         };
+        let mode = fields[2];
+        if out
+            .iter()
+            .any(|h: &Holder| h.pid == pid && h.mode == mode && h.waiting == waiting)
+        {
+            continue;
+        }
         out.push(Holder {
             pid,
-            mode: fields[2].to_string(),
+            mode: mode.to_string(),
             waiting,
             cmdline: cmdline_of(pid),
         });
@@ -318,5 +364,56 @@ mod tests {
         assert!(!hs[0].waiting && hs[0].pid == 10);
         assert!(hs[1].waiting && hs[1].pid == 11);
         assert_eq!(hs[2].pid, 13);
+    }
+
+    /// A table read twice lists a lock twice, under other line numbers.
+    #[test]
+    fn repeated_lines_give_one_holder() {
+        let dev = (0x08u64 << 8) | 0x01;
+        let table = "1: FLOCK  ADVISORY  WRITE 10 08:01:77 0 EOF\n\
+                     1: -> FLOCK  ADVISORY  WRITE 11 08:01:77 0 EOF\n\n\
+                     4: FLOCK  ADVISORY  WRITE 10 08:01:77 0 EOF\n\
+                     4: -> FLOCK  ADVISORY  WRITE 11 08:01:77 0 EOF\n";
+        let hs = parse_proc_locks(table, dev, 77);
+        assert_eq!(hs.len(), 2, "{hs:?}");
+    }
+
+    /// Other threads take and release locks all the while: a lock held
+    /// throughout is in every reading of a table shorter than a page.
+    #[test]
+    fn a_held_lock_is_seen_while_others_churn() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("held.lock");
+        let _held = try_lock(&p, LockMode::Exclusive).unwrap().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn: Vec<_> = (0..2)
+            .map(|t| {
+                let dir = dir.path().to_path_buf();
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let many: Vec<_> = (0..8)
+                            .filter_map(|i| {
+                                try_lock(&dir.join(format!("c{t}-{i}.lock")), LockMode::Shared)
+                                    .unwrap()
+                            })
+                            .collect();
+                        drop(many);
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let me = std::process::id();
+        for _ in 0..300 {
+            let hs = holders(&p);
+            assert!(hs.iter().any(|h| h.pid == me), "held lock missed: {hs:?}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in churn {
+            assert!(t.join().unwrap() > 0);
+        }
     }
 }

@@ -592,7 +592,10 @@ fn real_sweep_removes_an_orphan_of_a_dead_pid() {
     let Some((_dir, r, h)) = real_host() else {
         return;
     };
-    let orphan = h.parent.join("ktstr-999999999-1");
+    // A pid no process can have; the suffix keeps concurrent runs apart.
+    let orphan = h
+        .parent
+        .join(format!("ktstr-999999999-{}", std::process::id()));
     std::fs::create_dir_all(&orphan).unwrap();
     let (cx, _) = new_cx();
     let res = r.reserve(&req(Some(1)), &cx).unwrap();
