@@ -16,4 +16,5 @@ pub mod registry;
 pub mod report;
 pub mod scratch;
 pub mod spec_claim;
+pub mod tiers;
 pub mod tree_config;

@@ -15,6 +15,8 @@ use ktstr_sdk::reserve::Reserver;
 use ktstr_sdk::source::{KernelSpec, SourceAcquirer};
 use ktstr_sdk::{Result, StageError};
 
+use crate::tiers::Tiers;
+
 use ktstr_plugin_git as _;
 use ktstr_plugin_kbuild as _;
 use ktstr_plugin_kconfig as _;
@@ -45,11 +47,8 @@ pub struct Stages {
     pub reserver: Named<dyn Reserver>,
     pub configurer: Named<dyn Configurer>,
     pub builder: Named<dyn Builder>,
-    /// Cache tiers, authoritative (local) first.
-    pub caches: Vec<Named<dyn CacheBackend>>,
-    /// Remote tiers that failed during this run: not asked again, so an
-    /// unreachable remote costs one timeout and one warning, not one per call.
-    down: std::sync::Mutex<Vec<String>>,
+    /// Cache tiers: the local one and the remotes.
+    pub tiers: Tiers,
 }
 
 /// One stage implementation the host can construct, built in or from a
@@ -295,11 +294,16 @@ impl Stages {
                 sources.push(named(f, |f| f.source(selection.config(f.name())))?);
             }
         }
-        let mut caches = Vec::new();
-        for name in selection.cache_tiers() {
-            let f = catalog.find(StageKind::Cache, name)?;
-            caches.push(named(f, |f| f.cache(selection.config(name)))?);
-        }
+        let tier = |name: &str| {
+            named(catalog.find(StageKind::Cache, name)?, |f| {
+                f.cache(selection.config(name))
+            })
+        };
+        let local = tier(LOCAL_CACHE)?;
+        let remotes = (selection.cache_tiers().into_iter())
+            .filter(|name| *name != LOCAL_CACHE)
+            .map(tier)
+            .collect::<Result<Vec<_>>>()?;
         let one = |kind, name: &str| catalog.find(kind, name);
         Ok(Self {
             sources,
@@ -312,8 +316,7 @@ impl Stages {
             builder: named(one(StageKind::Builder, &selection.builder)?, |f| {
                 f.builder(selection.config(&selection.builder))
             })?,
-            caches,
-            down: Default::default(),
+            tiers: Tiers::new(local, remotes),
         })
     }
 
@@ -339,29 +342,6 @@ impl Stages {
             ))
             .with_hint(format!("accepted forms: {}", forms.join("; ")))
         })
-    }
-
-    /// The remote tiers still worth asking in this run.
-    pub fn live_remotes(&self) -> impl Iterator<Item = &Named<dyn CacheBackend>> {
-        let down = self.down.lock().map(|d| d.clone()).unwrap_or_default();
-        self.caches
-            .iter()
-            .skip(1)
-            .filter(move |t| !down.contains(&t.name))
-    }
-
-    /// Stop asking `tier` for the rest of this run.
-    pub fn mark_down(&self, tier: &str) {
-        if let Ok(mut down) = self.down.lock()
-            && !down.iter().any(|d| d == tier)
-        {
-            down.push(tier.to_string());
-        }
-    }
-
-    /// The authoritative local tier.
-    pub fn local_cache(&self) -> &Named<dyn CacheBackend> {
-        &self.caches[0]
     }
 }
 

@@ -25,6 +25,7 @@ pub mod hash;
 pub mod lock;
 pub mod make_env;
 pub mod paths;
+pub mod read_only;
 pub mod registry;
 pub mod reserve;
 pub mod runner;
@@ -55,6 +56,7 @@ pub mod prelude {
     pub use crate::configure::{ConfigureRequest, Configurer, Fragment, ProfileInfo};
     pub use crate::context::{CommandSpec, StageContext};
     pub use crate::error::{ErrorKind, IoResultExt, Result, StageError};
+    pub use crate::read_only::ReadOnly;
     pub use crate::registry::{BuiltinPlugin, Constructor, PluginConfig, StageKind};
     pub use crate::reserve::{Reservation, ReserveRequest, Reserver};
     pub use crate::source::{

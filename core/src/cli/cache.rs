@@ -12,7 +12,8 @@ use ktstr_sdk::context::Progress;
 
 use super::host_context;
 use crate::host;
-use crate::registry::{Named, Stages};
+use crate::registry::Stages;
+use crate::tiers::{Backfilled, is_read_only};
 
 fn parse_key(raw: &str) -> Result<CacheKey, StageError> {
     CacheKey::parse(raw).map_err(|e| {
@@ -23,7 +24,7 @@ fn parse_key(raw: &str) -> Result<CacheKey, StageError> {
 
 fn stages(plugins: &[String]) -> Result<Stages> {
     let stages = host::stages_with_plugins(plugins)?;
-    if stages.caches.len() < 2 {
+    if stages.tiers.remotes().is_empty() {
         return Err(
             StageError::invalid_input("no remote cache tier is configured")
                 .with_hint(
@@ -36,15 +37,11 @@ fn stages(plugins: &[String]) -> Result<Stages> {
     Ok(stages)
 }
 
-fn remotes(stages: &Stages) -> &[Named<dyn ktstr_sdk::cache::CacheBackend>] {
-    &stages.caches[1..]
-}
-
 pub fn push(key: &str, plugins: &[String]) -> Result<()> {
     let key = parse_key(key)?;
     let stages = stages(plugins)?;
     let (cx, progress) = host_context();
-    let Some(entry) = stages.local_cache().stage.lookup(&key)? else {
+    let Some(entry) = stages.tiers.local().stage.lookup(&key)? else {
         return Err(
             StageError::not_found(format!("{key} is not in the local cache"))
                 .with_hint("`ktstr kernel list` shows local entries; build it first")
@@ -57,8 +54,8 @@ pub fn push(key: &str, plugins: &[String]) -> Result<()> {
     let artifacts = entry.artifacts();
     let mut pushed = 0;
     let mut failed = Vec::new();
-    for tier in remotes(&stages) {
-        if tier.stage.capabilities().read_only {
+    for tier in stages.tiers.remotes() {
+        if is_read_only(tier) {
             progress.note(&format!("{} is read-only; skipped", tier.name));
             continue;
         }
@@ -123,24 +120,23 @@ pub fn pull(key: &str, plugins: &[String]) -> Result<()> {
     let key = parse_key(key)?;
     let stages = stages(plugins)?;
     let (cx, progress) = host_context();
-    if let Some(entry) = stages.local_cache().stage.lookup(&key)? {
+    if let Some(entry) = stages.tiers.local().stage.lookup(&key)? {
         progress.note(&format!("{key} is already in the local cache"));
         println!("{}", entry.image().display());
         return Ok(());
     }
-    for tier in remotes(&stages) {
+    for tier in stages.tiers.remotes() {
         cx.cancel.check()?;
         match tier.stage.lookup(&key) {
             Ok(Some(remote)) => {
-                let local = crate::pipeline::backfill(&stages, tier, &remote, &cx)?;
-                if !local.dir.starts_with(ktstr_sdk::paths::cache_root()?) {
+                let Backfilled::Local(local) = stages.tiers.backfill(tier, &remote, &cx) else {
                     return Err(StageError::new(
                         ktstr_sdk::ErrorKind::Io,
                         format!("{key} was fetched but could not be stored locally"),
                     )
                     .with_hint("the warning above says why")
                     .into());
-                }
+                };
                 progress.println(&format!("pulled {key} from {}", tier.stage.describe()));
                 println!("{}", local.image().display());
                 return Ok(());

@@ -3,32 +3,25 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Result, bail};
-use ktstr_sdk::cache::{CacheBackend, Listed};
+use ktstr_sdk::cache::Listed;
 use ktstr_sdk::source::short_id;
 use serde_json::json;
 
 use crate::host;
 use crate::progress::LABEL;
-use crate::registry::{Named, Stages};
+use crate::registry::Stages;
+use crate::tiers::{Tier, is_read_only};
 
-/// The tiers a command works on: the local cache, plus every other tier
-/// when `--plugin` was given (the plugins' tiers are why it was given).
-fn tiers(stages: &Stages, every_tier: bool) -> &[Named<dyn CacheBackend>] {
-    if !every_tier {
-        &stages.caches[..1]
-    } else {
-        &stages.caches
-    }
-}
-
-/// Every tier's rows, local first. A tier other than the local one that
-/// cannot be listed is reported and skipped.
-fn rows(stages: &Stages, every_tier: bool) -> Result<Vec<(usize, Listed)>> {
+/// Every tier's rows with the tier's name, local first: the local tier,
+/// plus every other tier when `every_tier` (`--remote`, or `--plugin`:
+/// the plugins' tiers are why it was given). A tier other than the local
+/// one that cannot be listed is reported and skipped.
+fn rows(stages: &Stages, every_tier: bool) -> Result<Vec<(&str, Listed)>> {
     let mut all = Vec::new();
-    for (i, tier) in tiers(stages, every_tier).iter().enumerate() {
+    for (tier, is_local) in stages.tiers.scope(every_tier) {
         match tier.stage.list() {
-            Ok(rows) => all.extend(rows.into_iter().map(|r| (i, r))),
-            Err(e) if i == 0 => return Err(e.into()),
+            Ok(rows) => all.extend(rows.into_iter().map(|r| (tier.name.as_str(), r))),
+            Err(e) if is_local => return Err(e.into()),
             Err(e) => crate::report::eprint_warning(&format!("{}: cannot list: ", tier.name), &e),
         }
     }
@@ -76,19 +69,14 @@ fn json_row(row: &Listed) -> serde_json::Value {
 
 pub fn list(as_json: bool, plugins: &[String], remote: bool) -> Result<()> {
     let stages = host::stages_with_plugins(plugins)?;
-    if remote && stages.caches.len() < 2 {
+    if remote && stages.tiers.remotes().is_empty() {
         eprintln!(
             "{LABEL}: warning: no remote cache tier is configured (add --plugin s3-cache or \
              caches = [\"s3-cache\"] in the config file); listing the local cache only"
         );
     }
     let every_tier = remote || !plugins.is_empty();
-    let tagged = rows(&stages, every_tier)?;
-    let tier_of: Vec<&str> = tagged
-        .iter()
-        .map(|(i, _)| stages.caches[*i].name.as_str())
-        .collect();
-    let rows: Vec<Listed> = tagged.into_iter().map(|(_, r)| r).collect();
+    let (tier_of, rows): (Vec<&str>, Vec<Listed>) = rows(&stages, every_tier)?.into_iter().unzip();
     let mut out = std::io::stdout().lock();
     if as_json {
         let all: Vec<_> = rows
@@ -188,15 +176,15 @@ pub fn clean(keep: Option<usize>, force: bool, plugins: &[String]) -> Result<()>
     let stages = host::stages_with_plugins(plugins)?;
     // Per tier: its cache and the keys to remove from it (`--keep` counts
     // within each tier). Read-only tiers are never cleaned.
-    let mut plan: Vec<(&Named<dyn CacheBackend>, Vec<String>)> = Vec::new();
-    for (i, tier) in tiers(&stages, !plugins.is_empty()).iter().enumerate() {
-        if i > 0 && tier.stage.capabilities().read_only {
+    let mut plan: Vec<(&Tier, Vec<String>)> = Vec::new();
+    for (tier, is_local) in stages.tiers.scope(!plugins.is_empty()) {
+        if !is_local && is_read_only(tier) {
             eprintln!("{LABEL}: not cleaning {}: it is read-only", tier.name);
             continue;
         }
         let rows = match tier.stage.list() {
             Ok(rows) => rows,
-            Err(e) if i == 0 => return Err(e.into()),
+            Err(e) if is_local => return Err(e.into()),
             Err(e) => {
                 crate::report::eprint_warning(&format!("{}: cannot list: ", tier.name), &e);
                 continue;
@@ -216,7 +204,7 @@ pub fn clean(keep: Option<usize>, force: bool, plugins: &[String]) -> Result<()>
     if total == 0 {
         eprintln!(
             "{LABEL}: nothing to remove from the {}",
-            stages.local_cache().stage.describe()
+            stages.tiers.local().stage.describe()
         );
         return Ok(());
     }
@@ -290,7 +278,7 @@ struct Verdict {
 pub fn verify(keys: &[String], as_json: bool) -> Result<()> {
     let stages = host::stages_with_plugins(&[])?;
     let (cx, _progress) = super::host_context();
-    let local = stages.local_cache();
+    let local = stages.tiers.local();
     let mut targets: Vec<(String, Option<Listed>)> = Vec::new();
     if keys.is_empty() {
         for row in local.stage.list()? {

@@ -16,7 +16,7 @@ pub fn run(raw: &str) -> Result<()> {
             .with_hint("`ktstr kernel list` shows the keys")
     })?;
     let stages = host::stages_with_plugins(&[])?;
-    let local = stages.local_cache();
+    let local = stages.tiers.local();
     let Some(entry) = local.stage.lookup(&key)? else {
         return Err(StageError::not_found(format!(
             "{key} is not in the {}",

@@ -57,10 +57,9 @@ pub(super) fn take_turn(
     let held = held.inherit_into_commands();
     cx.cancel.check()?;
     let found = if waited {
-        super::lookup(stages, derived, cx)?
+        stages.tiers.lookup(derived, cx)?
     } else {
-        (stages.local_cache().stage.lookup(key).ok().flatten())
-            .filter(|e| super::verified(derived, e, "the local cache", "rebuilding", cx))
+        stages.tiers.lookup_local(derived, cx)
     };
     if let Some(entry) = found {
         cx.progress.note(&format!(

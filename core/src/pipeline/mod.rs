@@ -19,7 +19,6 @@ use ktstr_sdk::build::{BuildPlan, BuildRequest, Variant};
 use ktstr_sdk::cache::{CacheEntry, Listed};
 use ktstr_sdk::configure::ConfigureRequest;
 use ktstr_sdk::context::StageContext;
-use ktstr_sdk::error::ErrorKind;
 use ktstr_sdk::lock::{self, LockMode};
 use ktstr_sdk::reserve::ReserveRequest;
 use ktstr_sdk::source::{AcquiredSource, KernelSpec, Resolved, SourceAcquirer};
@@ -175,113 +174,6 @@ fn dot_config_sha256(tree: &Path) -> Result<String> {
     Ok(ktstr_sdk::hash::sha256_file(&tree.join(".config"))?.0)
 }
 
-/// Look `derived` up in every tier, local first; a remote hit is copied
-/// into the local tier. An entry is served only when the inputs it
-/// recorded are exactly the wanted ones: one built from other inputs under
-/// the same key (a digest collision, a tampered or foreign entry) is a
-/// miss with a warning, and the rebuild replaces it. A corrupt entry is
-/// reported (with its hint) and treated as a miss; the tier replaces it
-/// when the rebuild is stored. A remote tier that fails otherwise
-/// (unreachable, timing out, refusing the credentials, a missing bucket, a
-/// plugin that panicked) is reported once and not asked again in this run.
-fn lookup(stages: &Stages, derived: &DerivedKey, cx: &StageContext) -> Result<Option<CacheEntry>> {
-    let key = &derived.key;
-    let local = stages.local_cache();
-    match local.stage.lookup(key) {
-        Ok(Some(entry)) if verified(derived, &entry, "the local cache", "rebuilding", cx) => {
-            return Ok(Some(entry));
-        }
-        Ok(Some(_)) => {}
-        Ok(None) => {}
-        Err(e) if e.kind == ErrorKind::Corrupt => {
-            crate::report::warn_error_then(&*cx.progress, "", &e, "; rebuilding it");
-        }
-        Err(e) => return Err(e),
-    }
-    for tier in stages.live_remotes() {
-        match tier.stage.lookup(key) {
-            Ok(Some(entry)) if verified(derived, &entry, &tier.name, "not using it", cx) => {
-                return backfill(stages, tier, &entry, cx).map(Some);
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => {}
-            Err(e) if e.kind == ErrorKind::Corrupt => {
-                crate::report::warn_error(&*cx.progress, "not using ", &e);
-            }
-            Err(e) => {
-                stages.mark_down(&tier.name);
-                crate::report::warn_error(
-                    &*cx.progress,
-                    &format!(
-                        "{}: not using it for the rest of this run: lookup of {key} failed: ",
-                        tier.name
-                    ),
-                    &e,
-                );
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// Whether `entry` (found in `tier`) recorded the inputs `derived` was made
-/// of; warns when not.
-fn verified(
-    derived: &DerivedKey,
-    entry: &CacheEntry,
-    tier: &str,
-    then: &str,
-    cx: &StageContext,
-) -> bool {
-    if identity::same_inputs(&derived.components, &entry.metadata.components) {
-        return true;
-    }
-    cx.progress.warn(&format!(
-        "entry {} in {tier} was built from other inputs ({} differs); {then}",
-        derived.key,
-        identity::first_difference(&derived.components, &entry.metadata.components)
-    ));
-    false
-}
-
-/// Copy a remote tier's verified entry into the local tier, recording where
-/// it came from. A local failure still serves the remote copy this once.
-pub(crate) fn backfill(
-    stages: &Stages,
-    tier: &Named<dyn ktstr_sdk::cache::CacheBackend>,
-    remote: &CacheEntry,
-    cx: &StageContext,
-) -> Result<CacheEntry> {
-    let artifacts = remote.artifacts();
-    let mut metadata = remote.metadata.clone();
-    // Built-in tiers' descriptions start with their name: say it once.
-    let described = tier.stage.describe();
-    metadata.origin = Some(if described.starts_with(&tier.name) {
-        described
-    } else {
-        format!("{} {described}", tier.name)
-    });
-    let local = stages.local_cache();
-    match local.stage.store(&remote.key, &artifacts, &metadata) {
-        Ok(entry) => {
-            cx.progress.note(&format!(
-                "{} came from {}",
-                remote.key,
-                tier.stage.describe()
-            ));
-            Ok(entry)
-        }
-        Err(e) => {
-            crate::report::warn_error(
-                &*cx.progress,
-                &format!("could not copy {} into the local cache: ", remote.key),
-                &e,
-            );
-            Ok(remote.clone())
-        }
-    }
-}
-
 /// Hold the tree's build lock, saying whom we wait for. Returns whether we waited.
 fn lock_tree(root: &Path, tree: &Path, cx: &StageContext) -> Result<(lock::FileLock, bool)> {
     let path = paths::source_lock(root, tree);
@@ -303,7 +195,7 @@ fn lock_tree(root: &Path, tree: &Path, cx: &StageContext) -> Result<(lock::FileL
 /// Print why the cache missed: the nearest entry's differing inputs.
 fn explain_miss(stages: &Stages, derived: &DerivedKey, cx: &StageContext) {
     let prefix = identity::prefix_of(&derived.key);
-    let entries = stages.local_cache().stage.list().unwrap_or_default();
+    let entries = stages.tiers.local().stage.list().unwrap_or_default();
     let nearest = entries.iter().filter_map(|l| match l {
         Listed::Ok(e) if identity::prefix_of(&e.key) == prefix => Some(e),
         _ => None,
@@ -400,7 +292,7 @@ pub fn run(
         && !req.force
     {
         let derived = keyer.derive(known, ConfigIdentity::Declared(keyer.declared.clone()));
-        if let Some(entry) = lookup(stages, &derived, cx)? {
+        if let Some(entry) = stages.tiers.lookup(&derived, cx)? {
             return Ok(Outcome::Hit(entry));
         }
         if req.explain {
@@ -437,7 +329,7 @@ pub fn run(
     if looked_up.is_none() && !req.force && !req.clean {
         match keyer.current(stages, &source, &build_dir, &req.configure)? {
             Some(derived) => {
-                if let Some(entry) = lookup(stages, &derived, cx)? {
+                if let Some(entry) = stages.tiers.lookup(&derived, cx)? {
                     return Ok(Outcome::Hit(entry));
                 }
                 if req.explain {
@@ -496,7 +388,7 @@ pub fn run(
                 MidWaitState::Clean if !req.force && !req.clean => {
                     if let Some(derived) =
                         keyer.current(stages, &source, &build_dir, &req.configure)?
-                        && let Some(entry) = lookup(stages, &derived, cx)?
+                        && let Some(entry) = stages.tiers.lookup(&derived, cx)?
                     {
                         cx.progress.note(&format!(
                             "a concurrent build cached {} while we waited; not rebuilding",
@@ -518,7 +410,7 @@ pub fn run(
     } else {
         if !req.force
             && let Some(derived) = &looked_up
-            && let Some(entry) = lookup(stages, derived, cx)?
+            && let Some(entry) = stages.tiers.lookup(derived, cx)?
         {
             cx.progress.note(&format!(
                 "a concurrent build cached {} while we waited; not rebuilding",
@@ -558,7 +450,7 @@ pub fn run(
         && !req.force
         && looked_up.as_ref().map(|l| &l.key) != Some(&d.key)
     {
-        if let Some(entry) = lookup(stages, d, cx)? {
+        if let Some(entry) = stages.tiers.lookup(d, cx)? {
             return Ok(Outcome::Hit(entry));
         }
         if req.explain {

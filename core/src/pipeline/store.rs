@@ -197,50 +197,5 @@ pub fn store_all(
         config: config.to_path_buf(),
         log: log.map(Path::to_path_buf),
     };
-    let local = stages.local_cache();
-    cx.cancel.check()?;
-    let entry = local
-        .stage
-        .store(&derived.key, &artifacts, &metadata)
-        .map_err(|e| {
-            e.context(format!(
-                "storing {} in the {}",
-                derived.key,
-                local.stage.describe()
-            ))
-        })?;
-    undo_if_cancelled(stages, &derived.key, cx)?;
-    for tier in stages.live_remotes() {
-        if tier.stage.capabilities().read_only {
-            continue;
-        }
-        undo_if_cancelled(stages, &derived.key, cx)?;
-        if let Err(e) = tier.stage.store(&derived.key, &artifacts, &entry.metadata) {
-            crate::report::warn_error(
-                &*cx.progress,
-                &format!("{}: could not store {}: ", tier.name, derived.key),
-                &e,
-            );
-        }
-    }
-    undo_if_cancelled(stages, &derived.key, cx)?;
-    Ok(entry)
-}
-
-/// Interrupted while the entry was being stored: take the local entry out
-/// again (an interrupted build caches nothing) and stop.
-fn undo_if_cancelled(
-    stages: &Stages,
-    key: &ktstr_sdk::cache::CacheKey,
-    cx: &StageContext,
-) -> Result<()> {
-    if !cx.cancel.is_cancelled() {
-        return Ok(());
-    }
-    if let Err(e) = stages.local_cache().stage.remove(key) {
-        cx.progress.warn(&format!(
-            "interrupted while storing {key}; could not remove it again: {e}"
-        ));
-    }
-    Err(StageError::cancelled())
+    stages.tiers.store(&derived.key, &artifacts, &metadata, cx)
 }

@@ -1,0 +1,555 @@
+//! Every cache tier of one run behind one type: the local tier, which is
+//! authoritative and always first, and the remote tiers after it.
+//!
+//! Tier policy is the host's, so it lives here and nowhere else: a lookup
+//! serves an entry only when the inputs it recorded are the wanted ones; a
+//! remote hit is copied into the local tier (backfill); a remote that fails
+//! is not asked again in this run; read-only tiers are never written, and
+//! are wrapped in [`ReadOnly`] so no write could reach them anyway.
+//! Backends only store, find, list and remove. Results say what happened
+//! ([`Backfilled`]) instead of leaving callers to inspect paths.
+//!
+//! It lives in core, not the SDK, because verifying a hit needs the host's
+//! key derivation ([`crate::identity`]) and the run's progress reporting.
+
+use std::sync::Mutex;
+
+use ktstr_sdk::cache::{Artifacts, CacheBackend, CacheEntry, CacheKey, Metadata};
+use ktstr_sdk::context::StageContext;
+use ktstr_sdk::error::ErrorKind;
+use ktstr_sdk::read_only::ReadOnly;
+use ktstr_sdk::{Result, StageError};
+
+use crate::identity::{self, DerivedKey};
+use crate::registry::Named;
+
+/// One cache tier.
+pub type Tier = Named<dyn CacheBackend>;
+
+/// The local tier and the remotes of one run.
+pub struct Tiers {
+    local: Tier,
+    remotes: Vec<Tier>,
+    /// Remote tiers that failed during this run: not asked again, so an
+    /// unreachable remote costs one timeout and one warning, not one per call.
+    down: Mutex<Vec<String>>,
+}
+
+/// Where a remote hit ended up.
+#[derive(Debug)]
+pub enum Backfilled {
+    /// Copied into the local tier: the local entry.
+    Local(CacheEntry),
+    /// The local tier could not take it (warned): the remote entry, to
+    /// serve this once.
+    RemoteOnly(CacheEntry),
+}
+
+impl Backfilled {
+    pub fn entry(self) -> CacheEntry {
+        match self {
+            Self::Local(e) | Self::RemoteOnly(e) => e,
+        }
+    }
+}
+
+impl Tiers {
+    /// A remote whose capabilities say read-only is wrapped in [`ReadOnly`].
+    pub fn new(local: Tier, remotes: Vec<Tier>) -> Self {
+        let remotes = remotes
+            .into_iter()
+            .map(|t| {
+                if !is_read_only(&t) {
+                    return t;
+                }
+                let why = format!(
+                    "the {} tier is configured read-only; only machines trusted to write should \
+                     have it writable",
+                    t.name
+                );
+                Named {
+                    name: t.name,
+                    stage: Box::new(ReadOnly::new(t.stage, why)) as Box<dyn CacheBackend>,
+                }
+            })
+            .collect();
+        Self {
+            local,
+            remotes,
+            down: Mutex::default(),
+        }
+    }
+
+    /// The authoritative local tier.
+    pub fn local(&self) -> &Tier {
+        &self.local
+    }
+
+    /// Every remote tier configured, in order.
+    pub fn remotes(&self) -> &[Tier] {
+        &self.remotes
+    }
+
+    /// The local tier, then (with `remotes`) every remote: what `kernel
+    /// list` and `kernel clean` work on. `true` marks the local tier.
+    pub fn scope(&self, remotes: bool) -> impl Iterator<Item = (&Tier, bool)> {
+        let others = if remotes { &self.remotes[..] } else { &[] };
+        std::iter::once((&self.local, true)).chain(others.iter().map(|t| (t, false)))
+    }
+
+    /// The remote tiers still worth asking in this run.
+    pub fn live_remotes(&self) -> impl Iterator<Item = &Tier> {
+        let down = self.down.lock().map(|d| d.clone()).unwrap_or_default();
+        self.remotes.iter().filter(move |t| !down.contains(&t.name))
+    }
+
+    /// Stop asking `tier` for the rest of this run.
+    pub fn mark_down(&self, tier: &str) {
+        if let Ok(mut down) = self.down.lock()
+            && !down.iter().any(|d| d == tier)
+        {
+            down.push(tier.to_string());
+        }
+    }
+
+    /// Look `derived` up in every tier, local first; a remote hit is copied
+    /// into the local tier. An entry built from other inputs under the same
+    /// key (a digest collision, a tampered or foreign entry) is a miss with
+    /// a warning, and the rebuild replaces it. A corrupt entry is reported
+    /// (with its hint) and is a miss; the tier replaces it when the rebuild
+    /// is stored. A remote tier that fails otherwise (unreachable, timing
+    /// out, refusing the credentials, a missing bucket, a plugin that
+    /// panicked) is reported once and not asked again in this run.
+    pub fn lookup(&self, derived: &DerivedKey, cx: &StageContext) -> Result<Option<CacheEntry>> {
+        let key = &derived.key;
+        match self.local.stage.lookup(key) {
+            Ok(Some(entry)) if verified(derived, &entry, "the local cache", "rebuilding", cx) => {
+                return Ok(Some(entry));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind == ErrorKind::Corrupt => {
+                crate::report::warn_error_then(&*cx.progress, "", &e, "; rebuilding it");
+            }
+            Err(e) => return Err(e),
+        }
+        for tier in self.live_remotes() {
+            match tier.stage.lookup(key) {
+                Ok(Some(entry)) if verified(derived, &entry, &tier.name, "not using it", cx) => {
+                    return Ok(Some(self.backfill(tier, &entry, cx).entry()));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind == ErrorKind::Corrupt => {
+                    crate::report::warn_error(&*cx.progress, "not using ", &e);
+                }
+                Err(e) => {
+                    self.mark_down(&tier.name);
+                    crate::report::warn_error(
+                        &*cx.progress,
+                        &format!(
+                            "{}: not using it for the rest of this run: lookup of {key} failed: ",
+                            tier.name
+                        ),
+                        &e,
+                    );
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The local tier's entry for `derived` if it is there and verified;
+    /// a lookup error is a miss (the caller builds and the store replaces it).
+    pub fn lookup_local(&self, derived: &DerivedKey, cx: &StageContext) -> Option<CacheEntry> {
+        (self.local.stage.lookup(&derived.key).ok().flatten())
+            .filter(|e| verified(derived, e, "the local cache", "rebuilding", cx))
+    }
+
+    /// Copy `remote` (found in `tier`) into the local tier, recording where
+    /// it came from.
+    pub fn backfill(&self, tier: &Tier, remote: &CacheEntry, cx: &StageContext) -> Backfilled {
+        let mut metadata = remote.metadata.clone();
+        // Built-in tiers' descriptions start with their name: say it once.
+        let described = tier.stage.describe();
+        metadata.origin = Some(if described.starts_with(&tier.name) {
+            described.clone()
+        } else {
+            format!("{} {described}", tier.name)
+        });
+        match self
+            .local
+            .stage
+            .store(&remote.key, &remote.artifacts(), &metadata)
+        {
+            Ok(entry) => {
+                cx.progress
+                    .note(&format!("{} came from {described}", remote.key));
+                Backfilled::Local(entry)
+            }
+            Err(e) => {
+                crate::report::warn_error(
+                    &*cx.progress,
+                    &format!("could not copy {} into the local cache: ", remote.key),
+                    &e,
+                );
+                Backfilled::RemoteOnly(remote.clone())
+            }
+        }
+    }
+
+    /// Store into the local tier (its failure is an error: the user asked
+    /// for a cached kernel), then into every live writable remote (failures
+    /// warn). An interrupt stores nothing: the run is checked for
+    /// cancellation before the local store and after each step, and an
+    /// entry installed while the signal arrived is removed again.
+    pub fn store(
+        &self,
+        key: &CacheKey,
+        artifacts: &Artifacts,
+        metadata: &Metadata,
+        cx: &StageContext,
+    ) -> Result<CacheEntry> {
+        cx.cancel.check()?;
+        let entry = self
+            .local
+            .stage
+            .store(key, artifacts, metadata)
+            .map_err(|e| {
+                e.context(format!(
+                    "storing {key} in the {}",
+                    self.local.stage.describe()
+                ))
+            })?;
+        self.undo_if_cancelled(key, cx)?;
+        for tier in self.live_remotes().filter(|t| !is_read_only(t)) {
+            self.undo_if_cancelled(key, cx)?;
+            if let Err(e) = tier.stage.store(key, artifacts, &entry.metadata) {
+                crate::report::warn_error(
+                    &*cx.progress,
+                    &format!("{}: could not store {key}: ", tier.name),
+                    &e,
+                );
+            }
+        }
+        self.undo_if_cancelled(key, cx)?;
+        Ok(entry)
+    }
+
+    /// Interrupted while the entry was being stored: take the local entry
+    /// out again (an interrupted build caches nothing) and stop.
+    fn undo_if_cancelled(&self, key: &CacheKey, cx: &StageContext) -> Result<()> {
+        if !cx.cancel.is_cancelled() {
+            return Ok(());
+        }
+        if let Err(e) = self.local.stage.remove(key) {
+            cx.progress.warn(&format!(
+                "interrupted while storing {key}; could not remove it again: {e}"
+            ));
+        }
+        Err(StageError::cancelled())
+    }
+}
+
+/// Whether `tier` refuses writes.
+pub fn is_read_only(tier: &Tier) -> bool {
+    tier.stage.capabilities().read_only
+}
+
+/// Whether `entry` (found in `tier`) recorded the inputs `derived` was made
+/// of; warns when not.
+fn verified(
+    derived: &DerivedKey,
+    entry: &CacheEntry,
+    tier: &str,
+    then: &str,
+    cx: &StageContext,
+) -> bool {
+    if identity::same_inputs(&derived.components, &entry.metadata.components) {
+        return true;
+    }
+    cx.progress.warn(&format!(
+        "entry {} in {tier} was built from other inputs ({} differs); {then}",
+        derived.key,
+        identity::first_difference(&derived.components, &entry.metadata.components)
+    ));
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use ktstr_sdk::cache::{Capabilities, KeyComponent, Listed, SourceInfo};
+    use ktstr_sdk::testing::{RecordingRunner, context_with};
+
+    use super::*;
+
+    /// An in-memory tier that records every call.
+    #[derive(Default)]
+    struct Memory {
+        entries: Mutex<BTreeMap<String, CacheEntry>>,
+        calls: Mutex<Vec<String>>,
+        fail_lookups: bool,
+        fail_stores: bool,
+        caps: Capabilities,
+    }
+
+    impl Memory {
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    /// The tier's handle; the test keeps another to inspect it.
+    struct Shared(Arc<Memory>);
+
+    impl std::ops::Deref for Shared {
+        type Target = Memory;
+        fn deref(&self) -> &Memory {
+            &self.0
+        }
+    }
+
+    impl CacheBackend for Shared {
+        fn lookup(&self, key: &CacheKey) -> Result<Option<CacheEntry>> {
+            self.calls.lock().unwrap().push(format!("lookup {key}"));
+            if self.fail_lookups {
+                return Err(StageError::new(ErrorKind::Io, "unreachable"));
+            }
+            Ok(self.entries.lock().unwrap().get(key.as_str()).cloned())
+        }
+        fn store(&self, key: &CacheKey, _: &Artifacts, m: &Metadata) -> Result<CacheEntry> {
+            self.calls.lock().unwrap().push(format!("store {key}"));
+            if self.fail_stores {
+                return Err(StageError::new(ErrorKind::Io, "disk full"));
+            }
+            let entry = entry(key.as_str(), &m.components, "memory");
+            let mut entry = entry;
+            entry.metadata = m.clone();
+            (self.entries.lock().unwrap()).insert(key.to_string(), entry.clone());
+            Ok(entry)
+        }
+        fn list(&self) -> Result<Vec<Listed>> {
+            Ok(Vec::new())
+        }
+        fn remove(&self, key: &CacheKey) -> Result<bool> {
+            self.calls.lock().unwrap().push(format!("remove {key}"));
+            Ok(self.entries.lock().unwrap().remove(key.as_str()).is_some())
+        }
+        fn describe(&self) -> String {
+            "memory tier".into()
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.caps
+        }
+    }
+
+    fn components(config: &str) -> Vec<KeyComponent> {
+        vec![
+            KeyComponent::new("source", "git:abc"),
+            KeyComponent::new("config", config),
+        ]
+    }
+
+    fn entry(key: &str, components: &[KeyComponent], origin: &str) -> CacheEntry {
+        let key = CacheKey::parse(key).unwrap();
+        CacheEntry {
+            key: key.clone(),
+            dir: std::path::PathBuf::from("/nowhere"),
+            metadata: Metadata {
+                schema: Metadata::SCHEMA,
+                key,
+                source: SourceInfo {
+                    kind: "git".into(),
+                    identity: "abc".into(),
+                    path: None,
+                },
+                version: None,
+                arch: "x86_64".into(),
+                image_name: "bzImage".into(),
+                profile: "tiny".into(),
+                config_sha256: String::new(),
+                fragments: Vec::new(),
+                builder: String::new(),
+                toolchain: String::new(),
+                built_at: String::new(),
+                components: components.to_vec(),
+                artifacts: BTreeMap::new(),
+                strip: None,
+                origin: None,
+                kernelrelease: None,
+                build: None,
+            },
+            origin: origin.into(),
+        }
+    }
+
+    fn tier(name: &str, m: &Arc<Memory>) -> Tier {
+        Named {
+            name: name.into(),
+            stage: Box::new(Shared(m.clone())),
+        }
+    }
+
+    fn wanted(key: &str) -> DerivedKey {
+        DerivedKey {
+            key: CacheKey::parse(key).unwrap(),
+            components: components("cfg-1"),
+        }
+    }
+
+    fn put(m: &Memory, key: &str, config: &str) {
+        (m.entries.lock().unwrap()).insert(key.into(), entry(key, &components(config), "memory"));
+    }
+
+    fn cx() -> (StageContext, Arc<ktstr_sdk::testing::RecordingProgress>) {
+        context_with(Arc::new(RecordingRunner::default()))
+    }
+
+    #[test]
+    fn a_remote_hit_is_verified_and_copied_into_the_local_tier() {
+        let local = Arc::new(Memory::default());
+        let remote = Arc::new(Memory::default());
+        put(&remote, "k-1", "cfg-1");
+        let tiers = Tiers::new(tier("local-cache", &local), vec![tier("s3-cache", &remote)]);
+        let (cx, progress) = cx();
+        let got = tiers.lookup(&wanted("k-1"), &cx).unwrap().unwrap();
+        assert_eq!(got.metadata.origin.as_deref(), Some("s3-cache memory tier"));
+        assert_eq!(local.calls(), ["lookup k-1", "store k-1"]);
+        assert!(
+            progress
+                .notes()
+                .iter()
+                .any(|n| n == "k-1 came from memory tier"),
+            "{:?}",
+            progress.notes()
+        );
+    }
+
+    #[test]
+    fn an_entry_of_other_inputs_is_a_miss_in_every_tier() {
+        let local = Arc::new(Memory::default());
+        let remote = Arc::new(Memory::default());
+        put(&local, "k-1", "cfg-other");
+        put(&remote, "k-1", "cfg-other");
+        let tiers = Tiers::new(tier("local-cache", &local), vec![tier("s3-cache", &remote)]);
+        let (cx, progress) = cx();
+        assert!(tiers.lookup(&wanted("k-1"), &cx).unwrap().is_none());
+        assert!(tiers.lookup_local(&wanted("k-1"), &cx).is_none());
+        let warnings = progress.warnings();
+        assert!(
+            warnings.iter().any(|w| w.contains(
+                "entry k-1 in the local cache was built from \
+                 other inputs (config differs); rebuilding"
+            )),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("in s3-cache was built from other inputs")
+                    && w.ends_with("not using it")),
+            "{warnings:?}"
+        );
+        assert_eq!(
+            local.calls(),
+            ["lookup k-1", "lookup k-1"],
+            "nothing stored"
+        );
+    }
+
+    #[test]
+    fn a_failed_backfill_says_so_and_serves_the_remote_copy() {
+        let local = Arc::new(Memory {
+            fail_stores: true,
+            ..Memory::default()
+        });
+        let remote = Arc::new(Memory::default());
+        put(&remote, "k-1", "cfg-1");
+        let tiers = Tiers::new(tier("local-cache", &local), vec![tier("s3-cache", &remote)]);
+        let (cx, progress) = cx();
+        let remote_tier = &tiers.remotes()[0];
+        let found = remote.entries.lock().unwrap()["k-1"].clone();
+        let Backfilled::RemoteOnly(e) = tiers.backfill(remote_tier, &found, &cx) else {
+            panic!("a failed local store is not Local");
+        };
+        assert_eq!(e.key.as_str(), "k-1");
+        assert!(
+            progress.warnings()[0].starts_with("could not copy k-1 into the local cache: "),
+            "{:?}",
+            progress.warnings()
+        );
+    }
+
+    #[test]
+    fn a_failing_remote_is_asked_once_per_run_and_not_written() {
+        let local = Arc::new(Memory::default());
+        let down = Arc::new(Memory {
+            fail_lookups: true,
+            ..Memory::default()
+        });
+        let tiers = Tiers::new(tier("local-cache", &local), vec![tier("s3-cache", &down)]);
+        let (cx, progress) = cx();
+        assert!(tiers.lookup(&wanted("k-1"), &cx).unwrap().is_none());
+        assert!(tiers.lookup(&wanted("k-2"), &cx).unwrap().is_none());
+        assert_eq!(down.calls(), ["lookup k-1"]);
+        assert_eq!(progress.warnings().len(), 1, "{:?}", progress.warnings());
+        let stored = entry("k-2", &components("cfg-1"), "x");
+        tiers
+            .store(&stored.key, &stored.artifacts(), &stored.metadata, &cx)
+            .unwrap();
+        assert_eq!(down.calls(), ["lookup k-1"], "a down tier was written");
+        assert_eq!(local.calls().last().unwrap(), "store k-2");
+    }
+
+    #[test]
+    fn read_only_remotes_are_wrapped_and_never_written() {
+        let local = Arc::new(Memory::default());
+        let ro = Arc::new(Memory {
+            caps: Capabilities {
+                read_only: true,
+                remote: true,
+            },
+            ..Memory::default()
+        });
+        let rw = Arc::new(Memory::default());
+        let tiers = Tiers::new(
+            tier("local-cache", &local),
+            vec![tier("ro", &ro), tier("rw", &rw)],
+        );
+        let (cx, _) = cx();
+        let e = entry("k-1", &components("cfg-1"), "x");
+        tiers
+            .store(&e.key, &e.artifacts(), &e.metadata, &cx)
+            .unwrap();
+        assert!(ro.calls().is_empty(), "{:?}", ro.calls());
+        assert_eq!(rw.calls(), ["store k-1"]);
+        let err = tiers.remotes()[0].stage.remove(&e.key).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Unsupported);
+        assert!(ro.calls().is_empty(), "the decorator let a remove through");
+        assert_eq!(
+            tiers
+                .scope(true)
+                .map(|(t, local)| (t.name.as_str(), local))
+                .collect::<Vec<_>>(),
+            [("local-cache", true), ("ro", false), ("rw", false)]
+        );
+        assert_eq!(tiers.scope(false).count(), 1);
+    }
+
+    #[test]
+    fn an_interrupted_store_leaves_nothing_behind() {
+        let local = Arc::new(Memory::default());
+        let remote = Arc::new(Memory::default());
+        let tiers = Tiers::new(tier("local-cache", &local), vec![tier("rw", &remote)]);
+        let (cx, _) = cx();
+        cx.cancel.cancel();
+        let e = entry("k-1", &components("cfg-1"), "x");
+        let err = tiers
+            .store(&e.key, &e.artifacts(), &e.metadata, &cx)
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Cancelled);
+        assert!(local.entries.lock().unwrap().is_empty());
+        assert!(remote.calls().is_empty());
+    }
+}

@@ -1,0 +1,132 @@
+//! [`ReadOnly`]: a cache backend that can only be read.
+//!
+//! Whether a tier may be written is policy, and the policy is the host's:
+//! a backend configured read-only is wrapped in this decorator (by the
+//! plugin that knows its configuration, or by the host for any backend
+//! whose capabilities say so), so backends never check it themselves.
+//! Writes are refused here, with the reason the wrapper was given, before
+//! they reach the backend.
+
+use crate::cache::{Artifacts, CacheBackend, CacheEntry, CacheKey, Capabilities, Listed, Metadata};
+use crate::error::{ErrorKind, Result, StageError};
+
+/// `inner`, with `store` and `remove` refused.
+pub struct ReadOnly<B: ?Sized> {
+    /// How to make it writable, for the refusal's hint.
+    why: String,
+    inner: Box<B>,
+}
+
+impl<B: CacheBackend + ?Sized> ReadOnly<B> {
+    /// `why` says where read-only was set and how to unset it, e.g.
+    /// "read_only is set (KTSTR_S3_READ_ONLY); unset it on machines trusted to write".
+    pub fn new(inner: Box<B>, why: impl Into<String>) -> Self {
+        Self {
+            why: why.into(),
+            inner,
+        }
+    }
+
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+
+    fn refuse(&self, action: String) -> StageError {
+        StageError::new(
+            ErrorKind::Unsupported,
+            format!("cannot {action}: {} is read-only", self.inner.describe()),
+        )
+        .with_hint(self.why.clone())
+    }
+}
+
+impl<B: CacheBackend + ?Sized> CacheBackend for ReadOnly<B> {
+    fn lookup(&self, key: &CacheKey) -> Result<Option<CacheEntry>> {
+        self.inner.lookup(key)
+    }
+
+    fn store(&self, key: &CacheKey, _: &Artifacts, _: &Metadata) -> Result<CacheEntry> {
+        Err(self.refuse(format!("store {key}")))
+    }
+
+    fn list(&self) -> Result<Vec<Listed>> {
+        self.inner.list()
+    }
+
+    fn remove(&self, key: &CacheKey) -> Result<bool> {
+        Err(self.refuse(format!("remove {key}")))
+    }
+
+    fn describe(&self) -> String {
+        let inner = self.inner.describe();
+        if inner.ends_with("read-only") {
+            inner
+        } else {
+            format!("{inner}, read-only")
+        }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            read_only: true,
+            ..self.inner.capabilities()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts the writes that reach it.
+    #[derive(Default)]
+    struct Counting {
+        writes: AtomicUsize,
+    }
+
+    impl CacheBackend for Counting {
+        fn lookup(&self, _: &CacheKey) -> Result<Option<CacheEntry>> {
+            Ok(None)
+        }
+        fn store(&self, _: &CacheKey, _: &Artifacts, _: &Metadata) -> Result<CacheEntry> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            Err(StageError::internal("reached the backend"))
+        }
+        fn list(&self) -> Result<Vec<Listed>> {
+            Ok(Vec::new())
+        }
+        fn remove(&self, _: &CacheKey) -> Result<bool> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            Ok(true)
+        }
+        fn describe(&self) -> String {
+            "counting cache at nowhere".into()
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities {
+                read_only: false,
+                remote: true,
+            }
+        }
+    }
+
+    #[test]
+    fn writes_are_refused_before_the_backend_and_reads_pass() {
+        let ro = ReadOnly::new(Box::new(Counting::default()), "unset read_only = true");
+        let key = CacheKey::parse("k-1").unwrap();
+        assert!(ro.lookup(&key).unwrap().is_none());
+        assert!(ro.list().unwrap().is_empty());
+        let e = ro.remove(&key).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unsupported);
+        assert_eq!(
+            e.message,
+            "cannot remove k-1: counting cache at nowhere is read-only"
+        );
+        assert_eq!(e.hint.as_deref(), Some("unset read_only = true"));
+        let caps = ro.capabilities();
+        assert!(caps.read_only && caps.remote);
+        assert_eq!(ro.describe(), "counting cache at nowhere, read-only");
+        assert_eq!(ro.inner().writes.load(Ordering::SeqCst), 0);
+    }
+}
