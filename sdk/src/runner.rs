@@ -394,20 +394,34 @@ mod tests {
         let cancel = Cancellation::new();
         let runner = InterruptibleRunner::new(cancel.clone());
         let trigger = cancel.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
+        // A unique duration names this test's sleep. Cancel once it runs:
+        // a SIGINT between the shell's fork and the sleep's exec is caught
+        // by the shell's handler in the child and lost at exec (dash), and
+        // only the grace period's SIGKILL would end the run.
+        let naptime = format!("29.{}", std::process::id());
+        let wanted = format!("sleep\0{naptime}\0");
+        let cancelled_at = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !running(&wanted) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             trigger.cancel();
+            Instant::now()
         });
-        let started = Instant::now();
         // The shell's child sleep must die too, or the pipes stay open.
-        let spec = CommandSpec::new("sh").args(["-c", "sleep 30; echo done"]);
+        let spec = CommandSpec::new("sh").args(["-c", &format!("sleep {naptime}; echo done")]);
         let out = runner.run(&spec, &mut |_| {}).unwrap();
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            started.elapsed()
-        );
+        let stopped_after = cancelled_at.join().unwrap().elapsed();
+        assert!(stopped_after < Duration::from_secs(5), "{stopped_after:?}");
         assert_ne!(out.code, Some(0));
+    }
+
+    /// Whether a process with exactly this NUL-separated command line runs.
+    fn running(cmdline: &str) -> bool {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .any(|d| std::fs::read(d.path().join("cmdline")).is_ok_and(|c| c == cmdline.as_bytes()))
     }
 
     fn pid_alive(pid: i32) -> bool {

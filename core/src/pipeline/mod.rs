@@ -1,5 +1,6 @@
-//! One `ktstr build`: resolve → identity → (hit?) → reserve → lock →
-//! re-check → configure → build → validate → gate → store.
+//! One `ktstr build`: resolve → identity → (hit?) → acquire → (hit?) →
+//! reserve → lock → re-check → configure → (hit?) → build → validate →
+//! gate → store. [`run`] reads as these phases, each a method of `Run`.
 //!
 //! The order is what makes "never build the same kernel twice" cheap:
 //! the key is derived before anything is reserved or locked, so a hit
@@ -8,26 +9,32 @@
 //! the peer it waited for has usually just stored the same kernel.
 
 mod build_lock;
+mod configure;
 mod evidence;
+mod explain;
 mod failure;
+mod keyer;
 mod store;
 pub mod tree_state;
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use ktstr_sdk::build::{BuildPlan, BuildRequest, Variant};
-use ktstr_sdk::cache::{CacheEntry, Listed};
+use ktstr_sdk::build::{BuildOutput, BuildPlan, BuildRequest, Variant};
+use ktstr_sdk::cache::CacheEntry;
 use ktstr_sdk::configure::ConfigureRequest;
 use ktstr_sdk::context::StageContext;
-use ktstr_sdk::lock::{self, LockMode};
-use ktstr_sdk::reserve::ReserveRequest;
+use ktstr_sdk::lock::{self, FileLock, LockMode};
+use ktstr_sdk::reserve::{Reservation, ReserveRequest};
 use ktstr_sdk::source::{AcquiredSource, KernelSpec, Resolved, SourceAcquirer};
 use ktstr_sdk::{Result, paths};
 
-use crate::identity::{self, ConfigIdentity, DerivedKey, KeyInputs};
+use crate::build_log::BuildLog;
+use crate::identity::DerivedKey;
 use crate::registry::{Named, Stages};
 use crate::scratch::ScratchGuard;
-use crate::tree_config;
+use configure::Configured;
+use keyer::{ConfigSnapshot, Keyer};
 use tree_state::{MidWaitState, changed_during_build};
 
 /// What the user asked `ktstr build` for.
@@ -123,55 +130,486 @@ impl Outcome {
     }
 }
 
-/// Derives keys for one request (the parts that don't change mid-run).
-struct Keyer {
-    root: PathBuf,
-    arch: &'static str,
-    builder: Vec<ktstr_sdk::cache::KeyComponent>,
-    declared: Vec<ktstr_sdk::cache::KeyComponent>,
+/// `return` a phase's early outcome (a hit, a peer's build, a build that
+/// is not cached), else go on with its value.
+macro_rules! or_done {
+    ($phase:expr) => {
+        match $phase? {
+            ControlFlow::Continue(value) => value,
+            ControlFlow::Break(outcome) => return Ok(outcome),
+        }
+    };
 }
 
-impl Keyer {
-    fn derive(&self, source: &AcquiredSource, config: ConfigIdentity) -> DerivedKey {
-        identity::derive(&KeyInputs {
-            source,
-            arch: self.arch,
-            config,
-            builder: &self.builder,
+/// Run one build request through the pipeline. Every lookup serves an
+/// entry only when the inputs it recorded are the wanted ones (see
+/// [`crate::tiers`]); any phase may end the run with a hit.
+pub fn run(
+    stages: &Stages,
+    req: &BuildRequestSpec,
+    target: &Target<'_>,
+    cache_root: &Path,
+    cx: &StageContext,
+) -> Result<Outcome> {
+    let run = Run::new(stages, req, target, cache_root, cx)?;
+    // Declared first, so dropped last: the key's build lock outlives the
+    // scratch tree, the reservation and the tree lock.
+    let mut key = KeyState::default();
+    or_done!(run.look_up_before_fetching(&mut key));
+    let mut tree = run.acquire()?;
+    or_done!(run.look_up_before_reserving(&tree, &mut key));
+    let reservation = run.reserve()?;
+    let _tree_lock = or_done!(run.lock_and_look_again(&mut tree, &mut key));
+    cx.cancel.check()?;
+    // make's whole output, from here on, also goes to the build log.
+    let mut log = BuildLog::start(cache_root)?;
+    let configured = run.configure(&mut tree, &reservation, &mut log)?;
+    let derived = or_done!(run.look_up_after_configuring(&tree, &configured, &key));
+    let built = run.build(&mut tree, &reservation, &configured, &mut log)?;
+    let cacheable = or_done!(run.check_cacheable(&tree, derived, &configured, &built));
+    let entry = run.store(&tree, &configured, &built, cacheable, log)?;
+    drop(reservation);
+    drop(key);
+    Ok(Outcome::Stored(entry))
+}
+
+/// One request's fixed parts, shared by every phase.
+struct Run<'a> {
+    stages: &'a Stages,
+    req: &'a BuildRequestSpec,
+    target: &'a Target<'a>,
+    root: &'a Path,
+    cx: &'a StageContext,
+    plan: BuildPlan,
+    keyer: Keyer,
+    /// The source a keyable resolution describes, before it is fetched.
+    known: Option<AcquiredSource>,
+}
+
+/// What the lookups so far established about the key.
+#[derive(Default)]
+struct KeyState {
+    /// The key last looked up (and missed).
+    looked_up: Option<DerivedKey>,
+    /// The key's build lock, once taken (`build_lock`).
+    lock: Option<FileLock>,
+}
+
+/// The acquired tree and where it builds.
+struct Tree<'a> {
+    source: AcquiredSource,
+    scratch: ScratchGuard<'a>,
+    build_dir: PathBuf,
+}
+
+/// What the build phase produced.
+struct Built {
+    output: BuildOutput,
+    took: std::time::Duration,
+}
+
+/// A build that may be stored: its key and its `.config` digest.
+struct Cacheable {
+    derived: DerivedKey,
+    config_sha256: String,
+}
+
+impl<'a> Run<'a> {
+    /// Validate the variant, profile and fragments before touching anything.
+    fn new(
+        stages: &'a Stages,
+        req: &'a BuildRequestSpec,
+        target: &'a Target<'a>,
+        root: &'a Path,
+        cx: &'a StageContext,
+    ) -> Result<Self> {
+        let plan = stages.builder.stage.plan(&req.variant, cx)?;
+        if req.output.is_some() && !stages.builder.stage.builds_out_of_tree() {
+            return Err(ktstr_sdk::StageError::invalid_input(format!(
+                "--output: the {} builder does not build out of tree",
+                stages.builder.name
+            ))
+            .with_hint("drop --output, or use the built-in kbuild builder"));
+        }
+        let keyer = Keyer {
+            root: root.to_path_buf(),
+            arch: plan.arch.name,
+            builder: plan.components.clone(),
+            declared: stages.configurer.stage.identity(&req.configure)?,
+        };
+        Ok(Self {
+            stages,
+            req,
+            target,
+            root,
+            cx,
+            plan,
+            keyer,
+            known: pre_acquire_source(&target.resolved),
         })
     }
 
-    /// The key of what building now would produce, if it is knowable
-    /// without configuring: fresh trees always, local trees when the
-    /// `.config` in their build directory already satisfies the request.
-    fn current(
-        &self,
-        stages: &Stages,
-        source: &AcquiredSource,
-        build_dir: &Path,
-        request: &ConfigureRequest,
-    ) -> Result<Option<DerivedKey>> {
-        if source.is_dirty {
-            return Ok(None);
+    /// Look `derived` up; on a miss, explain it if asked.
+    fn look_up(&self, derived: &DerivedKey) -> Result<Option<CacheEntry>> {
+        let found = self.stages.tiers.lookup(derived, self.cx)?;
+        if found.is_none() && self.req.explain {
+            explain::miss(self.stages, derived, self.cx);
         }
-        if !source.is_local {
-            return Ok(Some(
-                self.derive(source, ConfigIdentity::Declared(self.declared.clone())),
-            ));
-        }
-        if !stages.configurer.stage.is_configured(build_dir, request)? {
-            return Ok(None);
-        }
-        let sha = dot_config_sha256(build_dir)?;
-        if tree_config::is_leftover(&self.root, build_dir, &sha, &self.declared) {
-            return Ok(None);
-        }
-        Ok(Some(self.derive(source, ConfigIdentity::DotConfig(sha))))
+        Ok(found)
     }
-}
 
-fn dot_config_sha256(tree: &Path) -> Result<String> {
-    Ok(ktstr_sdk::hash::sha256_file(&tree.join(".config"))?.0)
+    /// Look the key up again after waiting for a peer; a hit is the peer's.
+    fn look_up_after_waiting(&self, derived: &DerivedKey) -> Result<ControlFlow<Outcome>> {
+        match self.stages.tiers.lookup(derived, self.cx)? {
+            Some(entry) => {
+                self.cx.progress.note(&format!(
+                    "a concurrent build cached {} while we waited; not rebuilding",
+                    derived.key
+                ));
+                Ok(ControlFlow::Break(Outcome::PeerBuilt(entry)))
+            }
+            None => Ok(ControlFlow::Continue(())),
+        }
+    }
+
+    /// Take the key's build lock (`build_lock`); a peer that held it may
+    /// have built the kernel.
+    fn take_turn(&self, key: &mut KeyState) -> Result<ControlFlow<Outcome>> {
+        match build_lock::take_turn(self.stages, self.root, key.looked_up.as_ref(), self.cx)? {
+            build_lock::Turn::PeerBuilt(entry) => {
+                Ok(ControlFlow::Break(Outcome::PeerBuilt(*entry)))
+            }
+            build_lock::Turn::Build(held) => {
+                key.lock = held;
+                Ok(ControlFlow::Continue(()))
+            }
+        }
+    }
+
+    /// A resolution that carries its identity (an exact release, a tarball
+    /// digest, a commit the mirror knows) is keyed and looked up before
+    /// anything is downloaded; on a miss its build lock is taken.
+    fn look_up_before_fetching(&self, key: &mut KeyState) -> Result<ControlFlow<Outcome>> {
+        if let Some(known) = &self.known
+            && !self.req.force
+        {
+            let derived = self.keyer.declared_key(known);
+            if let Some(entry) = self.look_up(&derived)? {
+                return Ok(ControlFlow::Break(Outcome::Hit(entry)));
+            }
+            key.looked_up = Some(derived);
+        }
+        self.take_turn(key)
+    }
+
+    /// Fetch (or find) the tree. A downloaded tree keeps the identity and
+    /// version it was resolved to.
+    fn acquire(&self) -> Result<Tree<'a>> {
+        for stale in ktstr_sdk::scratch::sweep_dead(self.root) {
+            tracing::info!("removed {} left by a dead ktstr", stale.display());
+        }
+        let spec = &self.target.resolved.spec;
+        let acquired = self.target.acquirer.stage.acquire(spec, self.cx);
+        let mut source = crate::spec_claim::name_spec(&self.req.spec, acquired)?;
+        let scratch = ScratchGuard::new(self.root, &source, self.req.keep_source, self.cx);
+        if let Some(known) = &self.known {
+            if source.version.is_some() && source.version != known.version {
+                self.cx.progress.warn(&format!(
+                    "{} resolved to kernel {} but the tree says {}; keying it as resolved",
+                    spec.raw,
+                    known.version.as_deref().unwrap_or("?"),
+                    source.version.as_deref().unwrap_or("?")
+                ));
+            }
+            source.identity = known.identity.clone();
+            source.version = known.version.clone();
+        }
+        let build_dir = build_dir_for(&source.source_dir, self.req.output.as_deref())?;
+        Ok(Tree {
+            source,
+            scratch,
+            build_dir,
+        })
+    }
+
+    /// If the key is knowable now without configuring (a fresh tree, or a
+    /// local tree whose `.config` already carries the request), look it up.
+    /// A downloaded tree's builds then queue on its key's lock; a local
+    /// tree's on the tree lock (see [`Self::lock_and_look_again`]).
+    fn look_up_before_reserving(
+        &self,
+        tree: &Tree<'_>,
+        key: &mut KeyState,
+    ) -> Result<ControlFlow<Outcome>> {
+        let req = self.req;
+        let source = &tree.source;
+        if key.looked_up.is_none() && !req.force && !req.clean {
+            let snapshot =
+                ConfigSnapshot::take(self.stages, source, &tree.build_dir, &req.configure)?;
+            match self.keyer.current(source, &tree.build_dir, &snapshot) {
+                Some(derived) => {
+                    if let Some(entry) = self.look_up(&derived)? {
+                        return Ok(ControlFlow::Break(Outcome::Hit(entry)));
+                    }
+                    key.looked_up = Some(derived);
+                }
+                None if req.explain => self.cx.progress.note(if source.is_dirty {
+                    "explain: the tree has changes its identity does not capture; it is never cached"
+                } else {
+                    "explain: the tree's .config does not carry this request yet; the key is known \
+                     only after configuring"
+                }),
+                None => {}
+            }
+        }
+        if key.lock.is_none()
+            && !source.is_local
+            && let ControlFlow::Break(peer) = self.take_turn(key)?
+        {
+            return Ok(ControlFlow::Break(peer));
+        }
+        if req.clean && !source.is_local {
+            self.cx
+                .progress
+                .note("--clean only applies to local trees; downloaded sources start clean");
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// Reserve CPUs (the reserver may wait for them). A bad cache root
+    /// fails first, not after a long build.
+    fn reserve(&self) -> Result<Reservation> {
+        paths::ensure_root(self.root)?;
+        if self.req.bypass_locks {
+            self.cx
+                .progress
+                .note("KTSTR_BYPASS_LLC_LOCKS is set: no CPU reservation");
+            return Ok(bypass_reservation());
+        }
+        self.stages.reserver.stage.reserve(
+            &ReserveRequest {
+                cpu_cap: self.req.cpu_cap,
+            },
+            self.cx,
+        )
+    }
+
+    /// Lock a local tree's build directory (an out-of-tree build writes
+    /// only that), then, since waiting for CPUs or the lock is waiting
+    /// too, re-probe the tree and look the key up again: a peer may have
+    /// built it, or the tree may have moved on. A downloaded tree's key
+    /// lock is held already; it is only looked up again.
+    fn lock_and_look_again(
+        &self,
+        tree: &mut Tree<'_>,
+        key: &mut KeyState,
+    ) -> Result<ControlFlow<Outcome, Option<FileLock>>> {
+        let req = self.req;
+        if !tree.source.is_local {
+            if !req.force
+                && let Some(derived) = &key.looked_up
+                && let ControlFlow::Break(peer) = self.look_up_after_waiting(derived)?
+            {
+                return Ok(ControlFlow::Break(peer));
+            }
+            return Ok(ControlFlow::Continue(None));
+        }
+        let (held, _waited) = lock_tree(self.root, &tree.build_dir, self.cx)?;
+        // On this, the miss path, the probe's cost is noise.
+        let fresh = (self.target.acquirer.stage)
+            .probe(&tree.source, self.cx)
+            .map_err(|e| e.to_string());
+        let state = MidWaitState::classify(&tree.source, fresh);
+        if let Some(msg) = state.diagnostic() {
+            self.cx.progress.note(&msg);
+        }
+        match state {
+            MidWaitState::Clean if !req.force && !req.clean => {
+                let snapshot = ConfigSnapshot::take(
+                    self.stages,
+                    &tree.source,
+                    &tree.build_dir,
+                    &req.configure,
+                )?;
+                if let Some(derived) = self.keyer.current(&tree.source, &tree.build_dir, &snapshot)
+                    && let ControlFlow::Break(peer) = self.look_up_after_waiting(&derived)?
+                {
+                    return Ok(ControlFlow::Break(peer));
+                }
+            }
+            MidWaitState::DirtyEdit | MidWaitState::ProbeFailed(_) => tree.source.is_dirty = true,
+            MidWaitState::HeadAdvanced { head } => {
+                let source = &mut tree.source;
+                source.identity.short = Some(ktstr_sdk::source::short_id(&head).to_string());
+                source.identity.id = head;
+                key.looked_up = None;
+            }
+            _ => {}
+        }
+        Ok(ControlFlow::Continue(Some(held)))
+    }
+
+    /// `--clean`, then configure (see `configure`). A failure keeps the
+    /// build log and the scratch tree for the reproduce command.
+    fn configure(
+        &self,
+        tree: &mut Tree<'_>,
+        reservation: &Reservation,
+        log: &mut BuildLog,
+    ) -> Result<Configured> {
+        let lcx = log.context(self.cx);
+        if self.req.clean && tree.source.is_local && tree.build_dir.join("Makefile").is_file() {
+            self.stages.builder.stage.clean(&tree.build_dir, &lcx)?;
+        }
+        configure::run(
+            self.stages,
+            self.req,
+            &self.plan,
+            &self.keyer,
+            &tree.source,
+            &tree.build_dir,
+            reservation,
+            &lcx,
+        )
+        .map_err(|e| failure::keep_evidence(e, log, &mut tree.scratch))
+    }
+
+    /// Configuring may have produced a `.config` some earlier build used
+    /// (another tree that built the same commit): look that key up. Returns
+    /// the key the build will be stored under, if it has one.
+    fn look_up_after_configuring(
+        &self,
+        tree: &Tree<'_>,
+        configured: &Configured,
+        key: &KeyState,
+    ) -> Result<ControlFlow<Outcome, Option<DerivedKey>>> {
+        let derived = (self.keyer).current(&tree.source, &tree.build_dir, &configured.snapshot);
+        if let Some(d) = &derived
+            && !self.req.force
+            && key.looked_up.as_ref().map(|l| &l.key) != Some(&d.key)
+            && let Some(entry) = self.look_up(d)?
+        {
+            return Ok(ControlFlow::Break(Outcome::Hit(entry)));
+        }
+        Ok(ControlFlow::Continue(derived))
+    }
+
+    /// Build, then validate the `.config` again (make may rewrite it).
+    fn build(
+        &self,
+        tree: &mut Tree<'_>,
+        reservation: &Reservation,
+        configured: &Configured,
+        log: &mut BuildLog,
+    ) -> Result<Built> {
+        self.cx.cancel.check()?;
+        let lcx = log.context(self.cx);
+        let started = std::time::Instant::now();
+        let output = (self.stages.builder.stage)
+            .build(
+                &BuildRequest {
+                    tree: tree.source.source_dir.clone(),
+                    make_jobs: reservation.make_jobs,
+                    sandbox_procs: reservation.sandbox_procs.clone(),
+                    compile_commands: tree.source.is_local,
+                    variant: self.req.variant.clone(),
+                    output: self.req.output.clone(),
+                },
+                &lcx,
+            )
+            .map_err(|e| failure::keep_evidence(e, log, &mut tree.scratch))?;
+        let took = started.elapsed();
+        (self.stages.configurer.stage).validate(&tree.build_dir, &configured.request)?;
+        Ok(Built { output, took })
+    }
+
+    /// Whether the build may be stored: a dirty tree's never is, and a
+    /// local tree must still match its key (no commit or edit during make,
+    /// no `.config` make rewrote: syncconfig).
+    fn check_cacheable(
+        &self,
+        tree: &Tree<'_>,
+        derived: Option<DerivedKey>,
+        configured: &Configured,
+        built: &Built,
+    ) -> Result<ControlFlow<Outcome, Cacheable>> {
+        let source = &tree.source;
+        let not_cached = |reason| {
+            ControlFlow::Break(Outcome::NotCached {
+                tree: source.source_dir.clone(),
+                image: built.output.image.clone(),
+                reason,
+            })
+        };
+        let Some(derived) = derived.filter(|_| !source.is_dirty) else {
+            return Ok(not_cached(NotCached::Dirty {
+                is_git: source.is_git,
+            }));
+        };
+        let after =
+            ConfigSnapshot::take(self.stages, source, &tree.build_dir, &configured.request)?;
+        if source.is_local
+            && ((self.keyer.current(source, &tree.build_dir, &after))
+                .is_none_or(|now| now.key != derived.key)
+                || probe_changed(self.target.acquirer, source, self.cx)?)
+        {
+            return Ok(not_cached(NotCached::ChangedDuringBuild));
+        }
+        self.cx.cancel.check()?;
+        let config_sha256 = match after.sha256() {
+            Some(sha) => sha.to_string(),
+            None => keyer::dot_config_sha256(&tree.build_dir)?,
+        };
+        Ok(ControlFlow::Continue(Cacheable {
+            derived,
+            config_sha256,
+        }))
+    }
+
+    /// Describe the entry, with the evidence gathered, and store it in
+    /// every tier (`store`).
+    fn store(
+        &self,
+        tree: &Tree<'_>,
+        configured: &Configured,
+        built: &Built,
+        cacheable: Cacheable,
+        log: BuildLog,
+    ) -> Result<CacheEntry> {
+        let summary = log.finish(self.cx);
+        let mut evidence = evidence::Evidence::default();
+        evidence.durations.configure_ms = configured.took.map(evidence::millis);
+        evidence.durations.build_ms = Some(evidence::millis(built.took));
+        evidence.kernelrelease = evidence::kernelrelease(&tree.build_dir);
+        evidence.warnings = summary.warnings;
+        evidence.errors = summary.errors;
+        evidence.make_command = built.output.command.clone();
+        evidence.declared = self.keyer.declared.clone();
+        evidence.ktstr_command =
+            evidence::ktstr_command(&self.target.resolved.spec.raw, &tree.source, self.req);
+        let metadata = store::metadata_for(
+            &tree.source,
+            &cacheable.derived,
+            &configured.request,
+            &cacheable.config_sha256,
+            self.plan.arch.image_name,
+            self.plan.arch.name,
+            &evidence,
+        );
+        store::store_all(
+            self.stages,
+            &cacheable.derived,
+            &store::Built {
+                output: &built.output,
+                config: &tree.build_dir.join(".config"),
+                log: summary.compressed.as_deref(),
+                metadata: &metadata,
+                objcopy: &self.plan.objcopy,
+            },
+            self.root,
+            self.cx,
+        )
+    }
 }
 
 /// Hold the tree's build lock, saying whom we wait for. Returns whether we waited.
@@ -190,39 +628,6 @@ fn lock_tree(root: &Path, tree: &Path, cx: &StageContext) -> Result<(lock::FileL
     }
     // Every process of the build holds it: see ktstr_sdk::runner.
     Ok((held.0.inherit_into_commands(), held.1))
-}
-
-/// Print why the cache missed: the nearest entry's differing inputs.
-fn explain_miss(stages: &Stages, derived: &DerivedKey, cx: &StageContext) {
-    let prefix = identity::prefix_of(&derived.key);
-    let entries = stages.tiers.local().stage.list().unwrap_or_default();
-    let nearest = entries.iter().filter_map(|l| match l {
-        Listed::Ok(e) if identity::prefix_of(&e.key) == prefix => Some(e),
-        _ => None,
-    });
-    let best = nearest.min_by_key(|e| {
-        identity::explain_difference(&derived.components, &e.metadata.components).len()
-    });
-    match best {
-        None => cx.progress.note(&format!(
-            "explain: no cached entry starts with {prefix}; inputs are: {}",
-            derived
-                .components
-                .iter()
-                .map(|c| format!("{}={}", c.name, c.value))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
-        Some(e) => {
-            cx.progress.note(&format!(
-                "explain: {} missed; nearest entry {} differs in:",
-                derived.key, e.key
-            ));
-            for line in identity::explain_difference(&derived.components, &e.metadata.components) {
-                cx.progress.note(&format!("explain:   {line}"));
-            }
-        }
-    }
 }
 
 /// Whether a re-probe shows the local tree changed (a commit or an edit)
@@ -261,284 +666,6 @@ fn pre_acquire_source(resolved: &Resolved) -> Option<AcquiredSource> {
     })
 }
 
-/// Run one build request through the pipeline.
-pub fn run(
-    stages: &Stages,
-    req: &BuildRequestSpec,
-    target: &Target<'_>,
-    cache_root: &Path,
-    cx: &StageContext,
-) -> Result<Outcome> {
-    let acquirer = target.acquirer;
-    // Validate the variant, profile and fragments before touching anything.
-    let plan = stages.builder.stage.plan(&req.variant, cx)?;
-    if req.output.is_some() && !stages.builder.stage.builds_out_of_tree() {
-        return Err(ktstr_sdk::StageError::invalid_input(format!(
-            "--output: the {} builder does not build out of tree",
-            stages.builder.name
-        ))
-        .with_hint("drop --output, or use the built-in kbuild builder"));
-    }
-    let declared = stages.configurer.stage.identity(&req.configure)?;
-    let keyer = Keyer {
-        root: cache_root.to_path_buf(),
-        arch: plan.arch.name,
-        builder: plan.components.clone(),
-        declared,
-    };
-    let mut looked_up: Option<DerivedKey> = None;
-    let known = pre_acquire_source(&target.resolved);
-    if let Some(known) = &known
-        && !req.force
-    {
-        let derived = keyer.derive(known, ConfigIdentity::Declared(keyer.declared.clone()));
-        if let Some(entry) = stages.tiers.lookup(&derived, cx)? {
-            return Ok(Outcome::Hit(entry));
-        }
-        if req.explain {
-            explain_miss(stages, &derived, cx);
-        }
-        looked_up = Some(derived);
-    }
-    let mut key_lock = match build_lock::take_turn(stages, cache_root, looked_up.as_ref(), cx)? {
-        build_lock::Turn::PeerBuilt(entry) => return Ok(Outcome::PeerBuilt(*entry)),
-        build_lock::Turn::Build(held) => held,
-    };
-
-    for stale in ktstr_sdk::scratch::sweep_dead(cache_root) {
-        tracing::info!("removed {} left by a dead ktstr", stale.display());
-    }
-    let mut source =
-        crate::spec_claim::name_spec(&req.spec, acquirer.stage.acquire(&target.resolved.spec, cx))?;
-    let mut scratch = ScratchGuard::new(cache_root, &source, req.keep_source, cx);
-    if let Some(known) = known {
-        if source.version.is_some() && source.version != known.version {
-            cx.progress.warn(&format!(
-                "{} resolved to kernel {} but the tree says {}; keying it as resolved",
-                target.resolved.spec.raw,
-                known.version.as_deref().unwrap_or("?"),
-                source.version.as_deref().unwrap_or("?")
-            ));
-        }
-        source.identity = known.identity;
-        source.version = known.version;
-    }
-    let tree = source.source_dir.clone();
-    let build_dir = build_dir_for(&tree, req.output.as_deref())?;
-
-    if looked_up.is_none() && !req.force && !req.clean {
-        match keyer.current(stages, &source, &build_dir, &req.configure)? {
-            Some(derived) => {
-                if let Some(entry) = stages.tiers.lookup(&derived, cx)? {
-                    return Ok(Outcome::Hit(entry));
-                }
-                if req.explain {
-                    explain_miss(stages, &derived, cx);
-                }
-                looked_up = Some(derived);
-            }
-            None if req.explain => cx.progress.note(if source.is_dirty {
-                "explain: the tree has changes its identity does not capture; it is never cached"
-            } else {
-                "explain: the tree's .config does not carry this request yet; the key is known \
-                 only after configuring"
-            }),
-            None => {}
-        }
-    }
-    // Builds of one local tree queue on the tree's lock below instead.
-    if key_lock.is_none() && !source.is_local {
-        match build_lock::take_turn(stages, cache_root, looked_up.as_ref(), cx)? {
-            build_lock::Turn::PeerBuilt(entry) => return Ok(Outcome::PeerBuilt(*entry)),
-            build_lock::Turn::Build(held) => key_lock = held,
-        }
-    }
-    if req.clean && !source.is_local {
-        cx.progress
-            .note("--clean only applies to local trees; downloaded sources start clean");
-    }
-
-    // A bad root fails now, not after a long build.
-    paths::ensure_root(cache_root)?;
-    let reservation = if req.bypass_locks {
-        cx.progress
-            .note("KTSTR_BYPASS_LLC_LOCKS is set: no CPU reservation");
-        bypass_reservation()
-    } else {
-        stages.reserver.stage.reserve(
-            &ReserveRequest {
-                cpu_cap: req.cpu_cap,
-            },
-            cx,
-        )?
-    };
-    let _tree_lock = if source.is_local {
-        // Waiting for CPUs (in the reserver) is waiting too: re-check the
-        // tree and the cache after every wait, whichever lock it was on.
-        // On this, the miss path, the probe's cost is noise. An out-of-tree
-        // build writes only its build directory, so that is what it locks.
-        let (held, _waited) = lock_tree(cache_root, &build_dir, cx)?;
-        {
-            let fresh = acquirer.stage.probe(&source, cx).map_err(|e| e.to_string());
-            let state = MidWaitState::classify(&source, fresh);
-            if let Some(msg) = state.diagnostic() {
-                cx.progress.note(&msg);
-            }
-            match state {
-                MidWaitState::Clean if !req.force && !req.clean => {
-                    if let Some(derived) =
-                        keyer.current(stages, &source, &build_dir, &req.configure)?
-                        && let Some(entry) = stages.tiers.lookup(&derived, cx)?
-                    {
-                        cx.progress.note(&format!(
-                            "a concurrent build cached {} while we waited; not rebuilding",
-                            derived.key
-                        ));
-                        return Ok(Outcome::PeerBuilt(entry));
-                    }
-                }
-                MidWaitState::DirtyEdit | MidWaitState::ProbeFailed(_) => source.is_dirty = true,
-                MidWaitState::HeadAdvanced { head } => {
-                    source.identity.short = Some(ktstr_sdk::source::short_id(&head).to_string());
-                    source.identity.id = head;
-                    looked_up = None;
-                }
-                _ => {}
-            }
-        }
-        Some(held)
-    } else {
-        if !req.force
-            && let Some(derived) = &looked_up
-            && let Some(entry) = stages.tiers.lookup(derived, cx)?
-        {
-            cx.progress.note(&format!(
-                "a concurrent build cached {} while we waited; not rebuilding",
-                derived.key
-            ));
-            return Ok(Outcome::PeerBuilt(entry));
-        }
-        None
-    };
-
-    cx.cancel.check()?;
-    // make's whole output, from here on, also goes to the build log.
-    let mut log = crate::build_log::BuildLog::start(cache_root)?;
-    let lcx = log.context(cx);
-    let mut evidence = evidence::Evidence::default();
-    if req.clean && source.is_local && build_dir.join("Makefile").is_file() {
-        stages.builder.stage.clean(&build_dir, &lcx)?;
-    }
-
-    let (configure, configure_took) = configure_phase(
-        stages,
-        req,
-        &plan,
-        &source,
-        &build_dir,
-        &keyer.declared,
-        cache_root,
-        &reservation,
-        &lcx,
-    )
-    .map_err(|e| failure::keep_evidence(e, &mut log, &mut scratch))?;
-    evidence.durations.configure_ms = configure_took.map(evidence::millis);
-
-    // Configuring may have produced a .config some earlier build used.
-    let derived = keyer.current(stages, &source, &build_dir, &configure)?;
-    if let Some(d) = &derived
-        && !req.force
-        && looked_up.as_ref().map(|l| &l.key) != Some(&d.key)
-    {
-        if let Some(entry) = stages.tiers.lookup(d, cx)? {
-            return Ok(Outcome::Hit(entry));
-        }
-        if req.explain {
-            explain_miss(stages, d, cx);
-        }
-    }
-
-    cx.cancel.check()?;
-    let started = std::time::Instant::now();
-    let output = stages
-        .builder
-        .stage
-        .build(
-            &BuildRequest {
-                tree: tree.clone(),
-                make_jobs: reservation.make_jobs,
-                sandbox_procs: reservation.sandbox_procs.clone(),
-                compile_commands: source.is_local,
-                variant: req.variant.clone(),
-                output: req.output.clone(),
-            },
-            &lcx,
-        )
-        .map_err(|e| failure::keep_evidence(e, &mut log, &mut scratch))?;
-    evidence.durations.build_ms = Some(evidence::millis(started.elapsed()));
-    stages.configurer.stage.validate(&build_dir, &configure)?;
-
-    let Some(derived) = derived.filter(|_| !source.is_dirty) else {
-        return Ok(Outcome::NotCached {
-            tree,
-            image: output.image,
-            reason: NotCached::Dirty {
-                is_git: source.is_git,
-            },
-        });
-    };
-    // A local tree must still match the key it is stored under: no commit
-    // or edit during make, and no `.config` make rewrote (syncconfig).
-    if source.is_local
-        && (keyer
-            .current(stages, &source, &build_dir, &configure)?
-            .is_none_or(|now| now.key != derived.key)
-            || probe_changed(acquirer, &source, cx)?)
-    {
-        return Ok(Outcome::NotCached {
-            tree,
-            image: output.image,
-            reason: NotCached::ChangedDuringBuild,
-        });
-    }
-
-    cx.cancel.check()?;
-    let config_path = build_dir.join(".config");
-    let config_sha = ktstr_sdk::hash::sha256_file(&config_path)?.0;
-    let summary = log.finish(cx);
-    evidence.kernelrelease = evidence::kernelrelease(&build_dir);
-    evidence.warnings = summary.warnings;
-    evidence.errors = summary.errors;
-    evidence.make_command = output.command.clone();
-    evidence.declared = keyer.declared.clone();
-    evidence.ktstr_command = evidence::ktstr_command(&target.resolved.spec.raw, &source, req);
-    let metadata = store::metadata_for(
-        &source,
-        &derived,
-        &configure,
-        &config_sha,
-        plan.arch.image_name,
-        plan.arch.name,
-        &evidence,
-    );
-    let entry = store::store_all(
-        stages,
-        &derived,
-        &store::Built {
-            output: &output,
-            config: &config_path,
-            log: summary.compressed.as_deref(),
-            metadata: &metadata,
-            objcopy: &plan.objcopy,
-        },
-        cache_root,
-        cx,
-    )?;
-    drop(reservation);
-    drop(key_lock);
-    Ok(Outcome::Stored(entry))
-}
-
 /// Where `.config` and the objects go: `--output` (created if missing;
 /// never the source tree itself), else the tree.
 fn build_dir_for(tree: &Path, output: Option<&Path>) -> Result<PathBuf> {
@@ -556,64 +683,6 @@ fn build_dir_for(tree: &Path, output: Option<&Path>) -> Result<PathBuf> {
         .with_hint("name a directory of its own, e.g. --output ../build-linux"));
     }
     Ok(out)
-}
-
-/// Configure the build directory when its `.config` does not carry the
-/// request (or is ktstr's own output for another request), then validate
-/// at once. Returns the request as configured (jobs, sandbox, make args).
-#[allow(clippy::too_many_arguments)]
-fn configure_phase(
-    stages: &Stages,
-    req: &BuildRequestSpec,
-    plan: &BuildPlan,
-    source: &AcquiredSource,
-    build_dir: &Path,
-    declared: &[ktstr_sdk::cache::KeyComponent],
-    cache_root: &Path,
-    reservation: &ktstr_sdk::reserve::Reservation,
-    cx: &StageContext,
-) -> Result<(ConfigureRequest, Option<std::time::Duration>)> {
-    let mut configure = req.configure.clone();
-    configure.make_jobs = reservation.make_jobs;
-    configure.sandbox_procs = reservation.sandbox_procs.clone();
-    configure.make_args = plan.make_args.clone();
-    configure.source_dir = req.output.as_ref().map(|_| source.source_dir.clone());
-    configure.reset = source.is_local
-        && !req.clean
-        && dot_config_sha256(build_dir)
-            .is_ok_and(|sha| tree_config::is_leftover(cache_root, build_dir, &sha, declared));
-    if configure.reset {
-        cx.progress.note(&format!(
-            "{}/.config was written by ktstr for another profile or fragments; configuring \
-             from the {} profile's base (kconfig keeps the old one as .config.old)",
-            build_dir.display(),
-            configure.profile
-        ));
-    }
-    let mut took = None;
-    if configure.reset
-        || !stages
-            .configurer
-            .stage
-            .is_configured(build_dir, &configure)?
-    {
-        let started = std::time::Instant::now();
-        stages
-            .configurer
-            .stage
-            .configure(build_dir, &configure, cx)?;
-        took = Some(started.elapsed());
-        // A required symbol olddefconfig dropped fails now, not after the build.
-        stages.configurer.stage.validate(build_dir, &configure)?;
-        if source.is_local {
-            let recorded = dot_config_sha256(build_dir)
-                .and_then(|sha| tree_config::record(cache_root, build_dir, &sha, declared));
-            if let Err(e) = recorded {
-                tracing::warn!("could not record the tree's configuration: {e}");
-            }
-        }
-    }
-    Ok((configure, took))
 }
 
 /// What a bypassed reservation amounts to: every allowed CPU, no pinning.
