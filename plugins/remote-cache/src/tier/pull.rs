@@ -177,6 +177,7 @@ impl RemoteTier {
             unpacked.map_err(|reason| self.corrupt(key, reason))
         })
     }
+
     /// Benchmark baseline: GET the archive of `key` with this tier's client
     /// and discard it (no hashing, no unpacking). Returns the byte count.
     #[doc(hidden)]
