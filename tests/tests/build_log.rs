@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::Command;
 
 use common::{Fixture, Run, make_tarball};
+use ktstr_test_servers::{ACCESS_KEY, BUCKET, Nginx, S3Server, SECRET_KEY};
 
 const LOG_NAME: &str = "build.log.zst";
 
@@ -299,160 +298,6 @@ fn a_failed_local_build_names_its_log() {
 
 // --- remote tiers ----------------------------------------------------------
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn find_program(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(home).join(".cargo/bin"));
-    }
-    dirs.extend(["/usr/sbin", "/sbin"].map(PathBuf::from));
-    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
-}
-
-/// A server process on a loopback port; killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn wait_listening(mut self) -> Server {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(self.child.try_wait().unwrap().is_none(), "server exited");
-            assert!(Instant::now() < deadline, "server did not listen");
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        self
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-const ACCESS_KEY: &str = "ktstr-e2e-access";
-const SECRET_KEY: &str = "ktstr-e2e-secret-key-123";
-
-fn s3s_fs() -> Option<Server> {
-    let Some(bin) = find_program("s3s-fs") else {
-        ktstr_sdk::testing::skip(
-            "s3s-fs is not installed (cargo install s3s-fs@0.14.1 --features binary --locked)",
-        );
-        return None;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("kernels")).unwrap();
-    let port = free_port();
-    let child = Command::new(bin)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-        .arg(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Some(
-        Server {
-            child,
-            port,
-            _dir: dir,
-        }
-        .wait_listening(),
-    )
-}
-
-const DAV_EXT: &str = "/usr/lib/nginx/modules/ngx_http_dav_ext_module.so";
-
-/// nginx with WebDAV PUT: what `http-cache` talks to.
-fn nginx() -> Option<Server> {
-    let Some(bin) = find_program("nginx") else {
-        ktstr_sdk::testing::skip(
-            "nginx not found (apt-get install nginx libnginx-mod-http-dav-ext)",
-        );
-        return None;
-    };
-    if !Path::new(DAV_EXT).exists() {
-        ktstr_sdk::testing::skip(format!(
-            "{DAV_EXT} not found (apt-get install libnginx-mod-http-dav-ext)"
-        ));
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::create_dir_all(d.join("data/cache")).unwrap();
-    let port = free_port();
-    let user = if nix::unistd::geteuid().is_root() {
-        "user root;"
-    } else {
-        ""
-    };
-    let conf = format!(
-        r#"{user}
-load_module {DAV_EXT};
-daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {d}/data;
-        client_max_body_size 0;
-        location / {{
-            dav_methods PUT DELETE MKCOL COPY MOVE;
-            dav_ext_methods PROPFIND OPTIONS;
-            create_full_put_path on;
-            dav_access user:rw group:r all:r;
-        }}
-    }}
-}}
-"#,
-        d = d.display(),
-    );
-    std::fs::write(d.join("nginx.conf"), conf).unwrap();
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(d.join("nginx.conf"))
-        .arg("-p")
-        .arg(d)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Some(
-        Server {
-            child,
-            port,
-            _dir: dir,
-        }
-        .wait_listening(),
-    )
-}
-
 /// Machine A builds and pushes; machine B pulls the entry (`cache pull`)
 /// and a build on machine C backfills it: both print A's log.
 fn log_round_trip(machine: impl Fn() -> Fixture, plugin: &str) {
@@ -498,13 +343,13 @@ fn log_round_trip(machine: impl Fn() -> Fixture, plugin: &str) {
 
 #[test]
 fn the_log_survives_an_s3_push_and_pull() {
-    let Some(s3) = s3s_fs() else { return };
-    let port = s3.port;
+    let Some(s3) = S3Server::start() else { return };
+    let endpoint = s3.endpoint();
     log_round_trip(
         || {
             Fixture::plain()
-                .with_env("KTSTR_S3_ENDPOINT", &format!("http://127.0.0.1:{port}"))
-                .with_env("KTSTR_S3_BUCKET", "kernels")
+                .with_env("KTSTR_S3_ENDPOINT", &endpoint)
+                .with_env("KTSTR_S3_BUCKET", BUCKET)
                 .with_env("KTSTR_S3_REGION", "us-east-1")
                 .with_env("KTSTR_S3_RETRIES", "0")
                 .with_env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
@@ -516,8 +361,8 @@ fn the_log_survives_an_s3_push_and_pull() {
 
 #[test]
 fn the_log_survives_an_http_push_and_pull() {
-    let Some(server) = nginx() else { return };
-    let url = format!("http://127.0.0.1:{}/cache", server.port);
+    let Some(server) = Nginx::start() else { return };
+    let url = server.url();
     log_round_trip(
         || {
             Fixture::plain()

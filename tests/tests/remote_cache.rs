@@ -6,99 +6,10 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::{Fixture, make_tarball};
-
-const ACCESS_KEY: &str = "ktstr-e2e-access";
-const SECRET_KEY: &str = "ktstr-e2e-secret-key-123";
-const BUCKET: &str = "kernels";
-
-fn s3s_fs() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(PathBuf::from(home).join(".cargo/bin"));
-    }
-    dirs.into_iter()
-        .map(|d| d.join("s3s-fs"))
-        .find(|p| p.is_file())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A running s3s-fs with one bucket; killed on drop.
-struct S3 {
-    child: Child,
-    port: u16,
-    root: tempfile::TempDir,
-}
-
-impl S3 {
-    fn start() -> Option<S3> {
-        let Some(bin) = s3s_fs() else {
-            ktstr_sdk::testing::skip(
-                "s3s-fs is not installed \
-                 (cargo install s3s-fs@0.14.1 --features binary --locked)",
-            );
-            return None;
-        };
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(root.path().join(BUCKET)).unwrap();
-        let port = free_port();
-        let mut child = Command::new(bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(root.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(child.try_wait().unwrap().is_none(), "s3s-fs exited");
-            assert!(Instant::now() < deadline, "s3s-fs did not listen");
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        Some(S3 { child, port, root })
-    }
-
-    fn objects(&self) -> usize {
-        fn count(dir: &Path) -> usize {
-            std::fs::read_dir(dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| {
-                    if e.file_type().unwrap().is_dir() {
-                        count(&e.path())
-                    } else {
-                        1
-                    }
-                })
-                .sum()
-        }
-        count(&self.root.path().join(BUCKET))
-    }
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use ktstr_test_servers::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY, free_port};
 
 /// A fixture ("machine") whose ktstr uses the bucket at `port`.
 fn machine(port: u16) -> Fixture {
@@ -131,7 +42,7 @@ fn build(fx: &Fixture, spec: &Path) -> common::Run {
 
 #[test]
 fn a_second_machine_downloads_instead_of_building() {
-    let Some(s3) = S3::start() else { return };
+    let Some(s3) = S3Server::start() else { return };
     let shared = tempfile::tempdir().unwrap();
     let spec = tarball(shared.path(), "6.99.5");
 
@@ -178,7 +89,7 @@ fn a_second_machine_downloads_instead_of_building() {
 
 #[test]
 fn read_only_never_writes_and_a_down_remote_costs_a_warning() {
-    let Some(s3) = S3::start() else { return };
+    let Some(s3) = S3Server::start() else { return };
     let shared = tempfile::tempdir().unwrap();
     let spec = tarball(shared.path(), "6.99.6");
 
@@ -222,7 +133,7 @@ fn read_only_never_writes_and_a_down_remote_costs_a_warning() {
 }
 
 /// Flip one byte of every archive in the bucket, keeping its size.
-fn damage_archives(s3: &S3) -> usize {
+fn damage_archives(s3: &S3Server) -> usize {
     fn walk(dir: &Path, n: &mut usize) {
         for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let p = e.path();
@@ -238,13 +149,13 @@ fn damage_archives(s3: &S3) -> usize {
         }
     }
     let mut n = 0;
-    walk(&s3.root.path().join(BUCKET), &mut n);
+    walk(&s3.bucket_dir(), &mut n);
     n
 }
 
 #[test]
 fn an_entry_damaged_at_rest_is_repaired_and_push_tells_the_truth() {
-    let Some(s3) = S3::start() else { return };
+    let Some(s3) = S3Server::start() else { return };
     let shared = tempfile::tempdir().unwrap();
     let spec = tarball(shared.path(), "6.99.7");
     let a = machine(s3.port);
@@ -300,7 +211,7 @@ fn an_entry_damaged_at_rest_is_repaired_and_push_tells_the_truth() {
 
 #[test]
 fn a_missing_bucket_is_said_once_with_a_hint() {
-    let Some(s3) = S3::start() else { return };
+    let Some(s3) = S3Server::start() else { return };
     let shared = tempfile::tempdir().unwrap();
     let spec = tarball(shared.path(), "6.99.8");
     let m = machine(s3.port)
@@ -320,7 +231,7 @@ fn a_missing_bucket_is_said_once_with_a_hint() {
 
 #[test]
 fn refused_credentials_warn_with_the_documented_hint() {
-    let Some(s3) = S3::start() else { return };
+    let Some(s3) = S3Server::start() else { return };
     let shared = tempfile::tempdir().unwrap();
     let spec = tarball(shared.path(), "6.99.9");
     let m = machine(s3.port).with_env("AWS_SECRET_ACCESS_KEY", "not-the-secret-key-0000");
@@ -363,7 +274,7 @@ fn kernel_clean_says_it_skips_a_read_only_tier() {
 }
 
 /// Every `manifests/<key>.json` object s3s-fs holds on disk.
-fn manifests(s3: &S3) -> Vec<PathBuf> {
+fn manifests(s3: &S3Server) -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let p = e.path();
@@ -377,7 +288,7 @@ fn manifests(s3: &S3) -> Vec<PathBuf> {
         }
     }
     let mut out = Vec::new();
-    walk(&s3.root.path().join(BUCKET), &mut out);
+    walk(&s3.bucket_dir(), &mut out);
     out
 }
 
@@ -386,7 +297,7 @@ fn manifests(s3: &S3) -> Vec<PathBuf> {
 /// warns, builds, and its own entry records the real inputs.
 #[test]
 fn a_remote_entry_built_from_other_inputs_is_never_installed() {
-    let Some(s3) = S3::start() else { return };
+    let Some(s3) = S3Server::start() else { return };
     let shared = tempfile::tempdir().unwrap();
     let spec = tarball(shared.path(), "6.99.17");
     let a = machine(s3.port);

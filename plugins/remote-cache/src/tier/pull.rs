@@ -1,0 +1,205 @@
+//! Pulling an entry: the manifest first (one small GET; a 404 is a plain
+//! miss), then the archive streamed straight into the unpacker.
+//!
+//! The archive is unpacked on a second thread while its bytes are hashed,
+//! so a pull costs about one transfer rather than transfer + decompress +
+//! copy. Files land in a private scratch directory; only after the archive
+//! digest, every file digest and every size agree with the manifest is the
+//! entry returned, and the host then copies it into the local cache with
+//! its atomic store. A bad object is reported as `Corrupt` (the host warns
+//! and builds) and deleted locally.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::mpsc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use ktstr_sdk::cache::{CacheEntry, CacheKey};
+use ktstr_sdk::error::{Result, StageError};
+use object_store::ObjectStoreExt;
+
+use super::RemoteTier;
+use crate::format::{self, Hashing, Manifest};
+
+/// Reads what the download loop sends; EOF when the sender is gone.
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    cur: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.recv() {
+                Ok(b) => self.cur = b,
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur.split_to(n));
+        Ok(n)
+    }
+}
+
+impl RemoteTier {
+    /// [`CacheBackend::lookup`](ktstr_sdk::cache::CacheBackend::lookup):
+    /// the verified entry unpacked into scratch, or `None` on a miss.
+    pub(super) fn pull(&self, key: &CacheKey) -> Result<Option<CacheEntry>> {
+        let Some(manifest) = self.runtime.block_on(self.fetch_manifest(key))? else {
+            return Ok(None);
+        };
+        let dest = self.scratch_subdir(key.as_str())?;
+        match self.fetch_archive(key, &manifest, &dest) {
+            Ok(()) => {
+                tracing::debug!(
+                    "{}: fetched {key} ({} bytes) into {}",
+                    self.plugin,
+                    manifest.archive.size,
+                    dest.display()
+                );
+                Ok(Some(CacheEntry {
+                    key: key.clone(),
+                    dir: dest,
+                    metadata: manifest.metadata,
+                    origin: self.plugin.to_string(),
+                }))
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dest);
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) async fn fetch_manifest(&self, key: &CacheKey) -> Result<Option<Manifest>> {
+        let path = self.manifest_path(key);
+        let got = match self.store.get(&path).await {
+            Ok(g) => g,
+            Err(e @ object_store::Error::NotFound { .. }) if self.missing_bucket(&e).is_none() => {
+                self.check_bucket_once().await?;
+                return Ok(None);
+            }
+            Err(e) => return Err(self.request_error("GET", &path, e)),
+        };
+        if got.meta.size > format::MAX_MANIFEST_SIZE {
+            return Err(self.corrupt(
+                key,
+                format!("manifest is {} bytes; manifests are small", got.meta.size),
+            ));
+        }
+        let bytes = got
+            .bytes()
+            .await
+            .map_err(|e| self.request_error("GET", &path, e))?;
+        format::parse_manifest(&bytes, key, self.opts.max_entry_size)
+            .map(Some)
+            .map_err(|reason| self.corrupt(key, reason))
+    }
+
+    /// Stream the archive into `dest`, verifying everything.
+    fn fetch_archive(&self, key: &CacheKey, m: &Manifest, dest: &Path) -> Result<()> {
+        let path = self.archive_path(key, &m.archive.name);
+        let (tx, rx) = mpsc::sync_channel::<Bytes>(64);
+        std::thread::scope(|scope| {
+            let unpacker = scope.spawn(move || {
+                format::unpack(
+                    ChannelReader {
+                        rx,
+                        cur: Bytes::new(),
+                    },
+                    m,
+                    dest,
+                )
+            });
+            let fetched = self.runtime.block_on(async move {
+                let got = match self.store.get(&path).await {
+                    Ok(g) => g,
+                    Err(object_store::Error::NotFound { .. }) => {
+                        return Err(self.corrupt(
+                            key,
+                            format!("its archive {} is missing", self.url_of(&path)),
+                        ));
+                    }
+                    Err(e) => return Err(self.request_error("GET", &path, e)),
+                };
+                if got.meta.size != m.archive.size {
+                    return Err(self.corrupt(
+                        key,
+                        format!(
+                            "archive is {} bytes, the manifest records {} (truncated or replaced)",
+                            got.meta.size, m.archive.size
+                        ),
+                    ));
+                }
+                let mut hash = Hashing::with_limit((), m.archive.size);
+                let mut stream = got.into_stream();
+                let mut tx = Some(tx);
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(|e| self.request_error("GET", &path, e))?;
+                    if hash.update(&chunk).is_err() {
+                        return Err(self.corrupt(
+                            key,
+                            format!(
+                                "archive is longer than the {} bytes recorded",
+                                m.archive.size
+                            ),
+                        ));
+                    }
+                    // Blocking here is the back-pressure: the unpacker is the
+                    // only consumer and the runtime has nothing else to do.
+                    // If the unpacker gave up, keep hashing (at most the
+                    // recorded size) so a damaged object is reported as a
+                    // digest mismatch rather than as whatever broke first.
+                    if let Some(t) = &tx
+                        && t.send(chunk).is_err()
+                    {
+                        tx = None;
+                    }
+                }
+                drop(tx);
+                let (sha, n, ()) = hash.finish();
+                Ok((sha, n))
+            });
+            let unpacked = unpacker
+                .join()
+                .unwrap_or_else(|_| Err("the unpacker panicked".to_string()));
+            let (sha, n) = fetched?;
+            if n != m.archive.size || sha != m.archive.sha256 {
+                return Err(self.corrupt(
+                    key,
+                    format!(
+                        "archive has sha256 {sha} ({n} bytes), the manifest records {} ({} bytes)",
+                        m.archive.sha256, m.archive.size
+                    ),
+                ));
+            }
+            unpacked.map_err(|reason| self.corrupt(key, reason))
+        })
+    }
+
+    /// Benchmark baseline: GET the archive of `key` with this tier's client
+    /// and discard it (no hashing, no unpacking). Returns the byte count.
+    #[doc(hidden)]
+    pub fn plain_get_archive(&self, key: &CacheKey) -> Result<u64> {
+        self.runtime.block_on(async {
+            let m = self.fetch_manifest(key).await?.ok_or_else(|| {
+                StageError::not_found(format!("{key} is not in {}", self.location))
+            })?;
+            let path = self.archive_path(key, &m.archive.name);
+            let got = self
+                .store
+                .get(&path)
+                .await
+                .map_err(|e| self.request_error("GET", &path, e))?;
+            let mut n = 0u64;
+            let mut stream = got.into_stream();
+            while let Some(chunk) = stream.next().await {
+                n += chunk
+                    .map_err(|e| self.request_error("GET", &path, e))?
+                    .len() as u64;
+            }
+            Ok(n)
+        })
+    }
+}
