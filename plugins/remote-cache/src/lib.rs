@@ -35,7 +35,7 @@ ktstr_sdk::inventory::submit! {
         name: S3_PLUGIN,
         version: env!("CARGO_PKG_VERSION"),
         summary: "remote tier on an S3-compatible object store (AWS, MinIO, Ceph, Garage, R2)",
-        constructor: Constructor::Cache(|cfg| Ok(Box::new(s3_tier(cfg)?))),
+        constructor: Constructor::Cache(|cfg| Ok(s3_tier(cfg)?.into_backend())),
     }
 }
 
@@ -44,7 +44,7 @@ ktstr_sdk::inventory::submit! {
         name: HTTP_PLUGIN,
         version: env!("CARGO_PKG_VERSION"),
         summary: "remote tier on an HTTP/WebDAV server that accepts PUT (nginx, Apache)",
-        constructor: Constructor::Cache(|cfg| Ok(Box::new(http_tier(cfg)?))),
+        constructor: Constructor::Cache(|cfg| Ok(http_tier(cfg)?.into_backend())),
     }
 }
 

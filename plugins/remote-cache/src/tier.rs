@@ -79,6 +79,20 @@ impl std::fmt::Debug for RemoteTier {
 }
 
 impl RemoteTier {
+    /// The tier as the host uses it: a read-only one behind the SDK's
+    /// [`ReadOnly`](ktstr_sdk::read_only::ReadOnly), which refuses writes
+    /// before they reach it (so store and remove never check).
+    pub fn into_backend(self) -> Box<dyn CacheBackend> {
+        if !self.opts.read_only {
+            return Box::new(self);
+        }
+        let why = format!(
+            "read_only is set ({}READ_ONLY); unset it on machines trusted to write",
+            self.opts.env_prefix
+        );
+        Box::new(ktstr_sdk::read_only::ReadOnly::new(Box::new(self), why))
+    }
+
     pub(crate) fn new(
         plugin: &'static str,
         location: String,

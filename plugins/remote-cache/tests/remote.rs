@@ -321,7 +321,8 @@ fn s3_read_only_reads_and_never_writes() {
         &server.config(&work.path().join("r"), json!({})),
         &|k: &str| (k == "KTSTR_S3_READ_ONLY").then(|| "1".to_string()),
     )
-    .unwrap();
+    .unwrap()
+    .into_backend();
     assert!(ro.capabilities().read_only);
     assert!(ro.describe().ends_with("read-only"), "{}", ro.describe());
     assert!(ro.lookup(&key("k-ro")).unwrap().is_some());

@@ -160,15 +160,4 @@ impl RemoteTier {
             )
         })
     }
-
-    pub(super) fn read_only_error(&self, action: &str) -> StageError {
-        StageError::new(
-            ErrorKind::Unsupported,
-            format!("cannot {action}: {} is read-only", self.location),
-        )
-        .with_hint(format!(
-            "read_only is set ({}READ_ONLY); unset it on machines trusted to write",
-            self.opts.env_prefix
-        ))
-    }
 }

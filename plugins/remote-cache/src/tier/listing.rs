@@ -60,9 +60,6 @@ impl RemoteTier {
     /// [`CacheBackend::remove`](ktstr_sdk::cache::CacheBackend::remove):
     /// the manifest, then every archive of `key`.
     pub(super) fn remove_entry(&self, key: &CacheKey) -> Result<bool> {
-        if self.opts.read_only {
-            return Err(self.read_only_error(&format!("remove {key}")));
-        }
         self.runtime.block_on(async {
             let manifest = self.manifest_path(key);
             let known_archive = match self.fetch_manifest(key).await {

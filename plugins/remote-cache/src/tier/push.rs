@@ -42,9 +42,6 @@ impl RemoteTier {
         artifacts: &Artifacts,
         metadata: &Metadata,
     ) -> Result<CacheEntry> {
-        if self.opts.read_only {
-            return Err(self.read_only_error(&format!("store {key}")));
-        }
         // Some servers create a missing bucket on PUT, AWS refuses it:
         // either way a misspelt bucket is an error, not an upload.
         self.runtime.block_on(self.check_bucket_once())?;
