@@ -6,6 +6,7 @@
 //! fetching a kernel onto a machine that will not build.
 
 use anyhow::Result;
+use clap::Subcommand;
 use ktstr_sdk::StageError;
 use ktstr_sdk::cache::CacheKey;
 use ktstr_sdk::context::Progress;
@@ -13,6 +14,26 @@ use ktstr_sdk::context::Progress;
 use super::host_context;
 use crate::host;
 use crate::registry::{Named, Stages};
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Upload a local entry to every writable remote tier.
+    Push {
+        /// The entry's key (`ktstr kernel list`).
+        key: String,
+        /// Load a plugin (e.g. `s3-cache`) for this command; repeatable.
+        #[arg(long = "plugin", value_name = "NAME|PATH")]
+        plugins: Vec<String>,
+    },
+    /// Download an entry from the first remote tier that has it.
+    Pull {
+        /// The entry's key (`ktstr kernel list --remote`).
+        key: String,
+        /// Load a plugin (e.g. `s3-cache`) for this command; repeatable.
+        #[arg(long = "plugin", value_name = "NAME|PATH")]
+        plugins: Vec<String>,
+    },
+}
 
 fn parse_key(raw: &str) -> Result<CacheKey, StageError> {
     CacheKey::parse(raw).map_err(|e| {

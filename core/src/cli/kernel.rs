@@ -3,13 +3,55 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Result, bail};
+use clap::Subcommand;
 use ktstr_sdk::cache::{CacheBackend, Listed};
 use ktstr_sdk::source::short_id;
 use serde_json::json;
 
+use super::log::LogArgs;
 use crate::host;
 use crate::progress::LABEL;
 use crate::registry::{Named, Stages};
+
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    /// List cached kernels.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also list the entries of this plugin's cache tiers (NAME or
+        /// library path); repeatable.
+        #[arg(long = "plugin", value_name = "NAME|PATH")]
+        plugins: Vec<String>,
+        /// Also list the entries of every remote tier (config `caches`).
+        #[arg(long)]
+        remote: bool,
+    },
+    /// Print the build log of a cached kernel (make's whole output) to stdout.
+    Log(LogArgs),
+    /// Remove cached kernels.
+    Clean {
+        /// Keep the N most recently built entries.
+        #[arg(long, value_name = "N")]
+        keep: Option<usize>,
+        /// Do not ask for confirmation (required off a terminal).
+        #[arg(long)]
+        force: bool,
+        /// Also clean this plugin's (writable) cache tiers; repeatable.
+        #[arg(long = "plugin", value_name = "NAME|PATH")]
+        plugins: Vec<String>,
+    },
+    /// Check local entries' files against their recorded sha256 digests;
+    /// a corrupt entry is removed so its next build rebuilds it.
+    Verify {
+        /// Keys to check (default: every local entry).
+        keys: Vec<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
 
 /// The tiers a command works on: the local cache, plus every other tier
 /// when `--plugin` was given (the plugins' tiers are why it was given).

@@ -11,9 +11,20 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
+use clap::Args;
 use ktstr_sdk::lock::{self, Holder};
 use ktstr_sdk::paths;
 use serde::Serialize;
+
+#[derive(Debug, Args)]
+pub struct LocksArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Redraw every second until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+}
 
 #[derive(Debug, Serialize)]
 struct Row {

@@ -5,10 +5,17 @@
 //! without a log (stored before ktstr kept them) is an error that says so.
 
 use anyhow::Result;
+use clap::Args;
 use ktstr_sdk::StageError;
 use ktstr_sdk::cache::CacheKey;
 
 use crate::host;
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// The entry's key (`ktstr kernel list`).
+    pub key: String,
+}
 
 pub fn run(raw: &str) -> Result<()> {
     let key = CacheKey::parse(raw).map_err(|e| {

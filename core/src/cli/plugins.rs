@@ -10,16 +10,49 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use clap::Subcommand;
+use ktstr_sdk::registry::StageKind;
 use ktstr_sdk::registry::builtins;
 use serde_json::json;
 
 use crate::dynamic::{self, LoadError, LoadedPlugin, PluginSpec, Status};
+use crate::registry::Selection;
 
 pub use new::{NewKind, new};
 
-use ktstr_sdk::registry::StageKind;
-
-use crate::registry::Selection;
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// List built-in plugins and every plugin library found, with its ABI
+    /// status.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a plugin's stages, version, library path and config keys.
+    Info {
+        /// A built-in or plugin name, or a library path.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a plugin crate that builds as is (`cargo build --release`).
+    New {
+        /// Plugin name (letters, digits, -): the crate is ktstr-plugin-NAME.
+        name: String,
+        /// The stage the plugin provides.
+        #[arg(long, value_enum)]
+        kind: NewKind,
+        /// The ktstr-sdk crate to depend on (a path dependency). Default:
+        /// the sdk of the source tree this ktstr was built from.
+        #[arg(long, value_name = "DIR")]
+        sdk_path: Option<PathBuf>,
+        /// Where to create the crate. Default: ./ktstr-plugin-NAME.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
 
 /// Whether this host's pipeline (config file included) uses the plugin.
 fn in_use(selection: &Selection, kind: StageKind, name: &str) -> bool {
