@@ -8,8 +8,8 @@
 //! whole output is in the build log (`ktstr kernel log KEY`).
 
 use std::io::{IsTerminal, Write};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use ktstr_sdk::context::Progress;
