@@ -13,9 +13,9 @@ use ktstr_sdk::configure::{ConfigureRequest, Fragment};
 use ktstr_sdk::source::KernelSpec;
 
 use super::host_context;
-use crate::host::{self, Overrides};
 use crate::pipeline::{self, BuildRequestSpec, NotCached, Outcome};
 use crate::progress::{LABEL, StderrProgress};
+use crate::stage_setup::{self, Overrides};
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
@@ -219,7 +219,7 @@ const NON_GIT_HINT: &str = "run `git init && git add -A && git commit -m base` i
 
 pub fn run(args: &BuildArgs) -> Result<()> {
     let (cx, progress) = host_context();
-    let mut setup = host::setup(&Overrides {
+    let mut setup = stage_setup::setup(&Overrides {
         plugins: args.plugins.clone(),
         reserver: args.reserver.clone(),
     })?;

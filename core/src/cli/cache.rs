@@ -12,8 +12,8 @@ use ktstr_sdk::cache::CacheKey;
 use ktstr_sdk::context::Progress;
 
 use super::host_context;
-use crate::host;
 use crate::registry::{Named, Stages};
+use crate::stage_setup as host;
 
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {

@@ -9,9 +9,9 @@ use ktstr_sdk::source::short_id;
 use serde_json::json;
 
 use super::log::LogArgs;
-use crate::host;
 use crate::progress::LABEL;
 use crate::registry::{Named, Stages};
+use crate::stage_setup as host;
 
 #[derive(Debug, Subcommand)]
 pub enum KernelCommand {

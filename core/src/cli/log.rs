@@ -9,7 +9,7 @@ use clap::Args;
 use ktstr_sdk::StageError;
 use ktstr_sdk::cache::CacheKey;
 
-use crate::host;
+use crate::stage_setup;
 
 #[derive(Debug, Args)]
 pub struct LogArgs {
@@ -22,7 +22,7 @@ pub fn run(raw: &str) -> Result<()> {
         StageError::invalid_input(format!("{raw:?} is not a cache key: {e}"))
             .with_hint("`ktstr kernel list` shows the keys")
     })?;
-    let stages = host::stages_with_plugins(&[])?;
+    let stages = stage_setup::stages_with_plugins(&[])?;
     let local = stages.local_cache();
     let Some(entry) = local.stage.lookup(&key)? else {
         return Err(StageError::not_found(format!(

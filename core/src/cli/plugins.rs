@@ -66,7 +66,7 @@ fn in_use(selection: &Selection, kind: StageKind, name: &str) -> bool {
 }
 
 pub fn list(as_json: bool) -> Result<()> {
-    let setup = crate::host::setup(&crate::host::Overrides::default())?;
+    let setup = crate::stage_setup::setup(&crate::stage_setup::Overrides::default())?;
     let selected = |kind: StageKind, name: &str| in_use(&setup.selection, kind, name);
     // A loaded source is in use only when selected (built-in ones always are).
     let dyn_selected = |kind: StageKind, name: &str| match kind {
