@@ -8,8 +8,8 @@
 //! whole output is in the build log (`ktstr kernel log KEY`).
 
 use std::io::{IsTerminal, Write};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use ktstr_sdk::context::Progress;
@@ -37,6 +37,12 @@ struct Step {
     started: Instant,
     lines: u64,
     last_draw: Option<Instant>,
+}
+
+/// A display state whose holder panicked is still fit to draw from; a
+/// panic elsewhere must not also take every later progress line down.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The host's progress display.
@@ -70,7 +76,7 @@ impl StderrProgress {
     }
 
     fn clear_status(&self) {
-        let mut drawn = self.drawn.lock().unwrap();
+        let mut drawn = lock(&self.drawn);
         if *drawn {
             eprint!("\r\x1b[K");
             *drawn = false;
@@ -97,7 +103,7 @@ pub fn human_duration(d: Duration) -> String {
 impl Progress for StderrProgress {
     fn step(&self, name: &str) {
         self.println(&format!("{name}..."));
-        *self.step.lock().unwrap() = Some(Step {
+        *lock(&self.step) = Some(Step {
             name: name.to_string(),
             started: Instant::now(),
             lines: 0,
@@ -106,7 +112,7 @@ impl Progress for StderrProgress {
     }
 
     fn line(&self, line: &str) {
-        let mut guard = self.step.lock().unwrap();
+        let mut guard = lock(&self.step);
         let Some(step) = guard.as_mut() else {
             return;
         };
@@ -136,7 +142,7 @@ impl Progress for StderrProgress {
             let mut err = std::io::stderr().lock();
             let _ = write!(err, "\r\x1b[K{text}");
             let _ = err.flush();
-            *self.drawn.lock().unwrap() = true;
+            *lock(&self.drawn) = true;
         } else {
             eprintln!(
                 "{LABEL}: {}... {elapsed} elapsed, {} lines of output",
@@ -146,7 +152,7 @@ impl Progress for StderrProgress {
     }
 
     fn finish_step(&self) {
-        let step = self.step.lock().unwrap().take();
+        let step = lock(&self.step).take();
         if let Some(step) = step {
             // Neutral wording: a failed step ends here too, before its error.
             self.println(&format!(
@@ -174,5 +180,23 @@ mod tests {
     fn durations_read_naturally() {
         assert_eq!(human_duration(Duration::from_millis(4200)), "4.2s");
         assert_eq!(human_duration(Duration::from_secs(83)), "1m23s");
+    }
+
+    #[test]
+    fn a_panic_while_drawing_does_not_stop_later_output() {
+        let progress = StderrProgress::new();
+        std::thread::scope(|s| {
+            let holder = s.spawn(|| {
+                let _step = progress.step.lock().unwrap();
+                let _drawn = progress.drawn.lock().unwrap();
+                panic!("a progress holder panicked (expected by this test)");
+            });
+            assert!(holder.join().is_err());
+        });
+        assert!(progress.step.is_poisoned() && progress.drawn.is_poisoned());
+        progress.step("after");
+        progress.line("a line");
+        progress.finish_step();
+        progress.note("still printing");
     }
 }

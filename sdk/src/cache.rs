@@ -311,6 +311,22 @@ pub enum Listed {
     Corrupt { key: String, reason: String },
 }
 
+/// Put a listing in the order [`CacheBackend::list`] returns: usable
+/// entries newest first (equal times by key), then corrupt ones by key.
+/// `ktstr kernel clean --keep N` keeps the first N usable rows.
+pub fn sort_newest_first(rows: &mut [Listed]) {
+    rows.sort_by(|a, b| match (a, b) {
+        (Listed::Ok(x), Listed::Ok(y)) => y
+            .metadata
+            .built_at
+            .cmp(&x.metadata.built_at)
+            .then_with(|| x.key.cmp(&y.key)),
+        (Listed::Ok(_), Listed::Corrupt { .. }) => std::cmp::Ordering::Less,
+        (Listed::Corrupt { .. }, Listed::Ok(_)) => std::cmp::Ordering::Greater,
+        (Listed::Corrupt { key: x, .. }, Listed::Corrupt { key: y, .. }) => x.cmp(y),
+    });
+}
+
 /// What a backend can do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Capabilities {
@@ -334,6 +350,7 @@ pub trait CacheBackend: Send + Sync {
         metadata: &Metadata,
     ) -> Result<CacheEntry>;
 
+    /// Every entry, in [`sort_newest_first`] order.
     fn list(&self) -> Result<Vec<Listed>>;
 
     /// `Ok(false)` when there was nothing to remove.
@@ -350,6 +367,47 @@ pub trait CacheBackend: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listings_put_the_newest_first_and_corrupt_last() {
+        let ok = |key: &str, built_at: &str| {
+            let metadata: Metadata = serde_json::from_value(serde_json::json!({
+                "schema": 1, "key": key,
+                "source": {"kind": "x", "identity": "y"},
+                "version": null, "arch": "x86_64", "image_name": "bzImage",
+                "profile": "default", "config_sha256": "", "builder": "b",
+                "toolchain": "t", "built_at": built_at, "components": [], "artifacts": {}
+            }))
+            .unwrap();
+            Listed::Ok(CacheEntry {
+                key: metadata.key.clone(),
+                dir: PathBuf::from(key),
+                metadata,
+                origin: "local".into(),
+            })
+        };
+        let corrupt = |key: &str| Listed::Corrupt {
+            key: key.into(),
+            reason: "r".into(),
+        };
+        let mut rows = vec![
+            corrupt("z-bad"),
+            ok("k-old", "2024-01-01T00:00:00Z"),
+            corrupt("a-bad"),
+            ok("k-b", "2025-06-01T12:00:00Z"),
+            ok("k-a", "2025-06-01T12:00:00Z"),
+            ok("k-mid", "2025-01-01T00:00:00Z"),
+        ];
+        sort_newest_first(&mut rows);
+        let keys: Vec<&str> = rows
+            .iter()
+            .map(|r| match r {
+                Listed::Ok(e) => e.key.as_str(),
+                Listed::Corrupt { key, .. } => key,
+            })
+            .collect();
+        assert_eq!(keys, ["k-a", "k-b", "k-mid", "k-old", "a-bad", "z-bad"]);
+    }
 
     #[test]
     fn key_validation_rejects_unsafe_names() {

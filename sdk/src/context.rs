@@ -204,6 +204,8 @@ impl Cancellation {
 }
 
 /// Everything a stage call may use besides its own inputs.
+/// `StageContext::quiet()` (real processes, no output) is defined beside
+/// its runner, in `runner.rs`.
 #[derive(Clone)]
 pub struct StageContext {
     pub progress: Arc<dyn Progress>,
@@ -216,17 +218,5 @@ impl std::fmt::Debug for StageContext {
         f.debug_struct("StageContext")
             .field("cancelled", &self.cancel.is_cancelled())
             .finish_non_exhaustive()
-    }
-}
-
-impl StageContext {
-    /// A context that runs real processes and prints nothing: for tests and
-    /// for tools embedding a single stage.
-    pub fn quiet() -> Self {
-        Self {
-            progress: Arc::new(NoProgress),
-            runner: Arc::new(crate::runner::SystemRunner),
-            cancel: Cancellation::new(),
-        }
     }
 }

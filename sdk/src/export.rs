@@ -20,9 +20,9 @@
 //! The host side of the same ABI lives in ktstr's `dynamic` module and
 //! uses [`Manifest`], [`wire`] and the error conversions from here.
 
+mod context_proxy;
 mod convert;
 mod guard;
-mod host;
 mod logging;
 mod manifest;
 mod shims;

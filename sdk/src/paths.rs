@@ -1,10 +1,12 @@
-//! Where ktstr keeps things: the cache root and its lock files.
+//! Where ktstr keeps things: the cache root and its lock files (and `~` in
+//! paths users give, which every source spec expands the same way).
 //!
 //! Every lock path is derived here, so the host, the built-in cache and
 //! `ktstr locks` agree on names. Locks live under the cache root's `.locks/`
 //! rather than `/tmp`, where tmp cleaners may unlink a lock file that a
 //! holder still has open.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::cache::CacheKey;
@@ -23,6 +25,24 @@ pub const LOCK_DIR_ENV: &str = "KTSTR_LOCK_DIR";
 /// An environment variable's value; empty counts as unset.
 pub fn env_nonempty(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// `raw` with a leading `~` or `~/` replaced by `$HOME`; anything else
+/// (`~user/x`, `./~/x`) as is. `None` when `raw` starts with `~` but
+/// `$HOME` is unset or empty.
+pub fn expand_home(raw: &str) -> Option<PathBuf> {
+    expand_home_with(raw, std::env::var_os("HOME"))
+}
+
+/// [`expand_home`] with `home` standing in for `$HOME`.
+pub fn expand_home_with(raw: &str, home: Option<OsString>) -> Option<PathBuf> {
+    let rest = match raw.strip_prefix('~') {
+        Some("") => "",
+        Some(rest) if rest.starts_with('/') => rest.trim_start_matches('/'),
+        _ => return Some(PathBuf::from(raw)),
+    };
+    home.filter(|h| !h.is_empty())
+        .map(|home| PathBuf::from(home).join(rest))
 }
 
 /// `$KTSTR_CACHE_DIR`, else `$XDG_CACHE_HOME/ktstr`, else `~/.cache/ktstr`.
@@ -132,6 +152,24 @@ pub fn tree_record(root: &Path, canonical_tree: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expands_a_leading_tilde_only() {
+        let home = || Some(OsString::from("/home/u"));
+        let expand = |raw: &str| expand_home_with(raw, home()).unwrap();
+        assert_eq!(expand("~/linux"), PathBuf::from("/home/u/linux"));
+        assert_eq!(expand("~//linux"), PathBuf::from("/home/u/linux"));
+        assert_eq!(expand("~"), PathBuf::from("/home/u"));
+        assert_eq!(expand("./~/x"), PathBuf::from("./~/x"));
+        assert_eq!(expand("~user/x"), PathBuf::from("~user/x"));
+        assert_eq!(expand("/abs/x.tar.xz"), PathBuf::from("/abs/x.tar.xz"));
+        assert_eq!(expand_home_with("~/linux", None), None);
+        assert_eq!(expand_home_with("~/linux", Some(OsString::new())), None);
+        assert_eq!(
+            expand_home_with("linux", None),
+            Some(PathBuf::from("linux"))
+        );
+    }
 
     #[test]
     fn lock_names_are_stable() {

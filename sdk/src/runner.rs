@@ -38,8 +38,11 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use crate::context::{
-    Cancellation, CapturedOutput, CommandOutcome, CommandRunner, CommandSpec, OutputLine, push_tail,
+    Cancellation, CapturedOutput, CommandOutcome, CommandRunner, CommandSpec, NoProgress,
+    OutputLine, StageContext, push_tail,
 };
 use crate::error::{Result, StageError};
 
@@ -345,6 +348,18 @@ impl CommandRunner for SystemRunner {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         })
+    }
+}
+
+impl StageContext {
+    /// A context that runs real processes and prints nothing: for tests and
+    /// for tools embedding a single stage.
+    pub fn quiet() -> Self {
+        Self {
+            progress: Arc::new(NoProgress),
+            runner: Arc::new(SystemRunner),
+            cancel: Cancellation::new(),
+        }
     }
 }
 

@@ -1,16 +1,217 @@
 //! `ktstr build`.
 
+use std::path::PathBuf;
+
 use anyhow::Result;
+use clap::Args;
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use ktstr_sdk::StageError;
 use ktstr_sdk::build::Variant;
 use ktstr_sdk::configure::{ConfigureRequest, Fragment};
 use ktstr_sdk::source::KernelSpec;
 
-use super::{BuildArgs, host_context};
-use ktstr_sdk::StageError;
-
-use crate::host::{self, Overrides};
+use super::host_context;
 use crate::pipeline::{self, BuildRequestSpec, NotCached, Outcome};
-use crate::progress::StderrProgress;
+use crate::progress::{LABEL, StderrProgress};
+use crate::stage_setup::{self, Overrides};
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Kernel source: a path to a kernel tree.
+    #[arg(long, value_name = "SPEC")]
+    pub kernel: String,
+    /// Configuration profile: `default` (defconfig + sched_ext test
+    /// options) or `tiny` (tinyconfig + the minimum for sched_ext).
+    #[arg(long, default_value = "default", value_name = "NAME")]
+    pub profile: String,
+    /// Extra kconfig fragment applied after the profile (repeatable; last
+    /// occurrence of a symbol wins).
+    #[arg(long = "extra-kconfig", value_name = "FILE")]
+    pub extra_kconfig: Vec<PathBuf>,
+    /// Run `make mrproper` first (local trees only).
+    #[arg(long)]
+    pub clean: bool,
+    /// Rebuild even if the cache has this kernel.
+    #[arg(long)]
+    pub force: bool,
+    /// Reserve N CPUs for the build (`make -jN`), enforced by the reserver
+    /// (default: 30% of the CPUs this process may use).
+    /// Also read from KTSTR_CPU_CAP (an empty value counts as unset).
+    #[arg(
+        long,
+        value_name = "N",
+        env = CPU_CAP_ENV,
+        hide_env = true,
+        value_parser = CpuCapParser
+    )]
+    pub cpu_cap: Option<CpuCap>,
+    /// Use this reserver for this run (overrides the config file).
+    #[arg(long, value_name = "NAME")]
+    pub reserver: Option<String>,
+    /// Load a plugin (NAME[@VERSION-REQ] or a library path) and use its
+    /// stages; repeatable.
+    #[arg(long = "plugin", value_name = "NAME|PATH")]
+    pub plugins: Vec<String>,
+    /// Keep the extracted tarball or git checkout after the build.
+    #[arg(long)]
+    pub keep_source: bool,
+    /// Build a tarball whose sha256 does not match the published digest.
+    #[arg(long)]
+    pub skip_sha256: bool,
+    /// On a cache miss, say which key input differs from the nearest entry.
+    #[arg(long)]
+    pub explain: bool,
+    /// Build for this architecture (kbuild ARCH: x86_64, arm64, riscv, s390,
+    /// powerpc, arm, loongarch; aliases like aarch64 work). Default: the
+    /// host's, or `arch` in the config file.
+    #[arg(long, value_name = "ARCH", value_parser = parse_arch)]
+    pub arch: Option<String>,
+    /// Compiler family: gcc (default), gcc-N, clang or llvm (LLVM=1 with its
+    /// integrated assembler), llvm-N (LLVM=-N).
+    #[arg(long, value_name = "NAME", value_parser = parse_toolchain)]
+    pub toolchain: Option<String>,
+    /// CROSS_COMPILE prefix for a foreign --arch (default: found on PATH by
+    /// the usual triplet, e.g. aarch64-linux-gnu-).
+    #[arg(long, value_name = "PREFIX")]
+    pub cross_compile: Option<String>,
+    /// Configure and build out of tree in DIR (kbuild O=); the source tree
+    /// is not written.
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// One kconfig line, applied after --extra-kconfig files (repeatable;
+    /// last occurrence of a symbol wins), e.g. --kconfig CONFIG_KASAN=y.
+    #[arg(long = "kconfig", value_name = "CONFIG_X=VALUE")]
+    pub kconfig: Vec<String>,
+}
+
+pub const CPU_CAP_ENV: &str = "KTSTR_CPU_CAP";
+pub const BYPASS_ENV: &str = "KTSTR_BYPASS_LLC_LOCKS";
+
+/// `KTSTR_BYPASS_LLC_LOCKS` is set to something non-empty.
+pub fn bypass_requested() -> bool {
+    ktstr_sdk::paths::env_nonempty(BYPASS_ENV).is_some()
+}
+
+/// `--cpu-cap`, or `KTSTR_CPU_CAP` when the flag is absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuCap {
+    /// `None`: the variable is empty, which counts as unset.
+    pub cpus: Option<usize>,
+    pub from_env: bool,
+}
+
+impl BuildArgs {
+    /// The CPUs to reserve, if a cap was given.
+    pub fn cpu_cap(&self) -> Option<usize> {
+        self.cpu_cap.and_then(|c| c.cpus)
+    }
+
+    /// A usage error clap cannot see: a CPU cap together with the bypass.
+    /// The text follows `error: `.
+    pub fn conflict(&self) -> Option<String> {
+        let cap = self.cpu_cap.filter(|c| c.cpus.is_some())?;
+        if !bypass_requested() {
+            return None;
+        }
+        let from = if cap.from_env {
+            CPU_CAP_ENV
+        } else {
+            "--cpu-cap"
+        };
+        Some(format!(
+            "{from} conflicts with {BYPASS_ENV}: a CPU cap is a reservation, and the bypass \
+             skips reservation\n{LABEL}: hint: unset {BYPASS_ENV} to enforce the cap, or drop \
+             {from} to build without a reservation"
+        ))
+    }
+}
+
+fn parse_arch(raw: &str) -> Result<String, String> {
+    ktstr_sdk::arch::find(raw)
+        .map(|a| a.name.to_string())
+        .map_err(|e| match e.hint {
+            Some(h) => format!("not an architecture ktstr builds; {h}"),
+            None => e.message,
+        })
+}
+
+fn parse_toolchain(raw: &str) -> Result<String, String> {
+    ktstr_plugin_kbuild::toolchain::Family::parse(raw)
+        .map(|_| raw.to_string())
+        .map_err(|e| match e.hint {
+            Some(h) => format!("not a toolchain ktstr knows; {h}"),
+            None => e.message,
+        })
+}
+
+fn parse_cpu_cap(raw: &str) -> Result<usize, String> {
+    let n: usize = raw
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a whole number of CPUs"))?;
+    if n == 0 {
+        return Err("must be at least 1 CPU".into());
+    }
+    Ok(n)
+}
+
+/// Parses `--cpu-cap` with [`parse_cpu_cap`]. A value from `KTSTR_CPU_CAP`
+/// is read like every ktstr variable (empty or not UTF-8 counts as unset,
+/// see `paths::env_nonempty`), and a bad one is blamed on the variable,
+/// not on the flag.
+#[derive(Debug, Clone, Copy)]
+struct CpuCapParser;
+
+impl TypedValueParser for CpuCapParser {
+    type Value = CpuCap;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<CpuCap, clap::Error> {
+        self.parse_ref_(cmd, arg, value, ValueSource::CommandLine)
+    }
+
+    fn parse_ref_(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+        source: ValueSource,
+    ) -> Result<CpuCap, clap::Error> {
+        if source != ValueSource::EnvVariable {
+            let cpus = parse_cpu_cap.parse_ref(cmd, arg, value)?;
+            return Ok(CpuCap {
+                cpus: Some(cpus),
+                from_env: false,
+            });
+        }
+        let Some(raw) = value.to_str().filter(|v| !v.is_empty()) else {
+            return Ok(CpuCap {
+                cpus: None,
+                from_env: true,
+            });
+        };
+        match parse_cpu_cap(raw) {
+            Ok(n) => Ok(CpuCap {
+                cpus: Some(n),
+                from_env: true,
+            }),
+            // Raw, with no command attached: rendered as is, without
+            // clap's usage footer (`cli::main` adds the label).
+            Err(why) => Err(clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!(
+                    "{CPU_CAP_ENV}={raw:?}: {why}\n{LABEL}: hint: set it to a number of CPUs \
+                     (at least 1) or unset it\n"
+                ),
+            )),
+        }
+    }
+}
 
 const DIRTY_GIT_HINT: &str = "commit or stash your changes to cache builds of this tree";
 const NON_GIT_HINT: &str = "run `git init && git add -A && git commit -m base` in the tree so \
@@ -18,7 +219,7 @@ const NON_GIT_HINT: &str = "run `git init && git add -A && git commit -m base` i
 
 pub fn run(args: &BuildArgs) -> Result<()> {
     let (cx, progress) = host_context();
-    let mut setup = host::setup(&Overrides {
+    let mut setup = stage_setup::setup(&Overrides {
         plugins: args.plugins.clone(),
         reserver: args.reserver.clone(),
     })?;
@@ -69,10 +270,10 @@ pub fn run(args: &BuildArgs) -> Result<()> {
         },
         clean: args.clean,
         force: args.force,
-        cpu_cap: args.cpu_cap,
+        cpu_cap: args.cpu_cap(),
         explain: args.explain,
         keep_source: args.keep_source,
-        bypass_locks: super::bypass_requested(),
+        bypass_locks: bypass_requested(),
         variant,
         output,
     };
@@ -157,5 +358,54 @@ fn report(outcome: &Outcome, progress: &StderrProgress) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_cap_zero_is_rejected_with_reason() {
+        assert_eq!(parse_cpu_cap("0").unwrap_err(), "must be at least 1 CPU");
+        assert!(parse_cpu_cap("x").unwrap_err().contains("\"x\""));
+        assert_eq!(parse_cpu_cap("4"), Ok(4));
+    }
+
+    #[test]
+    fn cpu_cap_from_the_environment_is_blamed_on_the_variable() {
+        let cmd = clap::Command::new("ktstr");
+        let parse = |raw: &str, source| {
+            CpuCapParser.parse_ref_(&cmd, None, std::ffi::OsStr::new(raw), source)
+        };
+        let unset = CpuCap {
+            cpus: None,
+            from_env: true,
+        };
+        assert_eq!(parse("", ValueSource::EnvVariable).unwrap(), unset);
+        assert_eq!(
+            parse("2", ValueSource::EnvVariable).unwrap(),
+            CpuCap {
+                cpus: Some(2),
+                from_env: true
+            }
+        );
+        assert_eq!(
+            parse("0", ValueSource::EnvVariable)
+                .unwrap_err()
+                .render()
+                .to_string(),
+            "error: KTSTR_CPU_CAP=\"0\": must be at least 1 CPU\nktstr: hint: set it to a number \
+             of CPUs (at least 1) or unset it\n"
+        );
+        // On the command line an empty value is an error, not "unset".
+        assert!(parse("", ValueSource::CommandLine).is_err());
+        assert_eq!(
+            parse("3", ValueSource::CommandLine).unwrap(),
+            CpuCap {
+                cpus: Some(3),
+                from_env: false
+            }
+        );
     }
 }

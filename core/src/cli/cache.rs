@@ -6,14 +6,35 @@
 //! fetching a kernel onto a machine that will not build.
 
 use anyhow::Result;
+use clap::Subcommand;
 use ktstr_sdk::StageError;
 use ktstr_sdk::cache::CacheKey;
 use ktstr_sdk::context::Progress;
 
 use super::host_context;
-use crate::host;
 use crate::registry::Stages;
+use crate::stage_setup;
 use crate::tiers::{Backfilled, is_read_only};
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Upload a local entry to every writable remote tier.
+    Push {
+        /// The entry's key (`ktstr kernel list`).
+        key: String,
+        /// Load a plugin (e.g. `s3-cache`) for this command; repeatable.
+        #[arg(long = "plugin", value_name = "NAME|PATH")]
+        plugins: Vec<String>,
+    },
+    /// Download an entry from the first remote tier that has it.
+    Pull {
+        /// The entry's key (`ktstr kernel list --remote`).
+        key: String,
+        /// Load a plugin (e.g. `s3-cache`) for this command; repeatable.
+        #[arg(long = "plugin", value_name = "NAME|PATH")]
+        plugins: Vec<String>,
+    },
+}
 
 fn parse_key(raw: &str) -> Result<CacheKey, StageError> {
     CacheKey::parse(raw).map_err(|e| {
@@ -23,7 +44,7 @@ fn parse_key(raw: &str) -> Result<CacheKey, StageError> {
 }
 
 fn stages(plugins: &[String]) -> Result<Stages> {
-    let stages = host::stages_with_plugins(plugins)?;
+    let stages = stage_setup::stages_with_plugins(plugins)?;
     if stages.tiers.remotes().is_empty() {
         return Err(
             StageError::invalid_input("no remote cache tier is configured")

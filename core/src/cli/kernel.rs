@@ -3,14 +3,56 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Result, bail};
+use clap::Subcommand;
 use ktstr_sdk::cache::Listed;
 use ktstr_sdk::source::short_id;
 use serde_json::json;
 
-use crate::host;
+use super::log::LogArgs;
 use crate::progress::LABEL;
 use crate::registry::Stages;
+use crate::stage_setup;
 use crate::tiers::{Tier, is_read_only};
+
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    /// List cached kernels.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also list the entries of this plugin's cache tiers (NAME or
+        /// library path); repeatable.
+        #[arg(long = "plugin", value_name = "NAME|PATH")]
+        plugins: Vec<String>,
+        /// Also list the entries of every remote tier (config `caches`).
+        #[arg(long)]
+        remote: bool,
+    },
+    /// Print the build log of a cached kernel (make's whole output) to stdout.
+    Log(LogArgs),
+    /// Remove cached kernels.
+    Clean {
+        /// Keep the N most recently built entries.
+        #[arg(long, value_name = "N")]
+        keep: Option<usize>,
+        /// Do not ask for confirmation (required off a terminal).
+        #[arg(long)]
+        force: bool,
+        /// Also clean this plugin's (writable) cache tiers; repeatable.
+        #[arg(long = "plugin", value_name = "NAME|PATH")]
+        plugins: Vec<String>,
+    },
+    /// Check local entries' files against their recorded sha256 digests;
+    /// a corrupt entry is removed so its next build rebuilds it.
+    Verify {
+        /// Keys to check (default: every local entry).
+        keys: Vec<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
 
 /// Every tier's rows with the tier's name, local first: the local tier,
 /// plus every other tier when `every_tier` (`--remote`, or `--plugin`:
@@ -68,7 +110,7 @@ fn json_row(row: &Listed) -> serde_json::Value {
 }
 
 pub fn list(as_json: bool, plugins: &[String], remote: bool) -> Result<()> {
-    let stages = host::stages_with_plugins(plugins)?;
+    let stages = stage_setup::stages_with_plugins(plugins)?;
     if remote && stages.tiers.remotes().is_empty() {
         eprintln!(
             "{LABEL}: warning: no remote cache tier is configured (add --plugin s3-cache or \
@@ -173,7 +215,7 @@ fn confirm(question: &str) -> Result<bool> {
 }
 
 pub fn clean(keep: Option<usize>, force: bool, plugins: &[String]) -> Result<()> {
-    let stages = host::stages_with_plugins(plugins)?;
+    let stages = stage_setup::stages_with_plugins(plugins)?;
     // Per tier: its cache and the keys to remove from it (`--keep` counts
     // within each tier). Read-only tiers are never cleaned.
     let mut plan: Vec<(&Tier, Vec<String>)> = Vec::new();
@@ -276,7 +318,7 @@ struct Verdict {
 /// "marked": the next build of that key misses and rebuilds it. Exit 1 when
 /// any entry was corrupt or missing.
 pub fn verify(keys: &[String], as_json: bool) -> Result<()> {
-    let stages = host::stages_with_plugins(&[])?;
+    let stages = stage_setup::stages_with_plugins(&[])?;
     let (cx, _progress) = super::host_context();
     let local = stages.tiers.local();
     let mut targets: Vec<(String, Option<Listed>)> = Vec::new();

@@ -11,9 +11,20 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
+use clap::Args;
 use ktstr_sdk::lock::{self, Holder};
 use ktstr_sdk::paths;
 use serde::Serialize;
+
+#[derive(Debug, Args)]
+pub struct LocksArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Redraw every second until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+}
 
 #[derive(Debug, Serialize)]
 struct Row {
@@ -125,7 +136,7 @@ fn render(rows: &[Row], out: &mut impl Write) -> std::io::Result<()> {
 pub fn run(as_json: bool, watch: bool) -> Result<()> {
     let root = paths::cache_root()?;
     // The llc reserver's settings may move its locks (`[plugin.llc] lock_dir`).
-    let setup = crate::host::setup(&crate::host::Overrides::default())?;
+    let setup = crate::stage_setup::setup(&crate::stage_setup::Overrides::default())?;
     let cpu_dir =
         ktstr_plugin_llc::LlcReserver::from_config(setup.selection.config("llc"))?.lock_dir()?;
     let cancel = ktstr_sdk::context::Cancellation::new();

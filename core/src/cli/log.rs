@@ -5,17 +5,24 @@
 //! without a log (stored before ktstr kept them) is an error that says so.
 
 use anyhow::Result;
+use clap::Args;
 use ktstr_sdk::StageError;
 use ktstr_sdk::cache::CacheKey;
 
-use crate::host;
+use crate::stage_setup;
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// The entry's key (`ktstr kernel list`).
+    pub key: String,
+}
 
 pub fn run(raw: &str) -> Result<()> {
     let key = CacheKey::parse(raw).map_err(|e| {
         StageError::invalid_input(format!("{raw:?} is not a cache key: {e}"))
             .with_hint("`ktstr kernel list` shows the keys")
     })?;
-    let stages = host::stages_with_plugins(&[])?;
+    let stages = stage_setup::stages_with_plugins(&[])?;
     let local = stages.tiers.local();
     let Some(entry) = local.stage.lookup(&key)? else {
         return Err(StageError::not_found(format!(

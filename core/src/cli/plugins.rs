@@ -10,16 +10,49 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use clap::Subcommand;
+use ktstr_sdk::registry::StageKind;
 use ktstr_sdk::registry::builtins;
 use serde_json::json;
 
 use crate::dynamic::{self, LoadError, LoadedPlugin, PluginSpec, Status};
+use crate::registry::Selection;
 
 pub use new::{NewKind, new};
 
-use ktstr_sdk::registry::StageKind;
-
-use crate::registry::Selection;
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// List built-in plugins and every plugin library found, with its ABI
+    /// status.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a plugin's stages, version, library path and config keys.
+    Info {
+        /// A built-in or plugin name, or a library path.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a plugin crate that builds as is (`cargo build --release`).
+    New {
+        /// Plugin name (letters, digits, -): the crate is ktstr-plugin-NAME.
+        name: String,
+        /// The stage the plugin provides.
+        #[arg(long, value_enum)]
+        kind: NewKind,
+        /// The ktstr-sdk crate to depend on (a path dependency). Default:
+        /// the sdk of the source tree this ktstr was built from.
+        #[arg(long, value_name = "DIR")]
+        sdk_path: Option<PathBuf>,
+        /// Where to create the crate. Default: ./ktstr-plugin-NAME.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
 
 /// Whether this host's pipeline (config file included) uses the plugin.
 fn in_use(selection: &Selection, kind: StageKind, name: &str) -> bool {
@@ -33,7 +66,7 @@ fn in_use(selection: &Selection, kind: StageKind, name: &str) -> bool {
 }
 
 pub fn list(as_json: bool) -> Result<()> {
-    let setup = crate::host::setup(&crate::host::Overrides::default())?;
+    let setup = crate::stage_setup::setup(&crate::stage_setup::Overrides::default())?;
     let selected = |kind: StageKind, name: &str| in_use(&setup.selection, kind, name);
     // A loaded source is in use only when selected (built-in ones always are).
     let dyn_selected = |kind: StageKind, name: &str| match kind {

@@ -24,7 +24,7 @@ use ktstr_sdk::reserve::{Reservation, ReserveRequest, Reserver};
 use ktstr_sdk::source::{AcquiredSource, KernelSpec, Resolved, SourceAcquirer, SourceState};
 use ktstr_sdk::{Result, StageError};
 
-use super::host::host_box;
+use super::callbacks::host_box;
 
 fn done<T>(r: FfiResult<T>) -> Result<T> {
     r.into_result().map_err(from_ffi)

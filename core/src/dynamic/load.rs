@@ -222,7 +222,7 @@ pub fn load(path: &Path, asked: Option<&str>) -> std::result::Result<LoadedPlugi
         .init_root_module::<PluginModRef>()
         .map_err(|e| init_error(&name, path, &abi, e))?;
 
-    let attach = (root.attach())(super::host::logger_box(&name));
+    let attach = (root.attach())(super::callbacks::logger_box(&name));
     if let Err(e) = attach.into_result() {
         return Err(fail(
             Status::Broken,

@@ -16,8 +16,8 @@
 //! reservation guard it returned, may be alive until the process exits.
 
 mod adapters;
+mod callbacks;
 mod factory;
-mod host;
 pub mod load;
 pub mod search;
 

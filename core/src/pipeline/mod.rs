@@ -414,7 +414,7 @@ impl<'a> Run<'a> {
             }
             return Ok(ControlFlow::Continue(None));
         }
-        let (held, _waited) = lock_tree(self.root, &tree.build_dir, self.cx)?;
+        let held = lock_tree(self.root, &tree.build_dir, self.cx)?;
         // On this, the miss path, the probe's cost is noise.
         let fresh = (self.target.acquirer.stage)
             .probe(&tree.source, self.cx)
@@ -612,10 +612,10 @@ impl<'a> Run<'a> {
     }
 }
 
-/// Hold the tree's build lock, saying whom we wait for. Returns whether we waited.
-fn lock_tree(root: &Path, tree: &Path, cx: &StageContext) -> Result<(lock::FileLock, bool)> {
+/// Hold the tree's build lock, saying whom we wait for.
+fn lock_tree(root: &Path, tree: &Path, cx: &StageContext) -> Result<FileLock> {
     let path = paths::source_lock(root, tree);
-    let held = lock::lock_reporting(&path, LockMode::Exclusive, |holders| {
+    let (held, _) = lock::lock_reporting(&path, LockMode::Exclusive, |holders| {
         cx.progress.note(&format!(
             "source tree {} is locked by another build; waiting ({})",
             tree.display(),
@@ -627,7 +627,7 @@ fn lock_tree(root: &Path, tree: &Path, cx: &StageContext) -> Result<(lock::FileL
         tracing::debug!("cannot describe {}: {e}", path.display());
     }
     // Every process of the build holds it: see ktstr_sdk::runner.
-    Ok((held.0.inherit_into_commands(), held.1))
+    Ok(held.inherit_into_commands())
 }
 
 /// Whether a re-probe shows the local tree changed (a commit or an edit)

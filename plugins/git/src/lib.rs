@@ -123,12 +123,6 @@ impl GitSource {
         self
     }
 
-    /// Fetch `depth` commits of history (0 = full history).
-    pub fn with_depth(mut self, depth: u32) -> Self {
-        self.depth = depth;
-        self
-    }
-
     fn root(&self) -> Result<PathBuf> {
         match &self.root {
             Some(root) => Ok(root.clone()),

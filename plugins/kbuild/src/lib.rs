@@ -67,8 +67,6 @@ ktstr_sdk::inventory::submit! {
 pub struct Setup {
     pub arch: &'static KernelArch,
     pub family: Family,
-    /// `CROSS_COMPILE`, empty for none.
-    pub cross: String,
     /// Every make argument but `-j`, `O=` and the target.
     pub make_args: Vec<String>,
     /// The commands make will run as compiler, linker and assembler.
@@ -129,7 +127,6 @@ impl Setup {
         Ok(Self {
             arch,
             family,
-            cross,
             make_args,
             cc,
             ld,

@@ -320,14 +320,9 @@ impl CacheBackend for LocalCache {
                 }),
             }
         }
-        ok.sort_by(|a, b| {
-            b.metadata
-                .built_at
-                .cmp(&a.metadata.built_at)
-                .then_with(|| a.key.cmp(&b.key))
-        });
-        corrupt.sort_by(|a, b| listed_key(a).cmp(listed_key(b)));
-        Ok(ok.into_iter().map(Listed::Ok).chain(corrupt).collect())
+        let mut rows: Vec<Listed> = ok.into_iter().map(Listed::Ok).chain(corrupt).collect();
+        ktstr_sdk::cache::sort_newest_first(&mut rows);
+        Ok(rows)
     }
 
     fn remove(&self, key: &CacheKey) -> Result<bool> {
@@ -371,13 +366,6 @@ impl CacheBackend for LocalCache {
 
     fn describe(&self) -> String {
         format!("local cache at {}", self.root.display())
-    }
-}
-
-fn listed_key(l: &Listed) -> &str {
-    match l {
-        Listed::Ok(e) => e.key.as_str(),
-        Listed::Corrupt { key, .. } => key,
     }
 }
 

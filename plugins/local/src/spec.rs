@@ -45,16 +45,10 @@ pub(crate) fn expand_home(raw: &str) -> Result<PathBuf> {
 }
 
 pub(crate) fn expand_home_with(raw: &str, home: Option<std::ffi::OsString>) -> Result<PathBuf> {
-    let rest = match raw.strip_prefix('~') {
-        Some("") => "",
-        Some(rest) if rest.starts_with('/') => rest.trim_start_matches('/'),
-        _ => return Ok(PathBuf::from(raw)),
-    };
-    match home.filter(|h| !h.is_empty()) {
-        Some(home) => Ok(PathBuf::from(home).join(rest)),
-        None => Err(StageError::invalid_input(format!(
+    ktstr_sdk::paths::expand_home_with(raw, home).ok_or_else(|| {
+        StageError::invalid_input(format!(
             "--kernel {raw}: cannot expand ~ because $HOME is not set"
         ))
-        .with_hint("write the path out in full")),
-    }
+        .with_hint("write the path out in full")
+    })
 }

@@ -8,7 +8,7 @@
 //! archives.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ktstr_sdk::prelude::*;
 
@@ -248,17 +248,13 @@ pub fn claims(raw: &str) -> bool {
     if body.contains("://") || body.starts_with("git+") {
         return false;
     }
-    has_archive_suffix(body) && !Path::new(&expand_home(body)).is_dir()
+    has_archive_suffix(body) && !local_path(body).is_dir()
 }
 
-fn expand_home(path: &str) -> String {
-    match (
-        path.strip_prefix("~/"),
-        ktstr_sdk::paths::env_nonempty("HOME"),
-    ) {
-        (Some(rest), Some(home)) => format!("{home}/{rest}"),
-        _ => path.to_string(),
-    }
+/// The file a local archive spec names. Without `$HOME` a `~/` path stays
+/// as written (and is then not found, under that name).
+fn local_path(body: &str) -> PathBuf {
+    ktstr_sdk::paths::expand_home(body).unwrap_or_else(|| PathBuf::from(body))
 }
 
 /// Parse a claimed spec. Errors name the spec and say how to write it.
@@ -295,7 +291,7 @@ pub fn parse(raw: &str) -> Result<Spec> {
             Location::File(PathBuf::from(percent_decode(path)))
         }
         Some(_) => Location::Http(body.to_string()),
-        None => Location::File(PathBuf::from(expand_home(body))),
+        None => Location::File(local_path(body)),
     };
     Ok(Spec::Tarball { location, sha256 })
 }

@@ -24,18 +24,18 @@
 // abi_stable 0.11's `sabi_trait` expands to impls inside a const block.
 #![allow(non_local_definitions)]
 
+mod callbacks;
 mod error;
-mod host;
 mod root;
 mod stages;
 
 pub use abi_stable;
 
-pub use error::{FfiError, FfiResult};
-pub use host::{
+pub use callbacks::{
     FfiLogger, FfiLogger_TO, HostBox, HostCallbacks, HostCallbacks_TO, LineSink, LineSink_TO,
     LineSinkMut, LoggerBox, level,
 };
+pub use error::{FfiError, FfiResult};
 pub use root::{PluginMod, PluginModRef};
 pub use stages::{
     FfiBuilder, FfiBuilder_TO, FfiBuilderBox, FfiCache, FfiCache_TO, FfiCacheBox, FfiConfigurer,

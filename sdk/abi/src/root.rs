@@ -10,8 +10,8 @@ use abi_stable::sabi_types::VersionStrings;
 use abi_stable::std_types::{RStr, RString};
 use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings};
 
+use crate::callbacks::LoggerBox;
 use crate::error::FfiResult;
-use crate::host::LoggerBox;
 use crate::stages::{FfiBuilderBox, FfiCacheBox, FfiConfigurerBox, FfiReserverBox, FfiSourceBox};
 
 /// A plugin library's entry points. Constructors take the stage name (one

@@ -10,8 +10,8 @@
 use abi_stable::std_types::{RBox, ROption, RStr, RString};
 use abi_stable::{StableAbi, sabi_trait};
 
+use crate::callbacks::HostBox;
 use crate::error::FfiResult;
-use crate::host::HostBox;
 
 /// `ktstr_sdk::source::SourceAcquirer`.
 #[sabi_trait]

@@ -16,9 +16,9 @@ use ktstr_plugin_abi::{
     FfiReserver_TO, FfiReserverBox, FfiResult, FfiSource, FfiSource_TO, FfiSourceBox, HostBox,
 };
 
+use super::context_proxy::context;
 use super::convert::{from_json, to_json};
 use super::guard::{ffi, quietly};
-use super::host::context;
 use super::wire;
 use crate::build::{BuildRequest, Builder};
 use crate::cache::{CacheBackend, CacheKey, Metadata};

@@ -282,12 +282,7 @@ impl CacheBackend for SharedDirCache {
             };
             rows.push(row);
         }
-        rows.sort_by(|a, b| match (a, b) {
-            (Listed::Ok(a), Listed::Ok(b)) => b.metadata.built_at.cmp(&a.metadata.built_at),
-            (Listed::Ok(_), _) => std::cmp::Ordering::Less,
-            (_, Listed::Ok(_)) => std::cmp::Ordering::Greater,
-            _ => std::cmp::Ordering::Equal,
-        });
+        ktstr_sdk::cache::sort_newest_first(&mut rows);
         Ok(rows)
     }
 

@@ -44,16 +44,7 @@ impl RemoteTier {
                 .filter_map(|r| async move { r })
                 .collect(),
         );
-        rows.sort_by(|a, b| match (a, b) {
-            (Listed::Ok(x), Listed::Ok(y)) => y
-                .metadata
-                .built_at
-                .cmp(&x.metadata.built_at)
-                .then_with(|| x.key.cmp(&y.key)),
-            (Listed::Ok(_), Listed::Corrupt { .. }) => std::cmp::Ordering::Less,
-            (Listed::Corrupt { .. }, Listed::Ok(_)) => std::cmp::Ordering::Greater,
-            (Listed::Corrupt { key: x, .. }, Listed::Corrupt { key: y, .. }) => x.cmp(y),
-        });
+        ktstr_sdk::cache::sort_newest_first(&mut rows);
         Ok(rows)
     }
 

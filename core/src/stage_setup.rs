@@ -24,7 +24,6 @@ pub struct Overrides {
 /// The resolved setup of one run.
 pub struct Setup {
     pub config: Config,
-    pub host: String,
     pub effective: Effective,
     pub catalog: Catalog,
     pub selection: Selection,
@@ -72,8 +71,7 @@ pub fn stages_with_plugins(plugins: &[String]) -> Result<Stages> {
 /// Load the config file and apply `overrides`.
 pub fn setup(overrides: &Overrides) -> Result<Setup> {
     let config = Config::load()?;
-    let host = config::hostname();
-    let effective = config.for_host(&host);
+    let effective = config.for_host(&config::hostname());
     let mut selection = effective.selection()?;
     let mut catalog = Catalog::builtin();
     let mut plugins = effective.settings.plugins.clone().unwrap_or_default();
@@ -104,7 +102,6 @@ pub fn setup(overrides: &Overrides) -> Result<Setup> {
     }
     Ok(Setup {
         config,
-        host,
         effective,
         catalog,
         selection,
