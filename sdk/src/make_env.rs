@@ -216,6 +216,29 @@ where
     Ok(Classified { inputs, dropped })
 }
 
+/// [`classify`] of this process's environment. A kbuild variable whose
+/// value is not UTF-8 is refused (the key could not record it); other
+/// variables that are not UTF-8 are not kbuild's, and are left alone.
+pub fn classify_process_env() -> Result<Classified> {
+    let mut vars = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        let Some(name) = k.to_str() else { continue };
+        match v.into_string() {
+            Ok(value) => vars.push((name.to_string(), value)),
+            Err(raw) if policy_of(name).is_some() => {
+                return Err(StageError::invalid_input(format!(
+                    "{name}={} is set in the environment and is not UTF-8 text; kbuild would \
+                     read it, and ktstr cannot record it in the cache key",
+                    raw.to_string_lossy()
+                ))
+                .with_hint(format!("unset {name}, or set it to UTF-8 text")));
+            }
+            Err(_) => {}
+        }
+    }
+    classify(vars)
+}
+
 /// The error for a refused variable; `hint` says what to do instead.
 fn refusal(name: &str, value: &str, hint: String) -> StageError {
     StageError::invalid_input(format!(

@@ -199,6 +199,27 @@ fn missing_cross_compiler_names_the_package() {
         .assert_stderr_has("apt-get install gcc-s390x-linux-gnu");
 }
 
+/// A kbuild variable whose value is not UTF-8 cannot be recorded in the
+/// key: refused, naming it. A variable that is not kbuild's is left alone.
+#[test]
+fn a_kbuild_variable_that_is_not_utf8_is_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let fx = Fixture::git();
+    let args = fx.build_args(&[]);
+    let bytes = std::ffi::OsStr::from_bytes(b"-O2 \xff");
+    let mut cmd = fx.command(&args);
+    cmd.env("KCFLAGS", bytes);
+    fx.run_cmd(cmd, &args)
+        .assert_fails()
+        .assert_hint()
+        .assert_stderr_has("KCFLAGS=")
+        .assert_stderr_has("not UTF-8");
+    fx.assert_nothing_cached();
+    let mut cmd = fx.command(&args);
+    cmd.env("KTSTR_TEST_UNRELATED", bytes);
+    fx.run_cmd(cmd, &args).assert_ok();
+}
+
 /// Rewrite one recorded input of the entry `key`.
 fn tamper(fx: &Fixture, key: &str, component: &str) {
     let path = fx.kernels_dir().join(key).join("metadata.json");

@@ -192,7 +192,7 @@ impl KbuildBuilder {
                 inputs: inputs.clone(),
                 dropped: Vec::new(),
             }),
-            None => make_env::classify(std::env::vars()),
+            None => make_env::classify_process_env(),
         }
     }
 
