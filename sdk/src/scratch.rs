@@ -6,7 +6,8 @@
 //! name without the suffix is always a whole tree. Any error or cancellation
 //! before that removes the staging directory (drop). The host removes the
 //! finished tree after the build; the pid in the name lets [`sweep_dead`]
-//! remove what a `kill -9` left behind.
+//! remove what a `kill -9` left behind (liveness as [`crate::owned::pid_alive`]
+//! says).
 //!
 //! Two markers beside an entry change that: `<name>.kept` (`--keep-source`:
 //! the user asked for it, so no sweep ever removes it) and `<name>.failed`
@@ -146,10 +147,6 @@ pub fn is_marked(entry: &Path) -> bool {
         .is_ok_and(|t| t.elapsed().unwrap_or_default() < FAILED_KEPT_FOR)
 }
 
-fn alive(pid: u32) -> bool {
-    pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists()
-}
-
 /// Remove the scratch entries under `root` whose process is gone. Returns
 /// what was removed; an entry that cannot be removed is logged and skipped.
 pub fn sweep_dead(root: &Path) -> Vec<PathBuf> {
@@ -174,7 +171,7 @@ pub fn sweep_dead(root: &Path) -> Vec<PathBuf> {
         let Some((_, pid)) = owner(name) else {
             continue;
         };
-        if alive(pid) {
+        if crate::owned::pid_alive(pid) {
             continue;
         }
         let path = entry.path();

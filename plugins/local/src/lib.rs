@@ -26,9 +26,6 @@ pub const NAME: &str = "local";
 /// Hint for a path that is not the top of a kernel tree.
 const TREE_HINT: &str = "point --kernel at the top of a Linux source tree, the directory containing MAINTAINERS/Kconfig/arch";
 
-/// Archive suffixes left to the tarball acquirer.
-const TARBALL_SUFFIXES: [&str; 5] = [".tar", ".tar.xz", ".tar.gz", ".tgz", ".tar.zst"];
-
 /// Source acquirer for a kernel tree on local disk.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LocalSource;
@@ -90,9 +87,9 @@ fn is_url(raw: &str) -> bool {
     raw.contains("://") || raw.starts_with("git+")
 }
 
+/// Archives are left to the tarball acquirer.
 fn is_tarball(raw: &str) -> bool {
-    let lower = raw.to_ascii_lowercase();
-    TARBALL_SUFFIXES.iter().any(|s| lower.ends_with(s))
+    ktstr_sdk::archive::has_archive_suffix(raw)
 }
 
 /// Expand a leading `~` / `~/` with `$HOME`; other specs are returned as is.
