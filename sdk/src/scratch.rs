@@ -48,9 +48,8 @@ impl Scratch {
                 paths::CACHE_DIR_ENV
             ))
         })?;
-        let pid = std::process::id();
         loop {
-            let name = format!("{kind}-{pid}-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+            let name = entry_name(kind);
             let dest = parent.join(&name);
             let path = parent.join(format!("{name}{PART}"));
             if std::fs::symlink_metadata(&dest).is_ok() {
@@ -98,6 +97,17 @@ impl Drop for Scratch {
             tracing::warn!("cannot remove {}: {e}", self.path.display());
         }
     }
+}
+
+/// A fresh scratch entry name of this process, `<kind>-<pid>-<n>`: what
+/// [`sweep_dead`] removes once the process is gone. Whoever creates the
+/// entry must still cope with one left by an earlier process of that pid.
+pub fn entry_name(kind: &str) -> String {
+    format!(
+        "{kind}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The kind and pid in a scratch entry name `<kind>-<pid>-<n>[.part]`.
@@ -206,6 +216,9 @@ mod tests {
         assert_eq!(owner("git-remote-77-4"), Some(("git-remote", 77)));
         assert_eq!(owner("linux-6.12"), None);
         assert_eq!(owner("notes"), None);
+        let fresh = entry_name("git-remote");
+        assert_eq!(owner(&fresh), Some(("git-remote", std::process::id())));
+        assert_ne!(entry_name("git-remote"), fresh);
     }
 
     #[test]

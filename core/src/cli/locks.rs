@@ -68,7 +68,7 @@ fn ordered(groups: Vec<Vec<LockInfo>>) -> Vec<LockInfo> {
     rows
 }
 
-/// Sort LLC ids numerically, everything else as text.
+/// Sort numeric ids (CPU numbers) as numbers, everything else as text.
 fn natural(id: &str) -> (u64, String) {
     (id.parse().unwrap_or(u64::MAX), id.to_string())
 }
