@@ -30,8 +30,6 @@ use ktstr_sdk::paths;
 /// zstd level of stored logs: text compresses ~10x at this level, fast.
 const ZSTD_LEVEL: i32 = 9;
 
-static NEXT: AtomicU64 = AtomicU64::new(0);
-
 /// What kind of diagnostic a log line is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Diagnostic {
@@ -233,10 +231,8 @@ impl Drop for BuildLog {
 
 /// Create `<dir>/buildlog-<pid>-<n>` (a name the scratch sweep knows).
 fn create_scratch_file(dir: &Path) -> Result<(PathBuf, File)> {
-    let pid = std::process::id();
     loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!("buildlog-{pid}-{n}"));
+        let path = dir.join(ktstr_sdk::scratch::entry_name("buildlog"));
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

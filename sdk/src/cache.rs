@@ -362,6 +362,12 @@ pub trait CacheBackend: Send + Sync {
     fn capabilities(&self) -> Capabilities {
         Capabilities::default()
     }
+
+    /// The lock files this backend takes, for `ktstr locks` (see
+    /// [`crate::lock_list`]). None by default.
+    fn locks(&self) -> Result<Vec<crate::lock_list::LockInfo>> {
+        Ok(Vec::new())
+    }
 }
 
 #[cfg(test)]

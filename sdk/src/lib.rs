@@ -14,6 +14,7 @@
 //! [`CacheBackend`]: cache::CacheBackend
 
 pub mod arch;
+pub mod archive;
 pub mod build;
 pub mod cache;
 pub mod configure;
@@ -23,7 +24,9 @@ pub mod export;
 pub mod fsread;
 pub mod hash;
 pub mod lock;
+pub mod lock_list;
 pub mod make_env;
+pub mod owned;
 pub mod paths;
 pub mod read_only;
 pub mod registry;
@@ -31,6 +34,7 @@ pub mod reserve;
 pub mod runner;
 pub mod scratch;
 pub mod source;
+pub mod switch;
 pub mod testing;
 
 pub use error::{ErrorKind, Result, StageError};

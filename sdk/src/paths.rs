@@ -1,10 +1,13 @@
-//! Where ktstr keeps things: the cache root and its lock files (and `~` in
-//! paths users give, which every source spec expands the same way).
+//! Where ktstr keeps things: the cache root, its shared directories and the
+//! host's own lock files (and `~` in paths users give, which every source
+//! spec expands the same way).
 //!
-//! Every lock path is derived here, so the host, the built-in cache and
-//! `ktstr locks` agree on names. Locks live under the cache root's `.locks/`
-//! rather than `/tmp`, where tmp cleaners may unlink a lock file that a
-//! holder still has open.
+//! Only what several crates share is derived here (the root, `.locks/`,
+//! `scratch/`, a plugin's state directory, and the host's build and tree
+//! locks, which tests look for too); a path only one plugin uses (a git
+//! mirror, an LLC lock, a cache entry's lock) is that plugin's own.
+//! Locks live under the cache root's `.locks/` rather than `/tmp`, where
+//! tmp cleaners may unlink a lock file that a holder still has open.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -17,10 +20,10 @@ pub const LOCK_DIR_NAME: &str = ".locks";
 pub const KERNELS_DIR_NAME: &str = "kernels";
 pub const TREES_DIR_NAME: &str = "trees";
 pub const SCRATCH_DIR_NAME: &str = "scratch";
-pub const MIRRORS_DIR_NAME: &str = "git";
-/// Overrides where CPU (LLC) locks live, so several cache roots on one host
-/// still coordinate their CPU use.
-pub const LOCK_DIR_ENV: &str = "KTSTR_LOCK_DIR";
+/// `build-<key>.lock`: see [`build_lock`].
+pub const BUILD_LOCK_PREFIX: &str = "build-";
+/// `source-<crc32 of tree>.lock`: see [`source_lock`].
+pub const SOURCE_LOCK_PREFIX: &str = "source-";
 
 /// An environment variable's value; empty counts as unset.
 pub fn env_nonempty(name: &str) -> Option<String> {
@@ -80,39 +83,11 @@ pub fn lock_dir(root: &Path) -> PathBuf {
     root.join(LOCK_DIR_NAME)
 }
 
-/// Where CPU reservation (per-LLC) locks live: `$KTSTR_LOCK_DIR`, else the
-/// reserver's configured directory, else `<root>/.locks`.
-pub fn cpu_lock_dir(root: &Path, configured: Option<&Path>) -> PathBuf {
-    env_nonempty(LOCK_DIR_ENV)
-        .map(PathBuf::from)
-        .or_else(|| configured.map(Path::to_path_buf))
-        .unwrap_or_else(|| lock_dir(root))
-}
-
-/// Lock of one last-level cache, `llc-<id>.lock` in [`cpu_lock_dir`].
-pub fn llc_lock(cpu_lock_dir: &Path, llc_id: usize) -> PathBuf {
-    cpu_lock_dir.join(format!("llc-{llc_id}.lock"))
-}
-
 /// `<root>/scratch`: temporary kernel trees (extracted tarballs, git
 /// checkouts). Each lives in a `<kind>-<pid>-<n>` directory so that a sweep
 /// can remove the ones whose process died.
 pub fn scratch_dir(root: &Path) -> PathBuf {
     root.join(SCRATCH_DIR_NAME)
-}
-
-/// `<root>/git/<crc32 of url>.git`: the bare mirror of one remote.
-pub fn git_mirror(root: &Path, url: &str) -> PathBuf {
-    root.join(MIRRORS_DIR_NAME)
-        .join(format!("{}.git", crate::hash::crc32_hex(url.as_bytes())))
-}
-
-/// Lock serialising fetches into one git mirror.
-pub fn mirror_lock(root: &Path, url: &str) -> PathBuf {
-    lock_dir(root).join(format!(
-        "mirror-{}.lock",
-        crate::hash::crc32_hex(url.as_bytes())
-    ))
 }
 
 /// `<root>/state/<plugin>`: small facts a plugin remembers between runs
@@ -121,16 +96,11 @@ pub fn plugin_state(root: &Path, plugin: &str) -> PathBuf {
     root.join("state").join(plugin)
 }
 
-/// Lock serialising installs of one cache entry.
-pub fn entry_lock(root: &Path, key: &CacheKey) -> PathBuf {
-    lock_dir(root).join(format!("entry-{key}.lock"))
-}
-
 /// Lock making one cache key's build single-flight: whoever holds it builds
 /// the key; the others wait and then look in the cache again. Held through
 /// the build (and by every process the build runs), whatever the reserver.
 pub fn build_lock(root: &Path, key: &CacheKey) -> PathBuf {
-    lock_dir(root).join(format!("build-{key}.lock"))
+    lock_dir(root).join(format!("{BUILD_LOCK_PREFIX}{key}.lock"))
 }
 
 fn tree_hash(canonical_tree: &Path) -> String {
@@ -140,7 +110,10 @@ fn tree_hash(canonical_tree: &Path) -> String {
 
 /// Lock serialising builds in one source tree (by canonical path).
 pub fn source_lock(root: &Path, canonical_tree: &Path) -> PathBuf {
-    lock_dir(root).join(format!("source-{}.lock", tree_hash(canonical_tree)))
+    lock_dir(root).join(format!(
+        "{SOURCE_LOCK_PREFIX}{}.lock",
+        tree_hash(canonical_tree)
+    ))
 }
 
 /// What ktstr last configured a local tree for (see the host's `tree_config`).
@@ -176,14 +149,9 @@ mod tests {
         let root = Path::new("/c");
         let key = CacheKey::parse("6.12.0-local-x86_64-abcd").unwrap();
         assert_eq!(
-            entry_lock(root, &key),
-            Path::new("/c/.locks/entry-6.12.0-local-x86_64-abcd.lock")
-        );
-        assert_eq!(
             build_lock(root, &key),
             Path::new("/c/.locks/build-6.12.0-local-x86_64-abcd.lock")
         );
-        assert_ne!(build_lock(root, &key), entry_lock(root, &key));
         let a = source_lock(root, Path::new("/src/linux"));
         let b = source_lock(root, Path::new("/src/linux2"));
         assert_ne!(a, b);

@@ -72,6 +72,10 @@ impl<B: CacheBackend + ?Sized> CacheBackend for ReadOnly<B> {
             ..self.inner.capabilities()
         }
     }
+
+    fn locks(&self) -> Result<Vec<crate::lock_list::LockInfo>> {
+        self.inner.locks()
+    }
 }
 
 #[cfg(test)]

@@ -51,6 +51,12 @@ impl std::fmt::Debug for Reservation {
 /// Stage 2: decide the build's CPU budget and hold it.
 pub trait Reserver: Send + Sync {
     fn reserve(&self, request: &ReserveRequest, cx: &StageContext) -> Result<Reservation>;
+
+    /// The lock files this reserver takes, for `ktstr locks` (see
+    /// [`crate::lock_list`]). None by default.
+    fn locks(&self) -> Result<Vec<crate::lock_list::LockInfo>> {
+        Ok(Vec::new())
+    }
 }
 
 /// CPUs this process may run on (sched_getaffinity), at least 1.

@@ -6,7 +6,8 @@
 //! name without the suffix is always a whole tree. Any error or cancellation
 //! before that removes the staging directory (drop). The host removes the
 //! finished tree after the build; the pid in the name lets [`sweep_dead`]
-//! remove what a `kill -9` left behind.
+//! remove what a `kill -9` left behind (liveness as [`crate::owned::pid_alive`]
+//! says).
 //!
 //! Two markers beside an entry change that: `<name>.kept` (`--keep-source`:
 //! the user asked for it, so no sweep ever removes it) and `<name>.failed`
@@ -47,9 +48,8 @@ impl Scratch {
                 paths::CACHE_DIR_ENV
             ))
         })?;
-        let pid = std::process::id();
         loop {
-            let name = format!("{kind}-{pid}-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+            let name = entry_name(kind);
             let dest = parent.join(&name);
             let path = parent.join(format!("{name}{PART}"));
             if std::fs::symlink_metadata(&dest).is_ok() {
@@ -99,6 +99,17 @@ impl Drop for Scratch {
     }
 }
 
+/// A fresh scratch entry name of this process, `<kind>-<pid>-<n>`: what
+/// [`sweep_dead`] removes once the process is gone. Whoever creates the
+/// entry must still cope with one left by an earlier process of that pid.
+pub fn entry_name(kind: &str) -> String {
+    format!(
+        "{kind}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// The kind and pid in a scratch entry name `<kind>-<pid>-<n>[.part]`.
 pub fn owner(name: &str) -> Option<(&str, u32)> {
     let base = name.strip_suffix(PART).unwrap_or(name);
@@ -146,10 +157,6 @@ pub fn is_marked(entry: &Path) -> bool {
         .is_ok_and(|t| t.elapsed().unwrap_or_default() < FAILED_KEPT_FOR)
 }
 
-fn alive(pid: u32) -> bool {
-    pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists()
-}
-
 /// Remove the scratch entries under `root` whose process is gone. Returns
 /// what was removed; an entry that cannot be removed is logged and skipped.
 pub fn sweep_dead(root: &Path) -> Vec<PathBuf> {
@@ -174,7 +181,7 @@ pub fn sweep_dead(root: &Path) -> Vec<PathBuf> {
         let Some((_, pid)) = owner(name) else {
             continue;
         };
-        if alive(pid) {
+        if crate::owned::pid_alive(pid) {
             continue;
         }
         let path = entry.path();
@@ -209,6 +216,9 @@ mod tests {
         assert_eq!(owner("git-remote-77-4"), Some(("git-remote", 77)));
         assert_eq!(owner("linux-6.12"), None);
         assert_eq!(owner("notes"), None);
+        let fresh = entry_name("git-remote");
+        assert_eq!(owner(&fresh), Some(("git-remote", std::process::id())));
+        assert_ne!(entry_name("git-remote"), fresh);
     }
 
     #[test]

@@ -124,6 +124,12 @@ pub trait SourceAcquirer: Send + Sync {
         let _ = (source, cx);
         Ok(None)
     }
+
+    /// The lock files this acquirer takes, for `ktstr locks` (see
+    /// [`crate::lock_list`]). None by default.
+    fn locks(&self) -> Result<Vec<crate::lock_list::LockInfo>> {
+        Ok(Vec::new())
+    }
 }
 
 /// The short form of a content id for messages: its first 12 characters.

@@ -278,14 +278,7 @@ pub fn run(args: &BuildArgs) -> Result<()> {
         output,
     };
     if args.skip_sha256 {
-        let table = setup
-            .selection
-            .configs
-            .entry("tarball".into())
-            .or_insert_with(|| serde_json::json!({}));
-        if let Some(map) = table.as_object_mut() {
-            map.insert("skip_sha256".into(), true.into());
-        }
+        ktstr_sdk::switch::apply(ktstr_sdk::switch::SKIP_SHA256, &mut setup.selection.configs);
     }
     let stages = setup.stages()?;
     let root = ktstr_sdk::paths::cache_root()?;

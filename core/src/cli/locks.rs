@@ -1,20 +1,24 @@
-//! `ktstr locks`: every LLC, source-tree, build (per key), mirror and
-//! cache-entry lock, and who holds or waits for it.
+//! `ktstr locks`: every lock the host and its stages take, and who holds or
+//! waits for it.
 //!
-//! Lock files are never deleted (see docs/cache.md), so the directory lists
-//! everything ever locked; holders come from `/proc/locks`. A lock file's
-//! content, when present, is a one-line description of what it guards
-//! (a tree path, a CPU list); its name alone says the kind.
+//! The host lists its own build (per key) and source-tree locks; each
+//! selected stage lists its own through its `locks()` hook
+//! ([`ktstr_sdk::lock_list`]), so this command knows no plugin's lock
+//! files. Lock files are never deleted (see docs/cache.md), so the listing
+//! shows everything ever locked; holders come from `/proc/locks`.
 
+use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
-use ktstr_sdk::lock::{self, Holder};
+use ktstr_sdk::lock;
+use ktstr_sdk::lock_list::{self, LockInfo};
 use ktstr_sdk::paths;
-use serde::Serialize;
+
+use crate::registry::Stages;
 
 #[derive(Debug, Args)]
 pub struct LocksArgs {
@@ -26,83 +30,61 @@ pub struct LocksArgs {
     pub watch: bool,
 }
 
-#[derive(Debug, Serialize)]
-struct Row {
-    kind: &'static str,
-    /// Key, LLC id or hash from the file name.
-    id: String,
-    /// What the file says it guards (tree path, CPUs), if anything.
-    guards: String,
-    path: PathBuf,
-    holders: Vec<Holder>,
-}
-
-fn classify(name: &str) -> Option<(&'static str, &str)> {
-    let stem = name.strip_suffix(".lock")?;
-    [
-        ("llc-", "llc"),
-        ("source-", "source"),
-        ("entry-", "entry"),
-        ("build-", "build"),
-        ("mirror-", "mirror"),
+/// The host's own locks: per-key build locks and source-tree locks.
+fn host_locks(root: &Path) -> Vec<Vec<LockInfo>> {
+    let dir = paths::lock_dir(root);
+    vec![
+        lock_list::list_dir(&dir, "build", paths::BUILD_LOCK_PREFIX),
+        lock_list::list_dir(&dir, "source", paths::SOURCE_LOCK_PREFIX),
     ]
-    .into_iter()
-    .find_map(|(prefix, kind)| stem.strip_prefix(prefix).map(|id| (kind, id)))
 }
 
-fn scan(dir: &Path, rows: &mut Vec<Row>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+/// Every lock, in groups: the reserver's CPU locks, the host's build and
+/// tree locks, the source stages' locks, then the cache tiers'.
+fn collect(root: &Path, stages: &Stages) -> ktstr_sdk::Result<Vec<LockInfo>> {
+    let named = |kind: &str, name: &str, listed: ktstr_sdk::Result<Vec<LockInfo>>| {
+        listed.map_err(|e| e.context(format!("{kind} plugin {name}: listing its locks")))
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some((kind, id)) = name.to_str().and_then(classify) else {
-            continue;
-        };
-        let path = entry.path();
-        // A lock file's content says what it guards; one replaced by a
-        // FIFO or a huge file must not hang or bloat `ktstr locks`.
-        let guards = ktstr_sdk::fsread::read_text(
-            &path,
-            "lock file",
-            4 << 10,
-            ktstr_sdk::fsread::Follow::No,
-        )
-        .ok()
-        .and_then(|t| t.lines().next().map(str::to_string))
-        .unwrap_or_default();
-        rows.push(Row {
-            kind,
-            id: id.to_string(),
-            guards,
-            holders: lock::holders(&path),
-            path,
-        });
+    let mut groups = vec![named(
+        "reserver",
+        &stages.reserver.name,
+        stages.reserver.stage.locks(),
+    )?];
+    groups.extend(host_locks(root));
+    for s in &stages.sources {
+        groups.push(named("source", &s.name, s.stage.locks())?);
     }
+    for (c, _) in stages.tiers.scope(true) {
+        groups.push(named("cache", &c.name, c.stage.locks())?);
+    }
+    Ok(ordered(groups))
 }
 
-fn collect(root: &Path, cpu: &Path) -> Vec<Row> {
+/// Kinds in the order their groups come, each sorted by id; a lock file
+/// two stages both list is shown once.
+fn ordered(groups: Vec<Vec<LockInfo>>) -> Vec<LockInfo> {
+    let mut kinds: Vec<String> = Vec::new();
+    let mut seen = HashSet::new();
     let mut rows = Vec::new();
-    let main = paths::lock_dir(root);
-    scan(&main, &mut rows);
-    if cpu != main {
-        scan(cpu, &mut rows);
+    for row in groups.into_iter().flatten() {
+        if !seen.insert(row.path.clone()) {
+            continue;
+        }
+        if !kinds.contains(&row.kind) {
+            kinds.push(row.kind.clone());
+        }
+        rows.push(row);
     }
-    let order = |k: &str| {
-        ["llc", "build", "source", "mirror", "entry"]
-            .iter()
-            .position(|x| *x == k)
-    };
-    rows.sort_by_key(|r| (order(r.kind), natural(&r.id)));
+    rows.sort_by_key(|r| (kinds.iter().position(|k| *k == r.kind), natural(&r.id)));
     rows
 }
 
-/// Sort LLC ids numerically, everything else as text.
+/// Sort numeric ids (CPU numbers) as numbers, everything else as text.
 fn natural(id: &str) -> (u64, String) {
     (id.parse().unwrap_or(u64::MAX), id.to_string())
 }
 
-fn render(rows: &[Row], out: &mut impl Write) -> std::io::Result<()> {
+fn render(rows: &[LockInfo], out: &mut impl Write) -> std::io::Result<()> {
     if rows.is_empty() {
         return writeln!(
             out,
@@ -135,16 +117,14 @@ fn render(rows: &[Row], out: &mut impl Write) -> std::io::Result<()> {
 
 pub fn run(as_json: bool, watch: bool) -> Result<()> {
     let root = paths::cache_root()?;
-    // The llc reserver's settings may move its locks (`[plugin.llc] lock_dir`).
-    let setup = crate::stage_setup::setup(&crate::stage_setup::Overrides::default())?;
-    let cpu_dir =
-        ktstr_plugin_llc::LlcReserver::from_config(setup.selection.config("llc"))?.lock_dir()?;
+    // Stages find their own lock files (a stage's settings may move them).
+    let stages = crate::stage_setup::setup(&crate::stage_setup::Overrides::default())?.stages()?;
     let cancel = ktstr_sdk::context::Cancellation::new();
     if watch {
         crate::interrupt::install(&cancel);
     }
     loop {
-        let rows = collect(&root, &cpu_dir);
+        let rows = collect(&root, &stages)?;
         let mut out = std::io::stdout().lock();
         if as_json {
             writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
@@ -173,37 +153,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_say_the_kind() {
-        assert_eq!(classify("llc-3.lock"), Some(("llc", "3")));
+    fn host_locks_are_named_by_prefix() {
+        let root = tempfile::tempdir().unwrap();
+        paths::ensure_root(root.path()).unwrap();
+        let dir = paths::lock_dir(root.path());
+        for name in [
+            "source-1a2b.lock",
+            "build-6.12.0-tarball-x86_64-ab.lock",
+            "mirror-1a2b.lock",
+            "other.txt",
+        ] {
+            std::fs::write(dir.join(name), "").unwrap();
+        }
+        let rows = ordered(host_locks(root.path()));
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| (r.kind.as_str(), r.id.as_str()))
+            .collect();
         assert_eq!(
-            classify("entry-6.12.0-local-x86_64-ab.lock"),
-            Some(("entry", "6.12.0-local-x86_64-ab"))
+            got,
+            [("build", "6.12.0-tarball-x86_64-ab"), ("source", "1a2b")]
         );
-        assert_eq!(classify("source-1a2b.lock"), Some(("source", "1a2b")));
-        assert_eq!(
-            classify("build-6.12.0-tarball-x86_64-ab.lock"),
-            Some(("build", "6.12.0-tarball-x86_64-ab"))
-        );
-        assert_eq!(classify("other.txt"), None);
     }
 
     #[test]
     fn lists_holders_of_a_held_lock() {
         let root = tempfile::tempdir().unwrap();
         paths::ensure_root(root.path()).unwrap();
-        let path = paths::llc_lock(&paths::lock_dir(root.path()), 2);
+        let dir = paths::lock_dir(root.path());
+        // A stage's family of locks, as its `locks()` hook lists them.
+        let path = dir.join("cpu-2.lock");
         std::fs::write(&path, "cpus 4-7\n").unwrap();
         let _held = lock::try_lock(&path, lock::LockMode::Exclusive)
             .unwrap()
             .unwrap();
-        let free = paths::llc_lock(&paths::lock_dir(root.path()), 10);
-        std::fs::write(&free, "").unwrap();
-        let rows = collect(root.path(), &paths::lock_dir(root.path()));
-        assert_eq!(rows.len(), 2);
+        std::fs::write(dir.join("cpu-10.lock"), "").unwrap();
+        std::fs::write(dir.join("source-ab.lock"), "").unwrap();
+        let stage = lock_list::list_dir(&dir, "cpu", "cpu-");
+        let mut groups = vec![stage.clone(), stage];
+        groups.extend(host_locks(root.path()));
+        let rows = ordered(groups);
+        assert_eq!(rows.len(), 3, "listed twice, shown once: {rows:?}");
         assert_eq!(
             (rows[0].id.as_str(), rows[0].guards.as_str()),
             ("2", "cpus 4-7")
         );
+        assert_eq!(rows[1].id, "10");
+        assert_eq!(rows[2].kind, "source");
         assert_eq!(rows[0].holders.len(), 1);
         assert_eq!(rows[0].holders[0].pid, std::process::id());
         assert!(rows[1].holders.is_empty());

@@ -178,7 +178,7 @@ impl SourceAcquirer for GitSource {
             // A commit id needs no network; a mirror that does not exist
             // yet is not created just to learn that it lacks the commit.
             GitRef::Sha(sha) => {
-                let existing = paths::git_mirror(&root, &spec.url)
+                let existing = mirror::git_mirror(&root, &spec.url)
                     .exists()
                     .then(|| Mirror::open_or_init(&root, &spec.url))
                     .transpose()?;
@@ -208,7 +208,7 @@ impl SourceAcquirer for GitSource {
         let mirror = Mirror::open_or_init(&root, &spec.url)?;
         let commit = self.commit_of(&spec, &mirror)?;
         let interrupt = cx.cancel.flag();
-        let lock_path = paths::mirror_lock(&root, &spec.url);
+        let lock_path = mirror::mirror_lock(&root, &spec.url);
 
         if !mirror.has_commit(&commit) {
             let (_lock, _waited) = lock_reporting(&lock_path, LockMode::Exclusive, |holders| {
@@ -274,5 +274,13 @@ impl SourceAcquirer for GitSource {
             is_git: false,
             is_local: false,
         })
+    }
+
+    fn locks(&self) -> Result<Vec<ktstr_sdk::lock_list::LockInfo>> {
+        Ok(ktstr_sdk::lock_list::list_dir(
+            &paths::lock_dir(&self.root()?),
+            "mirror",
+            mirror::LOCK_PREFIX,
+        ))
     }
 }

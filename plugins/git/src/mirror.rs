@@ -36,6 +36,27 @@ use ktstr_sdk::prelude::*;
 use crate::remote::{Timeouts, chain, connect, remote, transport_error};
 use crate::spec::GitSpec;
 
+/// `<cache root>/git`: every mirror.
+pub const MIRRORS_DIR_NAME: &str = "git";
+/// File name prefix of a mirror lock, `mirror-<crc32(url)>.lock`.
+pub(crate) const LOCK_PREFIX: &str = "mirror-";
+
+/// `<root>/git/<crc32 of url>.git`: the bare mirror of one remote.
+pub fn git_mirror(root: &Path, url: &str) -> PathBuf {
+    root.join(MIRRORS_DIR_NAME).join(format!(
+        "{}.git",
+        ktstr_sdk::hash::crc32_hex(url.as_bytes())
+    ))
+}
+
+/// Lock serialising fetches into one git mirror, in `<root>/.locks`.
+pub fn mirror_lock(root: &Path, url: &str) -> PathBuf {
+    paths::lock_dir(root).join(format!(
+        "{LOCK_PREFIX}{}.lock",
+        ktstr_sdk::hash::crc32_hex(url.as_bytes())
+    ))
+}
+
 /// One opened mirror.
 pub struct Mirror {
     pub path: PathBuf,
@@ -78,7 +99,7 @@ impl Mirror {
     /// Creation happens in a temporary directory renamed into place, so
     /// concurrent first users race harmlessly and need no lock.
     pub fn open_or_init(root: &Path, url: &str) -> Result<Mirror> {
-        let path = paths::git_mirror(root, url);
+        let path = git_mirror(root, url);
         if !path.exists() {
             init(root, &path, url)?;
         }
@@ -280,14 +301,13 @@ static INIT_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize
 
 /// Create a bare repository at `path` through a temporary sibling.
 fn init(root: &Path, path: &Path, url: &str) -> Result<()> {
-    let parent = root.join(paths::MIRRORS_DIR_NAME);
+    let parent = root.join(MIRRORS_DIR_NAME);
     std::fs::create_dir_all(&parent).at("create directory", &parent)?;
-    let tmp = parent.join(format!(
-        ".tmp-{}-{}-{}",
+    let tmp = parent.join(ktstr_sdk::owned::temp_name(&format!(
+        "{}.{}",
         path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id(),
         INIT_SEQ.fetch_add(1, Ordering::SeqCst)
-    ));
+    )));
     let _ = std::fs::remove_dir_all(&tmp);
     gix::init_bare(&tmp).map_err(|e| {
         let mut err = StageError::new(

@@ -35,7 +35,7 @@ fn resolve_one(src: &GitSource, spec: &str) -> Result<Resolved> {
 /// Every file in the mirror's pack directory with its size: a fetch that
 /// received objects adds a pack.
 fn packs(root: &Path, url: &str) -> Vec<(String, u64)> {
-    let dir = ktstr_sdk::paths::git_mirror(root, url).join("objects/pack");
+    let dir = ktstr_plugin_git::mirror::git_mirror(root, url).join("objects/pack");
     let mut v: Vec<(String, u64)> = std::fs::read_dir(dir)
         .map(|d| {
             d.flatten()
@@ -137,7 +137,7 @@ fn file_remote_tag_branch_sha_and_head() {
     assert_eq!(got.identity.id, first);
 
     // Depth 1 by default: the mirror is shallow.
-    let mirror = ktstr_sdk::paths::git_mirror(&c.root, &url);
+    let mirror = ktstr_plugin_git::mirror::git_mirror(&c.root, &url);
     assert!(mirror.join("shallow").is_file());
     assert_eq!(
         git(&mirror, &["for-each-ref", "--format=%(refname)"]),
@@ -483,7 +483,7 @@ fn full_history_with_depth_zero_and_protocol_v0_fallback() {
         .with_root(&c.root);
     src.acquire(&KernelSpec::new(format!("git+{url}#branch=main")), &cx())
         .unwrap();
-    let mirror = ktstr_sdk::paths::git_mirror(&c.root, &url);
+    let mirror = ktstr_plugin_git::mirror::git_mirror(&c.root, &url);
     assert!(!mirror.join("shallow").exists());
     assert_eq!(git(&mirror, &["cat-file", "-t", &first]), "commit");
 
@@ -494,7 +494,7 @@ fn full_history_with_depth_zero_and_protocol_v0_fallback() {
     let spec = KernelSpec::new(format!("git+{url}#sha={second}"));
     let r = src.resolve(&spec, &cx()).unwrap().remove(0);
     assert_eq!(r.version, None);
-    let mirror = ktstr_sdk::paths::git_mirror(&c2.root, &url);
+    let mirror = ktstr_plugin_git::mirror::git_mirror(&c2.root, &url);
     assert!(!mirror.exists(), "a #sha= resolve creates nothing");
     // Create the mirror, then pin it to protocol v0.
     resolve_one(&src, &format!("git+{url}#branch=main")).unwrap();
@@ -683,7 +683,7 @@ fn stale_lock_files_of_a_killed_fetch_are_recovered() {
     let first = origin.rev("HEAD");
     src.acquire(&KernelSpec::new(format!("git+{url}#sha={first}")), &cx())
         .unwrap();
-    let mirror = ktstr_sdk::paths::git_mirror(&c.root, &url);
+    let mirror = ktstr_plugin_git::mirror::git_mirror(&c.root, &url);
     assert!(mirror.join("shallow").is_file(), "the mirror is shallow");
 
     // What a `kill -9` during the next fetch leaves behind.
@@ -715,4 +715,18 @@ fn stale_lock_files_of_a_killed_fetch_are_recovered() {
         said.contains("shallow.lock") && said.contains("killed"),
         "the user was not told: {said}"
     );
+}
+
+/// `ktstr locks` learns the mirror locks from the source itself.
+#[test]
+fn lists_its_mirror_locks() {
+    let root = tempfile::tempdir().unwrap();
+    let lock = ktstr_plugin_git::mirror::mirror_lock(root.path(), "https://example.invalid/l.git");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    std::fs::write(&lock, "").unwrap();
+    std::fs::write(lock.with_file_name("entry-k.lock"), "").unwrap();
+    let locks = GitSource::default().with_root(root.path()).locks().unwrap();
+    assert_eq!(locks.len(), 1, "{locks:?}");
+    assert_eq!(locks[0].kind, "mirror");
+    assert_eq!(locks[0].path, lock);
 }

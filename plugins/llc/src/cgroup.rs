@@ -371,19 +371,6 @@ pub fn owner_pid(name: &str) -> Option<u32> {
     pid.parse().ok()
 }
 
-fn alive(pid: u32) -> bool {
-    use nix::sys::signal::kill;
-    use nix::unistd::Pid;
-    let Ok(raw) = i32::try_from(pid) else {
-        return false;
-    };
-    // EPERM: it exists but belongs to someone else.
-    !matches!(
-        kill(Pid::from_raw(raw), None),
-        Err(nix::errno::Errno::ESRCH)
-    )
-}
-
 /// Remove sandboxes in `h.parent` whose ktstr process is gone. Returns the
 /// removed directories; failures are logged, never fatal.
 pub fn sweep(h: &Hierarchy) -> Vec<PathBuf> {
@@ -396,7 +383,7 @@ pub fn sweep(h: &Hierarchy) -> Vec<PathBuf> {
         let Some(pid) = name.to_str().and_then(owner_pid) else {
             continue;
         };
-        if !entry.path().is_dir() || alive(pid) {
+        if !entry.path().is_dir() || ktstr_sdk::owned::pid_alive(pid) {
             continue;
         }
         let dir = entry.path();

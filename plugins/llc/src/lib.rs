@@ -34,8 +34,6 @@ use ktstr_sdk::lock::FileLock;
 use ktstr_sdk::paths;
 use ktstr_sdk::prelude::*;
 
-pub use locks::{LlcLockInfo, list_llc_locks};
-
 use crate::plan::{NoPlan, Plan};
 use crate::topology::{CpuSet, Topology};
 
@@ -164,7 +162,7 @@ impl LlcReserver {
     /// `KTSTR_LOCK_DIR`, else the configured `lock_dir`, else
     /// `<cache root>/.locks`.
     pub fn lock_dir(&self) -> Result<PathBuf> {
-        Ok(paths::cpu_lock_dir(
+        Ok(locks::cpu_lock_dir(
             &paths::cache_root()?,
             self.config.lock_dir.as_deref(),
         ))
@@ -322,6 +320,10 @@ impl Reserver for LlcReserver {
     fn reserve(&self, request: &ReserveRequest, cx: &StageContext) -> Result<Reservation> {
         cx.cancel.check()?;
         self.reserve_on(request, cx, &allowed_cpus()?)
+    }
+
+    fn locks(&self) -> Result<Vec<ktstr_sdk::lock_list::LockInfo>> {
+        Ok(locks::list(&self.lock_dir()?))
     }
 }
 

@@ -14,9 +14,31 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use ktstr_sdk::lock::{self, FileLock, Holder, LockMode};
+use ktstr_sdk::lock::{self, FileLock, LockMode};
+use ktstr_sdk::lock_list::{self, LockInfo};
 use ktstr_sdk::paths;
 use ktstr_sdk::prelude::*;
+
+/// Overrides where CPU (LLC) locks live, so several cache roots on one host
+/// still coordinate their CPU use.
+pub const LOCK_DIR_ENV: &str = "KTSTR_LOCK_DIR";
+
+/// File name prefix of an LLC lock, `llc-<id>.lock`.
+const PREFIX: &str = "llc-";
+
+/// Where CPU reservation (per-LLC) locks live: `$KTSTR_LOCK_DIR`, else the
+/// reserver's configured directory, else `<root>/.locks`.
+pub fn cpu_lock_dir(root: &Path, configured: Option<&Path>) -> PathBuf {
+    paths::env_nonempty(LOCK_DIR_ENV)
+        .map(PathBuf::from)
+        .or_else(|| configured.map(Path::to_path_buf))
+        .unwrap_or_else(|| paths::lock_dir(root))
+}
+
+/// Lock of one last-level cache, `llc-<id>.lock` in [`cpu_lock_dir`].
+pub fn llc_lock(cpu_lock_dir: &Path, llc_id: usize) -> PathBuf {
+    cpu_lock_dir.join(format!("{PREFIX}{llc_id}.lock"))
+}
 
 /// Refuse lock directories on network or userspace filesystems.
 ///
@@ -59,7 +81,7 @@ fn lock_dir_hint() -> String {
     format!(
         "set {}=/var/tmp/ktstr-locks (or another directory on a local filesystem \
          shared by every ktstr on this host)",
-        paths::LOCK_DIR_ENV
+        LOCK_DIR_ENV
     )
 }
 
@@ -75,7 +97,7 @@ pub fn busy(dir: &Path, ids: impl IntoIterator<Item = usize>) -> BTreeSet<usize>
     let table = lock::proc_locks();
     ids.into_iter()
         .filter(|&id| {
-            std::fs::metadata(paths::llc_lock(dir, id)).is_ok_and(|m| {
+            std::fs::metadata(llc_lock(dir, id)).is_ok_and(|m| {
                 lock::parse_proc_locks(&table, m.dev(), m.ino())
                     .iter()
                     .any(|h| !h.waiting)
@@ -94,7 +116,7 @@ pub fn try_lock_all(
     let mut sorted = ids.to_vec();
     sorted.sort_unstable();
     for id in sorted {
-        match lock::try_lock(&paths::llc_lock(dir, id), LockMode::Exclusive)? {
+        match lock::try_lock(&llc_lock(dir, id), LockMode::Exclusive)? {
             Some(l) => held.push(l),
             // Dropping `held` releases what we took.
             None => return Ok(Err(id)),
@@ -109,50 +131,19 @@ pub fn describe_busy(dir: &Path, ids: &[usize]) -> String {
         .map(|&id| {
             format!(
                 "LLC {id} {}",
-                lock::describe_holders(&lock::holders(&paths::llc_lock(dir, id)))
+                lock::describe_holders(&lock::holders(&llc_lock(dir, id)))
             )
         })
         .collect::<Vec<_>>()
         .join("; ")
 }
 
-/// One LLC lock file and who holds it (for `ktstr locks`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct LlcLockInfo {
-    pub llc: usize,
-    pub path: PathBuf,
-    pub holders: Vec<Holder>,
-}
-
-/// Every `llc-<id>.lock` in `dir`, by id, with holders and waiters.
-/// A missing directory lists nothing.
-pub fn list_llc_locks(dir: &Path) -> Result<Vec<LlcLockInfo>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(StageError::io("list lock directory", dir, e)),
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry.at("list lock directory", dir)?;
-        let name = entry.file_name();
-        let Some(id) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("llc-"))
-            .and_then(|n| n.strip_suffix(".lock"))
-            .and_then(|n| n.parse::<usize>().ok())
-        else {
-            continue;
-        };
-        let path = entry.path();
-        out.push(LlcLockInfo {
-            llc: id,
-            holders: lock::holders(&path),
-            path,
-        });
-    }
-    out.sort_by_key(|i| i.llc);
-    Ok(out)
+/// Every `llc-<id>.lock` in `dir` with holders and waiters, numeric ids
+/// first in order (for `ktstr locks`). A missing directory lists nothing.
+pub fn list(dir: &Path) -> Vec<LockInfo> {
+    let mut out = lock_list::list_dir(dir, "llc", PREFIX);
+    out.sort_by_key(|l| (l.id.parse::<usize>().unwrap_or(usize::MAX), l.id.clone()));
+    out
 }
 
 #[cfg(test)]
@@ -177,7 +168,7 @@ mod tests {
     fn all_or_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let other = lock::try_lock(&paths::llc_lock(d, 2), LockMode::Exclusive)
+        let other = lock::try_lock(&llc_lock(d, 2), LockMode::Exclusive)
             .unwrap()
             .unwrap();
         assert!(settles(|| busy(d, [0, 1, 2, 3]) == BTreeSet::from([2])));
@@ -202,11 +193,15 @@ mod tests {
     fn lists_locks_with_holders() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        assert!(list_llc_locks(&d.join("missing")).unwrap().is_empty());
+        assert!(list(&d.join("missing")).is_empty());
         let held = try_lock_all(d, &[10, 2]).unwrap().unwrap();
         std::fs::write(d.join("source-abc.lock"), b"").unwrap();
-        let list = list_llc_locks(d).unwrap();
-        assert_eq!(list.iter().map(|l| l.llc).collect::<Vec<_>>(), vec![2, 10]);
+        let list = list(d);
+        assert_eq!(
+            list.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
+            ["2", "10"]
+        );
+        assert!(list.iter().all(|l| l.kind == "llc"));
         let me = std::process::id();
         assert!(
             list[0]
@@ -215,8 +210,7 @@ mod tests {
                 .any(|h| h.pid == me && h.mode == "WRITE")
         );
         drop(held);
-        assert!(settles(|| list_llc_locks(d)
-            .unwrap()
+        assert!(settles(|| super::list(d)
             .iter()
             .all(|l| l.holders.is_empty())));
     }
@@ -232,6 +226,6 @@ mod tests {
     fn unwritable_lock_dir_names_the_fix() {
         let e = check_lock_dir(Path::new("/proc/ktstr-no-such/locks")).unwrap_err();
         assert!(e.to_string().contains("/proc/ktstr-no-such/locks"), "{e}");
-        assert!(e.hint.unwrap().contains(paths::LOCK_DIR_ENV));
+        assert!(e.hint.unwrap().contains(LOCK_DIR_ENV));
     }
 }

@@ -151,13 +151,13 @@ fn default_budget_reserves_30_percent_in_a_sandbox() {
     );
     // Both LLCs are locked while the reservation lives, released after.
     for id in [0, 10] {
-        let p = paths::llc_lock(&e.lock_dir(), id);
+        let p = locks::llc_lock(&e.lock_dir(), id);
         assert!(lock::try_lock(&p, LockMode::Exclusive).unwrap().is_none());
     }
     drop(r);
     assert!(!sandbox.exists(), "sandbox removed on drop");
     for id in [0, 10] {
-        let p = paths::llc_lock(&e.lock_dir(), id);
+        let p = locks::llc_lock(&e.lock_dir(), id);
         assert!(free_soon(&p), "{} still locked after the drop", p.display());
     }
 }
@@ -222,7 +222,7 @@ fn concurrent_reservations_get_disjoint_llcs() {
 #[test]
 fn waits_for_a_holder_process_and_names_it() {
     let e = one_llc();
-    let lock_path = paths::llc_lock(&e.lock_dir(), 0);
+    let lock_path = locks::llc_lock(&e.lock_dir(), 0);
     std::fs::create_dir_all(lock_path.parent().unwrap()).unwrap();
     std::fs::write(&lock_path, b"").unwrap();
     let mut holder = std::process::Command::new("flock")
@@ -376,8 +376,7 @@ fn no_cpuset_controller_with_a_cap_fails_before_locking() {
     );
     assert!(err.hint.unwrap().contains("--reserver none"));
     assert!(
-        list_llc_locks(&e.lock_dir())
-            .unwrap()
+        locks::list(&e.lock_dir())
             .iter()
             .all(|l| l.holders.is_empty())
     );
@@ -403,11 +402,10 @@ fn no_cpuset_controller_without_a_cap_still_locks_llcs() {
     );
     // Peers still steer around this build.
     let me = std::process::id();
-    let locks = list_llc_locks(&e.lock_dir()).unwrap();
     assert!(
-        locks
+        locks::list(&e.lock_dir())
             .iter()
-            .any(|l| l.llc == 0 && l.holders.iter().any(|h| h.pid == me))
+            .any(|l| l.id == "0" && l.holders.iter().any(|h| h.pid == me))
     );
 }
 

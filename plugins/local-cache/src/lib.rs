@@ -46,6 +46,14 @@ ktstr_sdk::inventory::submit! {
     }
 }
 
+/// File name prefix of an entry lock, `entry-<key>.lock`.
+const ENTRY_LOCK_PREFIX: &str = "entry-";
+
+/// Lock serialising installs of one cache entry, in `<root>/.locks`.
+pub fn entry_lock(root: &Path, key: &CacheKey) -> PathBuf {
+    paths::lock_dir(root).join(format!("{ENTRY_LOCK_PREFIX}{key}.lock"))
+}
+
 /// The local cache: entries under `<root>/kernels`.
 #[derive(Debug, Clone)]
 pub struct LocalCache {
@@ -122,7 +130,7 @@ impl LocalCache {
     /// installs are atomic renames, so an unlocked reader still sees whole
     /// entries.
     fn read_lock(&self, key: &CacheKey) -> Option<FileLock> {
-        let path = paths::entry_lock(&self.root, key);
+        let path = entry_lock(&self.root, key);
         let waited = |holders: &[lock::Holder]| {
             tracing::debug!(
                 "cache entry {key} is being installed ({}); waiting",
@@ -189,7 +197,7 @@ impl LocalCache {
     ) -> Result<CacheEntry> {
         check_store_metadata(key, metadata)?;
         paths::ensure_root(&self.root)?;
-        let _lock = lock::lock(&paths::entry_lock(&self.root, key), LockMode::Exclusive)
+        let _lock = lock::lock(&entry_lock(&self.root, key), LockMode::Exclusive)
             .map_err(|e| self.unwritable(e))?;
         for swept in sweep::sweep_dead(&self.root) {
             tracing::info!("removed stale cache temp dir {}", swept.display());
@@ -330,7 +338,7 @@ impl CacheBackend for LocalCache {
         if std::fs::symlink_metadata(&dir).is_err() {
             return Ok(false);
         }
-        let lock_path = paths::entry_lock(&self.root, key);
+        let lock_path = entry_lock(&self.root, key);
         let Some(_lock) = lock::try_lock(&lock_path, LockMode::Exclusive)? else {
             let holders = lock::describe_holders(&lock::holders(&lock_path));
             return Err(StageError::new(
@@ -366,6 +374,14 @@ impl CacheBackend for LocalCache {
 
     fn describe(&self) -> String {
         format!("local cache at {}", self.root.display())
+    }
+
+    fn locks(&self) -> Result<Vec<ktstr_sdk::lock_list::LockInfo>> {
+        Ok(ktstr_sdk::lock_list::list_dir(
+            &paths::lock_dir(&self.root),
+            "entry",
+            ENTRY_LOCK_PREFIX,
+        ))
     }
 }
 

@@ -233,7 +233,7 @@ fn store_is_atomic_under_concurrent_readers() {
             let mut mine = 0usize;
             let mut seen = std::collections::BTreeSet::new();
             while !done.load(Ordering::SeqCst) || mine == 0 {
-                let lock_path = paths::entry_lock(cache.root(), &k);
+                let lock_path = entry_lock(cache.root(), &k);
                 let shared = lock::lock(&lock_path, LockMode::Shared).unwrap();
                 let entry = cache.lookup(&k).unwrap().expect("entry never disappears");
                 let tag = entry.metadata.version.clone().unwrap();
@@ -624,7 +624,7 @@ fn remove_refuses_while_in_use_then_removes() {
         .unwrap();
 
     // Another thread holds the shared (reader) lock until told to stop.
-    let lock_path = paths::entry_lock(cache.root(), &k);
+    let lock_path = entry_lock(cache.root(), &k);
     let (held_tx, held_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let reader = std::thread::spawn(move || {
@@ -792,4 +792,30 @@ fn metadata_json_of_an_older_ktstr_still_loads() {
         .expect("old metadata is still a hit");
     assert_eq!(hit.metadata.kernelrelease, None);
     assert_eq!(hit.metadata.build, None);
+}
+
+#[test]
+fn entry_locks_are_named_by_key_and_listed() {
+    let k = key("6.12.0-local-x86_64-abcd");
+    assert_eq!(
+        entry_lock(Path::new("/c"), &k),
+        Path::new("/c/.locks/entry-6.12.0-local-x86_64-abcd.lock")
+    );
+    assert_ne!(
+        entry_lock(Path::new("/c"), &k),
+        paths::build_lock(Path::new("/c"), &k)
+    );
+    let (dir, cache) = setup();
+    assert!(cache.locks().unwrap().is_empty());
+    let src = sources(&dir.path().join("s"), "t", 10, true);
+    cache
+        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"))
+        .unwrap();
+    std::fs::write(paths::build_lock(cache.root(), &k), "").unwrap();
+    let locks = cache.locks().unwrap();
+    assert_eq!(locks.len(), 1, "{locks:?}");
+    assert_eq!(
+        (locks[0].kind.as_str(), locks[0].id.as_str()),
+        ("entry", k.as_str())
+    );
 }

@@ -7,9 +7,6 @@ use std::path::{Path, PathBuf};
 
 use ktstr_sdk::prelude::*;
 
-/// Archive suffixes left to the tarball acquirer.
-const TARBALL_SUFFIXES: [&str; 5] = [".tar", ".tar.xz", ".tar.gz", ".tgz", ".tar.zst"];
-
 /// Whether `raw` is a spec this acquirer handles: something written as a
 /// path (`/…`, `./…`, `../…`, `~/…`, `.`, `..`) or naming an existing
 /// directory, but neither a URL nor a tarball.
@@ -34,9 +31,9 @@ fn is_url(raw: &str) -> bool {
     raw.contains("://") || raw.starts_with("git+")
 }
 
+/// Archives are left to the tarball acquirer.
 fn is_tarball(raw: &str) -> bool {
-    let lower = raw.to_ascii_lowercase();
-    TARBALL_SUFFIXES.iter().any(|s| lower.ends_with(s))
+    ktstr_sdk::archive::has_archive_suffix(raw)
 }
 
 /// Expand a leading `~` / `~/` with `$HOME`; other specs are returned as is.

@@ -14,6 +14,15 @@ pub const MIRROR_ENV: &str = "KTSTR_KERNEL_MIRROR";
 /// Overrides `releases_url`.
 pub const RELEASES_ENV: &str = "KTSTR_RELEASES_URL";
 
+// `--skip-sha256` sets `skip_sha256` (the host knows the switch, not the key).
+ktstr_sdk::inventory::submit! {
+    ktstr_sdk::switch::SwitchBinding {
+        switch: ktstr_sdk::switch::SKIP_SHA256,
+        plugin: crate::NAME,
+        key: "skip_sha256",
+    }
+}
+
 pub const DEFAULT_MIRROR: &str = "https://cdn.kernel.org/pub/linux/kernel";
 pub const DEFAULT_RELEASES_URL: &str = "https://www.kernel.org/releases.json";
 
@@ -167,6 +176,17 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_skip_sha256_switch_sets_skip_sha256() {
+        let mut configs = std::collections::BTreeMap::new();
+        ktstr_sdk::switch::apply(ktstr_sdk::switch::SKIP_SHA256, &mut configs);
+        assert!(
+            Settings::from_table(&configs[crate::NAME])
+                .unwrap()
+                .skip_sha256
+        );
+    }
 
     #[test]
     fn null_config_gives_defaults() {

@@ -10,11 +10,13 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use ktstr_sdk::archive::has_archive_suffix;
 use ktstr_sdk::prelude::*;
 
 /// File name endings this plugin accepts for archives (the content is
-/// recognised by its magic bytes, not by the name).
-pub const ARCHIVE_SUFFIXES: [&str; 5] = [".tar.xz", ".tar.gz", ".tgz", ".tar.zst", ".tar"];
+/// recognised by its magic bytes, not by the name). One list with the
+/// `local` source, which leaves such paths to this plugin.
+pub use ktstr_sdk::archive::ARCHIVE_SUFFIXES;
 
 /// A kernel.org release number: `6.12.3`, `6.12` (= `6.12.0`), `6.13-rc3`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -213,11 +215,6 @@ fn split_digest(raw: &str) -> std::result::Result<(&str, Option<String>), String
         ));
     }
     Ok((body, Some(digest)))
-}
-
-fn has_archive_suffix(s: &str) -> bool {
-    let lower = s.to_ascii_lowercase();
-    ARCHIVE_SUFFIXES.iter().any(|suf| lower.ends_with(suf))
 }
 
 fn scheme(s: &str) -> Option<&'static str> {

@@ -48,7 +48,7 @@ fn holder_is_stale(text: &str, modified: Option<SystemTime>, stale_after: Durati
     );
     if let (Some(host), Some(pid)) = (host, pid)
         && host == hostname()
-        && !Path::new(&format!("/proc/{pid}")).exists()
+        && !ktstr_sdk::owned::pid_alive(pid)
     {
         return true;
     }

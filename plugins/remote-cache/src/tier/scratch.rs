@@ -2,8 +2,9 @@
 //! pack before anything is handed on.
 //!
 //! They are named `.tmp-remote@<plugin>.<n>-<pid>` under the cache root,
-//! the pattern the local cache's sweeper removes when the pid is dead, and
-//! are removed when the tier is dropped. A dead push's scratch is swept
+//! following the SDK's owned-directory contract ([`ktstr_sdk::owned`]) so
+//! any sweep of the root removes them once the pid is dead, and are removed
+//! when the tier is dropped. A dead push's scratch is swept
 //! whenever a tier is constructed.
 
 use std::path::{Path, PathBuf};
@@ -38,45 +39,24 @@ pub(super) fn scratch_base(opts: &TierOptions) -> Option<PathBuf> {
         .or_else(|| ktstr_sdk::paths::cache_root().ok())
 }
 
-/// The pid in a scratch directory name `.tmp-remote@<plugin>.<n>-<pid>`.
-fn scratch_owner(name: &str, plugin: &str) -> Option<u32> {
-    let rest = name.strip_prefix(".tmp-remote@")?.strip_prefix(plugin)?;
-    let (seq, pid) = rest.strip_prefix('.')?.rsplit_once('-')?;
-    if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    pid.parse().ok()
+/// The `what` of a tier's scratch directory, `.tmp-<what>-<pid>`:
+/// `remote@<plugin>.<n>`.
+fn scratch_what(plugin: &str, n: usize) -> String {
+    format!("remote@{plugin}.{n}")
+}
+
+/// Whether `what` (of a `.tmp-<what>-<pid>` name) is one of `plugin`'s.
+fn is_scratch_of(what: &str, plugin: &str) -> bool {
+    what.strip_prefix("remote@")
+        .and_then(|r| r.strip_prefix(plugin))
+        .and_then(|r| r.strip_prefix('.'))
+        .is_some_and(|seq| !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Remove `plugin`'s scratch directories under `base` whose process is
 /// gone. Failures are logged: a leftover wastes space, it never breaks a run.
 pub(super) fn sweep_dead_scratch(base: &Path, plugin: &str) -> Vec<PathBuf> {
-    // Without /proc every pid would look dead.
-    if !Path::new("/proc/self").exists() {
-        return Vec::new();
-    }
-    let Ok(entries) = std::fs::read_dir(base) else {
-        return Vec::new();
-    };
-    let mut removed = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| scratch_owner(n, plugin))
-        else {
-            continue;
-        };
-        let alive = pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists();
-        if alive || !entry.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        match std::fs::remove_dir_all(entry.path()) {
-            Ok(()) => removed.push(entry.path()),
-            Err(e) => tracing::warn!("cannot remove stale {}: {e}", entry.path().display()),
-        }
-    }
-    removed
+    ktstr_sdk::owned::sweep_dead_temp(base, |what| is_scratch_of(what, plugin))
 }
 
 static SCRATCH_SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -89,12 +69,10 @@ impl RemoteTier {
             let base = scratch_base(&self.opts)
                 .filter(|b| self.opts.scratch_dir.is_some() || std::fs::create_dir_all(b).is_ok())
                 .unwrap_or_else(std::env::temp_dir);
-            let dir = base.join(format!(
-                ".tmp-remote@{}.{}-{}",
+            let dir = base.join(ktstr_sdk::owned::temp_name(&scratch_what(
                 self.plugin,
                 SCRATCH_SEQ.fetch_add(1, Ordering::Relaxed),
-                std::process::id()
-            ));
+            )));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).at("create scratch directory", &dir)?;
             *guard = Some(Scratch { dir, next: 0 });
@@ -115,21 +93,18 @@ mod tests {
 
     #[test]
     fn stale_scratch_of_dead_pids_is_swept_at_construction() {
+        let owner = |name: &str, plugin: &str| {
+            ktstr_sdk::owned::temp_owner(name)
+                .filter(|(what, _)| is_scratch_of(what, plugin))
+                .map(|(_, pid)| pid)
+        };
+        assert_eq!(owner(".tmp-remote@s3-cache.3-123", "s3-cache"), Some(123));
+        assert_eq!(owner(".tmp-remote@s3-cache.3-123", "http-cache"), None);
+        assert_eq!(owner(".tmp-remote@s3-cache.x-123", "s3-cache"), None);
+        assert_eq!(owner("6.12.3-tarball-x86_64-1a2b3c4d", "s3-cache"), None);
         assert_eq!(
-            scratch_owner(".tmp-remote@s3-cache.3-123", "s3-cache"),
-            Some(123)
-        );
-        assert_eq!(
-            scratch_owner(".tmp-remote@s3-cache.3-123", "http-cache"),
-            None
-        );
-        assert_eq!(
-            scratch_owner(".tmp-remote@s3-cache.x-123", "s3-cache"),
-            None
-        );
-        assert_eq!(
-            scratch_owner("6.12.3-tarball-x86_64-1a2b3c4d", "s3-cache"),
-            None
+            ktstr_sdk::owned::temp_name(&scratch_what("s3-cache", 3)),
+            format!(".tmp-remote@s3-cache.3-{}", std::process::id())
         );
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("scratch");
