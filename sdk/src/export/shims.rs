@@ -25,7 +25,7 @@ use super::guard::{ffi, quietly};
 use super::host::context;
 use super::wire;
 use crate::build::{BuildRequest, Builder};
-use crate::cache::{CacheBackend, CacheKey, Metadata};
+use crate::cache::{Artifacts, CacheBackend, CacheKey, Metadata};
 use crate::configure::{ConfigureRequest, Configurer};
 use crate::registry::{Stage, StageKind};
 use crate::reserve::{ReservationGuard, ReserveRequest, Reserver};
@@ -239,16 +239,13 @@ fn key(raw: RStr<'_>) -> crate::Result<CacheKey> {
 
 impl FfiCache for Shim<dyn CacheBackend> {
     fn lookup(&self, k: RStr<'_>) -> FfiResult<RString> {
-        self.call("lookup", |s| {
-            to_json(&s.lookup(&key(k)?)?.as_ref().map(wire::Entry::from))
-        })
+        self.call("lookup", |s| to_json(&s.lookup(&key(k)?)?))
     }
     fn store(&self, k: RStr<'_>, artifacts: RStr<'_>, metadata: RStr<'_>) -> FfiResult<RString> {
         self.call("store", |s| {
-            let artifacts: wire::Artifacts = from_json("cache artifacts", artifacts.as_str())?;
+            let artifacts: Artifacts = from_json("cache artifacts", artifacts.as_str())?;
             let metadata: Metadata = from_json("cache metadata", metadata.as_str())?;
-            let entry = s.store(&key(k)?, &artifacts.into(), &metadata)?;
-            to_json(&wire::Entry::from(&entry))
+            to_json(&s.store(&key(k)?, &artifacts, &metadata)?)
         })
     }
     fn list(&self) -> FfiResult<RString> {
