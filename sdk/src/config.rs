@@ -90,8 +90,7 @@ impl ConfigError {
     /// setting goes. Not a `From` impl: a second conversion into
     /// `StageError` would leave `?` in plugins' closures without a type.
     pub fn into_error(self) -> StageError {
-        let e = self;
-        let hint = match &e {
+        let hint = match &self {
             ConfigError::NotATable { plugin, .. } => {
                 Some(format!("write the settings under [plugin.{plugin}]"))
             }
@@ -108,7 +107,7 @@ impl ConfigError {
             }),
             ConfigError::Table { .. } => None,
         };
-        let err = StageError::invalid_input(e.to_string());
+        let err = StageError::invalid_input(self.to_string());
         match hint {
             Some(hint) => err.with_hint(hint),
             None => err,
@@ -467,7 +466,6 @@ mod tests {
             .known(KNOWN)
             .err()
             .unwrap();
-        let e = e;
         assert_eq!(e.message, "plugin demo: unknown config key \"rot\"");
         assert_eq!(e.hint.as_deref(), Some("known keys: root"));
 
