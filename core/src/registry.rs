@@ -8,9 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ktstr_sdk::build::Builder;
-use ktstr_sdk::cache::CacheBackend;
 use ktstr_sdk::configure::Configurer;
-use ktstr_sdk::registry::{BuiltinPlugin, Constructor, PluginConfig, StageKind, builtins};
+use ktstr_sdk::registry::{AnyStage, BuiltinPlugin, PluginConfig, Stage, StageKind, builtins};
 use ktstr_sdk::reserve::Reserver;
 use ktstr_sdk::source::{KernelSpec, SourceAcquirer};
 use ktstr_sdk::{Result, StageError};
@@ -61,29 +60,8 @@ pub trait StageFactory: Send + Sync {
     fn summary(&self) -> &str;
     /// `built-in`, or the path of the plugin library.
     fn origin(&self) -> String;
-    fn source(&self, config: &PluginConfig) -> Result<Box<dyn SourceAcquirer>> {
-        Err(self.wrong_kind(config))
-    }
-    fn reserver(&self, config: &PluginConfig) -> Result<Box<dyn Reserver>> {
-        Err(self.wrong_kind(config))
-    }
-    fn configurer(&self, config: &PluginConfig) -> Result<Box<dyn Configurer>> {
-        Err(self.wrong_kind(config))
-    }
-    fn builder(&self, config: &PluginConfig) -> Result<Box<dyn Builder>> {
-        Err(self.wrong_kind(config))
-    }
-    fn cache(&self, config: &PluginConfig) -> Result<Box<dyn CacheBackend>> {
-        Err(self.wrong_kind(config))
-    }
-    #[doc(hidden)]
-    fn wrong_kind(&self, _config: &PluginConfig) -> StageError {
-        StageError::internal(format!(
-            "{} plugin {} was asked for another kind of stage",
-            self.kind(),
-            self.name()
-        ))
-    }
+    /// Construct the stage from its config table; a stage of [`Self::kind`].
+    fn construct(&self, config: &PluginConfig) -> Result<AnyStage>;
 }
 
 impl StageFactory for &'static BuiltinPlugin {
@@ -102,35 +80,8 @@ impl StageFactory for &'static BuiltinPlugin {
     fn origin(&self) -> String {
         "built-in".into()
     }
-    fn source(&self, config: &PluginConfig) -> Result<Box<dyn SourceAcquirer>> {
-        match self.constructor {
-            Constructor::Source(make) => make(config),
-            _ => Err(self.wrong_kind(config)),
-        }
-    }
-    fn reserver(&self, config: &PluginConfig) -> Result<Box<dyn Reserver>> {
-        match self.constructor {
-            Constructor::Reserver(make) => make(config),
-            _ => Err(self.wrong_kind(config)),
-        }
-    }
-    fn configurer(&self, config: &PluginConfig) -> Result<Box<dyn Configurer>> {
-        match self.constructor {
-            Constructor::Configurer(make) => make(config),
-            _ => Err(self.wrong_kind(config)),
-        }
-    }
-    fn builder(&self, config: &PluginConfig) -> Result<Box<dyn Builder>> {
-        match self.constructor {
-            Constructor::Builder(make) => make(config),
-            _ => Err(self.wrong_kind(config)),
-        }
-    }
-    fn cache(&self, config: &PluginConfig) -> Result<Box<dyn CacheBackend>> {
-        match self.constructor {
-            Constructor::Cache(make) => make(config),
-            _ => Err(self.wrong_kind(config)),
-        }
+    fn construct(&self, config: &PluginConfig) -> Result<AnyStage> {
+        self.constructor.construct(config)
     }
 }
 
@@ -261,11 +212,22 @@ impl Selection {
     }
 }
 
-fn named<T: ?Sized>(
+/// Construct `factory`'s stage, of kind `S`, with `config`.
+fn named<S: Stage + ?Sized>(
     factory: &Arc<dyn StageFactory>,
-    make: impl FnOnce(&dyn StageFactory) -> Result<Box<T>>,
-) -> Result<Named<T>> {
-    let stage = make(factory.as_ref())
+    config: &PluginConfig,
+) -> Result<Named<S>> {
+    let stage = factory
+        .construct(config)
+        .and_then(|stage| {
+            S::from_any(stage).map_err(|_| {
+                StageError::internal(format!(
+                    "{} plugin {} was asked for another kind of stage",
+                    factory.kind(),
+                    factory.name()
+                ))
+            })
+        })
         .map_err(|e| e.context(format!("{} plugin {}", factory.kind(), factory.name())))?;
     Ok(Named {
         name: factory.name().to_string(),
@@ -273,49 +235,40 @@ fn named<T: ?Sized>(
     })
 }
 
-impl Stages {
-    /// The built-in pipeline with default settings.
-    pub fn builtin() -> Result<Self> {
-        Self::select(&Catalog::builtin(), &Selection::default())
-    }
+/// The stage of kind `S` selected as `name`.
+fn selected<S: Stage + ?Sized>(
+    catalog: &Catalog,
+    selection: &Selection,
+    name: &str,
+) -> Result<Named<S>> {
+    named(catalog.find(S::KIND, name)?, selection.config(name))
+}
 
+impl Stages {
     /// Construct the selected stages from `catalog`.
     pub fn select(catalog: &Catalog, selection: &Selection) -> Result<Self> {
         let mut sources = Vec::new();
         for name in &selection.sources {
-            let f = catalog.find(StageKind::Source, name)?;
-            sources.push(named(f, |f| f.source(selection.config(name)))?);
+            sources.push(selected(catalog, selection, name)?);
         }
         for f in catalog.all() {
             if f.kind() == StageKind::Source
                 && f.origin() == "built-in"
                 && !selection.sources.iter().any(|s| s == f.name())
             {
-                sources.push(named(f, |f| f.source(selection.config(f.name())))?);
+                sources.push(named(f, selection.config(f.name()))?);
             }
         }
-        let tier = |name: &str| {
-            named(catalog.find(StageKind::Cache, name)?, |f| {
-                f.cache(selection.config(name))
-            })
-        };
-        let local = tier(LOCAL_CACHE)?;
+        let local = selected(catalog, selection, LOCAL_CACHE)?;
         let remotes = (selection.cache_tiers().into_iter())
             .filter(|name| *name != LOCAL_CACHE)
-            .map(tier)
+            .map(|name| selected(catalog, selection, name))
             .collect::<Result<Vec<_>>>()?;
-        let one = |kind, name: &str| catalog.find(kind, name);
         Ok(Self {
             sources,
-            reserver: named(one(StageKind::Reserver, &selection.reserver)?, |f| {
-                f.reserver(selection.config(&selection.reserver))
-            })?,
-            configurer: named(one(StageKind::Configurer, &selection.configurer)?, |f| {
-                f.configurer(selection.config(&selection.configurer))
-            })?,
-            builder: named(one(StageKind::Builder, &selection.builder)?, |f| {
-                f.builder(selection.config(&selection.builder))
-            })?,
+            reserver: selected(catalog, selection, &selection.reserver)?,
+            configurer: selected(catalog, selection, &selection.configurer)?,
+            builder: selected(catalog, selection, &selection.builder)?,
             tiers: Tiers::new(local, remotes),
         })
     }

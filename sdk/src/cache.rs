@@ -221,13 +221,16 @@ pub struct FragmentInfo {
     pub sha256: String,
 }
 
-/// Files to store, already processed (vmlinux stripped).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Files to store, already processed (vmlinux stripped). Crosses the
+/// plugin ABI as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Artifacts {
     pub image: PathBuf,
     pub vmlinux: Option<PathBuf>,
     pub config: PathBuf,
     /// The zstd-compressed build log ([`LOG_NAME`]), stored as is.
+    /// Optional on the wire: older hosts and plugins do not send it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<PathBuf>,
 }
 
@@ -258,7 +261,8 @@ pub fn is_image_name(name: &str) -> bool {
 }
 
 /// A usable cache entry: files on local disk plus their metadata.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Crosses the plugin ABI as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CacheEntry {
     pub key: CacheKey,
     /// Directory holding the files (for local backends, the entry itself).

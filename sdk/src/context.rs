@@ -37,18 +37,24 @@ impl Progress for NoProgress {
     fn note(&self, _: &str) {}
 }
 
-/// One external command to run.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// One external command to run. Its JSON form crosses the plugin ABI:
+/// new fields must be `#[serde(default)]` (docs/plugin-abi.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CommandSpec {
     pub program: String,
+    #[serde(default)]
     pub args: Vec<String>,
+    #[serde(default)]
     pub cwd: Option<PathBuf>,
     /// Extra environment variables (added to the inherited environment).
+    #[serde(default)]
     pub env: Vec<(String, String)>,
     /// Start from an empty environment: only `env` reaches the command
     /// (`make_env::controlled` fills it for every kbuild `make`).
+    #[serde(default)]
     pub env_clear: bool,
     /// A `cgroup.procs` file the child joins before exec (CPU sandbox).
+    #[serde(default)]
     pub cgroup_procs: Option<PathBuf>,
 }
 
@@ -94,20 +100,21 @@ impl CommandSpec {
 }
 
 /// One line of a command's output.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OutputLine {
     pub text: String,
     /// It came from stderr (where compilers and make report errors).
     pub stderr: bool,
 }
 
-/// How a command ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a command ended (crosses the plugin ABI as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CommandOutcome {
     /// Exit code; `None` when killed by a signal.
     pub code: Option<i32>,
     /// The last lines of output in arrival order, kept by [`push_tail`]:
     /// stderr lines outlive stdout lines.
+    #[serde(default)]
     pub tail: Vec<OutputLine>,
 }
 
@@ -153,7 +160,7 @@ fn evict_one<T>(q: &mut std::collections::VecDeque<T>, is_stderr: impl Fn(&T) ->
 }
 
 /// Captured output of a short command (`gcc --version`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CapturedOutput {
     pub code: Option<i32>,
     pub stdout: String,

@@ -34,15 +34,18 @@ pub use ktstr_plugin_abi as abi;
 use ktstr_plugin_abi::abi_stable::library::RootModule;
 use ktstr_plugin_abi::abi_stable::prefix_type::PrefixTypeTrait;
 use ktstr_plugin_abi::abi_stable::std_types::{RBoxError, RStr, RString};
-use ktstr_plugin_abi::{
-    FfiBuilderBox, FfiCacheBox, FfiConfigurerBox, FfiReserverBox, FfiResult, FfiSourceBox,
-    LoggerBox, PluginMod, PluginModRef,
-};
+use ktstr_plugin_abi::{FfiResult, LoggerBox, PluginMod, PluginModRef};
 
 pub use convert::{from_ffi, from_json, json_arg, to_ffi, to_json};
 pub use manifest::{Manifest, StageManifest};
+pub use shims::{Exported, NewFn};
 
+use crate::build::Builder;
+use crate::cache::CacheBackend;
+use crate::configure::Configurer;
 use crate::registry::{Constructor, PluginConfig, StageKind};
+use crate::reserve::Reserver;
+use crate::source::SourceAcquirer;
 
 /// The version of this SDK; the host names it in "rebuild against" hints.
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -183,11 +186,11 @@ pub fn __root_module(define: fn() -> Plugin) -> Result<PluginModRef, RBoxError> 
     Ok(PluginMod {
         manifest: ffi_manifest,
         attach: ffi_attach,
-        new_source: ffi_new_source,
-        new_reserver: ffi_new_reserver,
-        new_configurer: ffi_new_configurer,
-        new_builder: ffi_new_builder,
-        new_cache: ffi_new_cache,
+        new_source: ffi_new::<dyn SourceAcquirer>,
+        new_reserver: ffi_new::<dyn Reserver>,
+        new_configurer: ffi_new::<dyn Configurer>,
+        new_builder: ffi_new::<dyn Builder>,
+        new_cache: ffi_new::<dyn CacheBackend>,
     }
     .leak_into_prefix())
 }
@@ -210,53 +213,16 @@ extern "C" fn ffi_attach(logger: LoggerBox) -> FfiResult<()> {
     })
 }
 
-/// Look up the stage and call its constructor with the decoded config.
-fn construct<T>(
-    kind: StageKind,
-    name: RStr<'_>,
-    config: RStr<'_>,
-    wrap: impl FnOnce(&'static str, &Constructor, &PluginConfig) -> crate::Result<T>,
-) -> FfiResult<T> {
-    let label = format!("{kind} {}", name.as_str());
+/// The root module's `new_*` entry point for stage kind `S`: look up the
+/// stage, call its constructor with the decoded config and wrap the result.
+extern "C" fn ffi_new<S: Exported + ?Sized>(name: RStr<'_>, config: RStr<'_>) -> FfiResult<S::Ffi> {
+    let label = format!("{} {}", S::KIND, name.as_str());
     guard::ffi(&label, "new", || {
-        let def = plugin()?.find(kind, name.as_str())?;
+        let def = plugin()?.find(S::KIND, name.as_str())?;
         let config: PluginConfig = from_json("the stage config", config.as_str())?;
-        wrap(def.name, &def.constructor, &config)
-    })
-}
-
-extern "C" fn ffi_new_source(name: RStr<'_>, config: RStr<'_>) -> FfiResult<FfiSourceBox> {
-    construct(StageKind::Source, name, config, |n, c, cfg| match c {
-        Constructor::Source(make) => Ok(shims::source(n, make(cfg)?)),
-        _ => unreachable!("find() matched the kind"),
-    })
-}
-
-extern "C" fn ffi_new_reserver(name: RStr<'_>, config: RStr<'_>) -> FfiResult<FfiReserverBox> {
-    construct(StageKind::Reserver, name, config, |n, c, cfg| match c {
-        Constructor::Reserver(make) => Ok(shims::reserver(n, make(cfg)?)),
-        _ => unreachable!("find() matched the kind"),
-    })
-}
-
-extern "C" fn ffi_new_configurer(name: RStr<'_>, config: RStr<'_>) -> FfiResult<FfiConfigurerBox> {
-    construct(StageKind::Configurer, name, config, |n, c, cfg| match c {
-        Constructor::Configurer(make) => Ok(shims::configurer(n, make(cfg)?)),
-        _ => unreachable!("find() matched the kind"),
-    })
-}
-
-extern "C" fn ffi_new_builder(name: RStr<'_>, config: RStr<'_>) -> FfiResult<FfiBuilderBox> {
-    construct(StageKind::Builder, name, config, |n, c, cfg| match c {
-        Constructor::Builder(make) => Ok(shims::builder(n, make(cfg)?)),
-        _ => unreachable!("find() matched the kind"),
-    })
-}
-
-extern "C" fn ffi_new_cache(name: RStr<'_>, config: RStr<'_>) -> FfiResult<FfiCacheBox> {
-    construct(StageKind::Cache, name, config, |n, c, cfg| match c {
-        Constructor::Cache(make) => Ok(shims::cache(n, make(cfg)?)),
-        _ => unreachable!("find() matched the kind"),
+        let stage = S::from_any(def.constructor.construct(&config)?)
+            .unwrap_or_else(|_| unreachable!("find() matched the kind"));
+        Ok(S::shim(def.name, stage))
     })
 }
 

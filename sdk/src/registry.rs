@@ -15,56 +15,108 @@ use crate::source::SourceAcquirer;
 /// A plugin's configuration table (from the config file), as JSON.
 pub type PluginConfig = serde_json::Value;
 
-/// The five pipeline stages.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum StageKind {
-    Source,
-    Reserver,
-    Configurer,
-    Builder,
-    Cache,
+/// Builds a stage whose trait object is `S` from its configuration table.
+pub type Make<S> = fn(&PluginConfig) -> Result<Box<S>>;
+
+/// The stage kinds, listed once. [`StageKind`], [`Constructor`],
+/// [`AnyStage`] and the [`Stage`] impls are generated from this list, and
+/// code written for every kind (the host's catalog, the plugin export)
+/// is generic over [`Stage`], so a new kind is one line here plus its
+/// trait, FFI object and adapters; exhaustive matches name the rest.
+macro_rules! stage_kinds {
+    ($($kind:ident($object:ident) = $name:literal),* $(,)?) => {
+        /// The pipeline stages.
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash,
+            serde::Serialize, serde::Deserialize,
+        )]
+        #[serde(rename_all = "kebab-case")]
+        pub enum StageKind {
+            $($kind,)*
+        }
+
+        impl StageKind {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$kind => $name,)*
+                }
+            }
+        }
+
+        /// Builds a stage instance from its configuration table.
+        #[derive(Clone, Copy)]
+        pub enum Constructor {
+            $($kind(Make<dyn $object>),)*
+        }
+
+        impl Constructor {
+            pub fn kind(&self) -> StageKind {
+                match self {
+                    $(Self::$kind(_) => StageKind::$kind,)*
+                }
+            }
+
+            /// Run the constructor on `config`.
+            pub fn construct(&self, config: &PluginConfig) -> Result<AnyStage> {
+                match self {
+                    $(Self::$kind(make) => make(config).map(AnyStage::$kind),)*
+                }
+            }
+        }
+
+        /// A constructed stage of any kind.
+        pub enum AnyStage {
+            $($kind(Box<dyn $object>),)*
+        }
+
+        impl AnyStage {
+            pub fn kind(&self) -> StageKind {
+                match self {
+                    $(Self::$kind(_) => StageKind::$kind,)*
+                }
+            }
+        }
+
+        $(
+            impl Stage for dyn $object {
+                const KIND: StageKind = StageKind::$kind;
+
+                fn into_any(stage: Box<Self>) -> AnyStage {
+                    AnyStage::$kind(stage)
+                }
+
+                #[allow(unreachable_patterns)]
+                fn from_any(stage: AnyStage) -> std::result::Result<Box<Self>, AnyStage> {
+                    match stage {
+                        AnyStage::$kind(s) => Ok(s),
+                        other => Err(other),
+                    }
+                }
+            }
+        )*
+    };
 }
 
-impl StageKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Source => "source",
-            Self::Reserver => "reserver",
-            Self::Configurer => "configurer",
-            Self::Builder => "builder",
-            Self::Cache => "cache",
-        }
-    }
+stage_kinds! {
+    Source(SourceAcquirer) = "source",
+    Reserver(Reserver) = "reserver",
+    Configurer(Configurer) = "configurer",
+    Builder(Builder) = "builder",
+    Cache(CacheBackend) = "cache",
+}
+
+/// The trait object of one stage kind (`dyn Builder`, ...): lets code
+/// that does the same thing for every kind be written once.
+pub trait Stage: 'static {
+    const KIND: StageKind;
+    fn into_any(stage: Box<Self>) -> AnyStage;
+    /// The stage, or `Err` with it unchanged when it is of another kind.
+    fn from_any(stage: AnyStage) -> std::result::Result<Box<Self>, AnyStage>;
 }
 
 impl std::fmt::Display for StageKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// Builds a stage instance from its configuration table.
-#[derive(Clone, Copy)]
-pub enum Constructor {
-    Source(fn(&PluginConfig) -> Result<Box<dyn SourceAcquirer>>),
-    Reserver(fn(&PluginConfig) -> Result<Box<dyn Reserver>>),
-    Configurer(fn(&PluginConfig) -> Result<Box<dyn Configurer>>),
-    Builder(fn(&PluginConfig) -> Result<Box<dyn Builder>>),
-    Cache(fn(&PluginConfig) -> Result<Box<dyn CacheBackend>>),
-}
-
-impl Constructor {
-    pub fn kind(&self) -> StageKind {
-        match self {
-            Self::Source(_) => StageKind::Source,
-            Self::Reserver(_) => StageKind::Reserver,
-            Self::Configurer(_) => StageKind::Configurer,
-            Self::Builder(_) => StageKind::Builder,
-            Self::Cache(_) => StageKind::Cache,
-        }
     }
 }
 

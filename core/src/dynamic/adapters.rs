@@ -188,9 +188,7 @@ pub struct DynCache {
 
 impl CacheBackend for DynCache {
     fn lookup(&self, key: &CacheKey) -> Result<Option<CacheEntry>> {
-        let entry: Option<wire::Entry> =
-            decode("a cache entry", self.inner.lookup(key.as_str().into()))?;
-        Ok(entry.map(Into::into))
+        decode("a cache entry", self.inner.lookup(key.as_str().into()))
     }
     fn store(
         &self,
@@ -198,17 +196,16 @@ impl CacheBackend for DynCache {
         artifacts: &Artifacts,
         metadata: &Metadata,
     ) -> Result<CacheEntry> {
-        let artifacts = json_arg(&wire::Artifacts::from(artifacts))?;
+        let artifacts = json_arg(artifacts)?;
         let metadata = json_arg(metadata)?;
-        let entry: wire::Entry = decode(
+        decode(
             "a cache entry",
             self.inner.store(
                 key.as_str().into(),
                 artifacts.as_str().into(),
                 metadata.as_str().into(),
             ),
-        )?;
-        Ok(entry.into())
+        )
     }
     fn list(&self) -> Result<Vec<Listed>> {
         let rows: Vec<wire::Listed> = decode("a cache listing", self.inner.list())?;

@@ -9,14 +9,14 @@
 
 use std::sync::Arc;
 
-use ktstr_sdk::context::{Cancellation, CommandRunner, Progress, StageContext};
+use ktstr_sdk::context::{Cancellation, CommandRunner, CommandSpec, Progress, StageContext};
 use ktstr_sdk::export::abi::abi_stable::sabi_trait::TD_Opaque;
 use ktstr_sdk::export::abi::abi_stable::std_types::{RArc, RResult, RStr, RString};
 use ktstr_sdk::export::abi::{
     FfiLogger, FfiLogger_TO, FfiResult, HostBox, HostCallbacks, HostCallbacks_TO, LineSinkMut,
     LoggerBox, level,
 };
-use ktstr_sdk::export::{from_json, to_ffi, to_json, wire};
+use ktstr_sdk::export::{from_json, to_ffi, to_json};
 
 struct HostCx {
     progress: Arc<dyn Progress>,
@@ -52,18 +52,15 @@ impl HostCallbacks for HostCx {
     }
     fn run(&self, spec_json: RStr<'_>, mut on_line: LineSinkMut<'_>) -> FfiResult<RString> {
         result((|| {
-            let spec: wire::CommandSpec = from_json("a command", spec_json.as_str())?;
-            let outcome = self
-                .runner
-                .run(&spec.into(), &mut |l| on_line.line(l.into()))?;
-            to_json(&wire::CommandOutcome::from(&outcome))
+            let spec: CommandSpec = from_json("a command", spec_json.as_str())?;
+            let outcome = self.runner.run(&spec, &mut |l| on_line.line(l.into()))?;
+            to_json(&outcome)
         })())
     }
     fn capture(&self, spec_json: RStr<'_>) -> FfiResult<RString> {
         result((|| {
-            let spec: wire::CommandSpec = from_json("a command", spec_json.as_str())?;
-            let out = self.runner.capture(&spec.into())?;
-            to_json(&wire::CapturedOutput::from(&out))
+            let spec: CommandSpec = from_json("a command", spec_json.as_str())?;
+            to_json(&self.runner.capture(&spec)?)
         })())
     }
 }

@@ -7,9 +7,11 @@ use ktstr_sdk::Result;
 use ktstr_sdk::build::Builder;
 use ktstr_sdk::cache::CacheBackend;
 use ktstr_sdk::configure::Configurer;
-use ktstr_sdk::export::abi::FfiResult;
-use ktstr_sdk::export::{StageManifest, from_ffi, json_arg};
-use ktstr_sdk::registry::{PluginConfig, StageKind};
+use ktstr_sdk::export::abi::{
+    FfiBuilderBox, FfiCacheBox, FfiConfigurerBox, FfiReserverBox, FfiSourceBox,
+};
+use ktstr_sdk::export::{Exported, StageManifest, from_ffi, json_arg};
+use ktstr_sdk::registry::{AnyStage, PluginConfig, StageKind};
 use ktstr_sdk::reserve::Reserver;
 use ktstr_sdk::source::SourceAcquirer;
 
@@ -40,21 +42,49 @@ impl DynFactory {
         )
     }
 
-    fn make<T>(
-        &self,
-        config: &PluginConfig,
-        ctor: impl FnOnce(
-            &ktstr_sdk::export::abi::PluginModRef,
-        ) -> extern "C" fn(
-            ktstr_sdk::export::abi::abi_stable::std_types::RStr<'_>,
-            ktstr_sdk::export::abi::abi_stable::std_types::RStr<'_>,
-        ) -> FfiResult<T>,
-    ) -> Result<T> {
+    /// Call the plugin's constructor for kind `S` and adapt the result.
+    fn make<S: Adapt + ?Sized>(&self, config: &PluginConfig) -> Result<AnyStage> {
         let config = json_arg(config)?;
-        let f = ctor(&self.plugin.root);
-        f(self.stage.name.as_str().into(), config.as_str().into())
+        let new = S::new_fn(&self.plugin.root);
+        let inner = new(self.stage.name.as_str().into(), config.as_str().into())
             .into_result()
-            .map_err(from_ffi)
+            .map_err(from_ffi)?;
+        Ok(S::into_any(S::adapt(self.label(), inner)))
+    }
+}
+
+/// The host-side adapter of a stage kind's FFI object.
+trait Adapt: Exported {
+    fn adapt(label: String, inner: Self::Ffi) -> Box<Self>;
+}
+
+impl Adapt for dyn SourceAcquirer {
+    fn adapt(label: String, inner: FfiSourceBox) -> Box<Self> {
+        Box::new(DynSource { label, inner })
+    }
+}
+
+impl Adapt for dyn Reserver {
+    fn adapt(_label: String, inner: FfiReserverBox) -> Box<Self> {
+        Box::new(DynReserver { inner })
+    }
+}
+
+impl Adapt for dyn Configurer {
+    fn adapt(label: String, inner: FfiConfigurerBox) -> Box<Self> {
+        Box::new(DynConfigurer { label, inner })
+    }
+}
+
+impl Adapt for dyn Builder {
+    fn adapt(_label: String, inner: FfiBuilderBox) -> Box<Self> {
+        Box::new(DynBuilder { inner })
+    }
+}
+
+impl Adapt for dyn CacheBackend {
+    fn adapt(label: String, inner: FfiCacheBox) -> Box<Self> {
+        Box::new(DynCache { label, inner })
     }
 }
 
@@ -74,33 +104,13 @@ impl StageFactory for DynFactory {
     fn origin(&self) -> String {
         self.origin.clone()
     }
-    fn source(&self, config: &PluginConfig) -> Result<Box<dyn SourceAcquirer>> {
-        let inner = self.make(config, |r| r.new_source())?;
-        Ok(Box::new(DynSource {
-            label: self.label(),
-            inner,
-        }))
-    }
-    fn reserver(&self, config: &PluginConfig) -> Result<Box<dyn Reserver>> {
-        let inner = self.make(config, |r| r.new_reserver())?;
-        Ok(Box::new(DynReserver { inner }))
-    }
-    fn configurer(&self, config: &PluginConfig) -> Result<Box<dyn Configurer>> {
-        let inner = self.make(config, |r| r.new_configurer())?;
-        Ok(Box::new(DynConfigurer {
-            label: self.label(),
-            inner,
-        }))
-    }
-    fn builder(&self, config: &PluginConfig) -> Result<Box<dyn Builder>> {
-        let inner = self.make(config, |r| r.new_builder())?;
-        Ok(Box::new(DynBuilder { inner }))
-    }
-    fn cache(&self, config: &PluginConfig) -> Result<Box<dyn CacheBackend>> {
-        let inner = self.make(config, |r| r.new_cache())?;
-        Ok(Box::new(DynCache {
-            label: self.label(),
-            inner,
-        }))
+    fn construct(&self, config: &PluginConfig) -> Result<AnyStage> {
+        match self.stage.kind {
+            StageKind::Source => self.make::<dyn SourceAcquirer>(config),
+            StageKind::Reserver => self.make::<dyn Reserver>(config),
+            StageKind::Configurer => self.make::<dyn Configurer>(config),
+            StageKind::Builder => self.make::<dyn Builder>(config),
+            StageKind::Cache => self.make::<dyn CacheBackend>(config),
+        }
     }
 }

@@ -24,6 +24,7 @@ pub mod spec;
 
 use std::path::PathBuf;
 
+use ktstr_sdk::config::ConfigReader;
 use ktstr_sdk::lock::{LockMode, describe_holders, lock_reporting};
 use ktstr_sdk::paths;
 use ktstr_sdk::prelude::*;
@@ -82,15 +83,13 @@ impl Default for GitSource {
 impl GitSource {
     /// Build from the `[plugin.git]` table (`Null` when absent).
     pub fn from_config(cfg: &PluginConfig) -> Result<Self> {
-        let config: Config = if cfg.is_null() {
-            Config::default()
-        } else {
-            serde_json::from_value(cfg.clone()).map_err(|e| {
-                StageError::invalid_input(format!("[plugin.git]: {e}")).with_hint(
+        let config: Config = ConfigReader::new(NAME, cfg)
+            .and_then(|r| r.deserialize())
+            .map_err(|e| {
+                e.with_hint(
                     "settings: depth = N (commits of history to fetch; 0 = all), timeout_secs = N, connect_timeout_secs = N",
                 )
-            })?
-        };
+            })?;
         let mut timeouts = Timeouts::default();
         for (key, value, slot) in [
             ("timeout_secs", config.timeout_secs, &mut timeouts.stall),

@@ -30,6 +30,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ktstr_sdk::config::ConfigReader;
 use ktstr_sdk::lock::FileLock;
 use ktstr_sdk::paths;
 use ktstr_sdk::prelude::*;
@@ -83,16 +84,14 @@ impl Default for LlcConfig {
 impl LlcConfig {
     /// Parse a `[plugin.llc]` table (`Null` when absent).
     pub fn from_value(cfg: &PluginConfig) -> Result<Self> {
-        let parsed: Self = if cfg.is_null() {
-            Self::default()
-        } else {
-            serde_json::from_value(cfg.clone()).map_err(|e| {
-                StageError::invalid_input(format!("[plugin.llc]: {e}")).with_hint(
+        let parsed: Self = ConfigReader::new(NAME, cfg)
+            .and_then(|r| r.deserialize())
+            .map_err(|e| {
+                e.with_hint(
                     "known keys: sysfs_root, cgroup_root, lock_dir, budget_percent \
                      (see docs/reservation.md)",
                 )
-            })?
-        };
+            })?;
         if !(1..=100).contains(&parsed.budget_percent) {
             return Err(StageError::invalid_input(format!(
                 "[plugin.llc] budget_percent = {}: must be between 1 and 100",

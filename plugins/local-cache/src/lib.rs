@@ -23,6 +23,7 @@ use ktstr_sdk::cache::{
     Artifacts, CONFIG_NAME, CacheBackend, CacheEntry, CacheKey, LOG_NAME, Listed, METADATA_NAME,
     Metadata, VMLINUX_NAME,
 };
+use ktstr_sdk::config::{ConfigReader, Setting};
 use ktstr_sdk::error::{ErrorKind, Result, StageError};
 use ktstr_sdk::lock::{self, FileLock, LockMode};
 use ktstr_sdk::paths;
@@ -55,6 +56,12 @@ pub fn entry_lock(root: &Path, key: &CacheKey) -> PathBuf {
 }
 
 /// The local cache: entries under `<root>/kernels`.
+/// The keys of `[plugin.local-cache]`.
+const SETTINGS: &[Setting] = &[Setting {
+    key: "root",
+    help: "cache directory (default $KTSTR_CACHE_DIR, else the XDG cache dir)",
+}];
+
 #[derive(Debug, Clone)]
 pub struct LocalCache {
     root: PathBuf,
@@ -69,30 +76,17 @@ impl LocalCache {
     /// Build from the plugin's config table: an optional `root` string,
     /// defaulting to [`paths::cache_root`].
     pub fn from_config(cfg: &PluginConfig) -> Result<Self> {
-        let bad = |why: String| {
-            Err(
-                StageError::invalid_input(format!("plugin {PLUGIN_NAME}: {why}")).with_hint(
-                    format!(
-                        "set `root = \"/path/to/cache\"` or omit it to use ${}",
-                        paths::CACHE_DIR_ENV
-                    ),
-                ),
-            )
-        };
-        let table = match cfg {
-            serde_json::Value::Null => return Ok(Self::at(paths::cache_root()?)),
-            serde_json::Value::Object(table) => table,
-            other => return bad(format!("config must be a table, got {other}")),
-        };
-        if let Some(unknown) = table.keys().find(|k| k.as_str() != "root") {
-            return bad(format!("unknown config key {unknown:?} (known keys: root)"));
-        }
-        match table.get("root") {
-            None => Ok(Self::at(paths::cache_root()?)),
-            Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(Self::at(PathBuf::from(s))),
-            Some(serde_json::Value::String(_)) => bad("`root` is empty".to_string()),
-            Some(other) => bad(format!("`root` must be a string, got {other}")),
-        }
+        let r = ConfigReader::new(PLUGIN_NAME, cfg)?.known(SETTINGS)?;
+        let root = r.path("root").map_err(|e| {
+            e.with_hint(format!(
+                "set `root = \"/path/to/cache\"` or omit it to use ${}",
+                paths::CACHE_DIR_ENV
+            ))
+        })?;
+        Ok(Self::at(match root {
+            Some(root) => root,
+            None => paths::cache_root()?,
+        }))
     }
 
     pub fn root(&self) -> &Path {

@@ -3,10 +3,9 @@
 //!
 //! Every setting has one config key and one environment variable, named
 //! mechanically (`part_size` ↔ `KTSTR_S3_PART_SIZE`), so the docs, the
-//! error messages and the code cannot drift apart. The environment wins
-//! over the file (the project-wide rule CLI > env > config), and an empty
-//! variable counts as unset, so `KTSTR_S3_READ_ONLY= ktstr ...` does not
-//! silently mean "false".
+//! error messages and the code cannot drift apart; the SDK's
+//! [`ConfigReader`] reads them (the environment wins, an empty variable
+//! counts as unset).
 //!
 //! Credentials are deliberately *not* settings: a config file is often
 //! committed or shared, so secrets come only from the standard AWS sources
@@ -14,10 +13,11 @@
 
 use std::time::Duration;
 
-use ktstr_sdk::error::{Result, StageError};
+use ktstr_sdk::config::{ConfigReader, Env};
+pub use ktstr_sdk::config::{Setting, env_name};
+use ktstr_sdk::error::Result;
 use ktstr_sdk::paths::env_nonempty;
 use ktstr_sdk::registry::PluginConfig;
-use serde_json::Value;
 
 /// Limits and tuning shared by both tiers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,14 +88,6 @@ pub struct HttpSettings {
     pub common: Common,
 }
 
-/// One setting: its config key and help text; the environment variable
-/// is derived by [`env_name`].
-#[derive(Debug, Clone, Copy)]
-pub struct Setting {
-    pub key: &'static str,
-    pub help: &'static str,
-}
-
 macro_rules! settings {
     ($name:ident, [$($key:literal => $help:literal),* $(,)?]) => {
         pub const $name: &[Setting] = &[
@@ -140,248 +132,39 @@ settings!(HTTP_KEYS, [
     "scratch_dir" => "where downloads are unpacked before the local cache copies them",
 ]);
 
-/// `KTSTR_S3_PART_SIZE` for plugin env prefix `KTSTR_S3_` and key `part_size`.
-pub fn env_name(env_prefix: &str, key: &str) -> String {
-    format!("{env_prefix}{}", key.to_ascii_uppercase())
-}
-
 /// Env prefix of `s3-cache`.
 pub const S3_ENV_PREFIX: &str = "KTSTR_S3_";
 /// Env prefix of `http-cache`.
 pub const HTTP_ENV_PREFIX: &str = "KTSTR_HTTP_CACHE_";
 
-/// Reads settings for one plugin: env first, then the config table.
-pub(crate) struct Reader<'a> {
+/// The reader of one remote plugin's table, with its environment.
+fn reader<'a>(
     plugin: &'static str,
     env_prefix: &'static str,
-    table: serde_json::Map<String, Value>,
-    env: &'a dyn Fn(&str) -> Option<String>,
+    known: &[Setting],
+    cfg: &PluginConfig,
+    env: Env<'a>,
+) -> Result<ConfigReader<'a>> {
+    ConfigReader::new(plugin, cfg)?
+        .with_env(env_prefix, env)
+        .known(known)
 }
 
-/// A raw value and where it came from (for error messages).
-enum Raw {
-    Env(String, String),
-    Config(Value),
-}
-
-impl<'a> Reader<'a> {
-    pub(crate) fn new(
-        plugin: &'static str,
-        env_prefix: &'static str,
-        known: &[Setting],
-        cfg: &PluginConfig,
-        env: &'a dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self> {
-        let table = match cfg {
-            Value::Null => serde_json::Map::new(),
-            Value::Object(t) => t.clone(),
-            other => {
-                return Err(StageError::invalid_input(format!(
-                    "plugin {plugin}: config must be a table, got {other}"
-                ))
-                .with_hint(format!("write the settings under [plugin.{plugin}]")));
-            }
-        };
-        if let Some(unknown) = table
-            .keys()
-            .find(|k| !known.iter().any(|s| s.key == k.as_str()))
-        {
-            let names: Vec<&str> = known.iter().map(|s| s.key).collect();
-            return Err(StageError::invalid_input(format!(
-                "plugin {plugin}: unknown config key {unknown:?}"
-            ))
-            .with_hint(format!("known keys: {}", names.join(", "))));
-        }
-        Ok(Self {
-            plugin,
-            env_prefix,
-            table,
-            env,
-        })
-    }
-
-    fn raw(&self, key: &str) -> Option<Raw> {
-        let env = env_name(self.env_prefix, key);
-        if let Some(v) = (self.env)(&env) {
-            return Some(Raw::Env(env, v));
-        }
-        self.table.get(key).cloned().map(Raw::Config)
-    }
-
-    /// An error about `key`, naming both places it can be set.
-    pub(crate) fn bad(&self, key: &str, why: impl std::fmt::Display) -> StageError {
-        StageError::invalid_input(format!("plugin {}: setting `{key}` {why}", self.plugin))
-            .with_hint(format!(
-                "set `{key} = ...` under [plugin.{}] in the config file, or export {}",
-                self.plugin,
-                env_name(self.env_prefix, key)
-            ))
-    }
-
-    fn origin(&self, raw: &Raw, key: &str) -> String {
-        match raw {
-            Raw::Env(name, _) => name.clone(),
-            Raw::Config(_) => format!("[plugin.{}] {key}", self.plugin),
-        }
-    }
-
-    pub(crate) fn string(&self, key: &str) -> Result<Option<String>> {
-        match self.raw(key) {
-            None => Ok(None),
-            Some(Raw::Env(_, v)) => Ok(Some(v)),
-            Some(Raw::Config(Value::String(s))) if s.is_empty() => Ok(None),
-            Some(Raw::Config(Value::String(s))) => Ok(Some(s)),
-            Some(Raw::Config(other)) => {
-                Err(self.bad(key, format!("must be a string, got {other}")))
-            }
-        }
-    }
-
-    pub(crate) fn required(&self, key: &str) -> Result<String> {
-        self.string(key)?.ok_or_else(|| self.bad(key, "is not set"))
-    }
-
-    pub(crate) fn bool(&self, key: &str, default: bool) -> Result<bool> {
-        let Some(raw) = self.raw(key) else {
-            return Ok(default);
-        };
-        let parsed = match &raw {
-            Raw::Config(Value::Bool(b)) => Some(*b),
-            Raw::Env(_, s) | Raw::Config(Value::String(s)) => parse_bool(s),
-            Raw::Config(_) => None,
-        };
-        parsed.ok_or_else(|| {
-            self.bad(
-                key,
-                format!(
-                    "({}) must be true or false (also 1/0, yes/no, on/off)",
-                    self.origin(&raw, key)
-                ),
-            )
-        })
-    }
-
-    pub(crate) fn duration(&self, key: &str, default: Duration) -> Result<Duration> {
-        let Some(raw) = self.raw(key) else {
-            return Ok(default);
-        };
-        let parsed = match &raw {
-            Raw::Config(Value::Number(n)) => n.as_f64().and_then(secs),
-            Raw::Env(_, s) | Raw::Config(Value::String(s)) => parse_duration(s),
-            Raw::Config(_) => None,
-        };
-        match parsed {
-            Some(d) if !d.is_zero() => Ok(d),
-            _ => Err(self.bad(
-                key,
-                format!(
-                    "({}) must be a positive duration such as 500ms, 5s, 2m or a number of seconds",
-                    self.origin(&raw, key)
-                ),
-            )),
-        }
-    }
-
-    pub(crate) fn size(&self, key: &str, default: u64) -> Result<u64> {
-        let Some(raw) = self.raw(key) else {
-            return Ok(default);
-        };
-        let parsed = match &raw {
-            Raw::Config(Value::Number(n)) => n.as_u64(),
-            Raw::Env(_, s) | Raw::Config(Value::String(s)) => parse_size(s),
-            Raw::Config(_) => None,
-        };
-        parsed.filter(|n| *n > 0).ok_or_else(|| {
-            self.bad(
-                key,
-                format!(
-                    "({}) must be a size such as 16MiB, 512KiB, 2GiB or a number of bytes",
-                    self.origin(&raw, key)
-                ),
-            )
-        })
-    }
-
-    pub(crate) fn int(&self, key: &str, default: i64, range: (i64, i64)) -> Result<i64> {
-        let Some(raw) = self.raw(key) else {
-            return Ok(default);
-        };
-        let parsed = match &raw {
-            Raw::Config(Value::Number(n)) => n.as_i64(),
-            Raw::Env(_, s) | Raw::Config(Value::String(s)) => s.trim().parse().ok(),
-            Raw::Config(_) => None,
-        };
-        parsed
-            .filter(|n| (range.0..=range.1).contains(n))
-            .ok_or_else(|| {
-                self.bad(
-                    key,
-                    format!(
-                        "({}) must be a whole number from {} to {}",
-                        self.origin(&raw, key),
-                        range.0,
-                        range.1
-                    ),
-                )
-            })
-    }
-
-    fn common(&self) -> Result<Common> {
-        Ok(Common {
-            read_only: self.bool("read_only", false)?,
-            connect_timeout: self.duration("connect_timeout", Common::DEFAULT_CONNECT_TIMEOUT)?,
-            read_timeout: self.duration("read_timeout", Common::DEFAULT_READ_TIMEOUT)?,
-            request_timeout: self.duration("request_timeout", Common::DEFAULT_REQUEST_TIMEOUT)?,
-            retries: self.int("retries", Common::DEFAULT_RETRIES as i64, (0, 20))? as usize,
-            retry_timeout: self.duration("retry_timeout", Common::DEFAULT_RETRY_TIMEOUT)?,
-            max_entry_size: self.size("max_entry_size", Common::DEFAULT_MAX_ENTRY_SIZE)?,
-            compression_level: self.int(
-                "compression_level",
-                Common::DEFAULT_COMPRESSION_LEVEL as i64,
-                (1, 19),
-            )? as i32,
-        })
-    }
-}
-
-fn secs(f: f64) -> Option<Duration> {
-    (f.is_finite() && f > 0.0 && f < 1e9).then(|| Duration::from_secs_f64(f))
-}
-
-pub(crate) fn parse_bool(s: &str) -> Option<bool> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Some(true),
-        "0" | "false" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
-
-/// `5s`, `500ms`, `2m`, `1h 30m`, or plain seconds (`2.5`).
-pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if let Ok(f) = s.parse::<f64>() {
-        return secs(f);
-    }
-    humantime::parse_duration(s).ok()
-}
-
-/// `1048576`, `512KiB`, `16MiB`, `2GiB`, `16M` (binary), `16MB` (decimal).
-pub(crate) fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        _ => return None,
-    };
-    n.checked_mul(mult)
+fn common(r: &ConfigReader<'_>) -> Result<Common> {
+    Ok(Common {
+        read_only: r.bool("read_only", false)?,
+        connect_timeout: r.duration("connect_timeout", Common::DEFAULT_CONNECT_TIMEOUT)?,
+        read_timeout: r.duration("read_timeout", Common::DEFAULT_READ_TIMEOUT)?,
+        request_timeout: r.duration("request_timeout", Common::DEFAULT_REQUEST_TIMEOUT)?,
+        retries: r.int("retries", Common::DEFAULT_RETRIES as i64, (0, 20))? as usize,
+        retry_timeout: r.duration("retry_timeout", Common::DEFAULT_RETRY_TIMEOUT)?,
+        max_entry_size: r.size("max_entry_size", Common::DEFAULT_MAX_ENTRY_SIZE)?,
+        compression_level: r.int(
+            "compression_level",
+            Common::DEFAULT_COMPRESSION_LEVEL as i64,
+            (1, 19),
+        )? as i32,
+    })
 }
 
 /// Strip slashes so `"/a/b/"` and `"a/b"` name the same prefix.
@@ -389,7 +172,7 @@ fn clean_prefix(p: &str) -> String {
     p.trim_matches('/').to_string()
 }
 
-fn check_url(reader: &Reader<'_>, key: &str, url: &str) -> Result<()> {
+fn check_url(reader: &ConfigReader<'_>, key: &str, url: &str) -> Result<()> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(reader.bad(
             key,
@@ -420,11 +203,14 @@ impl S3Settings {
     }
 
     /// Read from `cfg` and `env` (tests pass a map instead of the process env).
-    pub fn from_sources(cfg: &PluginConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
-        let r = Reader::new(crate::S3_PLUGIN, S3_ENV_PREFIX, S3_KEYS, cfg, env)?;
+    pub fn from_sources(cfg: &PluginConfig, env: Env<'_>) -> Result<Self> {
+        Self::read(&reader(crate::S3_PLUGIN, S3_ENV_PREFIX, S3_KEYS, cfg, env)?)
+    }
+
+    fn read(r: &ConfigReader<'_>) -> Result<Self> {
         let endpoint = r.string("endpoint")?;
         if let Some(e) = &endpoint {
-            check_url(&r, "endpoint", e)?;
+            check_url(r, "endpoint", e)?;
         }
         let bucket = r.required("bucket")?;
         if bucket.contains('/') || bucket.trim() != bucket {
@@ -451,7 +237,7 @@ impl S3Settings {
             credentials_file: r.string("credentials_file")?,
             part_size,
             concurrency: r.int("concurrency", Self::DEFAULT_CONCURRENCY as i64, (1, 64))? as usize,
-            common: r.common()?,
+            common: common(r)?,
         })
     }
 }
@@ -461,14 +247,23 @@ impl HttpSettings {
         Self::from_sources(cfg, &env_nonempty)
     }
 
-    pub fn from_sources(cfg: &PluginConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
-        let r = Reader::new(crate::HTTP_PLUGIN, HTTP_ENV_PREFIX, HTTP_KEYS, cfg, env)?;
+    pub fn from_sources(cfg: &PluginConfig, env: Env<'_>) -> Result<Self> {
+        Self::read(&reader(
+            crate::HTTP_PLUGIN,
+            HTTP_ENV_PREFIX,
+            HTTP_KEYS,
+            cfg,
+            env,
+        )?)
+    }
+
+    fn read(r: &ConfigReader<'_>) -> Result<Self> {
         let url = r.required("url")?;
-        check_url(&r, "url", &url)?;
+        check_url(r, "url", &url)?;
         Ok(Self {
             url: url.trim_end_matches('/').to_string(),
             prefix: clean_prefix(&r.string("prefix")?.unwrap_or_default()),
-            common: r.common()?,
+            common: common(r)?,
         })
     }
 }
@@ -479,9 +274,9 @@ pub(crate) fn scratch_dir(
     env_prefix: &'static str,
     known: &[Setting],
     cfg: &PluginConfig,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: Env<'_>,
 ) -> Result<Option<std::path::PathBuf>> {
-    let r = Reader::new(plugin, env_prefix, known, cfg, env)?;
+    let r = reader(plugin, env_prefix, known, cfg, env)?;
     Ok(r.string("scratch_dir")?.map(std::path::PathBuf::from))
 }
 
@@ -496,24 +291,6 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| map.get(k).filter(|v| !v.is_empty()).cloned()
-    }
-
-    #[test]
-    fn parsers() {
-        assert_eq!(parse_size("16MiB"), Some(16 << 20));
-        assert_eq!(parse_size("16M"), Some(16 << 20));
-        assert_eq!(parse_size("2 GiB"), Some(2 << 30));
-        assert_eq!(parse_size("10MB"), Some(10_000_000));
-        assert_eq!(parse_size("123"), Some(123));
-        assert_eq!(parse_size("x"), None);
-        assert_eq!(parse_size("12 parsecs"), None);
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2.5"), Some(Duration::from_millis(2500)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("soon"), None);
-        assert_eq!(parse_bool("YES"), Some(true));
-        assert_eq!(parse_bool("off"), Some(false));
-        assert_eq!(parse_bool("maybe"), None);
     }
 
     #[test]
@@ -547,7 +324,7 @@ mod tests {
 
     #[test]
     fn s3_errors_name_the_setting_and_env_var() {
-        let err = S3Settings::from_sources(&Value::Null, &env(&[])).unwrap_err();
+        let err = S3Settings::from_sources(&serde_json::Value::Null, &env(&[])).unwrap_err();
         assert_eq!(err.kind, ktstr_sdk::ErrorKind::InvalidInput);
         assert_eq!(err.message, "plugin s3-cache: setting `bucket` is not set");
         let hint = err.hint.unwrap();
@@ -589,7 +366,7 @@ mod tests {
     #[test]
     fn http_settings() {
         let s = HttpSettings::from_sources(
-            &Value::Null,
+            &serde_json::Value::Null,
             &env(&[
                 ("KTSTR_HTTP_CACHE_URL", "http://127.0.0.1:8080/cache/"),
                 ("KTSTR_HTTP_CACHE_READ_TIMEOUT", "250ms"),
@@ -598,7 +375,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.url, "http://127.0.0.1:8080/cache");
         assert_eq!(s.common.read_timeout, Duration::from_millis(250));
-        let err = HttpSettings::from_sources(&Value::Null, &env(&[])).unwrap_err();
+        let err = HttpSettings::from_sources(&serde_json::Value::Null, &env(&[])).unwrap_err();
         assert!(err.hint.unwrap().contains("KTSTR_HTTP_CACHE_URL"));
         let err = HttpSettings::from_sources(&serde_json::json!({"url": "ftp://x"}), &env(&[]))
             .unwrap_err();

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use ktstr_sdk::paths::env_nonempty;
+use ktstr_sdk::config::ConfigReader;
 use ktstr_sdk::prelude::*;
 
 /// Overrides `mirror`.
@@ -68,11 +68,12 @@ impl Default for Settings {
 impl Settings {
     /// Settings from the config table, then the environment.
     pub fn from_config(cfg: &PluginConfig) -> Result<Self> {
-        let mut settings = Self::from_table(cfg)?;
-        if let Some(mirror) = env_nonempty(MIRROR_ENV) {
+        let r = ConfigReader::new(crate::NAME, cfg)?;
+        let mut settings = Self::read(&r)?;
+        if let Some(mirror) = r.env_var(MIRROR_ENV) {
             settings.mirror = mirror;
         }
-        if let Some(url) = env_nonempty(RELEASES_ENV) {
+        if let Some(url) = r.env_var(RELEASES_ENV) {
             settings.releases_url = url;
         }
         settings.mirror = settings.mirror.trim_end_matches('/').to_string();
@@ -82,27 +83,15 @@ impl Settings {
 
     /// Settings from the config table alone (no environment).
     pub fn from_table(cfg: &PluginConfig) -> Result<Self> {
-        if cfg.is_null() {
-            return Ok(Self::default());
-        }
-        serde_json::from_value(cfg.clone()).map_err(|e| {
-            // serde does not say which field failed: find the one key that
-            // fails on its own, so the message (and the host, which adds the
-            // line) can name it.
-            let culprit = cfg.as_object().and_then(|table| {
-                table.iter().find_map(|(k, v)| {
-                    let alone = serde_json::json!({ k.clone(): v.clone() });
-                    serde_json::from_value::<Self>(alone)
-                        .is_err()
-                        .then_some(k.clone())
-                })
-            });
-            let at = culprit.map(|k| format!(" {k}")).unwrap_or_default();
-            StageError::invalid_input(format!("[plugin.tarball]{at} in the config file: {e}"))
-                .with_hint(
-                    "known keys: mirror, releases_url, connect_timeout_secs, stall_timeout_secs, \
-                     retries, max_unpacked_bytes, skip_sha256, xz_threads (see docs/sources.md)",
-                )
+        Self::read(&ConfigReader::new(crate::NAME, cfg)?)
+    }
+
+    fn read(r: &ConfigReader<'_>) -> Result<Self> {
+        r.deserialize().map_err(|e| {
+            e.with_hint(
+                "known keys: mirror, releases_url, connect_timeout_secs, stall_timeout_secs, \
+                 retries, max_unpacked_bytes, skip_sha256, xz_threads (see docs/sources.md)",
+            )
         })
     }
 

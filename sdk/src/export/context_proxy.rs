@@ -14,7 +14,6 @@ use ktstr_plugin_abi::{HostBox, LineSink, LineSink_TO};
 
 use super::convert::{from_ffi, from_json, json_arg};
 use super::guard::{Panic, catch};
-use super::wire;
 use crate::context::{
     Cancellation, CapturedOutput, CommandOutcome, CommandRunner, CommandSpec, Progress,
     StageContext,
@@ -80,7 +79,7 @@ struct HostRunner(Arc<Host>);
 
 impl CommandRunner for HostRunner {
     fn run(&self, spec: &CommandSpec, on_line: &mut dyn FnMut(&str)) -> Result<CommandOutcome> {
-        let json = json_arg(&wire::CommandSpec::from(spec))?;
+        let json = json_arg(spec)?;
         let mut sink = Sink {
             on_line,
             panic: None,
@@ -94,23 +93,17 @@ impl CommandRunner for HostRunner {
         }
         self.0.poll();
         match result {
-            RResult::ROk(outcome) => {
-                let o: wire::CommandOutcome = from_json("a command outcome", &outcome)?;
-                Ok(o.into())
-            }
+            RResult::ROk(outcome) => from_json("a command outcome", &outcome),
             RResult::RErr(e) => Err(from_ffi(e)),
         }
     }
 
     fn capture(&self, spec: &CommandSpec) -> Result<CapturedOutput> {
-        let json = json_arg(&wire::CommandSpec::from(spec))?;
+        let json = json_arg(spec)?;
         let result = self.0.host.capture(json.as_str().into());
         self.0.poll();
         match result {
-            RResult::ROk(out) => {
-                let o: wire::CapturedOutput = from_json("captured command output", &out)?;
-                Ok(o.into())
-            }
+            RResult::ROk(out) => from_json("captured command output", &out),
             RResult::RErr(e) => Err(from_ffi(e)),
         }
     }

@@ -2,6 +2,9 @@
 //! matching `#[sabi_trait]` of the ABI, decoding JSON arguments, calling
 //! the stage under the panic guard and encoding the result.
 //!
+//! Each stage kind's [`Exported`] impl is its row in the ABI: its FFI
+//! object, the root-module constructor returning it and its shim.
+//!
 //! Stages are dropped under a guard too: the host drops them through the
 //! FFI vtable, where a panicking `Drop` would abort the process.
 
@@ -14,6 +17,7 @@ use ktstr_plugin_abi::{
     FfiBuilder, FfiBuilder_TO, FfiBuilderBox, FfiCache, FfiCache_TO, FfiCacheBox, FfiConfigurer,
     FfiConfigurer_TO, FfiConfigurerBox, FfiGuard, FfiGuard_TO, FfiReservation, FfiReserver,
     FfiReserver_TO, FfiReserverBox, FfiResult, FfiSource, FfiSource_TO, FfiSourceBox, HostBox,
+    PluginModRef,
 };
 
 use super::context_proxy::context;
@@ -21,10 +25,25 @@ use super::convert::{from_json, to_json};
 use super::guard::{ffi, quietly};
 use super::wire;
 use crate::build::{BuildRequest, Builder};
-use crate::cache::{CacheBackend, CacheKey, Metadata};
+use crate::cache::{Artifacts, CacheBackend, CacheKey, Metadata};
 use crate::configure::{ConfigureRequest, Configurer};
+use crate::registry::{Stage, StageKind};
 use crate::reserve::{ReservationGuard, ReserveRequest, Reserver};
 use crate::source::{AcquiredSource, KernelSpec, SourceAcquirer};
+
+/// A root-module entry point constructing a stage: `(name, config JSON)`.
+pub type NewFn<F> = extern "C" fn(RStr<'_>, RStr<'_>) -> FfiResult<F>;
+
+/// A stage kind's place in the plugin ABI, for code written once for
+/// every kind: the plugin's `new_*` entry points and the host's factory.
+pub trait Exported: Stage {
+    /// The FFI object (`FfiSourceBox`, ...) the plugin hands the host.
+    type Ffi;
+    /// The root module's constructor for this kind.
+    fn new_fn(root: &PluginModRef) -> NewFn<Self::Ffi>;
+    /// Wrap a constructed stage for the host.
+    fn shim(name: &str, stage: Box<Self>) -> Self::Ffi;
+}
 
 /// A stage value dropped under the panic guard.
 struct Shim<T: ?Sized> {
@@ -33,7 +52,7 @@ struct Shim<T: ?Sized> {
 }
 
 impl<T: ?Sized> Shim<T> {
-    fn new(kind: &str, name: &str, inner: Box<T>) -> Self {
+    fn new(kind: StageKind, name: &str, inner: Box<T>) -> Self {
         Self {
             label: format!("{kind} {name}"),
             inner: ManuallyDrop::new(inner),
@@ -57,8 +76,14 @@ fn path(tree: RStr<'_>) -> PathBuf {
     PathBuf::from(tree.as_str())
 }
 
-pub fn source(name: &str, stage: Box<dyn SourceAcquirer>) -> FfiSourceBox {
-    FfiSource_TO::from_value(Shim::new("source", name, stage), TD_Opaque)
+impl Exported for dyn SourceAcquirer {
+    type Ffi = FfiSourceBox;
+    fn new_fn(root: &PluginModRef) -> NewFn<FfiSourceBox> {
+        root.new_source()
+    }
+    fn shim(name: &str, stage: Box<Self>) -> FfiSourceBox {
+        FfiSource_TO::from_value(Shim::new(Self::KIND, name, stage), TD_Opaque)
+    }
 }
 
 impl FfiSource for Shim<dyn SourceAcquirer> {
@@ -90,8 +115,14 @@ impl FfiSource for Shim<dyn SourceAcquirer> {
     }
 }
 
-pub fn reserver(name: &str, stage: Box<dyn Reserver>) -> FfiReserverBox {
-    FfiReserver_TO::from_value(Shim::new("reserver", name, stage), TD_Opaque)
+impl Exported for dyn Reserver {
+    type Ffi = FfiReserverBox;
+    fn new_fn(root: &PluginModRef) -> NewFn<FfiReserverBox> {
+        root.new_reserver()
+    }
+    fn shim(name: &str, stage: Box<Self>) -> FfiReserverBox {
+        FfiReserver_TO::from_value(Shim::new(Self::KIND, name, stage), TD_Opaque)
+    }
 }
 
 impl FfiGuard for Shim<dyn ReservationGuard> {
@@ -127,8 +158,14 @@ impl FfiReserver for Shim<dyn Reserver> {
     }
 }
 
-pub fn configurer(name: &str, stage: Box<dyn Configurer>) -> FfiConfigurerBox {
-    FfiConfigurer_TO::from_value(Shim::new("configurer", name, stage), TD_Opaque)
+impl Exported for dyn Configurer {
+    type Ffi = FfiConfigurerBox;
+    fn new_fn(root: &PluginModRef) -> NewFn<FfiConfigurerBox> {
+        root.new_configurer()
+    }
+    fn shim(name: &str, stage: Box<Self>) -> FfiConfigurerBox {
+        FfiConfigurer_TO::from_value(Shim::new(Self::KIND, name, stage), TD_Opaque)
+    }
 }
 
 fn configure_request(json: RStr<'_>) -> crate::Result<ConfigureRequest> {
@@ -161,8 +198,14 @@ impl FfiConfigurer for Shim<dyn Configurer> {
     }
 }
 
-pub fn builder(name: &str, stage: Box<dyn Builder>) -> FfiBuilderBox {
-    FfiBuilder_TO::from_value(Shim::new("builder", name, stage), TD_Opaque)
+impl Exported for dyn Builder {
+    type Ffi = FfiBuilderBox;
+    fn new_fn(root: &PluginModRef) -> NewFn<FfiBuilderBox> {
+        root.new_builder()
+    }
+    fn shim(name: &str, stage: Box<Self>) -> FfiBuilderBox {
+        FfiBuilder_TO::from_value(Shim::new(Self::KIND, name, stage), TD_Opaque)
+    }
 }
 
 impl FfiBuilder for Shim<dyn Builder> {
@@ -180,8 +223,14 @@ impl FfiBuilder for Shim<dyn Builder> {
     }
 }
 
-pub fn cache(name: &str, stage: Box<dyn CacheBackend>) -> FfiCacheBox {
-    FfiCache_TO::from_value(Shim::new("cache", name, stage), TD_Opaque)
+impl Exported for dyn CacheBackend {
+    type Ffi = FfiCacheBox;
+    fn new_fn(root: &PluginModRef) -> NewFn<FfiCacheBox> {
+        root.new_cache()
+    }
+    fn shim(name: &str, stage: Box<Self>) -> FfiCacheBox {
+        FfiCache_TO::from_value(Shim::new(Self::KIND, name, stage), TD_Opaque)
+    }
 }
 
 fn key(raw: RStr<'_>) -> crate::Result<CacheKey> {
@@ -190,16 +239,13 @@ fn key(raw: RStr<'_>) -> crate::Result<CacheKey> {
 
 impl FfiCache for Shim<dyn CacheBackend> {
     fn lookup(&self, k: RStr<'_>) -> FfiResult<RString> {
-        self.call("lookup", |s| {
-            to_json(&s.lookup(&key(k)?)?.as_ref().map(wire::Entry::from))
-        })
+        self.call("lookup", |s| to_json(&s.lookup(&key(k)?)?))
     }
     fn store(&self, k: RStr<'_>, artifacts: RStr<'_>, metadata: RStr<'_>) -> FfiResult<RString> {
         self.call("store", |s| {
-            let artifacts: wire::Artifacts = from_json("cache artifacts", artifacts.as_str())?;
+            let artifacts: Artifacts = from_json("cache artifacts", artifacts.as_str())?;
             let metadata: Metadata = from_json("cache metadata", metadata.as_str())?;
-            let entry = s.store(&key(k)?, &artifacts.into(), &metadata)?;
-            to_json(&wire::Entry::from(&entry))
+            to_json(&s.store(&key(k)?, &artifacts, &metadata)?)
         })
     }
     fn list(&self) -> FfiResult<RString> {

@@ -107,3 +107,40 @@ fn header_symbol_matches_abi_stable() {
         "export_plugin! spells this symbol literally; update it"
     );
 }
+
+/// The sdk types that replaced the `wire` mirrors read the JSON the
+/// mirrors wrote, so plugins built against an older SDK still talk to us.
+#[test]
+fn sdk_types_read_the_old_wire_forms() {
+    use crate::cache::Artifacts;
+    use crate::context::{CapturedOutput, CommandOutcome, CommandSpec};
+
+    let spec: CommandSpec = from_json(
+        "a command",
+        r#"{"program":"make","args":["-j2"],"cwd":"/t","env":[["A","1"]],"cgroup_procs":null,"env_clear":true}"#,
+    )
+    .unwrap();
+    assert_eq!(spec.args, ["-j2"]);
+    assert!(spec.env_clear);
+    let bare: CommandSpec = from_json("a command", r#"{"program":"gcc"}"#).unwrap();
+    assert_eq!(bare, CommandSpec::new("gcc"));
+
+    let o: CommandOutcome = from_json(
+        "an outcome",
+        r#"{"code":2,"tail":[{"text":"oops","stderr":true}]}"#,
+    )
+    .unwrap();
+    assert_eq!((o.code, o.tail[0].stderr), (Some(2), true));
+    let c: CapturedOutput =
+        from_json("output", r#"{"code":null,"stdout":"a","stderr":""}"#).unwrap();
+    assert_eq!(c.stdout, "a");
+
+    let a: Artifacts = from_json(
+        "artifacts",
+        r#"{"image":"/b/bzImage","vmlinux":null,"config":"/b/.config"}"#,
+    )
+    .unwrap();
+    assert_eq!(a.log, None);
+    let json = to_json(&a).unwrap();
+    assert!(!json.contains("log"), "{json}");
+}
