@@ -66,11 +66,11 @@ pub struct BuildArgs {
     /// Build for this architecture (kbuild ARCH: x86_64, arm64, riscv, s390,
     /// powerpc, arm, loongarch; aliases like aarch64 work). Default: the
     /// host's, or `arch` in the config file.
-    #[arg(long, value_name = "ARCH", value_parser = parse_arch)]
+    #[arg(long, value_name = "ARCH", value_parser = Completed(parse_arch, arch_names), hide_possible_values = true)]
     pub arch: Option<String>,
     /// Compiler family: gcc (default), gcc-N, clang or llvm (LLVM=1 with its
     /// integrated assembler), llvm-N (LLVM=-N).
-    #[arg(long, value_name = "NAME", value_parser = parse_toolchain)]
+    #[arg(long, value_name = "NAME", value_parser = Completed(parse_toolchain, toolchain_names), hide_possible_values = true)]
     pub toolchain: Option<String>,
     /// CROSS_COMPILE prefix for a foreign --arch (default: found on PATH by
     /// the usual triplet, e.g. aarch64-linux-gnu-).
@@ -135,6 +135,45 @@ fn parse_arch(raw: &str) -> Result<String, String> {
             Some(h) => format!("not an architecture ktstr builds; {h}"),
             None => e.message,
         })
+}
+
+/// A value parser that also names the values shells should offer: `parse`
+/// accepts more spellings (aliases, versioned toolchains) than are listed.
+#[derive(Clone, Copy)]
+struct Completed(
+    fn(&str) -> Result<String, String>,
+    fn() -> Vec<&'static str>,
+);
+
+impl TypedValueParser for Completed {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        self.0.parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            (self.1)()
+                .into_iter()
+                .map(clap::builder::PossibleValue::new),
+        ))
+    }
+}
+
+fn arch_names() -> Vec<&'static str> {
+    ktstr_sdk::arch::ARCHES.iter().map(|a| a.name).collect()
+}
+
+fn toolchain_names() -> Vec<&'static str> {
+    vec!["gcc", "clang", "llvm"]
 }
 
 fn parse_toolchain(raw: &str) -> Result<String, String> {

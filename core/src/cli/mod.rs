@@ -9,6 +9,7 @@ mod kernel;
 mod locks;
 mod log;
 mod plugins;
+mod shell;
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ pub use kernel::KernelCommand;
 pub use locks::LocksArgs;
 pub use log::LogArgs;
 pub use plugins::{NewKind, PluginsCommand};
+pub use shell::{CompletionsArgs, ManArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -57,6 +59,11 @@ pub enum Command {
     /// Show the stage plugins this ktstr can use.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Print a shell completion script: `source <(ktstr completions bash)`.
+    Completions(CompletionsArgs),
+    /// Print the man page (`ktstr man | man -l -`), or write one page per
+    /// command with --out-dir.
+    Man(ManArgs),
 }
 
 /// The host's stage context: real processes, stderr progress.
@@ -178,6 +185,8 @@ pub fn main() -> i32 {
         Command::Locks(LocksArgs { json, watch }) => locks::run(json, watch),
         Command::Cache(CacheCommand::Push { key, plugins }) => cache::push(&key, &plugins),
         Command::Cache(CacheCommand::Pull { key, plugins }) => cache::pull(&key, &plugins),
+        Command::Completions(args) => shell::completions(&args),
+        Command::Man(args) => shell::man(&args),
     };
     match result {
         Ok(()) => 0,
