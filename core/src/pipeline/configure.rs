@@ -72,14 +72,14 @@ pub(super) fn run(
         stages.configurer.stage.validate(build_dir, &request)?;
     }
     let snapshot = ConfigSnapshot::take(stages, source, build_dir, &request)?;
-    if took.is_some() && source.is_local {
-        let recorded = match snapshot.any_sha256() {
-            Some(sha) => tree_config::record(&keyer.root, build_dir, sha, &keyer.declared),
-            None => dot_config_sha256(build_dir).map(|_| ()),
-        };
-        if let Err(e) = recorded {
-            tracing::warn!("could not record the tree's configuration: {e}");
-        }
+    // A local tree's snapshot always tried to read `.config`; no digest
+    // means there is none to record (configure failing to write one shows
+    // up at the build).
+    if took.is_some()
+        && let Some(sha) = snapshot.any_sha256()
+        && let Err(e) = tree_config::record(&keyer.root, build_dir, sha, &keyer.declared)
+    {
+        tracing::warn!("could not record the tree's configuration: {e}");
     }
     Ok(Configured {
         request,
