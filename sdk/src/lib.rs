@@ -18,6 +18,7 @@ pub mod archive;
 pub mod build;
 pub mod cache;
 pub mod config;
+pub mod conformance;
 pub mod configure;
 pub mod context;
 pub mod error;

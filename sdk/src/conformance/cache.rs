@@ -1,0 +1,1 @@
+//! The cache backend conformance suite (see docs/plugin-authoring.md).

@@ -1,0 +1,1 @@
+//! The reserver conformance suite (see docs/plugin-authoring.md).
