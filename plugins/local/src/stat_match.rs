@@ -15,10 +15,12 @@
 //! the full gix status walk in [`crate::changes`] decides, applying the
 //! repository's own stat rules and comparing content where needed.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use gix::bstr::{BStr, ByteSlice};
+use gix::index::Entry;
 use gix::index::entry::{Flags, Mode, Stat, stat};
 use nix::fcntl::AtFlags;
 use nix::fcntl::{OFlag, openat};
@@ -39,9 +41,14 @@ const DIR_FLAGS: OFlag = OFlag::O_PATH
     .union(OFlag::O_DIRECTORY)
     .union(OFlag::O_CLOEXEC);
 
+/// Below this many entries one thread is faster than starting more.
+const ENTRIES_PER_THREAD: usize = 8192;
+
 /// `true` only when every tracked file under `prefix` (all of them when
 /// `None`) has exactly the type, mode and stat data the index recorded and
-/// none is racy. Submodules are skipped (the probe ignores them).
+/// none is racy. Submodules are skipped (the probe ignores them). Large
+/// indexes are checked in a few threads, each over a contiguous run of
+/// entries, like git's preloaded index.
 pub(crate) fn all_tracked_files_match(
     workdir: &Path,
     index: &gix::index::State,
@@ -50,10 +57,45 @@ pub(crate) fn all_tracked_files_match(
     let Ok(root) = nix::fcntl::open(workdir, DIR_FLAGS, FileMode::empty()) else {
         return false;
     };
+    let entries = index.entries();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4)
+        .min(entries.len().div_ceil(ENTRIES_PER_THREAD))
+        .max(1);
+    let changed = AtomicBool::new(false);
+    let check = |run: &[Entry]| {
+        if !run_matches(root.as_fd(), index, run, prefix, &changed) {
+            changed.store(true, Ordering::Relaxed);
+        }
+    };
+    if threads == 1 {
+        check(entries);
+    } else {
+        std::thread::scope(|scope| {
+            for run in entries.chunks(entries.len().div_ceil(threads)) {
+                scope.spawn(move || check(run));
+            }
+        });
+    }
+    !changed.load(Ordering::Relaxed)
+}
+
+/// One run of entries; gives up early once another run found a change.
+fn run_matches(
+    root: BorrowedFd<'_>,
+    index: &gix::index::State,
+    run: &[Entry],
+    prefix: Option<&BStr>,
+    changed: &AtomicBool,
+) -> bool {
     let mut dirs = DirStack::new(root);
     let written = index.timestamp();
     let special = Flags::ASSUME_VALID | Flags::SKIP_WORKTREE | Flags::INTENT_TO_ADD;
-    for entry in index.entries() {
+    for (n, entry) in run.iter().enumerate() {
+        if n % 1024 == 0 && changed.load(Ordering::Relaxed) {
+            return false;
+        }
         let path = entry.path(index);
         if prefix.is_some_and(|p| !path.starts_with(p.as_bytes())) {
             continue;
@@ -86,14 +128,14 @@ pub(crate) fn all_tracked_files_match(
 
 /// Open directories along the current entry's path, reused while entries
 /// stay in the same directory (the index is sorted by path).
-struct DirStack {
-    root: OwnedFd,
+struct DirStack<'r> {
+    root: BorrowedFd<'r>,
     /// `(component, fd)` from the top of the work tree down.
     open: Vec<(Vec<u8>, OwnedFd)>,
 }
 
-impl DirStack {
-    fn new(root: OwnedFd) -> Self {
+impl<'r> DirStack<'r> {
+    fn new(root: BorrowedFd<'r>) -> Self {
         Self {
             root,
             open: Vec::new(),
@@ -116,9 +158,9 @@ impl DirStack {
             .count();
         self.open.truncate(common);
         for component in &wanted[common..] {
-            let parent = self.open.last().map_or(&self.root, |(_, fd)| fd);
+            let parent = self.open.last().map_or(self.root, |(_, fd)| fd.as_fd());
             let fd = openat(
-                parent.as_fd(),
+                parent,
                 *component,
                 DIR_FLAGS | OFlag::O_NOFOLLOW,
                 FileMode::empty(),
@@ -126,7 +168,7 @@ impl DirStack {
             .ok()?;
             self.open.push((component.to_vec(), fd));
         }
-        Some(self.open.last().map_or(&self.root, |(_, fd)| fd).as_fd())
+        Some(self.open.last().map_or(self.root, |(_, fd)| fd.as_fd()))
     }
 }
 

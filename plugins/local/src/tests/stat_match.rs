@@ -130,3 +130,38 @@ fn only_the_tree_under_the_prefix_counts() {
     assert!(fast_path(&dir, Some("arch/")));
     assert!(!fast_path(&dir, None));
 }
+
+#[test]
+fn a_large_index_is_checked_in_every_run() {
+    if !git_available() {
+        return;
+    }
+    // Enough entries for several threads; a change in any run is found.
+    let (_tmp, dir) = committed_kernel();
+    let old = SystemTime::now() - Duration::from_secs(3600);
+    let mut files = Vec::new();
+    // Just over one thread's share, so two runs on two CPUs.
+    for d in 0..90 {
+        let sub = dir.join(format!("drivers/d{d:03}"));
+        fs::create_dir_all(&sub).unwrap();
+        for f in 0..100 {
+            let file = sub.join(format!("f{f:03}.c"));
+            fs::write(&file, format!("int f{d}_{f};\n")).unwrap();
+            files.push(file);
+        }
+    }
+    git(&dir, &["add", "-A"]);
+    git(&dir, &["commit", "-q", "-m", "many"]);
+    for file in files.iter().chain([&dir.join("main.c")]) {
+        set_mtime(file, old);
+    }
+    git(&dir, &["update-index", "--refresh"]);
+    assert!(fast_path(&dir, None));
+    for file in [&files[0], files.last().unwrap()] {
+        set_mtime(file, old + Duration::from_secs(1));
+        assert!(!fast_path(&dir, None), "{} changed", file.display());
+        set_mtime(file, old);
+        git(&dir, &["update-index", "--refresh"]);
+        assert!(fast_path(&dir, None), "settled again");
+    }
+}
