@@ -12,7 +12,8 @@ use ktstr_sdk::runner::SystemRunner;
 use ktstr_sdk::testing::{RecordingProgress, context_with};
 
 use super::*;
-use crate::topology::fake::FakeMachine;
+use ktstr_sdk::cpus::sandbox as cgroup;
+use ktstr_sdk::cpus::topology::{self, fake::FakeMachine};
 
 struct Env {
     dir: tempfile::TempDir,
