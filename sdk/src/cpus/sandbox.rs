@@ -83,7 +83,8 @@ fn parse_self_cgroup(text: &str) -> Vec<(String, Vec<String>, String)> {
         .collect()
 }
 
-fn is_cgroupfs(path: &Path) -> bool {
+/// Whether `path` is on a cgroup (v1 or v2) filesystem, not a synthetic tree.
+pub fn is_cgroupfs(path: &Path) -> bool {
     use nix::sys::statfs::{CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, statfs};
     statfs(path).is_ok_and(|s| {
         let t = s.filesystem_type();
