@@ -615,3 +615,18 @@ fn real_default_budget_on_this_host() {
     assert!(progress.warnings().is_empty(), "{:?}", progress.warnings());
     assert!(SystemRunner.capture(&CommandSpec::new("true")).is_ok());
 }
+
+#[test]
+fn passes_the_reserver_conformance_suite_on_a_synthetic_machine() {
+    let e = four_llcs();
+    let report = ktstr_sdk::conformance::reserver::check(&e.reserver);
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+}
+
+#[test]
+fn real_passes_the_reserver_conformance_suite() {
+    let Some((_dir, r, _h)) = real_host() else {
+        return;
+    };
+    ktstr_sdk::conformance::reserver::assert_conforms(&r);
+}
