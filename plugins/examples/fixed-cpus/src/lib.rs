@@ -180,10 +180,14 @@ mod tests {
         let (mut r, _dir) = on_first_cpu();
         let beyond = ktstr_sdk::cpus::allowed_cpus().unwrap().last().unwrap() + 1;
         r.default = Some(CpuSet::from([beyond]));
-        let (cx, _) = ktstr_sdk::testing::context_with(std::sync::Arc::new(
-            ktstr_sdk::runner::SystemRunner,
-        ));
-        let e = r.reserve(&ReserveRequest { cpu_cap: None }, &cx).unwrap_err();
-        assert!(e.to_string().contains("not available to this process"), "{e}");
+        let (cx, _) =
+            ktstr_sdk::testing::context_with(std::sync::Arc::new(ktstr_sdk::runner::SystemRunner));
+        let e = r
+            .reserve(&ReserveRequest { cpu_cap: None }, &cx)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("not available to this process"),
+            "{e}"
+        );
     }
 }
