@@ -256,3 +256,6 @@ impl Host {
         Ok(Confined::new(sandbox, held).into_reservation(cpus, mems))
     }
 }
+
+#[cfg(test)]
+mod tests;
