@@ -14,8 +14,13 @@
 //!   reservation's sandbox runs on exactly the granted CPUs, and a
 //!   reserver that grants CPUs on a host that can confine gives a sandbox;
 //! - `release-sandbox`, `release-locks`: after the guard drops, the
-//!   sandbox is gone and none of its locks is held by this process;
+//!   sandbox is gone and none of its locks (those its `locks()` hook
+//!   lists) is held by this process;
 //! - `release-order`: the sandbox is gone before any lock is released.
+//!
+//! "Allowed" is this process's affinity mask; run the suite with the
+//! reserver configured as on a real host (a temp `lock_dir` keeps
+//! concurrent tests apart).
 //!
 //! Checks that need what the host lacks (root, a cgroup filesystem) are
 //! skipped with the reason printed, never passed silently.

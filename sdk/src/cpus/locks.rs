@@ -6,7 +6,7 @@
 //! `flock` on every LLC its CPUs touch for as long as it runs (a CPU lock
 //! only when the host's topology is unknown); the kernel drops the lock when
 //! the process dies, so a crash never leaves a stale reservation. Which
-//! mode each kind of holder takes is [`Holder::mode`] (docs/reservation.md
+//! mode each kind of holder takes is [`HolderKind::mode`] (docs/reservation.md
 //! has the table), so a perf test runner can take an LLC exclusively and a
 //! functional one shared.
 //!
@@ -35,7 +35,7 @@ const CPU_PREFIX: &str = "cpu-";
 
 /// Who takes a CPU lock, which decides its mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Holder {
+pub enum HolderKind {
     /// A kernel build: its compilers pollute the cache, nobody else may
     /// schedule there.
     Build,
@@ -47,12 +47,12 @@ pub enum Holder {
     FunctionalTest,
 }
 
-impl Holder {
+impl HolderKind {
     /// The `flock` mode this kind of holder takes.
     pub fn mode(self) -> LockMode {
         match self {
-            Holder::Build | Holder::PerfTest => LockMode::Exclusive,
-            Holder::FunctionalTest => LockMode::Shared,
+            HolderKind::Build | HolderKind::PerfTest => LockMode::Exclusive,
+            HolderKind::FunctionalTest => LockMode::Shared,
         }
     }
 }
@@ -184,7 +184,7 @@ pub fn try_lock_all(
 ) -> Result<std::result::Result<Vec<FileLock>, usize>> {
     let locks: Vec<CpuLock> = ids.iter().map(|&id| CpuLock::Llc(id)).collect();
     Ok(
-        try_lock_set(dir, &locks, Holder::Build)?.map_err(|l| match l {
+        try_lock_set(dir, &locks, HolderKind::Build)?.map_err(|l| match l {
             CpuLock::Llc(id) | CpuLock::Cpu(id) => id,
         }),
     )
@@ -196,7 +196,7 @@ pub fn try_lock_all(
 pub fn try_lock_set(
     dir: &Path,
     locks: &[CpuLock],
-    holder: Holder,
+    holder: HolderKind,
 ) -> Result<std::result::Result<Vec<FileLock>, CpuLock>> {
     let mut sorted = locks.to_vec();
     sorted.sort_unstable();
@@ -219,7 +219,7 @@ pub fn try_lock_set(
 pub fn lock_set(
     dir: &Path,
     locks: &[CpuLock],
-    holder: Holder,
+    holder: HolderKind,
     cx: &StageContext,
 ) -> Result<Vec<FileLock>> {
     let mut last_note = String::new();

@@ -25,7 +25,7 @@ use crate::lock::FileLock;
 use crate::paths;
 use crate::prelude::*;
 
-pub use locks::{CpuLock, Holder};
+pub use locks::{CpuLock, HolderKind};
 pub use sandbox::{Hierarchy, Sandbox};
 pub use topology::{CpuSet, Llc, Topology, format_cpulist, parse_cpulist};
 
@@ -228,7 +228,7 @@ impl Host {
         let held = locks::lock_set(
             &lock_dir,
             &locks::locks_for(cpus, topo.as_ref()),
-            Holder::Build,
+            HolderKind::Build,
             cx,
         )?;
         let cpus: Vec<usize> = cpus.iter().copied().collect();

@@ -157,29 +157,29 @@ fn holder_modes_let_functional_runs_share_and_keep_builds_off() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let l = [CpuLock::Llc(3)];
-    let a = locks::try_lock_set(d, &l, Holder::FunctionalTest)
+    let a = locks::try_lock_set(d, &l, HolderKind::FunctionalTest)
         .unwrap()
         .unwrap();
-    let b = locks::try_lock_set(d, &l, Holder::FunctionalTest)
+    let b = locks::try_lock_set(d, &l, HolderKind::FunctionalTest)
         .unwrap()
         .unwrap();
     assert_eq!(
-        locks::try_lock_set(d, &l, Holder::Build)
+        locks::try_lock_set(d, &l, HolderKind::Build)
             .unwrap()
             .unwrap_err(),
         CpuLock::Llc(3)
     );
     assert!(
-        locks::try_lock_set(d, &l, Holder::PerfTest)
+        locks::try_lock_set(d, &l, HolderKind::PerfTest)
             .unwrap()
             .is_err()
     );
     drop((a, b));
-    let perf = locks::try_lock_set(d, &l, Holder::PerfTest)
+    let perf = locks::try_lock_set(d, &l, HolderKind::PerfTest)
         .unwrap()
         .unwrap();
     assert!(
-        locks::try_lock_set(d, &l, Holder::FunctionalTest)
+        locks::try_lock_set(d, &l, HolderKind::FunctionalTest)
             .unwrap()
             .is_err()
     );
@@ -209,7 +209,7 @@ fn locks_for_uses_llcs_and_falls_back_to_cpus() {
     let held = locks::try_lock_set(
         dir.path(),
         &[CpuLock::Cpu(5), CpuLock::Llc(7)],
-        Holder::Build,
+        HolderKind::Build,
     )
     .unwrap()
     .unwrap();

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::cpus::locks::{CpuLock, Holder, try_lock_set};
+use crate::cpus::locks::{CpuLock, HolderKind, try_lock_set};
 use crate::cpus::{Confined, Host, Sandbox};
 use crate::lock::FileLock;
 
@@ -78,7 +78,7 @@ impl Reserver for Fake {
         let locks = try_lock_set(
             &self.dir.path().join("locks"),
             &[CpuLock::Cpu(cpus[0])],
-            Holder::Build,
+            HolderKind::Build,
         )?
         .map_err(|l| StageError::internal(format!("{l} busy")))?;
         let sandbox = self
