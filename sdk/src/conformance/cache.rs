@@ -72,11 +72,8 @@ pub struct Options<'a> {
     read_only: Option<Box<Make<'a>>>,
     corrupt: Option<Box<Corrupt<'a>>>,
     skip: Vec<(Rule, String)>,
-    /// Size of the image in the large-artifact rule (64 MiB + 1 by default;
-    /// the odd byte catches block-size rounding).
-    pub large_size: u64,
-    /// Stores per writer in the atomic-replace rule.
-    pub rounds: u32,
+    large_size: u64,
+    rounds: u32,
 }
 
 impl Default for Options<'_> {
@@ -120,6 +117,19 @@ impl<'a> Options<'a> {
     /// must then report it. Enables [`Rule::Corrupt`].
     pub fn corrupt(mut self, damage: impl Fn(&Fixture, &CacheKey) + Sync + 'a) -> Self {
         self.corrupt = Some(Box::new(damage));
+        self
+    }
+
+    /// Size of the image in the large-artifact rule: 64 MiB + 1 by default
+    /// (the odd byte catches block-size rounding).
+    pub fn large_size(mut self, bytes: u64) -> Self {
+        self.large_size = bytes;
+        self
+    }
+
+    /// Stores per writer in the atomic-replace rule (4 by default).
+    pub fn rounds(mut self, rounds: u32) -> Self {
+        self.rounds = rounds.max(1);
         self
     }
 

@@ -112,20 +112,33 @@ fn check_hit(what: &str, key: &CacheKey, build: &Build, hit: &CacheEntry) -> Che
 
 /// Look `key` up and check it holds `build`.
 fn expect_hit(b: &Handle, what: &str, key: &CacheKey, build: &Build) -> Checked {
-    let hit = b.lookup(key)?.ok_or_else(|| format!("{what} was a miss"))?;
+    let hit = match b.try_lookup(key)? {
+        Ok(Some(hit)) => hit,
+        Ok(None) => return Err(Stop::Broken(format!("{what} was a miss"))),
+        Err(e) => {
+            return Err(Stop::Broken(format!(
+                "{what} failed: {}",
+                describe_error(&e)
+            )));
+        }
+    };
     check_hit(what, key, build, &hit)
 }
 
 /// Look `key` up and expect a miss.
 fn expect_miss(b: &Handle, what: &str, key: &CacheKey) -> Checked {
-    if let Some(hit) = b.lookup(key)? {
-        return Err(Stop::Broken(format!(
+    match b.try_lookup(key)? {
+        Ok(None) => Ok(()),
+        Ok(Some(hit)) => Err(Stop::Broken(format!(
             "{what} returned an entry (built_at {}, in {})",
             hit.metadata.built_at,
             hit.dir.display()
-        )));
+        ))),
+        Err(e) => Err(Stop::Broken(format!(
+            "{what} failed instead of missing: {}",
+            describe_error(&e)
+        ))),
     }
-    Ok(())
 }
 
 /// The keys a listing holds, in order.
@@ -327,7 +340,7 @@ fn atomic_replace(s: &Suite<'_, '_>) -> Checked {
     writable(s)?.store(&key, &first.artifacts, &first.metadata)?;
     // Two writers, each storing versions of its own; every version has its
     // own built_at and bytes, and the writers' file sets differ.
-    let rounds = s.options.rounds.max(1);
+    let rounds = s.options.rounds;
     let writers: Vec<Vec<Build>> = (0..2u32)
         .map(|w| {
             (0..rounds)

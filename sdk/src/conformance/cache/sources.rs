@@ -271,13 +271,13 @@ pub(super) fn same_file(want: &Path, got: &Path) -> Result<(), String> {
     loop {
         let na = read_full(&mut a, &mut ba).map_err(|e| format!("read {}: {e}", want.display()))?;
         let nb = read_full(&mut b, &mut bb).map_err(|e| format!("read {}: {e}", got.display()))?;
-        if let Some(i) = ba[..na.min(nb)]
-            .iter()
-            .zip(&bb[..na.min(nb)])
-            .position(|(x, y)| x != y)
+        let n = na.min(nb);
+        // Slice equality is a memcmp; the position is only wanted on a mismatch.
+        if ba[..n] != bb[..n]
+            && let Some(i) = ba[..n].iter().zip(&bb[..n]).position(|(x, y)| x != y)
         {
             return Err(format!(
-                "{} differs from what was stored at byte {}",
+                "{} differs from the file handed to store at byte {}",
                 got.display(),
                 offset + i as u64
             ));
@@ -285,7 +285,7 @@ pub(super) fn same_file(want: &Path, got: &Path) -> Result<(), String> {
         if na != nb {
             let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
             return Err(format!(
-                "{} is {} bytes, what was stored is {} bytes",
+                "{} is {} bytes, the file handed to store {} bytes",
                 got.display(),
                 len(got),
                 len(want)
