@@ -401,7 +401,7 @@ impl<'s, 'a> Suite<'s, 'a> {
     fn corrupt(&self, key: &CacheKey) -> bool {
         match &self.options.corrupt {
             Some(damage) => {
-                damage(&self.fixture, key);
+                damage(&self.next_fixture(), key);
                 true
             }
             None => false,
