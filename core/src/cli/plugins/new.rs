@@ -391,3 +391,39 @@ impl CacheBackend for Stage {
     }
 }
 "#;
+
+/// `tests/conformance.rs` of a new cache plugin: the SDK's cache
+/// conformance suite run against the template's stage. For it to pass as
+/// generated, the cache template must keep entries in the `dir` setting
+/// and make `Stage` and `Stage::from_config` public, and the crate needs
+/// `crate-type = ["cdylib", "rlib"]` and the dev-dependency
+/// `ktstr-sdk = { path = "<sdk>", features = ["conformance"] }`.
+#[allow(
+    dead_code,
+    reason = "written by `new` once the cache template stores (issue 17)"
+)]
+fn cache_conformance_test(name: &str) -> String {
+    format!(
+        r#"//! `{name}` against ktstr's cache conformance suite: every promise of
+//! the CacheBackend contract, checked on a fresh directory per rule. See
+//! "The cache conformance suite" in ktstr's docs/plugin-authoring.md.
+
+use ktstr_plugin_{lib}::Stage;
+use ktstr_sdk::conformance::cache::{{self, Fixture, Options}};
+use ktstr_sdk::prelude::*;
+
+fn make(fx: &Fixture) -> Box<dyn CacheBackend> {{
+    let cfg = serde_json::json!({{"dir": fx.shared.join("cache")}});
+    Box::new(Stage::from_config(&cfg).expect("the test config is valid"))
+}}
+
+#[test]
+fn conforms() {{
+    // Once the plugin has a read-only mode and you can damage an entry on
+    // disk, add `.read_only(..)` and `.corrupt(..)` to check those rules too.
+    cache::run(&make, Options::default());
+}}
+"#,
+        lib = name.replace('-', "_"),
+    )
+}
