@@ -392,7 +392,10 @@ mod tests {
         }
         stop.store(true, Ordering::Relaxed);
         let pruned = pruner.join().unwrap();
-        assert!(pruned > 0, "the pruner never won a race; the test tested nothing");
+        assert!(
+            pruned > 0,
+            "the pruner never won a race; the test tested nothing"
+        );
     }
 
     #[test]
