@@ -52,8 +52,15 @@ fn build_json_reports_built_then_hit() {
     assert_fields(&built, BUILD_FIELDS);
     assert_fields(&built["durations"], DURATION_FIELDS);
     assert_eq!(built["outcome"], "built");
-    assert_eq!(built["key"], run.cached_key().as_str(), "the key stderr names");
-    assert!(built["reason"].is_null() && built["tree"].is_null(), "{built}");
+    assert_eq!(
+        built["key"],
+        run.cached_key().as_str(),
+        "the key stderr names"
+    );
+    assert!(
+        built["reason"].is_null() && built["tree"].is_null(),
+        "{built}"
+    );
     for f in ["image", "vmlinux", "config", "metadata"] {
         assert!(is_file(&built[f]), "{f}: {built:#}");
     }
@@ -72,10 +79,7 @@ fn build_json_reports_built_then_hit() {
     );
 
     // Without --json stdout stays the image path alone.
-    assert_eq!(
-        fx.build(&[]).image_path().to_str(),
-        built["image"].as_str()
-    );
+    assert_eq!(fx.build(&[]).image_path().to_str(), built["image"].as_str());
 }
 
 #[test]
@@ -166,7 +170,10 @@ fn pulled_entries_are_reported_as_pulled() {
     assert_eq!(first["outcome"], "pulled", "{first:#}");
     assert_eq!(c.build_count(), 0);
     let second = build(&c).json();
-    assert_eq!(second["outcome"], "hit", "an old backfill is a hit: {second:#}");
+    assert_eq!(
+        second["outcome"], "hit",
+        "an old backfill is a hit: {second:#}"
+    );
 }
 
 const CLEAN_FIELDS: &[&str] = &["dry_run", "removed", "kept", "freed", "pruned_locks"];
@@ -187,7 +194,11 @@ fn clean_json_lists_what_went_and_the_space_freed() {
     assert_fields(&v["removed"][0], REMOVAL_FIELDS);
     assert_eq!(v["removed"][0]["key"], key.as_str());
     assert_eq!(v["freed"], size);
-    assert_eq!(fx.entries_on_disk(), vec![key.clone()], "dry run removed nothing");
+    assert_eq!(
+        fx.entries_on_disk(),
+        vec![key.clone()],
+        "dry run removed nothing"
+    );
 
     let run = fx.run(&["kernel", "clean", "--force", "--json", &key]);
     run.assert_ok();

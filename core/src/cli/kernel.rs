@@ -210,17 +210,18 @@ const LIST_COLUMNS: [Column; 8] = [
     },
 ];
 
-/// Too wide: the source shortens, then goes; the status shortens; the key
-/// shortens in its middle (version in front and digest behind stay
-/// readable); then the build time, profile, version and arch go. Key,
-/// size and status always stay.
+/// Too wide: the source shortens, then goes; the status shortens; the
+/// build time and profile go; only then does the key shorten (in its
+/// middle, so the version in front and the digest behind stay readable:
+/// keys are what people copy); then version and arch go. Key, size and
+/// status always stay.
 const LIST_GIVE_WAY: [GiveWay; 8] = [
     GiveWay::Shorten(7),
     GiveWay::Drop(7),
     GiveWay::Shorten(6),
-    GiveWay::Shorten(0),
     GiveWay::Drop(5),
     GiveWay::Drop(3),
+    GiveWay::Shorten(0),
     GiveWay::Drop(1),
     GiveWay::Drop(2),
 ];
