@@ -126,10 +126,11 @@ fn acquire(path: &Path, mode: LockMode, blocking: bool) -> Result<Option<FileLoc
     }
 }
 
-/// Whether `path` names the file `file` has open.
+/// Whether `path` names the file `file` has open (through a symlink too,
+/// as the open followed it).
 fn still_named(file: &File, path: &Path) -> Result<bool> {
     let held = file.metadata().at("stat lock file", path)?;
-    match std::fs::symlink_metadata(path) {
+    match std::fs::metadata(path) {
         Ok(now) => Ok(now.dev() == held.dev() && now.ino() == held.ino()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e).at("stat lock file", path),
@@ -396,6 +397,18 @@ mod tests {
             pruned > 0,
             "the pruner never won a race; the test tested nothing"
         );
+    }
+
+    #[test]
+    fn a_symlinked_lock_file_locks_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target.lock");
+        let link = dir.path().join("link.lock");
+        std::fs::write(&target, "").unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let held = lock(&link, LockMode::Exclusive).unwrap();
+        assert!(try_lock(&target, LockMode::Shared).unwrap().is_none());
+        drop(held);
     }
 
     #[test]
