@@ -94,7 +94,6 @@ fn list_shows_sizes_and_totals_and_fits_the_width() {
 #[test]
 fn list_fits_a_real_80_column_terminal() {
     use std::io::Read;
-    use std::os::fd::OwnedFd;
     let fx = Fixture::git();
     fx.build(&[]).cached_key();
     for cols in [80u16, 50] {
@@ -107,7 +106,7 @@ fn list_fits_a_real_80_column_terminal() {
         let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
         let mut cmd = fx.command(&["kernel", "list"]);
         cmd.env_remove("COLUMNS")
-            .stdout(std::process::Stdio::from(OwnedFd::from(pty.slave)))
+            .stdout(std::process::Stdio::from(pty.slave))
             .stderr(std::process::Stdio::null());
         let status = cmd.status().unwrap();
         drop(cmd);
