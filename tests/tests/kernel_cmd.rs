@@ -240,6 +240,14 @@ fn locks_show_held_ones_and_clean_prunes_the_free_ones() {
         "{}",
         all.describe()
     );
+    for width in [80, 50] {
+        let out = fx
+            .command(&["locks", "--all"])
+            .env("COLUMNS", width.to_string())
+            .output()
+            .unwrap();
+        assert_fits(&String::from_utf8(out.stdout).unwrap(), width);
+    }
     let held = fx.run(&["locks"]);
     held.assert_ok();
     assert!(

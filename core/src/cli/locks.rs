@@ -20,6 +20,7 @@ use ktstr_sdk::lock_list::{self, LockInfo};
 use ktstr_sdk::paths;
 
 use crate::registry::Stages;
+use crate::table::{Column, GiveWay};
 
 #[derive(Debug, Args)]
 pub struct LocksArgs {
@@ -33,6 +34,9 @@ pub struct LocksArgs {
     /// someone holds or waits for).
     #[arg(long)]
     pub all: bool,
+    /// Never shorten lock names or holders to fit the terminal.
+    #[arg(long)]
+    pub wide: bool,
 }
 
 /// The host's own locks: per-key build locks and source-tree locks.
@@ -89,7 +93,39 @@ fn natural(id: &str) -> (u64, String) {
     (id.parse().unwrap_or(u64::MAX), id.to_string())
 }
 
-fn render(rows: &[LockInfo], all: bool, out: &mut impl Write) -> std::io::Result<()> {
+const COLUMNS: [Column; 4] = [
+    Column {
+        header: "KIND",
+        min: 0,
+        middle: false,
+    },
+    Column {
+        header: "LOCK",
+        min: 24,
+        middle: true,
+    },
+    Column {
+        header: "STATE",
+        min: 0,
+        middle: false,
+    },
+    Column {
+        header: "WHO",
+        min: 24,
+        middle: false,
+    },
+];
+
+/// Too wide: the holders' command lines shorten first, then the lock's
+/// name (a key, a tree path) in its middle.
+const GIVE_WAY: [GiveWay; 2] = [GiveWay::Shorten(3), GiveWay::Shorten(1)];
+
+fn render(
+    rows: &[LockInfo],
+    all: bool,
+    width: Option<usize>,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
     if rows.is_empty() {
         return if all {
             writeln!(
@@ -103,26 +139,32 @@ fn render(rows: &[LockInfo], all: bool, out: &mut impl Write) -> std::io::Result
             )
         };
     }
-    writeln!(out, "{:<7} {:<36} {:<8} WHO", "KIND", "LOCK", "STATE")?;
-    for row in rows {
-        let held = row.holders.iter().filter(|h| !h.waiting).count();
-        let waiting = row.holders.len() - held;
-        let state = match (held, waiting) {
-            (0, 0) => "free".to_string(),
-            (_, 0) => "held".to_string(),
-            (_, w) => format!("held+{w}w"),
-        };
-        let what = if row.guards.is_empty() {
-            row.id.clone()
-        } else {
-            format!("{} ({})", row.id, row.guards)
-        };
-        let who = if row.holders.is_empty() {
-            String::new()
-        } else {
-            lock::describe_holders(&row.holders)
-        };
-        writeln!(out, "{:<7} {:<36} {:<8} {who}", row.kind, what, state)?;
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            let held = row.holders.iter().filter(|h| !h.waiting).count();
+            let waiting = row.holders.len() - held;
+            let state = match (held, waiting) {
+                (0, 0) => "free".to_string(),
+                (_, 0) => "held".to_string(),
+                (_, w) => format!("held+{w}w"),
+            };
+            let what = if row.guards.is_empty() {
+                row.id.clone()
+            } else {
+                format!("{} ({})", row.id, row.guards)
+            };
+            let who = if row.holders.is_empty() {
+                String::new()
+            } else {
+                lock::describe_holders(&row.holders)
+            };
+            vec![row.kind.clone(), what, state, who]
+        })
+        .collect();
+    let (lines, _) = crate::table::render(&COLUMNS, &GIVE_WAY, &cells, width);
+    for line in lines {
+        writeln!(out, "{line}")?;
     }
     Ok(())
 }
@@ -148,7 +190,7 @@ pub fn run(args: &LocksArgs) -> Result<()> {
             if watch && std::io::stdout().is_terminal() {
                 write!(out, "\x1b[H\x1b[2J")?;
             }
-            render(&rows, args.all, &mut out)?;
+            render(&rows, args.all, crate::table::width(args.wide), &mut out)?;
             out.flush()?;
         }
         if !watch {
@@ -219,7 +261,7 @@ mod tests {
         assert_eq!(rows[0].holders[0].pid, std::process::id());
         assert!(rows[1].holders.is_empty());
         let mut text = Vec::new();
-        render(&rows, true, &mut text).unwrap();
+        render(&rows, true, None, &mut text).unwrap();
         let text = String::from_utf8(text).unwrap();
         assert!(
             text.contains("2 (cpus 4-7)") && text.contains("held"),
