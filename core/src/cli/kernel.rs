@@ -525,6 +525,10 @@ pub fn clean(args: &CleanArgs) -> Result<()> {
             "{LABEL}: nothing to remove from the {}",
             stages.tiers.local().stage.describe()
         );
+        // Lock files left by entries removed before pruning existed.
+        if !args.dry_run {
+            report.pruned_locks = prune_locks(&stages);
+        }
         return finish(args, &report);
     }
     if args.dry_run {
