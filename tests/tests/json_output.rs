@@ -213,3 +213,45 @@ fn clean_json_lists_what_went_and_the_space_freed() {
     assert_eq!(v["kept"], serde_json::json!([]));
     assert!(fx.entries_on_disk().is_empty());
 }
+
+/// `kernel list --json` rows: every field of a usable entry and of a
+/// corrupt one.
+#[test]
+fn list_json_rows_have_a_stable_field_set() {
+    let fx = Fixture::git();
+    let image = fx.build(&[]).image_path();
+    let row = &fx.list_json()[0];
+    assert_fields(
+        row,
+        &[
+            "key",
+            "status",
+            "version",
+            "profile",
+            "arch",
+            "source",
+            "built_at",
+            "size",
+            "image",
+            "vmlinux",
+            "origin",
+            "pulled_from",
+            "fragments",
+            "kernelrelease",
+            "image_name",
+            "config_sha256",
+            "builder",
+            "toolchain",
+            "components",
+            "strip",
+            "build",
+            "log",
+            "tier",
+        ],
+    );
+    assert!(row["size"].as_u64().is_some_and(|s| s > 0), "{row}");
+    std::fs::write(image.parent().unwrap().join("metadata.json"), "{").unwrap();
+    let row = &fx.list_json()[0];
+    assert_fields(row, &["key", "status", "reason", "size", "tier"]);
+    assert!(row["size"].is_null());
+}
