@@ -89,6 +89,7 @@ pub fn render(
         }
     }
     let last = widths.iter().rposition(Option::is_some);
+    let hard_cut = std::cell::Cell::new(false);
     let line = |cells: Vec<&str>| {
         let mut out = String::new();
         for (i, (cell, w)) in cells.into_iter().zip(&widths).enumerate() {
@@ -106,7 +107,10 @@ pub fn render(
         let out = out.trim_end().to_string();
         // Last resort when even the unshortenable columns do not fit.
         match width {
-            Some(limit) if len(&out) > limit => out.chars().take(limit).collect(),
+            Some(limit) if len(&out) > limit => {
+                hard_cut.set(true);
+                out.chars().take(limit).collect()
+            }
             _ => out,
         }
     };
@@ -115,7 +119,7 @@ pub fn render(
         rows.iter()
             .map(|r| line(r.iter().map(String::as_str).collect())),
     );
-    let cut = cut || lines.iter().any(|l| width.is_some_and(|w| len(l) >= w));
+    let cut = cut || hard_cut.get();
     (lines, cut)
 }
 
@@ -178,6 +182,17 @@ mod tests {
             "2026-12-06 02:24".into(),
             "tarball https://cdn.kernel.org/pub/linux-6.12.tar.xz".into(),
         ]]
+    }
+
+    #[test]
+    fn a_table_that_fits_exactly_is_not_cut() {
+        let (lines, _) = render(&COLS, &GIVE_WAY, &rows(), None);
+        let exact = lines.iter().map(|l| l.chars().count()).max().unwrap();
+        let (fitted, cut) = render(&COLS, &GIVE_WAY, &rows(), Some(exact));
+        assert!(!cut);
+        assert_eq!(fitted, lines);
+        let (_, cut) = render(&COLS, &GIVE_WAY, &rows(), Some(5));
+        assert!(cut, "cut to the bare width");
     }
 
     #[test]
