@@ -521,10 +521,19 @@ fn clean_keeps_an_entry_another_process_is_reading() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    let run = fx.run(&["kernel", "clean", "--force"]);
+    let run = fx.run(&["kernel", "clean", "--force", "--json"]);
     run.assert_fails()
         .assert_stderr_has("in use")
         .assert_stderr_has("held by pid");
+    let report = run.json();
+    assert_eq!(report["removed"], serde_json::json!([]), "{report}");
+    assert_eq!(report["kept"][0]["key"], key.as_str(), "{report}");
+    assert!(
+        report["kept"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("held by pid")),
+        "{report}"
+    );
     assert_eq!(
         fx.entries_on_disk(),
         vec![key.clone()],
