@@ -7,6 +7,7 @@ mod build;
 mod build_json;
 mod cache;
 mod kernel;
+mod kernel_clean;
 mod locks;
 mod log;
 mod plugins;
