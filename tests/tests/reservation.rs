@@ -180,7 +180,7 @@ fn a_bad_config_file_names_itself() {
 fn locks_lists_llc_and_source_locks() {
     let fx = Fixture::git();
     fx.build(&[]).image_path();
-    let run = fx.run(&["locks", "--json"]);
+    let run = fx.run(&["locks", "--json", "--all"]);
     let rows: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     let kinds: Vec<_> = rows
         .as_array()
@@ -206,7 +206,7 @@ fn locks_lists_llc_and_source_locks() {
         source["guards"].as_str().unwrap(),
         common::canon(&fx.tree).display().to_string()
     );
-    let text = fx.run(&["locks"]);
+    let text = fx.run(&["locks", "--all"]);
     assert!(text.stdout.contains("free"), "{}", text.describe());
 }
 
