@@ -16,5 +16,6 @@ pub mod report;
 pub mod scratch;
 pub mod spec_claim;
 pub mod stage_setup;
+pub mod suggest;
 pub mod tiers;
 pub mod tree_config;

@@ -138,8 +138,9 @@ impl Catalog {
                 .filter(|f| f.kind() == kind)
                 .map(|f| f.name().to_string())
                 .collect();
+            let guess = crate::suggest::did_you_mean(name, known.iter().map(String::as_str));
             StageError::not_found(format!("no {kind} plugin named {name:?}")).with_hint(format!(
-                "available {kind} plugins: {}; a plugin library is loaded with --plugin NAME, \
+                "{guess}available {kind} plugins: {}; a plugin library is loaded with --plugin NAME, \
                  plugins = [\"NAME\"] in the config file, or by selecting its stage when \
                  {} is in a plugin directory (`ktstr plugins list` shows them)",
                 known.join(", "),
@@ -344,5 +345,13 @@ mod tests {
             .unwrap();
         assert!(err.message.contains("\"nope\""));
         assert!(err.hint.unwrap().contains("kbuild"));
+        let err = Catalog::builtin()
+            .find(StageKind::Reserver, "lcc")
+            .err()
+            .unwrap();
+        assert!(
+            err.hint.unwrap().starts_with("did you mean \"llc\"? "),
+            "a near miss is named first"
+        );
     }
 }
