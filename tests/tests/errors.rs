@@ -250,7 +250,11 @@ fn help_names_every_kernel_spec_form_and_where_to_read_on() {
         "ktstr build --kernel 6.12 ",
         "ktstr build --kernel 'git+https://",
     ] {
-        assert!(build.stdout.contains(form), "build --help lacks {form:?}:\n{}", build.stdout);
+        assert!(
+            build.stdout.contains(form),
+            "build --help lacks {form:?}:\n{}",
+            build.stdout
+        );
     }
     let top = fx.run(&["--help"]);
     assert_eq!(top.code(), Some(0), "{}", top.describe());
@@ -262,7 +266,11 @@ fn help_names_every_kernel_spec_form_and_where_to_read_on() {
         "Exit codes: 0 success, 1 failure, 2 usage error, 130 interrupted",
         "ktstr man",
     ] {
-        assert!(top.stdout.contains(want), "--help lacks {want:?}:\n{}", top.stdout);
+        assert!(
+            top.stdout.contains(want),
+            "--help lacks {want:?}:\n{}",
+            top.stdout
+        );
     }
     // The docs directory it names is real and holds the guides.
     let docs = top
@@ -292,7 +300,11 @@ fn verbose_log_lines_are_prefixed_and_plain_off_a_terminal() {
         .lines()
         .filter(|l| l.contains("DEBUG") || l.contains("debug:"))
         .collect();
-    assert!(!events.is_empty(), "-v logs debug events\n{}", run.describe());
+    assert!(
+        !events.is_empty(),
+        "-v logs debug events\n{}",
+        run.describe()
+    );
     for line in events {
         assert!(
             line.starts_with("ktstr: debug: ktstr"),

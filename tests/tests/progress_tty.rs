@@ -164,12 +164,20 @@ fn the_status_line_fits_80_columns_and_ticks_while_make_is_silent() {
         .filter(|l| !l.is_empty())
         .collect();
     assert!(
-        lines.iter().any(|l| l.starts_with("ktstr: building (make -j")),
+        lines
+            .iter()
+            .any(|l| l.starts_with("ktstr: building (make -j")),
         "{lines:#?}"
     );
-    assert!(lines.iter().any(|l| l.starts_with("ktstr: cached ")), "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("ktstr: cached ")),
+        "{lines:#?}"
+    );
     for l in &lines {
-        assert!(l.starts_with("ktstr: "), "unprefixed stderr line {l:?} in\n{shown}");
+        assert!(
+            l.starts_with("ktstr: "),
+            "unprefixed stderr line {l:?} in\n{shown}"
+        );
     }
 }
 
@@ -198,14 +206,15 @@ fn off_a_terminal_a_silent_step_gets_heartbeats_on_a_timer() {
     );
     let beats: Vec<Duration> = lines
         .iter()
-        .filter(|(_, l)| {
-            l.starts_with("ktstr: building (make -j") && l.contains(" elapsed, ")
-        })
+        .filter(|(_, l)| l.starts_with("ktstr: building (make -j") && l.contains(" elapsed, "))
         .map(|(t, _)| *t)
         .collect();
     // 3 s of silence at one beat per 0.5 s: make printed nothing, so each
     // of these came from the timer.
-    assert!(beats.len() >= 4, "expected heartbeats every 0.5 s: {text:#?}");
+    assert!(
+        beats.len() >= 4,
+        "expected heartbeats every 0.5 s: {text:#?}"
+    );
     for pair in beats.windows(2) {
         let gap = pair[1] - pair[0];
         assert!(
