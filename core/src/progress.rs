@@ -213,8 +213,10 @@ impl StderrProgress {
         };
         let mut stats = lock(&step.stats);
         f(&mut stats);
+        // The numbers alone: the step's name is on the line above, and on
+        // a narrow terminal a name first would push the ETA off the end.
         if let (Some(bar), Some(t)) = (&step.bar, &stats.transfer) {
-            bar.set_message(format!("{}: {}", stats.name, t.summary(Instant::now())));
+            bar.set_message(t.summary(Instant::now()));
         }
     }
 }
