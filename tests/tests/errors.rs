@@ -192,6 +192,22 @@ fn usage_errors_exit_2() {
     assert_eq!(run.code(), Some(2), "{}", run.describe());
     let run = fx.build(&["--no-such-flag"]);
     assert_eq!(run.code(), Some(2), "{}", run.describe());
+    let run = fx.build(&["--arch", "vax"]);
+    assert_eq!(run.code(), Some(2), "{}", run.describe());
+    let run = fx.run(&["plugins", "new", "x", "--kind", "nope"]);
+    assert_eq!(run.code(), Some(2), "{}", run.describe());
+    run.assert_stderr_has("ktstr:   [possible values: source, reserver, configurer");
+    // clap's multi-line errors too: every line is a ktstr line.
+    for args in [&["build"][..], &["plugins", "new", "x", "--kind", "nope"]] {
+        let run = fx.run(args);
+        for line in run.stderr.lines() {
+            assert!(
+                line.starts_with("ktstr: "),
+                "unprefixed line {line:?}\n{}",
+                run.describe()
+            );
+        }
+    }
 }
 
 #[test]

@@ -198,6 +198,33 @@ impl std::io::Write for SuspendingStderr {
     }
 }
 
+/// clap's rendering of a usage error, every line prefixed like every
+/// other ktstr line: `ktstr: error: ...`, the value list and tips
+/// indented under it, clap's pointer to --help as the hint.
+fn prefix_usage_error(rendered: &str) -> String {
+    let mut out = String::new();
+    for (i, line) in rendered.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if i == 0 {
+            let body = line.strip_prefix("error: ").unwrap_or(line);
+            out.push_str(&format!("{LABEL}: error: {body}\n"));
+        } else if line.starts_with(&format!("{LABEL}: ")) {
+            out.push_str(&format!("{line}\n"));
+        } else if let Some(rest) = line.strip_prefix("For more information, try ") {
+            out.push_str(&format!(
+                "{LABEL}: hint: for more information, try {rest}\n"
+            ));
+        } else if line.starts_with(' ') {
+            out.push_str(&format!("{LABEL}: {line}\n"));
+        } else {
+            out.push_str(&format!("{LABEL}:   {line}\n"));
+        }
+    }
+    out
+}
+
 /// Entry point of the `ktstr` binary; returns the exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -208,9 +235,7 @@ pub fn main() -> i32 {
             return 0;
         }
         Err(e) => {
-            let rendered = e.render().to_string();
-            let body = rendered.strip_prefix("error: ").unwrap_or(&rendered);
-            eprint!("{LABEL}: error: {body}");
+            eprint!("{}", prefix_usage_error(&e.render().to_string()));
             return 2;
         }
     };
@@ -279,5 +304,30 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_line_of_a_usage_error_is_prefixed() {
+        let err = Cli::try_parse_from(["ktstr", "plugins", "new", "x", "--kind", "foo"])
+            .unwrap_err()
+            .render()
+            .to_string();
+        let text = prefix_usage_error(&err);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "ktstr: error: invalid value 'foo' for '--kind <KIND>'",
+                "ktstr:   [possible values: source, reserver, configurer, builder, cache]",
+                "ktstr: hint: for more information, try '--help'.",
+            ]
+        );
+        let err = Cli::try_parse_from(["ktstr", "build"])
+            .unwrap_err()
+            .render()
+            .to_string();
+        for line in prefix_usage_error(&err).lines() {
+            assert!(line.starts_with("ktstr: "), "{line:?}");
+        }
     }
 }
