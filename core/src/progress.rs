@@ -58,6 +58,14 @@ pub fn suspended<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// Erase the status line for good, if one is still drawn: before the
+/// final error, when a step ended without `finish_step` (an interrupt).
+pub fn clear_status() {
+    if let Some(bar) = lock(&ON_SCREEN).take() {
+        bar.finish_and_clear();
+    }
+}
+
 /// A display state whose holder panicked is still fit to draw from; a
 /// panic elsewhere must not also take every later progress line down.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

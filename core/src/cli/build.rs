@@ -406,7 +406,7 @@ pub fn run(args: &BuildArgs) -> Result<()> {
             }
             Err(e) if e.kind == ktstr_sdk::ErrorKind::Cancelled => return Err(e.into()),
             Err(e) => {
-                super::report(&anyhow::Error::from(e.clone()));
+                crate::progress::suspended(|| super::report(&anyhow::Error::from(e.clone())));
                 failed.push((label, e));
             }
         }

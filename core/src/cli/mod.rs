@@ -280,6 +280,7 @@ pub fn main() -> i32 {
         // The reader closed stdout (`| head`): it has what it wanted.
         Err(e) if crate::broken_pipe::is_broken_pipe(&e) => 0,
         Err(e) => {
+            crate::progress::clear_status();
             report(&e);
             let cancelled = e
                 .chain()
