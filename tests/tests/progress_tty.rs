@@ -295,13 +295,13 @@ fn trickle_server(body: Vec<u8>) -> String {
     format!("http://127.0.0.1:{port}")
 }
 
-/// A `.tar` of the fixture tree with 1.5 MiB of incompressible padding,
-/// so the download takes a few seconds at the trickle server's pace.
-fn padded_tarball(fx: &Fixture) -> Vec<u8> {
+/// A `.tar` of the fixture tree with `pad` bytes of incompressible
+/// padding (1.5 MiB: a download of a few seconds at the trickle pace).
+fn padded_tarball(fx: &Fixture, pad: u32) -> Vec<u8> {
     let work = fx.root.path().join("tarball-work");
     let top = work.join("linux-6.99.0");
     common::copy_dir(&common::fixture_src(), &top);
-    let padding: Vec<u8> = (0..(3u32 << 19))
+    let padding: Vec<u8> = (0..pad)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
     std::fs::write(top.join("padding.bin"), padding).unwrap();
@@ -321,7 +321,10 @@ fn padded_tarball(fx: &Fixture) -> Vec<u8> {
 #[test]
 fn a_download_shows_bytes_rate_and_eta_on_and_off_a_terminal() {
     let fx = Fixture::git();
-    let url = format!("{}/linux-6.99.0.tar", trickle_server(padded_tarball(&fx)));
+    let url = format!(
+        "{}/linux-6.99.0.tar",
+        trickle_server(padded_tarball(&fx, 3 << 19))
+    );
     // Off a terminal: heartbeats carry the transfer.
     let mut child = fx.spawn(
         &["build", "--kernel", &url],
@@ -359,4 +362,36 @@ fn a_download_shows_bytes_rate_and_eta_on_and_off_a_terminal() {
     for draw in &draws {
         assert!(draw.trim_end().chars().count() <= 80, "{draw:?}");
     }
+}
+
+#[test]
+fn very_verbose_adds_the_debug_events_of_libraries_prefixed() {
+    let fx = Fixture::git();
+    let url = format!(
+        "{}/linux-6.99.0.tar",
+        trickle_server(padded_tarball(&fx, 0))
+    );
+    let v = fx.run(&["-v", "build", "--kernel", &url]);
+    v.assert_ok();
+    let vv = fx.run(&["-vv", "build", "--force", "--kernel", &url]);
+    vv.assert_ok();
+    let library = |stderr: &str| {
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("ktstr: debug: ") && !l.starts_with("ktstr: debug: ktstr"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert!(library(&v.stderr).is_empty(), "{}", v.describe());
+    let events = library(&vv.stderr);
+    // The HTTP client's connection, named by its real module, not `log`.
+    assert!(
+        events.iter().any(|l| l.contains("connect")),
+        "-vv shows the HTTP client's debug events\n{}",
+        vv.describe()
+    );
+    assert!(
+        !events.iter().any(|l| l.starts_with("ktstr: debug: log: ")),
+        "{events:#?}"
+    );
 }

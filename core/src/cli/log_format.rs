@@ -8,6 +8,7 @@
 use std::fmt;
 
 use tracing::{Event, Level, Subscriber};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -29,7 +30,10 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let meta = event.metadata();
+        // Events from `log` records (reqwest, rustls) carry their real
+        // target only in their normalized metadata.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         let (word, colour) = match *meta.level() {
             Level::ERROR => ("error", "31"),
             Level::WARN => ("warning", "33"),

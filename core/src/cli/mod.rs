@@ -58,7 +58,7 @@ const AFTER_HELP: &str = concat!(
 pub struct Cli {
     /// More on stderr: -v streams make's output line by line and logs
     /// ktstr's debug events; -vv logs ktstr's trace events and the debug
-    /// events of the libraries it uses (HTTP, git).
+    /// events of the libraries it uses (HTTP, TLS).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     #[command(subcommand)]
