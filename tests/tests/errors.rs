@@ -244,7 +244,8 @@ fn misspelt_plugin_names_get_a_suggestion() {
         .assert_stderr_has("--plugin s3cache")
         .assert_stderr_has("ktstr: hint: did you mean \"s3-cache\"? ");
     let run = fx.build(&["--reserver", "lcc"]);
-    run.assert_fails()
+    assert_eq!(run.code(), Some(2), "a bad flag value\n{}", run.describe());
+    run.assert_stderr_has("ktstr: error: --reserver lcc: no reserver plugin named \"lcc\"")
         .assert_stderr_has("ktstr: hint: did you mean \"llc\"? ");
     let run = fx.build(&["--plugin", "qqqqzzzz"]);
     run.assert_fails().assert_stderr_lacks("did you mean");

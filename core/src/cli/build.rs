@@ -210,6 +210,24 @@ fn builtin_profiles() -> Vec<&'static str> {
         .collect()
 }
 
+/// `--reserver NAME` that neither a built-in nor a plugin provides is a
+/// bad flag value (exit 2), like an unknown `--profile`.
+fn unknown_reserver_is_usage(e: StageError, reserver: Option<&str>) -> anyhow::Error {
+    match reserver {
+        Some(r)
+            if e.kind == ktstr_sdk::ErrorKind::NotFound
+                && e.message
+                    == crate::registry::unknown_stage(
+                        ktstr_sdk::registry::StageKind::Reserver,
+                        r,
+                    ) =>
+        {
+            UsageError(e.context(format!("--reserver {r}"))).into()
+        }
+        _ => e.into(),
+    }
+}
+
 /// `--profile` names a profile of the selected configurer, or it is a
 /// usage error (exit 2) listing them, with the nearest as a suggestion.
 fn check_profile(profile: &str, configurer: &crate::registry::Named<dyn Configurer>) -> Result<()> {
@@ -325,7 +343,8 @@ pub fn run(args: &BuildArgs) -> Result<()> {
     let mut setup = stage_setup::setup(&Overrides {
         plugins: args.plugins.clone(),
         reserver: args.reserver.clone(),
-    })?;
+    })
+    .map_err(|e| unknown_reserver_is_usage(e, args.reserver.as_deref()))?;
     let settings = &setup.effective.settings;
     let mut fragments = args
         .extra_kconfig
