@@ -17,6 +17,7 @@ pub mod report;
 pub mod scratch;
 pub mod spec_claim;
 pub mod stage_setup;
+pub mod suggest;
 pub mod table;
 pub mod tiers;
 pub mod tree_config;

@@ -138,8 +138,9 @@ impl Catalog {
                 .filter(|f| f.kind() == kind)
                 .map(|f| f.name().to_string())
                 .collect();
-            StageError::not_found(format!("no {kind} plugin named {name:?}")).with_hint(format!(
-                "available {kind} plugins: {}; a plugin library is loaded with --plugin NAME, \
+            let guess = crate::suggest::did_you_mean(name, known.iter().map(String::as_str));
+            StageError::not_found(unknown_stage(kind, name)).with_hint(format!(
+                "{guess}available {kind} plugins: {}; a plugin library is loaded with --plugin NAME, \
                  plugins = [\"NAME\"] in the config file, or by selecting its stage when \
                  {} is in a plugin directory (`ktstr plugins list` shows them)",
                 known.join(", "),
@@ -147,6 +148,12 @@ impl Catalog {
             ))
         })
     }
+}
+
+/// The message of [`Catalog::find`]'s error for a (kind, name) it lacks,
+/// so a caller can tell that failure from others.
+pub fn unknown_stage(kind: StageKind, name: &str) -> String {
+    format!("no {kind} plugin named {name:?}")
 }
 
 /// Which implementation runs each stage, and each one's settings.
@@ -344,5 +351,13 @@ mod tests {
             .unwrap();
         assert!(err.message.contains("\"nope\""));
         assert!(err.hint.unwrap().contains("kbuild"));
+        let err = Catalog::builtin()
+            .find(StageKind::Reserver, "lcc")
+            .err()
+            .unwrap();
+        assert!(
+            err.hint.unwrap().starts_with("did you mean \"llc\"? "),
+            "a near miss is named first"
+        );
     }
 }

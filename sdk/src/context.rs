@@ -23,6 +23,17 @@ pub trait Progress: Send + Sync {
     fn warn(&self, message: &str);
     /// A user-facing informational note.
     fn note(&self, message: &str);
+    /// The current step has moved `done` bytes of `total` (a download):
+    /// the host shows bytes, rate and time left. Call it a few times a
+    /// second at most. The default, for sinks that only know lines (and
+    /// plugin libraries, until the ABI carries it), reports it as a line.
+    fn bytes(&self, done: u64, total: Option<u64>) {
+        let mib = |n: u64| n as f64 / (1u64 << 20) as f64;
+        self.line(&match total {
+            Some(t) => format!("{:.1} MiB of {:.1} MiB", mib(done), mib(t)),
+            None => format!("{:.1} MiB", mib(done)),
+        });
+    }
 }
 
 /// A progress sink that discards everything (tests, quiet callers).

@@ -192,13 +192,140 @@ fn usage_errors_exit_2() {
     assert_eq!(run.code(), Some(2), "{}", run.describe());
     let run = fx.build(&["--no-such-flag"]);
     assert_eq!(run.code(), Some(2), "{}", run.describe());
+    let run = fx.build(&["--arch", "vax"]);
+    assert_eq!(run.code(), Some(2), "{}", run.describe());
+    let run = fx.run(&["plugins", "new", "x", "--kind", "nope"]);
+    assert_eq!(run.code(), Some(2), "{}", run.describe());
+    run.assert_stderr_has("ktstr:   [possible values: source, reserver, configurer");
+    // clap's multi-line errors too: every line is a ktstr line.
+    for args in [&["build"][..], &["plugins", "new", "x", "--kind", "nope"]] {
+        let run = fx.run(args);
+        for line in run.stderr.lines() {
+            assert!(
+                line.starts_with("ktstr: "),
+                "unprefixed line {line:?}\n{}",
+                run.describe()
+            );
+        }
+    }
 }
 
 #[test]
-fn unknown_profile_is_named() {
+fn unknown_profile_is_a_usage_error_listing_the_profiles() {
     let fx = Fixture::git();
     let run = fx.build(&["--profile", "no-such-profile"]);
-    assert!(matches!(run.code(), Some(1 | 2)), "{}", run.describe());
-    run.assert_no_panic().assert_stderr_has("no-such-profile");
+    assert_eq!(run.code(), Some(2), "a bad flag value\n{}", run.describe());
+    run.assert_no_panic()
+        .assert_hint()
+        .assert_stderr_has("--profile no-such-profile")
+        .assert_stderr_has("choose one of: default (defconfig + fragment), tiny")
+        .assert_stderr_lacks("did you mean");
     assert!(fx.make_log().is_empty(), "{:?}", fx.make_log());
+    // A near miss is named.
+    let run = fx.build(&["--profile", "tiy"]);
+    assert_eq!(run.code(), Some(2), "{}", run.describe());
+    run.assert_stderr_has("ktstr: hint: did you mean \"tiny\"? ");
+    assert!(fx.make_log().is_empty(), "{:?}", fx.make_log());
+    // The built-in profiles are listed in the help (and offered by completion).
+    let help = fx.run(&["build", "--help"]);
+    let words = help.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        words.contains("[possible values: default, tiny]"),
+        "{}",
+        help.stdout
+    );
+}
+
+#[test]
+fn misspelt_plugin_names_get_a_suggestion() {
+    let fx = Fixture::git();
+    let run = fx.build(&["--plugin", "s3cache"]);
+    run.assert_fails()
+        .assert_stderr_has("--plugin s3cache")
+        .assert_stderr_has("ktstr: hint: did you mean \"s3-cache\"? ");
+    let run = fx.build(&["--reserver", "lcc"]);
+    assert_eq!(run.code(), Some(2), "a bad flag value\n{}", run.describe());
+    run.assert_stderr_has("ktstr: error: --reserver lcc: no reserver plugin named \"lcc\"")
+        .assert_stderr_has("ktstr: hint: did you mean \"llc\"? ");
+    let run = fx.build(&["--plugin", "qqqqzzzz"]);
+    run.assert_fails().assert_stderr_lacks("did you mean");
+    assert!(fx.make_log().is_empty(), "{:?}", fx.make_log());
+}
+
+#[test]
+fn help_names_every_kernel_spec_form_and_where_to_read_on() {
+    let fx = Fixture::git();
+    let build = fx.run(&["build", "--help"]);
+    assert_eq!(build.code(), Some(0), "{}", build.describe());
+    for form in [
+        "a kernel tree",
+        "6.12.3",
+        "6.10..6.12",
+        "#sha256=HEX",
+        "git+URL",
+        "Examples:",
+        "ktstr build --kernel 6.12 ",
+        "ktstr build --kernel 'git+https://",
+    ] {
+        assert!(
+            build.stdout.contains(form),
+            "build --help lacks {form:?}:\n{}",
+            build.stdout
+        );
+    }
+    let top = fx.run(&["--help"]);
+    assert_eq!(top.code(), Some(0), "{}", top.describe());
+    for want in [
+        "$KTSTR_CONFIG",
+        "~/.config/ktstr/config.toml",
+        "KTSTR_CACHE_DIR",
+        "NO_COLOR",
+        "Exit codes: 0 success, 1 failure, 2 usage error, 130 interrupted",
+        "ktstr man",
+    ] {
+        assert!(
+            top.stdout.contains(want),
+            "--help lacks {want:?}:\n{}",
+            top.stdout
+        );
+    }
+    // The docs directory it names is real and holds the guides.
+    let docs = top
+        .stdout
+        .lines()
+        .map(str::trim)
+        .find(|l| l.ends_with("/docs"))
+        .unwrap_or_else(|| panic!("--help names no docs directory:\n{}", top.stdout));
+    assert!(
+        std::path::Path::new(docs).join("cli.md").is_file(),
+        "{docs}/cli.md does not exist"
+    );
+}
+
+#[test]
+fn verbose_log_lines_are_prefixed_and_plain_off_a_terminal() {
+    let fx = Fixture::git();
+    let run = fx.run(&["-v", "build", "--kernel", fx.tree.to_str().unwrap()]);
+    run.assert_ok();
+    assert!(
+        !run.stderr.contains('\x1b'),
+        "no colour into a pipe or file\n{}",
+        run.describe()
+    );
+    let events: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("DEBUG") || l.contains("debug:"))
+        .collect();
+    assert!(
+        !events.is_empty(),
+        "-v logs debug events\n{}",
+        run.describe()
+    );
+    for line in events {
+        assert!(
+            line.starts_with("ktstr: debug: ktstr"),
+            "a -v line without the ktstr: prefix: {line:?}"
+        );
+    }
 }

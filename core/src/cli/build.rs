@@ -1,4 +1,4 @@
-//! `ktstr build`.
+//! `ktstr build`: its flags, their help, and the run.
 
 use std::path::PathBuf;
 
@@ -9,23 +9,48 @@ use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use ktstr_sdk::StageError;
 use ktstr_sdk::build::Variant;
-use ktstr_sdk::configure::{ConfigureRequest, Fragment};
+use ktstr_sdk::configure::{ConfigureRequest, Configurer, Fragment};
 use ktstr_sdk::source::KernelSpec;
 
 use super::build_json::{BuildReport, Failed};
-use super::host_context;
+use super::{UsageError, host_context};
 use crate::pipeline::{self, BuildRequestSpec, NotCached, Outcome};
 use crate::progress::{LABEL, StderrProgress};
 use crate::stage_setup::{self, Overrides};
 
+/// `ktstr build --help`: one example per kind of `--kernel` spec.
+const EXAMPLES: &str = "\
+Examples:
+  ktstr build --kernel ~/linux             a kernel tree (clean git trees cached)
+  ktstr build --kernel 6.12                the newest 6.12.x from kernel.org
+  ktstr build --kernel 6.12.3 --profile tiny
+  ktstr build --kernel 6.10..6.12          every release of a range, in turn
+  ktstr build --kernel ./linux-6.12.3.tar.xz
+  ktstr build --kernel 'https://host/linux-6.12.3.tar.xz#sha256=HEX'
+  ktstr build --kernel 'git+https://host/linux.git#tag=v6.12'  (#branch=, #sha=)
+  ktstr build --kernel ~/linux --kconfig CONFIG_KASAN=y --arch arm64
+stdout is the image path only: qemu-system-x86_64 -kernel \"$(ktstr build ...)\".
+Every spec, flag and error: docs/cli.md and docs/sources.md.";
+
 #[derive(Debug, Args)]
+#[command(after_help = EXAMPLES)]
 pub struct BuildArgs {
-    /// Kernel source: a path to a kernel tree.
+    /// Kernel source: a kernel tree (a directory), a release (6.12.3, or
+    /// 6.12 for the newest 6.12.x), a range (6.10..6.12), a tarball (a
+    /// file, or a file:// or https:// URL, optionally ending in
+    /// #sha256=HEX) or a git ref (git+URL, optionally #tag=, #branch= or
+    /// #sha=). See the examples below.
     #[arg(long, value_name = "SPEC")]
     pub kernel: String,
     /// Configuration profile: `default` (defconfig + sched_ext test
-    /// options) or `tiny` (tinyconfig + the minimum for sched_ext).
-    #[arg(long, default_value = "default", value_name = "NAME")]
+    /// options) or `tiny` (tinyconfig + the minimum for sched_ext); a
+    /// configurer plugin may offer others.
+    #[arg(
+        long,
+        default_value = "default",
+        value_name = "NAME",
+        value_parser = Completed(any_profile, builtin_profiles)
+    )]
     pub profile: String,
     /// Extra kconfig fragment applied after the profile (repeatable; last
     /// occurrence of a symbol wins).
@@ -177,6 +202,63 @@ fn arch_names() -> Vec<&'static str> {
     ktstr_sdk::arch::ARCHES.iter().map(|a| a.name).collect()
 }
 
+/// Profiles are the configurer's: checked in [`check_profile`] once the
+/// config file has said which configurer runs.
+fn any_profile(raw: &str) -> Result<String, String> {
+    Ok(raw.to_string())
+}
+
+fn builtin_profiles() -> Vec<&'static str> {
+    ktstr_plugin_kconfig::profiles::PROFILES
+        .iter()
+        .map(|p| p.name)
+        .collect()
+}
+
+/// `--reserver NAME` that neither a built-in nor a plugin provides is a
+/// bad flag value (exit 2), like an unknown `--profile`.
+fn unknown_reserver_is_usage(e: StageError, reserver: Option<&str>) -> anyhow::Error {
+    match reserver {
+        Some(r)
+            if e.kind == ktstr_sdk::ErrorKind::NotFound
+                && e.message
+                    == crate::registry::unknown_stage(
+                        ktstr_sdk::registry::StageKind::Reserver,
+                        r,
+                    ) =>
+        {
+            UsageError(e.context(format!("--reserver {r}"))).into()
+        }
+        _ => e.into(),
+    }
+}
+
+/// `--profile` names a profile of the selected configurer, or it is a
+/// usage error (exit 2) listing them, with the nearest as a suggestion.
+fn check_profile(profile: &str, configurer: &crate::registry::Named<dyn Configurer>) -> Result<()> {
+    let known = configurer.stage.profiles();
+    if known.iter().any(|p| p.name == profile) {
+        return Ok(());
+    }
+    let names: Vec<&str> = known.iter().map(|p| p.name.as_str()).collect();
+    let list: Vec<String> = known
+        .iter()
+        .map(|p| format!("{} ({} + fragment)", p.name, p.base_target))
+        .collect();
+    Err(UsageError(
+        StageError::invalid_input(format!(
+            "--profile {profile}: not a profile of the {} configurer",
+            configurer.name
+        ))
+        .with_hint(format!(
+            "{}choose one of: {}",
+            crate::suggest::did_you_mean(profile, names.iter().copied()),
+            list.join(", ")
+        )),
+    )
+    .into())
+}
+
 fn toolchain_names() -> Vec<&'static str> {
     vec!["gcc", "clang", "llvm"]
 }
@@ -267,7 +349,8 @@ pub fn run(args: &BuildArgs) -> Result<()> {
     let mut setup = stage_setup::setup(&Overrides {
         plugins: args.plugins.clone(),
         reserver: args.reserver.clone(),
-    })?;
+    })
+    .map_err(|e| unknown_reserver_is_usage(e, args.reserver.as_deref()))?;
     let settings = &setup.effective.settings;
     let mut fragments = args
         .extra_kconfig
@@ -326,6 +409,7 @@ pub fn run(args: &BuildArgs) -> Result<()> {
         ktstr_sdk::switch::apply(ktstr_sdk::switch::SKIP_SHA256, &mut setup.selection.configs);
     }
     let stages = setup.stages()?;
+    check_profile(&args.profile, &stages.configurer)?;
     let root = ktstr_sdk::paths::cache_root()?;
     let targets = pipeline::resolve(&stages, &request.spec, &cx)?;
     if targets.len() == 1 {
@@ -355,12 +439,11 @@ pub fn run(args: &BuildArgs) -> Result<()> {
             }
             Err(e) if e.kind == ktstr_sdk::ErrorKind::Cancelled => return Err(e.into()),
             Err(e) => {
-                super::report(&anyhow::Error::from(e.clone()));
-                let error = e.to_string();
+                crate::progress::suspended(|| super::report(&anyhow::Error::from(e.clone())));
                 json.push(serde_json::to_value(Failed {
                     kernel: label.clone(),
                     outcome: "failed",
-                    error,
+                    error: e.to_string(),
                 })?);
                 failed.push((label, e));
             }

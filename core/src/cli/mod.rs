@@ -1,7 +1,10 @@
 //! Command line: parsing, dispatch and how errors reach the user.
 //!
-//! Results go to stdout; progress, warnings and errors to stderr, each
-//! line prefixed `ktstr: `. Exit codes: 0 success, 1 failure, 2 usage.
+//! Results go to stdout; progress, warnings, errors and log events to
+//! stderr, each line prefixed `ktstr: `, coloured only on a terminal and
+//! never with `NO_COLOR`. Exit codes: 0 success, 1 failure, 2 usage
+//! (clap's, and [`UsageError`] for a flag value judged after parsing),
+//! 130 interrupted.
 
 mod build;
 mod build_json;
@@ -10,6 +13,7 @@ mod kernel;
 mod kernel_clean;
 mod locks;
 mod log;
+mod log_format;
 mod plugins;
 mod shell;
 
@@ -30,15 +34,33 @@ pub use log::LogArgs;
 pub use plugins::{NewKind, PluginsCommand};
 pub use shell::{CompletionsArgs, ManArgs};
 
+/// Where to read on: shown under `ktstr --help` and in the man page.
+const AFTER_HELP: &str = concat!(
+    "Configuration: $KTSTR_CONFIG, else $XDG_CONFIG_HOME/ktstr/config.toml\n",
+    "  (default ~/.config/ktstr/config.toml); none is needed.\n",
+    "Environment: KTSTR_CACHE_DIR (cache root, default ~/.cache/ktstr),\n",
+    "  KTSTR_CPU_CAP, KTSTR_BYPASS_LLC_LOCKS, KTSTR_PLUGIN_PATH, KTSTR_LOCK_DIR,\n",
+    "  KTSTR_KERNEL_MIRROR, KTSTR_RELEASES_URL, NO_COLOR, RUST_LOG; an empty value\n",
+    "  counts as unset.\n",
+    "Exit codes: 0 success, 1 failure, 2 usage error, 130 interrupted.\n",
+    "Documentation: `ktstr help <command>`, `ktstr man | man -l -`, and the\n",
+    "  guides in the docs/ directory of ktstr's source (cli.md lists every flag,\n",
+    "  variable and error; config.md, sources.md, cache.md), built from\n  ",
+    env!("CARGO_MANIFEST_DIR"),
+    "/../docs"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ktstr",
     version,
-    about = "Build Linux kernels for kernel and scheduler testing, and never build the same one twice"
+    about = "Build Linux kernels for kernel and scheduler testing, and never build the same one twice",
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
-    /// More on stderr: -v streams make's output line by line and logs at
-    /// debug level, -vv at trace level (like RUST_LOG=ktstr=debug).
+    /// More on stderr: -v streams make's output line by line and logs
+    /// ktstr's debug events; -vv logs ktstr's trace events and the debug
+    /// events of the libraries it uses (HTTP, TLS).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     #[command(subcommand)]
@@ -81,12 +103,31 @@ pub fn host_context() -> (StageContext, Arc<StderrProgress>) {
     (cx, progress)
 }
 
+/// A bad flag value that could only be judged after parsing (a profile
+/// is checked against the configurer the config file selects): a usage
+/// error like clap's, exit 2, reported as its [`StageError`].
+#[derive(Debug)]
+pub struct UsageError(pub StageError);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn stage_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a StageError> {
+    e.downcast_ref::<StageError>()
+        .or_else(|| e.downcast_ref::<UsageError>().map(|u| &u.0))
+}
+
 /// Print an error chain the way every ktstr error looks.
 pub fn report(err: &anyhow::Error) {
-    if let Some(stage) = err.chain().find_map(|e| e.downcast_ref::<StageError>()) {
+    if let Some(stage) = err.chain().find_map(stage_error) {
         let outer: Vec<String> = err
             .chain()
-            .take_while(|e| e.downcast_ref::<StageError>().is_none())
+            .take_while(|e| stage_error(*e).is_none())
             .map(ToString::to_string)
             .collect();
         let mut text = outer.join(": ");
@@ -125,17 +166,65 @@ pub fn report(err: &anyhow::Error) {
 }
 
 fn init_tracing(verbose: u8) {
+    // `ktstr` matches every ktstr crate (ktstr_sdk, ktstr_plugin_*).
     let filter = match verbose {
         0 => tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         1 => tracing_subscriber::EnvFilter::new("warn,ktstr=debug"),
-        _ => tracing_subscriber::EnvFilter::new("warn,ktstr=trace"),
+        _ => tracing_subscriber::EnvFilter::new("debug,ktstr=trace"),
     };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .without_time()
+        .with_writer(|| SuspendingStderr)
+        .with_ansi(colour_on_stderr())
+        .event_format(log_format::Prefixed)
         .try_init();
+}
+
+/// Colour only on a terminal, and never with `NO_COLOR` set to anything
+/// non-empty (<https://no-color.org>).
+pub fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Log events go to stderr above the status line, never into it.
+struct SuspendingStderr;
+
+impl std::io::Write for SuspendingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        crate::progress::suspended(|| std::io::stderr().write(buf))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// clap's rendering of a usage error, every line prefixed like every
+/// other ktstr line: `ktstr: error: ...`, the value list and tips
+/// indented under it, clap's pointer to --help as the hint.
+fn prefix_usage_error(rendered: &str) -> String {
+    let mut out = String::new();
+    for (i, line) in rendered.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if i == 0 {
+            let body = line.strip_prefix("error: ").unwrap_or(line);
+            out.push_str(&format!("{LABEL}: error: {body}\n"));
+        } else if line.starts_with(&format!("{LABEL}: ")) {
+            out.push_str(&format!("{line}\n"));
+        } else if let Some(rest) = line.strip_prefix("For more information, try ") {
+            out.push_str(&format!(
+                "{LABEL}: hint: for more information, try {rest}\n"
+            ));
+        } else if line.starts_with(' ') {
+            out.push_str(&format!("{LABEL}: {line}\n"));
+        } else {
+            out.push_str(&format!("{LABEL}:   {line}\n"));
+        }
+    }
+    out
 }
 
 /// Entry point of the `ktstr` binary; returns the exit code.
@@ -148,9 +237,7 @@ pub fn main() -> i32 {
             return 0;
         }
         Err(e) => {
-            let rendered = e.render().to_string();
-            let body = rendered.strip_prefix("error: ").unwrap_or(&rendered);
-            eprint!("{LABEL}: error: {body}");
+            eprint!("{}", prefix_usage_error(&e.render().to_string()));
             return 2;
         }
     };
@@ -189,6 +276,7 @@ pub fn main() -> i32 {
         // The reader closed stdout (`| head`): it has what it wanted.
         Err(e) if crate::broken_pipe::is_broken_pipe(&e) => 0,
         Err(e) => {
+            crate::progress::clear_status();
             report(&e);
             let cancelled = e
                 .chain()
@@ -196,6 +284,8 @@ pub fn main() -> i32 {
                 .any(|s| s.kind == ktstr_sdk::ErrorKind::Cancelled);
             if cancelled {
                 crate::interrupt::EXIT_INTERRUPTED
+            } else if e.chain().any(|c| c.is::<UsageError>()) {
+                2
             } else {
                 1
             }
@@ -211,5 +301,30 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_line_of_a_usage_error_is_prefixed() {
+        let err = Cli::try_parse_from(["ktstr", "plugins", "new", "x", "--kind", "foo"])
+            .unwrap_err()
+            .render()
+            .to_string();
+        let text = prefix_usage_error(&err);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "ktstr: error: invalid value 'foo' for '--kind <KIND>'",
+                "ktstr:   [possible values: source, reserver, configurer, builder, cache]",
+                "ktstr: hint: for more information, try '--help'.",
+            ]
+        );
+        let err = Cli::try_parse_from(["ktstr", "build"])
+            .unwrap_err()
+            .render()
+            .to_string();
+        for line in prefix_usage_error(&err).lines() {
+            assert!(line.starts_with("ktstr: "), "{line:?}");
+        }
     }
 }

@@ -117,11 +117,17 @@ pub fn find(name: &str) -> Result<PathBuf> {
                 .iter()
                 .map(|d| format!("{} ({})", d.path.display(), d.why))
                 .collect();
+            let mut known: Vec<String> = ktstr_sdk::registry::builtins()
+                .iter()
+                .map(|p| p.name.to_string())
+                .collect();
+            known.extend(discover().iter().filter_map(|p| name_of(p)));
+            let guess = crate::suggest::did_you_mean(name, known.iter().map(String::as_str));
             Err(StageError::not_found(format!(
                 "--plugin {name}: no built-in plugin has this name and no {file} was found"
             ))
             .with_hint(format!(
-                "searched {}; install the library into one of them, set {PLUGIN_PATH_ENV}, or pass its path (--plugin /path/to/{file}); `ktstr plugins list` shows what is found",
+                "{guess}searched {}; install the library into one of them, set {PLUGIN_PATH_ENV}, or pass its path (--plugin /path/to/{file}); `ktstr plugins list` shows what is found",
                 searched.join(", ")
             )))
         }

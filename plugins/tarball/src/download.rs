@@ -203,7 +203,7 @@ fn download(
             }
             if last_report.elapsed() >= Duration::from_millis(500) {
                 last_report = Instant::now();
-                report(total, false);
+                progress.bytes(total, len);
             }
         }
         if let Some(len) = len
