@@ -201,7 +201,7 @@ where
             Some(Policy::Refused(why)) => refused.push(refusal(
                 name,
                 value,
-                format!("{why} (see docs/build-inputs.md)"),
+                format!("{why} (see `ktstr docs build-inputs`)"),
             )),
             Some(Policy::Dropped(why)) => dropped.push((name.to_string(), why)),
             None => {}

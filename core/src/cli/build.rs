@@ -30,7 +30,7 @@ Examples:
   ktstr build --kernel 'git+https://host/linux.git#tag=v6.12'  (#branch=, #sha=)
   ktstr build --kernel ~/linux --kconfig CONFIG_KASAN=y --arch arm64
 stdout is the image path only: qemu-system-x86_64 -kernel \"$(ktstr build ...)\".
-Every spec, flag and error: docs/cli.md and docs/sources.md.";
+Every spec, flag and error: `ktstr docs cli` and `ktstr docs sources`.";
 
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]

@@ -54,7 +54,7 @@ fn stages(plugins: &[String]) -> Result<Stages> {
             StageError::invalid_input("no remote cache tier is configured")
                 .with_hint(
                     "add one for this command (--plugin s3-cache) or in the config file \
-                 (caches = [\"s3-cache\"]); see docs/remote-cache.md",
+                 (caches = [\"s3-cache\"]); see `ktstr docs remote-cache`",
                 )
                 .into(),
         );

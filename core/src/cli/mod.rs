@@ -9,6 +9,7 @@
 mod build;
 mod build_json;
 mod cache;
+mod docs;
 mod kernel;
 mod kernel_clean;
 mod locks;
@@ -28,6 +29,7 @@ use crate::progress::{LABEL, StderrProgress};
 
 pub use build::{BuildArgs, CpuCap};
 pub use cache::CacheCommand;
+pub use docs::DocsArgs;
 pub use kernel::KernelCommand;
 pub use locks::LocksArgs;
 pub use log::LogArgs;
@@ -44,10 +46,8 @@ const AFTER_HELP: &str = concat!(
     "  counts as unset.\n",
     "Exit codes: 0 success, 1 failure, 2 usage error, 130 interrupted.\n",
     "Documentation: `ktstr help <command>`, `ktstr man | man -l -`, and the\n",
-    "  guides in the docs/ directory of ktstr's source (cli.md lists every flag,\n",
-    "  variable and error; config.md, sources.md, cache.md), built from\n  ",
-    env!("CARGO_MANIFEST_DIR"),
-    "/../docs"
+    "  guides, built in: `ktstr docs` lists them (`ktstr docs cli` has every\n",
+    "  flag, variable and error; config, sources, cache, plugin-authoring)."
 );
 
 #[derive(Debug, Parser)]
@@ -88,6 +88,9 @@ pub enum Command {
     /// Print the man page (`ktstr man | man -l -`), or write one page per
     /// command with --out-dir.
     Man(ManArgs),
+    /// Print one of ktstr's guides (config, sources, cache, ...), or list
+    /// them.
+    Docs(DocsArgs),
 }
 
 /// The host's stage context: real processes, stderr progress.
@@ -270,6 +273,7 @@ pub fn main() -> i32 {
         }
         Command::Completions(args) => shell::completions(&args),
         Command::Man(args) => shell::man(&args),
+        Command::Docs(args) => docs::run(&args),
     };
     match result {
         Ok(()) => 0,

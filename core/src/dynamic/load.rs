@@ -135,7 +135,7 @@ fn not_a_plugin(path: &Path, why: impl std::fmt::Display) -> LoadError {
         None,
         StageError::invalid_input(format!("{} is not a ktstr plugin: {why}", path.display()))
             .with_hint(
-                "a ktstr plugin is a cdylib crate that depends on ktstr-sdk and invokes ktstr_sdk::export_plugin! (see docs/plugin-authoring.md)",
+                "a ktstr plugin is a cdylib crate that depends on ktstr-sdk and invokes ktstr_sdk::export_plugin! (see `ktstr docs plugin-authoring`)",
             ),
     )
 }

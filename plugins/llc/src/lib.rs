@@ -90,7 +90,7 @@ impl LlcConfig {
             .map_err(|e| {
                 e.with_hint(
                     "known keys: sysfs_root, cgroup_root, lock_dir, budget_percent \
-                     (see docs/reservation.md)",
+                     (see `ktstr docs reservation`)",
                 )
             })?;
         if !(1..=100).contains(&parsed.budget_percent) {
