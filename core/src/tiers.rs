@@ -9,13 +9,20 @@
 //! Backends only store, find, list and remove. Results say what happened
 //! ([`Backfilled`]) instead of leaving callers to inspect paths.
 //!
+//! Two more pieces of the backend contract (docs/cache.md) are the host's
+//! and so live here: the [`Staging`] each lookup gets, which this type
+//! owns and removes (after a backfill, else when the run's `Tiers` is
+//! dropped), and `metadata.origin`, which backends store verbatim: a
+//! backfill sets it, and a store (a build, a push) clears it.
+//!
 //! It lives in core, not the SDK, because verifying a hit needs the host's
 //! key derivation ([`crate::identity`]) and the run's progress reporting.
 
+use std::path::PathBuf;
 use std::sync::Mutex;
 
-use ktstr_sdk::cache::{Artifacts, CacheBackend, CacheEntry, CacheKey, Metadata};
-use ktstr_sdk::context::StageContext;
+use ktstr_sdk::cache::{Artifacts, CacheBackend, CacheEntry, CacheKey, Metadata, Staging};
+use ktstr_sdk::context::{Cancellation, StageContext};
 use ktstr_sdk::error::ErrorKind;
 use ktstr_sdk::read_only::ReadOnly;
 use ktstr_sdk::{Result, StageError};
@@ -33,6 +40,11 @@ pub struct Tiers {
     /// Remote tiers that failed during this run: not asked again, so an
     /// unreachable remote costs one timeout and one warning, not one per call.
     down: Mutex<Vec<String>>,
+    /// Where lookups stage files; `None`: the cache root, when first needed.
+    staging_root: Option<PathBuf>,
+    /// The staging of every hit still served from it; dropped (removed)
+    /// with this value, at the end of the run, unless released earlier.
+    held: Mutex<Vec<Staging>>,
 }
 
 /// Where a remote hit ended up.
@@ -77,7 +89,52 @@ impl Tiers {
             local,
             remotes,
             down: Mutex::default(),
+            staging_root: None,
+            held: Mutex::default(),
         }
+    }
+
+    /// Stage lookups under `root` instead of the cache root.
+    pub fn with_staging_root(mut self, root: PathBuf) -> Self {
+        self.staging_root = Some(root);
+        self
+    }
+
+    /// Look `key` up in `tier`, lending it a fresh [`Staging`]. A hit
+    /// whose files are in it keeps the staging until [`Tiers::backfill`]
+    /// copied them or the run ends; otherwise it goes now.
+    pub fn lookup_in(
+        &self,
+        tier: &Tier,
+        key: &CacheKey,
+        cx: &StageContext,
+    ) -> Result<Option<CacheEntry>> {
+        let root = match &self.staging_root {
+            Some(r) => r.clone(),
+            None => ktstr_sdk::paths::cache_root()?,
+        };
+        let staging = Staging::new(&root);
+        let found = tier.stage.lookup(key, &staging, cx)?;
+        if let Some(e) = &found
+            && staging.holds(&e.dir)
+        {
+            self.held.lock().unwrap_or_else(|p| p.into_inner()).push(staging);
+        }
+        Ok(found)
+    }
+
+    /// Remove the staging that holds `entry`'s files, if any.
+    fn release(&self, entry: &CacheEntry) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.retain(|s| !s.holds(&entry.dir));
+    }
+
+    /// Store `entry` (from the local tier) in `tier`: what `cache push`
+    /// does. The copy there does not say where this machine got it from.
+    pub fn push_to(&self, tier: &Tier, entry: &CacheEntry, cx: &StageContext) -> Result<CacheEntry> {
+        let mut metadata = entry.metadata.clone();
+        metadata.origin = None;
+        tier.stage.store(&entry.key, &entry.artifacts(), &metadata, cx)
     }
 
     /// The authoritative local tier.
@@ -122,7 +179,7 @@ impl Tiers {
     /// panicked) is reported once and not asked again in this run.
     pub fn lookup(&self, derived: &DerivedKey, cx: &StageContext) -> Result<Option<CacheEntry>> {
         let key = &derived.key;
-        match self.local.stage.lookup(key) {
+        match self.lookup_in(&self.local, key, cx) {
             Ok(Some(entry)) if verified(derived, &entry, "the local cache", "rebuilding", cx) => {
                 return Ok(Some(entry));
             }
@@ -133,7 +190,7 @@ impl Tiers {
             Err(e) => return Err(e),
         }
         for tier in self.live_remotes() {
-            match tier.stage.lookup(key) {
+            match self.lookup_in(tier, key, cx) {
                 Ok(Some(entry)) if verified(derived, &entry, &tier.name, "not using it", cx) => {
                     return Ok(Some(self.backfill(tier, &entry, cx).entry()));
                 }
@@ -160,12 +217,12 @@ impl Tiers {
     /// The local tier's entry for `derived` if it is there and verified;
     /// a lookup error is a miss (the caller builds and the store replaces it).
     pub fn lookup_local(&self, derived: &DerivedKey, cx: &StageContext) -> Option<CacheEntry> {
-        (self.local.stage.lookup(&derived.key).ok().flatten())
+        (self.lookup_in(&self.local, &derived.key, cx).ok().flatten())
             .filter(|e| verified(derived, e, "the local cache", "rebuilding", cx))
     }
 
     /// Copy `remote` (found in `tier`) into the local tier, recording where
-    /// it came from.
+    /// it came from; its staging is removed once the copy is made.
     pub fn backfill(&self, tier: &Tier, remote: &CacheEntry, cx: &StageContext) -> Backfilled {
         let mut metadata = remote.metadata.clone();
         // Built-in tiers' descriptions start with their name: say it once.
@@ -178,9 +235,10 @@ impl Tiers {
         match self
             .local
             .stage
-            .store(&remote.key, &remote.artifacts(), &metadata)
+            .store(&remote.key, &remote.artifacts(), &metadata, cx)
         {
             Ok(entry) => {
+                self.release(remote);
                 cx.progress
                     .note(&format!("{} came from {described}", remote.key));
                 Backfilled::Local(entry)
@@ -196,11 +254,13 @@ impl Tiers {
         }
     }
 
-    /// Store into the local tier (its failure is an error: the user asked
-    /// for a cached kernel), then into every live writable remote (failures
-    /// warn). An interrupt stores nothing: the run is checked for
-    /// cancellation before the local store and after each step, and an
-    /// entry installed while the signal arrived is removed again.
+    /// Store a build into the local tier (its failure is an error: the
+    /// user asked for a cached kernel), then into every live writable
+    /// remote (failures warn). A build comes from nowhere else, so its
+    /// `origin` is cleared. An interrupt stores nothing: backends stop
+    /// through `cx`, the run is checked for cancellation before the local
+    /// store and after each step, and an entry installed while the signal
+    /// arrived is removed again.
     pub fn store(
         &self,
         key: &CacheKey,
@@ -209,10 +269,12 @@ impl Tiers {
         cx: &StageContext,
     ) -> Result<CacheEntry> {
         cx.cancel.check()?;
+        let mut metadata = metadata.clone();
+        metadata.origin = None;
         let entry = self
             .local
             .stage
-            .store(key, artifacts, metadata)
+            .store(key, artifacts, &metadata, cx)
             .map_err(|e| {
                 e.context(format!(
                     "storing {key} in the {}",
@@ -222,7 +284,7 @@ impl Tiers {
         self.undo_if_cancelled(key, cx)?;
         for tier in self.live_remotes().filter(|t| !is_read_only(t)) {
             self.undo_if_cancelled(key, cx)?;
-            if let Err(e) = tier.stage.store(key, artifacts, &entry.metadata) {
+            if let Err(e) = tier.stage.store(key, artifacts, &metadata, cx) {
                 crate::report::warn_error(
                     &*cx.progress,
                     &format!("{}: could not store {key}: ", tier.name),
@@ -240,7 +302,13 @@ impl Tiers {
         if !cx.cancel.is_cancelled() {
             return Ok(());
         }
-        if let Err(e) = self.local.stage.remove(key) {
+        // Under a context of its own: the run's says stop, and a backend
+        // that honours it would refuse the very removal that cleans up.
+        let undo = StageContext {
+            cancel: Cancellation::new(),
+            ..cx.clone()
+        };
+        if let Err(e) = self.local.stage.remove(key, &undo) {
             cx.progress.warn(&format!(
                 "interrupted while storing {key}; could not remove it again: {e}"
             ));

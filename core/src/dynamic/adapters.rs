@@ -11,6 +11,7 @@ use std::path::Path;
 use ktstr_sdk::build::{BuildOutput, BuildRequest, Builder};
 use ktstr_sdk::cache::{
     Artifacts, CacheBackend, CacheEntry, CacheKey, Capabilities, KeyComponent, Listed, Metadata,
+    Staging,
 };
 use ktstr_sdk::configure::{ConfigureRequest, Configurer, ProfileInfo};
 use ktstr_sdk::context::StageContext;
@@ -186,33 +187,66 @@ pub struct DynCache {
     pub(super) inner: FfiCacheBox,
 }
 
+/// Every entry a plugin returns is checked against the `dir` rules
+/// ([`CacheEntry::check_returned`]) here, at the boundary to outside code,
+/// so a path that is not a directory never reaches `kernel list` or a VM.
 impl CacheBackend for DynCache {
-    fn lookup(&self, key: &CacheKey) -> Result<Option<CacheEntry>> {
-        decode("a cache entry", self.inner.lookup(key.as_str().into()))
+    fn lookup(
+        &self,
+        key: &CacheKey,
+        staging: &Staging,
+        cx: &StageContext,
+    ) -> Result<Option<CacheEntry>> {
+        let staging_arg = path_arg(staging.path())?;
+        let found: Option<CacheEntry> = decode(
+            "a cache entry",
+            self.inner
+                .lookup(key.as_str().into(), staging_arg.as_str().into(), host_box(cx)),
+        )?;
+        if let Some(e) = &found {
+            e.check_returned("lookup", Some(key), &self.label)?;
+        }
+        Ok(found)
     }
     fn store(
         &self,
         key: &CacheKey,
         artifacts: &Artifacts,
         metadata: &Metadata,
+        cx: &StageContext,
     ) -> Result<CacheEntry> {
         let artifacts = json_arg(artifacts)?;
         let metadata = json_arg(metadata)?;
-        decode(
+        let stored: CacheEntry = decode(
             "a cache entry",
             self.inner.store(
                 key.as_str().into(),
                 artifacts.as_str().into(),
                 metadata.as_str().into(),
+                host_box(cx),
             ),
-        )
+        )?;
+        stored.check_returned("store", Some(key), &self.label)?;
+        Ok(stored)
     }
-    fn list(&self) -> Result<Vec<Listed>> {
-        let rows: Vec<wire::Listed> = decode("a cache listing", self.inner.list())?;
-        Ok(rows.into_iter().map(Into::into).collect())
+    fn list(&self, cx: &StageContext) -> Result<Vec<Listed>> {
+        let rows: Vec<wire::Listed> = decode("a cache listing", self.inner.list(host_box(cx)))?;
+        Ok(rows
+            .into_iter()
+            .map(|row| match Listed::from(row) {
+                Listed::Ok(e) => match e.check_returned("list", None, &self.label) {
+                    Ok(()) => Listed::Ok(e),
+                    Err(why) => Listed::Corrupt {
+                        key: e.key.to_string(),
+                        reason: why.to_string(),
+                    },
+                },
+                corrupt => corrupt,
+            })
+            .collect())
     }
-    fn remove(&self, key: &CacheKey) -> Result<bool> {
-        done(self.inner.remove(key.as_str().into()))
+    fn remove(&self, key: &CacheKey, cx: &StageContext) -> Result<bool> {
+        done(self.inner.remove(key.as_str().into(), host_box(cx)))
     }
     fn describe(&self) -> String {
         let r = done(self.inner.describe()).map(RString::into_string);
