@@ -116,12 +116,20 @@ fn store_then_lookup_round_trip() {
         .collect();
 
     let stored = cache
-        .store(&k, &src, &metadata(&k, "gen-1", "2025-01-01T00:00:00Z"), &cx())
+        .store(
+            &k,
+            &src,
+            &metadata(&k, "gen-1", "2025-01-01T00:00:00Z"),
+            &cx(),
+        )
         .unwrap();
     assert_eq!(stored.origin, "local");
     assert_eq!(stored.dir, cache.root().join("kernels").join(k.as_str()));
 
-    let hit = cache.lookup(&k, &no_staging(), &cx()).unwrap().expect("hit");
+    let hit = cache
+        .lookup(&k, &no_staging(), &cx())
+        .unwrap()
+        .expect("hit");
     assert_eq!(hit.metadata, stored.metadata);
     assert_eq!(hit.origin, "local");
     // The caller's artifacts map was replaced by digests of the stored copies.
@@ -182,7 +190,12 @@ fn store_without_vmlinux_and_custom_image_name() {
 #[test]
 fn lookup_miss_creates_nothing() {
     let (dir, cache) = setup();
-    assert!(cache.lookup(&key("nope"), &no_staging(), &cx()).unwrap().is_none());
+    assert!(
+        cache
+            .lookup(&key("nope"), &no_staging(), &cx())
+            .unwrap()
+            .is_none()
+    );
     assert!(!cache.root().exists(), "a miss must not create the root");
     assert!(cache.list(&cx()).unwrap().is_empty());
     assert!(!cache.remove(&key("nope"), &cx()).unwrap());
@@ -230,7 +243,12 @@ fn store_is_atomic_under_concurrent_readers() {
     let k = key("k-concurrent");
     let a = sources(&dir.path().join("a0"), "gen-0", 64, true);
     cache
-        .store(&k, &a, &metadata(&k, "gen-0", "2025-01-01T00:00:00Z"), &cx())
+        .store(
+            &k,
+            &a,
+            &metadata(&k, "gen-0", "2025-01-01T00:00:00Z"),
+            &cx(),
+        )
         .unwrap();
 
     let done = Arc::new(AtomicBool::new(false));
@@ -244,7 +262,10 @@ fn store_is_atomic_under_concurrent_readers() {
             while !done.load(Ordering::SeqCst) || mine == 0 {
                 let lock_path = entry_lock(cache.root(), &k);
                 let shared = lock::lock(&lock_path, LockMode::Shared).unwrap();
-                let entry = cache.lookup(&k, &no_staging(), &cx()).unwrap().expect("entry never disappears");
+                let entry = cache
+                    .lookup(&k, &no_staging(), &cx())
+                    .unwrap()
+                    .expect("entry never disappears");
                 let tag = entry.metadata.version.clone().unwrap();
                 seen.insert(tag.clone());
                 for (name, info) in &entry.metadata.artifacts {
@@ -348,7 +369,12 @@ fn corrupt_metadata_is_reported_by_lookup_and_list() {
     // Storing again replaces the corrupt entry.
     let src = sources(&dir.path().join("again"), "fixed", 10, true);
     cache
-        .store(&bad, &src, &metadata(&bad, "fixed", "2025-01-01T00:00:00Z"), &cx())
+        .store(
+            &bad,
+            &src,
+            &metadata(&bad, "fixed", "2025-01-01T00:00:00Z"),
+            &cx(),
+        )
         .unwrap();
     assert!(cache.lookup(&bad, &no_staging(), &cx()).unwrap().is_some());
 }
@@ -582,12 +608,22 @@ fn failed_store_keeps_the_existing_entry_and_no_temp_dir() {
     let k = key("k-fail");
     let good = sources(&dir.path().join("good"), "good", 10, true);
     cache
-        .store(&k, &good, &metadata(&k, "good", "2025-01-01T00:00:00Z"), &cx())
+        .store(
+            &k,
+            &good,
+            &metadata(&k, "good", "2025-01-01T00:00:00Z"),
+            &cx(),
+        )
         .unwrap();
     let mut broken = sources(&dir.path().join("broken"), "broken", 10, true);
     broken.config = dir.path().join("broken/does-not-exist");
     let err = cache
-        .store(&k, &broken, &metadata(&k, "broken", "2025-01-01T00:00:00Z"), &cx())
+        .store(
+            &k,
+            &broken,
+            &metadata(&k, "broken", "2025-01-01T00:00:00Z"),
+            &cx(),
+        )
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Io);
     assert!(err.message.contains("does-not-exist"), "{err}");
@@ -609,7 +645,8 @@ fn store_rejects_metadata_for_another_key() {
         .store(
             &key("k-one"),
             &src,
-            &metadata(&key("k-two"), "t", "2025-01-01T00:00:00Z"), &cx(),
+            &metadata(&key("k-two"), "t", "2025-01-01T00:00:00Z"),
+            &cx(),
         )
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::InvalidInput);
@@ -658,7 +695,10 @@ fn remove_refuses_while_in_use_then_removes() {
         err.hint.as_deref(),
         Some("retry when that process finishes")
     );
-    assert!(cache.lookup(&k, &no_staging(), &cx()).unwrap().is_some(), "entry kept");
+    assert!(
+        cache.lookup(&k, &no_staging(), &cx()).unwrap().is_some(),
+        "entry kept"
+    );
 
     release_tx.send(()).unwrap();
     reader.join().unwrap();
@@ -679,7 +719,9 @@ fn list_sorts_newest_first() {
     ] {
         let k = key(k);
         let src = sources(&dir.path().join(k.as_str()), "t", 10, false);
-        cache.store(&k, &src, &metadata(&k, "t", at), &cx()).unwrap();
+        cache
+            .store(&k, &src, &metadata(&k, "t", at), &cx())
+            .unwrap();
     }
     // Stray files in kernels/ are not entries.
     std::fs::write(cache.root().join("kernels/README"), b"x").unwrap();
@@ -735,9 +777,17 @@ fn the_build_log_is_stored_as_given_and_optional() {
     std::fs::write(&log, b"(zstd bytes)").unwrap();
     src.log = Some(log.clone());
     let stored = cache
-        .store(&k, &src, &metadata(&k, "gen-1", "2025-01-01T00:00:00Z"), &cx())
+        .store(
+            &k,
+            &src,
+            &metadata(&k, "gen-1", "2025-01-01T00:00:00Z"),
+            &cx(),
+        )
         .unwrap();
-    let hit = cache.lookup(&k, &no_staging(), &cx()).unwrap().expect("hit");
+    let hit = cache
+        .lookup(&k, &no_staging(), &cx())
+        .unwrap()
+        .expect("hit");
     let kept = hit.log().expect("the entry has a log");
     assert_eq!(kept, stored.dir.join(LOG_NAME));
     assert_eq!(std::fs::read(&kept).unwrap(), b"(zstd bytes)");
@@ -756,7 +806,8 @@ fn the_build_log_is_stored_as_given_and_optional() {
         .store(
             &old,
             &plain,
-            &metadata(&old, "gen-1", "2025-01-01T00:00:00Z"), &cx(),
+            &metadata(&old, "gen-1", "2025-01-01T00:00:00Z"),
+            &cx(),
         )
         .unwrap();
     let hit = cache.lookup(&old, &no_staging(), &cx()).unwrap().unwrap();
@@ -837,7 +888,12 @@ fn a_cancelled_store_leaves_nothing_visible() {
     let k = key("k-cancel");
     let good = sources(&dir.path().join("good"), "good", 10, true);
     cache
-        .store(&k, &good, &metadata(&k, "good", "2025-01-01T00:00:00Z"), &cx())
+        .store(
+            &k,
+            &good,
+            &metadata(&k, "good", "2025-01-01T00:00:00Z"),
+            &cx(),
+        )
         .unwrap();
     let fresh = key("k-fresh");
     let newer = sources(&dir.path().join("newer"), "newer", 10, true);
@@ -845,13 +901,27 @@ fn a_cancelled_store_leaves_nothing_visible() {
     stopped.cancel.cancel();
     for k in [&k, &fresh] {
         let err = cache
-            .store(k, &newer, &metadata(k, "newer", "2025-01-02T00:00:00Z"), &stopped)
+            .store(
+                k,
+                &newer,
+                &metadata(k, "newer", "2025-01-02T00:00:00Z"),
+                &stopped,
+            )
             .unwrap_err();
         assert_eq!(err.kind, ErrorKind::Cancelled, "{err}");
     }
-    assert!(cache.lookup(&fresh, &no_staging(), &cx()).unwrap().is_none());
+    assert!(
+        cache
+            .lookup(&fresh, &no_staging(), &cx())
+            .unwrap()
+            .is_none()
+    );
     let kept = cache.lookup(&k, &no_staging(), &cx()).unwrap().unwrap();
     assert_eq!(first_line(&kept.image()), "good");
     assert_eq!(cache.list(&cx()).unwrap().len(), 1);
-    assert!(temp_dirs(cache.root()).is_empty(), "{:?}", temp_dirs(cache.root()));
+    assert!(
+        temp_dirs(cache.root()).is_empty(),
+        "{:?}",
+        temp_dirs(cache.root())
+    );
 }
