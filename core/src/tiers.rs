@@ -118,7 +118,10 @@ impl Tiers {
         if let Some(e) = &found
             && staging.holds(&e.dir)
         {
-            self.held.lock().unwrap_or_else(|p| p.into_inner()).push(staging);
+            self.held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(staging);
         }
         Ok(found)
     }
@@ -131,10 +134,16 @@ impl Tiers {
 
     /// Store `entry` (from the local tier) in `tier`: what `cache push`
     /// does. The copy there does not say where this machine got it from.
-    pub fn push_to(&self, tier: &Tier, entry: &CacheEntry, cx: &StageContext) -> Result<CacheEntry> {
+    pub fn push_to(
+        &self,
+        tier: &Tier,
+        entry: &CacheEntry,
+        cx: &StageContext,
+    ) -> Result<CacheEntry> {
         let mut metadata = entry.metadata.clone();
         metadata.origin = None;
-        tier.stage.store(&entry.key, &entry.artifacts(), &metadata, cx)
+        tier.stage
+            .store(&entry.key, &entry.artifacts(), &metadata, cx)
     }
 
     /// The authoritative local tier.

@@ -200,8 +200,11 @@ impl CacheBackend for DynCache {
         let staging_arg = path_arg(staging.path())?;
         let found: Option<CacheEntry> = decode(
             "a cache entry",
-            self.inner
-                .lookup(key.as_str().into(), staging_arg.as_str().into(), host_box(cx)),
+            self.inner.lookup(
+                key.as_str().into(),
+                staging_arg.as_str().into(),
+                host_box(cx),
+            ),
         )?;
         if let Some(e) = &found {
             e.check_returned("lookup", Some(key), &self.label)?;
