@@ -356,7 +356,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
 
-    use ktstr_sdk::cache::{Capabilities, KeyComponent, Listed, SourceInfo};
+    use ktstr_sdk::cache::{Capabilities, KeyComponent, Listed, SourceInfo, Staging};
     use ktstr_sdk::testing::{RecordingRunner, context_with};
 
     use super::*;
@@ -369,6 +369,14 @@ mod tests {
         fail_lookups: bool,
         fail_stores: bool,
         caps: Capabilities,
+        /// Unpack hits into the host's staging, as an archive tier does.
+        unpacks: bool,
+        /// Interrupt the run while storing (a signal during the store).
+        interrupt_on_store: bool,
+        /// Staging directories its hits went to.
+        staged: Mutex<Vec<std::path::PathBuf>>,
+        /// Whether the image a store was given could be read.
+        stored_readable: Mutex<Vec<bool>>,
     }
 
     impl Memory {
@@ -388,17 +396,42 @@ mod tests {
     }
 
     impl CacheBackend for Shared {
-        fn lookup(&self, key: &CacheKey) -> Result<Option<CacheEntry>> {
+        fn lookup(
+            &self,
+            key: &CacheKey,
+            staging: &Staging,
+            _: &StageContext,
+        ) -> Result<Option<CacheEntry>> {
             self.calls.lock().unwrap().push(format!("lookup {key}"));
             if self.fail_lookups {
                 return Err(StageError::new(ErrorKind::Io, "unreachable"));
             }
-            Ok(self.entries.lock().unwrap().get(key.as_str()).cloned())
+            let found = self.entries.lock().unwrap().get(key.as_str()).cloned();
+            match found {
+                Some(mut e) if self.unpacks => {
+                    e.dir = staging.dir()?.join(key.as_str());
+                    std::fs::create_dir(&e.dir).unwrap();
+                    std::fs::write(e.image(), b"kernel").unwrap();
+                    self.staged.lock().unwrap().push(e.dir.clone());
+                    Ok(Some(e))
+                }
+                found => Ok(found),
+            }
         }
-        fn store(&self, key: &CacheKey, _: &Artifacts, m: &Metadata) -> Result<CacheEntry> {
+        fn store(
+            &self,
+            key: &CacheKey,
+            a: &Artifacts,
+            m: &Metadata,
+            cx: &StageContext,
+        ) -> Result<CacheEntry> {
             self.calls.lock().unwrap().push(format!("store {key}"));
+            (self.stored_readable.lock().unwrap()).push(a.image.is_file());
             if self.fail_stores {
                 return Err(StageError::new(ErrorKind::Io, "disk full"));
+            }
+            if self.interrupt_on_store {
+                cx.cancel.cancel();
             }
             let entry = entry(key.as_str(), &m.components, "memory");
             let mut entry = entry;
@@ -406,10 +439,12 @@ mod tests {
             (self.entries.lock().unwrap()).insert(key.to_string(), entry.clone());
             Ok(entry)
         }
-        fn list(&self) -> Result<Vec<Listed>> {
+        fn list(&self, _: &StageContext) -> Result<Vec<Listed>> {
             Ok(Vec::new())
         }
-        fn remove(&self, key: &CacheKey) -> Result<bool> {
+        /// Honours cancellation, as a careful plugin would.
+        fn remove(&self, key: &CacheKey, cx: &StageContext) -> Result<bool> {
+            cx.cancel.check()?;
             self.calls.lock().unwrap().push(format!("remove {key}"));
             Ok(self.entries.lock().unwrap().remove(key.as_str()).is_some())
         }
@@ -458,6 +493,7 @@ mod tests {
                 build: None,
             },
             origin: origin.into(),
+            location: None,
         }
     }
 
@@ -583,10 +619,7 @@ mod tests {
     fn read_only_remotes_are_wrapped_and_never_written() {
         let local = Arc::new(Memory::default());
         let ro = Arc::new(Memory {
-            caps: Capabilities {
-                read_only: true,
-                remote: true,
-            },
+            caps: Capabilities { read_only: true },
             ..Memory::default()
         });
         let rw = Arc::new(Memory::default());
@@ -601,7 +634,7 @@ mod tests {
             .unwrap();
         assert!(ro.calls().is_empty(), "{:?}", ro.calls());
         assert_eq!(rw.calls(), ["store k-1"]);
-        let err = tiers.remotes()[0].stage.remove(&e.key).unwrap_err();
+        let err = tiers.remotes()[0].stage.remove(&e.key, &cx).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Unsupported);
         assert!(ro.calls().is_empty(), "the decorator let a remove through");
         assert_eq!(
@@ -628,5 +661,114 @@ mod tests {
         assert_eq!(err.kind, ErrorKind::Cancelled);
         assert!(local.entries.lock().unwrap().is_empty());
         assert!(remote.calls().is_empty());
+    }
+
+    fn unpacking() -> Arc<Memory> {
+        Arc::new(Memory {
+            unpacks: true,
+            ..Memory::default()
+        })
+    }
+
+    /// A hit unpacked into staging is read by the backfill, then its
+    /// staging goes; the run's own directory holds nothing afterwards.
+    #[test]
+    fn staging_of_a_remote_hit_goes_after_the_backfill() {
+        let root = tempfile::tempdir().unwrap();
+        let local = Arc::new(Memory::default());
+        let remote = unpacking();
+        put(&remote, "k-1", "cfg-1");
+        let tiers = Tiers::new(tier("local-cache", &local), vec![tier("tar", &remote)])
+            .with_staging_root(root.path().to_path_buf());
+        let (cx, _) = cx();
+        let got = tiers.lookup(&wanted("k-1"), &cx).unwrap().unwrap();
+        assert_eq!(got.origin, "memory", "the local tier's entry");
+        assert_eq!(*local.stored_readable.lock().unwrap(), [true]);
+        let staged = remote.staged.lock().unwrap().clone();
+        assert_eq!(staged.len(), 1);
+        assert!(staged[0].starts_with(root.path().join("scratch")));
+        assert!(!staged[0].exists(), "staging kept after the backfill");
+        assert!(tiers.held.lock().unwrap().is_empty());
+    }
+
+    /// Served from the remote copy (the local tier refused it), the files
+    /// stay until the run ends, then go.
+    #[test]
+    fn staging_of_a_hit_served_from_it_lasts_the_run() {
+        let root = tempfile::tempdir().unwrap();
+        let local = Arc::new(Memory {
+            fail_stores: true,
+            ..Memory::default()
+        });
+        let remote = unpacking();
+        put(&remote, "k-1", "cfg-1");
+        let tiers = Tiers::new(tier("local-cache", &local), vec![tier("tar", &remote)])
+            .with_staging_root(root.path().to_path_buf());
+        let (cx, _) = cx();
+        let got = tiers.lookup(&wanted("k-1"), &cx).unwrap().unwrap();
+        assert!(got.image().is_file(), "served files removed during the run");
+        drop(tiers);
+        assert!(!got.dir.exists(), "staging outlived the run");
+    }
+
+    /// Backends store metadata verbatim; the host owns `origin`: set on a
+    /// backfill, cleared when storing a build and when pushing, so no
+    /// tier's copy claims to come from somewhere.
+    #[test]
+    fn origin_is_set_on_backfill_and_cleared_on_store_and_push() {
+        let root = tempfile::tempdir().unwrap();
+        let local = Arc::new(Memory::default());
+        let remote = Arc::new(Memory::default());
+        let tiers = Tiers::new(tier("local-cache", &local), vec![tier("s3-cache", &remote)])
+            .with_staging_root(root.path().to_path_buf());
+        let (cx, _) = cx();
+        let mut e = entry("k-1", &components("cfg-1"), "x");
+        e.metadata.origin = Some("s3-cache s3://elsewhere".into());
+        tiers
+            .store(&e.key, &e.artifacts(), &e.metadata, &cx)
+            .unwrap();
+        let origin_in = |m: &Memory| m.entries.lock().unwrap()["k-1"].metadata.origin.clone();
+        assert_eq!(origin_in(&local), None);
+        assert_eq!(origin_in(&remote), None);
+
+        // Pulled into a second machine's local tier: origin says from where.
+        let other = Arc::new(Memory::default());
+        let there = Tiers::new(tier("local-cache", &other), vec![tier("s3-cache", &remote)])
+            .with_staging_root(root.path().to_path_buf());
+        there.lookup(&wanted("k-1"), &cx).unwrap().unwrap();
+        assert_eq!(origin_in(&other).as_deref(), Some("s3-cache memory tier"));
+        assert_eq!(origin_in(&remote), None, "the lookup wrote the remote");
+
+        // Pushed back from there: the remote copy does not claim to come
+        // from the remote itself.
+        let pulled = other.entries.lock().unwrap()["k-1"].clone();
+        there.push_to(&there.remotes()[0], &pulled, &cx).unwrap();
+        assert_eq!(origin_in(&remote), None);
+    }
+
+    /// A signal while the local tier stores: the entry is taken out again
+    /// (through a context that is not itself cancelled, or a backend that
+    /// honours cancellation would refuse the removal) and nothing reaches
+    /// the remotes.
+    #[test]
+    fn a_store_interrupted_inside_the_backend_is_undone() {
+        let root = tempfile::tempdir().unwrap();
+        let local = Arc::new(Memory {
+            interrupt_on_store: true,
+            ..Memory::default()
+        });
+        let remote = Arc::new(Memory::default());
+        let tiers = Tiers::new(tier("local-cache", &local), vec![tier("rw", &remote)])
+            .with_staging_root(root.path().to_path_buf());
+        let (cx, progress) = cx();
+        let e = entry("k-1", &components("cfg-1"), "x");
+        let err = tiers
+            .store(&e.key, &e.artifacts(), &e.metadata, &cx)
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Cancelled);
+        assert!(local.entries.lock().unwrap().is_empty(), "still visible");
+        assert_eq!(local.calls(), ["store k-1", "remove k-1"]);
+        assert!(remote.calls().is_empty());
+        assert!(progress.warnings().is_empty(), "{:?}", progress.warnings());
     }
 }

@@ -59,9 +59,10 @@ pub enum KernelCommand {
 /// the plugins' tiers are why it was given). A tier other than the local
 /// one that cannot be listed is reported and skipped.
 fn rows(stages: &Stages, every_tier: bool) -> Result<Vec<(&str, Listed)>> {
+    let (cx, _progress) = super::host_context();
     let mut all = Vec::new();
     for (tier, is_local) in stages.tiers.scope(every_tier) {
-        match tier.stage.list() {
+        match tier.stage.list(&cx) {
             Ok(rows) => all.extend(rows.into_iter().map(|r| (tier.name.as_str(), r))),
             Err(e) if is_local => return Err(e.into()),
             Err(e) => crate::report::eprint_warning(&format!("{}: cannot list: ", tier.name), &e),
@@ -86,8 +87,9 @@ fn json_row(row: &Listed) -> serde_json::Value {
             "arch": e.metadata.arch,
             "source": e.metadata.source,
             "built_at": e.metadata.built_at,
-            "image": e.image(),
-            "vmlinux": e.vmlinux(),
+            "image": e.is_local().then(|| e.image()),
+            "vmlinux": e.vmlinux().filter(|_| e.is_local()),
+            "location": e.location,
             "origin": e.origin,
             "pulled_from": e.metadata.origin,
             "fragments": e.metadata.fragments,
@@ -99,7 +101,7 @@ fn json_row(row: &Listed) -> serde_json::Value {
             "components": e.metadata.components,
             "strip": e.metadata.strip,
             "build": e.metadata.build,
-            "log": e.log(),
+            "log": e.log().filter(|_| e.is_local()),
         }),
         Listed::Corrupt { key, reason } => json!({
             "key": key,
@@ -216,6 +218,7 @@ fn confirm(question: &str) -> Result<bool> {
 
 pub fn clean(keep: Option<usize>, force: bool, plugins: &[String]) -> Result<()> {
     let stages = stage_setup::stages_with_plugins(plugins)?;
+    let (cx, _progress) = super::host_context();
     // Per tier: its cache and the keys to remove from it (`--keep` counts
     // within each tier). Read-only tiers are never cleaned.
     let mut plan: Vec<(&Tier, Vec<String>)> = Vec::new();
@@ -224,7 +227,7 @@ pub fn clean(keep: Option<usize>, force: bool, plugins: &[String]) -> Result<()>
             eprintln!("{LABEL}: not cleaning {}: it is read-only", tier.name);
             continue;
         }
-        let rows = match tier.stage.list() {
+        let rows = match tier.stage.list(&cx) {
             Ok(rows) => rows,
             Err(e) if is_local => return Err(e.into()),
             Err(e) => {
@@ -278,7 +281,7 @@ pub fn clean(keep: Option<usize>, force: bool, plugins: &[String]) -> Result<()>
                     continue;
                 }
             };
-            match tier.stage.remove(&parsed) {
+            match tier.stage.remove(&parsed, &cx) {
                 Ok(_) => removed += 1,
                 Err(e) => {
                     in_use += 1;
@@ -323,7 +326,7 @@ pub fn verify(keys: &[String], as_json: bool) -> Result<()> {
     let local = stages.tiers.local();
     let mut targets: Vec<(String, Option<Listed>)> = Vec::new();
     if keys.is_empty() {
-        for row in local.stage.list()? {
+        for row in local.stage.list(&cx)? {
             let key = match &row {
                 Listed::Ok(e) => e.key.to_string(),
                 Listed::Corrupt { key, .. } => key.clone(),
@@ -337,7 +340,7 @@ pub fn verify(keys: &[String], as_json: bool) -> Result<()> {
                     key: raw.clone(),
                     reason: format!("not a cache key: {e}"),
                 }),
-                Ok(key) => match local.stage.lookup(&key) {
+                Ok(key) => match stages.tiers.lookup_in(local, &key, &cx) {
                     Ok(Some(entry)) => Some(Listed::Ok(entry)),
                     Ok(None) => None,
                     Err(e) => Some(Listed::Corrupt {
@@ -375,7 +378,7 @@ pub fn verify(keys: &[String], as_json: bool) -> Result<()> {
         };
         let removed = !problems.is_empty()
             && ktstr_sdk::cache::CacheKey::parse(&key).is_ok_and(|k| {
-                local.stage.remove(&k).unwrap_or_else(|e| {
+                local.stage.remove(&k, &cx).unwrap_or_else(|e| {
                     eprintln!("{LABEL}: warning: could not remove corrupt entry {key}: {e}");
                     false
                 })
