@@ -109,10 +109,11 @@ impl Tiers {
         key: &CacheKey,
         cx: &StageContext,
     ) -> Result<Option<CacheEntry>> {
-        let root = match &self.staging_root {
-            Some(r) => r.clone(),
-            None => ktstr_sdk::paths::cache_root()?,
-        };
+        // Only a backend that unpacks creates the directory; a lookup must
+        // not fail for want of a cache root it may never use.
+        let root = (self.staging_root.clone())
+            .or_else(|| ktstr_sdk::paths::cache_root().ok())
+            .unwrap_or_else(std::env::temp_dir);
         let staging = Staging::new(&root);
         let found = tier.stage.lookup(key, &staging, cx)?;
         if let Some(e) = &found
