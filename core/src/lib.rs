@@ -3,6 +3,7 @@
 
 pub mod broken_pipe;
 pub mod build_log;
+pub mod byte_size;
 pub mod cli;
 pub mod config;
 pub mod dynamic;
@@ -16,5 +17,6 @@ pub mod report;
 pub mod scratch;
 pub mod spec_claim;
 pub mod stage_setup;
+pub mod table;
 pub mod tiers;
 pub mod tree_config;

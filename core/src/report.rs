@@ -1,4 +1,8 @@
-//! Warnings that carry a [`StageError`]'s hint.
+//! What commands report beyond their progress: warnings that carry a
+//! [`StageError`]'s hint, and `--json` results.
+//!
+//! Every `--json` output goes through [`print_json`]: one pretty-printed
+//! JSON value on stdout, ending in a newline, nothing else on stdout.
 //!
 //! A fatal error is printed with its `hint:` line (cli/mod.rs); a warning
 //! used to print only `{e}`, so the hints that say what to do about a
@@ -8,6 +12,15 @@
 
 use ktstr_sdk::StageError;
 use ktstr_sdk::context::Progress;
+
+/// Print `value` as the command's one JSON result on stdout.
+pub fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string_pretty(value)?)?;
+    out.flush()?;
+    Ok(())
+}
 
 /// Warn `{context}{e}`, then the hint as a `hint:` line.
 pub fn warn_error<P: Progress + ?Sized>(progress: &P, context: &str, e: &StageError) {

@@ -21,6 +21,7 @@ pub mod config;
 pub mod configure;
 pub mod conformance;
 pub mod context;
+pub mod cpus;
 pub mod error;
 pub mod export;
 pub mod fsread;

@@ -3,7 +3,9 @@
 //! A lock is an open file with a `flock`; dropping the [`FileLock`] closes
 //! the file and releases it, also when the process dies. Holders are read
 //! from `/proc/locks` (matched by device and inode) so a waiting user is
-//! told which process they wait for.
+//! told which process they wait for. Lock files can be deleted safely only
+//! through [`prune`], because every lock taken here checks after the flock
+//! that its path still names the file it locked.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::os::fd::{AsRawFd, RawFd};
@@ -83,41 +85,80 @@ fn open_lock_file(path: &Path) -> Result<File> {
 
 /// Take the lock if it is free; `Ok(None)` when another holder has it.
 pub fn try_lock(path: &Path, mode: LockMode) -> Result<Option<FileLock>> {
-    let file = open_lock_file(path)?;
-    let res = match mode {
-        LockMode::Shared => file.try_lock_shared(),
-        LockMode::Exclusive => file.try_lock(),
-    };
-    match res {
-        Ok(()) => Ok(Some(FileLock {
-            _file: file,
-            path: path.to_path_buf(),
-            inherited: false,
-        })),
-        Err(TryLockError::WouldBlock) => Ok(None),
-        Err(TryLockError::Error(e)) => Err(e).at("lock", path),
-    }
+    acquire(path, mode, false)
 }
 
 /// Wait until the lock is granted.
 pub fn lock(path: &Path, mode: LockMode) -> Result<FileLock> {
-    let file = open_lock_file(path)?;
-    let locked = match mode {
-        LockMode::Shared => file.lock_shared(),
-        LockMode::Exclusive => file.lock(),
-    };
-    match locked {
-        // A signal (Ctrl-C) ended the wait.
-        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-            return Err(crate::StageError::cancelled());
+    Ok(acquire(path, mode, true)?.expect("a blocking lock is granted or fails"))
+}
+
+/// Open `path` and flock it, then check that `path` still names the inode
+/// locked: a [`prune`] may have unlinked it between the open and the flock
+/// (the lock is then on a file nobody else can find), so lock again on
+/// whatever the path names now. See "Pruning lock files" in
+/// docs/reservation.md.
+fn acquire(path: &Path, mode: LockMode, blocking: bool) -> Result<Option<FileLock>> {
+    loop {
+        let file = open_lock_file(path)?;
+        let res = match (mode, blocking) {
+            (LockMode::Shared, false) => file.try_lock_shared(),
+            (LockMode::Exclusive, false) => file.try_lock(),
+            (LockMode::Shared, true) => file.lock_shared().map_err(TryLockError::Error),
+            (LockMode::Exclusive, true) => file.lock().map_err(TryLockError::Error),
+        };
+        match res {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Ok(None),
+            // A signal (Ctrl-C) ended the wait.
+            Err(TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Interrupted => {
+                return Err(crate::StageError::cancelled());
+            }
+            Err(TryLockError::Error(e)) => return Err(e).at("lock", path),
         }
-        other => other.at("lock", path)?,
+        if still_named(&file, path)? {
+            return Ok(Some(FileLock {
+                _file: file,
+                path: path.to_path_buf(),
+                inherited: false,
+            }));
+        }
     }
-    Ok(FileLock {
-        _file: file,
-        path: path.to_path_buf(),
-        inherited: false,
-    })
+}
+
+/// Whether `path` names the file `file` has open (through a symlink too,
+/// as the open followed it).
+fn still_named(file: &File, path: &Path) -> Result<bool> {
+    let held = file.metadata().at("stat lock file", path)?;
+    match std::fs::metadata(path) {
+        Ok(now) => Ok(now.dev() == held.dev() && now.ino() == held.ino()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).at("stat lock file", path),
+    }
+}
+
+/// Delete the lock file at `path` if nobody holds or waits to take it
+/// (`Ok(false)` when it is held, or already gone). Safe against every
+/// locker of this module: the file is unlinked while holding its exclusive
+/// lock, and a locker that opened it before the unlink finds, once its
+/// flock is granted, that the path no longer names what it locked, and
+/// locks the path afresh (see [`acquire`]). A locker that does not check
+/// (an old ktstr, `flock(1)`) could hold the unlinked file while another
+/// holds the new one, so prune only files that only this module locks.
+pub fn prune(path: &Path) -> Result<bool> {
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(false);
+    }
+    let Some(held) = try_lock(path, LockMode::Exclusive)? else {
+        return Ok(false);
+    };
+    let removed = match std::fs::remove_file(path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e).at("remove lock file", path),
+    };
+    drop(held);
+    Ok(removed)
 }
 
 /// One process holding (or waiting for) a lock.
@@ -297,6 +338,77 @@ mod tests {
         assert!(try_lock(&p, LockMode::Exclusive).unwrap().is_none());
         drop((s1, s2));
         lock(&p, LockMode::Exclusive).unwrap();
+    }
+
+    #[test]
+    fn prune_removes_a_free_file_and_keeps_a_held_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.lock");
+        assert!(!prune(&p).unwrap(), "nothing to prune");
+        assert!(!p.exists(), "prune must not create the file");
+        let held = try_lock(&p, LockMode::Shared).unwrap().unwrap();
+        assert!(!prune(&p).unwrap());
+        assert!(p.exists(), "a held lock file is kept");
+        drop(held);
+        assert!(prune(&p).unwrap());
+        assert!(!p.exists());
+    }
+
+    /// Lockers (each its own open file, as separate processes are) and a
+    /// pruner race on one path: the lock is never held twice at once,
+    /// which it would be if a locker kept a lock on an unlinked file.
+    #[test]
+    fn pruning_never_lets_two_holders_in() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let p = std::sync::Arc::new(dir.path().join("race.lock"));
+        let inside = std::sync::Arc::new(AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let pruner = {
+            let (p, stop) = (p.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut pruned = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    pruned += usize::from(prune(&p).unwrap());
+                }
+                pruned
+            })
+        };
+        let lockers: Vec<_> = (0..4)
+            .map(|_| {
+                let (p, inside) = (p.clone(), inside.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..2000 {
+                        let held = lock(&p, LockMode::Exclusive).unwrap();
+                        assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders");
+                        std::thread::yield_now();
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        drop(held);
+                    }
+                })
+            })
+            .collect();
+        for l in lockers {
+            l.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let pruned = pruner.join().unwrap();
+        assert!(
+            pruned > 0,
+            "the pruner never won a race; the test tested nothing"
+        );
+    }
+
+    #[test]
+    fn a_symlinked_lock_file_locks_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target.lock");
+        let link = dir.path().join("link.lock");
+        std::fs::write(&target, "").unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let held = lock(&link, LockMode::Exclusive).unwrap();
+        assert!(try_lock(&target, LockMode::Shared).unwrap().is_none());
+        drop(held);
     }
 
     #[test]

@@ -1,4 +1,9 @@
 //! CPU reservation: how many CPUs a build may use, and which.
+//!
+//! This is the stage's contract; the building blocks that keep it (the
+//! host's topology, the CPU lock protocol, the cpuset sandbox and the
+//! [`crate::cpus::Confined`] guard) are in [`crate::cpus`], and
+//! [`crate::conformance::reserver`] checks a reserver against it.
 
 use std::path::PathBuf;
 
@@ -16,8 +21,9 @@ pub struct ReserveRequest {
 /// Keeps a reservation alive; dropping it releases it.
 ///
 /// Implementations that hold both a sandbox and CPU locks must release the
-/// sandbox first (declare it first): a peer that sees the locks free must
-/// never find this build's processes still pinned to those CPUs.
+/// sandbox first: a peer that sees the locks free must never find this
+/// build's processes still pinned to those CPUs. [`crate::cpus::Confined`]
+/// does so.
 pub trait ReservationGuard: Send {}
 
 impl<T: Send> ReservationGuard for T {}
@@ -30,7 +36,8 @@ pub struct Reservation {
     pub mems: Vec<usize>,
     /// `make -j` value.
     pub make_jobs: usize,
-    /// `cgroup.procs` of the sandbox the build's processes must join.
+    /// `cgroup.procs` of the sandbox the build's processes must join (the
+    /// host's runner writes each build process into it before exec).
     pub sandbox_procs: Option<PathBuf>,
     /// Released on drop.
     pub guard: Option<Box<dyn ReservationGuard>>,

@@ -535,11 +535,14 @@ fn fixed_cpus_reserver_grants_the_configured_cpus() {
     .assert_fails()
     .assert_hint()
     .assert_stderr_has("has only 1 CPUs reserved for builds ($KTSTR_FIXED_CPUS)");
+    // The last allowed CPU: confined, make sees only it.
+    let allowed = ktstr_sdk::cpus::allowed_cpus().unwrap();
+    let cpu = allowed.last().unwrap().to_string();
     let cpus_log = fx.root.path().join("cpus.log");
     let run = inst.run(
         &fx,
         &[
-            ("KTSTR_FIXED_CPUS", "0"),
+            ("KTSTR_FIXED_CPUS", cpu.as_str()),
             ("KTSTR_FIXTURE_CPUS_LOG", cpus_log.to_str().unwrap()),
         ],
         &build_args(&fx, &["--plugin", "fixed-cpus"]),
@@ -551,6 +554,34 @@ fn fixed_cpus_reserver_grants_the_configured_cpus() {
         "make -j from the fixed list:\n{log}\n{}",
         run.describe()
     );
+    let can_confine = nix::unistd::Uid::effective().is_root()
+        && ktstr_sdk::cpus::sandbox::detect_for_self(Path::new("/sys/fs/cgroup"))
+            .is_ok_and(|h| !h.synthetic);
+    if !can_confine {
+        ktstr_sdk::testing::skip("fixed-cpus confinement: not root or no cpuset controller");
+        assert_eq!(
+            run.stderr.matches("best-effort").count(),
+            1,
+            "{}",
+            run.describe()
+        );
+        return;
+    }
+    assert!(
+        log.contains(&format!("Cpus_allowed_list:\t{cpu}\n")),
+        "make must be confined to CPU {cpu}:\n{log}\n{}",
+        run.describe()
+    );
+    let sandbox = log
+        .lines()
+        .find_map(|l| l.split_once(":cpuset:").map(|(_, p)| p.trim()))
+        .or_else(|| log.lines().find_map(|l| l.strip_prefix("0::")))
+        .unwrap_or_else(|| panic!("no cgroup line in {log}"));
+    assert!(
+        sandbox.contains("/ktstr-"),
+        "make ran outside a sandbox: {sandbox}"
+    );
+    run.assert_stderr_lacks("best-effort");
 }
 
 #[test]

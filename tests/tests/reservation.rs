@@ -180,7 +180,7 @@ fn a_bad_config_file_names_itself() {
 fn locks_lists_llc_and_source_locks() {
     let fx = Fixture::git();
     fx.build(&[]).image_path();
-    let run = fx.run(&["locks", "--json"]);
+    let run = fx.run(&["locks", "--json", "--all"]);
     let rows: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     let kinds: Vec<_> = rows
         .as_array()
@@ -206,7 +206,7 @@ fn locks_lists_llc_and_source_locks() {
         source["guards"].as_str().unwrap(),
         common::canon(&fx.tree).display().to_string()
     );
-    let text = fx.run(&["locks"]);
+    let text = fx.run(&["locks", "--all"]);
     assert!(text.stdout.contains("free"), "{}", text.describe());
 }
 
@@ -261,4 +261,112 @@ fn interrupt_removes_sandbox_and_scratch_tree() {
         let sandbox = sandbox_of(&cpus_log(&fx));
         assert!(!sandbox.exists(), "{} must be removed", sandbox.display());
     }
+}
+
+/// `cargo <args>` in a scaffolded crate, offline, with the workspace's
+/// lock file and a target directory under this test's (shared with the
+/// other scaffold tests, so dependencies compile once).
+fn cargo_in_scaffold(dir: &Path, args: &[&str]) -> std::process::Output {
+    let target = common::ktstr_bin()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("scaffold");
+    std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(args)
+        .arg("--offline")
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", &target)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The walkthrough of docs/plugin-authoring.md section 13: a scaffolded
+/// reserver passes its own conformance test as generated, and the config
+/// file selects it on this host only, where it confines make.
+#[test]
+fn scaffolded_reserver_passes_its_conformance_test_and_is_selected_per_host() {
+    let fx = Fixture::git();
+    let dir = fx.root.path().join("team-cpus");
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
+    fx.run(&[
+        "plugins",
+        "new",
+        "team-cpus",
+        "--kind",
+        "reserver",
+        "--sdk-path",
+        sdk.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+    ])
+    .assert_ok();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock"),
+        dir.join("Cargo.lock"),
+    )
+    .unwrap();
+    let out = cargo_in_scaffold(&dir, &["test", "--quiet", "--lib"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the scaffold's tests fail:\n{text}");
+    assert!(
+        text.contains("1 passed"),
+        "the conformance test did not run:\n{text}"
+    );
+    let out = cargo_in_scaffold(&dir, &["build", "--quiet", "--message-format=short"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let libs = fx.root.path().join("libs");
+    std::fs::create_dir_all(&libs).unwrap();
+    let so = "libktstr_plugin_team_cpus.so";
+    let target = common::ktstr_bin()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("scaffold/debug");
+    std::fs::copy(target.join(so), libs.join(so)).unwrap();
+
+    // Selected on this host only; any other host keeps llc.
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    let config = fx.write_file(
+        "config.toml",
+        &format!("reserver = \"llc\"\n[hosts.\"{host}\"]\nreserver = \"team-cpus\"\n"),
+    );
+    let fx = with_cpus_log(fx)
+        .with_env("KTSTR_CONFIG", config.to_str().unwrap())
+        .with_env("KTSTR_PLUGIN_PATH", libs.to_str().unwrap());
+    let run = fx.build(&[]);
+    run.image_path();
+    let log = cpus_log(&fx);
+    let allowed = ktstr_sdk::cpus::allowed_cpus().unwrap();
+    let quarter: Vec<usize> = allowed
+        .iter()
+        .rev()
+        .take(allowed.len().div_ceil(4))
+        .copied()
+        .collect();
+    let want = ktstr_sdk::cpus::format_cpulist(&quarter);
+    assert!(
+        log.contains(&format!("jobs -j{}", quarter.len())),
+        "{log}\n{}",
+        run.describe()
+    );
+    if let Err(why) = can_sandbox() {
+        ktstr_sdk::testing::skip(why);
+        return;
+    }
+    assert!(
+        log.contains(&format!("Cpus_allowed_list:\t{want}\n")),
+        "make must run on CPUs {want}:\n{log}\n{}",
+        run.describe()
+    );
+    sandbox_of(&log);
 }

@@ -114,7 +114,7 @@ fn locks_lists_build_locks() {
     let key = fx
         .run(&["build", "--kernel", &file, "--reserver", "none"])
         .cached_key();
-    let run = fx.run(&["locks", "--json"]);
+    let run = fx.run(&["locks", "--json", "--all"]);
     run.assert_ok();
     let text = run.stdout.clone();
     let rows = run.json();

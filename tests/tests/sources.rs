@@ -156,6 +156,22 @@ fn a_range_builds_every_member_and_goes_on_past_failures() {
     again
         .assert_stderr_has("cache hit 6.99.0-tarball")
         .assert_stderr_has("cache hit 6.99.2-tarball");
+
+    // --json: one array, a failed member in its place, exit 1 as without.
+    let json = build(&fx, "6.99.0..6.99.2", &["--json"]);
+    assert_eq!(json.code(), Some(1), "{}", json.describe());
+    let rows = json.json();
+    let outcomes: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["hit", "failed", "hit"], "{}", json.describe());
+    let failed: Vec<&String> = rows[1].as_object().unwrap().keys().collect();
+    assert_eq!(failed, ["error", "kernel", "outcome"], "exact field set");
+    assert_eq!(rows[1]["kernel"], "6.99.1");
+    assert!(rows[1]["error"].as_str().unwrap().contains("sha256"));
 }
 
 #[test]

@@ -12,6 +12,7 @@ use ktstr_sdk::build::Variant;
 use ktstr_sdk::configure::{ConfigureRequest, Fragment};
 use ktstr_sdk::source::KernelSpec;
 
+use super::build_json::{BuildReport, Failed};
 use super::host_context;
 use crate::pipeline::{self, BuildRequestSpec, NotCached, Outcome};
 use crate::progress::{LABEL, StderrProgress};
@@ -84,6 +85,10 @@ pub struct BuildArgs {
     /// last occurrence of a symbol wins), e.g. --kconfig CONFIG_KASAN=y.
     #[arg(long = "kconfig", value_name = "CONFIG_X=VALUE")]
     pub kconfig: Vec<String>,
+    /// Print the result as JSON on stdout (key, paths, outcome, durations;
+    /// docs/cli.md) instead of the image path.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub const CPU_CAP_ENV: &str = "KTSTR_CPU_CAP";
@@ -257,6 +262,7 @@ const NON_GIT_HINT: &str = "run `git init && git add -A && git commit -m base` i
      ktstr can identify its content and cache its builds";
 
 pub fn run(args: &BuildArgs) -> Result<()> {
+    let started = super::build_json::Started::now();
     let (cx, progress) = host_context();
     let mut setup = stage_setup::setup(&Overrides {
         plugins: args.plugins.clone(),
@@ -325,26 +331,43 @@ pub fn run(args: &BuildArgs) -> Result<()> {
     if targets.len() == 1 {
         let outcome = pipeline::run(&stages, &request, &targets[0], &root, &cx)?;
         report(&outcome, &progress);
+        if args.json {
+            return crate::report::print_json(&BuildReport::new(&outcome, started));
+        }
         println!("{}", outcome.image().display());
         return Ok(());
     }
 
     // A range: build each member, carry on past failures, sum up.
     let mut failed = Vec::new();
+    let mut json = Vec::new();
     for (i, target) in targets.iter().enumerate() {
         let label = target.label();
         progress.println(&format!("[{}/{}] {label}", i + 1, targets.len()));
         match pipeline::run(&stages, &request, target, &root, &cx) {
             Ok(outcome) => {
                 report(&outcome, &progress);
-                println!("{label} {}", outcome.image().display());
+                if args.json {
+                    json.push(serde_json::to_value(BuildReport::new(&outcome, started))?);
+                } else {
+                    println!("{label} {}", outcome.image().display());
+                }
             }
             Err(e) if e.kind == ktstr_sdk::ErrorKind::Cancelled => return Err(e.into()),
             Err(e) => {
                 super::report(&anyhow::Error::from(e.clone()));
+                let error = e.to_string();
+                json.push(serde_json::to_value(Failed {
+                    kernel: label.clone(),
+                    outcome: "failed",
+                    error,
+                })?);
                 failed.push((label, e));
             }
         }
+    }
+    if args.json {
+        crate::report::print_json(&json)?;
     }
     let built = targets.len() - failed.len();
     if failed.is_empty() {

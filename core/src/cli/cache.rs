@@ -33,6 +33,10 @@ pub enum CacheCommand {
         /// Load a plugin (e.g. `s3-cache`) for this command; repeatable.
         #[arg(long = "plugin", value_name = "NAME|PATH")]
         plugins: Vec<String>,
+        /// Print the result as one JSON object on stdout instead of the
+        /// image path.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -136,14 +140,52 @@ pub fn push(key: &str, plugins: &[String]) -> Result<()> {
     Ok(())
 }
 
-pub fn pull(key: &str, plugins: &[String]) -> Result<()> {
+/// What `cache pull --json` prints.
+#[derive(Debug, serde::Serialize)]
+pub struct PullReport {
+    pub key: String,
+    /// `present` (already local, nothing transferred) or `pulled`.
+    pub outcome: &'static str,
+    /// The tier it came from (`null` when already present).
+    pub from: Option<String>,
+    pub image: std::path::PathBuf,
+    pub vmlinux: Option<std::path::PathBuf>,
+    pub config: std::path::PathBuf,
+    pub metadata: std::path::PathBuf,
+    pub duration_ms: u64,
+}
+
+fn print_pulled(
+    entry: &ktstr_sdk::cache::CacheEntry,
+    outcome: &'static str,
+    from: Option<String>,
+    started: std::time::Instant,
+    json: bool,
+) -> Result<()> {
+    if !json {
+        println!("{}", entry.image().display());
+        return Ok(());
+    }
+    crate::report::print_json(&PullReport {
+        key: entry.key.to_string(),
+        outcome,
+        from,
+        image: entry.image(),
+        vmlinux: entry.vmlinux(),
+        config: entry.config(),
+        metadata: entry.dir.join(ktstr_sdk::cache::METADATA_NAME),
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+pub fn pull(key: &str, plugins: &[String], json: bool) -> Result<()> {
+    let started = std::time::Instant::now();
     let key = parse_key(key)?;
     let stages = stages(plugins)?;
     let (cx, progress) = host_context();
     if let Some(entry) = stages.tiers.lookup_in(stages.tiers.local(), &key, &cx)? {
         progress.note(&format!("{key} is already in the local cache"));
-        println!("{}", entry.image().display());
-        return Ok(());
+        return print_pulled(&entry, "present", None, started, json);
     }
     for tier in stages.tiers.remotes() {
         cx.cancel.check()?;
@@ -158,8 +200,7 @@ pub fn pull(key: &str, plugins: &[String]) -> Result<()> {
                     .into());
                 };
                 progress.println(&format!("pulled {key} from {}", tier.stage.describe()));
-                println!("{}", local.image().display());
-                return Ok(());
+                return print_pulled(&local, "pulled", Some(tier.name.clone()), started, json);
             }
             Ok(None) => {}
             Err(e) => crate::report::warn_error(&*progress, &format!("{}: ", tier.name), &e),

@@ -1,6 +1,7 @@
-//! `ktstr kernel list`, `ktstr kernel clean` and `ktstr kernel verify`.
+//! `ktstr kernel list` and `ktstr kernel verify`; `kernel clean` is in
+//! kernel_clean.rs.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::Write;
 
 use anyhow::{Result, bail};
 use clap::Subcommand;
@@ -8,41 +9,23 @@ use ktstr_sdk::cache::Listed;
 use ktstr_sdk::source::short_id;
 use serde_json::json;
 
+pub use super::kernel_clean::{CleanArgs, clean};
 use super::log::LogArgs;
+use crate::byte_size::human;
 use crate::progress::LABEL;
 use crate::registry::Stages;
 use crate::stage_setup;
-use crate::tiers::{Tier, is_read_only};
+use crate::table::{Column, GiveWay};
 
 #[derive(Debug, Subcommand)]
 pub enum KernelCommand {
-    /// List cached kernels.
-    List {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Also list the entries of this plugin's cache tiers (NAME or
-        /// library path); repeatable.
-        #[arg(long = "plugin", value_name = "NAME|PATH")]
-        plugins: Vec<String>,
-        /// Also list the entries of every remote tier (config `caches`).
-        #[arg(long)]
-        remote: bool,
-    },
+    /// List cached kernels, newest first, with their size on disk.
+    List(ListArgs),
     /// Print the build log of a cached kernel (make's whole output) to stdout.
     Log(LogArgs),
-    /// Remove cached kernels.
-    Clean {
-        /// Keep the N most recently built entries.
-        #[arg(long, value_name = "N")]
-        keep: Option<usize>,
-        /// Do not ask for confirmation (required off a terminal).
-        #[arg(long)]
-        force: bool,
-        /// Also clean this plugin's (writable) cache tiers; repeatable.
-        #[arg(long = "plugin", value_name = "NAME|PATH")]
-        plugins: Vec<String>,
-    },
+    /// Remove cached kernels: named ones, all but the newest, or the oldest
+    /// until the cache fits a size.
+    Clean(CleanArgs),
     /// Check local entries' files against their recorded sha256 digests;
     /// a corrupt entry is removed so its next build rebuilds it.
     Verify {
@@ -54,7 +37,23 @@ pub enum KernelCommand {
     },
 }
 
-/// Every tier's rows with the tier's name, local first: the local tier,
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Print JSON instead of a table (full keys, sizes in bytes).
+    #[arg(long)]
+    pub json: bool,
+    /// Never shorten keys or drop columns to fit the terminal.
+    #[arg(long)]
+    pub wide: bool,
+    /// Also list the entries of this plugin's cache tiers (NAME or
+    /// library path); repeatable.
+    #[arg(long = "plugin", value_name = "NAME|PATH")]
+    pub plugins: Vec<String>,
+    /// Also list the entries of every remote tier (config `caches`).
+    #[arg(long)]
+    pub remote: bool,
+}
+
 /// plus every other tier when `every_tier` (`--remote`, or `--plugin`:
 /// the plugins' tiers are why it was given). A tier other than the local
 /// one that cannot be listed is reported and skipped.
@@ -73,8 +72,32 @@ fn rows(stages: &Stages, every_tier: bool) -> Result<Vec<(&str, Listed)>> {
 
 /// An entry of the first key scheme: never served again (see
 /// `identity::is_current_format`), listed and cleaned as such.
-fn is_old_format(e: &ktstr_sdk::cache::CacheEntry) -> bool {
+pub(super) fn is_old_format(e: &ktstr_sdk::cache::CacheEntry) -> bool {
     !crate::identity::is_current_format(&e.key)
+}
+
+/// Bytes an entry takes: its directory on disk when the tier keeps one
+/// here, else the sizes its metadata records (a remote tier's entry).
+pub(super) fn entry_size(e: &ktstr_sdk::cache::CacheEntry) -> u64 {
+    if e.dir.is_dir() {
+        crate::byte_size::disk_usage(&e.dir)
+    } else {
+        e.metadata.artifacts.values().map(|a| a.size).sum()
+    }
+}
+
+pub(super) fn row_size(row: &Listed) -> Option<u64> {
+    match row {
+        Listed::Ok(e) => Some(entry_size(e)),
+        Listed::Corrupt { .. } => None,
+    }
+}
+
+pub(super) fn row_key(row: &Listed) -> String {
+    match row {
+        Listed::Ok(e) => e.key.to_string(),
+        Listed::Corrupt { key, .. } => key.clone(),
+    }
 }
 
 fn json_row(row: &Listed) -> serde_json::Value {
@@ -87,6 +110,7 @@ fn json_row(row: &Listed) -> serde_json::Value {
             "arch": e.metadata.arch,
             "source": e.metadata.source,
             "built_at": e.metadata.built_at,
+            "size": entry_size(e),
             "image": e.is_local().then(|| e.image()),
             "vmlinux": e.vmlinux().filter(|_| e.is_local()),
             "location": e.location,
@@ -107,22 +131,134 @@ fn json_row(row: &Listed) -> serde_json::Value {
             "key": key,
             "status": "corrupt",
             "reason": reason,
+            "size": null,
         }),
     }
 }
 
-pub fn list(as_json: bool, plugins: &[String], remote: bool) -> Result<()> {
-    let stages = stage_setup::stages_with_plugins(plugins)?;
-    if remote && stages.tiers.remotes().is_empty() {
+/// The `kernel list` table: KEY VERSION ARCH PROFILE SIZE BUILT STATUS
+/// SOURCE.
+const LIST_COLUMNS: [Column; 8] = [
+    Column {
+        header: "KEY",
+        min: 24,
+        middle: true,
+    },
+    Column {
+        header: "VERSION",
+        min: 0,
+        middle: false,
+    },
+    Column {
+        header: "ARCH",
+        min: 0,
+        middle: false,
+    },
+    Column {
+        header: "PROFILE",
+        min: 0,
+        middle: false,
+    },
+    Column {
+        header: "SIZE",
+        min: 0,
+        middle: false,
+    },
+    Column {
+        header: "BUILT",
+        min: 0,
+        middle: false,
+    },
+    Column {
+        header: "STATUS",
+        min: 10,
+        middle: false,
+    },
+    Column {
+        header: "SOURCE",
+        min: 20,
+        middle: false,
+    },
+];
+
+/// Too wide: the source shortens, then goes; the status shortens; the
+/// build time and profile go; only then does the key shorten (in its
+/// middle, so the version in front and the digest behind stay readable:
+/// keys are what people copy); then version and arch go. Key, size and
+/// status always stay.
+const LIST_GIVE_WAY: [GiveWay; 8] = [
+    GiveWay::Shorten(7),
+    GiveWay::Drop(7),
+    GiveWay::Shorten(6),
+    GiveWay::Drop(5),
+    GiveWay::Drop(3),
+    GiveWay::Shorten(0),
+    GiveWay::Drop(1),
+    GiveWay::Drop(2),
+];
+
+/// `2026-11-27T06:50:00Z` as `2026-11-27 06:50` (UTC): the table's width
+/// is worth more than the seconds.
+fn short_time(rfc3339: &str) -> String {
+    match (rfc3339.get(..10), rfc3339.get(11..16)) {
+        (Some(day), Some(time)) if rfc3339.as_bytes().get(10) == Some(&b'T') => {
+            format!("{day} {time}")
+        }
+        _ => rfc3339.to_string(),
+    }
+}
+
+fn table_row(row: &Listed, note: &str) -> Vec<String> {
+    match row {
+        Listed::Ok(e) => {
+            let m = &e.metadata;
+            let source = match &m.source.path {
+                Some(p) => format!("{} {} @ {}", m.source.kind, p, short_id(&m.source.identity)),
+                None => format!("{} {}", m.source.kind, short_id(&m.source.identity)),
+            };
+            let source = match &m.origin {
+                Some(from) => format!("{source} (pulled from {from})"),
+                None => source,
+            };
+            let status = if is_old_format(e) {
+                "old format"
+            } else if m.fragments.is_empty() {
+                "ok"
+            } else {
+                "ok (extra kconfig)"
+            };
+            vec![
+                e.key.to_string(),
+                m.version.clone().unwrap_or_else(|| "?".into()),
+                m.arch.clone(),
+                m.profile.clone(),
+                human(entry_size(e)),
+                short_time(&m.built_at),
+                status.to_string(),
+                format!("{source}{note}"),
+            ]
+        }
+        Listed::Corrupt { key, reason } => {
+            let mut cells = vec![key.clone()];
+            cells.extend(["?", "?", "?", "?", "?"].map(String::from));
+            cells.push(format!("corrupt: {reason}"));
+            cells.push(note.trim_start().to_string());
+            cells
+        }
+    }
+}
+
+pub fn list(args: &ListArgs) -> Result<()> {
+    let stages = stage_setup::stages_with_plugins(&args.plugins)?;
+    if args.remote && stages.tiers.remotes().is_empty() {
         eprintln!(
             "{LABEL}: warning: no remote cache tier is configured (add --plugin s3-cache or \
              caches = [\"s3-cache\"] in the config file); listing the local cache only"
         );
     }
-    let every_tier = remote || !plugins.is_empty();
+    let every_tier = args.remote || !args.plugins.is_empty();
     let (tier_of, rows): (Vec<&str>, Vec<Listed>) = rows(&stages, every_tier)?.into_iter().unzip();
-    let mut out = std::io::stdout().lock();
-    if as_json {
+    if args.json {
         let all: Vec<_> = rows
             .iter()
             .zip(&tier_of)
@@ -132,172 +268,67 @@ pub fn list(as_json: bool, plugins: &[String], remote: bool) -> Result<()> {
                 row
             })
             .collect();
-        writeln!(out, "{}", serde_json::to_string_pretty(&all)?)?;
-        return Ok(());
+        return crate::report::print_json(&all);
     }
-    writeln!(
-        out,
-        "{:<44} {:<12} {:<9} {:<8} {:<20} {:<21} SOURCE",
-        "KEY", "VERSION", "ARCH", "PROFILE", "BUILT", "STATUS"
-    )?;
-    for (row, tier) in rows.iter().zip(&tier_of) {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .zip(&tier_of)
         // With several tiers, say which one each row is from.
-        let note = if !every_tier {
-            String::new()
-        } else {
-            format!(" [{tier}]")
-        };
-        match row {
-            Listed::Ok(e) => {
-                let m = &e.metadata;
-                let source = match &m.source.path {
-                    Some(p) => {
-                        format!("{} {} @ {}", m.source.kind, p, short_id(&m.source.identity))
-                    }
-                    None => format!("{} {}", m.source.kind, short_id(&m.source.identity)),
-                };
-                let source = match &m.origin {
-                    Some(from) => format!("{source} (pulled from {from})"),
-                    None => source,
-                };
-                writeln!(
-                    out,
-                    "{:<44} {:<12} {:<9} {:<8} {:<20} {:<21} {source}{note}",
-                    e.key,
-                    m.version.as_deref().unwrap_or("?"),
-                    m.arch,
-                    m.profile,
-                    m.built_at,
-                    if is_old_format(e) {
-                        "old format"
-                    } else if m.fragments.is_empty() {
-                        "ok"
-                    } else {
-                        "ok (extra kconfig)"
-                    },
-                )?;
-            }
-            Listed::Corrupt { key, reason } => {
-                writeln!(
-                    out,
-                    "{key:<44} {:<12} {:<9} {:<8} {:<20} corrupt: {reason}{note}",
-                    "?", "?", "?", "?"
-                )?;
+        .map(|(row, tier)| {
+            table_row(
+                row,
+                &if every_tier {
+                    format!(" [{tier}]")
+                } else {
+                    String::new()
+                },
+            )
+        })
+        .collect();
+    let width = crate::table::width(args.wide);
+    let (mut lines, cut) = crate::table::render(&LIST_COLUMNS, &LIST_GIVE_WAY, &cells, width);
+    if !rows.is_empty() {
+        // Per tier, in listing order: how many entries and how much disk.
+        let mut totals: Vec<(&str, usize, u64)> = Vec::new();
+        for (row, tier) in rows.iter().zip(&tier_of) {
+            let size = row_size(row).unwrap_or(0);
+            match totals.iter_mut().find(|t| t.0 == *tier) {
+                Some(t) => {
+                    t.1 += 1;
+                    t.2 += size;
+                }
+                None => totals.push((tier, 1, size)),
             }
         }
+        for (tier, n, bytes) in totals {
+            let text = format!(
+                "total: {n} entr{}, {}{}",
+                if n == 1 { "y" } else { "ies" },
+                human(bytes),
+                if every_tier {
+                    format!(" [{tier}]")
+                } else {
+                    String::new()
+                }
+            );
+            lines.push(crate::table::shorten(
+                &text,
+                width.unwrap_or(usize::MAX),
+                false,
+            ));
+        }
     }
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
     if rows.is_empty() {
         eprintln!("{LABEL}: the cache is empty");
-    }
-    Ok(())
-}
-
-/// Which rows `clean --keep N` removes: every corrupt or old-format one,
-/// and every usable one past the N newest (`list` is newest first).
-fn doomed(rows: &[Listed], keep: usize) -> Vec<String> {
-    let mut kept = 0;
-    rows.iter()
-        .filter_map(|row| match row {
-            Listed::Ok(e) if !is_old_format(e) && kept < keep => {
-                kept += 1;
-                None
-            }
-            Listed::Ok(e) => Some(e.key.to_string()),
-            Listed::Corrupt { key, .. } => Some(key.clone()),
-        })
-        .collect()
-}
-
-fn confirm(question: &str) -> Result<bool> {
-    eprint!("{LABEL}: {question} [y/N] ");
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
-}
-
-pub fn clean(keep: Option<usize>, force: bool, plugins: &[String]) -> Result<()> {
-    let stages = stage_setup::stages_with_plugins(plugins)?;
-    let (cx, _progress) = super::host_context();
-    // Per tier: its cache and the keys to remove from it (`--keep` counts
-    // within each tier). Read-only tiers are never cleaned.
-    let mut plan: Vec<(&Tier, Vec<String>)> = Vec::new();
-    for (tier, is_local) in stages.tiers.scope(!plugins.is_empty()) {
-        if !is_local && is_read_only(tier) {
-            eprintln!("{LABEL}: not cleaning {}: it is read-only", tier.name);
-            continue;
-        }
-        let rows = match tier.stage.list(&cx) {
-            Ok(rows) => rows,
-            Err(e) if is_local => return Err(e.into()),
-            Err(e) => {
-                crate::report::eprint_warning(&format!("{}: cannot list: ", tier.name), &e);
-                continue;
-            }
-        };
-        let doomed = doomed(&rows, keep.unwrap_or(0));
-        if !doomed.is_empty() {
-            plan.push((tier, doomed));
-        }
-    }
-    let where_ = plan
-        .iter()
-        .map(|(t, _)| t.stage.describe())
-        .collect::<Vec<_>>()
-        .join(" and the ");
-    let total: usize = plan.iter().map(|(_, d)| d.len()).sum();
-    if total == 0 {
+    } else if cut {
         eprintln!(
-            "{LABEL}: nothing to remove from the {}",
-            stages.tiers.local().stage.describe()
-        );
-        return Ok(());
-    }
-    let question = format!(
-        "remove {total} entr{} from the {where_}?",
-        if total == 1 { "y" } else { "ies" },
-    );
-    if !force {
-        if !std::io::stdin().is_terminal() {
-            bail!(
-                "{question} refusing without confirmation; pass --force to remove them non-interactively"
-            );
-        }
-        if !confirm(&question)? {
-            eprintln!("{LABEL}: nothing removed");
-            return Ok(());
-        }
-    }
-    let mut in_use = 0;
-    let mut removed = 0;
-    for (tier, doomed) in &plan {
-        for key in doomed {
-            let parsed = match ktstr_sdk::cache::CacheKey::parse(key) {
-                Ok(k) => k,
-                Err(_) => {
-                    eprintln!(
-                        "{LABEL}: warning: {key}: not a valid key; remove it by hand from the cache directory"
-                    );
-                    continue;
-                }
-            };
-            match tier.stage.remove(&parsed, &cx) {
-                Ok(_) => removed += 1,
-                Err(e) => {
-                    in_use += 1;
-                    eprintln!("{LABEL}: warning: kept {key}: {e}");
-                }
-            }
-        }
-    }
-    eprintln!(
-        "{LABEL}: removed {removed} entr{}",
-        if removed == 1 { "y" } else { "ies" }
-    );
-    if in_use > 0 {
-        bail!(
-            "{in_use} entr{} could not be removed (see warnings above)",
-            if in_use == 1 { "y" } else { "ies" }
+            "{LABEL}: shortened to fit {} columns; --wide or --json shows everything",
+            width.unwrap_or(0)
         );
     }
     Ok(())
@@ -390,10 +421,10 @@ pub fn verify(keys: &[String], as_json: bool) -> Result<()> {
             removed,
         });
     }
-    let mut out = std::io::stdout().lock();
     if as_json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&verdicts)?)?;
+        crate::report::print_json(&verdicts)?;
     } else {
+        let mut out = std::io::stdout().lock();
         for v in &verdicts {
             match v.status {
                 "ok" => writeln!(out, "{:<44} ok", v.key)?,
@@ -426,26 +457,13 @@ pub fn verify(keys: &[String], as_json: bool) -> Result<()> {
     }
     Ok(())
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn corrupt(k: &str) -> Listed {
-        Listed::Corrupt {
-            key: k.into(),
-            reason: "bad".into(),
-        }
-    }
-
     #[test]
-    fn keep_zero_removes_everything() {
-        let rows = vec![corrupt("a"), corrupt("b")];
-        assert_eq!(doomed(&rows, 0), ["a", "b"]);
-        assert_eq!(
-            doomed(&rows, 5),
-            ["a", "b"],
-            "corrupt entries never count as kept"
-        );
+    fn short_time_drops_seconds_only_from_rfc3339() {
+        assert_eq!(short_time("2026-11-27T06:50:00Z"), "2026-11-27 06:50");
+        assert_eq!(short_time("yesterday"), "yesterday");
     }
 }

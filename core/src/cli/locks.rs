@@ -4,8 +4,9 @@
 //! The host lists its own build (per key) and source-tree locks; each
 //! selected stage lists its own through its `locks()` hook
 //! ([`ktstr_sdk::lock_list`]), so this command knows no plugin's lock
-//! files. Lock files are never deleted (see docs/cache.md), so the listing
-//! shows everything ever locked; holders come from `/proc/locks`.
+//! files. Holders come from `/proc/locks`. By default only locks someone
+//! holds or waits for are shown; `--all` shows every lock file (those of
+//! removed entries are pruned by `kernel clean`, see `ktstr_sdk::lock::prune`).
 
 use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
@@ -19,6 +20,7 @@ use ktstr_sdk::lock_list::{self, LockInfo};
 use ktstr_sdk::paths;
 
 use crate::registry::Stages;
+use crate::table::{Column, GiveWay};
 
 #[derive(Debug, Args)]
 pub struct LocksArgs {
@@ -28,6 +30,13 @@ pub struct LocksArgs {
     /// Redraw every second until Ctrl-C.
     #[arg(long)]
     pub watch: bool,
+    /// Show every lock file, also the free ones (default: only locks
+    /// someone holds or waits for).
+    #[arg(long)]
+    pub all: bool,
+    /// Never shorten lock names or holders to fit the terminal.
+    #[arg(long)]
+    pub wide: bool,
 }
 
 /// The host's own locks: per-key build locks and source-tree locks.
@@ -84,38 +93,84 @@ fn natural(id: &str) -> (u64, String) {
     (id.parse().unwrap_or(u64::MAX), id.to_string())
 }
 
-fn render(rows: &[LockInfo], out: &mut impl Write) -> std::io::Result<()> {
+const COLUMNS: [Column; 4] = [
+    Column {
+        header: "KIND",
+        min: 0,
+        middle: false,
+    },
+    Column {
+        header: "LOCK",
+        min: 24,
+        middle: true,
+    },
+    Column {
+        header: "STATE",
+        min: 0,
+        middle: false,
+    },
+    Column {
+        header: "WHO",
+        min: 24,
+        middle: false,
+    },
+];
+
+/// Too wide: the holders' command lines shorten first, then the lock's
+/// name (a key, a tree path) in its middle.
+const GIVE_WAY: [GiveWay; 2] = [GiveWay::Shorten(3), GiveWay::Shorten(1)];
+
+fn render(
+    rows: &[LockInfo],
+    all: bool,
+    width: Option<usize>,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
     if rows.is_empty() {
-        return writeln!(
-            out,
-            "no locks (nothing has been built with this cache root)"
-        );
+        return if all {
+            writeln!(
+                out,
+                "no locks (nothing has been built with this cache root)"
+            )
+        } else {
+            writeln!(
+                out,
+                "no lock is held or awaited (--all lists every lock file)"
+            )
+        };
     }
-    writeln!(out, "{:<7} {:<36} {:<8} WHO", "KIND", "LOCK", "STATE")?;
-    for row in rows {
-        let held = row.holders.iter().filter(|h| !h.waiting).count();
-        let waiting = row.holders.len() - held;
-        let state = match (held, waiting) {
-            (0, 0) => "free".to_string(),
-            (_, 0) => "held".to_string(),
-            (_, w) => format!("held+{w}w"),
-        };
-        let what = if row.guards.is_empty() {
-            row.id.clone()
-        } else {
-            format!("{} ({})", row.id, row.guards)
-        };
-        let who = if row.holders.is_empty() {
-            String::new()
-        } else {
-            lock::describe_holders(&row.holders)
-        };
-        writeln!(out, "{:<7} {:<36} {:<8} {who}", row.kind, what, state)?;
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            let held = row.holders.iter().filter(|h| !h.waiting).count();
+            let waiting = row.holders.len() - held;
+            let state = match (held, waiting) {
+                (0, 0) => "free".to_string(),
+                (_, 0) => "held".to_string(),
+                (_, w) => format!("held+{w}w"),
+            };
+            let what = if row.guards.is_empty() {
+                row.id.clone()
+            } else {
+                format!("{} ({})", row.id, row.guards)
+            };
+            let who = if row.holders.is_empty() {
+                String::new()
+            } else {
+                lock::describe_holders(&row.holders)
+            };
+            vec![row.kind.clone(), what, state, who]
+        })
+        .collect();
+    let (lines, _) = crate::table::render(&COLUMNS, &GIVE_WAY, &cells, width);
+    for line in lines {
+        writeln!(out, "{line}")?;
     }
     Ok(())
 }
 
-pub fn run(as_json: bool, watch: bool) -> Result<()> {
+pub fn run(args: &LocksArgs) -> Result<()> {
+    let (as_json, watch) = (args.json, args.watch);
     let root = paths::cache_root()?;
     // Stages find their own lock files (a stage's settings may move them).
     let stages = crate::stage_setup::setup(&crate::stage_setup::Overrides::default())?.stages()?;
@@ -124,18 +179,20 @@ pub fn run(as_json: bool, watch: bool) -> Result<()> {
         crate::interrupt::install(&cancel);
     }
     loop {
-        let rows = collect(&root, &stages)?;
-        let mut out = std::io::stdout().lock();
+        let mut rows = collect(&root, &stages)?;
+        if !args.all {
+            rows.retain(|r| !r.holders.is_empty());
+        }
         if as_json {
-            writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+            crate::report::print_json(&rows)?;
         } else {
+            let mut out = std::io::stdout().lock();
             if watch && std::io::stdout().is_terminal() {
                 write!(out, "\x1b[H\x1b[2J")?;
             }
-            render(&rows, &mut out)?;
+            render(&rows, args.all, crate::table::width(args.wide), &mut out)?;
+            out.flush()?;
         }
-        out.flush()?;
-        drop(out);
         if !watch {
             return Ok(());
         }
@@ -204,7 +261,7 @@ mod tests {
         assert_eq!(rows[0].holders[0].pid, std::process::id());
         assert!(rows[1].holders.is_empty());
         let mut text = Vec::new();
-        render(&rows, &mut text).unwrap();
+        render(&rows, true, None, &mut text).unwrap();
         let text = String::from_utf8(text).unwrap();
         assert!(
             text.contains("2 (cpus 4-7)") && text.contains("held"),

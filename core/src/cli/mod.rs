@@ -4,8 +4,10 @@
 //! line prefixed `ktstr: `. Exit codes: 0 success, 1 failure, 2 usage.
 
 mod build;
+mod build_json;
 mod cache;
 mod kernel;
+mod kernel_clean;
 mod locks;
 mod log;
 mod plugins;
@@ -162,16 +164,8 @@ pub fn main() -> i32 {
     crate::progress::set_stream_output(cli.verbose > 0);
     let result = match cli.command {
         Command::Build(args) => build::run(&args),
-        Command::Kernel(KernelCommand::List {
-            json,
-            plugins,
-            remote,
-        }) => kernel::list(json, &plugins, remote),
-        Command::Kernel(KernelCommand::Clean {
-            keep,
-            force,
-            plugins,
-        }) => kernel::clean(keep, force, &plugins),
+        Command::Kernel(KernelCommand::List(args)) => kernel::list(&args),
+        Command::Kernel(KernelCommand::Clean(args)) => kernel::clean(&args),
         Command::Kernel(KernelCommand::Log(LogArgs { key })) => log::run(&key),
         Command::Kernel(KernelCommand::Verify { keys, json }) => kernel::verify(&keys, json),
         Command::Plugins(PluginsCommand::List { json }) => plugins::list(json),
@@ -182,9 +176,11 @@ pub fn main() -> i32 {
             sdk_path,
             dir,
         }) => plugins::new(&name, kind, sdk_path.as_deref(), dir.as_deref()),
-        Command::Locks(LocksArgs { json, watch }) => locks::run(json, watch),
+        Command::Locks(args) => locks::run(&args),
         Command::Cache(CacheCommand::Push { key, plugins }) => cache::push(&key, &plugins),
-        Command::Cache(CacheCommand::Pull { key, plugins }) => cache::pull(&key, &plugins),
+        Command::Cache(CacheCommand::Pull { key, plugins, json }) => {
+            cache::pull(&key, &plugins, json)
+        }
         Command::Completions(args) => shell::completions(&args),
         Command::Man(args) => shell::man(&args),
     };

@@ -95,7 +95,7 @@ pub fn list(as_json: bool) -> Result<()> {
             })
             .chain(libraries.iter().flat_map(|l| l.json_rows(&dyn_selected)))
             .collect();
-        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        crate::report::print_json(&rows)?;
         return Ok(());
     }
     writeln!(
@@ -277,7 +277,7 @@ pub fn info(raw: &str, as_json: bool) -> Result<()> {
                     .map(|p| json!({"kind": p.constructor.kind(), "name": p.name, "summary": p.summary}))
                     .collect();
                 let row = json!({"name": name, "version": found[0].version, "origin": "builtin", "stages": stages});
-                writeln!(out, "{}", serde_json::to_string_pretty(&row)?)?;
+                crate::report::print_json(&row)?;
             } else {
                 writeln!(out, "plugin   {name} {} (built in)", found[0].version)?;
                 for p in &found {
@@ -306,7 +306,7 @@ pub fn info(raw: &str, as_json: bool) -> Result<()> {
             "sdk_version": p.manifest.sdk_version,
             "stages": p.manifest.stages,
         });
-        writeln!(out, "{}", serde_json::to_string_pretty(&row)?)?;
+        crate::report::print_json(&row)?;
         return Ok(());
     }
     write_info(&mut out, &p.path, &p)?;

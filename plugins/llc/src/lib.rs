@@ -7,21 +7,21 @@
 //! 1. sizes the budget: `--cpu-cap N` (an explicit contract), else
 //!    `budget_percent` (30%) of the CPUs this process may run on;
 //! 2. plans that many CPUs in whole LLCs on one NUMA node ([`plan`]) from
-//!    the sysfs topology ([`topology`]);
+//!    the sysfs topology;
 //! 3. takes the planned LLCs' lock files, all or nothing, re-planning when
-//!    it loses a race and waiting (saying for whom) when nothing is free
-//!    ([`locks`]);
-//! 4. creates a cpuset cgroup for the build's processes ([`cgroup`]).
+//!    it loses a race and waiting (saying for whom) when nothing is free;
+//! 4. creates a cpuset cgroup for the build's processes.
+//!
+//! Only the policy (budget, plan, waiting) lives here: topology, locks and
+//! sandbox are the SDK's reservation blocks ([`ktstr_sdk::cpus`]), shared
+//! with every other reserver.
 //!
 //! When the CPUs cannot be confined (no topology, no cpuset controller, no
 //! permission) an explicit cap fails with the remedies; the default budget
 //! warns once and builds with `make -jN` only. The model is described in
 //! docs/reservation.md.
 
-pub mod cgroup;
-pub mod locks;
 pub mod plan;
-pub mod topology;
 
 #[cfg(test)]
 mod tests;
@@ -31,12 +31,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ktstr_sdk::config::ConfigReader;
+use ktstr_sdk::cpus::{self, Confined, CpuSet, Host, Sandbox, Topology, degrade, locks};
 use ktstr_sdk::lock::FileLock;
-use ktstr_sdk::paths;
 use ktstr_sdk::prelude::*;
 
 use crate::plan::{NoPlan, Plan};
-use crate::topology::{CpuSet, Topology};
+
+pub use ktstr_sdk::cpus::{REMEDIES, allowed_cpus};
 
 /// The plugin's registered name.
 pub const NAME: &str = "llc";
@@ -108,39 +109,6 @@ pub struct LlcReserver {
     pub config: LlcConfig,
 }
 
-/// Keeps the reservation: the sandbox is removed before the locks are
-/// released, so a peer that sees an LLC free never finds this build's
-/// processes still confined to it.
-struct Held {
-    sandbox: Option<cgroup::Sandbox>,
-    _locks: Vec<FileLock>,
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        // Explicit, not just field order: the sandbox goes first.
-        drop(self.sandbox.take());
-    }
-}
-
-/// What to tell the user when the CPUs cannot be confined.
-pub const REMEDIES: &str = "run ktstr as root; or in a cgroup delegated to you, e.g. \
-    `systemd-run --user --scope -p Delegate=yes ktstr build ...`; or build without a CPU \
-    reservation: `--reserver none`, or KTSTR_BYPASS_LLC_LOCKS=1 (not with --cpu-cap); or \
-    leave out --cpu-cap to build best-effort";
-
-/// CPUs this process may run on (sched_getaffinity).
-pub fn allowed_cpus() -> Result<CpuSet> {
-    use nix::sched::{CpuSet as NixSet, sched_getaffinity};
-    let set = sched_getaffinity(nix::unistd::Pid::from_raw(0)).map_err(|e| {
-        StageError::new(ErrorKind::Io, "read this process's CPU affinity")
-            .caused_by(std::io::Error::from(e))
-    })?;
-    Ok((0..NixSet::count())
-        .filter(|&c| set.is_set(c).unwrap_or(false))
-        .collect())
-}
-
 fn unreserved(make_jobs: usize) -> Reservation {
     Reservation {
         cpus: Vec::new(),
@@ -161,10 +129,16 @@ impl LlcReserver {
     /// `KTSTR_LOCK_DIR`, else the configured `lock_dir`, else
     /// `<cache root>/.locks`.
     pub fn lock_dir(&self) -> Result<PathBuf> {
-        Ok(locks::cpu_lock_dir(
-            &paths::cache_root()?,
-            self.config.lock_dir.as_deref(),
-        ))
+        self.host().lock_dir()
+    }
+
+    /// Where this reserver reads the host's CPU facts.
+    pub fn host(&self) -> Host {
+        Host {
+            sysfs_root: self.config.sysfs_root.clone(),
+            cgroup_root: self.config.cgroup_root.clone(),
+            lock_dir: self.config.lock_dir.clone(),
+        }
     }
 
     /// Reserve for a process allowed to run on `allowed`.
@@ -206,7 +180,7 @@ impl LlcReserver {
         if usable == 0 {
             let e = StageError::not_found(format!(
                 "none of this process's CPUs ({}) appear in the topology under {}",
-                topology::format_cpulist(allowed),
+                cpus::format_cpulist(allowed),
                 self.config.sysfs_root.display()
             ));
             soften(
@@ -231,7 +205,7 @@ impl LlcReserver {
         locks::check_lock_dir(&lock_dir)?;
 
         // Before waiting for anyone: a contract that cannot be kept fails now.
-        let hierarchy = match cgroup::detect_for_self(&self.config.cgroup_root) {
+        let hierarchy = match self.host().cpuset_hierarchy() {
             Ok(h) => Some(h),
             Err(e) => {
                 soften(
@@ -242,16 +216,11 @@ impl LlcReserver {
                 None
             }
         };
-        if let Some(h) = &hierarchy {
-            for dir in cgroup::sweep(h) {
-                tracing::info!("removed orphaned sandbox {}", dir.display());
-            }
-        }
 
         let (plan, held) = acquire(&topo, allowed, want, &lock_dir, cx)?;
 
         let sandbox = match &hierarchy {
-            Some(h) => match make_sandbox(h, &plan, cx) {
+            Some(h) => match Sandbox::create_joinable(h, &plan.cpus, &plan.mems, cx) {
                 Ok(sb) => Some(sb),
                 Err(e) => {
                     // On error `held` drops here and releases the LLCs.
@@ -274,44 +243,7 @@ impl LlcReserver {
                 " (not enforced)"
             }
         ));
-        Ok(Reservation {
-            make_jobs: plan.cpus.len(),
-            cpus: plan.cpus,
-            mems: plan.mems,
-            sandbox_procs: sandbox.as_ref().map(cgroup::Sandbox::procs),
-            guard: Some(Box::new(Held {
-                sandbox,
-                _locks: held,
-            })),
-        })
-    }
-}
-
-/// The CPUs cannot be confined: fatal for an explicit cap (a contract),
-/// one warning for the default budget.
-fn degrade(
-    explicit: bool,
-    want: usize,
-    cx: &StageContext,
-    problem: StageError,
-    what_happens: &str,
-) -> Result<()> {
-    if explicit {
-        let kind = match problem.kind {
-            ErrorKind::Io => ErrorKind::Io,
-            _ => ErrorKind::Unsupported,
-        };
-        let mut e = StageError::new(
-            kind,
-            format!("--cpu-cap {want} cannot be enforced: {}", problem.message),
-        );
-        e.causes = problem.causes;
-        Err(e.with_hint(REMEDIES))
-    } else {
-        cx.progress.warn(&format!(
-            "CPU reservation is best-effort: {problem}; {what_happens}. To enforce it: {REMEDIES}"
-        ));
-        Ok(())
+        Ok(Confined::new(sandbox, held).into_reservation(plan.cpus, plan.mems))
     }
 }
 
@@ -324,33 +256,6 @@ impl Reserver for LlcReserver {
     fn locks(&self) -> Result<Vec<ktstr_sdk::lock_list::LockInfo>> {
         Ok(locks::list(&self.lock_dir()?))
     }
-}
-
-/// Create the sandbox and prove a process can join it (the same way the
-/// build's processes will), so a permission problem surfaces now and not
-/// as a failed `make`.
-fn make_sandbox(h: &cgroup::Hierarchy, plan: &Plan, cx: &StageContext) -> Result<cgroup::Sandbox> {
-    let sb = cgroup::Sandbox::create(h, &plan.cpus, &plan.mems)?;
-    let mut probe = CommandSpec::new("true");
-    probe.cgroup_procs = Some(sb.procs());
-    let out = cx.runner.capture(&probe).map_err(|e| {
-        StageError::new(
-            ErrorKind::Io,
-            format!("a process cannot join the sandbox {}", sb.procs().display()),
-        )
-        .caused_by(e)
-    })?;
-    if out.code != Some(0) {
-        return Err(StageError::new(
-            ErrorKind::Io,
-            format!(
-                "probe process in sandbox {} exited with {:?}",
-                sb.dir().display(),
-                out.code
-            ),
-        ));
-    }
-    Ok(sb)
 }
 
 /// Plan and lock: take the planned LLCs all or nothing; on a lost race

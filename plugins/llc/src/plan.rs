@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 
 use ktstr_sdk::prelude::*;
 
-use crate::topology::{CpuSet, Topology, format_cpulist};
+use ktstr_sdk::cpus::{CpuSet, Topology, format_cpulist};
 
 /// Default budget: this share of the allowed CPUs, rounded up.
 pub const DEFAULT_BUDGET_PERCENT: u32 = 30;
@@ -285,29 +285,14 @@ pub fn plan(
     llcs.sort_by_key(|l| l.id);
     let mut cpus: Vec<usize> = llcs.iter().flat_map(|l| l.cpus.iter().copied()).collect();
     cpus.sort_unstable();
-    let mut mems: BTreeSet<usize> = cpus
-        .iter()
-        .filter_map(|&c| topo.node_of(c))
-        .filter(|n| topo.memory_nodes.contains(n))
-        .collect();
-    if mems.is_empty() {
-        // CPU-only nodes: any node with memory will do.
-        mems = topo.memory_nodes.clone();
-    }
-    if mems.is_empty() {
-        mems.insert(0);
-    }
-    Ok(Plan {
-        llcs,
-        cpus,
-        mems: mems.into_iter().collect(),
-    })
+    let mems = topo.mems_for(&cpus);
+    Ok(Plan { llcs, cpus, mems })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::Llc;
+    use ktstr_sdk::cpus::Llc;
 
     /// `llcs[i]` = (cpus, node); LLC id = i. `smt` = sibling group size.
     fn topo(llcs: &[(&[usize], usize)], smt: usize) -> Topology {

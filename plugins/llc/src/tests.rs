@@ -12,7 +12,8 @@ use ktstr_sdk::runner::SystemRunner;
 use ktstr_sdk::testing::{RecordingProgress, context_with};
 
 use super::*;
-use crate::topology::fake::FakeMachine;
+use ktstr_sdk::cpus::sandbox as cgroup;
+use ktstr_sdk::cpus::topology::{self, fake::FakeMachine};
 
 struct Env {
     dir: tempfile::TempDir,
@@ -613,4 +614,19 @@ fn real_default_budget_on_this_host() {
     assert!(res.sandbox_procs.is_some());
     assert!(progress.warnings().is_empty(), "{:?}", progress.warnings());
     assert!(SystemRunner.capture(&CommandSpec::new("true")).is_ok());
+}
+
+#[test]
+fn passes_the_reserver_conformance_suite_on_a_synthetic_machine() {
+    let e = four_llcs();
+    let report = ktstr_sdk::conformance::reserver::check(&e.reserver);
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
+}
+
+#[test]
+fn real_passes_the_reserver_conformance_suite() {
+    let Some((_dir, r, _h)) = real_host() else {
+        return;
+    };
+    ktstr_sdk::conformance::reserver::assert_conforms(&r);
 }

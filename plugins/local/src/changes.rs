@@ -1,7 +1,8 @@
 //! Whether HEAD, the index and the work tree differ in a tracked file.
 //!
-//! The comparison half of the probe: a gix status walk, tuned to stop at
-//! the first change, and the rule for which status items make a tree
+//! The comparison half of the probe: when HEAD and the index agree, the
+//! stat fast path ([`crate::stat_match`]) answers for an untouched tree;
+//! otherwise a gix status walk, tuned to stop at the first change, and the rule for which status items make a tree
 //! dirty (stat-only updates, untracked files and submodules do not).
 
 use gix::bstr::{BStr, ByteSlice};
@@ -26,6 +27,13 @@ pub(crate) fn has_tracked_changes(
         .tree()
         .is_some_and(|t| t.num_entries.is_some() && t.id == head_tree)
         && index.entries().iter().all(|e| e.stage_raw() == 0);
+
+    if index_matches_head
+        && let Some(workdir) = repo.workdir()
+        && crate::stat_match::all_tracked_files_match(workdir, &index, prefix)
+    {
+        return Ok(false);
+    }
 
     let platform = repo
         .status(gix::progress::Discard)?

@@ -13,6 +13,7 @@
 mod changes;
 mod probe;
 mod spec;
+mod stat_match;
 mod tree;
 
 use std::path::PathBuf;

@@ -82,6 +82,16 @@ fn probe_inner(path: &Path) -> Result<SourceState> {
     {
         tracing::debug!("cannot skip the index checksum: {e}");
     }
+    // git on Linux compares the nanoseconds of mtime and ctime (its USE_NSEC
+    // build flag); gix does not unless told. Without them, a same-size edit
+    // whose mtime is put back within the second of the last stat change
+    // looks untouched, and the tree would be cached as its HEAD.
+    if let Err(e) = repo
+        .config_snapshot_mut()
+        .set_value(&gix::config::tree::gitoxide::Core::USE_NSEC, "true")
+    {
+        tracing::debug!("cannot compare nanoseconds: {e}");
+    }
     let fail = |what: &str| {
         let what = what.to_string();
         let tree = tree.clone();

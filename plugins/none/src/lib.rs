@@ -150,4 +150,10 @@ mod tests {
             .unwrap();
         assert_eq!(r.make_jobs, 1);
     }
+
+    #[test]
+    fn passes_the_reserver_conformance_suite() {
+        // No CPUs granted: the suite checks the cap rules and make -j.
+        ktstr_sdk::conformance::reserver::assert_conforms(&NoneReserver);
+    }
 }

@@ -12,58 +12,37 @@
 //! hosts = { build1 = "0-15", build2 = "8-15,24-31" }
 //! ```
 //!
-//! `$KTSTR_FIXED_CPUS` (same syntax) overrides the table. The build gets
-//! `make -j<number of CPUs>` and the CPU list in its reservation; with
-//! `--cpu-cap N` it gets the first N of them, and asking for more than the
-//! host's list is an error. This reserver does not confine make to the
-//! CPUs itself (the built-in `llc` reserver shows how, with a cgroup).
+//! `$KTSTR_FIXED_CPUS` (same syntax) overrides the table. With `--cpu-cap N`
+//! the build gets the first N CPUs of the list; asking for more is an error.
+//! This file only decides *which* CPUs: the SDK's reservation blocks
+//! ([`ktstr_sdk::cpus::Host::confine`]) lock them with the protocol every
+//! ktstr on the host shares and confine make to them with a cpuset cgroup.
+//! Where the host cannot confine, `--cpu-cap` fails with the remedies and
+//! a build without it warns once.
 
 use std::collections::BTreeMap;
 
+use ktstr_sdk::cpus::{CpuSet, Host, parse_cpulist};
 use ktstr_sdk::export::Plugin;
 use ktstr_sdk::prelude::*;
 
 pub const NAME: &str = "fixed-cpus";
 pub const ENV: &str = "KTSTR_FIXED_CPUS";
 
-/// Parse `0-3,8,10-11` into CPU numbers (sorted, no duplicates).
-pub fn parse_cpu_list(raw: &str) -> std::result::Result<Vec<usize>, String> {
-    let mut cpus = Vec::new();
-    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let num = |s: &str| {
-            s.trim()
-                .parse::<usize>()
-                .map_err(|_| format!("{s:?} is not a CPU number"))
-        };
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b) = (num(a)?, num(b)?);
-                if a > b {
-                    return Err(format!("range {part:?} runs backwards"));
-                }
-                cpus.extend(a..=b);
-            }
-            None => cpus.push(num(part)?),
-        }
-    }
-    cpus.sort_unstable();
-    cpus.dedup();
-    if cpus.is_empty() {
-        return Err(format!("{raw:?} names no CPUs"));
-    }
-    Ok(cpus)
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default()
-}
-
 /// The reserver: CPU lists by host name.
 #[derive(Debug, Clone, Default)]
 pub struct FixedCpus {
+    default: Option<CpuSet>,
+    hosts: BTreeMap<String, CpuSet>,
+    /// Where the host's CPU facts live (tests point it at temp dirs).
+    pub host: Host,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
     default: Option<String>,
+    #[serde(default)]
     hosts: BTreeMap<String, String>,
 }
 
@@ -73,57 +52,52 @@ fn config_error(why: String) -> StageError {
     ))
 }
 
+fn cpus(raw: &str, from: &str) -> Result<CpuSet> {
+    match parse_cpulist(raw) {
+        Ok(set) if !set.is_empty() => Ok(set),
+        Ok(_) => Err(config_error(format!("{from}: {raw:?} names no CPUs"))),
+        Err(e) => Err(config_error(format!("{from}: {e}"))),
+    }
+}
+
 impl FixedCpus {
     pub fn from_config(cfg: &PluginConfig) -> Result<Self> {
-        let mut me = Self::default();
-        let table = match cfg {
-            serde_json::Value::Null => return Ok(me),
-            serde_json::Value::Object(t) => t,
-            other => return Err(config_error(format!("config must be a table, got {other}"))),
+        if cfg.is_null() {
+            return Ok(Self::default());
+        }
+        let c: Config =
+            serde_json::from_value(cfg.clone()).map_err(|e| config_error(e.to_string()))?;
+        let mut me = Self {
+            default: c.default.map(|d| cpus(&d, "default")).transpose()?,
+            ..Self::default()
         };
-        for (k, v) in table {
-            match (k.as_str(), v) {
-                ("default", serde_json::Value::String(s)) => me.default = Some(s.clone()),
-                ("hosts", serde_json::Value::Object(hosts)) => {
-                    for (host, list) in hosts {
-                        let list = list.as_str().ok_or_else(|| {
-                            config_error(format!("hosts.{host} must be a CPU list string"))
-                        })?;
-                        parse_cpu_list(list)
-                            .map_err(|e| config_error(format!("hosts.{host}: {e}")))?;
-                        me.hosts.insert(host.clone(), list.to_string());
-                    }
-                }
-                (k, _) => {
-                    return Err(config_error(format!(
-                        "unexpected key {k:?} (known: default = \"LIST\", hosts = {{ NAME = \"LIST\" }})"
-                    )));
-                }
-            }
+        for (host, list) in c.hosts {
+            me.hosts
+                .insert(host.clone(), cpus(&list, &format!("hosts.{host}"))?);
         }
         Ok(me)
     }
 
     /// The CPU list for `host`, and where it came from.
-    pub fn cpus_for(&self, host: &str) -> Result<(Vec<usize>, String)> {
-        let (raw, from) = if let Some(env) = std::env::var(ENV).ok().filter(|v| !v.is_empty()) {
-            (env, format!("${ENV}"))
-        } else if let Some(list) = self.hosts.get(host) {
-            (list.clone(), format!("hosts.{host}"))
-        } else if let Some(list) = &self.default {
-            (list.clone(), "default".to_string())
-        } else {
-            return Err(config_error(format!("no CPU list for host {host:?}")));
+    pub fn cpus_for(&self, host: &str) -> Result<(CpuSet, String)> {
+        if let Some(env) = std::env::var(ENV).ok().filter(|v| !v.is_empty()) {
+            let from = format!("${ENV}");
+            return Ok((cpus(&env, &from)?, from));
+        }
+        let (set, from) = match (self.hosts.get(host), &self.default) {
+            (Some(set), _) => (set, format!("hosts.{host}")),
+            (None, Some(set)) => (set, "default".to_string()),
+            (None, None) => return Err(config_error(format!("no CPU list for host {host:?}"))),
         };
-        let cpus = parse_cpu_list(&raw).map_err(|e| config_error(format!("{from}: {e}")))?;
-        Ok((cpus, from))
+        Ok((set.clone(), from))
     }
 }
 
 impl Reserver for FixedCpus {
-    fn reserve(&self, request: &ReserveRequest, _cx: &StageContext) -> Result<Reservation> {
-        let host = hostname();
-        let (mut cpus, from) = self.cpus_for(&host)?;
+    fn reserve(&self, request: &ReserveRequest, cx: &StageContext) -> Result<Reservation> {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let host = host.trim();
+        let (mut cpus, from) = self.cpus_for(host)?;
         if let Some(cap) = request.cpu_cap {
             if cap > cpus.len() {
                 return Err(StageError::invalid_input(format!(
@@ -132,16 +106,13 @@ impl Reserver for FixedCpus {
                 ))
                 .with_hint(format!("pass --cpu-cap {} or less", cpus.len())));
             }
-            cpus.truncate(cap);
+            cpus = cpus.into_iter().take(cap).collect();
         }
-        tracing::info!("host {host}: building on CPUs {cpus:?} ({from})");
-        Ok(Reservation {
-            make_jobs: cpus.len(),
-            cpus,
-            mems: Vec::new(),
-            sandbox_procs: None,
-            guard: None,
-        })
+        self.host.confine(&cpus, request.cpu_cap.is_some(), cx)
+    }
+
+    fn locks(&self) -> Result<Vec<ktstr_sdk::lock_list::LockInfo>> {
+        Ok(ktstr_sdk::cpus::locks::list(&self.host.lock_dir()?))
     }
 }
 
@@ -159,14 +130,7 @@ ktstr_sdk::export_plugin!(plugin);
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_lists_parse() {
-        assert_eq!(parse_cpu_list("0-3,8, 2").unwrap(), [0, 1, 2, 3, 8]);
-        assert!(parse_cpu_list("3-1").is_err());
-        assert!(parse_cpu_list("x").is_err());
-        assert!(parse_cpu_list("").is_err());
-    }
+    use ktstr_sdk::conformance::reserver;
 
     #[test]
     fn hosts_then_default() {
@@ -176,9 +140,54 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(r.cpus_for("big").unwrap().0.len(), 8);
-        assert_eq!(r.cpus_for("other").unwrap().0, [0, 1]);
+        assert_eq!(r.cpus_for("other").unwrap().0, CpuSet::from([0, 1]));
         let e = FixedCpus::default().cpus_for("x").unwrap_err();
         assert!(e.message.contains("no CPU list"), "{e}");
-        assert!(FixedCpus::from_config(&serde_json::json!({"hosts": {"a": "z"}})).is_err());
+    }
+
+    #[test]
+    fn bad_config_names_the_key() {
+        for (cfg, says) in [
+            (serde_json::json!({"hosts": {"a": "z"}}), "hosts.a"),
+            (serde_json::json!({"default": "3-1"}), "backwards"),
+            (serde_json::json!({"default": ""}), "names no CPUs"),
+            (serde_json::json!({"cpus": "0"}), "unknown field `cpus`"),
+        ] {
+            let e = FixedCpus::from_config(&cfg).unwrap_err();
+            assert!(e.to_string().contains(says), "{cfg}: {e}");
+            assert!(e.hint.is_some());
+        }
+    }
+
+    /// The first allowed CPU, locks in a temp dir.
+    fn on_first_cpu() -> (FixedCpus, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let first = *ktstr_sdk::cpus::allowed_cpus().unwrap().first().unwrap();
+        let mut r =
+            FixedCpus::from_config(&serde_json::json!({ "default": first.to_string() })).unwrap();
+        r.host.lock_dir = Some(dir.path().join("locks"));
+        (r, dir)
+    }
+
+    #[test]
+    fn passes_the_reserver_conformance_suite() {
+        let (r, _dir) = on_first_cpu();
+        reserver::assert_conforms(&r);
+    }
+
+    #[test]
+    fn a_cpu_outside_the_affinity_mask_is_refused() {
+        let (mut r, _dir) = on_first_cpu();
+        let beyond = ktstr_sdk::cpus::allowed_cpus().unwrap().last().unwrap() + 1;
+        r.default = Some(CpuSet::from([beyond]));
+        let (cx, _) =
+            ktstr_sdk::testing::context_with(std::sync::Arc::new(ktstr_sdk::runner::SystemRunner));
+        let e = r
+            .reserve(&ReserveRequest { cpu_cap: None }, &cx)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("not available to this process"),
+            "{e}"
+        );
     }
 }

@@ -133,22 +133,57 @@ impl SharedDirCache {
     }
 
     /// Read and check one entry; `Ok(None)` when absent.
+    ///
+    /// Readers take no lock, so a writer may publish between our reading
+    /// the metadata and checking the files: a check that fails is retried
+    /// while the metadata keeps changing under us.
     fn read(&self, key: &CacheKey) -> Result<Option<CacheEntry>> {
-        let dir = self.entry_dir(key);
-        let meta_path = dir.join(METADATA_NAME);
-        let text = match std::fs::read_to_string(&meta_path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StageError::io("read", &meta_path, e)),
+        let mut tries = 0;
+        loop {
+            let (text, checked) = match self.read_once(key)? {
+                None => return Ok(None),
+                Some(read) => read,
+            };
+            match checked {
+                Err(e) if tries < 5 && self.metadata_text(key)?.as_ref() != Some(&text) => {
+                    tracing::debug!("{key} was replaced while being read ({e}); reading again");
+                    tries += 1;
+                }
+                checked => return checked.map(Some),
+            }
+        }
+    }
+
+    /// The entry's metadata file as text; `None` when there is no entry.
+    fn metadata_text(&self, key: &CacheKey) -> Result<Option<String>> {
+        let meta_path = self.entry_dir(key).join(METADATA_NAME);
+        match std::fs::read_to_string(&meta_path) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StageError::io("read", &meta_path, e)),
+        }
+    }
+
+    /// One unlocked read: the metadata text and the checked entry.
+    fn read_once(&self, key: &CacheKey) -> Result<Option<(String, Result<CacheEntry>)>> {
+        let Some(text) = self.metadata_text(key)? else {
+            return Ok(None);
         };
+        let checked = self.check(key, &text);
+        Ok(Some((text, checked)))
+    }
+
+    /// Check the entry whose metadata is `text`.
+    fn check(&self, key: &CacheKey, text: &str) -> Result<CacheEntry> {
+        let dir = self.entry_dir(key);
         let corrupt = |why: String| {
             StageError::corrupt(format!(
                 "shared cache entry {key} in {}: {why}",
                 dir.display()
             ))
         };
-        let metadata: Metadata = serde_json::from_str(&text)
-            .map_err(|e| corrupt(format!("bad {METADATA_NAME}: {e}")))?;
+        let metadata: Metadata =
+            serde_json::from_str(text).map_err(|e| corrupt(format!("bad {METADATA_NAME}: {e}")))?;
         if &metadata.key != key {
             return Err(corrupt(format!("metadata is for {}", metadata.key)));
         }
@@ -165,13 +200,27 @@ impl SharedDirCache {
                 Err(_) => return Err(corrupt(format!("{name} is missing"))),
             }
         }
-        Ok(Some(CacheEntry {
+        Ok(CacheEntry {
             key: key.clone(),
             dir,
             metadata,
             origin: NAME.into(),
             location: None,
-        }))
+        })
+    }
+
+    /// Refuse `action` (`store KEY`) when configured read-only.
+    fn refuse_if_read_only(&self, action: &str) -> Result<()> {
+        if !self.read_only {
+            return Ok(());
+        }
+        Err(StageError::new(
+            ErrorKind::Unsupported,
+            format!("cannot {action}: {} is read-only", self.describe()),
+        )
+        .with_hint(format!(
+            "set `read_only = false` under [plugin.{NAME}] on machines trusted to write"
+        )))
     }
 
     fn write_entry(
@@ -229,12 +278,7 @@ impl CacheBackend for SharedDirCache {
         metadata: &Metadata,
         cx: &StageContext,
     ) -> Result<CacheEntry> {
-        if self.read_only {
-            return Err(StageError::new(
-                ErrorKind::Unsupported,
-                format!("{}: read-only", self.describe()),
-            ));
-        }
+        self.refuse_if_read_only(&format!("store {key}"))?;
         let _lock = self.lock(key)?;
         let tmp = self.temp_dir("new", key);
         let stored = match self.write_entry(&tmp, artifacts, metadata, cx) {
@@ -302,6 +346,7 @@ impl CacheBackend for SharedDirCache {
     }
 
     fn remove(&self, key: &CacheKey, _: &StageContext) -> Result<bool> {
+        self.refuse_if_read_only(&format!("remove {key}"))?;
         let dest = self.entry_dir(key);
         if !dest.exists() {
             return Ok(false);

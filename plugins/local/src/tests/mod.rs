@@ -13,6 +13,7 @@ use crate::probe_tree;
 
 mod acquire;
 mod probe;
+mod stat_match;
 
 /// `git` is needed to build the fixture repositories.
 fn git_available() -> bool {

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use ktstr_sdk::prelude::*;
+use crate::prelude::*;
 
 /// A set of CPU or node numbers.
 pub type CpuSet = BTreeSet<usize>;
@@ -266,6 +266,23 @@ impl Topology {
             .map(|(n, _)| *n)
     }
 
+    /// Memory nodes for a build on `cpus`: the nodes of those CPUs that
+    /// have memory; for CPU-only nodes any node with memory; 0 at worst.
+    pub fn mems_for<'a>(&self, cpus: impl IntoIterator<Item = &'a usize>) -> Vec<usize> {
+        let mut mems: CpuSet = cpus
+            .into_iter()
+            .filter_map(|&c| self.node_of(c))
+            .filter(|n| self.memory_nodes.contains(n))
+            .collect();
+        if mems.is_empty() {
+            mems = self.memory_nodes.clone();
+        }
+        if mems.is_empty() {
+            mems.insert(0);
+        }
+        mems.into_iter().collect()
+    }
+
     /// `cpus` ordered so SMT siblings are adjacent: taking a prefix takes
     /// whole cores first.
     pub fn core_order(&self, cpus: &CpuSet) -> Vec<usize> {
@@ -290,9 +307,8 @@ impl Topology {
     }
 }
 
-/// Writes synthetic sysfs trees for tests (also used by this crate's
-/// integration-style unit tests).
-#[cfg(test)]
+/// Writes synthetic sysfs trees, so a reserver's tests describe a machine
+/// as a directory instead of needing one (point `sysfs_root` at it).
 pub mod fake {
     use super::*;
 
@@ -306,12 +322,15 @@ pub mod fake {
         pub smt: usize,
     }
 
+    /// Test helper: panics on I/O errors.
     fn write(path: &Path, text: &str) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, format!("{text}\n")).unwrap();
     }
 
     impl FakeMachine<'_> {
+        /// Write the machine's sysfs files below `root` (panics on I/O
+        /// errors: it is for tests).
         pub fn write(&self, root: &Path) {
             let cpu_root = root.join("devices/system/cpu");
             let mut all = Vec::new();

@@ -1,11 +1,14 @@
-//! Per-LLC lock files: how ktstr processes on one host tell each other
-//! which last-level caches are taken.
+//! The CPU lock protocol: how ktstr processes (and test runners) on one
+//! host tell each other which CPUs are taken.
 //!
-//! One file per LLC, `llc-<id>.lock` in the CPU lock directory. A build
-//! holds an exclusive `flock` on every LLC its plan touches for as long as
-//! it runs; the kernel drops the lock when the process dies, so a crash
-//! never leaves a stale reservation. A test run that only needs builds kept
-//! off its CPUs may hold LLC locks shared (see docs/reservation.md).
+//! One file per last-level cache, `llc-<id>.lock`, and one per CPU,
+//! `cpu-<n>.lock`, in the CPU lock directory. A build holds an exclusive
+//! `flock` on every LLC its CPUs touch for as long as it runs (a CPU lock
+//! only when the host's topology is unknown); the kernel drops the lock when
+//! the process dies, so a crash never leaves a stale reservation. Which
+//! mode each kind of holder takes is [`HolderKind::mode`] (docs/reservation.md
+//! has the table), so a perf test runner can take an LLC exclusively and a
+//! functional one shared.
 //!
 //! flock over NFS is emulated with byte-range locks on the server and over
 //! FUSE depends on the daemon; neither gives the crash-safe, host-local
@@ -14,10 +17,12 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use ktstr_sdk::lock::{self, FileLock, LockMode};
-use ktstr_sdk::lock_list::{self, LockInfo};
-use ktstr_sdk::paths;
-use ktstr_sdk::prelude::*;
+use crate::lock::{self, FileLock, LockMode};
+use crate::lock_list::{self, LockInfo};
+use crate::paths;
+use crate::prelude::*;
+
+use super::topology::{CpuSet, Topology};
 
 /// Overrides where CPU (LLC) locks live, so several cache roots on one host
 /// still coordinate their CPU use.
@@ -25,6 +30,71 @@ pub const LOCK_DIR_ENV: &str = "KTSTR_LOCK_DIR";
 
 /// File name prefix of an LLC lock, `llc-<id>.lock`.
 const PREFIX: &str = "llc-";
+/// File name prefix of a CPU lock, `cpu-<n>.lock`.
+const CPU_PREFIX: &str = "cpu-";
+
+/// Who takes a CPU lock, which decides its mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HolderKind {
+    /// A kernel build: its compilers pollute the cache, nobody else may
+    /// schedule there.
+    Build,
+    /// A test run whose numbers are measured: no build and no other
+    /// measured run may share its LLCs.
+    PerfTest,
+    /// A functional test run: keeps builds and perf runs off, but other
+    /// functional runs may share.
+    FunctionalTest,
+}
+
+impl HolderKind {
+    /// The `flock` mode this kind of holder takes.
+    pub fn mode(self) -> LockMode {
+        match self {
+            HolderKind::Build | HolderKind::PerfTest => LockMode::Exclusive,
+            HolderKind::FunctionalTest => LockMode::Shared,
+        }
+    }
+}
+
+/// One lock file of the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CpuLock {
+    /// A last-level cache, by its topology id.
+    Llc(usize),
+    /// A single CPU (used when the topology is unknown).
+    Cpu(usize),
+}
+
+impl CpuLock {
+    /// The lock file in `dir`.
+    pub fn path(self, dir: &Path) -> PathBuf {
+        match self {
+            CpuLock::Llc(id) => llc_lock(dir, id),
+            CpuLock::Cpu(n) => dir.join(format!("{CPU_PREFIX}{n}.lock")),
+        }
+    }
+}
+
+impl std::fmt::Display for CpuLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CpuLock::Llc(id) => write!(f, "LLC {id}"),
+            CpuLock::Cpu(n) => write!(f, "CPU {n}"),
+        }
+    }
+}
+
+/// The locks a build on `cpus` takes: the LLC of each CPU, or (CPUs the
+/// topology does not know, or no topology at all) the CPU itself.
+pub fn locks_for(cpus: &CpuSet, topology: Option<&Topology>) -> Vec<CpuLock> {
+    let mut out = BTreeSet::new();
+    for &c in cpus {
+        let llc = topology.and_then(|t| t.llcs.iter().find(|l| l.cpus.contains(&c)));
+        out.insert(llc.map_or(CpuLock::Cpu(c), |l| CpuLock::Llc(l.id)));
+    }
+    out.into_iter().collect()
+}
 
 /// Where CPU reservation (per-LLC) locks live: `$KTSTR_LOCK_DIR`, else the
 /// reserver's configured directory, else `<root>/.locks`.
@@ -112,17 +182,65 @@ pub fn try_lock_all(
     dir: &Path,
     ids: &[usize],
 ) -> Result<std::result::Result<Vec<FileLock>, usize>> {
-    let mut held = Vec::with_capacity(ids.len());
-    let mut sorted = ids.to_vec();
+    let locks: Vec<CpuLock> = ids.iter().map(|&id| CpuLock::Llc(id)).collect();
+    Ok(
+        try_lock_set(dir, &locks, HolderKind::Build)?.map_err(|l| match l {
+            CpuLock::Llc(id) | CpuLock::Cpu(id) => id,
+        }),
+    )
+}
+
+/// Take every lock in `locks` in `holder`'s mode without waiting, all or
+/// nothing, in one global order (so two takers never deadlock).
+/// `Ok(Err(lock))` names the first lock someone else holds.
+pub fn try_lock_set(
+    dir: &Path,
+    locks: &[CpuLock],
+    holder: HolderKind,
+) -> Result<std::result::Result<Vec<FileLock>, CpuLock>> {
+    let mut sorted = locks.to_vec();
     sorted.sort_unstable();
-    for id in sorted {
-        match lock::try_lock(&llc_lock(dir, id), LockMode::Exclusive)? {
-            Some(l) => held.push(l),
+    sorted.dedup();
+    let mut held = Vec::with_capacity(sorted.len());
+    for l in sorted {
+        match lock::try_lock(&l.path(dir), holder.mode())? {
+            Some(f) => held.push(f),
             // Dropping `held` releases what we took.
-            None => return Ok(Err(id)),
+            None => return Ok(Err(l)),
         }
     }
     Ok(Ok(held))
+}
+
+/// Take every lock in `locks` (see [`try_lock_set`]), waiting while any is
+/// held by someone else: one note naming the holders (again when they
+/// change), a look every 100 ms, and Ctrl-C (the cancellation flag) ends
+/// the wait. Nothing is held while waiting.
+pub fn lock_set(
+    dir: &Path,
+    locks: &[CpuLock],
+    holder: HolderKind,
+    cx: &StageContext,
+) -> Result<Vec<FileLock>> {
+    let mut last_note = String::new();
+    loop {
+        cx.cancel.check()?;
+        match try_lock_set(dir, locks, holder)? {
+            Ok(held) => return Ok(held),
+            Err(busy) => {
+                let note = format!(
+                    "waiting for {busy} {} (lock directory {})",
+                    lock::describe_holders(&lock::holders(&busy.path(dir))),
+                    dir.display()
+                );
+                if note != last_note {
+                    cx.progress.note(&note);
+                    last_note = note;
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// "LLC 2 held by pid 4242 (ktstr build ...)" for each id.
@@ -138,11 +256,19 @@ pub fn describe_busy(dir: &Path, ids: &[usize]) -> String {
         .join("; ")
 }
 
-/// Every `llc-<id>.lock` in `dir` with holders and waiters, numeric ids
-/// first in order (for `ktstr locks`). A missing directory lists nothing.
+/// Every `llc-<id>.lock` and `cpu-<n>.lock` in `dir` with holders and
+/// waiters, LLCs first, numeric ids in order (for `ktstr locks`). A missing
+/// directory lists nothing.
 pub fn list(dir: &Path) -> Vec<LockInfo> {
     let mut out = lock_list::list_dir(dir, "llc", PREFIX);
-    out.sort_by_key(|l| (l.id.parse::<usize>().unwrap_or(usize::MAX), l.id.clone()));
+    out.extend(lock_list::list_dir(dir, "cpu", CPU_PREFIX));
+    out.sort_by_key(|l| {
+        (
+            l.kind != "llc",
+            l.id.parse::<usize>().unwrap_or(usize::MAX),
+            l.id.clone(),
+        )
+    });
     out
 }
 

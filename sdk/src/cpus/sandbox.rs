@@ -20,6 +20,10 @@
 //! loss of a container) are removed by [`sweep`] on the next reservation;
 //! the pid in the name says whose they are.
 //!
+//! A reserver normally gets here through [`super::Host::cpuset_hierarchy`]
+//! and [`Sandbox::create_joinable`], and hands the sandbox to a
+//! [`super::Confined`] guard.
+//!
 //! The cgroup root is a parameter (default `/sys/fs/cgroup`). When the
 //! directory is not a cgroup filesystem (a test tree), files are created
 //! as they are written and the sandbox is removed recursively.
@@ -29,9 +33,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use ktstr_sdk::prelude::*;
+use crate::prelude::*;
 
-use crate::topology::format_cpulist;
+use super::topology::format_cpulist;
 
 /// Name prefix of every sandbox (and of the v2 leaf ktstr may move into).
 pub const PREFIX: &str = "ktstr-";
@@ -79,7 +83,8 @@ fn parse_self_cgroup(text: &str) -> Vec<(String, Vec<String>, String)> {
         .collect()
 }
 
-fn is_cgroupfs(path: &Path) -> bool {
+/// Whether `path` is on a cgroup (v1 or v2) filesystem, not a synthetic tree.
+pub fn is_cgroupfs(path: &Path) -> bool {
     use nix::sys::statfs::{CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, statfs};
     statfs(path).is_ok_and(|s| {
         let t = s.filesystem_type();
@@ -253,6 +258,38 @@ impl Sandbox {
         Ok(sandbox)
     }
 
+    /// [`Sandbox::create`], then prove a process can join it the way the
+    /// build's processes will (through `cx.runner`), so a permission
+    /// problem surfaces now and not as a failed `make`.
+    pub fn create_joinable(
+        h: &Hierarchy,
+        cpus: &[usize],
+        mems: &[usize],
+        cx: &StageContext,
+    ) -> Result<Self> {
+        let sb = Self::create(h, cpus, mems)?;
+        let mut probe = CommandSpec::new("true");
+        probe.cgroup_procs = Some(sb.procs());
+        let out = cx.runner.capture(&probe).map_err(|e| {
+            StageError::new(
+                ErrorKind::Io,
+                format!("a process cannot join the sandbox {}", sb.procs().display()),
+            )
+            .caused_by(e)
+        })?;
+        if out.code != Some(0) {
+            return Err(StageError::new(
+                ErrorKind::Io,
+                format!(
+                    "probe process in sandbox {} exited with {:?}",
+                    sb.dir().display(),
+                    out.code
+                ),
+            ));
+        }
+        Ok(sb)
+    }
+
     /// The `cgroup.procs` file a build process writes "0" to, to join.
     pub fn procs(&self) -> PathBuf {
         self.dir.join("cgroup.procs")
@@ -383,7 +420,7 @@ pub fn sweep(h: &Hierarchy) -> Vec<PathBuf> {
         let Some(pid) = name.to_str().and_then(owner_pid) else {
             continue;
         };
-        if !entry.path().is_dir() || ktstr_sdk::owned::pid_alive(pid) {
+        if !entry.path().is_dir() || crate::owned::pid_alive(pid) {
             continue;
         }
         let dir = entry.path();
