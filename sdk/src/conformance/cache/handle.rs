@@ -102,7 +102,9 @@ impl Handle {
     }
 
     pub fn try_remove(&self, key: &CacheKey) -> Caught<bool> {
-        guarded(&format!("remove {key}"), || self.backend.remove(key, &self.cx))
+        guarded(&format!("remove {key}"), || {
+            self.backend.remove(key, &self.cx)
+        })
     }
 
     /// A call that must succeed; its error becomes the observation.
