@@ -85,6 +85,7 @@ mod tests {
             dir: dir.to_path_buf(),
             metadata,
             origin: "local".into(),
+            location: None,
         }
     }
 

@@ -9,13 +9,20 @@
 //! Backends only store, find, list and remove. Results say what happened
 //! ([`Backfilled`]) instead of leaving callers to inspect paths.
 //!
+//! Two more pieces of the backend contract (docs/cache.md) are the host's
+//! and so live here: the [`Staging`] each lookup gets, which this type
+//! owns and removes (after a backfill, else when the run's `Tiers` is
+//! dropped), and `metadata.origin`, which backends store verbatim: a
+//! backfill sets it, and a store (a build, a push) clears it.
+//!
 //! It lives in core, not the SDK, because verifying a hit needs the host's
 //! key derivation ([`crate::identity`]) and the run's progress reporting.
 
+use std::path::PathBuf;
 use std::sync::Mutex;
 
-use ktstr_sdk::cache::{Artifacts, CacheBackend, CacheEntry, CacheKey, Metadata};
-use ktstr_sdk::context::StageContext;
+use ktstr_sdk::cache::{Artifacts, CacheBackend, CacheEntry, CacheKey, Metadata, Staging};
+use ktstr_sdk::context::{Cancellation, StageContext};
 use ktstr_sdk::error::ErrorKind;
 use ktstr_sdk::read_only::ReadOnly;
 use ktstr_sdk::{Result, StageError};
@@ -33,6 +40,11 @@ pub struct Tiers {
     /// Remote tiers that failed during this run: not asked again, so an
     /// unreachable remote costs one timeout and one warning, not one per call.
     down: Mutex<Vec<String>>,
+    /// Where lookups stage files; `None`: the cache root, when first needed.
+    staging_root: Option<PathBuf>,
+    /// The staging of every hit still served from it; dropped (removed)
+    /// with this value, at the end of the run, unless released earlier.
+    held: Mutex<Vec<Staging>>,
 }
 
 /// Where a remote hit ended up.
@@ -77,7 +89,62 @@ impl Tiers {
             local,
             remotes,
             down: Mutex::default(),
+            staging_root: None,
+            held: Mutex::default(),
         }
+    }
+
+    /// Stage lookups under `root` instead of the cache root.
+    pub fn with_staging_root(mut self, root: PathBuf) -> Self {
+        self.staging_root = Some(root);
+        self
+    }
+
+    /// Look `key` up in `tier`, lending it a fresh [`Staging`]. A hit
+    /// whose files are in it keeps the staging until [`Tiers::backfill`]
+    /// copied them or the run ends; otherwise it goes now.
+    pub fn lookup_in(
+        &self,
+        tier: &Tier,
+        key: &CacheKey,
+        cx: &StageContext,
+    ) -> Result<Option<CacheEntry>> {
+        // Only a backend that unpacks creates the directory; a lookup must
+        // not fail for want of a cache root it may never use.
+        let root = (self.staging_root.clone())
+            .or_else(|| ktstr_sdk::paths::cache_root().ok())
+            .unwrap_or_else(std::env::temp_dir);
+        let staging = Staging::new(&root);
+        let found = tier.stage.lookup(key, &staging, cx)?;
+        if let Some(e) = &found
+            && staging.holds(&e.dir)
+        {
+            self.held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(staging);
+        }
+        Ok(found)
+    }
+
+    /// Remove the staging that holds `entry`'s files, if any.
+    fn release(&self, entry: &CacheEntry) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.retain(|s| !s.holds(&entry.dir));
+    }
+
+    /// Store `entry` (from the local tier) in `tier`: what `cache push`
+    /// does. The copy there does not say where this machine got it from.
+    pub fn push_to(
+        &self,
+        tier: &Tier,
+        entry: &CacheEntry,
+        cx: &StageContext,
+    ) -> Result<CacheEntry> {
+        let mut metadata = entry.metadata.clone();
+        metadata.origin = None;
+        tier.stage
+            .store(&entry.key, &entry.artifacts(), &metadata, cx)
     }
 
     /// The authoritative local tier.
@@ -122,7 +189,7 @@ impl Tiers {
     /// panicked) is reported once and not asked again in this run.
     pub fn lookup(&self, derived: &DerivedKey, cx: &StageContext) -> Result<Option<CacheEntry>> {
         let key = &derived.key;
-        match self.local.stage.lookup(key) {
+        match self.lookup_in(&self.local, key, cx) {
             Ok(Some(entry)) if verified(derived, &entry, "the local cache", "rebuilding", cx) => {
                 return Ok(Some(entry));
             }
@@ -133,7 +200,7 @@ impl Tiers {
             Err(e) => return Err(e),
         }
         for tier in self.live_remotes() {
-            match tier.stage.lookup(key) {
+            match self.lookup_in(tier, key, cx) {
                 Ok(Some(entry)) if verified(derived, &entry, &tier.name, "not using it", cx) => {
                     return Ok(Some(self.backfill(tier, &entry, cx).entry()));
                 }
@@ -160,12 +227,12 @@ impl Tiers {
     /// The local tier's entry for `derived` if it is there and verified;
     /// a lookup error is a miss (the caller builds and the store replaces it).
     pub fn lookup_local(&self, derived: &DerivedKey, cx: &StageContext) -> Option<CacheEntry> {
-        (self.local.stage.lookup(&derived.key).ok().flatten())
+        (self.lookup_in(&self.local, &derived.key, cx).ok().flatten())
             .filter(|e| verified(derived, e, "the local cache", "rebuilding", cx))
     }
 
     /// Copy `remote` (found in `tier`) into the local tier, recording where
-    /// it came from.
+    /// it came from; its staging is removed once the copy is made.
     pub fn backfill(&self, tier: &Tier, remote: &CacheEntry, cx: &StageContext) -> Backfilled {
         let mut metadata = remote.metadata.clone();
         // Built-in tiers' descriptions start with their name: say it once.
@@ -178,9 +245,10 @@ impl Tiers {
         match self
             .local
             .stage
-            .store(&remote.key, &remote.artifacts(), &metadata)
+            .store(&remote.key, &remote.artifacts(), &metadata, cx)
         {
             Ok(entry) => {
+                self.release(remote);
                 cx.progress
                     .note(&format!("{} came from {described}", remote.key));
                 Backfilled::Local(entry)
@@ -196,11 +264,13 @@ impl Tiers {
         }
     }
 
-    /// Store into the local tier (its failure is an error: the user asked
-    /// for a cached kernel), then into every live writable remote (failures
-    /// warn). An interrupt stores nothing: the run is checked for
-    /// cancellation before the local store and after each step, and an
-    /// entry installed while the signal arrived is removed again.
+    /// Store a build into the local tier (its failure is an error: the
+    /// user asked for a cached kernel), then into every live writable
+    /// remote (failures warn). A build comes from nowhere else, so its
+    /// `origin` is cleared. An interrupt stores nothing: backends stop
+    /// through `cx`, the run is checked for cancellation before the local
+    /// store and after each step, and an entry installed while the signal
+    /// arrived is removed again.
     pub fn store(
         &self,
         key: &CacheKey,
@@ -209,10 +279,12 @@ impl Tiers {
         cx: &StageContext,
     ) -> Result<CacheEntry> {
         cx.cancel.check()?;
+        let mut metadata = metadata.clone();
+        metadata.origin = None;
         let entry = self
             .local
             .stage
-            .store(key, artifacts, metadata)
+            .store(key, artifacts, &metadata, cx)
             .map_err(|e| {
                 e.context(format!(
                     "storing {key} in the {}",
@@ -222,7 +294,7 @@ impl Tiers {
         self.undo_if_cancelled(key, cx)?;
         for tier in self.live_remotes().filter(|t| !is_read_only(t)) {
             self.undo_if_cancelled(key, cx)?;
-            if let Err(e) = tier.stage.store(key, artifacts, &entry.metadata) {
+            if let Err(e) = tier.stage.store(key, artifacts, &metadata, cx) {
                 crate::report::warn_error(
                     &*cx.progress,
                     &format!("{}: could not store {key}: ", tier.name),
@@ -240,7 +312,13 @@ impl Tiers {
         if !cx.cancel.is_cancelled() {
             return Ok(());
         }
-        if let Err(e) = self.local.stage.remove(key) {
+        // Under a context of its own: the run's says stop, and a backend
+        // that honours it would refuse the very removal that cleans up.
+        let undo = StageContext {
+            cancel: Cancellation::new(),
+            ..cx.clone()
+        };
+        if let Err(e) = self.local.stage.remove(key, &undo) {
             cx.progress.warn(&format!(
                 "interrupted while storing {key}; could not remove it again: {e}"
             ));
@@ -279,7 +357,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
 
-    use ktstr_sdk::cache::{Capabilities, KeyComponent, Listed, SourceInfo};
+    use ktstr_sdk::cache::{Capabilities, KeyComponent, Listed, SourceInfo, Staging};
     use ktstr_sdk::testing::{RecordingRunner, context_with};
 
     use super::*;
@@ -292,6 +370,14 @@ mod tests {
         fail_lookups: bool,
         fail_stores: bool,
         caps: Capabilities,
+        /// Unpack hits into the host's staging, as an archive tier does.
+        unpacks: bool,
+        /// Interrupt the run while storing (a signal during the store).
+        interrupt_on_store: bool,
+        /// Staging directories its hits went to.
+        staged: Mutex<Vec<std::path::PathBuf>>,
+        /// Whether the image a store was given could be read.
+        stored_readable: Mutex<Vec<bool>>,
     }
 
     impl Memory {
@@ -311,17 +397,42 @@ mod tests {
     }
 
     impl CacheBackend for Shared {
-        fn lookup(&self, key: &CacheKey) -> Result<Option<CacheEntry>> {
+        fn lookup(
+            &self,
+            key: &CacheKey,
+            staging: &Staging,
+            _: &StageContext,
+        ) -> Result<Option<CacheEntry>> {
             self.calls.lock().unwrap().push(format!("lookup {key}"));
             if self.fail_lookups {
                 return Err(StageError::new(ErrorKind::Io, "unreachable"));
             }
-            Ok(self.entries.lock().unwrap().get(key.as_str()).cloned())
+            let found = self.entries.lock().unwrap().get(key.as_str()).cloned();
+            match found {
+                Some(mut e) if self.unpacks => {
+                    e.dir = staging.dir()?.join(key.as_str());
+                    std::fs::create_dir(&e.dir).unwrap();
+                    std::fs::write(e.image(), b"kernel").unwrap();
+                    self.staged.lock().unwrap().push(e.dir.clone());
+                    Ok(Some(e))
+                }
+                found => Ok(found),
+            }
         }
-        fn store(&self, key: &CacheKey, _: &Artifacts, m: &Metadata) -> Result<CacheEntry> {
+        fn store(
+            &self,
+            key: &CacheKey,
+            a: &Artifacts,
+            m: &Metadata,
+            cx: &StageContext,
+        ) -> Result<CacheEntry> {
             self.calls.lock().unwrap().push(format!("store {key}"));
+            (self.stored_readable.lock().unwrap()).push(a.image.is_file());
             if self.fail_stores {
                 return Err(StageError::new(ErrorKind::Io, "disk full"));
+            }
+            if self.interrupt_on_store {
+                cx.cancel.cancel();
             }
             let entry = entry(key.as_str(), &m.components, "memory");
             let mut entry = entry;
@@ -329,10 +440,12 @@ mod tests {
             (self.entries.lock().unwrap()).insert(key.to_string(), entry.clone());
             Ok(entry)
         }
-        fn list(&self) -> Result<Vec<Listed>> {
+        fn list(&self, _: &StageContext) -> Result<Vec<Listed>> {
             Ok(Vec::new())
         }
-        fn remove(&self, key: &CacheKey) -> Result<bool> {
+        /// Honours cancellation, as a careful plugin would.
+        fn remove(&self, key: &CacheKey, cx: &StageContext) -> Result<bool> {
+            cx.cancel.check()?;
             self.calls.lock().unwrap().push(format!("remove {key}"));
             Ok(self.entries.lock().unwrap().remove(key.as_str()).is_some())
         }
@@ -381,6 +494,7 @@ mod tests {
                 build: None,
             },
             origin: origin.into(),
+            location: None,
         }
     }
 
@@ -506,10 +620,7 @@ mod tests {
     fn read_only_remotes_are_wrapped_and_never_written() {
         let local = Arc::new(Memory::default());
         let ro = Arc::new(Memory {
-            caps: Capabilities {
-                read_only: true,
-                remote: true,
-            },
+            caps: Capabilities { read_only: true },
             ..Memory::default()
         });
         let rw = Arc::new(Memory::default());
@@ -524,7 +635,7 @@ mod tests {
             .unwrap();
         assert!(ro.calls().is_empty(), "{:?}", ro.calls());
         assert_eq!(rw.calls(), ["store k-1"]);
-        let err = tiers.remotes()[0].stage.remove(&e.key).unwrap_err();
+        let err = tiers.remotes()[0].stage.remove(&e.key, &cx).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Unsupported);
         assert!(ro.calls().is_empty(), "the decorator let a remove through");
         assert_eq!(
@@ -551,5 +662,114 @@ mod tests {
         assert_eq!(err.kind, ErrorKind::Cancelled);
         assert!(local.entries.lock().unwrap().is_empty());
         assert!(remote.calls().is_empty());
+    }
+
+    fn unpacking() -> Arc<Memory> {
+        Arc::new(Memory {
+            unpacks: true,
+            ..Memory::default()
+        })
+    }
+
+    /// A hit unpacked into staging is read by the backfill, then its
+    /// staging goes; the run's own directory holds nothing afterwards.
+    #[test]
+    fn staging_of_a_remote_hit_goes_after_the_backfill() {
+        let root = tempfile::tempdir().unwrap();
+        let local = Arc::new(Memory::default());
+        let remote = unpacking();
+        put(&remote, "k-1", "cfg-1");
+        let tiers = Tiers::new(tier("local-cache", &local), vec![tier("tar", &remote)])
+            .with_staging_root(root.path().to_path_buf());
+        let (cx, _) = cx();
+        let got = tiers.lookup(&wanted("k-1"), &cx).unwrap().unwrap();
+        assert_eq!(got.origin, "memory", "the local tier's entry");
+        assert_eq!(*local.stored_readable.lock().unwrap(), [true]);
+        let staged = remote.staged.lock().unwrap().clone();
+        assert_eq!(staged.len(), 1);
+        assert!(staged[0].starts_with(root.path().join("scratch")));
+        assert!(!staged[0].exists(), "staging kept after the backfill");
+        assert!(tiers.held.lock().unwrap().is_empty());
+    }
+
+    /// Served from the remote copy (the local tier refused it), the files
+    /// stay until the run ends, then go.
+    #[test]
+    fn staging_of_a_hit_served_from_it_lasts_the_run() {
+        let root = tempfile::tempdir().unwrap();
+        let local = Arc::new(Memory {
+            fail_stores: true,
+            ..Memory::default()
+        });
+        let remote = unpacking();
+        put(&remote, "k-1", "cfg-1");
+        let tiers = Tiers::new(tier("local-cache", &local), vec![tier("tar", &remote)])
+            .with_staging_root(root.path().to_path_buf());
+        let (cx, _) = cx();
+        let got = tiers.lookup(&wanted("k-1"), &cx).unwrap().unwrap();
+        assert!(got.image().is_file(), "served files removed during the run");
+        drop(tiers);
+        assert!(!got.dir.exists(), "staging outlived the run");
+    }
+
+    /// Backends store metadata verbatim; the host owns `origin`: set on a
+    /// backfill, cleared when storing a build and when pushing, so no
+    /// tier's copy claims to come from somewhere.
+    #[test]
+    fn origin_is_set_on_backfill_and_cleared_on_store_and_push() {
+        let root = tempfile::tempdir().unwrap();
+        let local = Arc::new(Memory::default());
+        let remote = Arc::new(Memory::default());
+        let tiers = Tiers::new(tier("local-cache", &local), vec![tier("s3-cache", &remote)])
+            .with_staging_root(root.path().to_path_buf());
+        let (cx, _) = cx();
+        let mut e = entry("k-1", &components("cfg-1"), "x");
+        e.metadata.origin = Some("s3-cache s3://elsewhere".into());
+        tiers
+            .store(&e.key, &e.artifacts(), &e.metadata, &cx)
+            .unwrap();
+        let origin_in = |m: &Memory| m.entries.lock().unwrap()["k-1"].metadata.origin.clone();
+        assert_eq!(origin_in(&local), None);
+        assert_eq!(origin_in(&remote), None);
+
+        // Pulled into a second machine's local tier: origin says from where.
+        let other = Arc::new(Memory::default());
+        let there = Tiers::new(tier("local-cache", &other), vec![tier("s3-cache", &remote)])
+            .with_staging_root(root.path().to_path_buf());
+        there.lookup(&wanted("k-1"), &cx).unwrap().unwrap();
+        assert_eq!(origin_in(&other).as_deref(), Some("s3-cache memory tier"));
+        assert_eq!(origin_in(&remote), None, "the lookup wrote the remote");
+
+        // Pushed back from there: the remote copy does not claim to come
+        // from the remote itself.
+        let pulled = other.entries.lock().unwrap()["k-1"].clone();
+        there.push_to(&there.remotes()[0], &pulled, &cx).unwrap();
+        assert_eq!(origin_in(&remote), None);
+    }
+
+    /// A signal while the local tier stores: the entry is taken out again
+    /// (through a context that is not itself cancelled, or a backend that
+    /// honours cancellation would refuse the removal) and nothing reaches
+    /// the remotes.
+    #[test]
+    fn a_store_interrupted_inside_the_backend_is_undone() {
+        let root = tempfile::tempdir().unwrap();
+        let local = Arc::new(Memory {
+            interrupt_on_store: true,
+            ..Memory::default()
+        });
+        let remote = Arc::new(Memory::default());
+        let tiers = Tiers::new(tier("local-cache", &local), vec![tier("rw", &remote)])
+            .with_staging_root(root.path().to_path_buf());
+        let (cx, progress) = cx();
+        let e = entry("k-1", &components("cfg-1"), "x");
+        let err = tiers
+            .store(&e.key, &e.artifacts(), &e.metadata, &cx)
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Cancelled);
+        assert!(local.entries.lock().unwrap().is_empty(), "still visible");
+        assert_eq!(local.calls(), ["store k-1", "remove k-1"]);
+        assert!(remote.calls().is_empty());
+        assert!(progress.warnings().is_empty(), "{:?}", progress.warnings());
     }
 }

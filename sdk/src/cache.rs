@@ -1,10 +1,14 @@
-//! Cache keys, entry metadata and the cache backend stage.
+//! Cache keys, entry metadata and the cache backend stage, with its
+//! contract: what each call gets and returns, what `dir` means, where a
+//! backend that must unpack puts files ([`Staging`]), and which parts of
+//! the metadata are the host's (see docs/cache.md, "Backend contract").
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use crate::error::{Result, StageError};
+use crate::context::StageContext;
+use crate::error::{IoResultExt, Result, StageError};
 
 /// A validated cache key: safe to use as one path component.
 #[derive(
@@ -147,6 +151,9 @@ pub struct Metadata {
     pub strip: Option<StripInfo>,
     /// Where a backfilled entry came from (`s3-cache s3://bucket/prefix`);
     /// `None` for kernels built on this machine. Never part of the key.
+    /// The host's field: it sets it when it copies a remote hit into the
+    /// local tier and clears it before storing in a remote tier; backends
+    /// store metadata verbatim and never touch it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
     /// `include/config/kernel.release` after the build (`6.12.3`): the
@@ -260,19 +267,86 @@ pub fn is_image_name(name: &str) -> bool {
     is_entry_file_name(name) && name != VMLINUX_NAME && name != CONFIG_NAME && name != LOG_NAME
 }
 
-/// A usable cache entry: files on local disk plus their metadata.
+/// A cache entry: its metadata, and where its files are.
 /// Crosses the plugin ABI as JSON.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CacheEntry {
     pub key: CacheKey,
-    /// Directory holding the files (for local backends, the entry itself).
+    /// A directory on this machine holding the entry's files, or empty
+    /// when the backend keeps none (see [`CacheEntry::is_local`]):
+    ///
+    /// - `lookup`: always a readable directory: the entry itself for a
+    ///   backend that stores directories, else a directory inside the
+    ///   lookup's [`Staging`] (readable until the host removes it);
+    /// - `store` and `list`: the entry itself for a backend that stores
+    ///   directories; empty for one that does not (a tar file, an object
+    ///   store), which names the entry in [`CacheEntry::location`] instead.
+    ///
+    /// The host refuses anything else from a plugin (a `.tar` file here
+    /// would make `image()` name `key.tar/bzImage`).
     pub dir: PathBuf,
     pub metadata: Metadata,
     /// Which backend answered (`local`, `s3-cache`).
     pub origin: String,
+    /// Where the backend keeps the entry, for people (`s3://b/p/v1/...`,
+    /// `/srv/kernels/KEY.tar`), when that is not `dir`. Never opened by
+    /// the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 impl CacheEntry {
+    /// Whether the entry's files are on this machine, in `dir`.
+    pub fn is_local(&self) -> bool {
+        !self.dir.as_os_str().is_empty()
+    }
+
+    /// Check what a backend returned from `call` (`lookup`, `store`,
+    /// `list`) for `key` against the `dir` rules above. The host runs it
+    /// on every entry a dynamic plugin returns.
+    pub fn check_returned(&self, call: &str, key: Option<&CacheKey>, backend: &str) -> Result<()> {
+        let broke = |why: String| {
+            Err(StageError::internal(format!(
+                "{backend}: {call} returned entry {} with {why}",
+                self.key
+            ))
+            .with_hint(
+                "the cache backend breaks the contract in docs/cache.md (\"Backend contract\"): \
+                 report it to the plugin's author",
+            ))
+        };
+        if let Some(k) = key
+            && *k != self.key
+        {
+            return broke(format!("another key than the {k} asked for"));
+        }
+        if self.metadata.key != self.key {
+            return broke(format!("metadata for {}", self.metadata.key));
+        }
+        if !self.is_local() {
+            if call == "lookup" {
+                return broke(
+                    "no directory: a hit's files must be on this machine (unpack into the \
+                     staging directory)"
+                        .into(),
+                );
+            }
+            return Ok(());
+        }
+        if !self.dir.is_absolute() || !self.dir.is_dir() {
+            return broke(format!(
+                "dir {} that is not a directory{}",
+                self.dir.display(),
+                if call == "lookup" {
+                    " (unpack into the staging directory)"
+                } else {
+                    " (leave dir empty and set location for an entry that is not a directory)"
+                }
+            ));
+        }
+        Ok(())
+    }
+
     pub fn image(&self) -> PathBuf {
         self.dir.join(&self.metadata.image_name)
     }
@@ -331,34 +405,113 @@ pub fn sort_newest_first(rows: &mut [Listed]) {
     });
 }
 
-/// What a backend can do.
+/// What a backend can do. Crosses the plugin ABI as JSON; unknown fields
+/// (such as `remote`, which ABI 0.1 had and nothing read) are ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Capabilities {
-    /// Never stores or removes.
+    /// Never stores or removes: the host wraps the backend in
+    /// [`ReadOnly`](crate::read_only::ReadOnly), so `store` and `remove`
+    /// never reach it, skips it when storing a build and in `kernel clean`,
+    /// and `cache push` says it was skipped.
     pub read_only: bool,
-    /// Lives on another machine: slower, may be unreachable.
-    pub remote: bool,
 }
 
-/// Stage 5: keep built kernels.
+/// A directory the host lends one `lookup` for the files of a hit, for a
+/// backend that must unpack (a tar file, an object store).
+///
+/// The host creates the staging place and removes it, with whatever is
+/// in it, once it no longer needs the files: after it copied the hit into
+/// the local tier, or at the end of the run (and a later run's sweep
+/// removes what a killed ktstr left). A backend calls [`Staging::dir`] only
+/// when it has a hit to unpack, puts the entry's files in it (or in a
+/// directory it creates inside it), returns that directory as the entry's
+/// `dir`, and never removes it. Backends that store directories ignore it.
+#[derive(Debug)]
+pub struct Staging {
+    path: PathBuf,
+    /// Removed on drop: the host's value, not the plugin's view of it.
+    owned: bool,
+}
+
+impl Staging {
+    /// Host side: a fresh staging place under `<root>/scratch`, created on
+    /// first use and removed on drop. Named like every scratch entry
+    /// (`cache-staging-<pid>-<n>`), so [`crate::scratch::sweep_dead`]
+    /// removes it once this process is gone.
+    pub fn new(root: &Path) -> Self {
+        Self {
+            path: crate::paths::scratch_dir(root).join(crate::scratch::entry_name("cache-staging")),
+            owned: true,
+        }
+    }
+
+    /// The plugin's view of the host's staging place: never removed here.
+    pub fn lent(path: PathBuf) -> Self {
+        Self { path, owned: false }
+    }
+
+    /// Where the staging directory is (it may not exist yet).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The staging directory, created (empty) on the first call.
+    pub fn dir(&self) -> Result<&Path> {
+        std::fs::create_dir_all(&self.path).at("create the cache staging directory", &self.path)?;
+        Ok(&self.path)
+    }
+
+    /// Whether `path` is inside the staging directory.
+    pub fn holds(&self, path: &Path) -> bool {
+        path.starts_with(&self.path)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.owned
+            && let Err(e) = std::fs::remove_dir_all(&self.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("cannot remove {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Stage 5: keep built kernels. The contract (docs/cache.md, "Backend
+/// contract") in short: every call may report progress and must stop when
+/// `cx.cancel` says so, leaving nothing visible; metadata is stored and
+/// returned verbatim (its `origin` is the host's); `dir` follows the rules
+/// on [`CacheEntry::dir`].
 pub trait CacheBackend: Send + Sync {
     /// `None` on a miss. A corrupt entry is an `Err` of kind `Corrupt` with
-    /// the reason; it is never returned as a hit.
-    fn lookup(&self, key: &CacheKey) -> Result<Option<CacheEntry>>;
+    /// the reason; it is never returned as a hit. A hit's files are on this
+    /// machine: a backend that does not store directories unpacks them into
+    /// `staging` (see [`Staging`]).
+    fn lookup(
+        &self,
+        key: &CacheKey,
+        staging: &Staging,
+        cx: &StageContext,
+    ) -> Result<Option<CacheEntry>>;
 
-    /// Store atomically: readers see the old entry or the new one, never a mix.
+    /// Store atomically: readers see the old entry or the new one, never a
+    /// mix. Cancelled (`Err` of kind `Cancelled`) or failed, it leaves
+    /// nothing visible. `metadata` is stored as given.
     fn store(
         &self,
         key: &CacheKey,
         artifacts: &Artifacts,
         metadata: &Metadata,
+        cx: &StageContext,
     ) -> Result<CacheEntry>;
 
     /// Every entry, in [`sort_newest_first`] order.
-    fn list(&self) -> Result<Vec<Listed>>;
+    fn list(&self, cx: &StageContext) -> Result<Vec<Listed>>;
 
     /// `Ok(false)` when there was nothing to remove.
-    fn remove(&self, key: &CacheKey) -> Result<bool>;
+    fn remove(&self, key: &CacheKey, cx: &StageContext) -> Result<bool>;
 
     /// One line for humans: "local cache at /root/.cache/ktstr".
     fn describe(&self) -> String;
@@ -394,6 +547,7 @@ mod tests {
                 dir: PathBuf::from(key),
                 metadata,
                 origin: "local".into(),
+                location: None,
             })
         };
         let corrupt = |key: &str| Listed::Corrupt {
@@ -436,6 +590,89 @@ mod tests {
         }
         let ok = CacheKey::parse("6.12.117-local-x86_64-tiny-0a1b2c3d").unwrap();
         assert_eq!(ok.as_str(), "6.12.117-local-x86_64-tiny-0a1b2c3d");
+    }
+
+    fn entry_in(dir: PathBuf) -> CacheEntry {
+        let metadata: Metadata = serde_json::from_value(serde_json::json!({
+            "schema": 1, "key": "k-1",
+            "source": {"kind": "x", "identity": "y"},
+            "version": null, "arch": "x86_64", "image_name": "bzImage",
+            "profile": "default", "config_sha256": "", "builder": "b",
+            "toolchain": "t", "built_at": "", "components": [], "artifacts": {}
+        }))
+        .unwrap();
+        CacheEntry {
+            key: metadata.key.clone(),
+            dir,
+            metadata,
+            origin: "x".into(),
+            location: None,
+        }
+    }
+
+    /// The outside tar-file tier's mistake (its `.tar` as `dir`) is
+    /// refused for every call; an empty `dir` only where no files are due.
+    #[test]
+    fn entries_must_name_a_directory_or_none() {
+        let root = tempfile::tempdir().unwrap();
+        let tar = root.path().join("k-1.tar");
+        std::fs::write(&tar, b"").unwrap();
+        let key = CacheKey::parse("k-1").unwrap();
+        for call in ["lookup", "store", "list"] {
+            let e = entry_in(tar.clone())
+                .check_returned(call, Some(&key), "tar-cache")
+                .unwrap_err();
+            assert_eq!(e.kind, crate::error::ErrorKind::Internal);
+            assert!(e.message.contains("k-1.tar that is not a directory"), "{e}");
+            assert!(e.hint.unwrap().contains("Backend contract"));
+            entry_in(root.path().to_path_buf())
+                .check_returned(call, Some(&key), "tar-cache")
+                .unwrap();
+        }
+        let remote = entry_in(PathBuf::new());
+        assert!(!remote.is_local());
+        remote.check_returned("store", Some(&key), "t").unwrap();
+        remote.check_returned("list", None, "t").unwrap();
+        let e = remote
+            .check_returned("lookup", Some(&key), "t")
+            .unwrap_err();
+        assert!(e.message.contains("unpack into the staging"), "{e}");
+        let other = CacheKey::parse("k-2").unwrap();
+        let e = entry_in(root.path().to_path_buf())
+            .check_returned("lookup", Some(&other), "t")
+            .unwrap_err();
+        assert!(e.message.contains("another key than the k-2"), "{e}");
+    }
+
+    /// Created on first use, removed by the host's value only.
+    #[test]
+    fn staging_is_made_on_demand_and_removed_by_its_owner() {
+        let root = tempfile::tempdir().unwrap();
+        let host = Staging::new(root.path());
+        assert!(!host.path().exists(), "created before use");
+        let lent = Staging::lent(host.path().to_path_buf());
+        let dir = lent.dir().unwrap().to_path_buf();
+        std::fs::write(dir.join("bzImage"), b"k").unwrap();
+        assert!(lent.holds(&dir.join("bzImage")));
+        drop(lent);
+        assert!(dir.join("bzImage").exists(), "the plugin's view removed it");
+        let name = dir.file_name().unwrap().to_str().unwrap().to_string();
+        assert_eq!(
+            crate::scratch::owner(&name),
+            Some(("cache-staging", std::process::id())),
+            "not swept like other scratch"
+        );
+        drop(host);
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn capabilities_ignore_the_retired_remote_field() {
+        let c: Capabilities =
+            serde_json::from_str(r#"{"read_only": true, "remote": true}"#).unwrap();
+        assert!(c.read_only);
+        let c: Capabilities = serde_json::from_str("{}").unwrap();
+        assert!(!c.read_only);
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub mod prelude {
     pub use crate::build::{BuildOutput, BuildRequest, Builder};
     pub use crate::cache::{
         ArtifactInfo, Artifacts, CacheBackend, CacheEntry, CacheKey, Capabilities, KeyComponent,
-        Listed, Metadata,
+        Listed, Metadata, Staging,
     };
     pub use crate::configure::{ConfigureRequest, Configurer, Fragment, ProfileInfo};
     pub use crate::context::{CommandSpec, StageContext};

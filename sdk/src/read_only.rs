@@ -7,7 +7,10 @@
 //! Writes are refused here, with the reason the wrapper was given, before
 //! they reach the backend.
 
-use crate::cache::{Artifacts, CacheBackend, CacheEntry, CacheKey, Capabilities, Listed, Metadata};
+use crate::cache::{
+    Artifacts, CacheBackend, CacheEntry, CacheKey, Capabilities, Listed, Metadata, Staging,
+};
+use crate::context::StageContext;
 use crate::error::{ErrorKind, Result, StageError};
 
 /// `inner`, with `store` and `remove` refused.
@@ -41,19 +44,30 @@ impl<B: CacheBackend + ?Sized> ReadOnly<B> {
 }
 
 impl<B: CacheBackend + ?Sized> CacheBackend for ReadOnly<B> {
-    fn lookup(&self, key: &CacheKey) -> Result<Option<CacheEntry>> {
-        self.inner.lookup(key)
+    fn lookup(
+        &self,
+        key: &CacheKey,
+        staging: &Staging,
+        cx: &StageContext,
+    ) -> Result<Option<CacheEntry>> {
+        self.inner.lookup(key, staging, cx)
     }
 
-    fn store(&self, key: &CacheKey, _: &Artifacts, _: &Metadata) -> Result<CacheEntry> {
+    fn store(
+        &self,
+        key: &CacheKey,
+        _: &Artifacts,
+        _: &Metadata,
+        _: &StageContext,
+    ) -> Result<CacheEntry> {
         Err(self.refuse(format!("store {key}")))
     }
 
-    fn list(&self) -> Result<Vec<Listed>> {
-        self.inner.list()
+    fn list(&self, cx: &StageContext) -> Result<Vec<Listed>> {
+        self.inner.list(cx)
     }
 
-    fn remove(&self, key: &CacheKey) -> Result<bool> {
+    fn remove(&self, key: &CacheKey, _: &StageContext) -> Result<bool> {
         Err(self.refuse(format!("remove {key}")))
     }
 
@@ -67,10 +81,7 @@ impl<B: CacheBackend + ?Sized> CacheBackend for ReadOnly<B> {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            read_only: true,
-            ..self.inner.capabilities()
-        }
+        Capabilities { read_only: true }
     }
 
     fn locks(&self) -> Result<Vec<crate::lock_list::LockInfo>> {
@@ -90,28 +101,33 @@ mod tests {
     }
 
     impl CacheBackend for Counting {
-        fn lookup(&self, _: &CacheKey) -> Result<Option<CacheEntry>> {
+        fn lookup(
+            &self,
+            _: &CacheKey,
+            _: &Staging,
+            _: &StageContext,
+        ) -> Result<Option<CacheEntry>> {
             Ok(None)
         }
-        fn store(&self, _: &CacheKey, _: &Artifacts, _: &Metadata) -> Result<CacheEntry> {
+        fn store(
+            &self,
+            _: &CacheKey,
+            _: &Artifacts,
+            _: &Metadata,
+            _: &StageContext,
+        ) -> Result<CacheEntry> {
             self.writes.fetch_add(1, Ordering::SeqCst);
             Err(StageError::internal("reached the backend"))
         }
-        fn list(&self) -> Result<Vec<Listed>> {
+        fn list(&self, _: &StageContext) -> Result<Vec<Listed>> {
             Ok(Vec::new())
         }
-        fn remove(&self, _: &CacheKey) -> Result<bool> {
+        fn remove(&self, _: &CacheKey, _: &StageContext) -> Result<bool> {
             self.writes.fetch_add(1, Ordering::SeqCst);
             Ok(true)
         }
         fn describe(&self) -> String {
             "counting cache at nowhere".into()
-        }
-        fn capabilities(&self) -> Capabilities {
-            Capabilities {
-                read_only: false,
-                remote: true,
-            }
         }
     }
 
@@ -119,17 +135,19 @@ mod tests {
     fn writes_are_refused_before_the_backend_and_reads_pass() {
         let ro = ReadOnly::new(Box::new(Counting::default()), "unset read_only = true");
         let key = CacheKey::parse("k-1").unwrap();
-        assert!(ro.lookup(&key).unwrap().is_none());
-        assert!(ro.list().unwrap().is_empty());
-        let e = ro.remove(&key).unwrap_err();
+        let cx = StageContext::quiet();
+        let root = tempfile::tempdir().unwrap();
+        let staging = Staging::new(root.path());
+        assert!(ro.lookup(&key, &staging, &cx).unwrap().is_none());
+        assert!(ro.list(&cx).unwrap().is_empty());
+        let e = ro.remove(&key, &cx).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Unsupported);
         assert_eq!(
             e.message,
             "cannot remove k-1: counting cache at nowhere is read-only"
         );
         assert_eq!(e.hint.as_deref(), Some("unset read_only = true"));
-        let caps = ro.capabilities();
-        assert!(caps.read_only && caps.remote);
+        assert!(ro.capabilities().read_only);
         assert_eq!(ro.describe(), "counting cache at nowhere, read-only");
         assert_eq!(ro.inner().writes.load(Ordering::SeqCst), 0);
     }

@@ -199,6 +199,37 @@ fn shared_dir_cache_plugin_stores_lists_hits_and_cleans() {
     assert_eq!(hit.hit_key(), key, "{}", hit.describe());
     assert_eq!(fx.build_count(), 1, "the hit must not build again");
 
+    // The host owns `origin`: the backfilled local copy says where it came
+    // from, the shared tier's copy (stored verbatim) says nothing; both
+    // tiers keep directories, so both rows name their files.
+    let list = inst.run(
+        &fx,
+        &[],
+        &["kernel", "list", "--json", "--plugin", "shared-dir-cache"],
+    );
+    let rows = list.assert_ok().json();
+    let row = |tier: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["key"] == key.as_str() && r["tier"] == tier)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {tier} row\n{}", list.describe()))
+    };
+    let (local, remote) = (row("local-cache"), row("shared-dir-cache"));
+    assert!(
+        local["pulled_from"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("shared-dir-cache shared directory cache at ")),
+        "{local}"
+    );
+    assert!(remote["pulled_from"].is_null(), "{remote}");
+    assert_eq!(
+        remote["image"].as_str().map(PathBuf::from),
+        Some(shared.join("bzImage")),
+        "{remote}"
+    );
+
     let clean = inst.run(
         &fx,
         &[],
@@ -320,7 +351,13 @@ fn an_older_abi_gets_one_paragraph_asking_for_a_rebuild() {
         .assert_stderr_has("plugin fixture-old-abi")
         .assert_stderr_has(&lib)
         .assert_stderr_has("built against plugin ABI 0.0.1")
-        .assert_stderr_has("needs plugin ABI >=0.1")
+        .assert_stderr_has(&format!(
+            "needs plugin ABI >={}",
+            ktstr_sdk::export::abi::ABI_VERSION
+                .rsplit_once('.')
+                .expect("x.y.z")
+                .0
+        ))
         .assert_stderr_has("rebuild it against ktstr-sdk 0.1.0");
     assert!(
         run.stderr.lines().count() <= 3,
@@ -453,7 +490,7 @@ fn plugins_list_shows_abi_status_and_info_shows_stages() {
         .find(|r| r["name"] == "shared-dir-cache")
         .unwrap();
     assert_eq!(shared["kind"], "cache");
-    assert_eq!(shared["abi_version"], "0.1.0");
+    assert_eq!(shared["abi_version"], ktstr_sdk::export::abi::ABI_VERSION);
 
     let table = inst.run(&fx, &[], &["plugins", "list"]);
     table.assert_ok();

@@ -234,6 +234,7 @@ fn list_json_rows_have_a_stable_field_set() {
             "size",
             "image",
             "vmlinux",
+            "location",
             "origin",
             "pulled_from",
             "fragments",

@@ -60,6 +60,7 @@ fn a_second_machine_downloads_instead_of_building() {
     assert_eq!(b.build_count(), 0, "the second machine must not build");
     let image = pulled.image_path();
     assert!(image.starts_with(&b.cache), "backfilled into b's own cache");
+    no_staging_left(&b.cache);
 
     let list = b.run(&["kernel", "list", "--json"]);
     let rows = list.json();
@@ -79,12 +80,42 @@ fn a_second_machine_downloads_instead_of_building() {
         .map(|r| r["tier"].as_str().unwrap().to_string())
         .collect();
     assert!(tiers.contains(&"s3-cache".to_string()), "{tiers:?}");
+    // A remote row names the archive, not local files it does not have.
+    let rows = remote.json();
+    let row = (rows.as_array().unwrap().iter())
+        .find(|r| r["tier"] == "s3-cache")
+        .unwrap();
+    assert!(row["image"].is_null(), "{row}");
+    assert!(
+        row["location"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("s3://")),
+        "{row}"
+    );
+    assert!(
+        row["pulled_from"].is_null(),
+        "a pushed entry claims an origin: {row}"
+    );
 
     // Explicit pull onto a third machine.
     let c = machine(s3.port);
     let run = c.run(&["cache", "pull", &key, "--plugin", "s3-cache"]);
     run.assert_ok();
     assert!(run.stdout.trim().starts_with(c.cache.to_str().unwrap()));
+    no_staging_left(&c.cache);
+}
+
+/// The host removed the staging a remote hit was unpacked into.
+fn no_staging_left(cache: &std::path::Path) {
+    let left: Vec<String> = std::fs::read_dir(cache.join("scratch"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("cache-staging-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "staging left behind: {left:?}");
 }
 
 #[test]

@@ -66,7 +66,7 @@ pub fn push(key: &str, plugins: &[String]) -> Result<()> {
     let key = parse_key(key)?;
     let stages = stages(plugins)?;
     let (cx, progress) = host_context();
-    let Some(entry) = stages.tiers.local().stage.lookup(&key)? else {
+    let Some(entry) = stages.tiers.lookup_in(stages.tiers.local(), &key, &cx)? else {
         return Err(
             StageError::not_found(format!("{key} is not in the local cache"))
                 .with_hint("`ktstr kernel list` shows local entries; build it first")
@@ -76,7 +76,6 @@ pub fn push(key: &str, plugins: &[String]) -> Result<()> {
     // Never spread a locally corrupted entry: push is the one place an
     // entry leaves this machine, so it pays for the full digest check.
     crate::integrity::require_intact(&entry, &cx.cancel)?;
-    let artifacts = entry.artifacts();
     let mut pushed = 0;
     let mut failed = Vec::new();
     for tier in stages.tiers.remotes() {
@@ -87,7 +86,7 @@ pub fn push(key: &str, plugins: &[String]) -> Result<()> {
         cx.cancel.check()?;
         // What the tier holds now, verified: a lookup downloads the entry
         // and checks every digest, which a manifest and a size cannot.
-        let found = match tier.stage.lookup(&key) {
+        let found = match stages.tiers.lookup_in(tier, &key, &cx) {
             Ok(Some(remote)) if remote.metadata.artifacts == entry.metadata.artifacts => {
                 progress.println(&format!(
                     "{key} is already at {}, verified (every digest matches); nothing uploaded",
@@ -109,7 +108,7 @@ pub fn push(key: &str, plugins: &[String]) -> Result<()> {
             }
         };
         cx.cancel.check()?;
-        match tier.stage.store(&key, &artifacts, &entry.metadata) {
+        match stages.tiers.push_to(tier, &entry, &cx) {
             Ok(_) => {
                 progress.println(&format!(
                     "pushed {key} to {} (uploaded{found})",
@@ -184,13 +183,13 @@ pub fn pull(key: &str, plugins: &[String], json: bool) -> Result<()> {
     let key = parse_key(key)?;
     let stages = stages(plugins)?;
     let (cx, progress) = host_context();
-    if let Some(entry) = stages.tiers.local().stage.lookup(&key)? {
+    if let Some(entry) = stages.tiers.lookup_in(stages.tiers.local(), &key, &cx)? {
         progress.note(&format!("{key} is already in the local cache"));
         return print_pulled(&entry, "present", None, started, json);
     }
     for tier in stages.tiers.remotes() {
         cx.cancel.check()?;
-        match tier.stage.lookup(&key) {
+        match stages.tiers.lookup_in(tier, &key, &cx) {
             Ok(Some(remote)) => {
                 let Backfilled::Local(local) = stages.tiers.backfill(tier, &remote, &cx) else {
                     return Err(StageError::new(

@@ -58,9 +58,10 @@ pub struct ListArgs {
 /// the plugins' tiers are why it was given). A tier other than the local
 /// one that cannot be listed is reported and skipped.
 fn rows(stages: &Stages, every_tier: bool) -> Result<Vec<(&str, Listed)>> {
+    let (cx, _progress) = super::host_context();
     let mut all = Vec::new();
     for (tier, is_local) in stages.tiers.scope(every_tier) {
-        match tier.stage.list() {
+        match tier.stage.list(&cx) {
             Ok(rows) => all.extend(rows.into_iter().map(|r| (tier.name.as_str(), r))),
             Err(e) if is_local => return Err(e.into()),
             Err(e) => crate::report::eprint_warning(&format!("{}: cannot list: ", tier.name), &e),
@@ -110,8 +111,9 @@ fn json_row(row: &Listed) -> serde_json::Value {
             "source": e.metadata.source,
             "built_at": e.metadata.built_at,
             "size": entry_size(e),
-            "image": e.image(),
-            "vmlinux": e.vmlinux(),
+            "image": e.is_local().then(|| e.image()),
+            "vmlinux": e.vmlinux().filter(|_| e.is_local()),
+            "location": e.location,
             "origin": e.origin,
             "pulled_from": e.metadata.origin,
             "fragments": e.metadata.fragments,
@@ -123,7 +125,7 @@ fn json_row(row: &Listed) -> serde_json::Value {
             "components": e.metadata.components,
             "strip": e.metadata.strip,
             "build": e.metadata.build,
-            "log": e.log(),
+            "log": e.log().filter(|_| e.is_local()),
         }),
         Listed::Corrupt { key, reason } => json!({
             "key": key,
@@ -355,7 +357,7 @@ pub fn verify(keys: &[String], as_json: bool) -> Result<()> {
     let local = stages.tiers.local();
     let mut targets: Vec<(String, Option<Listed>)> = Vec::new();
     if keys.is_empty() {
-        for row in local.stage.list()? {
+        for row in local.stage.list(&cx)? {
             let key = match &row {
                 Listed::Ok(e) => e.key.to_string(),
                 Listed::Corrupt { key, .. } => key.clone(),
@@ -369,7 +371,7 @@ pub fn verify(keys: &[String], as_json: bool) -> Result<()> {
                     key: raw.clone(),
                     reason: format!("not a cache key: {e}"),
                 }),
-                Ok(key) => match local.stage.lookup(&key) {
+                Ok(key) => match stages.tiers.lookup_in(local, &key, &cx) {
                     Ok(Some(entry)) => Some(Listed::Ok(entry)),
                     Ok(None) => None,
                     Err(e) => Some(Listed::Corrupt {
@@ -407,7 +409,7 @@ pub fn verify(keys: &[String], as_json: bool) -> Result<()> {
         };
         let removed = !problems.is_empty()
             && ktstr_sdk::cache::CacheKey::parse(&key).is_ok_and(|k| {
-                local.stage.remove(&k).unwrap_or_else(|e| {
+                local.stage.remove(&k, &cx).unwrap_or_else(|e| {
                     eprintln!("{LABEL}: warning: could not remove corrupt entry {key}: {e}");
                     false
                 })

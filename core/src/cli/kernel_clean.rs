@@ -124,6 +124,7 @@ struct Kept {
 
 pub fn clean(args: &CleanArgs) -> Result<()> {
     let stages = stage_setup::stages_with_plugins(&args.plugins)?;
+    let (cx, _progress) = super::host_context();
     // Per tier: its cache and what to remove from it (`--keep` and
     // `--max-size` count within each tier). Read-only tiers are never
     // cleaned.
@@ -134,7 +135,7 @@ pub fn clean(args: &CleanArgs) -> Result<()> {
             eprintln!("{LABEL}: not cleaning {}: it is read-only", tier.name);
             continue;
         }
-        let rows = match tier.stage.list() {
+        let rows = match tier.stage.list(&cx) {
             Ok(rows) => rows,
             Err(e) if is_local => return Err(e.into()),
             Err(e) => {
@@ -209,7 +210,7 @@ pub fn clean(args: &CleanArgs) -> Result<()> {
         );
         // Lock files left by entries removed before pruning existed.
         if !args.dry_run {
-            report.pruned_locks = prune_locks(&stages);
+            report.pruned_locks = prune_locks(&stages, &cx);
         }
         return finish(args, &report);
     }
@@ -259,7 +260,7 @@ pub fn clean(args: &CleanArgs) -> Result<()> {
                     continue;
                 }
             };
-            match tier.stage.remove(&parsed) {
+            match tier.stage.remove(&parsed, &cx) {
                 Ok(_) => {
                     eprintln!("{LABEL}: removed {} ({})", r.key, size_text(r.size));
                     report.freed += r.size.unwrap_or(0);
@@ -276,7 +277,7 @@ pub fn clean(args: &CleanArgs) -> Result<()> {
             }
         }
     }
-    report.pruned_locks = prune_locks(&stages);
+    report.pruned_locks = prune_locks(&stages, &cx);
     eprintln!(
         "{LABEL}: removed {}, freed {}",
         entries(report.removed.len()),
@@ -308,9 +309,9 @@ fn finish(args: &CleanArgs, report: &CleanReport) -> Result<()> {
 /// key is not a local entry. Safe while others lock (see
 /// [`ktstr_sdk::lock::prune`]); a lock that is held is kept. Returns how
 /// many were deleted.
-fn prune_locks(stages: &Stages) -> usize {
+fn prune_locks(stages: &Stages, cx: &ktstr_sdk::context::StageContext) -> usize {
     let local = stages.tiers.local();
-    let Ok(rows) = local.stage.list() else {
+    let Ok(rows) = local.stage.list(cx) else {
         return 0;
     };
     let live: std::collections::HashSet<String> = rows.iter().map(row_key).collect();

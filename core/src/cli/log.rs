@@ -24,7 +24,8 @@ pub fn run(raw: &str) -> Result<()> {
     })?;
     let stages = stage_setup::stages_with_plugins(&[])?;
     let local = stages.tiers.local();
-    let Some(entry) = local.stage.lookup(&key)? else {
+    let (cx, _progress) = super::host_context();
+    let Some(entry) = stages.tiers.lookup_in(local, &key, &cx)? else {
         return Err(StageError::not_found(format!(
             "{key} is not in the {}",
             local.stage.describe()

@@ -11,6 +11,7 @@ use std::path::Path;
 use ktstr_sdk::build::{BuildOutput, BuildRequest, Builder};
 use ktstr_sdk::cache::{
     Artifacts, CacheBackend, CacheEntry, CacheKey, Capabilities, KeyComponent, Listed, Metadata,
+    Staging,
 };
 use ktstr_sdk::configure::{ConfigureRequest, Configurer, ProfileInfo};
 use ktstr_sdk::context::StageContext;
@@ -186,33 +187,69 @@ pub struct DynCache {
     pub(super) inner: FfiCacheBox,
 }
 
+/// Every entry a plugin returns is checked against the `dir` rules
+/// ([`CacheEntry::check_returned`]) here, at the boundary to outside code,
+/// so a path that is not a directory never reaches `kernel list` or a VM.
 impl CacheBackend for DynCache {
-    fn lookup(&self, key: &CacheKey) -> Result<Option<CacheEntry>> {
-        decode("a cache entry", self.inner.lookup(key.as_str().into()))
+    fn lookup(
+        &self,
+        key: &CacheKey,
+        staging: &Staging,
+        cx: &StageContext,
+    ) -> Result<Option<CacheEntry>> {
+        let staging_arg = path_arg(staging.path())?;
+        let found: Option<CacheEntry> = decode(
+            "a cache entry",
+            self.inner.lookup(
+                key.as_str().into(),
+                staging_arg.as_str().into(),
+                host_box(cx),
+            ),
+        )?;
+        if let Some(e) = &found {
+            e.check_returned("lookup", Some(key), &self.label)?;
+        }
+        Ok(found)
     }
     fn store(
         &self,
         key: &CacheKey,
         artifacts: &Artifacts,
         metadata: &Metadata,
+        cx: &StageContext,
     ) -> Result<CacheEntry> {
         let artifacts = json_arg(artifacts)?;
         let metadata = json_arg(metadata)?;
-        decode(
+        let stored: CacheEntry = decode(
             "a cache entry",
             self.inner.store(
                 key.as_str().into(),
                 artifacts.as_str().into(),
                 metadata.as_str().into(),
+                host_box(cx),
             ),
-        )
+        )?;
+        stored.check_returned("store", Some(key), &self.label)?;
+        Ok(stored)
     }
-    fn list(&self) -> Result<Vec<Listed>> {
-        let rows: Vec<wire::Listed> = decode("a cache listing", self.inner.list())?;
-        Ok(rows.into_iter().map(Into::into).collect())
+    fn list(&self, cx: &StageContext) -> Result<Vec<Listed>> {
+        let rows: Vec<wire::Listed> = decode("a cache listing", self.inner.list(host_box(cx)))?;
+        Ok(rows
+            .into_iter()
+            .map(|row| match Listed::from(row) {
+                Listed::Ok(e) => match e.check_returned("list", None, &self.label) {
+                    Ok(()) => Listed::Ok(e),
+                    Err(why) => Listed::Corrupt {
+                        key: e.key.to_string(),
+                        reason: why.to_string(),
+                    },
+                },
+                corrupt => corrupt,
+            })
+            .collect())
     }
-    fn remove(&self, key: &CacheKey) -> Result<bool> {
-        done(self.inner.remove(key.as_str().into()))
+    fn remove(&self, key: &CacheKey, cx: &StageContext) -> Result<bool> {
+        done(self.inner.remove(key.as_str().into(), host_box(cx)))
     }
     fn describe(&self) -> String {
         let r = done(self.inner.describe()).map(RString::into_string);
@@ -221,5 +258,180 @@ impl CacheBackend for DynCache {
     fn capabilities(&self) -> Capabilities {
         let r = decode("capabilities", self.inner.capabilities());
         fallback(&self.label, "capabilities", r, Capabilities::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use ktstr_sdk::ErrorKind;
+    use ktstr_sdk::export::Plugin;
+    use ktstr_sdk::registry::{Constructor, PluginConfig};
+    use ktstr_sdk::testing::{RecordingRunner, context_with};
+
+    use super::*;
+
+    /// The outside tar-file tier of issue 17: it names its `.tar` file as
+    /// `dir` everywhere (or, with `"fixed": true`, keeps `dir` empty and
+    /// names the file as `location`).
+    struct TarTier {
+        file: PathBuf,
+        fixed: bool,
+    }
+
+    impl TarTier {
+        fn from_config(cfg: &PluginConfig) -> Result<Self> {
+            Ok(Self {
+                file: PathBuf::from(cfg["file"].as_str().unwrap()),
+                fixed: cfg["fixed"].as_bool().unwrap_or(false),
+            })
+        }
+
+        fn entry(&self, key: &CacheKey, metadata: Metadata) -> CacheEntry {
+            CacheEntry {
+                key: key.clone(),
+                dir: if self.fixed {
+                    PathBuf::new()
+                } else {
+                    self.file.clone()
+                },
+                metadata,
+                origin: "tar".into(),
+                location: Some(self.file.display().to_string()),
+            }
+        }
+    }
+
+    fn metadata(key: &str) -> Metadata {
+        serde_json::from_value(serde_json::json!({
+            "schema": 1, "key": key, "source": {"kind": "x", "identity": "y"},
+            "version": null, "arch": "x86_64", "image_name": "bzImage",
+            "profile": "p", "config_sha256": "", "builder": "b", "toolchain": "t",
+            "built_at": "", "components": [], "artifacts": {}
+        }))
+        .unwrap()
+    }
+
+    impl CacheBackend for TarTier {
+        fn lookup(
+            &self,
+            key: &CacheKey,
+            _: &Staging,
+            _: &StageContext,
+        ) -> Result<Option<CacheEntry>> {
+            Ok(Some(self.entry(key, metadata(key.as_str()))))
+        }
+        fn store(
+            &self,
+            key: &CacheKey,
+            _: &Artifacts,
+            m: &Metadata,
+            cx: &StageContext,
+        ) -> Result<CacheEntry> {
+            cx.progress.step(&format!("packing {key}"));
+            cx.cancel.check()?;
+            Ok(self.entry(key, m.clone()))
+        }
+        fn list(&self, _: &StageContext) -> Result<Vec<Listed>> {
+            let key = CacheKey::parse("k-1").unwrap();
+            Ok(vec![Listed::Ok(self.entry(&key, metadata("k-1")))])
+        }
+        fn remove(&self, _: &CacheKey, _: &StageContext) -> Result<bool> {
+            Ok(false)
+        }
+        fn describe(&self) -> String {
+            "tar tier".into()
+        }
+    }
+
+    fn define() -> Plugin {
+        Plugin::new("tar", "0.1.0").stage(
+            "tar",
+            "one tar file per entry",
+            &["file", "fixed"],
+            Constructor::Cache(|cfg| Ok(Box::new(TarTier::from_config(cfg)?))),
+        )
+    }
+
+    /// Through the real FFI shims, in process.
+    fn loaded(file: &std::path::Path, fixed: bool) -> DynCache {
+        let root = ktstr_sdk::export::__root_module(define).unwrap();
+        let cfg = serde_json::json!({"file": file, "fixed": fixed}).to_string();
+        let inner = done((root.new_cache())("tar".into(), cfg.as_str().into())).unwrap();
+        DynCache {
+            label: "plugin tar".into(),
+            inner,
+        }
+    }
+
+    #[test]
+    fn a_file_as_dir_is_refused_and_an_empty_dir_with_a_location_is_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("k-1.tar");
+        std::fs::write(&file, b"").unwrap();
+        let key = CacheKey::parse("k-1").unwrap();
+        let staging = Staging::new(tmp.path());
+        let (cx, _) = context_with(Arc::new(RecordingRunner::default()));
+        let artifacts = Artifacts {
+            image: file.clone(),
+            vmlinux: None,
+            config: file.clone(),
+            log: None,
+        };
+
+        let broken = loaded(&file, false);
+        let e = broken.lookup(&key, &staging, &cx).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Internal);
+        assert!(
+            e.message
+                .starts_with("plugin tar: lookup returned entry k-1"),
+            "{e}"
+        );
+        assert!(e.message.contains("k-1.tar that is not a directory"), "{e}");
+        let e = (broken.store(&key, &artifacts, &metadata("k-1"), &cx)).unwrap_err();
+        assert!(
+            e.message.contains("leave dir empty and set location"),
+            "{e}"
+        );
+        let rows = broken.list(&cx).unwrap();
+        assert!(
+            matches!(&rows[..], [Listed::Corrupt { key, reason }]
+                if key == "k-1" && reason.contains("not a directory")),
+            "{rows:?}"
+        );
+
+        let fixed = loaded(&file, true);
+        let stored = (fixed.store(&key, &artifacts, &metadata("k-1"), &cx)).unwrap();
+        assert!(!stored.is_local());
+        assert_eq!(stored.location.as_deref(), file.to_str());
+        assert!(matches!(&fixed.list(&cx).unwrap()[..], [Listed::Ok(_)]));
+        let e = fixed.lookup(&key, &staging, &cx).unwrap_err();
+        assert!(e.message.contains("unpack into the staging"), "{e}");
+    }
+
+    /// A store reports progress to the host and stops when the host's run
+    /// is interrupted.
+    #[test]
+    fn a_plugin_store_sees_the_hosts_progress_and_cancellation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("k-1.tar");
+        let key = CacheKey::parse("k-1").unwrap();
+        let artifacts = Artifacts {
+            image: file.clone(),
+            vmlinux: None,
+            config: file.clone(),
+            log: None,
+        };
+        let cache = loaded(&file, true);
+        let (cx, progress) = context_with(Arc::new(RecordingRunner::default()));
+        cache
+            .store(&key, &artifacts, &metadata("k-1"), &cx)
+            .unwrap();
+        assert_eq!(progress.steps(), ["packing k-1"]);
+        cx.cancel.cancel();
+        let e = (cache.store(&key, &artifacts, &metadata("k-1"), &cx)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Cancelled, "{e}");
     }
 }

@@ -10,7 +10,7 @@ use crate::registry::Stages;
 /// differs in the fewest inputs, and how.
 pub(super) fn miss(stages: &Stages, derived: &DerivedKey, cx: &StageContext) {
     let prefix = identity::prefix_of(&derived.key);
-    let entries = stages.tiers.local().stage.list().unwrap_or_default();
+    let entries = stages.tiers.local().stage.list(cx).unwrap_or_default();
     let nearest = entries.iter().filter_map(|l| match l {
         Listed::Ok(e) if identity::prefix_of(&e.key) == prefix => Some(e),
         _ => None,

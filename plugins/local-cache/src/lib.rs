@@ -10,7 +10,10 @@
 //! pulls an entry out from under a running reader or install.
 //!
 //! Lookups are cheap on purpose: one metadata read plus a `stat` per file.
-//! Full digest checks are available through [`LocalCache::verify`].
+//! Full digest checks are available through [`LocalCache::verify`]. A
+//! store stops between files when the run is interrupted, leaving nothing
+//! (the unpublished temp dir goes with it); entries are directories, so
+//! lookups never use the host's staging.
 
 mod atomic;
 mod entry;
@@ -24,6 +27,7 @@ use ktstr_sdk::cache::{
     Metadata, VMLINUX_NAME,
 };
 use ktstr_sdk::config::{ConfigReader, Setting};
+use ktstr_sdk::context::StageContext;
 use ktstr_sdk::error::{ErrorKind, Result, StageError};
 use ktstr_sdk::lock::{self, FileLock, LockMode};
 use ktstr_sdk::paths;
@@ -168,6 +172,7 @@ impl LocalCache {
             dir,
             metadata,
             origin: ORIGIN.to_string(),
+            location: None,
         }))
     }
 
@@ -188,6 +193,7 @@ impl LocalCache {
         key: &CacheKey,
         artifacts: &Artifacts,
         metadata: &Metadata,
+        cx: &StageContext,
     ) -> Result<CacheEntry> {
         check_store_metadata(key, metadata)?;
         paths::ensure_root(&self.root)?;
@@ -211,6 +217,7 @@ impl LocalCache {
             files.push((LOG_NAME.to_string(), log));
         }
         for (name, src) in files {
+            cx.cancel.check()?;
             let info = staging.copy_in(&name, src)?;
             stored.artifacts.insert(name, info);
         }
@@ -220,6 +227,7 @@ impl LocalCache {
         json.push(b'\n');
         staging.write(METADATA_NAME, &json)?;
 
+        cx.cancel.check()?;
         let dir = self.entry_dir(key);
         staging.publish(&dir, &sweep::aside_dir(&self.root, key))?;
         tracing::debug!("stored cache entry {key} at {}", dir.display());
@@ -228,6 +236,7 @@ impl LocalCache {
             dir,
             metadata: stored,
             origin: ORIGIN.to_string(),
+            location: None,
         })
     }
 }
@@ -259,7 +268,12 @@ fn check_store_metadata(key: &CacheKey, metadata: &Metadata) -> Result<()> {
 }
 
 impl CacheBackend for LocalCache {
-    fn lookup(&self, key: &CacheKey) -> Result<Option<CacheEntry>> {
+    fn lookup(
+        &self,
+        key: &CacheKey,
+        _: &ktstr_sdk::cache::Staging,
+        _: &StageContext,
+    ) -> Result<Option<CacheEntry>> {
         // A miss costs one stat and never creates lock files.
         match std::fs::symlink_metadata(self.entry_dir(key)) {
             Ok(_) => {}
@@ -279,12 +293,19 @@ impl CacheBackend for LocalCache {
         key: &CacheKey,
         artifacts: &Artifacts,
         metadata: &Metadata,
+        cx: &StageContext,
     ) -> Result<CacheEntry> {
-        self.store_locked(key, artifacts, metadata)
-            .map_err(|e| e.context(format!("cannot store cache entry {key}")))
+        self.store_locked(key, artifacts, metadata, cx)
+            .map_err(|e| {
+                if e.kind == ErrorKind::Cancelled {
+                    e
+                } else {
+                    e.context(format!("cannot store cache entry {key}"))
+                }
+            })
     }
 
-    fn list(&self) -> Result<Vec<Listed>> {
+    fn list(&self, _: &StageContext) -> Result<Vec<Listed>> {
         let kernels = self.kernels_dir();
         let dir = match std::fs::read_dir(&kernels) {
             Ok(dir) => dir,
@@ -327,7 +348,7 @@ impl CacheBackend for LocalCache {
         Ok(rows)
     }
 
-    fn remove(&self, key: &CacheKey) -> Result<bool> {
+    fn remove(&self, key: &CacheKey, _: &StageContext) -> Result<bool> {
         let dir = self.entry_dir(key);
         if std::fs::symlink_metadata(&dir).is_err() {
             return Ok(false);

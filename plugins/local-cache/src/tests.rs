@@ -11,6 +11,15 @@ use ktstr_sdk::hash::sha256_file;
 
 use super::*;
 
+fn cx() -> StageContext {
+    StageContext::quiet()
+}
+
+/// Entries are directories: lookups never touch the staging.
+fn no_staging() -> ktstr_sdk::cache::Staging {
+    ktstr_sdk::cache::Staging::lent(PathBuf::from("/nonexistent/staging"))
+}
+
 fn key(s: &str) -> CacheKey {
     CacheKey::parse(s).unwrap()
 }
@@ -107,12 +116,20 @@ fn store_then_lookup_round_trip() {
         .collect();
 
     let stored = cache
-        .store(&k, &src, &metadata(&k, "gen-1", "2025-01-01T00:00:00Z"))
+        .store(
+            &k,
+            &src,
+            &metadata(&k, "gen-1", "2025-01-01T00:00:00Z"),
+            &cx(),
+        )
         .unwrap();
     assert_eq!(stored.origin, "local");
     assert_eq!(stored.dir, cache.root().join("kernels").join(k.as_str()));
 
-    let hit = cache.lookup(&k).unwrap().expect("hit");
+    let hit = cache
+        .lookup(&k, &no_staging(), &cx())
+        .unwrap()
+        .expect("hit");
     assert_eq!(hit.metadata, stored.metadata);
     assert_eq!(hit.origin, "local");
     // The caller's artifacts map was replaced by digests of the stored copies.
@@ -161,8 +178,8 @@ fn store_without_vmlinux_and_custom_image_name() {
     let src = sources(&dir.path().join("src"), "g", 10, false);
     let mut md = metadata(&k, "g", "2025-01-01T00:00:00Z");
     md.image_name = "Image".into();
-    cache.store(&k, &src, &md).unwrap();
-    let hit = cache.lookup(&k).unwrap().unwrap();
+    cache.store(&k, &src, &md, &cx()).unwrap();
+    let hit = cache.lookup(&k, &no_staging(), &cx()).unwrap().unwrap();
     assert_eq!(hit.vmlinux(), None);
     assert!(hit.dir.join("Image").is_file());
     assert!(!hit.dir.join("vmlinux").exists());
@@ -173,16 +190,21 @@ fn store_without_vmlinux_and_custom_image_name() {
 #[test]
 fn lookup_miss_creates_nothing() {
     let (dir, cache) = setup();
-    assert!(cache.lookup(&key("nope")).unwrap().is_none());
+    assert!(
+        cache
+            .lookup(&key("nope"), &no_staging(), &cx())
+            .unwrap()
+            .is_none()
+    );
     assert!(!cache.root().exists(), "a miss must not create the root");
-    assert!(cache.list().unwrap().is_empty());
-    assert!(!cache.remove(&key("nope")).unwrap());
+    assert!(cache.list(&cx()).unwrap().is_empty());
+    assert!(!cache.remove(&key("nope"), &cx()).unwrap());
     // A root that is a file is a miss too (store explains the problem).
     let file_root = dir.path().join("file");
     std::fs::write(&file_root, b"x").unwrap();
     assert!(
         LocalCache::at(file_root)
-            .lookup(&key("k"))
+            .lookup(&key("k"), &no_staging(), &cx())
             .unwrap()
             .is_none()
     );
@@ -195,15 +217,15 @@ fn replacing_an_entry_serves_the_new_content() {
     let a = sources(&dir.path().join("a"), "A", 100, true);
     let b = sources(&dir.path().join("b"), "B", 5000, false);
     cache
-        .store(&k, &a, &metadata(&k, "A", "2025-01-01T00:00:00Z"))
+        .store(&k, &a, &metadata(&k, "A", "2025-01-01T00:00:00Z"), &cx())
         .unwrap();
-    let first_ino = std::fs::metadata(cache.lookup(&k).unwrap().unwrap().dir)
+    let first_ino = std::fs::metadata(cache.lookup(&k, &no_staging(), &cx()).unwrap().unwrap().dir)
         .unwrap()
         .ino();
     cache
-        .store(&k, &b, &metadata(&k, "B", "2025-01-02T00:00:00Z"))
+        .store(&k, &b, &metadata(&k, "B", "2025-01-02T00:00:00Z"), &cx())
         .unwrap();
-    let hit = cache.lookup(&k).unwrap().unwrap();
+    let hit = cache.lookup(&k, &no_staging(), &cx()).unwrap().unwrap();
     assert_eq!(hit.metadata.version.as_deref(), Some("B"));
     assert_eq!(first_line(&hit.image()), "B");
     assert_eq!(first_line(&hit.config()), "B");
@@ -221,7 +243,12 @@ fn store_is_atomic_under_concurrent_readers() {
     let k = key("k-concurrent");
     let a = sources(&dir.path().join("a0"), "gen-0", 64, true);
     cache
-        .store(&k, &a, &metadata(&k, "gen-0", "2025-01-01T00:00:00Z"))
+        .store(
+            &k,
+            &a,
+            &metadata(&k, "gen-0", "2025-01-01T00:00:00Z"),
+            &cx(),
+        )
         .unwrap();
 
     let done = Arc::new(AtomicBool::new(false));
@@ -235,7 +262,10 @@ fn store_is_atomic_under_concurrent_readers() {
             while !done.load(Ordering::SeqCst) || mine == 0 {
                 let lock_path = entry_lock(cache.root(), &k);
                 let shared = lock::lock(&lock_path, LockMode::Shared).unwrap();
-                let entry = cache.lookup(&k).unwrap().expect("entry never disappears");
+                let entry = cache
+                    .lookup(&k, &no_staging(), &cx())
+                    .unwrap()
+                    .expect("entry never disappears");
                 let tag = entry.metadata.version.clone().unwrap();
                 seen.insert(tag.clone());
                 for (name, info) in &entry.metadata.artifacts {
@@ -268,7 +298,7 @@ fn store_is_atomic_under_concurrent_readers() {
         };
         let src = sources(&dir.path().join(format!("s{}", i % 2)), &tag, pad, vmlinux);
         let stored = cache
-            .store(&k, &src, &metadata(&k, &tag, "2025-01-01T00:00:00Z"))
+            .store(&k, &src, &metadata(&k, &tag, "2025-01-01T00:00:00Z"), &cx())
             .unwrap();
         assert_eq!(stored.metadata.version.as_deref(), Some(tag.as_str()));
     }
@@ -280,7 +310,7 @@ fn store_is_atomic_under_concurrent_readers() {
     assert!(reads.load(Ordering::SeqCst) >= 3);
     // Readers really ran while stores replaced the entry.
     assert!(generations.len() > 1, "{generations:?}");
-    let last = cache.lookup(&k).unwrap().unwrap();
+    let last = cache.lookup(&k, &no_staging(), &cx()).unwrap().unwrap();
     assert_eq!(last.metadata.version.as_deref(), Some("gen-60"));
     assert!(temp_dirs(cache.root()).is_empty());
 }
@@ -294,7 +324,7 @@ fn corrupt_metadata_is_reported_by_lookup_and_list() {
     for k in [&good, &bad, &missing] {
         let src = sources(&dir.path().join(k.as_str()), "t", 10, true);
         cache
-            .store(k, &src, &metadata(k, "t", "2025-01-01T00:00:00Z"))
+            .store(k, &src, &metadata(k, "t", "2025-01-01T00:00:00Z"), &cx())
             .unwrap();
     }
     let kernels = cache.root().join("kernels");
@@ -304,7 +334,7 @@ fn corrupt_metadata_is_reported_by_lookup_and_list() {
     std::fs::create_dir(kernels.join("bad name")).unwrap();
     std::fs::create_dir(kernels.join(".hidden")).unwrap();
 
-    let err = cache.lookup(&bad).unwrap_err();
+    let err = cache.lookup(&bad, &no_staging(), &cx()).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Corrupt);
     assert!(
         err.message
@@ -313,14 +343,14 @@ fn corrupt_metadata_is_reported_by_lookup_and_list() {
     );
     assert!(err.hint.as_deref().unwrap().contains("ktstr kernel clean"));
 
-    let err = cache.lookup(&missing).unwrap_err();
+    let err = cache.lookup(&missing, &no_staging(), &cx()).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Corrupt);
     assert_eq!(
         err.message,
         "cache entry c-nometa: metadata.json is missing"
     );
 
-    let rows = cache.list().unwrap();
+    let rows = cache.list(&cx()).unwrap();
     assert_eq!(rows.len(), 4, "{rows:?}");
     assert!(matches!(&rows[0], Listed::Ok(e) if e.key == good));
     let corrupt: Vec<(&str, &str)> = rows[1..]
@@ -339,9 +369,14 @@ fn corrupt_metadata_is_reported_by_lookup_and_list() {
     // Storing again replaces the corrupt entry.
     let src = sources(&dir.path().join("again"), "fixed", 10, true);
     cache
-        .store(&bad, &src, &metadata(&bad, "fixed", "2025-01-01T00:00:00Z"))
+        .store(
+            &bad,
+            &src,
+            &metadata(&bad, "fixed", "2025-01-01T00:00:00Z"),
+            &cx(),
+        )
         .unwrap();
-    assert!(cache.lookup(&bad).unwrap().is_some());
+    assert!(cache.lookup(&bad, &no_staging(), &cx()).unwrap().is_some());
 }
 
 #[test]
@@ -350,11 +385,11 @@ fn metadata_for_another_key_is_corrupt() {
     let (a, b) = (key("k-a"), key("k-b"));
     let src = sources(&dir.path().join("s"), "t", 10, true);
     cache
-        .store(&a, &src, &metadata(&a, "t", "2025-01-01T00:00:00Z"))
+        .store(&a, &src, &metadata(&a, "t", "2025-01-01T00:00:00Z"), &cx())
         .unwrap();
     let kernels = cache.root().join("kernels");
     std::fs::rename(kernels.join("k-a"), kernels.join("k-b")).unwrap();
-    let err = cache.lookup(&b).unwrap_err();
+    let err = cache.lookup(&b, &no_staging(), &cx()).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Corrupt);
     assert_eq!(
         err.message,
@@ -368,20 +403,20 @@ fn missing_or_truncated_artifact_is_corrupt_naming_it() {
     let k = key("k-art");
     let src = sources(&dir.path().join("s"), "t", 100, true);
     let entry = cache
-        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"))
+        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"), &cx())
         .unwrap();
     std::fs::remove_file(entry.dir.join("vmlinux")).unwrap();
-    let err = cache.lookup(&k).unwrap_err();
+    let err = cache.lookup(&k, &no_staging(), &cx()).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Corrupt);
     assert_eq!(err.message, "cache entry k-art: vmlinux is missing");
-    let rows = cache.list().unwrap();
+    let rows = cache.list(&cx()).unwrap();
     assert!(
         matches!(&rows[..], [Listed::Corrupt { key, reason }] if key == "k-art" && reason == "vmlinux is missing"),
         "{rows:?}"
     );
 
     cache
-        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"))
+        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"), &cx())
         .unwrap();
     let config = entry.dir.join("config");
     let len = std::fs::metadata(&config).unwrap().len();
@@ -391,7 +426,7 @@ fn missing_or_truncated_artifact_is_corrupt_naming_it() {
         .unwrap()
         .set_len(len - 1)
         .unwrap();
-    let err = cache.lookup(&k).unwrap_err();
+    let err = cache.lookup(&k, &no_staging(), &cx()).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Corrupt);
     assert!(err.message.contains("config is"), "{err}");
     assert!(err.message.contains(&format!("records {len}")), "{err}");
@@ -403,7 +438,7 @@ fn verify_detects_a_flipped_byte_that_lookup_does_not_hash() {
     let k = key("k-verify");
     let src = sources(&dir.path().join("s"), "t", 1000, true);
     let entry = cache
-        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"))
+        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"), &cx())
         .unwrap();
     cache.verify(&k).unwrap();
     let image = entry.dir.join("bzImage");
@@ -418,7 +453,7 @@ fn verify_detects_a_flipped_byte_that_lookup_does_not_hash() {
         .unwrap()
         .set_modified(stored_at)
         .unwrap();
-    assert!(cache.lookup(&k).unwrap().is_some());
+    assert!(cache.lookup(&k, &no_staging(), &cx()).unwrap().is_some());
     // ...and verify catches it.
     let err = cache.verify(&k).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Corrupt);
@@ -437,7 +472,7 @@ fn an_artifact_written_in_place_after_the_store_is_corrupt_at_lookup() {
     let k = key("k-inplace");
     let src = sources(&dir.path().join("s"), "t", 1000, true);
     let entry = cache
-        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"))
+        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"), &cx())
         .unwrap();
     let meta = std::fs::metadata(entry.dir.join(METADATA_NAME)).unwrap();
     let image = entry.dir.join("bzImage");
@@ -452,7 +487,7 @@ fn an_artifact_written_in_place_after_the_store_is_corrupt_at_lookup() {
         .unwrap()
         .set_modified(later)
         .unwrap();
-    let err = cache.lookup(&k).unwrap_err();
+    let err = cache.lookup(&k, &no_staging(), &cx()).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Corrupt);
     assert!(
         err.message
@@ -467,14 +502,14 @@ fn a_symlinked_entry_or_metadata_is_corrupt_and_never_followed() {
     let k = key("k-link");
     let src = sources(&dir.path().join("s"), "t", 10, true);
     let entry = cache
-        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"))
+        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"), &cx())
         .unwrap();
     // metadata.json as a symlink to a valid copy: refused.
     let copy = dir.path().join("metadata-copy.json");
     std::fs::copy(entry.dir.join(METADATA_NAME), &copy).unwrap();
     std::fs::remove_file(entry.dir.join(METADATA_NAME)).unwrap();
     std::os::unix::fs::symlink(&copy, entry.dir.join(METADATA_NAME)).unwrap();
-    let err = cache.lookup(&k).unwrap_err();
+    let err = cache.lookup(&k, &no_staging(), &cx()).unwrap_err();
     assert!(err.message.contains("is a symlink"), "{err}");
     // The whole key directory as a symlink to a valid entry elsewhere.
     std::fs::remove_file(entry.dir.join(METADATA_NAME)).unwrap();
@@ -482,19 +517,19 @@ fn a_symlinked_entry_or_metadata_is_corrupt_and_never_followed() {
     let outside = dir.path().join("outside");
     std::fs::rename(&entry.dir, &outside).unwrap();
     std::os::unix::fs::symlink(&outside, &entry.dir).unwrap();
-    let err = cache.lookup(&k).unwrap_err();
+    let err = cache.lookup(&k, &no_staging(), &cx()).unwrap_err();
     assert!(err.message.contains("is a symlink"), "{err}");
     assert!(matches!(
-        &cache.list().unwrap()[..],
+        &cache.list(&cx()).unwrap()[..],
         [Listed::Corrupt { .. }]
     ));
     // A store replaces the link, never writing through it.
     cache
-        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"))
+        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"), &cx())
         .unwrap();
     assert!(std::fs::symlink_metadata(&entry.dir).unwrap().is_dir());
     assert!(outside.join(METADATA_NAME).is_file(), "target untouched");
-    assert!(cache.lookup(&k).unwrap().is_some());
+    assert!(cache.lookup(&k, &no_staging(), &cx()).unwrap().is_some());
 }
 
 /// The pid of a process that has exited and been reaped.
@@ -526,7 +561,7 @@ fn store_sweeps_dead_temp_dirs_and_keeps_live_ones() {
     let k = key("k-sweep");
     let src = sources(&dir.path().join("s"), "t", 10, true);
     cache
-        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"))
+        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"), &cx())
         .unwrap();
     assert!(!dead_stage.exists());
     assert!(!dead_delete.exists());
@@ -544,7 +579,7 @@ fn unwritable_root_fails_with_hint_and_leaves_nothing() {
     for root in [file_root.clone(), file_root.join("below")] {
         let cache = LocalCache::at(root.clone());
         let err = cache
-            .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"))
+            .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"), &cx())
             .unwrap_err();
         assert_eq!(err.kind, ErrorKind::Io);
         assert!(
@@ -573,16 +608,26 @@ fn failed_store_keeps_the_existing_entry_and_no_temp_dir() {
     let k = key("k-fail");
     let good = sources(&dir.path().join("good"), "good", 10, true);
     cache
-        .store(&k, &good, &metadata(&k, "good", "2025-01-01T00:00:00Z"))
+        .store(
+            &k,
+            &good,
+            &metadata(&k, "good", "2025-01-01T00:00:00Z"),
+            &cx(),
+        )
         .unwrap();
     let mut broken = sources(&dir.path().join("broken"), "broken", 10, true);
     broken.config = dir.path().join("broken/does-not-exist");
     let err = cache
-        .store(&k, &broken, &metadata(&k, "broken", "2025-01-01T00:00:00Z"))
+        .store(
+            &k,
+            &broken,
+            &metadata(&k, "broken", "2025-01-01T00:00:00Z"),
+            &cx(),
+        )
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Io);
     assert!(err.message.contains("does-not-exist"), "{err}");
-    let hit = cache.lookup(&k).unwrap().unwrap();
+    let hit = cache.lookup(&k, &no_staging(), &cx()).unwrap().unwrap();
     assert_eq!(hit.metadata.version.as_deref(), Some("good"));
     assert_eq!(first_line(&hit.image()), "good");
     assert!(
@@ -601,6 +646,7 @@ fn store_rejects_metadata_for_another_key() {
             &key("k-one"),
             &src,
             &metadata(&key("k-two"), "t", "2025-01-01T00:00:00Z"),
+            &cx(),
         )
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::InvalidInput);
@@ -610,7 +656,7 @@ fn store_rejects_metadata_for_another_key() {
     let k = key("k-img");
     let mut md = metadata(&k, "t", "2025-01-01T00:00:00Z");
     md.image_name = "../escape".into();
-    let err = cache.store(&k, &src, &md).unwrap_err();
+    let err = cache.store(&k, &src, &md, &cx()).unwrap_err();
     assert_eq!(err.kind, ErrorKind::InvalidInput);
 }
 
@@ -620,7 +666,7 @@ fn remove_refuses_while_in_use_then_removes() {
     let k = key("k-remove");
     let src = sources(&dir.path().join("s"), "t", 10, true);
     cache
-        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"))
+        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"), &cx())
         .unwrap();
 
     // Another thread holds the shared (reader) lock until told to stop.
@@ -634,7 +680,7 @@ fn remove_refuses_while_in_use_then_removes() {
     });
     held_rx.recv().unwrap();
 
-    let err = cache.remove(&k).unwrap_err();
+    let err = cache.remove(&k, &cx()).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Io);
     assert!(
         err.message
@@ -649,14 +695,17 @@ fn remove_refuses_while_in_use_then_removes() {
         err.hint.as_deref(),
         Some("retry when that process finishes")
     );
-    assert!(cache.lookup(&k).unwrap().is_some(), "entry kept");
+    assert!(
+        cache.lookup(&k, &no_staging(), &cx()).unwrap().is_some(),
+        "entry kept"
+    );
 
     release_tx.send(()).unwrap();
     reader.join().unwrap();
-    assert!(cache.remove(&k).unwrap());
-    assert!(cache.lookup(&k).unwrap().is_none());
+    assert!(cache.remove(&k, &cx()).unwrap());
+    assert!(cache.lookup(&k, &no_staging(), &cx()).unwrap().is_none());
     assert!(!cache.root().join("kernels/k-remove").exists());
-    assert!(!cache.remove(&k).unwrap());
+    assert!(!cache.remove(&k, &cx()).unwrap());
     assert!(temp_dirs(cache.root()).is_empty());
 }
 
@@ -670,12 +719,14 @@ fn list_sorts_newest_first() {
     ] {
         let k = key(k);
         let src = sources(&dir.path().join(k.as_str()), "t", 10, false);
-        cache.store(&k, &src, &metadata(&k, "t", at)).unwrap();
+        cache
+            .store(&k, &src, &metadata(&k, "t", at), &cx())
+            .unwrap();
     }
     // Stray files in kernels/ are not entries.
     std::fs::write(cache.root().join("kernels/README"), b"x").unwrap();
     let keys: Vec<String> = cache
-        .list()
+        .list(&cx())
         .unwrap()
         .into_iter()
         .map(|l| match l {
@@ -726,9 +777,17 @@ fn the_build_log_is_stored_as_given_and_optional() {
     std::fs::write(&log, b"(zstd bytes)").unwrap();
     src.log = Some(log.clone());
     let stored = cache
-        .store(&k, &src, &metadata(&k, "gen-1", "2025-01-01T00:00:00Z"))
+        .store(
+            &k,
+            &src,
+            &metadata(&k, "gen-1", "2025-01-01T00:00:00Z"),
+            &cx(),
+        )
         .unwrap();
-    let hit = cache.lookup(&k).unwrap().expect("hit");
+    let hit = cache
+        .lookup(&k, &no_staging(), &cx())
+        .unwrap()
+        .expect("hit");
     let kept = hit.log().expect("the entry has a log");
     assert_eq!(kept, stored.dir.join(LOG_NAME));
     assert_eq!(std::fs::read(&kept).unwrap(), b"(zstd bytes)");
@@ -737,7 +796,7 @@ fn the_build_log_is_stored_as_given_and_optional() {
 
     // A truncated log is a corrupt entry like any other file.
     std::fs::write(&kept, b"x").unwrap();
-    let err = cache.lookup(&k).unwrap_err();
+    let err = cache.lookup(&k, &no_staging(), &cx()).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Corrupt, "{err}");
 
     // Entries without one (older ktstr) load, with no log.
@@ -748,9 +807,10 @@ fn the_build_log_is_stored_as_given_and_optional() {
             &old,
             &plain,
             &metadata(&old, "gen-1", "2025-01-01T00:00:00Z"),
+            &cx(),
         )
         .unwrap();
-    let hit = cache.lookup(&old).unwrap().unwrap();
+    let hit = cache.lookup(&old, &no_staging(), &cx()).unwrap().unwrap();
     assert_eq!(hit.log(), None);
     assert_eq!(hit.metadata.build, None);
 }
@@ -766,10 +826,10 @@ fn metadata_json_of_an_older_ktstr_still_loads() {
         warnings: 3,
         ..Default::default()
     });
-    let stored = cache.store(&k, &src, &md).unwrap();
+    let stored = cache.store(&k, &src, &md, &cx()).unwrap();
     assert_eq!(
         cache
-            .lookup(&k)
+            .lookup(&k, &no_staging(), &cx())
             .unwrap()
             .unwrap()
             .metadata
@@ -787,7 +847,7 @@ fn metadata_json_of_an_older_ktstr_still_loads() {
     assert!(obj.remove("build").is_some());
     std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
     let hit = cache
-        .lookup(&k)
+        .lookup(&k, &no_staging(), &cx())
         .unwrap()
         .expect("old metadata is still a hit");
     assert_eq!(hit.metadata.kernelrelease, None);
@@ -809,7 +869,7 @@ fn entry_locks_are_named_by_key_and_listed() {
     assert!(cache.locks().unwrap().is_empty());
     let src = sources(&dir.path().join("s"), "t", 10, true);
     cache
-        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"))
+        .store(&k, &src, &metadata(&k, "t", "2025-01-01T00:00:00Z"), &cx())
         .unwrap();
     std::fs::write(paths::build_lock(cache.root(), &k), "").unwrap();
     let locks = cache.locks().unwrap();
@@ -817,5 +877,51 @@ fn entry_locks_are_named_by_key_and_listed() {
     assert_eq!(
         (locks[0].kind.as_str(), locks[0].id.as_str()),
         ("entry", k.as_str())
+    );
+}
+
+/// An interrupted store is `Cancelled`, installs nothing, keeps the entry
+/// it would have replaced and leaves no temp dir.
+#[test]
+fn a_cancelled_store_leaves_nothing_visible() {
+    let (dir, cache) = setup();
+    let k = key("k-cancel");
+    let good = sources(&dir.path().join("good"), "good", 10, true);
+    cache
+        .store(
+            &k,
+            &good,
+            &metadata(&k, "good", "2025-01-01T00:00:00Z"),
+            &cx(),
+        )
+        .unwrap();
+    let fresh = key("k-fresh");
+    let newer = sources(&dir.path().join("newer"), "newer", 10, true);
+    let stopped = cx();
+    stopped.cancel.cancel();
+    for k in [&k, &fresh] {
+        let err = cache
+            .store(
+                k,
+                &newer,
+                &metadata(k, "newer", "2025-01-02T00:00:00Z"),
+                &stopped,
+            )
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Cancelled, "{err}");
+    }
+    assert!(
+        cache
+            .lookup(&fresh, &no_staging(), &cx())
+            .unwrap()
+            .is_none()
+    );
+    let kept = cache.lookup(&k, &no_staging(), &cx()).unwrap().unwrap();
+    assert_eq!(first_line(&kept.image()), "good");
+    assert_eq!(cache.list(&cx()).unwrap().len(), 1);
+    assert!(
+        temp_dirs(cache.root()).is_empty(),
+        "{:?}",
+        temp_dirs(cache.root())
     );
 }

@@ -193,10 +193,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             t.capabilities(),
-            ktstr_sdk::cache::Capabilities {
-                read_only: true,
-                remote: true
-            }
+            ktstr_sdk::cache::Capabilities { read_only: true }
         );
         assert_eq!(
             t.describe(),

@@ -115,7 +115,7 @@ settings!(S3_KEYS, [
     "concurrency" => "parts uploaded in parallel (default 4)",
     "max_entry_size" => "largest entry accepted on download, unpacked (default 4GiB)",
     "compression_level" => "zstd level for uploads, 1-19 (default 3)",
-    "scratch_dir" => "where downloads are unpacked before the local cache copies them",
+    "scratch_dir" => "where uploads are packed before they are sent",
 ]);
 
 settings!(HTTP_KEYS, [
@@ -129,7 +129,7 @@ settings!(HTTP_KEYS, [
     "retry_timeout" => "no retry starts after this long (default 60s)",
     "max_entry_size" => "largest entry accepted on download, unpacked (default 4GiB)",
     "compression_level" => "zstd level for uploads, 1-19 (default 3)",
-    "scratch_dir" => "where downloads are unpacked before the local cache copies them",
+    "scratch_dir" => "where uploads are packed before they are sent",
 ]);
 
 /// Env prefix of `s3-cache`.

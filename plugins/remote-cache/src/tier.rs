@@ -6,9 +6,9 @@
 //! host to be async, and a tier that is never used costs one idle runtime.
 //!
 //! This file holds the tier's state and object naming; the work is split
-//! by what it does: `pull` (lookup), `push` (store), `listing` (list
-//! and remove), `errors` (how failures are worded) and `scratch` (the
-//! private directories pulls and pushes work in).
+//! by what it does: `pull` (lookup, into the host's staging), `push`
+//! (store), `listing` (list and remove), `errors` (how failures are
+//! worded) and `scratch` (the private directory pushes pack in).
 
 mod errors;
 mod listing;
@@ -21,8 +21,9 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use ktstr_sdk::cache::{
-    Artifacts, CacheBackend, CacheEntry, CacheKey, Capabilities, Listed, Metadata,
+    Artifacts, CacheBackend, CacheEntry, CacheKey, Capabilities, Listed, Metadata, Staging,
 };
+use ktstr_sdk::context::StageContext;
 use ktstr_sdk::error::{Result, StageError};
 use object_store::ObjectStore;
 use object_store::path::Path as ObjPath;
@@ -38,7 +39,8 @@ pub struct TierOptions {
     pub compression_level: i32,
     /// `(part size, concurrent parts)`; `None`: always one PUT.
     pub multipart: Option<(u64, usize)>,
-    /// Where to unpack downloads; `None`: the cache root, else the temp dir.
+    /// Where to pack uploads; `None`: the cache root, else the temp dir.
+    /// (Downloads go to the host's staging directory.)
     pub scratch_dir: Option<PathBuf>,
     /// `KTSTR_S3_` / `KTSTR_HTTP_CACHE_`, for hints.
     pub env_prefix: &'static str,
@@ -167,8 +169,13 @@ impl RemoteTier {
 }
 
 impl CacheBackend for RemoteTier {
-    fn lookup(&self, key: &CacheKey) -> Result<Option<CacheEntry>> {
-        self.pull(key)
+    fn lookup(
+        &self,
+        key: &CacheKey,
+        staging: &Staging,
+        cx: &StageContext,
+    ) -> Result<Option<CacheEntry>> {
+        self.pull(key, staging, cx)
     }
 
     fn store(
@@ -176,15 +183,16 @@ impl CacheBackend for RemoteTier {
         key: &CacheKey,
         artifacts: &Artifacts,
         metadata: &Metadata,
+        cx: &StageContext,
     ) -> Result<CacheEntry> {
-        self.push(key, artifacts, metadata)
+        self.push(key, artifacts, metadata, cx)
     }
 
-    fn list(&self) -> Result<Vec<Listed>> {
+    fn list(&self, _: &StageContext) -> Result<Vec<Listed>> {
         self.list_entries()
     }
 
-    fn remove(&self, key: &CacheKey) -> Result<bool> {
+    fn remove(&self, key: &CacheKey, _: &StageContext) -> Result<bool> {
         self.remove_entry(key)
     }
 
@@ -202,7 +210,6 @@ impl CacheBackend for RemoteTier {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             read_only: self.opts.read_only,
-            remote: true,
         }
     }
 }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use ktstr_plugin_local_cache::LocalCache;
 use ktstr_plugin_remote_cache::s3_tier_with_env;
-use ktstr_sdk::cache::CacheBackend;
+use ktstr_sdk::cache::{CacheBackend, Staging};
+use ktstr_sdk::context::StageContext;
 use serde_json::json;
 use support::*;
 
@@ -63,8 +64,13 @@ fn pull_throughput_vs_plain_get() {
     let push =
         s3_tier_with_env(&server.config(&work.path().join("a"), json!({})), &|_| None).unwrap();
     let started = Instant::now();
-    push.store(&k, &src, &metadata(&k, "2025-01-01T00:00:00Z"))
-        .unwrap();
+    push.store(
+        &k,
+        &src,
+        &metadata(&k, "2025-01-01T00:00:00Z"),
+        &StageContext::quiet(),
+    )
+    .unwrap();
     let push_time = started.elapsed();
 
     let pull =
@@ -81,19 +87,26 @@ fn pull_throughput_vs_plain_get() {
     let full = best(
         || {
             let t = Instant::now();
-            let hit = pull.lookup(&k).unwrap().unwrap();
-            let d = t.elapsed();
-            std::fs::remove_dir_all(&hit.dir).unwrap();
-            d
+            let staging = Staging::new(work.path());
+            pull.lookup(&k, &staging, &StageContext::quiet())
+                .unwrap()
+                .unwrap();
+            t.elapsed()
         },
         5,
     );
     // What the host adds on a hit: the local cache's atomic store (copy +
     // fsync + sha256).
-    let hit = pull.lookup(&k).unwrap().unwrap();
+    let staging = Staging::new(work.path());
+    let hit = pull
+        .lookup(&k, &staging, &StageContext::quiet())
+        .unwrap()
+        .unwrap();
     let local = LocalCache::at(work.path().join("cache"));
     let t = Instant::now();
-    local.store(&k, &hit.artifacts(), &hit.metadata).unwrap();
+    local
+        .store(&k, &hit.artifacts(), &hit.metadata, &StageContext::quiet())
+        .unwrap();
     let backfill = t.elapsed();
 
     println!(

@@ -11,9 +11,20 @@ use std::time::{Duration, Instant};
 use ktstr_plugin_local_cache::LocalCache;
 use ktstr_plugin_remote_cache::{RemoteTier, http_tier_with_env, s3_tier_with_env};
 use ktstr_sdk::ErrorKind;
-use ktstr_sdk::cache::{Artifacts, CacheBackend, CacheEntry, Listed};
+use ktstr_sdk::cache::{Artifacts, CacheBackend, CacheEntry, Listed, Staging};
+use ktstr_sdk::context::StageContext;
 use serde_json::json;
 use support::*;
+
+fn cx() -> StageContext {
+    StageContext::quiet()
+}
+
+/// A fresh staging place, as the host lends each lookup; removed on drop,
+/// so a test that reads a hit's files keeps it in a variable.
+fn stage() -> Staging {
+    Staging::new(Path::new(env!("CARGO_TARGET_TMPDIR")))
+}
 
 fn no_env(_: &str) -> Option<String> {
     None
@@ -30,7 +41,7 @@ fn http(server: &Nginx, scratch: &Path, extra: serde_json::Value) -> RemoteTier 
 /// What the host does with a remote hit: copy it into the local cache.
 fn backfill(local: &LocalCache, hit: &CacheEntry) -> CacheEntry {
     local
-        .store(&hit.key, &hit.artifacts(), &hit.metadata)
+        .store(&hit.key, &hit.artifacts(), &hit.metadata, &cx())
         .unwrap()
 }
 
@@ -51,10 +62,13 @@ fn push_pull_round_trip(a: &RemoteTier, b: &RemoteTier, work: &Path) {
     // Machine A: local store first (as the host does), then push.
     let local_a = LocalCache::at(work.join("cache-a"));
     let stored = local_a
-        .store(&k, &src, &metadata(&k, "2025-05-01T10:00:00Z"))
+        .store(&k, &src, &metadata(&k, "2025-05-01T10:00:00Z"), &cx())
         .unwrap();
-    assert!(b.lookup(&k).unwrap().is_none(), "miss before push");
-    let pushed = a.store(&k, &src, &stored.metadata).unwrap();
+    assert!(
+        b.lookup(&k, &stage(), &cx()).unwrap().is_none(),
+        "miss before push"
+    );
+    let pushed = a.store(&k, &src, &stored.metadata, &cx()).unwrap();
     assert_eq!(pushed.origin, a.describe().split(' ').next().unwrap());
     assert_eq!(
         pushed.metadata.source.path, None,
@@ -62,7 +76,15 @@ fn push_pull_round_trip(a: &RemoteTier, b: &RemoteTier, work: &Path) {
     );
 
     // Machine B.
-    let hit = b.lookup(&k).unwrap().expect("hit after push");
+    let staging = stage();
+    let hit = b
+        .lookup(&k, &staging, &cx())
+        .unwrap()
+        .expect("hit after push");
+    assert!(
+        staging.holds(&hit.dir),
+        "not unpacked into the host's staging"
+    );
     assert_eq!(hit.key, k);
     assert_eq!(hit.metadata.source.path, None);
     assert_eq!(hit.metadata.artifacts, stored.metadata.artifacts);
@@ -75,29 +97,29 @@ fn push_pull_round_trip(a: &RemoteTier, b: &RemoteTier, work: &Path) {
     );
 
     let local_b = LocalCache::at(work.join("cache-b"));
-    assert!(local_b.lookup(&k).unwrap().is_none());
+    assert!(local_b.lookup(&k, &stage(), &cx()).unwrap().is_none());
     let installed = backfill(&local_b, &hit);
     assert_eq!(installed.origin, "local");
     local_b.verify(&k).unwrap();
-    assert!(local_b.lookup(&k).unwrap().is_some());
+    assert!(local_b.lookup(&k, &stage(), &cx()).unwrap().is_some());
     same_bytes(&installed.log().unwrap(), src.log.as_ref().unwrap());
 
     // Listing shows it, without downloading it.
-    let rows = b.list().unwrap();
+    let rows = b.list(&cx()).unwrap();
     assert!(
         matches!(&rows[..], [Listed::Ok(e)] if e.key == k && e.metadata.version.as_deref() == Some("6.12.3")),
         "{rows:?}"
     );
 
     // Pushing the same files again is a no-op that still succeeds.
-    a.store(&k, &src, &stored.metadata).unwrap();
-    assert!(b.lookup(&k).unwrap().is_some());
+    a.store(&k, &src, &stored.metadata, &cx()).unwrap();
+    assert!(b.lookup(&k, &stage(), &cx()).unwrap().is_some());
 
     // Remove: gone for everyone, then nothing to remove.
-    assert!(a.remove(&k).unwrap());
-    assert!(b.lookup(&k).unwrap().is_none());
-    assert!(!a.remove(&k).unwrap());
-    assert!(b.list().unwrap().is_empty());
+    assert!(a.remove(&k, &cx()).unwrap());
+    assert!(b.lookup(&k, &stage(), &cx()).unwrap().is_none());
+    assert!(!a.remove(&k, &cx()).unwrap());
+    assert!(b.list(&cx()).unwrap().is_empty());
 }
 
 #[test]
@@ -108,7 +130,7 @@ fn s3_push_then_pull_on_a_second_machine() {
     let work = tempfile::tempdir().unwrap();
     let a = s3(&server, &work.path().join("scratch-a"), json!({}));
     let b = s3(&server, &work.path().join("scratch-b"), json!({}));
-    assert!(a.capabilities().remote && !a.capabilities().read_only);
+    assert!(!a.capabilities().read_only);
     push_pull_round_trip(&a, &b, work.path());
     // Nothing left in the bucket but empty prefixes.
     assert_eq!(tree(&server.bucket_dir()), Vec::<String>::new());
@@ -122,13 +144,15 @@ fn s3_push_then_pull_on_a_second_machine() {
 fn push_one(tier: &RemoteTier, work: &Path, name: &str, server_dir: &Path) -> std::path::PathBuf {
     let k = key(name);
     let src = build_output(&work.join(name), 200_000, 7);
-    tier.store(&k, &src, &metadata(&k, "2025-05-01T10:00:00Z"))
+    tier.store(&k, &src, &metadata(&k, "2025-05-01T10:00:00Z"), &cx())
         .unwrap();
     find_file(server_dir, ".tar.zst")
 }
 
 fn assert_corrupt_miss(tier: &RemoteTier, name: &str, want: &str, scratch: &Path) {
-    let err = tier.lookup(&key(name)).unwrap_err();
+    // Lent, so what the tier leaves is still there to look at.
+    let staging = Staging::lent(scratch.join("staging"));
+    let err = tier.lookup(&key(name), &staging, &cx()).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Corrupt, "{err}");
     assert!(err.message.contains(want), "{err} should mention {want:?}");
     assert!(err.message.contains(name), "{err}");
@@ -157,7 +181,7 @@ fn s3_digest_mismatch_truncation_and_bad_manifest_are_misses() {
     bytes[mid] ^= 0x40;
     std::fs::write(&archive, &bytes).unwrap();
     assert_corrupt_miss(&tier, "k-flip", "sha256", &scratch);
-    assert!(tier.remove(&key("k-flip")).unwrap());
+    assert!(tier.remove(&key("k-flip"), &cx()).unwrap());
 
     // Truncated.
     let archive = push_one(&tier, work.path(), "k-trunc", &server.bucket_dir());
@@ -170,7 +194,7 @@ fn s3_digest_mismatch_truncation_and_bad_manifest_are_misses() {
         .unwrap();
     assert_corrupt_miss(&tier, "k-trunc", "truncated", &scratch);
     // The listing flags it too.
-    let rows = tier.list().unwrap();
+    let rows = tier.list(&cx()).unwrap();
     assert!(
         matches!(&rows[..], [Listed::Corrupt { key, reason }] if key == "k-trunc" && reason.contains("bytes")),
         "{rows:?}"
@@ -178,7 +202,7 @@ fn s3_digest_mismatch_truncation_and_bad_manifest_are_misses() {
     // Archive deleted entirely.
     std::fs::remove_file(&archive).unwrap();
     assert_corrupt_miss(&tier, "k-trunc", "missing", &scratch);
-    assert!(tier.remove(&key("k-trunc")).unwrap());
+    assert!(tier.remove(&key("k-trunc"), &cx()).unwrap());
 
     // Garbage manifest.
     push_one(&tier, work.path(), "k-manifest", &server.bucket_dir());
@@ -189,9 +213,9 @@ fn s3_digest_mismatch_truncation_and_bad_manifest_are_misses() {
     // A re-push repairs it.
     let k = key("k-manifest");
     let src = build_output(&work.path().join("again"), 1000, 9);
-    tier.store(&k, &src, &metadata(&k, "2025-05-02T00:00:00Z"))
+    tier.store(&k, &src, &metadata(&k, "2025-05-02T00:00:00Z"), &cx())
         .unwrap();
-    assert!(tier.lookup(&k).unwrap().is_some());
+    assert!(tier.lookup(&k, &stage(), &cx()).unwrap().is_some());
 }
 
 #[test]
@@ -209,7 +233,7 @@ fn s3_server_down_fails_fast_with_one_error() {
     let tier = s3_tier_with_env(&cfg, &no_env).unwrap();
     let k = key("k-down");
     let started = Instant::now();
-    let err = tier.lookup(&k).unwrap_err();
+    let err = tier.lookup(&k, &stage(), &cx()).unwrap_err();
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "{:?}",
@@ -232,7 +256,7 @@ fn s3_server_down_fails_fast_with_one_error() {
     let src = build_output(&work.path().join("b"), 1000, 1);
     let started = Instant::now();
     let err = tier
-        .store(&k, &src, &metadata(&k, "2025-01-01T00:00:00Z"))
+        .store(&k, &src, &metadata(&k, "2025-01-01T00:00:00Z"), &cx())
         .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(err.message.contains("failed"), "{err}");
@@ -256,7 +280,7 @@ fn s3_stalling_server_times_out_quickly() {
     let tier = s3_tier_with_env(&cfg, &no_env).unwrap();
     let k = key("k-stall");
     let started = Instant::now();
-    let err = tier.lookup(&k).unwrap_err();
+    let err = tier.lookup(&k, &stage(), &cx()).unwrap_err();
     let took = started.elapsed();
     eprintln!("stalled lookup failed after {took:?}: {err}");
     assert!(took < Duration::from_secs(6), "{took:?}");
@@ -265,7 +289,7 @@ fn s3_stalling_server_times_out_quickly() {
     let src = build_output(&work.path().join("b"), 1000, 1);
     let started = Instant::now();
     let err = tier
-        .store(&k, &src, &metadata(&k, "2025-01-01T00:00:00Z"))
+        .store(&k, &src, &metadata(&k, "2025-01-01T00:00:00Z"), &cx())
         .unwrap_err();
     let took = started.elapsed();
     eprintln!("stalled store failed after {took:?}: {err}");
@@ -283,7 +307,7 @@ fn s3_wrong_credentials_are_refused() {
     let before = tree(&server.bucket_dir());
 
     let bad = s3(&server, &work.path().join("b"), json!({"profile": "bad"}));
-    let err = bad.lookup(&key("k-auth")).unwrap_err();
+    let err = bad.lookup(&key("k-auth"), &stage(), &cx()).unwrap_err();
     assert_eq!(err.kind, ErrorKind::InvalidInput, "{err}");
     let hint = err.hint.clone().unwrap();
     assert!(hint.contains("profile bad"), "{hint}");
@@ -297,14 +321,14 @@ fn s3_wrong_credentials_are_refused() {
     let k = key("k-auth-2");
     let src = build_output(&work.path().join("x"), 1000, 3);
     let err = bad
-        .store(&k, &src, &metadata(&k, "2025-01-01T00:00:00Z"))
+        .store(&k, &src, &metadata(&k, "2025-01-01T00:00:00Z"), &cx())
         .unwrap_err();
     assert!(!err.to_string().contains("not-the-secret"));
     assert_eq!(tree(&server.bucket_dir()), before, "nothing written");
 
     // Unsigned requests to a private bucket are refused as well.
     let anon = s3(&server, &work.path().join("a"), json!({"anonymous": true}));
-    assert!(anon.lookup(&key("k-auth")).is_err());
+    assert!(anon.lookup(&key("k-auth"), &stage(), &cx()).is_err());
 }
 
 #[test]
@@ -325,16 +349,16 @@ fn s3_read_only_reads_and_never_writes() {
     .into_backend();
     assert!(ro.capabilities().read_only);
     assert!(ro.describe().ends_with("read-only"), "{}", ro.describe());
-    assert!(ro.lookup(&key("k-ro")).unwrap().is_some());
+    assert!(ro.lookup(&key("k-ro"), &stage(), &cx()).unwrap().is_some());
     let k = key("k-ro-new");
     let src = build_output(&work.path().join("n"), 1000, 5);
     let err = ro
-        .store(&k, &src, &metadata(&k, "2025-01-01T00:00:00Z"))
+        .store(&k, &src, &metadata(&k, "2025-01-01T00:00:00Z"), &cx())
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Unsupported);
     assert!(err.hint.unwrap().contains("KTSTR_S3_READ_ONLY"));
     assert_eq!(
-        ro.remove(&key("k-ro")).unwrap_err().kind,
+        ro.remove(&key("k-ro"), &cx()).unwrap_err().kind,
         ErrorKind::Unsupported
     );
     assert_eq!(tree(&server.bucket_dir()), before, "a read-only tier wrote");
@@ -352,11 +376,12 @@ fn s3_multipart_upload_of_an_entry_larger_than_one_part() {
     let k = key("k-big");
     // 12 MiB of noise: three parts, the last one short.
     let src = build_output(&work.path().join("big"), 12 << 20, 11);
-    a.store(&k, &src, &metadata(&k, "2025-01-01T00:00:00Z"))
+    a.store(&k, &src, &metadata(&k, "2025-01-01T00:00:00Z"), &cx())
         .unwrap();
     let archive = find_file(&server.bucket_dir(), ".tar.zst");
     assert!(std::fs::metadata(&archive).unwrap().len() > 10 << 20);
-    let hit = b.lookup(&k).unwrap().unwrap();
+    let staging = stage();
+    let hit = b.lookup(&k, &staging, &cx()).unwrap().unwrap();
     same_bytes(&hit.image(), &src.image);
     // No multipart upload is left in progress on the server.
     let leftovers: Vec<String> = tree(server.dir.path())
@@ -386,6 +411,7 @@ fn s3_concurrent_pushes_of_one_key_leave_a_valid_entry() {
                         k,
                         &src,
                         &metadata(k, &format!("2025-01-0{}T00:00:00Z", round + 1)),
+                        &cx(),
                     )
                     .unwrap();
                 }
@@ -393,7 +419,11 @@ fn s3_concurrent_pushes_of_one_key_leave_a_valid_entry() {
         }
     });
     let reader = s3(&server, &work.path().join("r"), json!({}));
-    let hit = reader.lookup(&k).unwrap().expect("an entry");
+    let staging = stage();
+    let hit = reader
+        .lookup(&k, &staging, &cx())
+        .unwrap()
+        .expect("an entry");
     let image = std::fs::read(hit.image()).unwrap();
     assert!(image == noise(400_000, 100) || image == noise(400_000, 101));
     // The digests were checked against the manifest, so image and
@@ -409,7 +439,7 @@ fn push_and_flip(
 ) -> (std::path::PathBuf, Artifacts) {
     let k = key(name);
     let src = build_output(&work.join(name), 200_000, 11);
-    tier.store(&k, &src, &metadata(&k, "2025-05-01T10:00:00Z"))
+    tier.store(&k, &src, &metadata(&k, "2025-05-01T10:00:00Z"), &cx())
         .unwrap();
     let archive = find_file(server_dir, ".tar.zst");
     let mut bytes = std::fs::read(&archive).unwrap();
@@ -431,10 +461,16 @@ fn damaged_at_rest_is_repaired(make: &dyn Fn(&Path) -> RemoteTier, server_dir: &
     let a = make(&work.path().join("scratch-a"));
     let (archive, src) = push_and_flip(&a, work.path(), "k-rest", server_dir);
     let damaged = std::fs::read(&archive).unwrap();
-    assert_eq!(a.lookup(&k).unwrap_err().kind, ErrorKind::Corrupt);
-    a.store(&k, &src, &metadata(&k, "2025-05-01T10:00:00Z"))
+    assert_eq!(
+        a.lookup(&k, &stage(), &cx()).unwrap_err().kind,
+        ErrorKind::Corrupt
+    );
+    a.store(&k, &src, &metadata(&k, "2025-05-01T10:00:00Z"), &cx())
         .unwrap();
-    assert!(a.lookup(&k).unwrap().is_some(), "the store repaired it");
+    assert!(
+        a.lookup(&k, &stage(), &cx()).unwrap().is_some(),
+        "the store repaired it"
+    );
     assert_ne!(
         std::fs::read(find_file(server_dir, ".tar.zst")).unwrap(),
         damaged
@@ -447,12 +483,16 @@ fn damaged_at_rest_is_repaired(make: &dyn Fn(&Path) -> RemoteTier, server_dir: &
     bytes[mid] ^= 0x08;
     std::fs::write(&archive, &bytes).unwrap();
     let b = make(&work.path().join("scratch-b"));
-    b.store(&k, &src, &metadata(&k, "2025-05-01T10:00:00Z"))
+    b.store(&k, &src, &metadata(&k, "2025-05-01T10:00:00Z"), &cx())
         .unwrap();
     let c = make(&work.path().join("scratch-c"));
-    let hit = c.lookup(&k).unwrap().expect("repaired by B's push");
+    let staging = stage();
+    let hit = c
+        .lookup(&k, &staging, &cx())
+        .unwrap()
+        .expect("repaired by B's push");
     same_bytes(&hit.image(), &src.image);
-    assert!(a.remove(&k).unwrap());
+    assert!(a.remove(&k, &cx()).unwrap());
 }
 
 #[test]
@@ -488,12 +528,13 @@ fn s3_missing_bucket_is_reported_not_a_miss() {
     );
     let k = key("k-nobucket");
     for err in [
-        tier.lookup(&k).unwrap_err(),
-        tier.list().unwrap_err(),
+        tier.lookup(&k, &stage(), &cx()).unwrap_err(),
+        tier.list(&cx()).unwrap_err(),
         tier.store(
             &k,
             &build_output(&work.path().join("src"), 1000, 3),
             &metadata(&k, "2025-05-01T10:00:00Z"),
+            &cx(),
         )
         .unwrap_err(),
     ] {
@@ -546,7 +587,7 @@ fn http_server_down_and_stalling() {
     )
     .unwrap();
     let started = Instant::now();
-    let err = down.lookup(&key("k")).unwrap_err();
+    let err = down.lookup(&key("k"), &stage(), &cx()).unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(err.message.starts_with("GET http://127.0.0.1:"), "{err}");
     assert!(
@@ -569,7 +610,7 @@ fn http_server_down_and_stalling() {
     )
     .unwrap();
     let started = Instant::now();
-    assert!(stalled.lookup(&key("k")).is_err());
+    assert!(stalled.lookup(&key("k"), &stage(), &cx()).is_err());
     assert!(
         started.elapsed() < Duration::from_secs(6),
         "{:?}",

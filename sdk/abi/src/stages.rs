@@ -89,16 +89,23 @@ pub trait FfiBuilder: Send + Sync {
 pub type FfiBuilderBox = FfiBuilder_TO<'static, RBox<()>>;
 
 /// `ktstr_sdk::cache::CacheBackend`. `key` is a validated `CacheKey`
-/// string; entries are `ktstr_sdk::export::wire::Entry` JSON.
+/// string; entries are `CacheEntry` JSON. Every call but the three
+/// context-free ones gets a [`HostBox`] (since ABI 0.2).
 #[sabi_trait]
 pub trait FfiCache: Send + Sync {
-    /// → `Option<Entry>`.
-    fn lookup(&self, key: RStr<'_>) -> FfiResult<RString>;
-    /// `artifacts`: `wire::Artifacts`, `metadata`: `Metadata` → `Entry`.
-    fn store(&self, key: RStr<'_>, artifacts: RStr<'_>, metadata: RStr<'_>) -> FfiResult<RString>;
+    /// `staging`: the path of the host's `Staging` → `Option<CacheEntry>`.
+    fn lookup(&self, key: RStr<'_>, staging: RStr<'_>, host: HostBox) -> FfiResult<RString>;
+    /// `artifacts`: `Artifacts`, `metadata`: `Metadata` → `CacheEntry`.
+    fn store(
+        &self,
+        key: RStr<'_>,
+        artifacts: RStr<'_>,
+        metadata: RStr<'_>,
+        host: HostBox,
+    ) -> FfiResult<RString>;
     /// → `Vec<wire::Listed>`.
-    fn list(&self) -> FfiResult<RString>;
-    fn remove(&self, key: RStr<'_>) -> FfiResult<bool>;
+    fn list(&self, host: HostBox) -> FfiResult<RString>;
+    fn remove(&self, key: RStr<'_>, host: HostBox) -> FfiResult<bool>;
     fn describe(&self) -> FfiResult<RString>;
     /// → `Capabilities`.
     #[sabi(last_prefix_field)]

@@ -25,7 +25,7 @@ use super::convert::{from_json, to_json};
 use super::guard::{ffi, quietly};
 use super::wire;
 use crate::build::{BuildRequest, Builder};
-use crate::cache::{Artifacts, CacheBackend, CacheKey, Metadata};
+use crate::cache::{Artifacts, CacheBackend, CacheKey, Metadata, Staging};
 use crate::configure::{ConfigureRequest, Configurer};
 use crate::registry::{Stage, StageKind};
 use crate::reserve::{ReservationGuard, ReserveRequest, Reserver};
@@ -238,24 +238,35 @@ fn key(raw: RStr<'_>) -> crate::Result<CacheKey> {
 }
 
 impl FfiCache for Shim<dyn CacheBackend> {
-    fn lookup(&self, k: RStr<'_>) -> FfiResult<RString> {
-        self.call("lookup", |s| to_json(&s.lookup(&key(k)?)?))
+    fn lookup(&self, k: RStr<'_>, staging: RStr<'_>, host: HostBox) -> FfiResult<RString> {
+        self.call("lookup", |s| {
+            let staging = Staging::lent(PathBuf::from(staging.as_str()));
+            to_json(&s.lookup(&key(k)?, &staging, &context(host))?)
+        })
     }
-    fn store(&self, k: RStr<'_>, artifacts: RStr<'_>, metadata: RStr<'_>) -> FfiResult<RString> {
+    fn store(
+        &self,
+        k: RStr<'_>,
+        artifacts: RStr<'_>,
+        metadata: RStr<'_>,
+        host: HostBox,
+    ) -> FfiResult<RString> {
         self.call("store", |s| {
             let artifacts: Artifacts = from_json("cache artifacts", artifacts.as_str())?;
             let metadata: Metadata = from_json("cache metadata", metadata.as_str())?;
-            to_json(&s.store(&key(k)?, &artifacts, &metadata)?)
+            to_json(&s.store(&key(k)?, &artifacts, &metadata, &context(host))?)
         })
     }
-    fn list(&self) -> FfiResult<RString> {
+    fn list(&self, host: HostBox) -> FfiResult<RString> {
         self.call("list", |s| {
-            let rows: Vec<wire::Listed> = s.list()?.iter().map(wire::Listed::from).collect();
+            let rows: Vec<wire::Listed> = (s.list(&context(host))?.iter())
+                .map(wire::Listed::from)
+                .collect();
             to_json(&rows)
         })
     }
-    fn remove(&self, k: RStr<'_>) -> FfiResult<bool> {
-        self.call("remove", |s| s.remove(&key(k)?))
+    fn remove(&self, k: RStr<'_>, host: HostBox) -> FfiResult<bool> {
+        self.call("remove", |s| s.remove(&key(k)?, &context(host)))
     }
     fn describe(&self) -> FfiResult<RString> {
         self.call("describe", |s| Ok(s.describe().into()))

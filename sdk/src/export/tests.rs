@@ -1,15 +1,23 @@
 //! The plugin side driven directly, as the host would through the ABI.
 
-use ktstr_plugin_abi::abi_stable::std_types::RResult;
+use ktstr_plugin_abi::abi_stable::sabi_trait::TD_Opaque;
+use ktstr_plugin_abi::abi_stable::std_types::{RArc, RResult, RStr, RString};
+use ktstr_plugin_abi::{HostCallbacks, HostCallbacks_TO, LineSinkMut};
 
 use super::*;
-use crate::cache::{CacheBackend, CacheEntry, CacheKey, Listed, Metadata};
+use crate::cache::{CacheBackend, CacheEntry, CacheKey, Listed, Metadata, Staging};
+use crate::context::StageContext;
 use crate::error::{ErrorKind, StageError};
 
 struct Boom;
 
 impl CacheBackend for Boom {
-    fn lookup(&self, _: &CacheKey) -> crate::Result<Option<CacheEntry>> {
+    fn lookup(
+        &self,
+        _: &CacheKey,
+        _: &Staging,
+        _: &StageContext,
+    ) -> crate::Result<Option<CacheEntry>> {
         panic!("lookup exploded")
     }
     fn store(
@@ -17,13 +25,17 @@ impl CacheBackend for Boom {
         _: &CacheKey,
         _: &crate::cache::Artifacts,
         _: &Metadata,
+        _: &StageContext,
     ) -> crate::Result<CacheEntry> {
         Err(StageError::invalid_input("no space").with_hint("free some"))
     }
-    fn list(&self) -> crate::Result<Vec<Listed>> {
+    fn list(&self, cx: &StageContext) -> crate::Result<Vec<Listed>> {
+        // What a long listing does between pages.
+        cx.progress.line("page 1");
+        cx.cancel.check()?;
         Ok(Vec::new())
     }
-    fn remove(&self, _: &CacheKey) -> crate::Result<bool> {
+    fn remove(&self, _: &CacheKey, _: &StageContext) -> crate::Result<bool> {
         Ok(false)
     }
     fn describe(&self) -> String {
@@ -38,6 +50,44 @@ fn define() -> Plugin {
         &["dir"],
         Constructor::Cache(|_| Ok(Box::new(Boom))),
     )
+}
+
+/// A host that has been interrupted and records progress lines.
+#[derive(Default, Clone)]
+struct Interrupted(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl HostCallbacks for Interrupted {
+    fn step(&self, _: RStr<'_>) {}
+    fn line(&self, line: RStr<'_>) {
+        self.0.lock().unwrap().push(line.to_string());
+    }
+    fn finish_step(&self) {}
+    fn warn(&self, _: RStr<'_>) {}
+    fn note(&self, _: RStr<'_>) {}
+    fn is_cancelled(&self) -> bool {
+        true
+    }
+    fn run(&self, _: RStr<'_>, _: LineSinkMut<'_>) -> FfiResult<RString> {
+        unreachable!("no commands here")
+    }
+    fn capture(&self, _: RStr<'_>) -> FfiResult<RString> {
+        unreachable!("no commands here")
+    }
+}
+
+fn host(h: &Interrupted) -> abi::HostBox {
+    HostCallbacks_TO::from_ptr(RArc::new(h.clone()), TD_Opaque)
+}
+
+/// A cache call gets the host's progress and cancellation.
+#[test]
+fn cache_calls_see_the_hosts_progress_and_cancellation() {
+    let root = __root_module(define).unwrap();
+    let cache = ok((root.new_cache())("boom".into(), "null".into()));
+    let h = Interrupted::default();
+    let e = err(cache.list(host(&h)));
+    assert_eq!(e.kind, ErrorKind::Cancelled, "{e}");
+    assert_eq!(*h.0.lock().unwrap(), ["page 1"]);
 }
 
 fn ok<T>(r: FfiResult<T>) -> T {
@@ -71,7 +121,8 @@ fn manifest_names_the_stages_and_abi() {
 fn panics_and_errors_come_back_structured() {
     let root = __root_module(define).unwrap();
     let cache = ok((root.new_cache())("boom".into(), "null".into()));
-    let e = err(cache.lookup("k1".into()));
+    let h = Interrupted::default();
+    let e = err(cache.lookup("k1".into(), "/nonexistent".into(), host(&h)));
     assert_eq!(e.kind, ErrorKind::Internal);
     assert!(
         e.message
@@ -79,7 +130,7 @@ fn panics_and_errors_come_back_structured() {
         "{e}"
     );
     assert!(e.causes.iter().any(|c| c.contains("tests.rs")), "{e:?}");
-    let e = err(cache.store("k1".into(), "{}".into(), "{}".into()));
+    let e = err(cache.store("k1".into(), "{}".into(), "{}".into(), host(&h)));
     assert_eq!(e.kind, ErrorKind::Internal, "malformed artifacts: {e}");
     assert_eq!(ok(cache.describe()).as_str(), "boom cache");
     let e = err((root.new_cache())("nope".into(), "null".into()));

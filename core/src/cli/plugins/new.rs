@@ -367,22 +367,34 @@ impl Builder for Stage {
 "#;
 
 const CACHE: &str = r#"
+// The contract (docs/cache.md, "Backend contract"): a hit's files are on
+// this machine (a backend that keeps archives unpacks into `staging`, which
+// the host removes); `dir` is empty for an entry that is not a directory
+// (set `location`); metadata is stored verbatim; a store that is
+// interrupted (`cx.cancel`) leaves nothing visible.
 impl CacheBackend for Stage {
-    fn lookup(&self, key: &CacheKey) -> Result<Option<CacheEntry>> {
+    fn lookup(&self, key: &CacheKey, _staging: &Staging, _cx: &StageContext) -> Result<Option<CacheEntry>> {
         tracing::debug!("lookup {key}: not implemented yet, a miss");
         Ok(None)
     }
 
-    fn store(&self, key: &CacheKey, _artifacts: &Artifacts, _metadata: &Metadata) -> Result<CacheEntry> {
+    fn store(
+        &self,
+        key: &CacheKey,
+        _artifacts: &Artifacts,
+        _metadata: &Metadata,
+        cx: &StageContext,
+    ) -> Result<CacheEntry> {
+        cx.cancel.check()?;
         Err(StageError::new(ErrorKind::Unsupported, format!("{NAME}: cannot store {key} yet"))
             .with_hint("implement CacheBackend::store in this plugin"))
     }
 
-    fn list(&self) -> Result<Vec<Listed>> {
+    fn list(&self, _cx: &StageContext) -> Result<Vec<Listed>> {
         Ok(Vec::new())
     }
 
-    fn remove(&self, _key: &CacheKey) -> Result<bool> {
+    fn remove(&self, _key: &CacheKey, _cx: &StageContext) -> Result<bool> {
         Ok(false)
     }
 

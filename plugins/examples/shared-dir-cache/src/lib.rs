@@ -15,7 +15,12 @@
 //! the whole entry into a private temp directory, fsync it, and publish it
 //! with one `rename` — readers on any machine see the old entry or the new
 //! one, never a partial one. Readers take no lock; a lookup checks that
-//! every recorded file is present with its recorded size.
+//! every recorded file is present with its recorded size. An interrupted
+//! store stops between files and removes its temp directory.
+//!
+//! Entries are directories, so lookups return them in place (the host's
+//! staging is for backends that must unpack) and `dir` is always the entry.
+//! Metadata is stored verbatim; `origin` in it is the host's business.
 //!
 //! Config (`[plugin.shared-dir-cache]` in ktstr's config file):
 //! `dir` (required, or `$KTSTR_SHARED_CACHE_DIR`), `read_only` (default
@@ -200,6 +205,7 @@ impl SharedDirCache {
             dir,
             metadata,
             origin: NAME.into(),
+            location: None,
         })
     }
 
@@ -222,6 +228,7 @@ impl SharedDirCache {
         tmp: &Path,
         artifacts: &Artifacts,
         metadata: &Metadata,
+        cx: &StageContext,
     ) -> Result<Metadata> {
         std::fs::create_dir_all(tmp).at("create", tmp)?;
         let mut stored = metadata.clone();
@@ -235,6 +242,8 @@ impl SharedDirCache {
             files.push((ktstr_sdk::cache::LOG_NAME.into(), log));
         }
         for (name, src) in files {
+            cx.cancel.check()?;
+            cx.progress.line(&format!("copying {name}"));
             let dst = tmp.join(&name);
             std::fs::copy(src, &dst).at("copy into the shared cache", src)?;
             let (sha256, size) = ktstr_sdk::hash::sha256_file(&dst)?;
@@ -252,12 +261,13 @@ impl SharedDirCache {
                 .and_then(|f| f.sync_all())
                 .at("sync", p)?;
         }
+        cx.cancel.check()?;
         Ok(stored)
     }
 }
 
 impl CacheBackend for SharedDirCache {
-    fn lookup(&self, key: &CacheKey) -> Result<Option<CacheEntry>> {
+    fn lookup(&self, key: &CacheKey, _: &Staging, _: &StageContext) -> Result<Option<CacheEntry>> {
         self.read(key)
     }
 
@@ -266,14 +276,18 @@ impl CacheBackend for SharedDirCache {
         key: &CacheKey,
         artifacts: &Artifacts,
         metadata: &Metadata,
+        cx: &StageContext,
     ) -> Result<CacheEntry> {
         self.refuse_if_read_only(&format!("store {key}"))?;
         let _lock = self.lock(key)?;
         let tmp = self.temp_dir("new", key);
-        let stored = match self.write_entry(&tmp, artifacts, metadata) {
+        let stored = match self.write_entry(&tmp, artifacts, metadata, cx) {
             Ok(m) => m,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&tmp);
+                if e.kind == ErrorKind::Cancelled {
+                    return Err(e);
+                }
                 return Err(e.context(format!("cannot store {key} in {}", self.describe())));
             }
         };
@@ -297,10 +311,11 @@ impl CacheBackend for SharedDirCache {
             dir: dest,
             metadata: stored,
             origin: NAME.into(),
+            location: None,
         })
     }
 
-    fn list(&self) -> Result<Vec<Listed>> {
+    fn list(&self, _: &StageContext) -> Result<Vec<Listed>> {
         let kernels = self.dir.join("kernels");
         let entries = match std::fs::read_dir(&kernels) {
             Ok(e) => e,
@@ -330,7 +345,7 @@ impl CacheBackend for SharedDirCache {
         Ok(rows)
     }
 
-    fn remove(&self, key: &CacheKey) -> Result<bool> {
+    fn remove(&self, key: &CacheKey, _: &StageContext) -> Result<bool> {
         self.refuse_if_read_only(&format!("remove {key}"))?;
         let dest = self.entry_dir(key);
         if !dest.exists() {
@@ -357,7 +372,6 @@ impl CacheBackend for SharedDirCache {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             read_only: self.read_only,
-            remote: true,
         }
     }
 }
@@ -376,6 +390,15 @@ ktstr_sdk::export_plugin!(plugin);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cx() -> StageContext {
+        StageContext::quiet()
+    }
+
+    /// Entries are directories: lookups never touch the staging.
+    fn no_staging() -> Staging {
+        Staging::lent(PathBuf::from("/nonexistent/staging"))
+    }
 
     fn metadata(key: &CacheKey) -> Metadata {
         Metadata {
@@ -413,18 +436,22 @@ mod tests {
         std::fs::write(src.join("config"), b"CONFIG_X=y\n").unwrap();
         let cache = SharedDirCache::new(dir.path().join("shared"));
         let key = CacheKey::parse("6.99.0-local-x86_64-00000001").unwrap();
-        assert!(cache.lookup(&key).unwrap().is_none());
+        assert!(cache.lookup(&key, &no_staging(), &cx()).unwrap().is_none());
         let artifacts = Artifacts {
             image: src.join("bzImage"),
             vmlinux: None,
             config: src.join("config"),
             log: None,
         };
-        let stored = cache.store(&key, &artifacts, &metadata(&key)).unwrap();
+        let stored = cache
+            .store(&key, &artifacts, &metadata(&key), &cx())
+            .unwrap();
         assert_eq!(std::fs::read(stored.image()).unwrap(), b"image");
         // Replacing an entry works, and leaves no temp dirs behind.
-        cache.store(&key, &artifacts, &metadata(&key)).unwrap();
-        let hit = cache.lookup(&key).unwrap().unwrap();
+        cache
+            .store(&key, &artifacts, &metadata(&key), &cx())
+            .unwrap();
+        let hit = cache.lookup(&key, &no_staging(), &cx()).unwrap().unwrap();
         assert_eq!(hit.metadata.artifacts["bzImage"].size, 5);
         assert_eq!(
             std::fs::read_dir(dir.path().join("shared/tmp"))
@@ -432,13 +459,43 @@ mod tests {
                 .count(),
             0
         );
-        assert_eq!(cache.list().unwrap().len(), 1);
+        assert_eq!(cache.list(&cx()).unwrap().len(), 1);
         // A truncated file is reported, never returned as a hit.
         std::fs::write(hit.image(), b"im").unwrap();
-        assert_eq!(cache.lookup(&key).unwrap_err().kind, ErrorKind::Corrupt);
-        assert!(cache.remove(&key).unwrap());
-        assert!(!cache.remove(&key).unwrap());
-        assert!(cache.list().unwrap().is_empty());
+        assert_eq!(
+            cache.lookup(&key, &no_staging(), &cx()).unwrap_err().kind,
+            ErrorKind::Corrupt
+        );
+        assert!(cache.remove(&key, &cx()).unwrap());
+        assert!(!cache.remove(&key, &cx()).unwrap());
+        assert!(cache.list(&cx()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_cancelled_store_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("bzImage"), b"image").unwrap();
+        std::fs::write(src.join("config"), b"CONFIG_X=y\n").unwrap();
+        let cache = SharedDirCache::new(dir.path().join("shared"));
+        let key = CacheKey::parse("6.99.0-local-x86_64-00000002").unwrap();
+        let artifacts = Artifacts {
+            image: src.join("bzImage"),
+            vmlinux: None,
+            config: src.join("config"),
+            log: None,
+        };
+        let stopped = cx();
+        stopped.cancel.cancel();
+        let e = cache
+            .store(&key, &artifacts, &metadata(&key), &stopped)
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Cancelled, "{e}");
+        assert!(cache.lookup(&key, &no_staging(), &cx()).unwrap().is_none());
+        assert!(cache.list(&cx()).unwrap().is_empty());
+        let tmp = dir.path().join("shared/tmp");
+        assert_eq!(std::fs::read_dir(tmp).map(|d| d.count()).unwrap_or(0), 0);
     }
 
     #[test]
@@ -449,6 +506,6 @@ mod tests {
         assert!(e.message.contains("unknown key"), "{e}");
         let c = SharedDirCache::from_config(&serde_json::json!({"dir": "/x", "read_only": true}))
             .unwrap();
-        assert!(c.capabilities().read_only && c.capabilities().remote);
+        assert!(c.capabilities().read_only);
     }
 }

@@ -13,12 +13,15 @@ use super::RemoteTier;
 use crate::format;
 
 impl RemoteTier {
+    /// An entry as stored and listed: no local files (`dir` empty), its
+    /// archive's address as the location.
     pub(super) fn remote_entry(&self, key: &CacheKey, metadata: Metadata) -> CacheEntry {
         CacheEntry {
             key: key.clone(),
-            dir: PathBuf::from(self.url_of(&self.object(&format::archive_dir(key)))),
+            dir: PathBuf::new(),
             metadata,
             origin: self.plugin.to_string(),
+            location: Some(self.url_of(&self.object(&format::archive_dir(key)))),
         }
     }
 

@@ -3,11 +3,13 @@
 //!
 //! The archive is unpacked on a second thread while its bytes are hashed,
 //! so a pull costs about one transfer rather than transfer + decompress +
-//! copy. Files land in a private scratch directory; only after the archive
-//! digest, every file digest and every size agree with the manifest is the
-//! entry returned, and the host then copies it into the local cache with
-//! its atomic store. A bad object is reported as `Corrupt` (the host warns
-//! and builds) and deleted locally.
+//! copy. Files land in the host's staging directory (the host removes it
+//! once it copied the entry into the local cache with its atomic store);
+//! only after the archive digest, every file digest and every size agree
+//! with the manifest is the entry returned. A bad object is reported as
+//! `Corrupt` (the host warns and builds) and its files deleted at once.
+//! The download reports its progress and stops between chunks when the
+//! run is interrupted.
 
 use std::io::Read;
 use std::path::Path;
@@ -15,8 +17,9 @@ use std::sync::mpsc;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use ktstr_sdk::cache::{CacheEntry, CacheKey};
-use ktstr_sdk::error::{Result, StageError};
+use ktstr_sdk::cache::{CacheEntry, CacheKey, Staging};
+use ktstr_sdk::context::StageContext;
+use ktstr_sdk::error::{IoResultExt, Result, StageError};
 use object_store::ObjectStoreExt;
 
 use super::RemoteTier;
@@ -42,15 +45,61 @@ impl Read for ChannelReader {
     }
 }
 
+/// Reports a transfer's progress as a line every [`Every::STEP`] bytes.
+pub(super) struct Every {
+    total: u64,
+    done: u64,
+    next: u64,
+}
+
+impl Every {
+    const STEP: u64 = 16 << 20;
+
+    pub(super) fn new(total: u64) -> Self {
+        Self {
+            total,
+            done: 0,
+            next: Self::STEP,
+        }
+    }
+
+    pub(super) fn add(&mut self, n: u64, cx: &StageContext) {
+        self.done += n;
+        if self.done >= self.next {
+            self.next = self.done + Self::STEP;
+            cx.progress
+                .line(&format!("{} of {}", mib(self.done), mib(self.total)));
+        }
+    }
+}
+
+pub(super) fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
 impl RemoteTier {
     /// [`CacheBackend::lookup`](ktstr_sdk::cache::CacheBackend::lookup):
-    /// the verified entry unpacked into scratch, or `None` on a miss.
-    pub(super) fn pull(&self, key: &CacheKey) -> Result<Option<CacheEntry>> {
+    /// the verified entry unpacked into `staging`, or `None` on a miss.
+    pub(super) fn pull(
+        &self,
+        key: &CacheKey,
+        staging: &Staging,
+        cx: &StageContext,
+    ) -> Result<Option<CacheEntry>> {
         let Some(manifest) = self.runtime.block_on(self.fetch_manifest(key))? else {
             return Ok(None);
         };
-        let dest = self.scratch_subdir(key.as_str())?;
-        match self.fetch_archive(key, &manifest, &dest) {
+        cx.cancel.check()?;
+        let dest = staging.dir()?.join(key.as_str());
+        std::fs::create_dir(&dest).at("create directory", &dest)?;
+        cx.progress.step(&format!(
+            "downloading {key} from {} ({})",
+            self.location,
+            mib(manifest.archive.size)
+        ));
+        let fetched = self.fetch_archive(key, &manifest, &dest, cx);
+        cx.progress.finish_step();
+        match fetched {
             Ok(()) => {
                 tracing::debug!(
                     "{}: fetched {key} ({} bytes) into {}",
@@ -63,6 +112,7 @@ impl RemoteTier {
                     dir: dest,
                     metadata: manifest.metadata,
                     origin: self.plugin.to_string(),
+                    location: None,
                 }))
             }
             Err(e) => {
@@ -98,7 +148,13 @@ impl RemoteTier {
     }
 
     /// Stream the archive into `dest`, verifying everything.
-    fn fetch_archive(&self, key: &CacheKey, m: &Manifest, dest: &Path) -> Result<()> {
+    fn fetch_archive(
+        &self,
+        key: &CacheKey,
+        m: &Manifest,
+        dest: &Path,
+        cx: &StageContext,
+    ) -> Result<()> {
         let path = self.archive_path(key, &m.archive.name);
         let (tx, rx) = mpsc::sync_channel::<Bytes>(64);
         std::thread::scope(|scope| {
@@ -135,8 +191,13 @@ impl RemoteTier {
                 let mut hash = Hashing::with_limit((), m.archive.size);
                 let mut stream = got.into_stream();
                 let mut tx = Some(tx);
+                let mut report = Every::new(m.archive.size);
                 while let Some(chunk) = stream.next().await {
+                    // Dropping the sender on return stops the unpacker; the
+                    // caller removes what it wrote.
+                    cx.cancel.check()?;
                     let chunk = chunk.map_err(|e| self.request_error("GET", &path, e))?;
+                    report.add(chunk.len() as u64, cx);
                     if hash.update(&chunk).is_err() {
                         return Err(self.corrupt(
                             key,

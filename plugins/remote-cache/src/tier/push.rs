@@ -6,7 +6,10 @@
 //! digests *and* its archive's streamed sha256 is the recorded one; a key a
 //! lookup in this run found damaged is replaced without asking. Archives
 //! above one part go up as a multipart upload, aborted on failure so no
-//! parts linger.
+//! parts linger. The upload reports progress; an interrupt stops it between
+//! parts and always before the manifest, the object that makes an entry
+//! visible, so a cancelled push leaves nothing a reader would see (the
+//! archive already sent is deleted).
 
 use std::io::Read;
 use std::path::Path;
@@ -14,12 +17,14 @@ use std::path::Path;
 use bytes::Bytes;
 use futures::StreamExt;
 use ktstr_sdk::cache::{Artifacts, CacheEntry, CacheKey, Metadata};
+use ktstr_sdk::context::StageContext;
 use ktstr_sdk::error::{IoResultExt, Result, StageError};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 
 use super::RemoteTier;
 use super::errors::summarize;
+use super::pull::{Every, mib};
 use crate::format::{self, Hashing, Manifest};
 
 /// What a push found at the remote under its key.
@@ -41,7 +46,9 @@ impl RemoteTier {
         key: &CacheKey,
         artifacts: &Artifacts,
         metadata: &Metadata,
+        cx: &StageContext,
     ) -> Result<CacheEntry> {
+        cx.cancel.check()?;
         // Some servers create a missing bucket on PUT, AWS refuses it:
         // either way a misspelt bucket is an error, not an upload.
         self.runtime.block_on(self.check_bucket_once())?;
@@ -68,8 +75,22 @@ impl RemoteTier {
                     Existing::Different | Existing::Absent => {}
                 }
                 let archive = self.archive_path(key, &m.archive.name);
-                self.upload_archive(&archive, packed.file.path(), m.archive.size)
-                    .await?;
+                cx.cancel.check()?;
+                cx.progress.step(&format!(
+                    "uploading {key} to {} ({})",
+                    self.location,
+                    mib(m.archive.size)
+                ));
+                let sent = self
+                    .upload_archive(&archive, packed.file.path(), m.archive.size, cx)
+                    .await;
+                cx.progress.finish_step();
+                sent?;
+                if cx.cancel.is_cancelled() {
+                    // Nothing names it yet; do not leave it to lifecycle rules.
+                    let _ = self.store.delete(&archive).await;
+                    return Err(StageError::cancelled());
+                }
                 // Last: from now on readers see the entry, archive included.
                 let manifest = self.manifest_path(key);
                 self.store
@@ -94,10 +115,17 @@ impl RemoteTier {
         result
     }
 
-    async fn upload_archive(&self, path: &ObjPath, file: &Path, size: u64) -> Result<()> {
+    async fn upload_archive(
+        &self,
+        path: &ObjPath,
+        file: &Path,
+        size: u64,
+        cx: &StageContext,
+    ) -> Result<()> {
         match self.opts.multipart {
             Some((part, concurrency)) if size > part => {
-                self.upload_multipart(path, file, part, concurrency).await
+                self.upload_multipart(path, file, (part, concurrency), size, cx)
+                    .await
             }
             _ => {
                 let bytes = std::fs::read(file).at("read", file)?;
@@ -110,14 +138,16 @@ impl RemoteTier {
         }
     }
 
-    /// Parts of `part` bytes, `concurrency` at a time. On any failure the
-    /// upload is aborted, so the store discards the parts already sent.
+    /// Parts of `part` bytes, `concurrency` at a time. On any failure or
+    /// an interrupt the upload is aborted, so the store discards the parts
+    /// already sent.
     async fn upload_multipart(
         &self,
         path: &ObjPath,
         file: &Path,
-        part: u64,
-        concurrency: usize,
+        (part, concurrency): (u64, usize),
+        size: u64,
+        cx: &StageContext,
     ) -> Result<()> {
         let mut f = std::fs::File::open(file).at("open", file)?;
         let upload = self
@@ -127,7 +157,12 @@ impl RemoteTier {
             .map_err(|e| self.request_error("start multipart upload of", path, e))?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, part as usize);
         let mut buf = vec![0u8; 1 << 20];
+        let mut report = Every::new(size);
         loop {
+            if cx.cancel.is_cancelled() {
+                self.abort(w, path).await;
+                return Err(StageError::cancelled());
+            }
             if let Err(e) = w.wait_for_capacity(concurrency).await {
                 self.abort(w, path).await;
                 return Err(self.request_error("upload part of", path, e));
@@ -143,6 +178,7 @@ impl RemoteTier {
                 break;
             }
             w.write(&buf[..n]);
+            report.add(n as u64, cx);
         }
         // Wait for every part first, so a failed part is reported as that
         // (not as a failed completion); the upload is then aborted.

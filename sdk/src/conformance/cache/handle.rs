@@ -1,26 +1,28 @@
 //! One backend instance as the rules call it.
 //!
-//! Every call into a backend goes through [`Handle`], so the
-//! [`StageContext`] that cache methods are to take (issue 17: progress and
-//! cancellation for long uploads) is one edit here: pass `&self.cx` on.
-//! Each call is also guarded against panics, so a panicking backend breaks
-//! the rule it was called for instead of aborting the suite.
+//! Every call into a backend goes through [`Handle`], which passes the
+//! [`StageContext`] on and, as the host does, lends each lookup a fresh
+//! [`Staging`] that outlives the hit (until the handle is dropped). Each
+//! call is also guarded against panics, so a panicking backend breaks the
+//! rule it was called for instead of aborting the suite.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use crate::cache::{Artifacts, CacheBackend, CacheEntry, CacheKey, Capabilities, Listed, Metadata};
+use crate::cache::{
+    Artifacts, CacheBackend, CacheEntry, CacheKey, Capabilities, Listed, Metadata, Staging,
+};
 use crate::context::StageContext;
 use crate::error::Result;
 
 /// A backend and the context its calls run in.
 pub(super) struct Handle {
     backend: Box<dyn CacheBackend>,
-    #[expect(
-        dead_code,
-        reason = "passed to every call once cache methods take a StageContext (issue 17)"
-    )]
     cx: StageContext,
+    /// Every lookup's staging, kept while the rules read the hits; declared
+    /// before `staging_root` so it is dropped (removed) first.
+    staged: Mutex<Vec<Staging>>,
+    staging_root: Option<tempfile::TempDir>,
 }
 
 /// A fresh context: no progress output, the real process runner, not cancelled.
@@ -50,7 +52,20 @@ impl Handle {
     }
 
     pub fn with_context(backend: Box<dyn CacheBackend>, cx: StageContext) -> Self {
-        Self { backend, cx }
+        Self {
+            backend,
+            cx,
+            staged: Mutex::default(),
+            staging_root: tempfile::tempdir().ok(),
+        }
+    }
+
+    /// A fresh staging place for one lookup, kept until the handle goes.
+    fn staging(&self) -> Staging {
+        let root = (self.staging_root.as_ref())
+            .map(|d| d.path().to_path_buf())
+            .unwrap_or_else(std::env::temp_dir);
+        Staging::new(&root)
     }
 
     pub fn describe(&self) -> String {
@@ -63,7 +78,12 @@ impl Handle {
 
     /// The backend's answer, panics caught: for rules that expect an error.
     pub fn try_lookup(&self, key: &CacheKey) -> Caught<Option<CacheEntry>> {
-        guarded(&format!("lookup {key}"), || self.backend.lookup(key))
+        let staging = self.staging();
+        let found = guarded(&format!("lookup {key}"), || {
+            self.backend.lookup(key, &staging, &self.cx)
+        });
+        (self.staged.lock().unwrap_or_else(|p| p.into_inner())).push(staging);
+        found
     }
 
     pub fn try_store(
@@ -73,16 +93,18 @@ impl Handle {
         metadata: &Metadata,
     ) -> Caught<CacheEntry> {
         guarded(&format!("store {key}"), || {
-            self.backend.store(key, artifacts, metadata)
+            self.backend.store(key, artifacts, metadata, &self.cx)
         })
     }
 
     pub fn try_list(&self) -> Caught<Vec<Listed>> {
-        guarded("list", || self.backend.list())
+        guarded("list", || self.backend.list(&self.cx))
     }
 
     pub fn try_remove(&self, key: &CacheKey) -> Caught<bool> {
-        guarded(&format!("remove {key}"), || self.backend.remove(key))
+        guarded(&format!("remove {key}"), || {
+            self.backend.remove(key, &self.cx)
+        })
     }
 
     /// A call that must succeed; its error becomes the observation.

@@ -190,8 +190,12 @@ fn round_trip(s: &Suite<'_, '_>) -> Checked {
         build
             .check_metadata(&stored.metadata)
             .map_err(|e| format!("store {key} returned {e}"))?;
-        // A remote's `dir` names the remote copy; a local one must hold the files.
-        if stored.dir.is_dir() {
+        // `dir` is the entry's directory, or empty for a backend that keeps
+        // no directory (docs/cache.md, "Backend contract").
+        stored
+            .check_returned("store", Some(key), &b.describe())
+            .map_err(|e| e.message)?;
+        if stored.is_local() {
             build
                 .check_files(&stored)
                 .map_err(|e| format!("store {key} returned an entry whose {e}"))?;
@@ -764,8 +768,42 @@ fn corrupt(s: &Suite<'_, '_>) -> Checked {
     Ok(())
 }
 
-fn cancellation(_: &Suite<'_, '_>) -> Checked {
-    Err(Stop::Skip(
-        "cache methods take no StageContext yet (issue 17), so a store cannot be cancelled".into(),
-    ))
+/// A store under a cancelled context fails as `Cancelled` and shows
+/// nothing: neither a new key nor a change to the entry it would replace.
+fn cancellation(s: &Suite<'_, '_>) -> Checked {
+    let b = writable(s)?;
+    let kept = s.key("kept");
+    let v1 = s.build(&kept, 1, &Shape::full(SMALL));
+    b.store(&kept, &v1.artifacts, &v1.metadata)?;
+    let cx = super::handle::context();
+    cx.cancel.cancel();
+    let stopped = Handle::with_context((s.make)(&s.next_fixture()), cx);
+    let fresh = s.key("fresh");
+    for (key, what) in [(&kept, "over an existing entry"), (&fresh, "of a new key")] {
+        let v2 = s.build(key, 2, &Shape::full(SMALL + 1));
+        match stopped.try_store(key, &v2.artifacts, &v2.metadata) {
+            Err(panicked) => return Err(Stop::Broken(panicked)),
+            Ok(Ok(_)) => {
+                return Err(Stop::Broken(format!(
+                    "store {key} {what} succeeded although the run was cancelled"
+                )));
+            }
+            Ok(Err(e)) => ensure!(
+                e.kind == ErrorKind::Cancelled,
+                "store {key} {what} under a cancelled context failed with {}, not as cancelled",
+                describe_error(&e)
+            ),
+        }
+    }
+    expect_hit(
+        &s.instance(),
+        &format!("lookup {kept} after a cancelled store over it"),
+        &kept,
+        &v1,
+    )?;
+    expect_miss(
+        &s.instance(),
+        &format!("lookup {fresh} after its store was cancelled"),
+        &fresh,
+    )
 }

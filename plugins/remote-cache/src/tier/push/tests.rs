@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::stream::BoxStream;
-use ktstr_sdk::cache::CacheBackend;
+use ktstr_sdk::cache::{CacheBackend, Staging};
+use ktstr_sdk::context::{Cancellation, Progress, StageContext};
 use object_store::memory::InMemory;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
@@ -134,32 +135,22 @@ fn noise(len: usize) -> Vec<u8> {
         .collect()
 }
 
-#[test]
-fn failed_multipart_upload_is_aborted_and_publishes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let aborted = Arc::new(AtomicBool::new(false));
-    let tier = RemoteTier::new(
-        "s3-cache",
-        "s3://test/p".into(),
-        String::new(),
-        Box::new(FailSecondPart {
-            inner: InMemory::new(),
-            aborted: aborted.clone(),
-        }),
-        "p",
-        TierOptions {
-            read_only: false,
-            max_entry_size: 1 << 30,
-            compression_level: 1,
-            multipart: Some((5 << 20, 2)),
-            scratch_dir: Some(dir.path().join("scratch")),
-            env_prefix: "KTSTR_S3_",
-            auth_hint: String::new(),
-        },
-    )
-    .unwrap();
-    let src = dir.path().join("src");
-    std::fs::create_dir(&src).unwrap();
+fn options(dir: &std::path::Path, multipart: Option<(u64, usize)>) -> TierOptions {
+    TierOptions {
+        read_only: false,
+        max_entry_size: 1 << 30,
+        compression_level: 1,
+        multipart,
+        scratch_dir: Some(dir.join("scratch")),
+        env_prefix: "KTSTR_S3_",
+        auth_hint: String::new(),
+    }
+}
+
+/// A 12 MiB entry (three 5 MiB parts) to push.
+fn entry(dir: &std::path::Path, name: &str) -> (CacheKey, Artifacts, Metadata) {
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
     let artifacts = Artifacts {
         image: src.join("bzImage"),
         vmlinux: None,
@@ -168,7 +159,7 @@ fn failed_multipart_upload_is_aborted_and_publishes_nothing() {
     };
     std::fs::write(&artifacts.image, noise(12 << 20)).unwrap();
     std::fs::write(&artifacts.config, b"CONFIG_X=y\n").unwrap();
-    let key = CacheKey::parse("k-multipart-fail").unwrap();
+    let key = CacheKey::parse(name).unwrap();
     let metadata = Metadata {
         schema: Metadata::SCHEMA,
         key: key.clone(),
@@ -193,19 +184,103 @@ fn failed_multipart_upload_is_aborted_and_publishes_nothing() {
         kernelrelease: None,
         build: None,
     };
-    let err = tier.store(&key, &artifacts, &metadata).unwrap_err();
+    (key, artifacts, metadata)
+}
+
+fn scratch_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("scratch"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .count()
+}
+
+#[test]
+fn failed_multipart_upload_is_aborted_and_publishes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let aborted = Arc::new(AtomicBool::new(false));
+    let tier = RemoteTier::new(
+        "s3-cache",
+        "s3://test/p".into(),
+        String::new(),
+        Box::new(FailSecondPart {
+            inner: InMemory::new(),
+            aborted: aborted.clone(),
+        }),
+        "p",
+        options(dir.path(), Some((5 << 20, 2))),
+    )
+    .unwrap();
+    let (key, artifacts, metadata) = entry(dir.path(), "k-multipart-fail");
+    let cx = StageContext::quiet();
+    let err = tier.store(&key, &artifacts, &metadata, &cx).unwrap_err();
     assert!(err.message.starts_with("upload part of"), "{err}");
     assert!(err.to_string().contains("injected 500 on part 2"), "{err}");
     assert!(aborted.load(Ordering::SeqCst), "upload was not aborted");
     // No manifest (and so no entry) was published.
-    assert!(tier.lookup(&key).unwrap().is_none());
-    assert!(tier.list().unwrap().is_empty());
+    let staging = Staging::new(dir.path());
+    assert!(tier.lookup(&key, &staging, &cx).unwrap().is_none());
+    assert!(tier.list(&cx).unwrap().is_empty());
     // The push's temporary archive is gone.
-    assert_eq!(
-        std::fs::read_dir(dir.path().join("scratch"))
-            .unwrap()
-            .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
-            .count(),
-        0
-    );
+    assert_eq!(scratch_files(dir.path()), 0);
+}
+
+/// Interrupts the run as soon as the upload starts.
+struct InterruptOnUpload(Cancellation);
+
+impl Progress for InterruptOnUpload {
+    fn step(&self, name: &str) {
+        if name.starts_with("uploading") {
+            self.0.cancel();
+        }
+    }
+    fn line(&self, _: &str) {}
+    fn finish_step(&self) {}
+    fn warn(&self, _: &str) {}
+    fn note(&self, _: &str) {}
+}
+
+/// Interrupted during the upload, in one PUT or in parts, a push is
+/// `Cancelled` and leaves nothing behind: no manifest, no archive, no
+/// multipart upload, no scratch file.
+#[test]
+fn an_interrupted_push_leaves_nothing_on_the_remote() {
+    for multipart in [None, Some((5 << 20, 2))] {
+        let dir = tempfile::tempdir().unwrap();
+        let aborted = Arc::new(AtomicBool::new(false));
+        let tier = RemoteTier::new(
+            "s3-cache",
+            "s3://test/p".into(),
+            String::new(),
+            Box::new(FailSecondPart {
+                inner: InMemory::new(),
+                aborted: aborted.clone(),
+            }),
+            "p",
+            options(dir.path(), multipart),
+        )
+        .unwrap();
+        let (key, artifacts, metadata) = entry(dir.path(), "k-interrupted");
+        let cancel = Cancellation::new();
+        let cx = StageContext {
+            progress: Arc::new(InterruptOnUpload(cancel.clone())),
+            cancel,
+            ..StageContext::quiet()
+        };
+        let err = tier.store(&key, &artifacts, &metadata, &cx).unwrap_err();
+        assert_eq!(
+            err.kind,
+            ktstr_sdk::ErrorKind::Cancelled,
+            "{multipart:?}: {err}"
+        );
+        assert_eq!(aborted.load(Ordering::SeqCst), multipart.is_some());
+        let quiet = StageContext::quiet();
+        let staging = Staging::new(dir.path());
+        assert!(tier.lookup(&key, &staging, &quiet).unwrap().is_none());
+        assert!(tier.list(&quiet).unwrap().is_empty());
+        let objects: Vec<_> = tier
+            .runtime
+            .block_on(tier.store.list(None).collect::<Vec<_>>());
+        assert!(objects.is_empty(), "{multipart:?}: {objects:?}");
+        assert_eq!(scratch_files(dir.path()), 0);
+    }
 }
