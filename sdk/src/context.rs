@@ -25,8 +25,8 @@ pub trait Progress: Send + Sync {
     fn note(&self, message: &str);
     /// The current step has moved `done` bytes of `total` (a download):
     /// the host shows bytes, rate and time left. Call it a few times a
-    /// second at most. The default, for sinks that only know lines (and
-    /// plugin libraries, until the ABI carries it), reports it as a line.
+    /// second at most. The default, for sinks that only know lines, reports
+    /// it as a line; a plugin library's calls reach the host over the ABI.
     fn bytes(&self, done: u64, total: Option<u64>) {
         let mib = |n: u64| n as f64 / (1u64 << 20) as f64;
         self.line(&match total {

@@ -162,7 +162,7 @@ pub fn prune(path: &Path) -> Result<bool> {
 }
 
 /// One process holding (or waiting for) a lock.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Holder {
     pub pid: u32,
     /// `READ` (shared) or `WRITE` (exclusive).

@@ -22,7 +22,7 @@ use crate::lock::{self, Holder};
 const DESCRIPTION_LIMIT: u64 = 4 << 10;
 
 /// One lock file and who holds or waits for it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LockInfo {
     /// What kind of lock: `llc`, `mirror`, `entry`, ...
     pub kind: String,

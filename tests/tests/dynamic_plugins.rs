@@ -582,6 +582,24 @@ fn fixed_cpus_reserver_grants_the_configured_cpus() {
         "make ran outside a sandbox: {sandbox}"
     );
     run.assert_stderr_lacks("best-effort");
+
+    // Its lock files reach `ktstr locks` through the plugin ABI.
+    write_config(&fx, "reserver = \"fixed-cpus\"\n");
+    let locks = inst.run(
+        &fx,
+        &[("KTSTR_FIXED_CPUS", cpu.as_str())],
+        &["locks", "--all", "--json"],
+    );
+    let rows: serde_json::Value =
+        serde_json::from_str(&locks.stdout).unwrap_or_else(|e| panic!("{e}\n{}", locks.describe()));
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["kind"] == "llc" || r["kind"] == "cpu"),
+        "the plugin's CPU locks are listed\n{}",
+        locks.describe()
+    );
 }
 
 #[test]

@@ -119,6 +119,10 @@ impl Reserver for DynReserver {
             guard,
         })
     }
+
+    fn locks(&self) -> Result<Vec<ktstr_sdk::lock_list::LockInfo>> {
+        decode("locks", self.inner.locks())
+    }
 }
 
 pub struct DynConfigurer {
@@ -258,6 +262,9 @@ impl CacheBackend for DynCache {
     fn capabilities(&self) -> Capabilities {
         let r = decode("capabilities", self.inner.capabilities());
         fallback(&self.label, "capabilities", r, Capabilities::default())
+    }
+    fn locks(&self) -> Result<Vec<ktstr_sdk::lock_list::LockInfo>> {
+        decode("locks", self.inner.locks())
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use ktstr_sdk::context::{Cancellation, CommandRunner, CommandSpec, Progress, StageContext};
 use ktstr_sdk::export::abi::abi_stable::sabi_trait::TD_Opaque;
-use ktstr_sdk::export::abi::abi_stable::std_types::{RArc, RResult, RStr, RString};
+use ktstr_sdk::export::abi::abi_stable::std_types::{RArc, ROption, RResult, RStr, RString};
 use ktstr_sdk::export::abi::{
     FfiLogger, FfiLogger_TO, FfiResult, HostBox, HostCallbacks, HostCallbacks_TO, LineSinkMut,
     LoggerBox, level,
@@ -62,6 +62,9 @@ impl HostCallbacks for HostCx {
             let spec: CommandSpec = from_json("a command", spec_json.as_str())?;
             to_json(&self.runner.capture(&spec)?)
         })())
+    }
+    fn bytes(&self, done: u64, total: ROption<u64>) {
+        self.progress.bytes(done, total.into_option());
     }
 }
 

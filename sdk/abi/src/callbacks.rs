@@ -8,7 +8,7 @@
 //! through these callbacks instead of the plugin's globals.
 
 use abi_stable::sabi_trait;
-use abi_stable::std_types::{RArc, RStr, RString};
+use abi_stable::std_types::{RArc, ROption, RStr, RString};
 
 use crate::error::FfiResult;
 
@@ -64,8 +64,11 @@ pub trait HostCallbacks: Send + Sync {
     fn run(&self, spec_json: RStr<'_>, on_line: LineSinkMut<'_>) -> FfiResult<RString>;
 
     /// `CommandRunner::capture`.
-    #[sabi(last_prefix_field)]
     fn capture(&self, spec_json: RStr<'_>) -> FfiResult<RString>;
+
+    /// `Progress::bytes`: a transfer's progress (bytes done, of `total`).
+    #[sabi(last_prefix_field)]
+    fn bytes(&self, done: u64, total: ROption<u64>);
 }
 
 /// An owned, shareable [`HostCallbacks`]: a plugin may keep it after the

@@ -54,8 +54,10 @@ pub struct FfiReservation {
 #[sabi_trait]
 pub trait FfiReserver: Send + Sync {
     /// `request`: `ReserveRequest`.
-    #[sabi(last_prefix_field)]
     fn reserve(&self, request: RStr<'_>, host: HostBox) -> FfiResult<FfiReservation>;
+    /// → `Vec<LockInfo>`, for `ktstr locks`.
+    #[sabi(last_prefix_field)]
+    fn locks(&self) -> FfiResult<RString>;
 }
 
 pub type FfiReserverBox = FfiReserver_TO<'static, RBox<()>>;
@@ -108,8 +110,10 @@ pub trait FfiCache: Send + Sync {
     fn remove(&self, key: RStr<'_>, host: HostBox) -> FfiResult<bool>;
     fn describe(&self) -> FfiResult<RString>;
     /// → `Capabilities`.
-    #[sabi(last_prefix_field)]
     fn capabilities(&self) -> FfiResult<RString>;
+    /// → `Vec<LockInfo>`, for `ktstr locks`.
+    #[sabi(last_prefix_field)]
+    fn locks(&self) -> FfiResult<RString>;
 }
 
 pub type FfiCacheBox = FfiCache_TO<'static, RBox<()>>;

@@ -54,6 +54,10 @@ impl Progress for HostProgress {
     fn note(&self, message: &str) {
         self.0.host.note(message.into());
     }
+    fn bytes(&self, done: u64, total: Option<u64>) {
+        self.0.host.bytes(done, total.into());
+        self.0.poll();
+    }
 }
 
 /// Feeds host output lines to the plugin's callback. A panic in the

@@ -156,6 +156,9 @@ impl FfiReserver for Shim<dyn Reserver> {
             })
         })
     }
+    fn locks(&self) -> FfiResult<RString> {
+        self.call("locks", |s| to_json(&s.locks()?))
+    }
 }
 
 impl Exported for dyn Configurer {
@@ -273,5 +276,8 @@ impl FfiCache for Shim<dyn CacheBackend> {
     }
     fn capabilities(&self) -> FfiResult<RString> {
         self.call("capabilities", |s| to_json(&s.capabilities()))
+    }
+    fn locks(&self) -> FfiResult<RString> {
+        self.call("locks", |s| to_json(&s.locks()?))
     }
 }

@@ -1,7 +1,7 @@
 //! The plugin side driven directly, as the host would through the ABI.
 
 use ktstr_plugin_abi::abi_stable::sabi_trait::TD_Opaque;
-use ktstr_plugin_abi::abi_stable::std_types::{RArc, RResult, RStr, RString};
+use ktstr_plugin_abi::abi_stable::std_types::{RArc, ROption, RResult, RStr, RString};
 use ktstr_plugin_abi::{HostCallbacks, HostCallbacks_TO, LineSinkMut};
 
 use super::*;
@@ -32,6 +32,7 @@ impl CacheBackend for Boom {
     fn list(&self, cx: &StageContext) -> crate::Result<Vec<Listed>> {
         // What a long listing does between pages.
         cx.progress.line("page 1");
+        cx.progress.bytes(512, Some(1024));
         cx.cancel.check()?;
         Ok(Vec::new())
     }
@@ -73,6 +74,15 @@ impl HostCallbacks for Interrupted {
     fn capture(&self, _: RStr<'_>) -> FfiResult<RString> {
         unreachable!("no commands here")
     }
+    fn bytes(&self, done: u64, total: ROption<u64>) {
+        let total = total
+            .into_option()
+            .map_or("?".to_string(), |t| t.to_string());
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{done} of {total} bytes"));
+    }
 }
 
 fn host(h: &Interrupted) -> abi::HostBox {
@@ -87,7 +97,7 @@ fn cache_calls_see_the_hosts_progress_and_cancellation() {
     let h = Interrupted::default();
     let e = err(cache.list(host(&h)));
     assert_eq!(e.kind, ErrorKind::Cancelled, "{e}");
-    assert_eq!(*h.0.lock().unwrap(), ["page 1"]);
+    assert_eq!(*h.0.lock().unwrap(), ["page 1", "512 of 1024 bytes"]);
 }
 
 fn ok<T>(r: FfiResult<T>) -> T {
