@@ -5,6 +5,7 @@
 
 mod build;
 mod cache;
+mod config;
 mod kernel;
 mod locks;
 mod log;
@@ -64,6 +65,9 @@ pub enum Command {
     /// Print the man page (`ktstr man | man -l -`), or write one page per
     /// command with --out-dir.
     Man(ManArgs),
+    /// Show the effective configuration for this host, each value with
+    /// where it came from (default, file:line, env, flag).
+    Config(config::ConfigArgs),
 }
 
 /// The host's stage context: real processes, stderr progress.
@@ -187,6 +191,7 @@ pub fn main() -> i32 {
         Command::Cache(CacheCommand::Pull { key, plugins }) => cache::pull(&key, &plugins),
         Command::Completions(args) => shell::completions(&args),
         Command::Man(args) => shell::man(&args),
+        Command::Config(args) => config::run(&args),
     };
     match result {
         Ok(()) => 0,
