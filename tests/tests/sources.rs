@@ -445,7 +445,11 @@ impl ValidatingServer {
             .args(["-u", "-c", VALIDATING_SERVER])
             .arg(dir)
             .arg(&log)
-            .arg(if ignore_conditions { "ignore" } else { "honour" })
+            .arg(if ignore_conditions {
+                "ignore"
+            } else {
+                "honour"
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -517,7 +521,11 @@ fn a_url_without_digest_is_revalidated_not_downloaded() {
     std::fs::rename(&made, served.join("kernel.tar.xz")).unwrap();
     let third = build(&fx, &url, &[]);
     let new_key = third.cached_key();
-    assert!(new_key.starts_with("6.99.6-tarball-"), "{}", third.describe());
+    assert!(
+        new_key.starts_with("6.99.6-tarball-"),
+        "{}",
+        third.describe()
+    );
     assert_eq!(server.statuses(), [200, 304, 200, 200]);
     assert_eq!(fx.build_count(), 2);
     assert!(
