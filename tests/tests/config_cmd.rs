@@ -170,3 +170,30 @@ fn a_broken_file_is_an_error_naming_its_line() {
     assert_eq!(run.code(), Some(1), "{}", run.describe());
     run.assert_stderr_has("line 2").assert_stderr_has("reserve");
 }
+
+#[test]
+fn an_unknown_reserver_flag_is_an_error() {
+    let fx = Fixture::plain();
+    let run = fx.run(&["config", "--reserver", "no-such-reserver"]);
+    assert_eq!(run.code(), Some(1), "{}", run.describe());
+    run.assert_stderr_has("no-such-reserver").assert_hint();
+}
+
+/// A plugin the file names that does not load is shown, with a warning,
+/// not an error: `ktstr config` is where one looks when that happens.
+#[test]
+fn a_plugin_that_does_not_load_is_a_warning() {
+    let fx = Fixture::plain();
+    let path = fx.write_file("c.toml", "plugins = [\"no-such-plugin\"]\n");
+    let fx = fx.with_env("KTSTR_CONFIG", path.to_str().unwrap());
+    let run = fx.run(&["config"]);
+    run.assert_ok()
+        .assert_stderr_has("warning: cannot select stages");
+    assert_eq!(
+        row(&run.stdout, "plugins"),
+        (
+            format!("file:{}:1", path.display()),
+            "[\"no-such-plugin\"]".into()
+        )
+    );
+}

@@ -90,8 +90,12 @@ pub fn run(args: &ConfigArgs) -> Result<()> {
         plugins: args.plugins.clone(),
         reserver: args.reserver.clone(),
     };
+    let flags_given = !args.plugins.is_empty() || args.reserver.is_some();
     let selection = match stage_setup::setup(&overrides) {
         Ok(setup) => Some(setup.selection),
+        // A bad flag is the user's to fix now; a plugin the file names
+        // that does not load is what they may be here to debug.
+        Err(e) if flags_given => return Err(e.into()),
         Err(e) => {
             eprintln!(
                 "{LABEL}: warning: cannot select stages ({}); showing the config file's values",
