@@ -28,35 +28,84 @@ use std::path::{Path, PathBuf};
 use ktstr_sdk::paths::env_nonempty;
 use ktstr_sdk::registry::PluginConfig;
 use ktstr_sdk::{Result, StageError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::registry::Selection;
 
 pub const CONFIG_ENV: &str = "KTSTR_CONFIG";
 
 /// Settings that may appear at the top level or in a `[hosts."…"]` table.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+/// Serialized (unset keys left out) to walk them by name in [`Config::traced`].
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reserver: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub configurer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub builder: Option<String>,
     /// Cache tiers after `local-cache`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub caches: Option<Vec<String>>,
     /// Plugin libraries (or built-ins) to load, as with `--plugin`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub plugins: Option<Vec<String>>,
     /// `[plugin.<name>]` settings tables.
     #[serde(default)]
     pub plugin: BTreeMap<String, toml::Table>,
     /// Default `--arch`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub arch: Option<String>,
     /// Default `--toolchain`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub toolchain: Option<String>,
     /// Default `--cross-compile`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cross_compile: Option<String>,
     /// kconfig lines applied after `--extra-kconfig` files and before
     /// `--kconfig` flags (`["CONFIG_KASAN=y"]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kconfig: Option<Vec<String>>,
+}
+
+/// Where a setting's value came from, as `ktstr config` shows it (like
+/// `git config --show-origin`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Origin {
+    /// Built in.
+    Default,
+    /// Asked of the system (the host name).
+    System,
+    /// A `key = value` line of the config file.
+    File { path: PathBuf, line: usize },
+    /// An environment variable.
+    Env { name: String },
+    /// A command-line flag.
+    Flag { name: String },
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Default => f.write_str("default"),
+            Origin::System => f.write_str("system"),
+            Origin::File { path, line } => write!(f, "file:{}:{line}", path.display()),
+            Origin::Env { name } => write!(f, "env:{name}"),
+            Origin::Flag { name } => write!(f, "flag:{name}"),
+        }
+    }
+}
+
+/// One effective setting from the file, with every line that made it: one
+/// for a replaced value, several for a `plugins` list that adds up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Traced {
+    /// `reserver`, `plugins`, `plugin.<name>.<key>`.
+    pub name: String,
+    pub value: serde_json::Value,
+    pub origins: Vec<Origin>,
 }
 
 /// The parsed file.
@@ -156,6 +205,142 @@ impl Config {
                 kconfig: file.kconfig,
             },
         })
+    }
+
+    /// Where [`Self::default_path`] came from: `$KTSTR_CONFIG`, or the
+    /// default location (under `$XDG_CONFIG_HOME` or `$HOME`).
+    pub fn path_origin() -> Origin {
+        if env_nonempty(CONFIG_ENV).is_some() {
+            Origin::Env {
+                name: CONFIG_ENV.into(),
+            }
+        } else if env_nonempty("XDG_CONFIG_HOME").is_some() {
+            Origin::Env {
+                name: "XDG_CONFIG_HOME".into(),
+            }
+        } else {
+            Origin::Default
+        }
+    }
+
+    /// The `[hosts."…"]` patterns matching `host`, in the order applied,
+    /// each with the line of its table.
+    pub fn matched_hosts(&self, host: &str) -> Vec<(String, Origin)> {
+        let lines = self.key_lines();
+        self.host_order
+            .iter()
+            .filter(|p| glob_match(p, host))
+            .map(|p| {
+                let at = ["hosts".to_string(), p.clone()];
+                (p.clone(), self.origin_at(&lines, &at))
+            })
+            .collect()
+    }
+
+    /// The settings the file gives `host`, each with the lines it came
+    /// from: the same merge as [`Self::for_host`], traced. Unset keys are
+    /// left out (the caller knows the defaults).
+    pub fn traced(&self, host: &str) -> Vec<Traced> {
+        let lines = self.key_lines();
+        let mut layers: Vec<(Vec<String>, &Settings)> = vec![(Vec::new(), &self.settings)];
+        for pattern in self.host_order.iter().filter(|p| glob_match(p, host)) {
+            layers.push((vec!["hosts".into(), pattern.clone()], &self.hosts[pattern]));
+        }
+        let mut out: Vec<Traced> = Vec::new();
+        let mut upsert =
+            |name: String, value: serde_json::Value, origin: Origin, add: bool| match out
+                .iter_mut()
+                .find(|t| t.name == name)
+            {
+                Some(t) if add => {
+                    t.value = value;
+                    t.origins.push(origin);
+                }
+                Some(t) => {
+                    t.value = value;
+                    t.origins = vec![origin];
+                }
+                None => out.push(Traced {
+                    name,
+                    value,
+                    origins: vec![origin],
+                }),
+            };
+        let mut plugins: Vec<serde_json::Value> = Vec::new();
+        for (prefix, settings) in layers {
+            let at = |keys: &[&str]| {
+                let mut path = prefix.clone();
+                path.extend(keys.iter().map(|k| k.to_string()));
+                self.origin_at(&lines, &path)
+            };
+            let serde_json::Value::Object(fields) =
+                serde_json::to_value(settings).unwrap_or_default()
+            else {
+                continue;
+            };
+            for (key, value) in fields {
+                match (key.as_str(), value) {
+                    ("plugin", serde_json::Value::Object(tables)) => {
+                        for (plugin, table) in tables {
+                            let serde_json::Value::Object(table) = table else {
+                                continue;
+                            };
+                            for (k, v) in table {
+                                let origin = at(&["plugin", &plugin, &k]);
+                                upsert(format!("plugin.{plugin}.{k}"), v, origin, false);
+                            }
+                        }
+                    }
+                    // Lists of libraries add up (see `Settings::overlay`).
+                    ("plugins", serde_json::Value::Array(more)) => {
+                        for p in more {
+                            if !plugins.contains(&p) {
+                                plugins.push(p);
+                            }
+                        }
+                        let value = serde_json::Value::Array(plugins.clone());
+                        upsert(key.clone(), value, at(&[&key]), true);
+                    }
+                    (_, value) => upsert(key.clone(), value, at(&[&key]), false),
+                }
+            }
+        }
+        out
+    }
+
+    fn origin_at(&self, lines: &BTreeMap<Vec<String>, usize>, path: &[String]) -> Origin {
+        Origin::File {
+            path: self.path.clone().unwrap_or_default(),
+            line: lines.get(path).copied().unwrap_or(0),
+        }
+    }
+
+    /// The line of every key in the file, by its path (`["hosts", "ci-*",
+    /// "reserver"]`); a table's path gives its header's line.
+    fn key_lines(&self) -> BTreeMap<Vec<String>, usize> {
+        fn walk(
+            text: &str,
+            table: &toml::de::DeTable<'_>,
+            prefix: &mut Vec<String>,
+            out: &mut BTreeMap<Vec<String>, usize>,
+        ) {
+            for (key, value) in table {
+                prefix.push(key.get_ref().to_string());
+                out.entry(prefix.clone())
+                    .or_insert_with(|| line_of(text, key.span().start));
+                if let toml::de::DeValue::Table(inner) = value.get_ref() {
+                    walk(text, inner, prefix, out);
+                }
+                prefix.pop();
+            }
+        }
+        let mut out = BTreeMap::new();
+        if let Some(text) = &self.text
+            && let Ok(doc) = toml::de::DeTable::parse(text)
+        {
+            walk(text, doc.get_ref(), &mut Vec::new(), &mut out);
+        }
+        out
     }
 
     /// Merge the top level with every `[hosts."…"]` table matching `host`.
@@ -474,6 +659,65 @@ toolchain = "llvm"
     fn empty_file_is_defaults() {
         let sel = parse("").unwrap().for_host("x").selection().unwrap();
         assert_eq!(sel, Selection::default());
+    }
+
+    #[test]
+    fn traced_settings_name_the_lines_they_came_from() {
+        let cfg = parse(
+            r#"# fleet
+reserver = "llc"
+plugins = ["acme-cache"]
+[plugin.tarball]
+mirror = "https://m/pub"
+retries = 5
+
+[hosts."ci-*"]
+reserver = "none"
+plugins = ["gpu-builder"]
+[hosts."ci-*".plugin.tarball]
+retries = 9
+[hosts."dev"]
+arch = "arm64"
+"#,
+        )
+        .unwrap();
+        let at = |line| Origin::File {
+            path: "/etc/test.toml".into(),
+            line,
+        };
+        let traced = cfg.traced("ci-1");
+        let get = |name: &str| traced.iter().find(|t| t.name == name).unwrap().clone();
+        assert_eq!(get("reserver").value, "none");
+        assert_eq!(get("reserver").origins, [at(9)]);
+        assert_eq!(
+            get("plugins").value,
+            serde_json::json!(["acme-cache", "gpu-builder"])
+        );
+        assert_eq!(get("plugins").origins, [at(3), at(10)]);
+        assert_eq!(get("plugin.tarball.mirror").origins, [at(5)]);
+        assert_eq!(get("plugin.tarball.retries").value, 9);
+        assert_eq!(get("plugin.tarball.retries").origins, [at(12)]);
+        assert!(
+            traced.iter().all(|t| t.name != "arch"),
+            "dev's table does not apply"
+        );
+        assert_eq!(cfg.matched_hosts("ci-1"), [("ci-*".to_string(), at(8))]);
+        assert_eq!(at(9).to_string(), "file:/etc/test.toml:9");
+
+        // The traced values are the merged ones, for every host.
+        for host in ["ci-1", "dev", "other"] {
+            let eff = serde_json::to_value(cfg.for_host(host).settings).unwrap();
+            for t in cfg.traced(host) {
+                let merged = match t.name.strip_prefix("plugin.") {
+                    Some(rest) => {
+                        let (plugin, key) = rest.split_once('.').unwrap();
+                        eff["plugin"][plugin][key].clone()
+                    }
+                    None => eff[&t.name].clone(),
+                };
+                assert_eq!(merged, t.value, "{host}: {}", t.name);
+            }
+        }
     }
 
     #[test]

@@ -429,5 +429,7 @@ fn explain_names_the_differing_input() {
     let run = fx.build(&["--explain"]);
     run.assert_ok()
         .assert_stderr_has("explain:")
-        .assert_stderr_has("config: wanted .config:");
+        .assert_stderr_has("config: wanted .config:")
+        .assert_stderr_has(".config symbols that differ")
+        .assert_stderr_has("CONFIG_FIXTURE_HAND_EDIT=y, entry has none (absent)");
 }

@@ -408,3 +408,170 @@ fn an_unversioned_tarball_is_unpacked_once() {
     assert_eq!(second.hit_key(), key, "{}", second.describe());
     second.assert_stderr_lacks("unpacked");
 }
+
+/// A python3 HTTP server for one directory that sends a strong `ETag` (the
+/// file's sha256) and `Last-Modified`, answers `If-None-Match` with 304
+/// unless `ignore_conditions`, and logs `STATUS PATH` per request.
+struct ValidatingServer {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+const VALIDATING_SERVER: &str = r#"
+import hashlib, http.server, os, sys
+root, log, ignore = sys.argv[1], sys.argv[2], sys.argv[3] == "ignore"
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        path = os.path.join(root, self.path.lstrip("/"))
+        try:
+            data = open(path, "rb").read()
+        except OSError:
+            self.note(404); self.send_error(404); return
+        etag = '"%s"' % hashlib.sha256(data).hexdigest()
+        # Logged before answering, so the log is complete when the client has its answer.
+        if not ignore and self.headers.get("If-None-Match") == etag:
+            self.note(304)
+            self.send_response(304); self.send_header("ETag", etag); self.end_headers()
+            return
+        self.note(200)
+        self.send_response(200)
+        self.send_header("ETag", etag)
+        self.send_header("Last-Modified", self.date_time_string(int(os.stat(path).st_mtime)))
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        try:
+            self.wfile.write(data)
+        except OSError:
+            pass
+    def note(self, status):
+        with open(log, "a") as f:
+            f.write("%d %s\n" % (status, self.path))
+    def log_message(self, *a):
+        pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+impl ValidatingServer {
+    fn start(dir: &Path, ignore_conditions: bool) -> Option<ValidatingServer> {
+        let log = dir.with_extension("log");
+        let mut child = Command::new("python3")
+            .args(["-u", "-c", VALIDATING_SERVER])
+            .arg(dir)
+            .arg(&log)
+            .arg(if ignore_conditions {
+                "ignore"
+            } else {
+                "honour"
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .ok()?;
+        let port = line.trim().parse().ok()?;
+        Some(ValidatingServer { child, port, log })
+    }
+
+    fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// The statuses answered so far, in order.
+    fn statuses(&self) -> Vec<u16> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').next()?.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for ValidatingServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A URL without `#sha256=`: the first run downloads and builds; the second
+/// asks with `If-None-Match`, gets 304 and hits without a transfer; a
+/// changed file (new ETag) is downloaded again and gets a new key.
+#[test]
+fn a_url_without_digest_is_revalidated_not_downloaded() {
+    let fx = Fixture::plain();
+    let work = fx.root.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let served = fx.root.path().join("www");
+    let made = make_tarball(&work, "6.99.5", &work);
+    std::fs::create_dir_all(&served).unwrap();
+    std::fs::rename(&made, served.join("kernel.tar.xz")).unwrap();
+    let Some(server) = ValidatingServer::start(&served, false) else {
+        ktstr_sdk::testing::skip("python3 did not start the HTTP server");
+        return;
+    };
+    let url = server.url("kernel.tar.xz");
+
+    let first = build(&fx, &url, &[]);
+    let key = first.cached_key();
+    assert!(key.starts_with("6.99.5-tarball-"), "{key}");
+    assert_eq!(server.statuses(), [200]);
+
+    let second = build(&fx, &url, &[]);
+    assert_eq!(second.hit_key(), key, "{}", second.describe());
+    second
+        .assert_stderr_has("unchanged since it was downloaded (HTTP 304)")
+        .assert_stderr_lacks("unpacked");
+    assert_eq!(server.statuses(), [200, 304], "no second transfer");
+    assert_eq!(fx.build_count(), 1);
+
+    // The file changes: a new ETag, a new download, a new key.
+    let made = make_tarball(&work, "6.99.6", &work);
+    std::fs::rename(&made, served.join("kernel.tar.xz")).unwrap();
+    let third = build(&fx, &url, &[]);
+    let new_key = third.cached_key();
+    assert!(
+        new_key.starts_with("6.99.6-tarball-"),
+        "{}",
+        third.describe()
+    );
+    assert_eq!(server.statuses(), [200, 304, 200, 200]);
+    assert_eq!(fx.build_count(), 2);
+    assert!(
+        scratch_entries(&fx).is_empty(),
+        "{:?}",
+        scratch_entries(&fx)
+    );
+}
+
+/// A server that ignores conditional requests still works: every run is
+/// answered 200; the same strong ETag still means the same content, so the
+/// second run hits (the body is not read).
+#[test]
+fn a_server_ignoring_conditions_still_works() {
+    let fx = Fixture::plain();
+    let work = fx.root.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let served = fx.root.path().join("www");
+    std::fs::create_dir_all(&served).unwrap();
+    let made = make_tarball(&work, "6.99.5", &work);
+    std::fs::rename(&made, served.join("kernel.tar.xz")).unwrap();
+    let Some(server) = ValidatingServer::start(&served, true) else {
+        ktstr_sdk::testing::skip("python3 did not start the HTTP server");
+        return;
+    };
+    let url = server.url("kernel.tar.xz");
+    let key = build(&fx, &url, &[]).cached_key();
+    let again = build(&fx, &url, &[]);
+    assert_eq!(again.hit_key(), key, "{}", again.describe());
+    again.assert_stderr_has("unchanged since it was downloaded (HTTP 200)");
+    assert_eq!(server.statuses(), [200, 200]);
+    assert_eq!(fx.build_count(), 1);
+}

@@ -9,6 +9,7 @@
 mod build;
 mod build_json;
 mod cache;
+mod config;
 mod docs;
 mod kernel;
 mod kernel_clean;
@@ -91,6 +92,9 @@ pub enum Command {
     /// Print one of ktstr's guides (config, sources, cache, ...), or list
     /// them.
     Docs(DocsArgs),
+    /// Show the effective configuration for this host, each value with
+    /// where it came from (default, file:line, env, flag).
+    Config(config::ConfigArgs),
 }
 
 /// The host's stage context: real processes, stderr progress.
@@ -274,6 +278,7 @@ pub fn main() -> i32 {
         Command::Completions(args) => shell::completions(&args),
         Command::Man(args) => shell::man(&args),
         Command::Docs(args) => docs::run(&args),
+        Command::Config(args) => config::run(&args),
     };
     match result {
         Ok(()) => 0,

@@ -249,11 +249,16 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// Look `derived` up; on a miss, explain it if asked.
-    fn look_up(&self, derived: &DerivedKey) -> Result<Option<CacheEntry>> {
+    /// Look `derived` up; on a miss, explain it if asked (`dot_config`:
+    /// the `.config` a local tree's key was derived from).
+    fn look_up(
+        &self,
+        derived: &DerivedKey,
+        dot_config: Option<&Path>,
+    ) -> Result<Option<CacheEntry>> {
         let found = self.stages.tiers.lookup(derived, self.cx)?;
         if found.is_none() && self.req.explain {
-            explain::miss(self.stages, derived, self.cx);
+            explain::miss(self.stages, derived, dot_config, self.cx);
         }
         Ok(found)
     }
@@ -294,7 +299,7 @@ impl<'a> Run<'a> {
             && !self.req.force
         {
             let derived = self.keyer.declared_key(known);
-            if let Some(entry) = self.look_up(&derived)? {
+            if let Some(entry) = self.look_up(&derived, None)? {
                 return Ok(ControlFlow::Break(Outcome::Hit(entry)));
             }
             key.looked_up = Some(derived);
@@ -348,7 +353,8 @@ impl<'a> Run<'a> {
                 ConfigSnapshot::take(self.stages, source, &tree.build_dir, &req.configure)?;
             match self.keyer.current(source, &tree.build_dir, &snapshot) {
                 Some(derived) => {
-                    if let Some(entry) = self.look_up(&derived)? {
+                    let dot_config = tree.build_dir.join(".config");
+                    if let Some(entry) = self.look_up(&derived, Some(&dot_config))? {
                         return Ok(ControlFlow::Break(Outcome::Hit(entry)));
                     }
                     key.looked_up = Some(derived);
@@ -487,7 +493,7 @@ impl<'a> Run<'a> {
         if let Some(d) = &derived
             && !self.req.force
             && key.looked_up.as_ref().map(|l| &l.key) != Some(&d.key)
-            && let Some(entry) = self.look_up(d)?
+            && let Some(entry) = self.look_up(d, Some(&tree.build_dir.join(".config")))?
         {
             return Ok(ControlFlow::Break(Outcome::Hit(entry)));
         }

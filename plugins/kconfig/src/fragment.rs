@@ -269,6 +269,11 @@ impl DotConfig {
     pub fn get(&self, symbol: &str) -> Option<&Value> {
         self.values.get(symbol)
     }
+
+    /// Every symbol `.config` mentions, by name, with its value.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.values.iter().map(|(s, v)| (s.as_str(), v))
+    }
 }
 
 #[cfg(test)]

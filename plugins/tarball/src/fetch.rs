@@ -22,6 +22,9 @@ pub struct Opened {
     pub len: Option<u64>,
     /// `Content-Type` of an HTTP response.
     pub content_type: Option<String>,
+    /// `ETag` / `Last-Modified` of an HTTP response, remembered once the
+    /// body is verified (see [`crate::revalidate`]).
+    pub validators: crate::revalidate::Validators,
 }
 
 /// How a fetch failed, before any byte was consumed.
@@ -129,6 +132,7 @@ pub fn open(
                 Ok(Opened {
                     len: resp.content_length(),
                     content_type,
+                    validators: crate::revalidate::Validators::from_headers(resp.headers()),
                     reader: Box::new(resp),
                 })
             }
@@ -195,6 +199,7 @@ pub fn open_file(path: &Path) -> Result<Opened> {
         reader: Box::new(file),
         len: Some(meta.len()),
         content_type: None,
+        validators: Default::default(),
     })
 }
 

@@ -22,6 +22,7 @@ pub mod fetch;
 pub mod memo;
 pub mod pipe;
 pub mod releases;
+pub mod revalidate;
 pub mod spec;
 
 use std::path::PathBuf;
@@ -136,6 +137,24 @@ impl TarballSource {
             }
             _ => Ok(()),
         }
+    }
+
+    /// A URL without a digest is known only after download, unless the
+    /// server confirms it still serves the content remembered from the
+    /// last download (see [`revalidate`]): then it is pinned to that digest.
+    fn revalidated(&self, spec: &KernelSpec, url: &str, cx: &StageContext) -> Result<Resolved> {
+        let Ok(root) = self.cache_root() else {
+            return Ok(Resolved::unknown(spec.clone()));
+        };
+        let client = fetch::client(&self.settings)?;
+        Ok(match revalidate::unchanged(&client, &root, url, cx) {
+            Some(hex) => Resolved {
+                spec: KernelSpec::new(format!("{}#sha256={hex}", spec.raw)),
+                identity: Some(Self::digest_identity(&hex)),
+                version: self.version_for(&Location::Http(url.to_string()), &hex),
+            },
+            None => Resolved::unknown(spec.clone()),
+        })
     }
 
     fn resolve_release(&self, release: Release, sha256: Option<String>) -> Resolved {
@@ -364,6 +383,7 @@ impl TarballSource {
             .map_err(OpenError::into_stage)?,
             Location::File(path) => fetch::open_file(path).map_err(|e| e.context(format!("--kernel {what}")))?,
         };
+        let validators = opened.validators.clone();
         let staging = Scratch::stage(&self.cache_root()?, NAME)?;
         cx.progress
             .step(&format!("fetching {}", location.file_name()));
@@ -375,6 +395,9 @@ impl TarballSource {
         if let Some(expected) = expected
             && expected != fetched.sha256
         {
+            if let (Location::Http(url), Ok(root)) = (&location, self.cache_root()) {
+                revalidate::forget(&root, url);
+            }
             let message = format!(
                 "sha256 mismatch for {what}: expected {expected}, got {}",
                 fetched.sha256
@@ -413,6 +436,9 @@ impl TarballSource {
         let id = expected.unwrap_or(&fetched.sha256);
         if !dirty && let Ok(root) = self.cache_root() {
             memo::record(&root, &fetched.sha256, &version);
+            if let Location::Http(url) = &location {
+                revalidate::remember(&root, url, &fetched.sha256, &validators);
+            }
         }
         Ok(AcquiredSource {
             source_dir,
@@ -511,7 +537,10 @@ impl SourceAcquirer for TarballSource {
                     version: self.version_for(&Location::File(path), &hex),
                 }])
             }
-            Spec::Tarball { .. } => Ok(vec![Resolved::unknown(spec.clone())]),
+            Spec::Tarball {
+                location: Location::Http(url),
+                sha256: None,
+            } => Ok(vec![self.revalidated(spec, &url, cx)?]),
         }
     }
 

@@ -705,3 +705,149 @@ fn cancelled_acquire_leaves_nothing() {
     let e = env.acquire_err("6.12.3");
     assert_eq!(e.kind, ErrorKind::Cancelled);
 }
+
+/// A kernel tarball of `version` whose top directory is `linux-<version>`.
+fn kernel_tarball(version: &str) -> Vec<u8> {
+    let top: &'static str = Box::leak(format!("linux-{version}").into_boxed_str());
+    tarball(&kernel_items(top, version), Format::Xz)
+}
+
+const MONDAY: &str = "Mon, 30 Nov 2026 10:00:00 GMT";
+const TUESDAY: &str = "Tue, 01 Dec 2026 10:00:00 GMT";
+
+/// A URL without a digest: the first resolve knows nothing and the acquire
+/// downloads; later resolves ask with the remembered validators and a 304
+/// pins the URL to the remembered digest, with no body transferred.
+#[test]
+fn url_without_digest_is_revalidated_by_etag() {
+    let server = Server::start();
+    let v1 = kernel_tarball("6.11.1");
+    let file = Conditional::new(v1.clone(), Some("\"one\""), Some(MONDAY), true);
+    server.route("/ci/kernel.tar.xz", Reply::Conditional(file.clone()));
+    let env = Env::new(fast_settings());
+    let url = server.url("/ci/kernel.tar.xz");
+
+    assert!(
+        !env.resolve(&url).unwrap()[0].is_keyable(),
+        "nothing remembered yet"
+    );
+    assert_eq!(file.counts(), (0, 0), "nothing to ask without a memo");
+    let first = env.acquire(&url).unwrap();
+    assert_eq!(first.identity.id, sha256_hex(&v1));
+    assert_eq!(file.counts(), (1, 0));
+
+    let r = env.resolve(&url).unwrap().remove(0);
+    assert_eq!(file.counts(), (1, 1), "revalidated with one 304");
+    assert_eq!(
+        file.conditions.lock().unwrap().last().unwrap(),
+        &(Some("\"one\"".to_string()), Some(MONDAY.to_string()))
+    );
+    assert!(r.is_keyable(), "{r:?}");
+    assert_eq!(r.spec.raw, format!("{url}#sha256={}", sha256_hex(&v1)));
+    assert_eq!(r.identity.as_ref(), Some(&first.identity));
+    assert_eq!(
+        r.version.as_deref(),
+        Some("6.11.1"),
+        "from the version memo"
+    );
+    assert!(
+        env.progress
+            .notes()
+            .iter()
+            .any(|n| n.contains("unchanged since it was downloaded (HTTP 304)")),
+        "{:?}",
+        env.progress.notes()
+    );
+
+    // The file changes (new ETag): the URL is unknown again, downloaded,
+    // and the new content has a new identity, remembered in turn.
+    let v2 = kernel_tarball("6.12.3");
+    file.set(v2.clone(), Some("\"two\""), Some(TUESDAY), true);
+    assert!(!env.resolve(&url).unwrap()[0].is_keyable());
+    let second = env.acquire(&url).unwrap();
+    assert_eq!(second.identity.id, sha256_hex(&v2));
+    assert_eq!(second.version.as_deref(), Some("6.12.3"));
+    let r = env.resolve(&url).unwrap().remove(0);
+    assert_eq!(r.identity.unwrap().id, sha256_hex(&v2));
+    assert_eq!(r.version.as_deref(), Some("6.12.3"));
+
+    // A memo that lies (the server says 304 but the bytes changed) is
+    // caught by the digest of the download and forgotten.
+    file.set(
+        kernel_tarball("6.10.14"),
+        Some("\"two\""),
+        Some(TUESDAY),
+        true,
+    );
+    let pinned = env.resolve(&url).unwrap().remove(0);
+    assert!(pinned.is_keyable());
+    let e = env.acquire_err(&pinned.spec.raw);
+    assert!(e.message.contains("sha256 mismatch"), "{e}");
+    assert!(!env.resolve(&url).unwrap()[0].is_keyable(), "forgotten");
+}
+
+/// Only `Last-Modified`: the condition is `If-Modified-Since`.
+#[test]
+fn url_without_etag_is_revalidated_by_date() {
+    let server = Server::start();
+    let data = kernel_tarball("6.11.1");
+    let file = Conditional::new(data.clone(), None, Some(MONDAY), true);
+    server.route("/k.tar.xz", Reply::Conditional(file.clone()));
+    let env = Env::new(fast_settings());
+    let url = server.url("/k.tar.xz");
+    env.acquire(&url).unwrap();
+    let r = env.resolve(&url).unwrap().remove(0);
+    assert!(r.is_keyable());
+    assert_eq!(file.counts(), (1, 1));
+    assert_eq!(
+        file.conditions.lock().unwrap().last().unwrap(),
+        &(None, Some(MONDAY.to_string()))
+    );
+    file.set(data, None, Some(TUESDAY), true);
+    assert!(
+        !env.resolve(&url).unwrap()[0].is_keyable(),
+        "touched: ask again"
+    );
+}
+
+/// Servers that ignore conditions still work: the same strong ETag on a
+/// 200 is the same content (the body is not read), and a server without
+/// validators is downloaded every time.
+#[test]
+fn servers_ignoring_conditions_still_work() {
+    let server = Server::start();
+    let data = kernel_tarball("6.11.1");
+    let tagged = Conditional::new(data.clone(), Some("\"same\""), None, false);
+    server.route("/tagged.tar.xz", Reply::Conditional(tagged.clone()));
+    let plain = Conditional::new(data.clone(), None, None, false);
+    server.route("/plain.tar.xz", Reply::Conditional(plain.clone()));
+    let env = Env::new(fast_settings());
+
+    let url = server.url("/tagged.tar.xz");
+    env.acquire(&url).unwrap();
+    let r = env.resolve(&url).unwrap().remove(0);
+    assert!(r.is_keyable());
+    assert_eq!(r.identity.unwrap().id, sha256_hex(&data));
+    assert_eq!(tagged.counts(), (2, 0));
+    tagged.set(kernel_tarball("6.12.3"), Some("\"other\""), None, false);
+    assert!(!env.resolve(&url).unwrap()[0].is_keyable());
+
+    let url = server.url("/plain.tar.xz");
+    for _ in 0..2 {
+        assert!(!env.resolve(&url).unwrap()[0].is_keyable());
+        assert_eq!(env.acquire(&url).unwrap().identity.id, sha256_hex(&data));
+    }
+    assert_eq!(
+        plain.counts(),
+        (2, 0),
+        "no validators: no conditional request"
+    );
+    assert!(
+        plain
+            .conditions
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|c| *c == (None, None))
+    );
+}

@@ -28,6 +28,65 @@ pub enum Reply {
     Stall(Arc<Vec<u8>>, Duration),
     /// `fails` times 503, then the body.
     FlakyThen(Arc<Mutex<u32>>, Arc<Vec<u8>>),
+    /// A file with validators, answering conditional requests (or not).
+    Conditional(Arc<Conditional>),
+}
+
+/// A URL whose content, `ETag` and `Last-Modified` the test changes, and
+/// how it answered so far.
+#[derive(Default)]
+pub struct Conditional {
+    pub state: Mutex<Versioned>,
+    /// Requests answered with the whole body.
+    pub full: std::sync::atomic::AtomicUsize,
+    /// Requests answered 304.
+    pub not_modified: std::sync::atomic::AtomicUsize,
+    /// The `If-None-Match` / `If-Modified-Since` of every request.
+    pub conditions: Mutex<Vec<(Option<String>, Option<String>)>>,
+}
+
+#[derive(Default)]
+pub struct Versioned {
+    pub body: Arc<Vec<u8>>,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    /// Answer 304 when a condition matches (else always 200).
+    pub honour: bool,
+}
+
+impl Conditional {
+    pub fn new(
+        body: Vec<u8>,
+        etag: Option<&str>,
+        last_modified: Option<&str>,
+        honour: bool,
+    ) -> Arc<Self> {
+        let c = Arc::new(Conditional::default());
+        c.set(body, etag, last_modified, honour);
+        c
+    }
+
+    pub fn set(
+        &self,
+        body: Vec<u8>,
+        etag: Option<&str>,
+        last_modified: Option<&str>,
+        honour: bool,
+    ) {
+        *self.state.lock().unwrap() = Versioned {
+            body: Arc::new(body),
+            etag: etag.map(str::to_string),
+            last_modified: last_modified.map(str::to_string),
+            honour,
+        };
+    }
+
+    pub fn counts(&self) -> (usize, usize) {
+        (
+            self.full.load(Ordering::SeqCst),
+            self.not_modified.load(Ordering::SeqCst),
+        )
+    }
 }
 
 #[derive(Clone, Default)]
@@ -116,10 +175,14 @@ fn serve(conn: TcpStream, routes: &Routes, hits: &Mutex<Vec<String>>) -> std::io
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let mut headers: HashMap<String, String> = HashMap::new();
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
             break;
+        }
+        if let Some((name, value)) = h.split_once(':') {
+            headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
         }
     }
     hits.lock().unwrap().push(path.clone());
@@ -173,6 +236,47 @@ fn serve(conn: TcpStream, routes: &Routes, hits: &Mutex<Vec<String>>) -> std::io
             out.write_all(&prefix)?;
             out.flush()?;
             std::thread::sleep(hold);
+        }
+        Some(Reply::Conditional(c)) => {
+            let inm = headers.get("if-none-match").cloned();
+            let ims = headers.get("if-modified-since").cloned();
+            c.conditions
+                .lock()
+                .unwrap()
+                .push((inm.clone(), ims.clone()));
+            let v = c.state.lock().unwrap();
+            // RFC 9110: If-Modified-Since is ignored when If-None-Match is sent.
+            let unchanged = match (&inm, &ims) {
+                (Some(inm), _) => v.etag.as_deref() == Some(inm.as_str()),
+                (None, Some(ims)) => v.last_modified.as_deref() == Some(ims.as_str()),
+                (None, None) => false,
+            };
+            let mut head = String::new();
+            if let Some(e) = &v.etag {
+                head.push_str(&format!("ETag: {e}\r\n"));
+            }
+            if let Some(lm) = &v.last_modified {
+                head.push_str(&format!("Last-Modified: {lm}\r\n"));
+            }
+            if v.honour && unchanged {
+                c.not_modified.fetch_add(1, Ordering::SeqCst);
+                out.write_all(
+                    format!("HTTP/1.1 304 Not Modified\r\n{head}Connection: close\r\n\r\n")
+                        .as_bytes(),
+                )?;
+            } else {
+                c.full.fetch_add(1, Ordering::SeqCst);
+                out.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/x-xz\r\n{head}Connection: close\r\n\r\n",
+                        v.body.len()
+                    )
+                    .as_bytes(),
+                )?;
+                // The client may hang up after the headers (it had what
+                // it needed): not an error of the server's.
+                let _ = out.write_all(&v.body);
+            }
         }
         Some(Reply::FlakyThen(fails, body)) => {
             let mut left = fails.lock().unwrap();
