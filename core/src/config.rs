@@ -185,7 +185,7 @@ impl Config {
                 at.as_deref().unwrap_or(""),
                 e.message().trim_end()
             ))
-            .with_hint("see docs/config.md for the keys and their types")
+            .with_hint("see `ktstr docs config` for the keys and their types")
         })?;
         Ok(Config {
             path: Some(path.to_path_buf()),

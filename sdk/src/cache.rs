@@ -311,7 +311,7 @@ impl CacheEntry {
                 self.key
             ))
             .with_hint(
-                "the cache backend breaks the contract in docs/cache.md (\"Backend contract\"): \
+                "the cache backend breaks the backend contract (`ktstr docs cache`): \
                  report it to the plugin's author",
             ))
         };

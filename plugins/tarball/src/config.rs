@@ -90,7 +90,7 @@ impl Settings {
         r.deserialize().map_err(|e| {
             e.with_hint(
                 "known keys: mirror, releases_url, connect_timeout_secs, stall_timeout_secs, \
-                 retries, max_unpacked_bytes, skip_sha256, xz_threads (see docs/sources.md)",
+                 retries, max_unpacked_bytes, skip_sha256, xz_threads (see `ktstr docs sources`)",
             )
         })
     }
