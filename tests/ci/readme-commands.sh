@@ -59,7 +59,10 @@ run_build() {
     local out=$1 start end
     start=$(date +%s)
     # As a user pastes it: one bash, the command's own && chain.
-    bash -c "$build_cmd" </dev/null 2>&1 | tee "$out" >&2
+    if ! bash -c "$build_cmd" </dev/null 2>&1 | tee "$out" >&2; then
+        echo "readme-commands: command 1 failed (its output is above)" >&2
+        return 1
+    fi
     end=$(date +%s)
     echo $((end - start))
 }
