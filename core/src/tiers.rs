@@ -40,6 +40,9 @@ pub struct Tiers {
     /// Remote tiers that failed during this run: not asked again, so an
     /// unreachable remote costs one timeout and one warning, not one per call.
     down: Mutex<Vec<String>>,
+    /// Keys a remote tier answered in this run, with that tier's name
+    /// (`build --json` reports them as `pulled`).
+    pulled: Mutex<Vec<(CacheKey, String)>>,
     /// Where lookups stage files; `None`: the cache root, when first needed.
     staging_root: Option<PathBuf>,
     /// The staging of every hit still served from it; dropped (removed)
@@ -89,6 +92,7 @@ impl Tiers {
             local,
             remotes,
             down: Mutex::default(),
+            pulled: Mutex::default(),
             staging_root: None,
             held: Mutex::default(),
         }
@@ -202,6 +206,9 @@ impl Tiers {
         for tier in self.live_remotes() {
             match self.lookup_in(tier, key, cx) {
                 Ok(Some(entry)) if verified(derived, &entry, &tier.name, "not using it", cx) => {
+                    if let Ok(mut pulled) = self.pulled.lock() {
+                        pulled.push((key.clone(), tier.name.clone()));
+                    }
                     return Ok(Some(self.backfill(tier, &entry, cx).entry()));
                 }
                 Ok(_) => {}
@@ -222,6 +229,15 @@ impl Tiers {
             }
         }
         Ok(None)
+    }
+
+    /// The remote tier that answered a lookup of `key` in this run, if one did.
+    pub fn pulled_from(&self, key: &CacheKey) -> Option<String> {
+        let pulled = self.pulled.lock().ok()?;
+        pulled
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, t)| t.clone())
     }
 
     /// The local tier's entry for `derived` if it is there and verified;
@@ -527,9 +543,15 @@ mod tests {
         put(&remote, "k-1", "cfg-1");
         let tiers = Tiers::new(tier("local-cache", &local), vec![tier("s3-cache", &remote)]);
         let (cx, progress) = cx();
+        assert_eq!(tiers.pulled_from(&wanted("k-1").key), None);
         let got = tiers.lookup(&wanted("k-1"), &cx).unwrap().unwrap();
         assert_eq!(got.metadata.origin.as_deref(), Some("s3-cache memory tier"));
         assert_eq!(local.calls(), ["lookup k-1", "store k-1"]);
+        assert_eq!(tiers.pulled_from(&got.key).as_deref(), Some("s3-cache"));
+        // Served from the local tier now: not pulled again.
+        let again = Tiers::new(tier("local-cache", &local), vec![tier("s3-cache", &remote)]);
+        again.lookup(&wanted("k-1"), &cx).unwrap().unwrap();
+        assert_eq!(again.pulled_from(&got.key), None);
         assert!(
             progress
                 .notes()

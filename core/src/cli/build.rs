@@ -416,7 +416,7 @@ pub fn run(args: &BuildArgs) -> Result<()> {
         let outcome = pipeline::run(&stages, &request, &targets[0], &root, &cx)?;
         report(&outcome, &progress);
         if args.json {
-            return crate::report::print_json(&BuildReport::new(&outcome, started));
+            return crate::report::print_json(&BuildReport::new(&outcome, started, &stages.tiers));
         }
         println!("{}", outcome.image().display());
         return Ok(());
@@ -432,7 +432,11 @@ pub fn run(args: &BuildArgs) -> Result<()> {
             Ok(outcome) => {
                 report(&outcome, &progress);
                 if args.json {
-                    json.push(serde_json::to_value(BuildReport::new(&outcome, started))?);
+                    json.push(serde_json::to_value(BuildReport::new(
+                        &outcome,
+                        started,
+                        &stages.tiers,
+                    ))?);
                 } else {
                     println!("{label} {}", outcome.image().display());
                 }

@@ -3,12 +3,13 @@
 //! "JSON output"); tests/tests/json_output.rs asserts the exact set.
 
 use std::path::PathBuf;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use ktstr_sdk::cache::{CacheEntry, METADATA_NAME};
 use serde::Serialize;
 
 use crate::pipeline::{NotCached, Outcome};
+use crate::tiers::Tiers;
 
 /// One kernel's result.
 #[derive(Debug, Serialize)]
@@ -44,30 +45,16 @@ pub struct Durations {
     pub build_ms: Option<u64>,
 }
 
-/// When this command started, to time it and to tell a pulled entry
-/// (stored locally during this run) from an old backfill served again.
+/// When this command started, to time it.
 #[derive(Debug, Clone, Copy)]
 pub struct Started {
     pub at: Instant,
-    pub wall: SystemTime,
 }
 
 impl Started {
     pub fn now() -> Self {
-        Self {
-            at: Instant::now(),
-            wall: SystemTime::now(),
-        }
+        Self { at: Instant::now() }
     }
-}
-
-/// A hit on an entry that came from a remote tier (`metadata.origin`) and
-/// whose local copy was written during this run: it was pulled now.
-fn pulled_now(entry: &CacheEntry, started: Started) -> bool {
-    entry.metadata.origin.is_some()
-        && std::fs::metadata(entry.dir.join(METADATA_NAME))
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t >= started.wall)
 }
 
 fn from_entry(entry: &CacheEntry, outcome: &'static str, started: Started) -> BuildReport {
@@ -90,9 +77,12 @@ fn from_entry(entry: &CacheEntry, outcome: &'static str, started: Started) -> Bu
 }
 
 impl BuildReport {
-    pub fn new(outcome: &Outcome, started: Started) -> Self {
+    /// `tiers`: the run's tiers, which know whether a remote answered.
+    pub fn new(outcome: &Outcome, started: Started, tiers: &Tiers) -> Self {
         match outcome {
-            Outcome::Hit(e) if pulled_now(e, started) => from_entry(e, "pulled", started),
+            Outcome::Hit(e) if tiers.pulled_from(&e.key).is_some() => {
+                from_entry(e, "pulled", started)
+            }
             // A concurrent build stored it while this one waited: a hit.
             Outcome::Hit(e) | Outcome::PeerBuilt(e) => from_entry(e, "hit", started),
             Outcome::Stored(e) => from_entry(e, "built", started),
