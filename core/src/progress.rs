@@ -177,6 +177,14 @@ impl Default for StderrProgress {
     }
 }
 
+/// Whether stderr is a terminal that can redraw a line in place: not one
+/// that says it cannot (`TERM=dumb`, Emacs shell buffers, some CI log
+/// viewers), which gets the heartbeat instead.
+pub fn redrawable() -> bool {
+    std::io::stderr().is_terminal()
+        && std::env::var("TERM").is_ok_and(|t| !t.is_empty() && t != "dumb")
+}
+
 impl StderrProgress {
     pub fn new() -> Self {
         let heartbeat = std::env::var(HEARTBEAT_ENV)
@@ -185,7 +193,7 @@ impl StderrProgress {
             .filter(|ms| *ms > 0)
             .map_or(HEARTBEAT, Duration::from_millis);
         Self {
-            tty: std::io::stderr().is_terminal(),
+            tty: redrawable(),
             heartbeat,
             step: Mutex::new(None),
         }

@@ -30,7 +30,9 @@ fn run_on_tty(fx: &Fixture, args: &[&str], env: &[(&str, &str)]) -> TtyRun {
     };
     let pty = openpty(Some(&size), None).expect("openpty");
     let mut cmd = fx.command(args);
-    cmd.env_remove("COLUMNS").env_remove("NO_COLOR");
+    cmd.env_remove("COLUMNS")
+        .env_remove("NO_COLOR")
+        .env("TERM", "xterm-256color");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -229,6 +231,32 @@ fn off_a_terminal_a_silent_step_gets_heartbeats_on_a_timer() {
     assert!(
         !text[took..].iter().any(|l| l.contains(" elapsed, ")),
         "no heartbeat after the step ended: {text:#?}"
+    );
+}
+
+#[test]
+fn a_dumb_terminal_gets_heartbeats_not_a_status_line() {
+    let fx = Fixture::git();
+    let tree = fx.tree.to_str().unwrap().to_string();
+    let run = run_on_tty(
+        &fx,
+        &["build", "--kernel", tree.as_str()],
+        &[
+            ("TERM", "dumb"),
+            ("KTSTR_FIXTURE_BUILD_SECONDS", "2"),
+            ("KTSTR_HEARTBEAT_MS", "500"),
+        ],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.raw);
+    assert!(
+        !run.raw.contains('\x1b'),
+        "TERM=dumb: no escape sequences: {:?}",
+        run.raw
+    );
+    assert!(
+        run.raw.contains(" elapsed, "),
+        "TERM=dumb: the off-terminal heartbeat instead: {}",
+        run.raw
     );
 }
 

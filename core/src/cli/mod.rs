@@ -188,11 +188,10 @@ fn init_tracing(verbose: u8) {
         .try_init();
 }
 
-/// Colour only on a terminal, and never with `NO_COLOR` set to anything
-/// non-empty (<https://no-color.org>).
+/// Colour only on a terminal that can show it (not `TERM=dumb`), and never
+/// with `NO_COLOR` set to anything non-empty (<https://no-color.org>).
 pub fn colour_on_stderr() -> bool {
-    use std::io::IsTerminal;
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    crate::progress::redrawable() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Log events go to stderr above the status line, never into it.
