@@ -103,7 +103,7 @@ fn cargo_toml(name: &str, sdk: &Path, kind: NewKind) -> String {
     // the crate as an rlib and enable the suite for tests only.
     let (crate_type, deps, dev) = match kind {
         NewKind::Cache => (
-            r#"["cdylib", "rlib"]"#,
+            r#"["cdylib", "rlib"]  # the rlib links tests/conformance.rs"#,
             "tempfile = \"3\"\n",
             format!(
                 r#"
@@ -172,10 +172,12 @@ fn lib_rs(name: &str, kind: NewKind) -> String {
     let summary = summary.replace("NAME", name);
     // The cache template reads real settings; the others start from one
     // example setting.
-    let (stage, keys) = match kind {
-        NewKind::Cache => (String::new(), r#"&["dir", "read_only"]"#),
-        _ => (example_stage(name), r#"&["example"]"#),
+    let (uses, stage, keys) = match kind {
+        NewKind::Cache => (CACHE_USES, String::new(), r#"&["dir", "read_only"]"#),
+        _ => ("", example_stage(name), r#"&["example"]"#),
     };
+    // Docs name the plugin's config table; code uses the NAME constant.
+    let body = body.replace("[plugin.NAME]", &format!("[plugin.{name}]"));
     format!(
         r#"//! ktstr plugin `{name}`: {summary}.
 //!
@@ -183,7 +185,7 @@ fn lib_rs(name: &str, kind: NewKind) -> String {
 //! `target/release/libktstr_plugin_{lib}.so` into
 //! `~/.local/share/ktstr/plugins/`, then use it with `--plugin {name}`.
 
-use ktstr_sdk::export::Plugin;
+{uses}use ktstr_sdk::export::Plugin;
 use ktstr_sdk::prelude::*;
 
 pub const NAME: &str = "{name}";
@@ -407,16 +409,23 @@ impl Builder for Stage {
 }
 "#;
 
-const CACHE: &str = r#"
-use std::io::ErrorKind as IoKind;
+const CACHE_USES: &str = r#"use std::io::ErrorKind as IoKind;
 use std::path::{Path, PathBuf};
 
 use ktstr_sdk::cache::{CONFIG_NAME, LOG_NAME, METADATA_NAME, VMLINUX_NAME};
 use ktstr_sdk::config::{ConfigReader, Setting};
+"#;
 
+const CACHE: &str = r#"
 const SETTINGS: &[Setting] = &[
-    Setting { key: "dir", help: "the directory kernels are kept in (required, absolute)" },
-    Setting { key: "read_only", help: "never store or remove (default false)" },
+    Setting {
+        key: "dir",
+        help: "the directory kernels are kept in (required, absolute)",
+    },
+    Setting {
+        key: "read_only",
+        help: "never store or remove (default false)",
+    },
 ];
 
 /// Kernels kept in one directory: `<dir>/<key>/` holds an entry's files
@@ -436,13 +445,17 @@ impl Stage {
     /// SDK's `ReadOnly` refuses every store and remove, with a hint.
     pub fn from_config(cfg: &PluginConfig) -> Result<Box<dyn CacheBackend>> {
         let cfg = ConfigReader::new(NAME, cfg)?.known(SETTINGS)?;
-        let dir = cfg.path("dir")?.ok_or_else(|| cfg.bad("dir", "is not set"))?;
+        let dir = cfg
+            .path("dir")?
+            .ok_or_else(|| cfg.bad("dir", "is not set"))?;
         if !dir.is_absolute() {
             return Err(cfg.bad("dir", format!("{} is not an absolute path", dir.display())));
         }
         let stage = Box::new(Stage { dir });
         if cfg.bool("read_only", false)? {
-            let why = format!("read_only = true under [plugin.{NAME}]; unset it on machines trusted to write");
+            let why = format!(
+                "read_only = true under [plugin.{NAME}]; unset it on machines trusted to write"
+            );
             return Ok(Box::new(ReadOnly::new(stage, why)));
         }
         Ok(stage)
@@ -488,8 +501,9 @@ impl Stage {
     fn check(&self, key: &CacheKey, text: &str) -> Result<CacheEntry> {
         let dir = self.entry_dir(key);
         let corrupt = |why: String| {
-            StageError::corrupt(format!("{NAME} entry {}: {why}", dir.display()))
-                .with_hint(format!("remove it: ktstr kernel clean --plugin {NAME} {key}"))
+            StageError::corrupt(format!("{NAME} entry {}: {why}", dir.display())).with_hint(
+                format!("remove {}: the next build stores it again", dir.display()),
+            )
         };
         let metadata: Metadata =
             serde_json::from_str(text).map_err(|e| corrupt(format!("bad {METADATA_NAME}: {e}")))?;
@@ -499,11 +513,23 @@ impl Stage {
         for (name, info) in &metadata.artifacts {
             match std::fs::metadata(dir.join(name)) {
                 Ok(m) if m.len() == info.size => {}
-                Ok(m) => return Err(corrupt(format!("{name} is {} bytes, not {}", m.len(), info.size))),
+                Ok(m) => {
+                    return Err(corrupt(format!(
+                        "{name} is {} bytes, not {}",
+                        m.len(),
+                        info.size
+                    )));
+                }
                 Err(_) => return Err(corrupt(format!("{name} is missing"))),
             }
         }
-        Ok(CacheEntry { key: key.clone(), dir, metadata, origin: NAME.into(), location: None })
+        Ok(CacheEntry {
+            key: key.clone(),
+            dir,
+            metadata,
+            origin: NAME.into(),
+            location: None,
+        })
     }
 
     /// Make `new` the entry at `dest` with one rename. A directory cannot
@@ -531,7 +557,12 @@ impl Stage {
 impl CacheBackend for Stage {
     /// Entries are directories, returned in place: no use for `staging`
     /// (it is for backends that unpack archives).
-    fn lookup(&self, key: &CacheKey, _staging: &Staging, _cx: &StageContext) -> Result<Option<CacheEntry>> {
+    fn lookup(
+        &self,
+        key: &CacheKey,
+        _staging: &Staging,
+        _cx: &StageContext,
+    ) -> Result<Option<CacheEntry>> {
         self.read(key)
     }
 
@@ -568,7 +599,13 @@ impl CacheBackend for Stage {
         let dest = self.entry_dir(key);
         self.publish(tmp.path(), &dest)?;
         tracing::info!("stored {key} in {}", self.describe());
-        Ok(CacheEntry { key: key.clone(), dir: dest, metadata: stored, origin: NAME.into(), location: None })
+        Ok(CacheEntry {
+            key: key.clone(),
+            dir: dest,
+            metadata: stored,
+            origin: NAME.into(),
+            location: None,
+        })
     }
 
     fn list(&self, _cx: &StageContext) -> Result<Vec<Listed>> {
@@ -579,14 +616,21 @@ impl CacheBackend for Stage {
         };
         let mut rows = Vec::new();
         for name in names {
-            let name = name.at("list", &self.dir)?.file_name().to_string_lossy().into_owned();
+            let name = name
+                .at("list", &self.dir)?
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
             if name.starts_with('.') {
                 continue;
             }
             let row = match CacheKey::parse(&name).and_then(|key| self.read(&key)) {
                 Ok(Some(entry)) => Listed::Ok(entry),
                 Ok(None) => continue,
-                Err(e) => Listed::Corrupt { key: name, reason: e.to_string() },
+                Err(e) => Listed::Corrupt {
+                    key: name,
+                    reason: e.to_string(),
+                },
             };
             rows.push(row);
         }
