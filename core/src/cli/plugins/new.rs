@@ -430,7 +430,8 @@ const SETTINGS: &[Setting] = &[
 
 /// Kernels kept in one directory: `<dir>/<key>/` holds an entry's files
 /// and its `metadata.json`; `<dir>/.tmp/` holds entries being written or
-/// removed. Settings: `[plugin.NAME]` in ktstr's config.
+/// removed (never read: a killed ktstr's leftovers there are safe to
+/// delete). Settings: `[plugin.NAME]` in ktstr's config.
 ///
 /// The contract (docs/cache.md, "Backend contract"): readers see an old
 /// entry or a new one, never a mix (entries are published with one
