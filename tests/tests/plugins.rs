@@ -1,6 +1,11 @@
-//! `ktstr plugins list`: every built-in plugin is registered.
+//! `ktstr plugins list`: every built-in plugin is registered; `ktstr
+//! plugins new --kind cache`: the scaffold passes its own conformance test
+//! as generated and works as a cache tier through the real binary.
 
 mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 
 use common::Fixture;
 
@@ -64,4 +69,146 @@ fn plain_plugins_list_names_the_built_ins() {
             run.describe()
         );
     }
+}
+
+/// `cargo ARGS --offline` in a scaffolded crate, into the target directory
+/// the other scaffold tests share (`<target>/scaffold`), so compiled
+/// dependencies are reused.
+fn cargo_in_scaffold(dir: &Path, args: &[&str]) -> Output {
+    let target = common::ktstr_bin()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("scaffold");
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(args)
+        .arg("--offline")
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", &target)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Issue 17: a new cache plugin starts with passing tests. The scaffold's
+/// own tests/conformance.rs runs every rule of the cache conformance suite
+/// (none skipped) and passes unedited; built, the library is a working
+/// tier behind `--plugin`: a build is stored in its directory and a fresh
+/// local cache hits there instead of building again.
+#[test]
+fn scaffolded_cache_passes_its_conformance_test_and_stores_and_hits() {
+    let fx = Fixture::git();
+    let dir = fx.root.path().join("team-cache");
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
+    fx.run(&[
+        "plugins",
+        "new",
+        "team-cache",
+        "--kind",
+        "cache",
+        "--sdk-path",
+        sdk.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+    ])
+    .assert_ok();
+    // The workspace's dependency versions: builds offline.
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock"),
+        dir.join("Cargo.lock"),
+    )
+    .unwrap();
+
+    let out = cargo_in_scaffold(&dir, &["test", "--quiet", "--test", "conformance"]);
+    let text = output_text(&out);
+    assert!(out.status.success(), "the scaffold's tests fail:\n{text}");
+    assert!(
+        text.contains("1 passed"),
+        "the conformance test did not run:\n{text}"
+    );
+    assert!(
+        !text.contains("skipped:"),
+        "the scaffold's conformance test must check every rule:\n{text}"
+    );
+
+    let out = cargo_in_scaffold(&dir, &["build", "--quiet", "--message-format=short"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let libs = fx.root.path().join("libs");
+    std::fs::create_dir_all(&libs).unwrap();
+    let so = "libktstr_plugin_team_cache.so";
+    let built = common::ktstr_bin()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("scaffold/debug")
+        .join(so);
+    std::fs::copy(built, libs.join(so)).unwrap();
+
+    let kernels = fx.root.path().join("team-kernels");
+    let config = fx.write_file(
+        "config.toml",
+        &format!(
+            "[plugin.team-cache]\ndir = {:?}\n",
+            kernels.to_str().unwrap()
+        ),
+    );
+    let fx = fx
+        .with_env("KTSTR_CONFIG", config.to_str().unwrap())
+        .with_env("KTSTR_PLUGIN_PATH", libs.to_str().unwrap());
+    let plugin = ["--plugin", "team-cache"];
+    let run = fx.build(&plugin);
+    let image = run.image_path();
+    let key = run.cached_key();
+    let entry = kernels.join(&key);
+    for file in [
+        image.file_name().unwrap(),
+        "config".as_ref(),
+        "metadata.json".as_ref(),
+    ] {
+        assert!(
+            entry.join(file).is_file(),
+            "the team-cache tier lacks {key}/{}\n{}",
+            Path::new(file).display(),
+            run.describe()
+        );
+    }
+
+    let list = fx.run(&["kernel", "list", "--json", "--plugin", "team-cache"]);
+    let rows = list.assert_ok().json();
+    let tiers: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["key"] == key.as_str())
+        .filter_map(|r| r["tier"].as_str())
+        .collect();
+    assert_eq!(tiers, ["local-cache", "team-cache"], "{}", list.describe());
+
+    // Another machine: an empty local cache hits in the team-cache tier.
+    std::fs::remove_dir_all(&fx.cache).unwrap();
+    let hit = fx.build(&plugin);
+    hit.image_path();
+    assert_eq!(hit.hit_key(), key, "{}", hit.describe());
+    assert_eq!(fx.build_count(), 1, "the hit must not build again");
+    let list = fx.run(&["kernel", "list", "--json"]);
+    let rows = list.assert_ok().json();
+    let local = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == key.as_str())
+        .unwrap_or_else(|| panic!("the hit was not copied locally\n{}", list.describe()));
+    let from = local["pulled_from"].as_str().unwrap_or_default();
+    assert!(
+        from.starts_with(&format!("team-cache cache at {}", kernels.display())),
+        "the local copy must say it came from team-cache: {local}"
+    );
 }

@@ -66,21 +66,30 @@ pub fn new(name: &str, kind: NewKind, sdk: Option<&Path>, dir: Option<&Path>) ->
             dir.display()
         );
     }
-    std::fs::create_dir_all(dir.join("src"))
-        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let subdirs: &[&str] = match kind {
+        NewKind::Cache => &["src", "tests"],
+        _ => &["src"],
+    };
+    for sub in subdirs {
+        std::fs::create_dir_all(dir.join(sub))
+            .with_context(|| format!("cannot create {}", dir.join(sub).display()))?;
+    }
     let write = |file: &str, text: String| -> Result<()> {
         let path = dir.join(file);
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
     };
-    write("Cargo.toml", cargo_toml(name, &sdk))?;
+    write("Cargo.toml", cargo_toml(name, &sdk, kind))?;
     write(".gitignore", "/target\n".into())?;
     write("src/lib.rs", lib_rs(name, kind))?;
+    if kind == NewKind::Cache {
+        write("tests/conformance.rs", cache_conformance_test(name))?;
+    }
     eprintln!(
         "{LABEL}: created {} ({kind:?} plugin {name})",
         dir.display()
     );
     eprintln!(
-        "{LABEL}: next: cd {} && cargo build --release && install -Dm644 target/release/{} ~/.local/share/ktstr/plugins/",
+        "{LABEL}: next: cd {} && cargo test && cargo build --release && install -Dm644 target/release/{} ~/.local/share/ktstr/plugins/",
         dir.display(),
         crate::dynamic::search::file_name(name)
     );
@@ -88,7 +97,27 @@ pub fn new(name: &str, kind: NewKind, sdk: Option<&Path>, dir: Option<&Path>) ->
     Ok(())
 }
 
-fn cargo_toml(name: &str, sdk: &Path) -> String {
+fn cargo_toml(name: &str, sdk: &Path, kind: NewKind) -> String {
+    let sdk = sdk.display();
+    // A cache plugin's tests/ run the SDK's conformance suite: they link
+    // the crate as an rlib and enable the suite for tests only.
+    let (crate_type, deps, dev) = match kind {
+        NewKind::Cache => (
+            r#"["cdylib", "rlib"]  # the rlib links tests/conformance.rs"#,
+            "tempfile = \"3\"\n",
+            format!(
+                r#"
+[dev-dependencies]
+ktstr-sdk = {{ path = "{sdk}", features = ["conformance"] }}
+
+# The suite hashes a 64 MiB image; unoptimised sha2 makes that slow.
+[profile.dev.package.sha2]
+opt-level = 3
+"#
+            ),
+        ),
+        _ => (r#"["cdylib"]"#, "", String::new()),
+    };
     format!(
         r#"[package]
 name = "ktstr-plugin-{name}"
@@ -98,18 +127,17 @@ publish = false
 
 [lib]
 # A shared library the ktstr host loads: libktstr_plugin_{lib}.so
-crate-type = ["cdylib"]
+crate-type = {crate_type}
 
 [dependencies]
 ktstr-sdk = {{ path = "{sdk}" }}
 serde_json = "1"
-tracing = "0.1"
-
+{deps}tracing = "0.1"
+{dev}
 # Its own workspace, so it builds wherever it is created.
 [workspace]
 "#,
         lib = name.replace('-', "_"),
-        sdk = sdk.display()
     )
 }
 
@@ -137,11 +165,19 @@ fn lib_rs(name: &str, kind: NewKind) -> String {
         ),
         NewKind::Cache => (
             CACHE,
-            "Cache(|cfg| Ok(Box::new(Stage::from_config(cfg)?)))",
-            "keeps nothing yet",
+            "Cache(Stage::from_config)",
+            "kernels kept in one directory",
         ),
     };
     let summary = summary.replace("NAME", name);
+    // The cache template reads real settings; the others start from one
+    // example setting.
+    let (uses, stage, keys) = match kind {
+        NewKind::Cache => (CACHE_USES, String::new(), r#"&["dir", "read_only"]"#),
+        _ => ("", example_stage(name), r#"&["example"]"#),
+    };
+    // Docs name the plugin's config table; code uses the NAME constant.
+    let body = body.replace("[plugin.NAME]", &format!("[plugin.{name}]"));
     format!(
         r#"//! ktstr plugin `{name}`: {summary}.
 //!
@@ -149,11 +185,30 @@ fn lib_rs(name: &str, kind: NewKind) -> String {
 //! `target/release/libktstr_plugin_{lib}.so` into
 //! `~/.local/share/ktstr/plugins/`, then use it with `--plugin {name}`.
 
-use ktstr_sdk::export::Plugin;
+{uses}use ktstr_sdk::export::Plugin;
 use ktstr_sdk::prelude::*;
 
-const NAME: &str = "{name}";
+pub const NAME: &str = "{name}";
+{stage}{body}
+fn plugin() -> Plugin {{
+    Plugin::new(NAME, env!("CARGO_PKG_VERSION")).stage(
+        NAME,
+        "{summary}",
+        {keys},
+        Constructor::{ctor},
+    )
+}}
 
+ktstr_sdk::export_plugin!(plugin);
+"#,
+        lib = name.replace('-', "_"),
+    )
+}
+
+/// The stage struct of every template but the cache's: one example setting.
+fn example_stage(name: &str) -> String {
+    format!(
+        r#"
 /// The stage. Its settings come from `[plugin.{name}]` in ktstr's config.
 struct Stage {{
     /// An example setting (`example = "..."`).
@@ -175,19 +230,7 @@ impl Stage {{
         Ok(Self {{ example }})
     }}
 }}
-{body}
-fn plugin() -> Plugin {{
-    Plugin::new(NAME, env!("CARGO_PKG_VERSION")).stage(
-        NAME,
-        "{summary}",
-        &["example"],
-        Constructor::{ctor},
-    )
-}}
-
-ktstr_sdk::export_plugin!(plugin);
-"#,
-        lib = name.replace('-', "_"),
+"#
     )
 }
 
@@ -366,74 +409,296 @@ impl Builder for Stage {
 }
 "#;
 
+const CACHE_USES: &str = r#"use std::io::ErrorKind as IoKind;
+use std::path::{Path, PathBuf};
+
+use ktstr_sdk::cache::{CONFIG_NAME, LOG_NAME, METADATA_NAME, VMLINUX_NAME};
+use ktstr_sdk::config::{ConfigReader, Setting};
+"#;
+
 const CACHE: &str = r#"
-// The contract (docs/cache.md, "Backend contract"): a hit's files are on
-// this machine (a backend that keeps archives unpacks into `staging`, which
-// the host removes); `dir` is empty for an entry that is not a directory
-// (set `location`); metadata is stored verbatim; a store that is
-// interrupted (`cx.cancel`) leaves nothing visible.
+const SETTINGS: &[Setting] = &[
+    Setting {
+        key: "dir",
+        help: "the directory kernels are kept in (required, absolute)",
+    },
+    Setting {
+        key: "read_only",
+        help: "never store or remove (default false)",
+    },
+];
+
+/// Kernels kept in one directory: `<dir>/<key>/` holds an entry's files
+/// and its `metadata.json`; `<dir>/.tmp/` holds entries being written or
+/// removed (never read: a killed ktstr's leftovers there are safe to
+/// delete). Settings: `[plugin.NAME]` in ktstr's config.
+///
+/// The contract (docs/cache.md, "Backend contract"): readers see an old
+/// entry or a new one, never a mix (entries are published with one
+/// rename); a damaged entry is a `Corrupt` error, never a hit; metadata is
+/// stored as given; a store that fails or is cancelled leaves nothing.
+pub struct Stage {
+    dir: PathBuf,
+}
+
+impl Stage {
+    /// The backend `[plugin.NAME]` describes; with `read_only = true` the
+    /// SDK's `ReadOnly` refuses every store and remove, with a hint.
+    pub fn from_config(cfg: &PluginConfig) -> Result<Box<dyn CacheBackend>> {
+        let cfg = ConfigReader::new(NAME, cfg)?.known(SETTINGS)?;
+        let dir = cfg
+            .path("dir")?
+            .ok_or_else(|| cfg.bad("dir", "is not set"))?;
+        if !dir.is_absolute() {
+            return Err(cfg.bad("dir", format!("{} is not an absolute path", dir.display())));
+        }
+        let stage = Box::new(Stage { dir });
+        if cfg.bool("read_only", false)? {
+            let why = format!(
+                "read_only = true under [plugin.{NAME}]; unset it on machines trusted to write"
+            );
+            return Ok(Box::new(ReadOnly::new(stage, why)));
+        }
+        Ok(stage)
+    }
+
+    fn entry_dir(&self, key: &CacheKey) -> PathBuf {
+        self.dir.join(key.as_str())
+    }
+
+    /// A new empty directory in `<dir>/.tmp`, removed with what it holds
+    /// when dropped: a failed or cancelled store leaves nothing behind.
+    fn temp_dir(&self) -> Result<tempfile::TempDir> {
+        let tmp = self.dir.join(".tmp");
+        std::fs::create_dir_all(&tmp).at("create", &tmp)?;
+        tempfile::tempdir_in(&tmp).at("create a directory in", &tmp)
+    }
+
+    /// An entry's `metadata.json`, or `None` when there is no entry.
+    fn metadata_text(&self, key: &CacheKey) -> Result<Option<String>> {
+        let path = self.entry_dir(key).join(METADATA_NAME);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == IoKind::NotFound => Ok(None),
+            Err(e) => Err(StageError::io("read", &path, e)),
+        }
+    }
+
+    /// The entry, checked: every file its metadata names is there, at its
+    /// recorded size. A store may replace the entry while it is read, so a
+    /// check that fails counts only if the metadata did not change meanwhile.
+    fn read(&self, key: &CacheKey) -> Result<Option<CacheEntry>> {
+        loop {
+            let Some(text) = self.metadata_text(key)? else {
+                return Ok(None);
+            };
+            match self.check(key, &text) {
+                Err(_) if self.metadata_text(key)?.as_ref() != Some(&text) => continue,
+                checked => return checked.map(Some),
+            }
+        }
+    }
+
+    fn check(&self, key: &CacheKey, text: &str) -> Result<CacheEntry> {
+        let dir = self.entry_dir(key);
+        let corrupt = |why: String| {
+            StageError::corrupt(format!("{NAME} entry {}: {why}", dir.display())).with_hint(
+                format!("remove {}: the next build stores it again", dir.display()),
+            )
+        };
+        let metadata: Metadata =
+            serde_json::from_str(text).map_err(|e| corrupt(format!("bad {METADATA_NAME}: {e}")))?;
+        if &metadata.key != key {
+            return Err(corrupt(format!("its metadata is for {}", metadata.key)));
+        }
+        for (name, info) in &metadata.artifacts {
+            match std::fs::metadata(dir.join(name)) {
+                Ok(m) if m.len() == info.size => {}
+                Ok(m) => {
+                    return Err(corrupt(format!(
+                        "{name} is {} bytes, not {}",
+                        m.len(),
+                        info.size
+                    )));
+                }
+                Err(_) => return Err(corrupt(format!("{name} is missing"))),
+            }
+        }
+        Ok(CacheEntry {
+            key: key.clone(),
+            dir,
+            metadata,
+            origin: NAME.into(),
+            location: None,
+        })
+    }
+
+    /// Make `new` the entry at `dest` with one rename. A directory cannot
+    /// be renamed over a non-empty one, so an entry already there is first
+    /// moved aside (and removed); another store may publish in between,
+    /// hence the loop.
+    fn publish(&self, new: &Path, dest: &Path) -> Result<()> {
+        loop {
+            match std::fs::rename(new, dest) {
+                Ok(()) => return Ok(()),
+                Err(e) if matches!(e.kind(), IoKind::DirectoryNotEmpty | IoKind::AlreadyExists) => {
+                    let old = self.temp_dir()?;
+                    match std::fs::rename(dest, old.path()) {
+                        Ok(()) => old.close().at("remove the replaced entry", dest)?,
+                        Err(e) if e.kind() == IoKind::NotFound => {}
+                        Err(e) => return Err(StageError::io("replace", dest, e)),
+                    }
+                }
+                Err(e) => return Err(StageError::io("publish", dest, e)),
+            }
+        }
+    }
+}
+
 impl CacheBackend for Stage {
-    fn lookup(&self, key: &CacheKey, _staging: &Staging, _cx: &StageContext) -> Result<Option<CacheEntry>> {
-        tracing::debug!("lookup {key}: not implemented yet, a miss");
-        Ok(None)
+    /// Entries are directories, returned in place: no use for `staging`
+    /// (it is for backends that unpack archives).
+    fn lookup(
+        &self,
+        key: &CacheKey,
+        _staging: &Staging,
+        _cx: &StageContext,
+    ) -> Result<Option<CacheEntry>> {
+        self.read(key)
     }
 
     fn store(
         &self,
         key: &CacheKey,
-        _artifacts: &Artifacts,
-        _metadata: &Metadata,
+        artifacts: &Artifacts,
+        metadata: &Metadata,
         cx: &StageContext,
     ) -> Result<CacheEntry> {
+        let tmp = self.temp_dir()?;
+        let mut stored = metadata.clone();
+        stored.artifacts.clear();
+        let files = [
+            (stored.image_name.clone(), Some(&artifacts.image)),
+            (VMLINUX_NAME.into(), artifacts.vmlinux.as_ref()),
+            (CONFIG_NAME.into(), Some(&artifacts.config)),
+            (LOG_NAME.into(), artifacts.log.as_ref()),
+        ];
+        for (name, src) in files {
+            let Some(src) = src else { continue };
+            cx.cancel.check()?;
+            cx.progress.line(&format!("copying {name}"));
+            let dst = tmp.path().join(&name);
+            std::fs::copy(src, &dst).at("copy", src)?;
+            let (sha256, size) = ktstr_sdk::hash::sha256_file(&dst)?;
+            stored.artifacts.insert(name, ArtifactInfo { sha256, size });
+        }
+        let json = serde_json::to_vec_pretty(&stored)
+            .map_err(|e| StageError::internal("encode metadata").caused_by(e))?;
+        let meta = tmp.path().join(METADATA_NAME);
+        std::fs::write(&meta, json).at("write", &meta)?;
         cx.cancel.check()?;
-        Err(StageError::new(ErrorKind::Unsupported, format!("{NAME}: cannot store {key} yet"))
-            .with_hint("implement CacheBackend::store in this plugin"))
+        let dest = self.entry_dir(key);
+        self.publish(tmp.path(), &dest)?;
+        tracing::info!("stored {key} in {}", self.describe());
+        Ok(CacheEntry {
+            key: key.clone(),
+            dir: dest,
+            metadata: stored,
+            origin: NAME.into(),
+            location: None,
+        })
     }
 
     fn list(&self, _cx: &StageContext) -> Result<Vec<Listed>> {
-        Ok(Vec::new())
+        let names = match std::fs::read_dir(&self.dir) {
+            Ok(names) => names,
+            Err(e) if e.kind() == IoKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StageError::io("list", &self.dir, e)),
+        };
+        let mut rows = Vec::new();
+        for name in names {
+            let name = name
+                .at("list", &self.dir)?
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let row = match CacheKey::parse(&name).and_then(|key| self.read(&key)) {
+                Ok(Some(entry)) => Listed::Ok(entry),
+                Ok(None) => continue,
+                Err(e) => Listed::Corrupt {
+                    key: name,
+                    reason: e.to_string(),
+                },
+            };
+            rows.push(row);
+        }
+        ktstr_sdk::cache::sort_newest_first(&mut rows);
+        Ok(rows)
     }
 
-    fn remove(&self, _key: &CacheKey, _cx: &StageContext) -> Result<bool> {
-        Ok(false)
+    fn remove(&self, key: &CacheKey, _cx: &StageContext) -> Result<bool> {
+        let dest = self.entry_dir(key);
+        if !dest.exists() {
+            return Ok(false);
+        }
+        // Moved aside first, so no reader sees a half-removed entry.
+        let old = self.temp_dir()?;
+        match std::fs::rename(&dest, old.path()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == IoKind::NotFound => return Ok(false),
+            Err(e) => return Err(StageError::io("remove", &dest, e)),
+        }
+        old.close().at("remove", &dest)?;
+        Ok(true)
     }
 
     fn describe(&self) -> String {
-        format!("{NAME} cache")
+        format!("{NAME} cache at {}", self.dir.display())
     }
 }
 "#;
 
 /// `tests/conformance.rs` of a new cache plugin: the SDK's cache
-/// conformance suite run against the template's stage. For it to pass as
-/// generated, the cache template must keep entries in the `dir` setting
-/// and make `Stage` and `Stage::from_config` public, and the crate needs
-/// `crate-type = ["cdylib", "rlib"]` and the dev-dependency
-/// `ktstr-sdk = { path = "<sdk>", features = ["conformance"] }`.
-#[allow(
-    dead_code,
-    reason = "written by `new` once the cache template stores (issue 17)"
-)]
+/// conformance suite, every rule, run against the template's backend as
+/// generated (tests/tests/plugins.rs runs it).
 fn cache_conformance_test(name: &str) -> String {
     format!(
         r#"//! `{name}` against ktstr's cache conformance suite: every promise of
 //! the CacheBackend contract, checked on a fresh directory per rule. See
 //! "The cache conformance suite" in ktstr's docs/plugin-authoring.md.
 
+use std::path::PathBuf;
+
 use ktstr_plugin_{lib}::Stage;
 use ktstr_sdk::conformance::cache::{{self, Fixture, Options}};
 use ktstr_sdk::prelude::*;
 
-fn make(fx: &Fixture) -> Box<dyn CacheBackend> {{
-    let cfg = serde_json::json!({{"dir": fx.shared.join("cache")}});
-    Box::new(Stage::from_config(&cfg).expect("the test config is valid"))
+fn dir(fx: &Fixture) -> PathBuf {{
+    fx.shared.join("cache")
+}}
+
+fn open(fx: &Fixture, read_only: bool) -> Box<dyn CacheBackend> {{
+    let cfg = serde_json::json!({{"dir": dir(fx), "read_only": read_only}});
+    Stage::from_config(&cfg).expect("the test config is valid")
+}}
+
+/// Damage at rest, as a careless hand would: the entry loses its config.
+fn damage(fx: &Fixture, key: &CacheKey) {{
+    let config = dir(fx).join(key.as_str()).join("config");
+    std::fs::remove_file(&config).expect("the entry has a config file");
 }}
 
 #[test]
 fn conforms() {{
-    // Once the plugin has a read-only mode and you can damage an entry on
-    // disk, add `.read_only(..)` and `.corrupt(..)` to check those rules too.
-    cache::run(&make, Options::default());
+    cache::run(
+        &|fx: &Fixture| open(fx, false),
+        Options::default()
+            .read_only(|fx: &Fixture| open(fx, true))
+            .corrupt(damage),
+    );
 }}
 "#,
         lib = name.replace('-', "_"),
