@@ -624,7 +624,7 @@ mod tests {
                 .unwrap_err();
             assert_eq!(e.kind, crate::error::ErrorKind::Internal);
             assert!(e.message.contains("k-1.tar that is not a directory"), "{e}");
-            assert!(e.hint.unwrap().contains("Backend contract"));
+            assert!(e.hint.unwrap().contains("`ktstr docs cache`"));
             entry_in(root.path().to_path_buf())
                 .check_returned(call, Some(&key), "tar-cache")
                 .unwrap();
