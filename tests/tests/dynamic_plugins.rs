@@ -606,45 +606,14 @@ fn fixed_cpus_reserver_grants_the_configured_cpus() {
 fn plugins_new_scaffolds_a_crate_that_builds_and_loads() {
     let inst = Install::new();
     let fx = Fixture::git();
-    let dir = fx.root.path().join("team-cache");
-    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
-    inst.run(
-        &fx,
-        &[],
-        &[
-            "plugins",
-            "new",
-            "team-cache",
-            "--kind",
-            "cache",
-            "--sdk-path",
-            sdk.to_str().unwrap(),
-            "--dir",
-            dir.to_str().unwrap(),
-        ],
-    )
-    .assert_ok();
-    // Same dependency versions as the workspace: builds offline, reuses
-    // the compiled dependencies of the shared target directory.
-    fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock"),
-        dir.join("Cargo.lock"),
-    )
-    .unwrap();
-    let target = built().parent().unwrap().join("scaffold");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["build", "--quiet", "--offline"])
-        .current_dir(&dir)
-        .env("CARGO_TARGET_DIR", &target)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let dir = common::scaffold(&fx, "team-cache", "cache");
+    let out = common::cargo_in_scaffold(&dir, &["build", "--quiet"]);
     assert!(
         out.status.success(),
         "the scaffolded crate does not build:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        common::output_text(&out)
     );
+    let target = common::scaffold_target();
     let lib = target.join("debug/libktstr_plugin_team_cache.so");
     let info = inst.run(&fx, &[], &["plugins", "info", lib.to_str().unwrap()]);
     info.assert_ok();

@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 
 use common::Fixture;
 
@@ -71,33 +70,6 @@ fn plain_plugins_list_names_the_built_ins() {
     }
 }
 
-/// `cargo ARGS --offline` in a scaffolded crate, into the target directory
-/// the other scaffold tests share (`<target>/scaffold`), so compiled
-/// dependencies are reused.
-fn cargo_in_scaffold(dir: &Path, args: &[&str]) -> Output {
-    let target = common::ktstr_bin()
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("scaffold");
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(args)
-        .arg("--offline")
-        .current_dir(dir)
-        .env("CARGO_TARGET_DIR", &target)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn output_text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// Issue 17: a new cache plugin starts with passing tests. The scaffold's
 /// own tests/conformance.rs runs every rule of the cache conformance suite
 /// (none skipped) and passes unedited; built, the library is a working
@@ -106,29 +78,10 @@ fn output_text(out: &Output) -> String {
 #[test]
 fn scaffolded_cache_passes_its_conformance_test_and_stores_and_hits() {
     let fx = Fixture::git();
-    let dir = fx.root.path().join("team-cache");
-    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
-    fx.run(&[
-        "plugins",
-        "new",
-        "team-cache",
-        "--kind",
-        "cache",
-        "--sdk-path",
-        sdk.to_str().unwrap(),
-        "--dir",
-        dir.to_str().unwrap(),
-    ])
-    .assert_ok();
-    // The workspace's dependency versions: builds offline.
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock"),
-        dir.join("Cargo.lock"),
-    )
-    .unwrap();
+    let dir = common::scaffold(&fx, "team-cache", "cache");
 
-    let out = cargo_in_scaffold(&dir, &["test", "--quiet", "--test", "conformance"]);
-    let text = output_text(&out);
+    let out = common::cargo_in_scaffold(&dir, &["test", "--quiet", "--test", "conformance"]);
+    let text = common::output_text(&out);
     assert!(out.status.success(), "the scaffold's tests fail:\n{text}");
     assert!(
         text.contains("1 passed"),
@@ -139,17 +92,12 @@ fn scaffolded_cache_passes_its_conformance_test_and_stores_and_hits() {
         "the scaffold's conformance test must check every rule:\n{text}"
     );
 
-    let out = cargo_in_scaffold(&dir, &["build", "--quiet", "--message-format=short"]);
-    assert!(out.status.success(), "{}", output_text(&out));
+    let out = common::cargo_in_scaffold(&dir, &["build", "--quiet", "--message-format=short"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
     let libs = fx.root.path().join("libs");
     std::fs::create_dir_all(&libs).unwrap();
     let so = "libktstr_plugin_team_cache.so";
-    let built = common::ktstr_bin()
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("scaffold/debug")
-        .join(so);
+    let built = common::scaffold_target().join("debug").join(so);
     std::fs::copy(built, libs.join(so)).unwrap();
 
     let kernels = fx.root.path().join("team-kernels");

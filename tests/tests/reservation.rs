@@ -263,62 +263,21 @@ fn interrupt_removes_sandbox_and_scratch_tree() {
     }
 }
 
-/// `cargo <args>` in a scaffolded crate, offline, with the workspace's
-/// lock file and a target directory under this test's (shared with the
-/// other scaffold tests, so dependencies compile once).
-fn cargo_in_scaffold(dir: &Path, args: &[&str]) -> std::process::Output {
-    let target = common::ktstr_bin()
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("scaffold");
-    std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(args)
-        .arg("--offline")
-        .current_dir(dir)
-        .env("CARGO_TARGET_DIR", &target)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
-}
-
 /// The walkthrough of docs/plugin-authoring.md section 13: a scaffolded
 /// reserver passes its own conformance test as generated, and the config
 /// file selects it on this host only, where it confines make.
 #[test]
 fn scaffolded_reserver_passes_its_conformance_test_and_is_selected_per_host() {
     let fx = Fixture::git();
-    let dir = fx.root.path().join("team-cpus");
-    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
-    fx.run(&[
-        "plugins",
-        "new",
-        "team-cpus",
-        "--kind",
-        "reserver",
-        "--sdk-path",
-        sdk.to_str().unwrap(),
-        "--dir",
-        dir.to_str().unwrap(),
-    ])
-    .assert_ok();
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock"),
-        dir.join("Cargo.lock"),
-    )
-    .unwrap();
-    let out = cargo_in_scaffold(&dir, &["test", "--quiet", "--lib"]);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dir = common::scaffold(&fx, "team-cpus", "reserver");
+    let out = common::cargo_in_scaffold(&dir, &["test", "--quiet", "--lib"]);
+    let text = common::output_text(&out);
     assert!(out.status.success(), "the scaffold's tests fail:\n{text}");
     assert!(
         text.contains("1 passed"),
         "the conformance test did not run:\n{text}"
     );
-    let out = cargo_in_scaffold(&dir, &["build", "--quiet", "--message-format=short"]);
+    let out = common::cargo_in_scaffold(&dir, &["build", "--quiet", "--message-format=short"]);
     assert!(
         out.status.success(),
         "{}",
@@ -327,11 +286,7 @@ fn scaffolded_reserver_passes_its_conformance_test_and_is_selected_per_host() {
     let libs = fx.root.path().join("libs");
     std::fs::create_dir_all(&libs).unwrap();
     let so = "libktstr_plugin_team_cpus.so";
-    let target = common::ktstr_bin()
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("scaffold/debug");
+    let target = common::scaffold_target().join("debug");
     std::fs::copy(target.join(so), libs.join(so)).unwrap();
 
     // Selected on this host only; any other host keeps llc.

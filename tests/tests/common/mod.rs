@@ -812,3 +812,56 @@ pub fn assert_tree_lock_free(cache: &Path, tree: &Path) {
         ktstr_sdk::lock::holders(&path)
     );
 }
+
+/// Where every scaffold test builds (`<target>/scaffold`): dependencies
+/// compile once for all of them.
+pub fn scaffold_target() -> PathBuf {
+    ktstr_bin()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("scaffold")
+}
+
+/// `ktstr plugins new NAME --kind KIND` under the fixture's root, against
+/// this workspace's SDK and with its lock file, so it builds offline.
+pub fn scaffold(fx: &Fixture, name: &str, kind: &str) -> PathBuf {
+    let dir = fx.root.path().join(name);
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let sdk = workspace.join("sdk");
+    fx.run(&[
+        "plugins",
+        "new",
+        name,
+        "--kind",
+        kind,
+        "--sdk-path",
+        sdk.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+    ])
+    .assert_ok();
+    fs::copy(workspace.join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    dir
+}
+
+/// `cargo ARGS --offline` in a scaffolded crate, into [`scaffold_target`].
+pub fn cargo_in_scaffold(dir: &Path, args: &[&str]) -> Output {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(args)
+        .arg("--offline")
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", scaffold_target())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// A finished command's stdout then stderr, for messages.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
