@@ -82,10 +82,11 @@ fn probe_inner(path: &Path) -> Result<SourceState> {
     {
         tracing::debug!("cannot skip the index checksum: {e}");
     }
-    // git on Linux compares the nanoseconds of mtime and ctime (its USE_NSEC
-    // build flag); gix does not unless told. Without them, a same-size edit
-    // whose mtime is put back within the second of the last stat change
-    // looks untouched, and the tree would be cached as its HEAD.
+    // Compare the nanoseconds of mtime and ctime too (git stores them but
+    // compares whole seconds unless built with USE_NSEC). Without them, a
+    // same-size edit whose mtime is put back within the second of the last
+    // stat change looks untouched, and the tree would be cached as its HEAD;
+    // with them, nanoseconds git left stale cost one content check.
     if let Err(e) = repo
         .config_snapshot_mut()
         .set_value(&gix::config::tree::gitoxide::Core::USE_NSEC, "true")
