@@ -289,17 +289,34 @@ fn help_names_every_kernel_spec_form_and_where_to_read_on() {
             top.stdout
         );
     }
-    // The docs directory it names is real and holds the guides.
-    let docs = top
-        .stdout
-        .lines()
-        .map(str::trim)
-        .find(|l| l.ends_with("/docs"))
-        .unwrap_or_else(|| panic!("--help names no docs directory:\n{}", top.stdout));
+    // The guides it names are built in: `ktstr docs` lists them and prints
+    // each, wherever the binary was installed.
     assert!(
-        std::path::Path::new(docs).join("cli.md").is_file(),
-        "{docs}/cli.md does not exist"
+        top.stdout.contains("`ktstr docs`"),
+        "--help names no guides:\n{}",
+        top.stdout
     );
+    let list = fx.run(&["docs"]);
+    list.assert_ok();
+    for topic in ["cli", "config", "sources", "cache", "plugin-authoring"] {
+        assert!(
+            list.stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(topic)),
+            "`ktstr docs` lacks {topic}:\n{}",
+            list.stdout
+        );
+    }
+    let cli = fx.run(&["docs", "cli"]);
+    cli.assert_ok();
+    assert!(
+        cli.stdout.starts_with("# ktstr command line") && cli.stdout.contains("--kernel"),
+        "{}",
+        cli.describe()
+    );
+    let typo = fx.run(&["docs", "cahce"]);
+    assert_eq!(typo.code(), Some(2), "{}", typo.describe());
+    assert!(typo.stderr.contains("'cache'"), "{}", typo.describe());
 }
 
 #[test]
