@@ -216,17 +216,25 @@ fn a_tarball_path_builds_and_keep_source_keeps_the_tree() {
     );
 }
 
-/// `python3 -m http.server` on a free loopback port, killed on drop.
+/// A python3 HTTP server on a free loopback port, killed on drop.
 struct Server {
     child: Child,
     port: u16,
 }
 
 impl Server {
+    /// `python3 -m http.server` serving `dir`.
     fn start(dir: &Path) -> Option<Server> {
-        let mut child = Command::new("python3")
-            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
-            .current_dir(dir)
+        let mut cmd = Command::new("python3");
+        cmd.args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
+            .current_dir(dir);
+        // "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
+        Self::spawn(cmd, |line| line.split("port ").nth(1)?.split(' ').next())
+    }
+
+    /// Start `cmd` and read its port from the first line it prints.
+    fn spawn(mut cmd: Command, port: fn(&str) -> Option<&str>) -> Option<Server> {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -237,15 +245,10 @@ impl Server {
             &mut line,
         )
         .ok()?;
-        // "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
-        let port = line
-            .split("port ")
-            .nth(1)?
-            .split(' ')
-            .next()?
-            .parse()
-            .ok()?;
-        Some(Server { child, port })
+        // Killed on drop even when the line is not what was expected.
+        let mut server = Server { child, port: 0 };
+        server.port = port(line.trim())?.parse().ok()?;
+        Some(server)
     }
 }
 
@@ -413,8 +416,7 @@ fn an_unversioned_tarball_is_unpacked_once() {
 /// file's sha256) and `Last-Modified`, answers `If-None-Match` with 304
 /// unless `ignore_conditions`, and logs `STATUS PATH` per request.
 struct ValidatingServer {
-    child: Child,
-    port: u16,
+    server: Server,
     log: PathBuf,
 }
 
@@ -457,31 +459,21 @@ s.serve_forever()
 impl ValidatingServer {
     fn start(dir: &Path, ignore_conditions: bool) -> Option<ValidatingServer> {
         let log = dir.with_extension("log");
-        let mut child = Command::new("python3")
-            .args(["-u", "-c", VALIDATING_SERVER])
+        let mut cmd = Command::new("python3");
+        cmd.args(["-u", "-c", VALIDATING_SERVER])
             .arg(dir)
             .arg(&log)
             .arg(if ignore_conditions {
                 "ignore"
             } else {
                 "honour"
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .ok()?;
-        let port = line.trim().parse().ok()?;
-        Some(ValidatingServer { child, port, log })
+            });
+        let server = Server::spawn(cmd, |line| Some(line))?;
+        Some(ValidatingServer { server, log })
     }
 
     fn url(&self, name: &str) -> String {
-        format!("http://127.0.0.1:{}/{name}", self.port)
+        format!("http://127.0.0.1:{}/{name}", self.server.port)
     }
 
     /// The statuses answered so far, in order.
@@ -491,13 +483,6 @@ impl ValidatingServer {
             .lines()
             .filter_map(|l| l.split(' ').next()?.parse().ok())
             .collect()
-    }
-}
-
-impl Drop for ValidatingServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
