@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
-use ktstr_sdk::context::Progress;
+use ktstr_sdk::context::{Progress, human_bytes};
 
 /// Prefix of every diagnostic line.
 pub const LABEL: &str = "ktstr";
@@ -255,19 +255,6 @@ fn status_duration(d: Duration) -> String {
         format!("{}m{:02}s", secs / 60, secs % 60)
     } else {
         format!("{secs}s")
-    }
-}
-
-/// `812.0 KiB`, `144.9 MiB`, `1.2 GiB`.
-pub fn human_bytes(n: u64) -> String {
-    const KIB: f64 = 1024.0;
-    let n = n as f64;
-    if n < KIB * KIB {
-        format!("{:.1} KiB", n / KIB)
-    } else if n < KIB * KIB * KIB {
-        format!("{:.1} MiB", n / (KIB * KIB))
-    } else {
-        format!("{:.1} GiB", n / (KIB * KIB * KIB))
     }
 }
 

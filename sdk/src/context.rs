@@ -28,11 +28,23 @@ pub trait Progress: Send + Sync {
     /// second at most. The default, for sinks that only know lines, reports
     /// it as a line; a plugin library's calls reach the host over the ABI.
     fn bytes(&self, done: u64, total: Option<u64>) {
-        let mib = |n: u64| n as f64 / (1u64 << 20) as f64;
         self.line(&match total {
-            Some(t) => format!("{:.1} MiB of {:.1} MiB", mib(done), mib(t)),
-            None => format!("{:.1} MiB", mib(done)),
+            Some(t) => format!("{} of {}", human_bytes(done), human_bytes(t)),
+            None => human_bytes(done),
         });
+    }
+}
+
+/// A byte count for progress lines: `0.5 KiB`, `144.9 MiB`, `1.2 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let n = n as f64;
+    if n < KIB * KIB {
+        format!("{:.1} KiB", n / KIB)
+    } else if n < KIB * KIB * KIB {
+        format!("{:.1} MiB", n / (KIB * KIB))
+    } else {
+        format!("{:.1} GiB", n / (KIB * KIB * KIB))
     }
 }
 

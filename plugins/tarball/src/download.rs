@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ktstr_sdk::context::{Cancellation, Progress};
+use ktstr_sdk::context::{Cancellation, Progress, human_bytes};
 use ktstr_sdk::hash::Sha256Stream;
 use ktstr_sdk::prelude::*;
 
@@ -253,15 +253,6 @@ fn read_some(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(filled)
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const MIB: f64 = (1u64 << 20) as f64;
-    if n < 1 << 20 {
-        format!("{:.1} KiB", n as f64 / 1024.0)
-    } else {
-        format!("{:.1} MiB", n as f64 / MIB)
-    }
 }
 
 fn progress_line(

@@ -430,7 +430,7 @@ impl TarballSource {
             "unpacked {} ({} files, {}) into {}",
             location.file_name(),
             fetched.extracted.entries,
-            download::human_bytes(fetched.extracted.bytes),
+            ktstr_sdk::context::human_bytes(fetched.extracted.bytes),
             source_dir.display()
         ));
         let id = expected.unwrap_or(&fetched.sha256);

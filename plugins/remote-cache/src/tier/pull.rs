@@ -45,30 +45,31 @@ impl Read for ChannelReader {
     }
 }
 
-/// Reports a transfer's progress as a line every [`Every::STEP`] bytes.
+/// Reports a transfer's bytes to the host (which shows rate and time
+/// left) at most every [`Every::INTERVAL`], and once at the end.
 pub(super) struct Every {
     total: u64,
     done: u64,
-    next: u64,
+    last: Option<std::time::Instant>,
 }
 
 impl Every {
-    const STEP: u64 = 16 << 20;
+    const INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
     pub(super) fn new(total: u64) -> Self {
         Self {
             total,
             done: 0,
-            next: Self::STEP,
+            last: None,
         }
     }
 
     pub(super) fn add(&mut self, n: u64, cx: &StageContext) {
         self.done += n;
-        if self.done >= self.next {
-            self.next = self.done + Self::STEP;
-            cx.progress
-                .line(&format!("{} of {}", mib(self.done), mib(self.total)));
+        let due = self.last.is_none_or(|t| t.elapsed() >= Self::INTERVAL);
+        if due || self.done >= self.total {
+            self.last = Some(std::time::Instant::now());
+            cx.progress.bytes(self.done, Some(self.total));
         }
     }
 }
