@@ -39,6 +39,7 @@ pub mod scratch;
 pub mod source;
 pub mod switch;
 pub mod testing;
+pub mod verify;
 
 pub use error::{ErrorKind, Result, StageError};
 
