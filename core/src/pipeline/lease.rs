@@ -1,0 +1,457 @@
+//! Fleet single-flight: a build lease in a shared remote tier, so machines
+//! that miss the same key at once build it once (docs/remote-cache.md,
+//! "Build leases").
+//!
+//! The same idea as [`super::build_lock`], one level up: taken after the
+//! local key lock (so one process per machine asks) and before CPUs are
+//! reserved (so a waiter holds none). The first writable remote tier that
+//! offers leases arbitrates. Whoever gets the lease builds, refreshing it
+//! from a background thread, and releases it when the run ends, built or
+//! failed; the others wait for the entry, looking for it every poll, and
+//! pull it when it appears. A lease whose heartbeat is older than its
+//! expiry, or that has not changed for an expiry as far as this waiter has
+//! watched it (a holder whose clock runs ahead), is taken over with a
+//! conditional replace, so of several waiters one builds. A waiter that
+//! has waited its limit builds itself. Any failure of the lease machinery
+//! is one warning and a build without it: leases save work, they never
+//! cost a build.
+
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use ktstr_sdk::Result;
+use ktstr_sdk::cache::{CacheEntry, CacheKey};
+use ktstr_sdk::context::{Progress, StageContext};
+use ktstr_sdk::lease::{Claim, Lease, LeaseRecord, LeaseStore, Theirs};
+
+use crate::identity::DerivedKey;
+use crate::progress::human_duration;
+use crate::registry::Stages;
+use crate::tiers::is_read_only;
+
+/// What asking for the fleet's turn got.
+pub(super) enum Leased {
+    /// Ours: build, and release it (on drop) when done.
+    Held(FleetLease),
+    /// Another machine built it while we waited: its entry, pulled.
+    PeerBuilt(Box<CacheEntry>),
+    /// No lease (no tier offers one, it failed, or we waited our limit):
+    /// build as without a fleet.
+    Without,
+}
+
+/// Take `derived`'s lease in the first live writable tier that has leases,
+/// or wait for whoever holds it.
+pub(super) fn take(stages: &Stages, derived: &DerivedKey, cx: &StageContext) -> Result<Leased> {
+    let Some((tier, store)) = (stages.tiers.live_remotes())
+        .filter(|t| !is_read_only(t))
+        .find_map(|t| Some((t.name.clone(), t.stage.leases()?)))
+    else {
+        return Ok(Leased::Without);
+    };
+    let waiter = Waiter {
+        stages,
+        derived,
+        cx,
+        tier,
+        store,
+        host: crate::config::hostname(),
+        run_id: run_id(),
+    };
+    waiter.run()
+}
+
+/// One run's attempt at a key's lease.
+struct Waiter<'a> {
+    stages: &'a Stages,
+    derived: &'a DerivedKey,
+    cx: &'a StageContext,
+    tier: String,
+    store: Arc<dyn LeaseStore>,
+    host: String,
+    run_id: String,
+}
+
+/// The lease version a waiter watches, and since when it has not changed.
+struct Watched {
+    version: String,
+    since: Instant,
+}
+
+impl Waiter<'_> {
+    fn key(&self) -> &CacheKey {
+        &self.derived.key
+    }
+
+    fn record(&self) -> LeaseRecord {
+        LeaseRecord::new(
+            self.key(),
+            &self.host,
+            &self.run_id,
+            self.store.timings().expiry,
+        )
+    }
+
+    /// A lease operation failed: one warning, and build without it.
+    fn give_up(&self, e: &ktstr_sdk::StageError) -> Leased {
+        crate::report::warn_error(
+            &*self.cx.progress,
+            &format!(
+                "{}: building {} without a build lease (other machines may build it too): ",
+                self.tier,
+                self.key()
+            ),
+            e,
+        );
+        Leased::Without
+    }
+
+    fn run(&self) -> Result<Leased> {
+        let timings = self.store.timings();
+        let started = Instant::now();
+        let mut watched: Option<Watched> = None;
+        let mut claim = self.store.claim(&self.record());
+        let outcome = loop {
+            let theirs = match claim {
+                Err(e) => break self.give_up(&e),
+                Ok(Claim::Ours(lease)) => break self.won(lease, watched.is_some())?,
+                Ok(Claim::Theirs(t)) => t,
+            };
+            if watched.as_ref().is_none_or(|w| w.version != theirs.version) {
+                if watched.is_none() {
+                    self.announce(&theirs, timings.wait);
+                }
+                watched = Some(Watched {
+                    version: theirs.version.clone(),
+                    since: Instant::now(),
+                });
+            }
+            let unchanged = watched
+                .as_ref()
+                .map_or(Duration::ZERO, |w| w.since.elapsed());
+            if let Some(why) = abandoned(&theirs, unchanged, timings.expiry) {
+                self.cx.progress.note(&format!(
+                    "the build lease of {} by {} {why}; taking it over",
+                    self.key(),
+                    holder(&theirs)
+                ));
+                claim = self.store.take_over(&self.record(), &theirs);
+                continue;
+            }
+            self.cx.progress.line(&status(&theirs, started.elapsed()));
+            if started.elapsed() >= timings.wait {
+                self.cx.progress.finish_step();
+                self.cx.progress.warn(&format!(
+                    "waited {} for {} to build {}; building it here (lease_wait in \
+                     [plugin.{}] sets the limit)",
+                    human_duration(timings.wait),
+                    holder(&theirs),
+                    self.key(),
+                    self.tier
+                ));
+                break Leased::Without;
+            }
+            self.sleep(timings.poll)?;
+            if let Some(entry) = self.stages.tiers.lookup(self.derived, self.cx)? {
+                self.cx.progress.finish_step();
+                self.cx.progress.note(&format!(
+                    "{} built {} while we waited; not building it here",
+                    holder(&theirs),
+                    self.key()
+                ));
+                break Leased::PeerBuilt(Box::new(entry));
+            }
+            if !self
+                .stages
+                .tiers
+                .live_remotes()
+                .any(|t| t.name == self.tier)
+            {
+                // Its lookup failed and was reported: the tier is down.
+                break Leased::Without;
+            }
+            claim = self.store.claim(&self.record());
+        };
+        if watched.is_some() {
+            self.cx.progress.finish_step();
+        }
+        Ok(outcome)
+    }
+
+    /// The lease is ours. Look once more, since the holder we waited for
+    /// (or one that finished between our miss and our claim) may have
+    /// stored the entry just before releasing.
+    fn won(&self, lease: Lease, waited: bool) -> Result<Leased> {
+        let held = FleetLease::start(self.store.clone(), lease, &self.tier, self.cx);
+        if let Some(entry) = self.stages.tiers.lookup(self.derived, self.cx)? {
+            self.cx.progress.note(&format!(
+                "another machine cached {} {}; not building it here",
+                self.key(),
+                if waited {
+                    "while we waited"
+                } else {
+                    "just now"
+                }
+            ));
+            drop(held);
+            return Ok(Leased::PeerBuilt(Box::new(entry)));
+        }
+        tracing::debug!("{}: took the build lease of {}", self.tier, self.key());
+        Ok(Leased::Held(held))
+    }
+
+    fn announce(&self, theirs: &Theirs, wait: Duration) {
+        self.cx.progress.note(&format!(
+            "{} is being built by {} ({}); waiting up to {} for its entry in {} instead of \
+             building it twice",
+            self.key(),
+            holder(theirs),
+            ages(theirs),
+            human_duration(wait),
+            self.tier
+        ));
+        self.cx.progress.step(&format!(
+            "waiting for {} to build {}",
+            holder(theirs),
+            self.key()
+        ));
+    }
+
+    /// Sleep `d`, waking early for an interrupt.
+    fn sleep(&self, d: Duration) -> Result<()> {
+        let until = Instant::now() + d;
+        loop {
+            self.cx.cancel.check()?;
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
+    }
+}
+
+/// Why `theirs` counts as abandoned, if it does: its heartbeat is older
+/// than its expiry, or it has not changed for an expiry while we watched.
+fn abandoned(theirs: &Theirs, unchanged: Duration, default_expiry: Duration) -> Option<String> {
+    let expiry = theirs
+        .record
+        .as_ref()
+        .map_or(default_expiry, |r| r.expiry());
+    let now = SystemTime::now();
+    if let Ok(r) = &theirs.record
+        && r.expired(now)
+    {
+        return Some(format!(
+            "has had no heartbeat for {} (expiry {})",
+            human_duration(r.heartbeat_age(now).unwrap_or_default()),
+            human_duration(expiry)
+        ));
+    }
+    (unchanged > expiry).then(|| {
+        format!(
+            "has not changed for {} (expiry {})",
+            human_duration(unchanged),
+            human_duration(expiry)
+        )
+    })
+}
+
+/// "host ci-3 pid 4711", or what is known of an unreadable lease.
+fn holder(theirs: &Theirs) -> String {
+    match &theirs.record {
+        Ok(r) => r.holder(),
+        Err(why) => format!("an unreadable lease ({why})"),
+    }
+}
+
+/// "lease taken 2m 3s ago, last heartbeat 4s ago".
+fn ages(theirs: &Theirs) -> String {
+    let Ok(r) = &theirs.record else {
+        return "holder unknown".into();
+    };
+    let now = SystemTime::now();
+    let beat = r.heartbeat_age(now).map_or("unknown".to_string(), |a| {
+        format!("{} ago", human_duration(a))
+    });
+    format!(
+        "lease taken {} ago, last heartbeat {beat}",
+        human_duration(r.age(now))
+    )
+}
+
+/// The status line while waiting.
+fn status(theirs: &Theirs, waited: Duration) -> String {
+    format!("{}; waited {}", ages(theirs), human_duration(waited))
+}
+
+/// Unique per run: tells a restarted ktstr with a reused pid from the old one.
+fn run_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| {
+            let nanos = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            format!("{}-{nanos:x}", std::process::id())
+        })
+}
+
+/// A held lease: refreshed from a background thread until dropped, then
+/// released (if it is still ours). Dropped when the run ends, whether it
+/// stored the kernel, failed or was interrupted; a process killed with
+/// SIGKILL leaves it to expire.
+pub(super) struct FleetLease {
+    /// Dropping it stops the heartbeat thread.
+    stop: Option<mpsc::Sender<()>>,
+    /// Returns the lease as last refreshed; `None` once it was lost.
+    thread: Option<JoinHandle<Option<Lease>>>,
+    store: Arc<dyn LeaseStore>,
+    progress: Arc<dyn Progress>,
+    tier: String,
+    key: CacheKey,
+}
+
+impl FleetLease {
+    fn start(store: Arc<dyn LeaseStore>, lease: Lease, tier: &str, cx: &StageContext) -> Self {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let key = lease.record.key.clone();
+        let beat = Heartbeat {
+            store: store.clone(),
+            progress: cx.progress.clone(),
+            tier: tier.to_string(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("ktstr-lease".into())
+            .spawn(move || beat.run(lease, &stopped))
+            .ok();
+        if thread.is_none() {
+            cx.progress.warn(&format!(
+                "cannot start the heartbeat of the build lease of {key}; other machines may \
+                 take it over and build it too"
+            ));
+        }
+        Self {
+            stop: Some(stop),
+            thread,
+            store,
+            progress: cx.progress.clone(),
+            tier: tier.to_string(),
+            key,
+        }
+    }
+}
+
+impl Drop for FleetLease {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        let Some(lease) = self.thread.take().and_then(|t| t.join().ok()).flatten() else {
+            return;
+        };
+        match self.store.release(&lease) {
+            Ok(_) => tracing::debug!("{}: released the build lease of {}", self.tier, self.key),
+            Err(e) => crate::report::warn_error(
+                &*self.progress,
+                &format!(
+                    "{}: could not release the build lease of {} (other machines wait for it \
+                     to expire): ",
+                    self.tier, self.key
+                ),
+                &e,
+            ),
+        }
+    }
+}
+
+/// The heartbeat thread's state.
+struct Heartbeat {
+    store: Arc<dyn LeaseStore>,
+    progress: Arc<dyn Progress>,
+    tier: String,
+}
+
+impl Heartbeat {
+    /// Refresh `lease` every heartbeat until `stopped` says stop; the lease
+    /// as last refreshed, or `None` once someone else holds it.
+    fn run(self, mut lease: Lease, stopped: &mpsc::Receiver<()>) -> Option<Lease> {
+        let every = self.store.timings().heartbeat;
+        let mut warned = false;
+        loop {
+            match stopped.recv_timeout(every) {
+                Err(RecvTimeoutError::Timeout) => {}
+                _ => return Some(lease),
+            }
+            let next = lease.record.beat(SystemTime::now());
+            match self.store.refresh(&lease, &next) {
+                Ok(Claim::Ours(fresh)) => lease = fresh,
+                Ok(Claim::Theirs(t)) => {
+                    self.progress.warn(&format!(
+                        "{}: lost the build lease of {} to {} (our heartbeats came too late); \
+                         finishing the build anyway",
+                        self.tier,
+                        lease.record.key,
+                        holder(&t)
+                    ));
+                    return None;
+                }
+                Err(e) if !warned => {
+                    warned = true;
+                    crate::report::warn_error(
+                        &*self.progress,
+                        &format!(
+                            "{}: could not refresh the build lease of {} (retrying; other \
+                             machines take it over after its expiry): ",
+                            self.tier, lease.record.key
+                        ),
+                        &e,
+                    );
+                }
+                Err(e) => tracing::debug!("refreshing the build lease: {e}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn theirs(expiry: Duration, heartbeat_ago: Duration) -> Theirs {
+        let key = CacheKey::parse("k-1").unwrap();
+        let r = LeaseRecord::new(&key, "ci-3", "run", expiry);
+        Theirs {
+            record: Ok(r.beat(SystemTime::now() - heartbeat_ago)),
+            version: "\"v1\"".into(),
+        }
+    }
+
+    #[test]
+    fn a_lease_is_abandoned_by_its_heartbeat_or_by_not_changing() {
+        let expiry = Duration::from_secs(10);
+        let fresh = theirs(expiry, Duration::ZERO);
+        assert_eq!(abandoned(&fresh, Duration::from_secs(3), expiry), None);
+        let old = theirs(expiry, Duration::from_secs(60));
+        let why = abandoned(&old, Duration::ZERO, expiry).unwrap();
+        assert!(why.starts_with("has had no heartbeat for 1m00s"), "{why}");
+        // A holder whose clock runs ahead looks fresh forever; watched long
+        // enough without a change, it is abandoned all the same.
+        let ahead = theirs(expiry, Duration::ZERO);
+        let why = abandoned(&ahead, Duration::from_secs(11), expiry).unwrap();
+        assert!(why.starts_with("has not changed for 11.0s"), "{why}");
+        let unreadable = Theirs {
+            record: Err("version 9".into()),
+            version: "\"v\"".into(),
+        };
+        assert_eq!(abandoned(&unreadable, Duration::from_secs(9), expiry), None);
+        assert!(abandoned(&unreadable, Duration::from_secs(11), expiry).is_some());
+        assert_eq!(holder(&unreadable), "an unreadable lease (version 9)");
+        assert!(
+            ages(&old).contains("last heartbeat 1m00s ago"),
+            "{}",
+            ages(&old)
+        );
+    }
+}
