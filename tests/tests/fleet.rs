@@ -99,7 +99,12 @@ fn three_machines_missing_at_once_build_once() {
         .collect();
 
     let makes: usize = fleet.iter().map(Fixture::build_count).sum();
-    let everything = || runs.iter().map(Run::describe).collect::<Vec<_>>().join("\n");
+    let everything = || {
+        runs.iter()
+            .map(Run::describe)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     eprintln!("fleet of 3: {makes} make run(s) built the kernel");
     assert_eq!(makes, 1, "the fleet built more than once\n{}", everything());
     for run in &runs {
@@ -114,7 +119,9 @@ fn three_machines_missing_at_once_build_once() {
         run.assert_stderr_has("is being built by host")
             .assert_stderr_has("not building it here");
         assert!(
-            run.stdout.trim().starts_with(fleet[i].cache.to_str().unwrap()),
+            run.stdout
+                .trim()
+                .starts_with(fleet[i].cache.to_str().unwrap()),
             "machine {i} serves the image from its own cache\n{}",
             run.describe()
         );
@@ -154,7 +161,11 @@ fn a_holder_killed_with_sigkill_is_taken_over_after_the_expiry() {
         .assert_stderr_has(&format!("pid {}", pid))
         .assert_stderr_has("has had no heartbeat for")
         .assert_stderr_has("taking it over");
-    assert_eq!(waiter.build_count(), 1, "the waiter built after taking over");
+    assert_eq!(
+        waiter.build_count(),
+        1,
+        "the waiter built after taking over"
+    );
     assert_eq!(archives(&s3), 1);
     no_lease_left(&s3);
 }
