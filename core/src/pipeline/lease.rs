@@ -76,6 +76,8 @@ struct Waiter<'a> {
 
 /// The lease version a waiter watches, and since when it has not changed.
 struct Watched {
+    /// The holder's run, to tell a heartbeat from a takeover.
+    run_id: Option<String>,
     version: String,
     since: Instant,
 }
@@ -120,10 +122,18 @@ impl Waiter<'_> {
                 Ok(Claim::Theirs(t)) => t,
             };
             if watched.as_ref().is_none_or(|w| w.version != theirs.version) {
-                if watched.is_none() {
-                    self.announce(&theirs, timings.wait);
+                match &watched {
+                    None => self.announce(&theirs, timings.wait),
+                    Some(w) if w.run_id != run_of(&theirs) => self.cx.progress.note(&format!(
+                        "{} is now being built by {} ({})",
+                        self.key(),
+                        holder(&theirs),
+                        ages(&theirs)
+                    )),
+                    Some(_) => {}
                 }
                 watched = Some(Watched {
+                    run_id: run_of(&theirs),
                     version: theirs.version.clone(),
                     since: Instant::now(),
                 });
@@ -257,6 +267,10 @@ fn abandoned(theirs: &Theirs, unchanged: Duration, default_expiry: Duration) -> 
             human_duration(expiry)
         )
     })
+}
+
+fn run_of(theirs: &Theirs) -> Option<String> {
+    theirs.record.as_ref().ok().map(|r| r.run_id.clone())
 }
 
 /// "host ci-3 pid 4711", or what is known of an unreadable lease.

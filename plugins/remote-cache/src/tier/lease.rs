@@ -133,15 +133,10 @@ impl TierLeases {
                 tokio::time::sleep(SETTLE).await;
                 self.confirm(record).await
             }
+            // Ours all the same when a retry of a write whose answer was
+            // lost is the one refused: `confirm` looks at the run id.
             Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => {
-                Ok(match self.read(&record.key).await? {
-                    Read::Absent => None,
-                    Read::Found { bytes, version } => {
-                        Some(Claim::Theirs(Self::theirs(&bytes, version)))
-                    }
-                })
-            }
+            | Err(object_store::Error::Precondition { .. }) => self.confirm(record).await,
             Err(e) => Err(self.failed("PUT", &record.key, &e)),
         }
     }
@@ -194,13 +189,25 @@ impl LeaseStore for TierLeases {
 
     fn refresh(&self, held: &Lease, record: &LeaseRecord) -> Result<Claim> {
         self.runtime.block_on(async {
-            match self.put(record, if_match(&held.version)).await? {
-                Some(claim) => Ok(claim),
-                None => Err(StageError::not_found(format!(
-                    "build lease {} is gone (deleted by someone else)",
-                    self.url(&record.key)
-                ))),
+            let mut version = held.version.clone();
+            // Twice at most: a refresh whose answer was lost left the lease
+            // ours at a version we never saw; write again over that one.
+            for _ in 0..2 {
+                match self.put(record, if_match(&version)).await? {
+                    Some(Claim::Ours(now)) if now.record != *record => version = now.version,
+                    Some(claim) => return Ok(claim),
+                    None => {
+                        return Err(StageError::not_found(format!(
+                            "build lease {} is gone (deleted by someone else)",
+                            self.url(&record.key)
+                        )));
+                    }
+                }
             }
+            Err(StageError::new(
+                ErrorKind::Io,
+                format!("build lease {} kept changing", self.url(&record.key)),
+            ))
         })
     }
 

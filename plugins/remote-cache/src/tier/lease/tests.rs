@@ -76,9 +76,15 @@ fn one_holder_refreshes_and_only_it_releases() {
         "a refresh is a new version"
     );
     assert_eq!(refreshed.record.heartbeat_at, beat.heartbeat_at);
-    // The old version no longer refreshes: that is how a holder learns it lost.
-    let stale = theirs(a.refresh(&held, &beat).unwrap());
-    assert_eq!(stale.version, refreshed.version);
+    // A refresh from a version we never saw (its answer was lost) still
+    // lands: the lease is this run's, so it is written over the current one.
+    let again = held
+        .record
+        .beat(std::time::SystemTime::now() + Duration::from_secs(2));
+    let resynced = ours(a.refresh(&held, &again).unwrap());
+    assert_eq!(resynced.record.heartbeat_at, again.heartbeat_at);
+    assert_ne!(resynced.version, refreshed.version);
+    let refreshed = resynced;
 
     let not_mine = Lease {
         record: record("run-b"),
