@@ -51,27 +51,33 @@ pub(super) fn take(stages: &Stages, derived: &DerivedKey, cx: &StageContext) -> 
     else {
         return Ok(Leased::Without);
     };
-    let waiter = Waiter {
-        stages,
-        derived,
+    let look = || stages.tiers.lookup(derived, cx);
+    let live = || stages.tiers.live_remotes().any(|t| t.name == tier);
+    Waiter {
+        key: &derived.key,
         cx,
-        tier,
+        tier: &tier,
         store,
         host: crate::config::hostname(),
         run_id: run_id(),
-    };
-    waiter.run()
+        look: &look,
+        live: &live,
+    }
+    .run()
 }
 
 /// One run's attempt at a key's lease.
 struct Waiter<'a> {
-    stages: &'a Stages,
-    derived: &'a DerivedKey,
+    key: &'a CacheKey,
     cx: &'a StageContext,
-    tier: String,
+    tier: &'a str,
     store: Arc<dyn LeaseStore>,
     host: String,
     run_id: String,
+    /// Look the key up in every tier (a remote hit is pulled).
+    look: &'a dyn Fn() -> Result<Option<CacheEntry>>,
+    /// Whether the lease's tier is still used in this run.
+    live: &'a dyn Fn() -> bool,
 }
 
 /// The lease version a waiter watches, and since when it has not changed.
@@ -84,7 +90,7 @@ struct Watched {
 
 impl Waiter<'_> {
     fn key(&self) -> &CacheKey {
-        &self.derived.key
+        self.key
     }
 
     fn record(&self) -> LeaseRecord {
@@ -164,7 +170,7 @@ impl Waiter<'_> {
                 break Leased::Without;
             }
             self.sleep(timings.poll)?;
-            if let Some(entry) = self.stages.tiers.lookup(self.derived, self.cx)? {
+            if let Some(entry) = (self.look)()? {
                 self.cx.progress.finish_step();
                 self.cx.progress.note(&format!(
                     "{} built {} while we waited; not building it here",
@@ -173,12 +179,7 @@ impl Waiter<'_> {
                 ));
                 break Leased::PeerBuilt(Box::new(entry));
             }
-            if !self
-                .stages
-                .tiers
-                .live_remotes()
-                .any(|t| t.name == self.tier)
-            {
+            if !(self.live)() {
                 // Its lookup failed and was reported: the tier is down.
                 break Leased::Without;
             }
@@ -194,8 +195,8 @@ impl Waiter<'_> {
     /// (or one that finished between our miss and our claim) may have
     /// stored the entry just before releasing.
     fn won(&self, lease: Lease, waited: bool) -> Result<Leased> {
-        let held = FleetLease::start(self.store.clone(), lease, &self.tier, self.cx);
-        if let Some(entry) = self.stages.tiers.lookup(self.derived, self.cx)? {
+        let held = FleetLease::start(self.store.clone(), lease, self.tier, self.cx);
+        if let Some(entry) = (self.look)()? {
             self.cx.progress.note(&format!(
                 "another machine cached {} {}; not building it here",
                 self.key(),
@@ -430,42 +431,4 @@ impl Heartbeat {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn theirs(expiry: Duration, heartbeat_ago: Duration) -> Theirs {
-        let key = CacheKey::parse("k-1").unwrap();
-        let r = LeaseRecord::new(&key, "ci-3", "run", expiry);
-        Theirs {
-            record: Ok(r.beat(SystemTime::now() - heartbeat_ago)),
-            version: "\"v1\"".into(),
-        }
-    }
-
-    #[test]
-    fn a_lease_is_abandoned_by_its_heartbeat_or_by_not_changing() {
-        let expiry = Duration::from_secs(10);
-        let fresh = theirs(expiry, Duration::ZERO);
-        assert_eq!(abandoned(&fresh, Duration::from_secs(3), expiry), None);
-        let old = theirs(expiry, Duration::from_secs(60));
-        let why = abandoned(&old, Duration::ZERO, expiry).unwrap();
-        assert!(why.starts_with("has had no heartbeat for 1m00s"), "{why}");
-        // A holder whose clock runs ahead looks fresh forever; watched long
-        // enough without a change, it is abandoned all the same.
-        let ahead = theirs(expiry, Duration::ZERO);
-        let why = abandoned(&ahead, Duration::from_secs(11), expiry).unwrap();
-        assert!(why.starts_with("has not changed for 11.0s"), "{why}");
-        let unreadable = Theirs {
-            record: Err("version 9".into()),
-            version: "\"v\"".into(),
-        };
-        assert_eq!(abandoned(&unreadable, Duration::from_secs(9), expiry), None);
-        assert!(abandoned(&unreadable, Duration::from_secs(11), expiry).is_some());
-        assert_eq!(holder(&unreadable), "an unreadable lease (version 9)");
-        assert!(
-            ages(&old).contains("last heartbeat 1m00s ago"),
-            "{}",
-            ages(&old)
-        );
-    }
-}
+mod tests;
