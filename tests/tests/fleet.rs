@@ -3,7 +3,8 @@
 //! bucket's build lease. One builds; the others wait for its entry and pull
 //! it. A holder killed with -9 is taken over after the lease's expiry; a
 //! holder whose build fails, or that is interrupted, releases the lease at
-//! once. Skips with the reason when s3s-fs is not installed (.ci/run
+//! once. With leases off, the same race builds on every machine. Skips
+//! with the reason when s3s-fs is not installed (.ci/run
 //! installs it).
 
 mod common;
@@ -129,6 +130,28 @@ fn three_machines_missing_at_once_build_once() {
         assert_eq!(listed[0]["key"], key.as_str(), "{listed:?}");
     }
     assert_eq!(archives(&s3), 1, "archives in the bucket");
+    no_lease_left(&s3);
+}
+
+/// The same race with leases off (what http-cache and stores without
+/// conditional PUT get): every machine builds, every build is uploaded.
+/// Shows the test above measures the leases, not the timing.
+#[test]
+fn without_leases_the_same_fleet_builds_three_times() {
+    let Some(s3) = S3Server::start() else { return };
+    let shared = tempfile::tempdir().unwrap();
+    let spec = tarball(shared.path(), "6.99.15");
+    let fleet: Vec<Fixture> = (0..3)
+        .map(|_| machine(s3.port, "5s").with_env("KTSTR_S3_LEASES", "0"))
+        .collect();
+    let running: Vec<Spawned> = fleet.iter().map(|m| spawn_build(m, &spec, "3")).collect();
+    for run in running {
+        run.wait(Duration::from_secs(120)).image_path();
+    }
+    let makes: usize = fleet.iter().map(Fixture::build_count).sum();
+    eprintln!("fleet of 3 without leases: {makes} make runs built the kernel");
+    assert_eq!(makes, 3);
+    assert_eq!(archives(&s3), 3, "each build is its own archive");
     no_lease_left(&s3);
 }
 
