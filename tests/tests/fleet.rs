@@ -4,8 +4,7 @@
 //! it. A holder killed with -9 is taken over after the lease's expiry; a
 //! holder whose build fails, or that is interrupted, releases the lease at
 //! once. With leases off, the same race builds on every machine. Skips
-//! with the reason when s3s-fs is not installed (.ci/run
-//! installs it).
+//! with the reason when s3s-fs is not installed (.ci/run installs it).
 
 mod common;
 
