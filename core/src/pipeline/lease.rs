@@ -17,19 +17,20 @@
 //! cost a build.
 
 use std::sync::Arc;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use ktstr_sdk::Result;
 use ktstr_sdk::cache::{CacheEntry, CacheKey};
-use ktstr_sdk::context::{Progress, StageContext};
+use ktstr_sdk::context::StageContext;
 use ktstr_sdk::lease::{Claim, Lease, LeaseRecord, LeaseStore, Theirs};
 
 use crate::identity::DerivedKey;
 use crate::progress::human_duration;
 use crate::registry::Stages;
 use crate::tiers::is_read_only;
+
+mod held;
+pub(super) use held::FleetLease;
 
 /// What asking for the fleet's turn got.
 pub(super) enum Leased {
@@ -89,13 +90,9 @@ struct Watched {
 }
 
 impl Waiter<'_> {
-    fn key(&self) -> &CacheKey {
-        self.key
-    }
-
     fn record(&self) -> LeaseRecord {
         LeaseRecord::new(
-            self.key(),
+            self.key,
             &self.host,
             &self.run_id,
             self.store.timings().expiry,
@@ -108,8 +105,7 @@ impl Waiter<'_> {
             &*self.cx.progress,
             &format!(
                 "{}: building {} without a build lease (other machines may build it too): ",
-                self.tier,
-                self.key()
+                self.tier, self.key
             ),
             e,
         );
@@ -132,7 +128,7 @@ impl Waiter<'_> {
                     None => self.announce(&theirs, timings.wait),
                     Some(w) if w.run_id != run_of(&theirs) => self.cx.progress.note(&format!(
                         "{} is now being built by {} ({})",
-                        self.key(),
+                        self.key,
                         holder(&theirs),
                         ages(&theirs)
                     )),
@@ -150,7 +146,7 @@ impl Waiter<'_> {
             if let Some(why) = abandoned(&theirs, unchanged, timings.expiry) {
                 self.cx.progress.note(&format!(
                     "the build lease of {} by {} {why}; taking it over",
-                    self.key(),
+                    self.key,
                     holder(&theirs)
                 ));
                 claim = self.store.take_over(&self.record(), &theirs);
@@ -164,7 +160,7 @@ impl Waiter<'_> {
                      [plugin.{}] sets the limit)",
                     human_duration(timings.wait),
                     holder(&theirs),
-                    self.key(),
+                    self.key,
                     self.tier
                 ));
                 break Leased::Without;
@@ -175,7 +171,7 @@ impl Waiter<'_> {
                 self.cx.progress.note(&format!(
                     "{} built {} while we waited; not building it here",
                     holder(&theirs),
-                    self.key()
+                    self.key
                 ));
                 break Leased::PeerBuilt(Box::new(entry));
             }
@@ -199,7 +195,7 @@ impl Waiter<'_> {
         if let Some(entry) = (self.look)()? {
             self.cx.progress.note(&format!(
                 "another machine cached {} {}; not building it here",
-                self.key(),
+                self.key,
                 if waited {
                     "while we waited"
                 } else {
@@ -209,7 +205,7 @@ impl Waiter<'_> {
             drop(held);
             return Ok(Leased::PeerBuilt(Box::new(entry)));
         }
-        tracing::debug!("{}: took the build lease of {}", self.tier, self.key());
+        tracing::debug!("{}: took the build lease of {}", self.tier, self.key);
         Ok(Leased::Held(held))
     }
 
@@ -217,7 +213,7 @@ impl Waiter<'_> {
         self.cx.progress.note(&format!(
             "{} is being built by {} ({}); waiting up to {} for its entry in {} instead of \
              building it twice",
-            self.key(),
+            self.key,
             holder(theirs),
             ages(theirs),
             human_duration(wait),
@@ -226,7 +222,7 @@ impl Waiter<'_> {
         self.cx.progress.step(&format!(
             "waiting for {} to build {}",
             holder(theirs),
-            self.key()
+            self.key
         ));
     }
 
@@ -313,121 +309,6 @@ fn run_id() -> String {
                 .as_nanos();
             format!("{}-{nanos:x}", std::process::id())
         })
-}
-
-/// A held lease: refreshed from a background thread until dropped, then
-/// released (if it is still ours). Dropped when the run ends, whether it
-/// stored the kernel, failed or was interrupted; a process killed with
-/// SIGKILL leaves it to expire.
-pub(super) struct FleetLease {
-    /// Dropping it stops the heartbeat thread.
-    stop: Option<mpsc::Sender<()>>,
-    /// Returns the lease as last refreshed; `None` once it was lost.
-    thread: Option<JoinHandle<Option<Lease>>>,
-    store: Arc<dyn LeaseStore>,
-    progress: Arc<dyn Progress>,
-    tier: String,
-    key: CacheKey,
-}
-
-impl FleetLease {
-    fn start(store: Arc<dyn LeaseStore>, lease: Lease, tier: &str, cx: &StageContext) -> Self {
-        let (stop, stopped) = mpsc::channel::<()>();
-        let key = lease.record.key.clone();
-        let beat = Heartbeat {
-            store: store.clone(),
-            progress: cx.progress.clone(),
-            tier: tier.to_string(),
-        };
-        let thread = std::thread::Builder::new()
-            .name("ktstr-lease".into())
-            .spawn(move || beat.run(lease, &stopped))
-            .ok();
-        if thread.is_none() {
-            cx.progress.warn(&format!(
-                "cannot start the heartbeat of the build lease of {key}; other machines may \
-                 take it over and build it too"
-            ));
-        }
-        Self {
-            stop: Some(stop),
-            thread,
-            store,
-            progress: cx.progress.clone(),
-            tier: tier.to_string(),
-            key,
-        }
-    }
-}
-
-impl Drop for FleetLease {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        let Some(lease) = self.thread.take().and_then(|t| t.join().ok()).flatten() else {
-            return;
-        };
-        match self.store.release(&lease) {
-            Ok(_) => tracing::debug!("{}: released the build lease of {}", self.tier, self.key),
-            Err(e) => crate::report::warn_error(
-                &*self.progress,
-                &format!(
-                    "{}: could not release the build lease of {} (other machines wait for it \
-                     to expire): ",
-                    self.tier, self.key
-                ),
-                &e,
-            ),
-        }
-    }
-}
-
-/// The heartbeat thread's state.
-struct Heartbeat {
-    store: Arc<dyn LeaseStore>,
-    progress: Arc<dyn Progress>,
-    tier: String,
-}
-
-impl Heartbeat {
-    /// Refresh `lease` every heartbeat until `stopped` says stop; the lease
-    /// as last refreshed, or `None` once someone else holds it.
-    fn run(self, mut lease: Lease, stopped: &mpsc::Receiver<()>) -> Option<Lease> {
-        let every = self.store.timings().heartbeat;
-        let mut warned = false;
-        loop {
-            match stopped.recv_timeout(every) {
-                Err(RecvTimeoutError::Timeout) => {}
-                _ => return Some(lease),
-            }
-            let next = lease.record.beat(SystemTime::now());
-            match self.store.refresh(&lease, &next) {
-                Ok(Claim::Ours(fresh)) => lease = fresh,
-                Ok(Claim::Theirs(t)) => {
-                    self.progress.warn(&format!(
-                        "{}: lost the build lease of {} to {} (our heartbeats came too late); \
-                         finishing the build anyway",
-                        self.tier,
-                        lease.record.key,
-                        holder(&t)
-                    ));
-                    return None;
-                }
-                Err(e) if !warned => {
-                    warned = true;
-                    crate::report::warn_error(
-                        &*self.progress,
-                        &format!(
-                            "{}: could not refresh the build lease of {} (retrying; other \
-                             machines take it over after its expiry): ",
-                            self.tier, lease.record.key
-                        ),
-                        &e,
-                    );
-                }
-                Err(e) => tracing::debug!("refreshing the build lease: {e}"),
-            }
-        }
-    }
 }
 
 #[cfg(test)]
