@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ktstr_sdk::Result;
 use ktstr_sdk::cache::{CacheEntry, CacheKey};
-use ktstr_sdk::context::StageContext;
+use ktstr_sdk::context::{Progress, StageContext};
 use ktstr_sdk::lease::{Claim, Lease, LeaseRecord, LeaseStore, Theirs};
 
 use crate::identity::DerivedKey;
@@ -52,7 +52,13 @@ pub(super) fn take(stages: &Stages, derived: &DerivedKey, cx: &StageContext) -> 
     else {
         return Ok(Leased::Without);
     };
-    let look = || stages.tiers.lookup(derived, cx);
+    // A waiter looks every poll: a damaged entry it keeps finding (being
+    // rebuilt by the holder) is reported once, not once per poll.
+    let polling = StageContext {
+        progress: Arc::new(Once::new(cx.progress.clone())),
+        ..cx.clone()
+    };
+    let look = || stages.tiers.lookup(derived, &polling);
     let live = || stages.tiers.live_remotes().any(|t| t.name == tier);
     Waiter {
         key: &derived.key,
@@ -296,6 +302,51 @@ fn ages(theirs: &Theirs) -> String {
 /// The status line while waiting.
 fn status(theirs: &Theirs, waited: Duration) -> String {
     format!("{}; waited {}", ages(theirs), human_duration(waited))
+}
+
+/// A progress sink that passes each distinct warning and note once.
+struct Once {
+    inner: Arc<dyn Progress>,
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Once {
+    fn new(inner: Arc<dyn Progress>) -> Self {
+        Self {
+            inner,
+            seen: Default::default(),
+        }
+    }
+
+    fn first(&self, message: &str) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.insert(message.to_string())
+    }
+}
+
+impl Progress for Once {
+    fn step(&self, name: &str) {
+        self.inner.step(name);
+    }
+    fn line(&self, line: &str) {
+        self.inner.line(line);
+    }
+    fn finish_step(&self) {
+        self.inner.finish_step();
+    }
+    fn warn(&self, message: &str) {
+        if self.first(message) {
+            self.inner.warn(message);
+        }
+    }
+    fn note(&self, message: &str) {
+        if self.first(message) {
+            self.inner.note(message);
+        }
+    }
+    fn bytes(&self, done: u64, total: Option<u64>) {
+        self.inner.bytes(done, total);
+    }
 }
 
 /// Unique per run: tells a restarted ktstr with a reused pid from the old one.

@@ -401,3 +401,19 @@ fn a_holder_that_lost_its_lease_leaves_the_new_one_alone() {
         progress.warnings()
     );
 }
+
+#[test]
+fn polling_reports_a_repeated_warning_once() {
+    let (cx, progress) = context_with(Arc::new(RecordingRunner::default()));
+    let once = Once::new(cx.progress.clone());
+    for _ in 0..3 {
+        once.warn("not using s3-cache entry k-1: archive truncated");
+        once.note("hint: the next successful build of k-1 replaces it");
+    }
+    once.warn("another");
+    assert_eq!(
+        progress.warnings(),
+        ["not using s3-cache entry k-1: archive truncated", "another"]
+    );
+    assert_eq!(progress.notes().len(), 1);
+}
