@@ -417,3 +417,47 @@ fn polling_reports_a_repeated_warning_once() {
     );
     assert_eq!(progress.notes().len(), 1);
 }
+
+/// Ctrl-C while waiting ends the wait at once, holding nothing.
+#[test]
+fn an_interrupt_ends_the_wait() {
+    let store = Arc::new(Fake {
+        alive: true,
+        ..Fake::new(fast()).held_by_other(Duration::ZERO, false)
+    });
+    let (cx, _) = context_with(Arc::new(RecordingRunner::default()));
+    let cancel = cx.cancel.clone();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        cancel.cancel();
+    });
+    let k = key();
+    let started = Instant::now();
+    let got = Waiter {
+        key: &k,
+        cx: &cx,
+        tier: "s3-cache",
+        store: store.clone(),
+        host: "me".into(),
+        run_id: "my-run".into(),
+        look: &|| Ok(None),
+        live: &|| true,
+    }
+    .run();
+    stopper.join().unwrap();
+    let Err(e) = got else {
+        panic!("the wait went on after the interrupt")
+    };
+    assert_eq!(e.kind, ktstr_sdk::ErrorKind::Cancelled);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let holder = store
+        .current
+        .lock()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .0
+        .run_id
+        .clone();
+    assert_eq!(holder, "other-run");
+}
