@@ -226,4 +226,31 @@ mod tests {
         let files: Vec<_> = std::fs::read_dir(&state).unwrap().flatten().collect();
         assert_eq!(files.len(), 1, "temporary files left: {files:?}");
     }
+
+    /// The arm64 init with the cross gcc: an aarch64 ELF where the cross
+    /// C library is installed, else an error naming its package (the
+    /// kernel cross build needs the compiler, not the library).
+    #[test]
+    fn arm64_init_or_the_cross_libc_to_install() {
+        let arm = ktstr_sdk::arch::find("arm64").unwrap();
+        if arm.is_native() || !on_path("aarch64-linux-gnu-gcc") {
+            ktstr_sdk::testing::skip(
+                "arm64 init: aarch64-linux-gnu-gcc missing (apt-get install gcc-aarch64-linux-gnu)",
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        match binary(arm, &state, dir.path(), &StageContext::quiet()) {
+            // e_machine 0xB7: EM_AARCH64.
+            Ok(elf) => assert_eq!((&elf[..4], elf[18]), (&b"\x7fELF"[..], 0xB7)),
+            Err(e) => {
+                assert!(e.message.contains("aarch64-linux-gnu-gcc -static failed"), "{e}");
+                let hint = e.hint.unwrap_or_default();
+                assert!(hint.contains("libc6-dev-arm64-cross"), "{hint}");
+                let left = std::fs::read_dir(&state).map_or(0, |d| d.count());
+                assert_eq!(left, 0, "a failed compile left files");
+            }
+        }
+    }
 }

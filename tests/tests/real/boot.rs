@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ktstr_plugin_qemu::{QemuVerifier, Settings};
-use ktstr_sdk::context::Cancellation;
+use ktstr_sdk::context::{Cancellation, StageContext};
 use ktstr_sdk::runner::InterruptibleRunner;
 use ktstr_sdk::verify::{Verdict, VerifyRequest};
 
@@ -30,6 +30,7 @@ pub fn boot_checks(image: &Path, config: &Path) {
     boots_sched_ext_ready(image, config, state.path());
     forced_panic_fails_naming_it(image, config, state.path());
     tiny_bound_times_out_and_leaves_no_qemu(image, config, state.path());
+    cancelled_boot_stops_qemu(image, config, state.path());
 }
 
 /// The kernel boots to the init, which sees sched_ext ready and BTF.
@@ -98,6 +99,38 @@ pub fn tiny_bound_times_out_and_leaves_no_qemu(image: &Path, config: &Path, stat
     assert!(left.is_empty(), "qemu left running: {left:?}");
 }
 
+/// Ctrl-C (the run's cancellation) mid-boot: the check ends as
+/// cancelled, promptly, and takes its qemu with it.
+pub fn cancelled_boot_stops_qemu(image: &Path, config: &Path, state: &Path) {
+    let cancel = Cancellation::new();
+    let cx = StageContext {
+        progress: Arc::new(ktstr_sdk::testing::RecordingProgress::default()),
+        runner: Arc::new(InterruptibleRunner::new(cancel.clone())),
+        cancel: cancel.clone(),
+    };
+    let verifier = verifier(serde_json::json!({}), state);
+    let scratch = tempfile::Builder::new()
+        .prefix("ktstr-boot-")
+        .tempdir()
+        .unwrap();
+    let request = request(image, config, scratch.path(), 120_000);
+    let pidfile = scratch.path().join("qemu.pid");
+    let trigger = std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(60);
+        while !pidfile.exists() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        cancel.cancel();
+        Instant::now()
+    });
+    let err = ktstr_sdk::verify::Verifier::verify(&verifier, &request, &cx).unwrap_err();
+    let stopped_after = trigger.join().unwrap().elapsed();
+    assert_eq!(err.kind, ktstr_sdk::ErrorKind::Cancelled, "{err}");
+    assert!(stopped_after < Duration::from_secs(5), "{stopped_after:?}");
+    let left = processes_naming(scratch.path());
+    assert!(left.is_empty(), "qemu left running: {left:?}");
+}
+
 /// Run the verifier (TCG, 2 vCPUs) with `settings` added; the verdict,
 /// how long it took and the request's scratch directory (removed when
 /// this returns, as the host does).
@@ -105,16 +138,32 @@ fn verify(
     image: &Path,
     config: &Path,
     state: &Path,
-    mut settings: serde_json::Value,
+    settings: serde_json::Value,
     timeout_ms: u64,
 ) -> (Verdict, Duration, PathBuf) {
-    settings["accel"] = "tcg".into();
-    let verifier = QemuVerifier::new(Settings::read(&settings).unwrap()).with_state_dir(state);
+    let verifier = verifier(settings, state);
     let scratch = tempfile::Builder::new()
         .prefix("ktstr-boot-")
         .tempdir()
         .unwrap();
-    let request = VerifyRequest {
+    let request = request(image, config, scratch.path(), timeout_ms);
+    let runner = Arc::new(InterruptibleRunner::new(Cancellation::new()));
+    let (cx, _progress) = ktstr_sdk::testing::context_with(runner);
+    let started = Instant::now();
+    let verdict = ktstr_sdk::verify::Verifier::verify(&verifier, &request, &cx)
+        .unwrap_or_else(|e| panic!("the verifier could not run: {e} (hint: {:?})", e.hint));
+    (verdict, started.elapsed(), scratch.path().to_path_buf())
+}
+
+/// The verifier with `settings`, forced to TCG (as CI runs it).
+fn verifier(mut settings: serde_json::Value, state: &Path) -> QemuVerifier {
+    settings["accel"] = "tcg".into();
+    QemuVerifier::new(Settings::read(&settings).unwrap()).with_state_dir(state)
+}
+
+/// An x86_64 request for 2 vCPUs.
+fn request(image: &Path, config: &Path, scratch: &Path, timeout_ms: u64) -> VerifyRequest {
+    VerifyRequest {
         image: image.to_path_buf(),
         vmlinux: None,
         config: config.to_path_buf(),
@@ -123,14 +172,8 @@ fn verify(
         vcpus: 2,
         timeout_ms,
         sandbox_procs: None,
-        scratch: scratch.path().to_path_buf(),
-    };
-    let runner = Arc::new(InterruptibleRunner::new(Cancellation::new()));
-    let (cx, _progress) = ktstr_sdk::testing::context_with(runner);
-    let started = Instant::now();
-    let verdict = ktstr_sdk::verify::Verifier::verify(&verifier, &request, &cx)
-        .unwrap_or_else(|e| panic!("the verifier could not run: {e} (hint: {:?})", e.hint));
-    (verdict, started.elapsed(), scratch.path().to_path_buf())
+        scratch: scratch.to_path_buf(),
+    }
 }
 
 /// Live (non-zombie) processes whose command line mentions `dir`.
