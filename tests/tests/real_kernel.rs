@@ -8,9 +8,9 @@
 //! process behind. Last, the in-tree entry boots under qemu (`real/boot.rs`).
 //! One test, one unpacked tree: CI pays for one extraction.
 
-mod common;
 #[path = "real/boot.rs"]
 mod boot;
+mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -193,7 +193,7 @@ fn clean(raw: &str) -> String {
         if c == '\u{1b}' {
             // CSI: ESC [ params final-byte; otherwise ESC plus one char.
             if chars.next_if_eq(&'[').is_some() {
-                while let Some(p) = chars.next() {
+                for p in chars.by_ref() {
                     if ('\u{40}'..='\u{7e}').contains(&p) {
                         break;
                     }

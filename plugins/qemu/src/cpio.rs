@@ -101,7 +101,7 @@ fn header(out: &mut Vec<u8>, ino: u32, e: &Entry) {
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
@@ -146,7 +146,7 @@ mod tests {
     fn archive_reads_back_entry_by_entry() {
         let init = b"\x7fELF fake init, 23 bytes".to_vec();
         let archive = initramfs(init.clone());
-        assert_eq!(archive.len() % 4, 0);
+        assert!(archive.len().is_multiple_of(4));
         let entries = parse(&archive);
         let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["dev", "dev/console", "proc", "sys", "init"]);

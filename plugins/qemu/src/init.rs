@@ -245,7 +245,10 @@ mod tests {
             // e_machine 0xB7: EM_AARCH64.
             Ok(elf) => assert_eq!((&elf[..4], elf[18]), (&b"\x7fELF"[..], 0xB7)),
             Err(e) => {
-                assert!(e.message.contains("aarch64-linux-gnu-gcc -static failed"), "{e}");
+                assert!(
+                    e.message.contains("aarch64-linux-gnu-gcc -static failed"),
+                    "{e}"
+                );
                 let hint = e.hint.unwrap_or_default();
                 assert!(hint.contains("libc6-dev-arm64-cross"), "{hint}");
                 let left = std::fs::read_dir(&state).map_or(0, |d| d.count());

@@ -82,6 +82,10 @@ pub fn forced_panic_fails_naming_it(image: &Path, config: &Path, state: &Path) {
         took < Duration::from_secs(100),
         "waited for the bound: {took:?}"
     );
+    note(format!(
+        "qemu forced panic took {took:.1?}: {}",
+        verdict.summary
+    ));
 }
 
 /// A one-second bound: the verdict says "timed out" and no process of
