@@ -87,13 +87,14 @@ impl Transcript {
 
     /// The verdict. `label` names the accelerator (`TCG`), `booted_in`
     /// is the time from qemu's start to `done`, `vcpus` what the guest was
-    /// given.
+    /// given, `release` the `uname -r` the build recorded, when known.
     pub fn verdict(
         &self,
         ending: Ending,
         label: &str,
         booted_in: Option<Duration>,
         vcpus: usize,
+        release: Option<&str>,
     ) -> Verdict {
         let mut observed = self.facts.clone();
         observed.insert("accel".into(), label.to_ascii_lowercase());
@@ -107,8 +108,11 @@ impl Transcript {
             if let Some(error) = self.errors.first() {
                 return failed(format!("init: {error}"));
             }
-            if let Some(missing) = self.missing_feature() {
-                return failed(missing);
+            if let Some(unmet) = self
+                .wrong_release(release)
+                .or_else(|| self.missing_feature())
+            {
+                return failed(unmet);
             }
             return Verdict {
                 passed: true,
@@ -137,6 +141,14 @@ impl Transcript {
             )),
             Ending::Exited => failed(format!("init never ran: the guest reset; {last}")),
         }
+    }
+
+    /// The image booted another kernel than the entry was built as.
+    fn wrong_release(&self, expected: Option<&str>) -> Option<String> {
+        let expected = expected.filter(|r| !r.is_empty())?;
+        let seen = self.facts.get(observed::RELEASE)?;
+        (seen != expected)
+            .then(|| format!("booted release {seen}, but the entry was built as {expected}"))
     }
 
     /// sched_ext and BTF are what ktstr's kernels are for; the build
@@ -234,7 +246,13 @@ reboot: Restarting system";
     #[test]
     fn a_full_report_passes_with_what_init_saw() {
         let t = feed(BOOT);
-        let v = t.verdict(Ending::Exited, "TCG", Some(Duration::from_millis(2345)), 2);
+        let v = t.verdict(
+            Ending::Exited,
+            "TCG",
+            Some(Duration::from_millis(2345)),
+            2,
+            None,
+        );
         assert!(v.passed, "{v:?}");
         assert_eq!(
             v.summary,
@@ -250,15 +268,34 @@ reboot: Restarting system";
         );
         assert_eq!(v.observed["accel"], "tcg");
         assert!(v.console_tail.is_empty());
-        let fewer = t.verdict(Ending::Exited, "KVM", None, 4);
+        let fewer = t.verdict(Ending::Exited, "KVM", None, 4, None);
         assert!(fewer.summary.ends_with("2 of 4 CPUs online"), "{fewer:?}");
+    }
+
+    #[test]
+    fn a_release_other_than_the_entrys_fails() {
+        let t = feed(BOOT);
+        let v = t.verdict(Ending::Exited, "TCG", None, 2, Some("6.12.118"));
+        assert!(v.passed, "{v:?}");
+        let v = t.verdict(Ending::Exited, "TCG", None, 2, Some("6.13.0"));
+        assert!(!v.passed);
+        assert_eq!(
+            v.summary,
+            "booted release 6.12.118, but the entry was built as 6.13.0"
+        );
     }
 
     #[test]
     fn done_then_killed_still_passes() {
         // The init reported done but the guest never went away: qemu was
         // killed by the bound; what the init saw stands.
-        let v = feed(BOOT).verdict(Ending::TimedOut(Duration::from_secs(5)), "TCG", None, 2);
+        let v = feed(BOOT).verdict(
+            Ending::TimedOut(Duration::from_secs(5)),
+            "TCG",
+            None,
+            2,
+            None,
+        );
         assert!(v.passed, "{v:?}");
     }
 
@@ -272,7 +309,7 @@ Kernel panic - not syncing: No working init found.  Try passing init= option to 
 CPU: 0 UID: 0 PID: 1 Comm: swapper Not tainted 6.12.118 #1
 ---[ end Kernel panic - not syncing: something else ]---
 reboot: Restarting system";
-        let v = feed(transcript).verdict(Ending::Exited, "TCG", None, 2);
+        let v = feed(transcript).verdict(Ending::Exited, "TCG", None, 2, None);
         assert!(!v.passed);
         assert_eq!(
             v.summary,
@@ -288,7 +325,7 @@ reboot: Restarting system";
     fn the_trailer_alone_names_the_panic() {
         let v =
             feed("[ 1.0] ---[ end Kernel panic - not syncing: VFS: Unable to mount root fs ]---")
-                .verdict(Ending::Exited, "TCG", None, 1);
+                .verdict(Ending::Exited, "TCG", None, 1, None);
         assert_eq!(v.summary, "kernel panic: VFS: Unable to mount root fs");
     }
 
@@ -299,7 +336,13 @@ reboot: Restarting system";
             many.push_str(&format!("line {i}\n"));
         }
         many.push_str("ktstr-verify: start\nktstr-verify: release=6.1");
-        let v = feed(&many).verdict(Ending::TimedOut(Duration::from_secs(120)), "TCG", None, 1);
+        let v = feed(&many).verdict(
+            Ending::TimedOut(Duration::from_secs(120)),
+            "TCG",
+            None,
+            1,
+            None,
+        );
         assert!(!v.passed);
         assert_eq!(
             v.summary,
@@ -313,6 +356,7 @@ reboot: Restarting system";
             "KVM",
             None,
             1,
+            None,
         );
         assert_eq!(v.summary, "timed out after 2 s: no console output");
     }
@@ -324,6 +368,7 @@ reboot: Restarting system";
             "TCG",
             None,
             1,
+            None,
         );
         assert!(
             v.summary
@@ -337,6 +382,7 @@ reboot: Restarting system";
             "TCG",
             None,
             1,
+            None,
         );
         assert_eq!(
             v.summary,
@@ -348,6 +394,7 @@ reboot: Restarting system";
             "TCG",
             None,
             1,
+            None,
         );
         assert_eq!(
             v.summary,
@@ -358,20 +405,20 @@ reboot: Restarting system";
     #[test]
     fn missing_features_and_init_errors_fail() {
         let no_scx = BOOT.replace("sched_ext=disabled", "sched_ext=absent");
-        let v = feed(&no_scx).verdict(Ending::Exited, "TCG", None, 2);
+        let v = feed(&no_scx).verdict(Ending::Exited, "TCG", None, 2, None);
         assert!(!v.passed);
         assert!(v.summary.starts_with("sched_ext absent"), "{v:?}");
         assert!(!v.console_tail.is_empty());
 
         let no_btf = BOOT.replace("btf=present", "btf=absent");
-        let v = feed(&no_btf).verdict(Ending::Exited, "TCG", None, 2);
+        let v = feed(&no_btf).verdict(Ending::Exited, "TCG", None, 2, None);
         assert!(v.summary.starts_with("BTF absent"), "{v:?}");
 
         let err = BOOT.replace(
             "ktstr-verify: done",
             "ktstr-verify: error=mount /sys: No such device\nktstr-verify: done",
         );
-        let v = feed(&err).verdict(Ending::Exited, "TCG", None, 2);
+        let v = feed(&err).verdict(Ending::Exited, "TCG", None, 2, None);
         assert_eq!(v.summary, "init: mount /sys: No such device");
     }
 

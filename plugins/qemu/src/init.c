@@ -28,9 +28,12 @@ static void say(const char *key, const char *value)
 	char line[512];
 	int n = snprintf(line, sizeof(line), PREFIX "%s%s%s\n", key,
 			 value ? "=" : "", value ? value : "");
-	if (n > (int)sizeof(line) - 1)
+	if (n <= 0)
+		return;
+	if (n > (int)sizeof(line) - 1) {
 		n = sizeof(line) - 1;
-	line[n - 1] = '\n';
+		line[n - 1] = '\n';
+	}
 	if (write(1, line, n) < 0) {
 		/* no console yet: nothing else to tell */
 	}
@@ -43,11 +46,11 @@ static void fail(const char *what, const char *path)
 	say("error", msg);
 }
 
-static void mount_fs(const char *type, const char *dir)
+/* 0 when `type` is mounted on `dir`, else -1 with errno set. */
+static int mount_fs(const char *type, const char *dir)
 {
 	mkdir(dir, 0755);
-	if (mount(type, dir, type, 0, NULL) < 0 && errno != EBUSY)
-		fail("mount", dir);
+	return mount(type, dir, type, 0, NULL);
 }
 
 /* The first line of `path` without its newline, or NULL. */
@@ -95,9 +98,13 @@ int main(void)
 	const char *v;
 	struct utsname uts;
 
-	/* Without /dev/console in the initramfs the kernel opened no fds. */
+	/*
+	 * The kernel opened /dev/console (in the initramfs) as fds 0-2; if it
+	 * could not, devtmpfs has one.
+	 */
+	int dev = -1;
 	if (fcntl(1, F_GETFD) < 0) {
-		mount_fs("devtmpfs", "/dev");
+		dev = mount_fs("devtmpfs", "/dev");
 		int fd = open("/dev/console", O_RDWR);
 		if (fd >= 0) {
 			dup2(fd, 0);
@@ -106,9 +113,14 @@ int main(void)
 		}
 	}
 	say("start", NULL);
-	mount_fs("proc", "/proc");
-	mount_fs("sysfs", "/sys");
-	mount_fs("devtmpfs", "/dev");
+	if (mount_fs("proc", "/proc") < 0)
+		fail("mount", "/proc");
+	if (mount_fs("sysfs", "/sys") < 0)
+		fail("mount", "/sys");
+	/* Not needed for the facts: a kernel without it is reported, not failed. */
+	if (dev < 0)
+		dev = mount_fs("devtmpfs", "/dev");
+	say("devtmpfs", dev == 0 ? "mounted" : "absent");
 
 	if (uname(&uts) == 0)
 		say("release", uts.release);

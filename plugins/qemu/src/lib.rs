@@ -154,9 +154,13 @@ impl Verifier for QemuVerifier {
         if run.stopped.is_none() && !run.outcome.success() {
             return Err(qemu_failed(&plan, &run.outcome));
         }
-        Ok(run
-            .transcript
-            .verdict(ending, plan.accel.label(), run.booted_in, vcpus))
+        Ok(run.transcript.verdict(
+            ending,
+            plan.accel.label(),
+            run.booted_in,
+            vcpus,
+            request.kernelrelease.as_deref(),
+        ))
     }
 }
 

@@ -42,6 +42,7 @@ pub fn boots_sched_ext_ready(image: &Path, config: &Path, state: &Path) {
     assert_eq!(seen("btf"), Some("present"), "{verdict:#?}");
     assert_eq!(seen("cpus"), Some("2"), "{verdict:#?}");
     assert_eq!(seen("accel"), Some("tcg"));
+    assert_eq!(seen("devtmpfs"), Some("mounted"), "{verdict:#?}");
     let release = seen("release").unwrap_or_default();
     assert!(release.starts_with("6.12."), "{verdict:#?}");
     assert!(
