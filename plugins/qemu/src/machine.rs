@@ -48,7 +48,8 @@ pub const MACHINES: &[Machine] = &[
         arch: "arm64",
         qemu: "qemu-system-aarch64",
         package: "qemu-system-arm",
-        machine_args: &["-machine", "virt", "-cpu", "max"],
+        // gic-version=max: a KVM host may lack GICv2 emulation.
+        machine_args: &["-machine", "virt,gic-version=max", "-cpu", "max"],
         console: "ttyAMA0",
         firmware: None,
     },
@@ -221,7 +222,7 @@ mod tests {
         let mut p = plan("arm64", Accel::Kvm);
         p.append = None;
         let args = p.args();
-        assert_eq!(after(&args, "-machine"), "virt");
+        assert_eq!(after(&args, "-machine"), "virt,gic-version=max");
         assert_eq!(after(&args, "-cpu"), "max");
         assert_eq!(after(&args, "-accel"), "kvm");
         assert!(!args.iter().any(|a| a == "-bios"), "{args:?}");
