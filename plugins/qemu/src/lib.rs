@@ -137,11 +137,10 @@ impl Verifier for QemuVerifier {
         };
         let auto_kvm = self.settings.accel == AccelChoice::Auto && accel == Accel::Kvm;
         let mut run = boot_once(&plan, deadline, auto_kvm, request, cx)?;
-        if run.stopped == Some(Stop::Silent) {
+        if auto_kvm && let Some(why) = kvm_failed(&run) {
             cx.progress.warn(&format!(
-                "qemu: the guest printed nothing in {} s under KVM; booting again under TCG \
-                 (set [plugin.qemu] accel = \"tcg\" to skip KVM on this host)",
-                boot::KVM_SILENCE.as_secs()
+                "qemu: {why}; booting again under TCG \
+                 (set [plugin.qemu] accel = \"tcg\" to skip KVM on this host)"
             ));
             plan.accel = Accel::Tcg;
             run = boot_once(&plan, deadline, false, request, cx)?;
@@ -161,6 +160,23 @@ impl Verifier for QemuVerifier {
             vcpus,
             request.kernelrelease.as_deref(),
         ))
+    }
+}
+
+/// Why a run under a KVM that `auto` picked says this host's KVM does not
+/// work: the guest stayed silent, or qemu failed before the guest printed
+/// anything (KVM refusing the vCPU setup).
+fn kvm_failed(run: &boot::Run) -> Option<String> {
+    match run.stopped {
+        Some(Stop::Silent) => Some(format!(
+            "the guest printed nothing in {} s under KVM",
+            boot::KVM_SILENCE.as_secs()
+        )),
+        None if !run.outcome.success() && run.transcript.guest_lines() == 0 => Some(format!(
+            "qemu failed under KVM: {}",
+            run.outcome.failure_tail(2).join(" / ")
+        )),
+        _ => None,
     }
 }
 
@@ -257,6 +273,38 @@ mod tests {
         assert_eq!(short.bound(&r), Duration::from_secs(2));
         r.timeout_ms = 1_000;
         assert_eq!(short.bound(&r), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn when_an_auto_picked_kvm_counts_as_broken() {
+        use ktstr_sdk::context::{CommandOutcome, OutputLine};
+        let run = |stopped, code, guest: &str| {
+            let mut transcript = console::Transcript::default();
+            if !guest.is_empty() {
+                transcript.feed(guest, false);
+            }
+            let said = "qemu-system-x86_64: error: failed to set MSR 0x10a";
+            boot::Run {
+                transcript,
+                outcome: CommandOutcome {
+                    code,
+                    tail: vec![OutputLine {
+                        text: said.into(),
+                        stderr: true,
+                    }],
+                },
+                stopped,
+                booted_in: None,
+            }
+        };
+        let why = kvm_failed(&run(Some(Stop::Silent), None, "")).unwrap();
+        assert!(why.contains("printed nothing in 10 s under KVM"), "{why}");
+        let why = kvm_failed(&run(None, Some(1), "")).unwrap();
+        assert!(why.contains("failed to set MSR"), "{why}");
+        // The guest ran: a kernel matter (or qemu's), not KVM's.
+        assert_eq!(kvm_failed(&run(None, Some(1), "Linux version 6.12")), None);
+        assert_eq!(kvm_failed(&run(None, Some(0), "")), None);
+        assert_eq!(kvm_failed(&run(Some(Stop::Deadline), None, "")), None);
     }
 
     #[test]
