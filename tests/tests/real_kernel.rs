@@ -5,8 +5,11 @@
 //! installed (CI: `.ci/run`); elsewhere it prints why it skips (a missing
 //! cross or LLVM toolchain skips only that variant). Between the variants and
 //! the in-tree build, a kill -9 mid-compile (out of tree too) must leave no
-//! process behind. One test, one unpacked tree: CI pays for one extraction.
+//! process behind. Last, the in-tree entry boots under qemu (`real/boot.rs`).
+//! One test, one unpacked tree: CI pays for one extraction.
 
+#[path = "real/boot.rs"]
+mod boot;
 mod common;
 
 use std::fs;
@@ -209,6 +212,7 @@ fn real_kernel_tiny_build_then_cache_hit() {
         !variant_keys.contains(&key),
         "the gcc x86 build shares a key with a variant: {variant_keys:?}"
     );
+    boot::boot_checks(&image, &entry.join("config"));
 }
 
 /// How many CPUs a cpuset list (`0-1`, `3`, `0,2`) names.

@@ -1,0 +1,215 @@
+//! Real boots of a built x86_64 kernel under the `qemu` verifier, forced
+//! to TCG as in CI: it boots and reports sched_ext `disabled`, BTF present
+//! and both vCPUs; a forced panic (`rdinit=/nonexistent`) is a failed
+//! verdict naming the panic, with the console tail; a bound shorter than
+//! the boot is a "timed out" verdict and leaves no qemu behind.
+//!
+//! `real_kernel.rs` calls [`boot_checks`] with its tiny build's entry (one
+//! unpacked tree, one build: the boots reuse it). The same functions run
+//! on any image through `plugins/qemu/tests/boot.rs`
+//! (`KTSTR_BOOT_IMAGE=... cargo test -p ktstr-plugin-qemu --test boot`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ktstr_plugin_qemu::{QemuVerifier, Settings};
+use ktstr_sdk::context::{Cancellation, StageContext};
+use ktstr_sdk::runner::InterruptibleRunner;
+use ktstr_sdk::verify::{Verdict, VerifyRequest};
+
+/// Every check, on one image; skipped (saying so) without qemu.
+pub fn boot_checks(image: &Path, config: &Path) {
+    if !on_path("qemu-system-x86_64") {
+        ktstr_sdk::testing::skip(
+            "qemu boot check: qemu-system-x86_64 missing (apt-get install qemu-system-x86)",
+        );
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    boots_sched_ext_ready(image, config, state.path());
+    forced_panic_fails_naming_it(image, config, state.path());
+    tiny_bound_times_out_and_leaves_no_qemu(image, config, state.path());
+    cancelled_boot_stops_qemu(image, config, state.path());
+}
+
+/// The kernel boots to the init, which sees sched_ext ready and BTF.
+pub fn boots_sched_ext_ready(image: &Path, config: &Path, state: &Path) {
+    let (verdict, took, _) = verify(image, config, state, serde_json::json!({}), 120_000);
+    assert!(verdict.passed, "{verdict:#?}");
+    let seen = |key: &str| verdict.observed.get(key).map(String::as_str);
+    assert_eq!(seen("sched_ext"), Some("disabled"), "{verdict:#?}");
+    assert_eq!(seen("btf"), Some("present"), "{verdict:#?}");
+    assert_eq!(seen("cpus"), Some("2"), "{verdict:#?}");
+    assert_eq!(seen("accel"), Some("tcg"));
+    assert_eq!(seen("devtmpfs"), Some("mounted"), "{verdict:#?}");
+    let release = seen("release").unwrap_or_default();
+    assert!(release.starts_with("6.12."), "{verdict:#?}");
+    assert!(
+        verdict
+            .summary
+            .starts_with(&format!("booted {release} in ")),
+        "{}",
+        verdict.summary
+    );
+    assert!(verdict.console_tail.is_empty());
+    // Visible in CI's log: the measured TCG boot (docs/verify-qemu.md).
+    note(format!(
+        "qemu boot check took {took:.1?}: {}",
+        verdict.summary
+    ));
+}
+
+/// `rdinit=` naming nothing: the kernel panics, qemu exits (`panic=-1`,
+/// `-no-reboot`), and the verdict names the panic.
+pub fn forced_panic_fails_naming_it(image: &Path, config: &Path, state: &Path) {
+    let settings = serde_json::json!({"append": "rdinit=/nonexistent"});
+    let (verdict, took, _) = verify(image, config, state, settings, 120_000);
+    assert!(!verdict.passed, "{verdict:#?}");
+    assert!(
+        verdict.summary.starts_with("kernel panic: "),
+        "{}",
+        verdict.summary
+    );
+    assert!(
+        verdict
+            .console_tail
+            .iter()
+            .any(|l| l.contains("Kernel panic - not syncing")),
+        "{verdict:#?}"
+    );
+    assert!(!verdict.observed.contains_key("release"), "init ran?");
+    assert!(
+        took < Duration::from_secs(100),
+        "waited for the bound: {took:?}"
+    );
+    note(format!(
+        "qemu forced panic took {took:.1?}: {}",
+        verdict.summary
+    ));
+}
+
+/// A one-second bound: the verdict says "timed out" and no process of
+/// the run (qemu's command line names the scratch dir) is left.
+pub fn tiny_bound_times_out_and_leaves_no_qemu(image: &Path, config: &Path, state: &Path) {
+    let (verdict, took, scratch) = verify(image, config, state, serde_json::json!({}), 1_000);
+    assert!(!verdict.passed, "{verdict:#?}");
+    assert!(
+        verdict.summary.starts_with("timed out after 1 s: "),
+        "{}",
+        verdict.summary
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let left = processes_naming(&scratch);
+    assert!(left.is_empty(), "qemu left running: {left:?}");
+}
+
+/// Ctrl-C (the run's cancellation) mid-boot: the check ends as
+/// cancelled, promptly, and takes its qemu with it.
+pub fn cancelled_boot_stops_qemu(image: &Path, config: &Path, state: &Path) {
+    let cancel = Cancellation::new();
+    let cx = StageContext {
+        progress: Arc::new(ktstr_sdk::testing::RecordingProgress::default()),
+        runner: Arc::new(InterruptibleRunner::new(cancel.clone())),
+        cancel: cancel.clone(),
+    };
+    let verifier = verifier(serde_json::json!({}), state);
+    let scratch = tempfile::Builder::new()
+        .prefix("ktstr-boot-")
+        .tempdir()
+        .unwrap();
+    let request = request(image, config, scratch.path(), 120_000);
+    let pidfile = scratch.path().join("qemu.pid");
+    let trigger = std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(60);
+        while !pidfile.exists() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        cancel.cancel();
+        Instant::now()
+    });
+    let err = ktstr_sdk::verify::Verifier::verify(&verifier, &request, &cx).unwrap_err();
+    let stopped_after = trigger.join().unwrap().elapsed();
+    assert_eq!(err.kind, ktstr_sdk::ErrorKind::Cancelled, "{err}");
+    assert!(stopped_after < Duration::from_secs(5), "{stopped_after:?}");
+    let left = processes_naming(scratch.path());
+    assert!(left.is_empty(), "qemu left running: {left:?}");
+}
+
+/// Run the verifier (TCG, 2 vCPUs) with `settings` added; the verdict,
+/// how long it took and the request's scratch directory (removed when
+/// this returns, as the host does).
+fn verify(
+    image: &Path,
+    config: &Path,
+    state: &Path,
+    settings: serde_json::Value,
+    timeout_ms: u64,
+) -> (Verdict, Duration, PathBuf) {
+    let verifier = verifier(settings, state);
+    let scratch = tempfile::Builder::new()
+        .prefix("ktstr-boot-")
+        .tempdir()
+        .unwrap();
+    let request = request(image, config, scratch.path(), timeout_ms);
+    let runner = Arc::new(InterruptibleRunner::new(Cancellation::new()));
+    let (cx, _progress) = ktstr_sdk::testing::context_with(runner);
+    let started = Instant::now();
+    let verdict = ktstr_sdk::verify::Verifier::verify(&verifier, &request, &cx)
+        .unwrap_or_else(|e| panic!("the verifier could not run: {e} (hint: {:?})", e.hint));
+    (verdict, started.elapsed(), scratch.path().to_path_buf())
+}
+
+/// The verifier with `settings`, forced to TCG (as CI runs it).
+fn verifier(mut settings: serde_json::Value, state: &Path) -> QemuVerifier {
+    settings["accel"] = "tcg".into();
+    QemuVerifier::new(Settings::read(&settings).unwrap()).with_state_dir(state)
+}
+
+/// An x86_64 request for 2 vCPUs.
+fn request(image: &Path, config: &Path, scratch: &Path, timeout_ms: u64) -> VerifyRequest {
+    VerifyRequest {
+        image: image.to_path_buf(),
+        vmlinux: None,
+        config: config.to_path_buf(),
+        arch: "x86_64".into(),
+        kernelrelease: None,
+        vcpus: 2,
+        timeout_ms,
+        sandbox_procs: None,
+        scratch: scratch.to_path_buf(),
+    }
+}
+
+/// Live (non-zombie) processes whose command line mentions `dir`.
+fn processes_naming(dir: &Path) -> Vec<String> {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let mut found = Vec::new();
+    for proc_dir in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(proc_dir.path().join("cmdline")) else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(proc_dir.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        if !zombie && cmdline.windows(needle.len()).any(|w| w == needle) {
+            found.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+        }
+    }
+    found
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+/// A line on the real stderr (not captured by libtest).
+fn note(line: String) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
