@@ -173,6 +173,7 @@ impl LocalCache {
             metadata,
             origin: ORIGIN.to_string(),
             location: None,
+            last_used: None,
         }))
     }
 
@@ -237,6 +238,7 @@ impl LocalCache {
             metadata: stored,
             origin: ORIGIN.to_string(),
             location: None,
+            last_used: None,
         })
     }
 }

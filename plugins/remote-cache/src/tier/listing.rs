@@ -22,6 +22,7 @@ impl RemoteTier {
             metadata,
             origin: self.plugin.to_string(),
             location: Some(self.url_of(&self.object(&format::archive_dir(key)))),
+            last_used: None,
         }
     }
 

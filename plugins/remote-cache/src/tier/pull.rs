@@ -114,6 +114,7 @@ impl RemoteTier {
                     metadata: manifest.metadata,
                     origin: self.plugin.to_string(),
                     location: None,
+                    last_used: None,
                 }))
             }
             Err(e) => {
