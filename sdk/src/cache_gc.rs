@@ -346,7 +346,10 @@ mod tests {
         let (r, removed) = run(policy, false, &[], &[]);
         assert_eq!(keys(&r), ["k-old", "k-mid"]);
         assert_eq!(removed, ["k-old", "k-mid"]);
-        assert_eq!((r.bytes_before, r.bytes_after, r.entries_after), (40, 20, 2));
+        assert_eq!(
+            (r.bytes_before, r.bytes_after, r.entries_after),
+            (40, 20, 2)
+        );
         assert_eq!(r.freed(), 20);
         assert!(r.evicted.iter().all(|e| e.reason == "max-size"));
     }

@@ -967,7 +967,10 @@ fn hits_record_the_last_use_and_remove_forgets_it() {
     cache.lookup(&k, &no_staging(), &cx()).unwrap().unwrap();
     let after_hit = humantime::parse_rfc3339(&last_used_of(&cache, "k-1")).unwrap();
     let age = std::time::SystemTime::now().duration_since(after_hit);
-    assert!(age.is_ok_and(|a| a.as_secs() < 60), "a hit did not record its use");
+    assert!(
+        age.is_ok_and(|a| a.as_secs() < 60),
+        "a hit did not record its use"
+    );
     // A marker that vanished (an older ktstr's entry): the store time.
     std::fs::remove_file(&marker).unwrap();
     assert!(!last_used_of(&cache, "k-1").is_empty());

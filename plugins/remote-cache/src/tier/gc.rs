@@ -1,0 +1,274 @@
+//! `ktstr cache gc` on a remote tier: evict the least recently used
+//! entries until the policy holds, then remove what no entry owns.
+//!
+//! The policy is the SDK's ([`ktstr_sdk::cache_gc`]); this tier feeds it
+//! what only it knows: an entry's size is its archive's (what the bucket
+//! holds, not the unpacked files), its last use is its marker's (see
+//! `listing`), and an entry whose key is under a live build lease
+//! (`<prefix>/v1/leases/<key>.json`, taken by a machine building it) is
+//! never removed: the builder's waiters are about to pull it.
+//!
+//! Removal is the tier's `remove`: manifest first (readers miss from then
+//! on rather than finding an archive going away), then the archives, then
+//! the marker. A pull that read the manifest just before sees the archive
+//! vanish: a corrupt entry, which the host reports and rebuilds; its
+//! unpacked files are deleted, never stored.
+//!
+//! Orphans, found after the evictions:
+//! - archives no manifest names (a push killed before its manifest, the
+//!   losing archive of two concurrent pushes, a gc killed midway), once
+//!   they are an hour old, so a push still uploading keeps its archive;
+//! - markers whose entry is gone, also after an hour;
+//! - leases whose heartbeat is older than their expiry (their holder
+//!   died), and unreadable lease objects a day old.
+//!
+//! Abandoned multipart uploads are not listed: object_store cannot list
+//! them (S3 `ListMultipartUploads` is not in its API). A push aborts its
+//! own upload when it fails or is interrupted; for a killed one, the
+//! bucket's lifecycle rule (`AbortIncompleteMultipartUpload` after a day)
+//! is the backstop, as docs/remote-cache.md says.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use ktstr_sdk::cache::{CacheKey, Listed};
+use ktstr_sdk::cache_gc::{self, Candidate, GcReport, GcRequest, Orphan, Spared};
+use ktstr_sdk::context::StageContext;
+use ktstr_sdk::error::Result;
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjPath;
+
+use super::RemoteTier;
+use super::listing::USED_DIR;
+use crate::format;
+
+/// An archive or marker younger than this may belong to a push or pull in
+/// flight: never an orphan.
+pub(super) const ORPHAN_AGE: Duration = Duration::from_secs(60 * 60);
+/// An unreadable lease object younger than this is left alone (and its key
+/// kept): it may be another ktstr's newer format.
+const UNREADABLE_LEASE_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+/// Directory of build leases, under `<prefix>/v1/`.
+pub(super) const LEASES_DIR: &str = "leases";
+
+/// The fields of a build lease gc reads; the lease's writer owns the rest.
+#[derive(Debug, serde::Deserialize)]
+struct LeaseView {
+    heartbeat_at: String,
+    expires_after_s: u64,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    pid: Option<u64>,
+}
+
+/// What gc makes of one lease object.
+enum Lease {
+    /// Its holder is alive (as far as its heartbeat says): who it is.
+    Live(String),
+    /// Dead holder or unreadable old object: removed, with why.
+    Orphan(String),
+}
+
+/// Something to delete that no entry owns.
+struct Found {
+    path: ObjPath,
+    what: String,
+    size: u64,
+}
+
+fn age(now: SystemTime, then: SystemTime) -> Duration {
+    now.duration_since(then).unwrap_or_default()
+}
+
+impl RemoteTier {
+    /// [`CacheBackend::gc`](ktstr_sdk::cache::CacheBackend::gc) for this tier.
+    pub(super) fn collect_garbage(
+        &self,
+        request: &GcRequest,
+        cx: &StageContext,
+    ) -> Result<GcReport> {
+        let rows = self.rows()?;
+        let leases = self.runtime.block_on(self.leases(request.now))?;
+        let protected: BTreeMap<CacheKey, String> = leases
+            .iter()
+            .filter_map(|(key, lease)| match lease {
+                (Lease::Live(who), _) => {
+                    Some((key.clone(), format!("a build holds its lease ({who})")))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut candidates = Vec::new();
+        let mut corrupt = 0;
+        for row in &rows {
+            match (&row.listed, &row.archive) {
+                (Listed::Ok(e), Some((_, size))) => candidates.push(Candidate {
+                    key: e.key.clone(),
+                    size: *size,
+                    last_used: cache_gc::last_used(e),
+                }),
+                _ => corrupt += 1,
+            }
+        }
+        let mut report = cache_gc::collect(
+            request,
+            candidates,
+            &protected,
+            |key| self.remove_entry(key).map(drop),
+            cx,
+        )?;
+        if corrupt > 0 {
+            report.notes.push(cache_gc::corrupt_note(corrupt));
+        }
+        let evicted: HashSet<&str> = report.evicted.iter().map(|e| e.key.as_str()).collect();
+        // What the entries that stay own: every archive of a key whose
+        // manifest cannot be read (the entry may be repaired), the named
+        // one of the others.
+        let mut owned: HashMap<String, Option<String>> = HashMap::new();
+        for row in rows.iter().filter(|r| !evicted.contains(r.key())) {
+            owned.insert(
+                row.key().to_string(),
+                row.archive.as_ref().map(|(name, _)| name.clone()),
+            );
+        }
+        let mut found = self
+            .runtime
+            .block_on(self.orphans(&owned, &evicted, request.now))?;
+        for (_, (lease, found_lease)) in leases {
+            if let (Lease::Orphan(_), Some(f)) = (lease, found_lease) {
+                found.push(f);
+            }
+        }
+        for f in found {
+            cx.cancel.check()?;
+            let location = self.url_of(&f.path);
+            if !request.dry_run
+                && let Err(e) = self.runtime.block_on(self.store.delete(&f.path))
+                && !matches!(e, object_store::Error::NotFound { .. })
+            {
+                report.spared.push(Spared {
+                    key: location,
+                    reason: self.request_error("DELETE", &f.path, e).to_string(),
+                });
+                continue;
+            }
+            report.orphans.push(Orphan {
+                what: f.what,
+                location,
+                size: Some(f.size),
+            });
+        }
+        Ok(report)
+    }
+
+    /// Every lease object, by key: live, or an orphan to delete.
+    async fn leases(&self, now: SystemTime) -> Result<BTreeMap<CacheKey, (Lease, Option<Found>)>> {
+        let mut out = BTreeMap::new();
+        for meta in self.objects_in(&self.object(LEASES_DIR)).await?.objects {
+            let Some(key) = meta
+                .location
+                .filename()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|k| CacheKey::parse(k).ok())
+            else {
+                continue;
+            };
+            let read = match self.store.get(&meta.location).await {
+                Ok(got) if got.meta.size <= format::MAX_MANIFEST_SIZE => got.bytes().await.ok(),
+                Ok(_) => None,
+                Err(object_store::Error::NotFound { .. }) => continue, // released meanwhile
+                Err(e) => return Err(self.request_error("GET", &meta.location, e)),
+            };
+            let view = read.and_then(|b| serde_json::from_slice::<LeaseView>(&b).ok());
+            let written = age(now, meta.last_modified.into());
+            let lease = match view {
+                Some(v) => {
+                    let beat = cache_gc::parse_time(&v.heartbeat_at);
+                    let silent = beat.map(|t| age(now, t));
+                    let who = match (&v.host, v.pid) {
+                        (Some(h), Some(p)) => format!("host {h}, pid {p}"),
+                        (Some(h), None) => format!("host {h}"),
+                        _ => "holder unknown".to_string(),
+                    };
+                    match silent {
+                        Some(s) if s < Duration::from_secs(v.expires_after_s) => {
+                            Lease::Live(format!("{who}, heartbeat {}s ago", s.as_secs()))
+                        }
+                        Some(s) => Lease::Orphan(format!(
+                            "stale build lease ({who}, no heartbeat for {}s, expiry {}s)",
+                            s.as_secs(),
+                            v.expires_after_s
+                        )),
+                        None if written < UNREADABLE_LEASE_AGE => {
+                            Lease::Live(format!("{who}, heartbeat time unreadable"))
+                        }
+                        None => Lease::Orphan("build lease with an unreadable heartbeat".into()),
+                    }
+                }
+                None if written < UNREADABLE_LEASE_AGE => {
+                    Lease::Live("a lease object this ktstr cannot read".into())
+                }
+                None => Lease::Orphan("unreadable build lease, a day old".into()),
+            };
+            let found = match &lease {
+                Lease::Orphan(what) => Some(Found {
+                    path: meta.location.clone(),
+                    what: what.clone(),
+                    size: meta.size,
+                }),
+                Lease::Live(_) => None,
+            };
+            out.insert(key, (lease, found));
+        }
+        Ok(out)
+    }
+
+    /// Archives and markers no remaining entry owns, an hour old.
+    async fn orphans(
+        &self,
+        owned: &HashMap<String, Option<String>>,
+        evicted: &HashSet<&str>,
+        now: SystemTime,
+    ) -> Result<Vec<Found>> {
+        let old = |m: &object_store::ObjectMeta| age(now, m.last_modified.into()) >= ORPHAN_AGE;
+        let mut found = Vec::new();
+        for dir in self.objects_in(&self.object("archives")).await?.dirs {
+            let Some(key) = dir.filename().map(str::to_string) else {
+                continue;
+            };
+            if evicted.contains(key.as_str()) {
+                continue; // its entry's removal takes them (or would)
+            }
+            let what = match owned.get(&key) {
+                None => "archive without a manifest",
+                Some(None) => continue, // a damaged entry's: left for `kernel clean`
+                Some(Some(_)) => "archive its manifest does not name (a concurrent push's)",
+            };
+            for m in self.objects_in(&dir).await?.objects {
+                let named = owned
+                    .get(&key)
+                    .and_then(|n| n.as_deref())
+                    .is_some_and(|n| m.location.filename() == Some(n));
+                if !named && old(&m) {
+                    found.push(Found {
+                        path: m.location,
+                        what: what.to_string(),
+                        size: m.size,
+                    });
+                }
+            }
+        }
+        for m in self.objects_in(&self.object(USED_DIR)).await?.objects {
+            let key = m.location.filename().unwrap_or_default().to_string();
+            if !owned.contains_key(&key) && !evicted.contains(key.as_str()) && old(&m) {
+                found.push(Found {
+                    path: m.location,
+                    what: "last-use marker of an entry that is gone".into(),
+                    size: m.size,
+                });
+            }
+        }
+        Ok(found)
+    }
+}
