@@ -113,10 +113,7 @@ pub fn run(args: &GcArgs) -> Result<()> {
         if is_read_only(tier) {
             let e = StageError::new(
                 ktstr_sdk::ErrorKind::Unsupported,
-                format!(
-                    "not collecting garbage in {}: it is read-only",
-                    tier.stage.describe()
-                ),
+                format!("not collecting garbage in {}: it is read-only", tier.name),
             )
             .with_hint(
                 "gc deletes from the tier: run it where the tier is writable (unset read_only, \
@@ -155,8 +152,8 @@ pub fn run(args: &GcArgs) -> Result<()> {
     let spared: usize = done.iter().map(|(_, r)| r.spared.len()).sum();
     if spared > 0 && !args.dry_run {
         eprintln!(
-            "{LABEL}: note: {spared} could not be removed now (in use or under a build lease); \
-             the next gc tries again"
+            "{LABEL}: note: {spared} kept for now (in use, under a build lease, or the delete \
+             failed: see the table); the next gc tries again"
         );
     }
     Ok(())

@@ -165,7 +165,8 @@ impl RemoteTier {
     /// Every lease object, by key: live, or an orphan to delete.
     async fn leases(&self, now: SystemTime) -> Result<BTreeMap<CacheKey, (Lease, Option<Found>)>> {
         let mut out = BTreeMap::new();
-        for meta in self.objects_in(&self.object(LEASES_DIR)).await?.objects {
+        let dir = self.object(LEASES_DIR);
+        for meta in self.objects_in(&dir).await?.objects {
             let Some(key) = meta
                 .location
                 .filename()
@@ -174,11 +175,12 @@ impl RemoteTier {
             else {
                 continue;
             };
-            let read = match self.store.get(&meta.location).await {
+            let path = self.object(&format!("{LEASES_DIR}/{key}.json"));
+            let read = match self.store.get(&path).await {
                 Ok(got) if got.meta.size <= format::MAX_MANIFEST_SIZE => got.bytes().await.ok(),
                 Ok(_) => None,
                 Err(object_store::Error::NotFound { .. }) => continue, // released meanwhile
-                Err(e) => return Err(self.request_error("GET", &meta.location, e)),
+                Err(e) => return Err(self.request_error("GET", &path, e)),
             };
             let view = read.and_then(|b| serde_json::from_slice::<LeaseView>(&b).ok());
             let written = age(now, meta.last_modified.into());
@@ -213,7 +215,7 @@ impl RemoteTier {
             };
             let found = match &lease {
                 Lease::Orphan(what) => Some(Found {
-                    path: meta.location.clone(),
+                    path,
                     what: what.clone(),
                     size: meta.size,
                 }),
@@ -233,10 +235,13 @@ impl RemoteTier {
     ) -> Result<Vec<Found>> {
         let old = |m: &object_store::ObjectMeta| age(now, m.last_modified.into()) >= ORPHAN_AGE;
         let mut found = Vec::new();
-        for dir in self.objects_in(&self.object("archives")).await?.dirs {
-            let Some(key) = dir.filename().map(str::to_string) else {
+        // Listed names are re-rooted here: an HTTP store lists paths
+        // relative to the server, not to the tier's URL.
+        for listed in self.objects_in(&self.object("archives")).await?.dirs {
+            let Some(key) = listed.filename().map(str::to_string) else {
                 continue;
             };
+            let dir = self.object(&format!("archives/{key}"));
             if evicted.contains(key.as_str()) {
                 continue; // its entry's removal takes them (or would)
             }
@@ -246,13 +251,13 @@ impl RemoteTier {
                 Some(Some(_)) => "archive its manifest does not name (a concurrent push's)",
             };
             for m in self.objects_in(&dir).await?.objects {
-                let named = owned
-                    .get(&key)
-                    .and_then(|n| n.as_deref())
-                    .is_some_and(|n| m.location.filename() == Some(n));
+                let Some(name) = m.location.filename() else {
+                    continue;
+                };
+                let named = owned.get(&key).and_then(|n| n.as_deref()) == Some(name);
                 if !named && old(&m) {
                     found.push(Found {
-                        path: m.location,
+                        path: dir.clone().join(name),
                         what: what.to_string(),
                         size: m.size,
                     });
@@ -263,7 +268,7 @@ impl RemoteTier {
             let key = m.location.filename().unwrap_or_default().to_string();
             if !owned.contains_key(&key) && !evicted.contains(key.as_str()) && old(&m) {
                 found.push(Found {
-                    path: m.location,
+                    path: self.object(&format!("{USED_DIR}/{key}")),
                     what: "last-use marker of an entry that is gone".into(),
                     size: m.size,
                 });

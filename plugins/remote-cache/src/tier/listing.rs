@@ -168,7 +168,13 @@ impl RemoteTier {
                 .collect();
             let dir = self.object(&format::archive_dir(key));
             match self.store.list_with_delimiter(Some(&dir)).await {
-                Ok(found) => archives.extend(found.objects.into_iter().map(|m| m.location)),
+                // By name: an HTTP store lists paths relative to the
+                // server, not to the tier's URL.
+                Ok(found) => archives.extend(
+                    (found.objects.iter())
+                        .filter_map(|m| m.location.filename())
+                        .map(|name| self.archive_path(key, name)),
+                ),
                 Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => tracing::warn!(
                     "{}: cannot list old archives of {key} to delete them: {e}",
