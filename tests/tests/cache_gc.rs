@@ -226,6 +226,30 @@ fn a_bucket_over_its_cap_shrinks_to_it_least_recently_used_first() {
         run.assert_ok();
         assert_eq!(evicted(&run), [key(4), key(2)], "{}", run.describe());
         let tier = &run.json()["tiers"][0];
+        let fields: BTreeSet<&str> = tier
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(
+            fields,
+            BTreeSet::from([
+                "tier",
+                "description",
+                "dry_run",
+                "evicted",
+                "spared",
+                "orphans",
+                "entries_before",
+                "bytes_before",
+                "entries_after",
+                "bytes_after",
+                "notes",
+                "freed",
+            ]),
+            "the JSON field set changed: update docs/cli.md"
+        );
         assert_eq!(tier["bytes_after"], 2000, "{tier}");
         assert_eq!(tier["entries_after"], 2, "{tier}");
         for gone in [key(2), key(4)] {
