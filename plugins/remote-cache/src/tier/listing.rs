@@ -183,14 +183,26 @@ impl RemoteTier {
             }
             archives.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
             archives.dedup();
-            // The marker last: it is worth nothing without the entry.
-            archives.push(self.used_path(key));
             for a in archives {
                 match self.store.delete(&a).await {
                     Ok(()) => removed = true,
                     Err(object_store::Error::NotFound { .. }) => {}
                     Err(e) => return Err(self.request_error("DELETE", &a, e)),
                 }
+            }
+            // The marker last: it is worth nothing without the entry, so
+            // failing to delete it fails nothing (gc removes it later as an
+            // orphan), and deleting it does not make the removal count (S3
+            // answers a DELETE of a missing object with success).
+            let marker = self.used_path(key);
+            match self.store.delete(&marker).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => tracing::warn!(
+                    "{}: removed {key} but not its last-use marker {}: {}",
+                    self.plugin,
+                    self.url_of(&marker),
+                    super::errors::summarize(&e)
+                ),
             }
             Ok(removed)
         })
