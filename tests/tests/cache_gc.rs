@@ -88,6 +88,13 @@ impl Remote {
         }
     }
 
+    fn read_only_env(&self) -> &'static str {
+        match self.server {
+            Server::S3(_) => "KTSTR_S3_READ_ONLY",
+            Server::Dav(_) => "KTSTR_HTTP_CACHE_READ_ONLY",
+        }
+    }
+
     fn gc(&self, fx: &Fixture, extra: &[&str]) -> Run {
         let mut args = vec!["cache", "gc", "--plugin", self.plugin];
         args.extend_from_slice(extra);
@@ -415,89 +422,90 @@ fn local_keys(fx: &Fixture) -> Vec<String> {
 /// or none.
 #[test]
 fn pulls_record_their_use_and_never_install_a_half_deleted_entry() {
-    let Some(remote) = Remote::s3() else { return };
-    let shared = tempfile::tempdir().unwrap();
-    let spec = tarball(shared.path(), "6.99.7");
-    let a = remote.machine();
-    let built = a.run(&[
-        "build",
-        "--kernel",
-        spec.to_str().unwrap(),
-        "--plugin",
-        "s3-cache",
-    ]);
-    let key = built.cached_key();
-    let marker = format!("used/{key}");
-    assert!(!remote.objects().contains(&marker), "a push is not a use");
+    for (n, remote) in Remote::all().into_iter().enumerate() {
+        let shared = tempfile::tempdir().unwrap();
+        let spec = tarball(shared.path(), &format!("6.99.{}", 70 + n));
+        let a = remote.machine();
+        let built = a.run(&[
+            "build",
+            "--kernel",
+            spec.to_str().unwrap(),
+            "--plugin",
+            remote.plugin,
+        ]);
+        let key = built.cached_key();
+        let marker = format!("used/{key}");
+        assert!(!remote.objects().contains(&marker), "a push is not a use");
 
-    let ro = remote.machine().with_env("KTSTR_S3_READ_ONLY", "1");
-    ro.run(&["cache", "pull", &key, "--plugin", "s3-cache"])
-        .assert_ok();
-    assert!(
-        !remote.objects().contains(&marker),
-        "a read-only tier wrote"
-    );
-    let b = remote.machine();
-    b.run(&["cache", "pull", &key, "--plugin", "s3-cache"])
-        .assert_ok();
-    let read_marker = || {
-        let body = std::fs::read(remote.base.join(&marker)).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        humantime::parse_rfc3339(v["used_at"].as_str().unwrap()).unwrap()
-    };
-    assert!(ago(60) < read_marker(), "the pull did not record its use");
-    // A day-old marker is refreshed by the next pull.
-    remote.marker(&key, ago(2 * DAY));
-    remote
-        .machine()
-        .run(&["cache", "pull", &key, "--plugin", "s3-cache"])
-        .assert_ok();
-    assert!(
-        ago(60) < read_marker(),
-        "a day-old marker was not refreshed"
-    );
-
-    // The manifest read, the archive gone: what a pull sees when gc
-    // deletes between its two GETs.
-    let archive = (remote.objects().into_iter())
-        .find(|o| o.starts_with(&format!("archives/{key}/")))
-        .unwrap();
-    std::fs::remove_file(remote.base.join(&archive)).unwrap();
-    let c = remote.machine();
-    let pull = c.run(&["cache", "pull", &key, "--plugin", "s3-cache"]);
-    pull.assert_fails().assert_stderr_has("is missing");
-    assert!(
-        local_keys(&c).is_empty(),
-        "a half-deleted entry was installed"
-    );
-
-    // Real races: a pull and a gc that evicts everything, started together.
-    for round in 0..3 {
-        a.run(&["cache", "push", &key, "--plugin", "s3-cache"])
+        let ro = remote.machine().with_env(remote.read_only_env(), "1");
+        ro.run(&["cache", "pull", &key, "--plugin", remote.plugin])
             .assert_ok();
-        let d = remote.machine();
-        let pulling = d.spawn(&["cache", "pull", &key, "--plugin", "s3-cache"], &[]);
-        let gc = remote.gc(&d, &["--keep-last", "0"]);
-        gc.assert_ok();
-        let pulled = pulling.wait(Duration::from_secs(60));
-        match pulled.code() {
-            Some(0) => {
-                d.run(&["kernel", "verify"]).assert_ok();
-            }
-            _ => assert!(
-                local_keys(&d).is_empty(),
-                "round {round}: a failed pull left an entry: {}",
-                pulled.describe()
-            ),
-        }
-        // A pull that ended after the removal may have recorded its use:
-        // a marker without an entry, which the next gc removes as an
-        // orphan after an hour. Nothing else of the entry is left.
-        let left = remote.objects();
         assert!(
-            left.iter().all(|o| o == &marker || !o.contains(&key)),
-            "round {round}: gc left {left:?}"
+            !remote.objects().contains(&marker),
+            "a read-only tier wrote"
         );
+        let b = remote.machine();
+        b.run(&["cache", "pull", &key, "--plugin", remote.plugin])
+            .assert_ok();
+        let read_marker = || {
+            let body = std::fs::read(remote.base.join(&marker)).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            humantime::parse_rfc3339(v["used_at"].as_str().unwrap()).unwrap()
+        };
+        assert!(ago(60) < read_marker(), "the pull did not record its use");
+        // A day-old marker is refreshed by the next pull.
+        remote.marker(&key, ago(2 * DAY));
+        remote
+            .machine()
+            .run(&["cache", "pull", &key, "--plugin", remote.plugin])
+            .assert_ok();
+        assert!(
+            ago(60) < read_marker(),
+            "a day-old marker was not refreshed"
+        );
+
+        // The manifest read, the archive gone: what a pull sees when gc
+        // deletes between its two GETs.
+        let archive = (remote.objects().into_iter())
+            .find(|o| o.starts_with(&format!("archives/{key}/")))
+            .unwrap();
+        std::fs::remove_file(remote.base.join(&archive)).unwrap();
+        let c = remote.machine();
+        let pull = c.run(&["cache", "pull", &key, "--plugin", remote.plugin]);
+        pull.assert_fails().assert_stderr_has("is missing");
+        assert!(
+            local_keys(&c).is_empty(),
+            "a half-deleted entry was installed"
+        );
+
+        // Real races: a pull and a gc that evicts everything, started together.
+        for round in 0..3 {
+            a.run(&["cache", "push", &key, "--plugin", remote.plugin])
+                .assert_ok();
+            let d = remote.machine();
+            let pulling = d.spawn(&["cache", "pull", &key, "--plugin", remote.plugin], &[]);
+            let gc = remote.gc(&d, &["--keep-last", "0"]);
+            gc.assert_ok();
+            let pulled = pulling.wait(Duration::from_secs(60));
+            match pulled.code() {
+                Some(0) => {
+                    d.run(&["kernel", "verify"]).assert_ok();
+                }
+                _ => assert!(
+                    local_keys(&d).is_empty(),
+                    "round {round}: a failed pull left an entry: {}",
+                    pulled.describe()
+                ),
+            }
+            // A pull that ended after the removal may have recorded its use:
+            // a marker without an entry, which the next gc removes as an
+            // orphan after an hour. Nothing else of the entry is left.
+            let left = remote.objects();
+            assert!(
+                left.iter().all(|o| o == &marker || !o.contains(&key)),
+                "round {round}: gc left {left:?}"
+            );
+        }
     }
 }
 
@@ -560,6 +568,12 @@ fn the_local_cache_is_collected_by_last_use() {
     assert!(
         !fx.cache.join("used").join(&keys[2]).exists(),
         "marker kept"
+    );
+    let lock = |k: &str| fx.cache.join(format!(".locks/entry-{k}.lock"));
+    assert!(lock(&keys[1]).exists(), "the lock of a cached entry went");
+    assert!(
+        !lock(&keys[2]).exists(),
+        "the lock of an evicted entry was kept"
     );
     // Listing is not a use; a hit is.
     let last_used = || {

@@ -131,6 +131,10 @@ pub fn run(args: &GcArgs) -> Result<()> {
             }
         }
     }
+    if !remote && !args.dry_run && done.iter().any(|(_, r)| !r.evicted.is_empty()) {
+        // As `kernel clean` does: the lock files of entries that are gone.
+        super::kernel_clean::prune_locks(&stages, &cx);
+    }
     if done.is_empty()
         && failed.is_empty()
         && let Some(first) = refused.first()
