@@ -292,9 +292,16 @@ fn max_age_and_keep_last() {
         for (n, days) in [(1, 1), (2, 10), (3, 40), (4, 60)] {
             remote.seed(&key(n), 100, ago(90 * DAY), Some(ago(days * DAY)));
         }
+        // A push of key 4 in flight: its archive is up, its manifest not yet.
+        let pushing = format!("archives/{}/{}.tar.zst", key(4), "77".repeat(32));
+        remote.write(&pushing, b"new build", ago(30));
         // keep-last is a floor under the age rule.
         let run = remote.gc(&fx, &["--max-age", "30d", "--keep-last", "3", "--json"]);
         assert_eq!(evicted(&run), [key(4)], "{}", run.describe());
+        let left: Vec<String> = (remote.objects().into_iter())
+            .filter(|o| o.contains(&key(4)))
+            .collect();
+        assert_eq!(left, [pushing], "the in-flight push's archive must stay");
         let run = remote.gc(&fx, &["--max-age", "30d", "--json"]);
         assert_eq!(evicted(&run), [key(3)], "{}", run.describe());
         assert_eq!(run.json()["tiers"][0]["evicted"][0]["reason"], "max-age");

@@ -10,7 +10,9 @@
 //!
 //! Removal is the tier's `remove`: manifest first (readers miss from then
 //! on rather than finding an archive going away), then the archives, then
-//! the marker. A pull that read the manifest just before sees the archive
+//! the marker; except that an archive its manifest does not name and that
+//! is younger than an hour stays, since a push in flight is about to name
+//! it in a new manifest. A pull that read the manifest just before sees the archive
 //! vanish: a corrupt entry, which the host reports and rebuilds; its
 //! unpacked files are deleted, never stored.
 //!
@@ -115,7 +117,7 @@ impl RemoteTier {
             request,
             candidates,
             &protected,
-            |key| self.remove_entry(key).map(drop),
+            |key| self.remove_entry_sparing(key, Some(ORPHAN_AGE)).map(drop),
             cx,
         )?;
         if corrupt > 0 {

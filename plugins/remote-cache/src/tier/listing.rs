@@ -141,6 +141,25 @@ impl RemoteTier {
     /// [`CacheBackend::remove`](ktstr_sdk::cache::CacheBackend::remove):
     /// the manifest, then every archive of `key`, then its marker.
     pub(super) fn remove_entry(&self, key: &CacheKey) -> Result<bool> {
+        self.remove_entry_sparing(key, None)
+    }
+
+    /// [`Self::remove_entry`], except that archives the manifest does not
+    /// name and that are younger than `young` stay: a push in flight
+    /// uploaded them and is about to write the manifest naming one (gc
+    /// removes them later as orphans if it never does).
+    pub(super) fn remove_entry_sparing(
+        &self,
+        key: &CacheKey,
+        young: Option<std::time::Duration>,
+    ) -> Result<bool> {
+        let now = std::time::SystemTime::now();
+        let in_flight = |m: &object_store::ObjectMeta| {
+            young.is_some_and(|young| {
+                now.duration_since(m.last_modified.into())
+                    .is_ok_and(|age| age < young)
+            })
+        };
         self.runtime.block_on(async {
             let manifest = self.manifest_path(key);
             let known_archive = match self.fetch_manifest(key).await {
@@ -172,6 +191,7 @@ impl RemoteTier {
                 // server, not to the tier's URL.
                 Ok(found) => archives.extend(
                     (found.objects.iter())
+                        .filter(|m| !in_flight(m))
                         .filter_map(|m| m.location.filename())
                         .map(|name| self.archive_path(key, name)),
                 ),
