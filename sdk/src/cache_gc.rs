@@ -269,8 +269,10 @@ pub fn collect(
         && total > max
     {
         report.notes.push(format!(
-            "still {total} bytes, over the {max} asked for: the rest is kept by --keep-last, \
-             in use or under a build lease"
+            "still {}, over the {} asked for: the rest is kept by --keep-last, in use or \
+             under a build lease",
+            crate::context::human_bytes(total),
+            crate::context::human_bytes(max)
         ));
     }
     Ok(report)
@@ -398,7 +400,11 @@ mod tests {
             &[],
         );
         assert_eq!(keys(&r), ["k-old", "k-mid"]);
-        assert!(r.notes[0].contains("over the 0 asked for"), "{:?}", r.notes);
+        assert!(
+            r.notes[0].contains("asked for: the rest is kept by --keep-last"),
+            "{:?}",
+            r.notes
+        );
     }
 
     #[test]
