@@ -544,6 +544,13 @@ pub trait CacheBackend: Send + Sync {
     ) -> Result<crate::cache_gc::GcReport> {
         crate::cache_gc::default_gc(self, request, cx)
     }
+
+    /// Build leases in this tier (fleet single-flight, see
+    /// [`crate::lease`]), if it can create objects atomically and may be
+    /// written. None by default: no fleet single-flight.
+    fn leases(&self) -> Option<std::sync::Arc<dyn crate::lease::LeaseStore>> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -159,14 +159,22 @@ impl Remote {
         self.write(&format!("used/{key}"), body.as_bytes(), used);
     }
 
-    fn lease(&self, key: &str, heartbeat: SystemTime, expires_after_s: u64) {
-        let body = json!({
-            "host": "builder-1", "pid": 4242,
-            "heartbeat_at": rfc3339(heartbeat), "expires_after_s": expires_after_s,
-        });
+    /// A build lease as the lease writer makes it (`ktstr_sdk::lease`).
+    fn lease(&self, key: &str, heartbeat: SystemTime, expiry_s: u64) {
+        let record = ktstr_sdk::lease::LeaseRecord {
+            heartbeat_at: humantime::format_rfc3339_millis(heartbeat).to_string(),
+            host: "builder-1".into(),
+            pid: 4242,
+            ..ktstr_sdk::lease::LeaseRecord::new(
+                &ktstr_sdk::cache::CacheKey::parse(key).unwrap(),
+                "builder-1",
+                "run-1",
+                Duration::from_secs(expiry_s),
+            )
+        };
         self.write(
             &format!("leases/{key}.json"),
-            body.to_string().as_bytes(),
+            record.to_json().as_bytes(),
             heartbeat,
         );
     }
@@ -358,7 +366,7 @@ fn orphans_go_and_an_entry_under_a_live_lease_stays() {
         let table = &run.stdout;
         assert!(
             table.contains(&key(1))
-                && table.contains("kept: a build holds its lease (host builder-1, pid 4242"),
+                && table.contains("kept: a build holds its lease (host builder-1 pid 4242"),
             "{}",
             run.describe()
         );

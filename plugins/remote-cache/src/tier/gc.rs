@@ -22,7 +22,8 @@
 //!   they are an hour old, so a push still uploading keeps its archive;
 //! - markers whose entry is gone, also after an hour;
 //! - leases whose heartbeat is older than their expiry (their holder
-//!   died), and unreadable lease objects a day old.
+//!   died; read as [`LeaseRecord`], the lease writer's own type), and
+//!   unreadable lease objects a day old.
 //!
 //! Abandoned multipart uploads are not listed: object_store cannot list
 //! them (S3 `ListMultipartUploads` is not in its API). A push aborts its
@@ -37,6 +38,7 @@ use ktstr_sdk::cache::{CacheKey, Listed};
 use ktstr_sdk::cache_gc::{self, Candidate, GcReport, GcRequest, Orphan, Spared};
 use ktstr_sdk::context::StageContext;
 use ktstr_sdk::error::Result;
+use ktstr_sdk::lease::LeaseRecord;
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjPath;
 
@@ -53,17 +55,6 @@ const UNREADABLE_LEASE_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 /// Directory of build leases, under `<prefix>/v1/`.
 pub(super) const LEASES_DIR: &str = "leases";
 
-/// The fields of a build lease gc reads; the lease's writer owns the rest.
-#[derive(Debug, serde::Deserialize)]
-struct LeaseView {
-    heartbeat_at: String,
-    expires_after_s: u64,
-    #[serde(default)]
-    host: Option<String>,
-    #[serde(default)]
-    pid: Option<u64>,
-}
-
 /// What gc makes of one lease object.
 enum Lease {
     /// Its holder is alive (as far as its heartbeat says): who it is.
@@ -77,6 +68,8 @@ struct Found {
     path: ObjPath,
     what: String,
     size: u64,
+    /// The version gc judged (a lease's ETag): deleted only if unchanged.
+    judged: Option<String>,
 }
 
 fn age(now: SystemTime, then: SystemTime) -> Duration {
@@ -145,6 +138,9 @@ impl RemoteTier {
         for f in found {
             cx.cancel.check()?;
             let location = self.url_of(&f.path);
+            if !request.dry_run && self.runtime.block_on(self.changed_since(&f)) {
+                continue; // a waiter took the stale lease over meanwhile
+            }
             if !request.dry_run
                 && let Err(e) = self.runtime.block_on(self.store.delete(&f.path))
                 && !matches!(e, object_store::Error::NotFound { .. })
@@ -162,6 +158,21 @@ impl RemoteTier {
             });
         }
         Ok(report)
+    }
+
+    /// Whether `f` is no longer the version gc judged (a lease a waiter
+    /// took over since it was read). object_store cannot delete
+    /// conditionally, so this narrows the window rather than closing it;
+    /// a holder whose lease is deleted warns that it lost it and still
+    /// stores its build.
+    async fn changed_since(&self, f: &Found) -> bool {
+        let Some(judged) = &f.judged else {
+            return false;
+        };
+        match self.store.head(&f.path).await {
+            Ok(now) => now.e_tag.as_ref() != Some(judged),
+            Err(_) => true,
+        }
     }
 
     /// Every lease object, by key: live, or an orphan to delete.
@@ -184,32 +195,26 @@ impl RemoteTier {
                 Err(object_store::Error::NotFound { .. }) => continue, // released meanwhile
                 Err(e) => return Err(self.request_error("GET", &path, e)),
             };
-            let view = read.and_then(|b| serde_json::from_slice::<LeaseView>(&b).ok());
+            let record = read.and_then(|b| LeaseRecord::from_json(&b).ok());
             let written = age(now, meta.last_modified.into());
-            let lease = match view {
-                Some(v) => {
-                    let beat = cache_gc::parse_time(&v.heartbeat_at);
-                    let silent = beat.map(|t| age(now, t));
-                    let who = match (&v.host, v.pid) {
-                        (Some(h), Some(p)) => format!("host {h}, pid {p}"),
-                        (Some(h), None) => format!("host {h}"),
-                        _ => "holder unknown".to_string(),
-                    };
-                    match silent {
-                        Some(s) if s < Duration::from_secs(v.expires_after_s) => {
-                            Lease::Live(format!("{who}, heartbeat {}s ago", s.as_secs()))
-                        }
-                        Some(s) => Lease::Orphan(format!(
-                            "stale build lease ({who}, no heartbeat for {}s, expiry {}s)",
-                            s.as_secs(),
-                            v.expires_after_s
-                        )),
-                        None if written < UNREADABLE_LEASE_AGE => {
-                            Lease::Live(format!("{who}, heartbeat time unreadable"))
-                        }
-                        None => Lease::Orphan("build lease with an unreadable heartbeat".into()),
+            let lease = match record {
+                Some(r) => match r.heartbeat_age(now) {
+                    Some(silent) if !r.expired(now) => Lease::Live(format!(
+                        "{}, heartbeat {}s ago",
+                        r.holder(),
+                        silent.as_secs()
+                    )),
+                    Some(silent) => Lease::Orphan(format!(
+                        "stale build lease ({}, no heartbeat for {}s, expiry {}s)",
+                        r.holder(),
+                        silent.as_secs(),
+                        r.expiry().as_secs()
+                    )),
+                    None if written < UNREADABLE_LEASE_AGE => {
+                        Lease::Live(format!("{}, heartbeat time unreadable", r.holder()))
                     }
-                }
+                    None => Lease::Orphan("build lease with an unreadable heartbeat".into()),
+                },
                 None if written < UNREADABLE_LEASE_AGE => {
                     Lease::Live("a lease object this ktstr cannot read".into())
                 }
@@ -220,6 +225,7 @@ impl RemoteTier {
                     path,
                     what: what.clone(),
                     size: meta.size,
+                    judged: meta.e_tag.clone(),
                 }),
                 Lease::Live(_) => None,
             };
@@ -262,6 +268,7 @@ impl RemoteTier {
                         path: dir.clone().join(name),
                         what: what.to_string(),
                         size: m.size,
+                        judged: None,
                     });
                 }
             }
@@ -273,6 +280,7 @@ impl RemoteTier {
                     path: self.object(&format!("{USED_DIR}/{key}")),
                     what: "last-use marker of an entry that is gone".into(),
                     size: m.size,
+                    judged: None,
                 });
             }
         }
