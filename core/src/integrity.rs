@@ -86,6 +86,7 @@ mod tests {
             metadata,
             origin: "local".into(),
             location: None,
+            last_used: None,
         }
     }
 

@@ -511,6 +511,7 @@ mod tests {
             },
             origin: origin.into(),
             location: None,
+            last_used: None,
         }
     }
 

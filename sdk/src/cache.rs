@@ -293,6 +293,11 @@ pub struct CacheEntry {
     /// the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// When the entry was last used (RFC 3339), for `list` rows of a
+    /// backend that records it (`ktstr cache gc` evicts the least recently
+    /// used first); `None` elsewhere, and then the build time stands in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<String>,
 }
 
 impl CacheEntry {
@@ -526,6 +531,20 @@ pub trait CacheBackend: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// `ktstr cache gc`: remove the least recently used entries until the
+    /// request's policy holds (see [`crate::cache_gc`]). The default
+    /// applies it over [`list`](Self::list) and [`remove`](Self::remove);
+    /// a backend that knows more (sizes in its own store, entries it must
+    /// not remove now, objects no entry owns) overrides it and still
+    /// decides through [`crate::cache_gc::collect`].
+    fn gc(
+        &self,
+        request: &crate::cache_gc::GcRequest,
+        cx: &StageContext,
+    ) -> Result<crate::cache_gc::GcReport> {
+        crate::cache_gc::default_gc(self, request, cx)
+    }
+
     /// Build leases in this tier (fleet single-flight, see
     /// [`crate::lease`]), if it can create objects atomically and may be
     /// written. None by default: no fleet single-flight.
@@ -555,6 +574,7 @@ mod tests {
                 metadata,
                 origin: "local".into(),
                 location: None,
+                last_used: None,
             })
         };
         let corrupt = |key: &str| Listed::Corrupt {
@@ -614,6 +634,7 @@ mod tests {
             metadata,
             origin: "x".into(),
             location: None,
+            last_used: None,
         }
     }
 

@@ -17,6 +17,7 @@ pub mod arch;
 pub mod archive;
 pub mod build;
 pub mod cache;
+pub mod cache_gc;
 pub mod config;
 pub mod configure;
 pub mod conformance;

@@ -71,6 +71,14 @@ impl<B: CacheBackend + ?Sized> CacheBackend for ReadOnly<B> {
         Err(self.refuse(format!("remove {key}")))
     }
 
+    fn gc(
+        &self,
+        _: &crate::cache_gc::GcRequest,
+        _: &StageContext,
+    ) -> Result<crate::cache_gc::GcReport> {
+        Err(self.refuse("collect garbage".to_string()))
+    }
+
     fn describe(&self) -> String {
         let inner = self.inner.describe();
         if inner.ends_with("read-only") {

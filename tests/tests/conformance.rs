@@ -94,6 +94,7 @@ impl DirCache {
             metadata,
             origin: "dir".into(),
             location: None,
+            last_used: None,
         }))
     }
 
@@ -189,6 +190,7 @@ impl CacheBackend for DirCache {
                 metadata: stored,
                 origin: "dir".into(),
                 location: None,
+                last_used: None,
             });
         }
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
@@ -213,6 +215,7 @@ impl CacheBackend for DirCache {
             metadata: stored,
             origin: "dir".into(),
             location: None,
+            last_used: None,
         })
     }
 

@@ -231,6 +231,7 @@ fn list_json_rows_have_a_stable_field_set() {
             "arch",
             "source",
             "built_at",
+            "last_used",
             "size",
             "image",
             "vmlinux",

@@ -1,5 +1,6 @@
 //! `ktstr cache push <key>` and `ktstr cache pull <key>`: move one entry
-//! between the local cache and the remote tiers explicitly.
+//! between the local cache and the remote tiers explicitly (`cache gc` is
+//! in cache_gc.rs).
 //!
 //! Builds already push after storing and pull on a local miss; these are
 //! for seeding a bucket with kernels built before it existed, and for
@@ -38,6 +39,10 @@ pub enum CacheCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Evict the least recently used kernels until a size, age or count
+    /// holds (the local cache, or with --remote every writable remote
+    /// tier), and remove what no entry owns.
+    Gc(super::cache_gc::GcArgs),
 }
 
 fn parse_key(raw: &str) -> Result<CacheKey, StageError> {
@@ -47,7 +52,7 @@ fn parse_key(raw: &str) -> Result<CacheKey, StageError> {
     })
 }
 
-fn stages(plugins: &[String]) -> Result<Stages> {
+pub(super) fn stages(plugins: &[String]) -> Result<Stages> {
     let stages = stage_setup::stages_with_plugins(plugins)?;
     if stages.tiers.remotes().is_empty() {
         return Err(

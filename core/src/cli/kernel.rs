@@ -110,6 +110,7 @@ fn json_row(row: &Listed) -> serde_json::Value {
             "arch": e.metadata.arch,
             "source": e.metadata.source,
             "built_at": e.metadata.built_at,
+            "last_used": e.last_used,
             "size": entry_size(e),
             "image": e.is_local().then(|| e.image()),
             "vmlinux": e.vmlinux().filter(|_| e.is_local()),
@@ -199,7 +200,7 @@ const LIST_GIVE_WAY: [GiveWay; 8] = [
 
 /// `2026-11-27T06:50:00Z` as `2026-11-27 06:50` (UTC): the table's width
 /// is worth more than the seconds.
-fn short_time(rfc3339: &str) -> String {
+pub(super) fn short_time(rfc3339: &str) -> String {
     match (rfc3339.get(..10), rfc3339.get(11..16)) {
         (Some(day), Some(time)) if rfc3339.as_bytes().get(10) == Some(&b'T') => {
             format!("{day} {time}")

@@ -309,7 +309,7 @@ fn finish(args: &CleanArgs, report: &CleanReport) -> Result<()> {
 /// key is not a local entry. Safe while others lock (see
 /// [`ktstr_sdk::lock::prune`]); a lock that is held is kept. Returns how
 /// many were deleted.
-fn prune_locks(stages: &Stages, cx: &ktstr_sdk::context::StageContext) -> usize {
+pub(super) fn prune_locks(stages: &Stages, cx: &ktstr_sdk::context::StageContext) -> usize {
     let local = stages.tiers.local();
     let Ok(rows) = local.stage.list(cx) else {
         return 0;

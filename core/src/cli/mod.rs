@@ -9,6 +9,7 @@
 mod build;
 mod build_json;
 mod cache;
+mod cache_gc;
 mod config;
 mod docs;
 mod kernel;
@@ -75,7 +76,8 @@ pub enum Command {
     /// Inspect and prune cached kernels.
     #[command(subcommand)]
     Kernel(KernelCommand),
-    /// Copy one cached kernel between the local cache and remote tiers.
+    /// Copy one cached kernel between the local cache and remote tiers, or
+    /// evict the least recently used ones (gc).
     #[command(subcommand)]
     Cache(CacheCommand),
     /// Show every CPU (LLC), source-tree, mirror and cache-entry lock and
@@ -274,6 +276,7 @@ pub fn main() -> i32 {
         Command::Cache(CacheCommand::Pull { key, plugins, json }) => {
             cache::pull(&key, &plugins, json)
         }
+        Command::Cache(CacheCommand::Gc(args)) => cache_gc::run(&args),
         Command::Completions(args) => shell::completions(&args),
         Command::Man(args) => shell::man(&args),
         Command::Docs(args) => docs::run(&args),

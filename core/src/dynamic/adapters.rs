@@ -307,6 +307,7 @@ mod tests {
                 metadata,
                 origin: "tar".into(),
                 location: Some(self.file.display().to_string()),
+                last_used: None,
             }
         }
     }

@@ -14,9 +14,12 @@
 //! store stops between files when the run is interrupted, leaving nothing
 //! (the unpublished temp dir goes with it); entries are directories, so
 //! lookups never use the host's staging.
+//! A hit records when it happened ([`last_use`]) so `ktstr cache gc` can
+//! evict the least recently used entries first.
 
 mod atomic;
 mod entry;
+pub mod last_use;
 mod sweep;
 
 use std::io::ErrorKind as IoKind;
@@ -173,6 +176,7 @@ impl LocalCache {
             metadata,
             origin: ORIGIN.to_string(),
             location: None,
+            last_used: None,
         }))
     }
 
@@ -230,6 +234,7 @@ impl LocalCache {
         cx.cancel.check()?;
         let dir = self.entry_dir(key);
         staging.publish(&dir, &sweep::aside_dir(&self.root, key))?;
+        last_use::touch(&self.root, key);
         tracing::debug!("stored cache entry {key} at {}", dir.display());
         Ok(CacheEntry {
             key: key.clone(),
@@ -237,6 +242,7 @@ impl LocalCache {
             metadata: stored,
             origin: ORIGIN.to_string(),
             location: None,
+            last_used: None,
         })
     }
 }
@@ -285,7 +291,11 @@ impl CacheBackend for LocalCache {
             Err(e) => return Err(StageError::io("stat", &self.entry_dir(key), e)),
         }
         let _lock = self.read_lock(key);
-        self.read_entry(key).map_err(|f| f.into_error(key))
+        let found = self.read_entry(key).map_err(|f| f.into_error(key))?;
+        if found.is_some() {
+            last_use::touch(&self.root, key);
+        }
+        Ok(found)
     }
 
     fn store(
@@ -335,7 +345,10 @@ impl CacheBackend for LocalCache {
             };
             let _lock = self.read_lock(&key);
             match self.read_entry(&key) {
-                Ok(Some(entry)) => ok.push(entry),
+                Ok(Some(mut entry)) => {
+                    entry.last_used = last_use::last_used(&self.root, &key, &entry.dir);
+                    ok.push(entry)
+                }
                 Ok(None) => {} // removed while we were listing
                 Err(fault) => corrupt.push(Listed::Corrupt {
                     key: name,
@@ -376,6 +389,7 @@ impl CacheBackend for LocalCache {
                     .context(format!("cannot remove cache entry {key}")));
             }
         }
+        last_use::forget(&self.root, key);
         // The entry is gone from the cache; what is left is disk space, which
         // the next store reclaims once this process has exited.
         if let Err(e) = std::fs::remove_dir_all(&doomed) {

@@ -925,3 +925,107 @@ fn a_cancelled_store_leaves_nothing_visible() {
         temp_dirs(cache.root())
     );
 }
+
+fn set_used(cache: &LocalCache, k: &CacheKey, rfc3339: &str) {
+    let t = humantime::parse_rfc3339(rfc3339).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(last_use::marker(cache.root(), k))
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+fn last_used_of(cache: &LocalCache, k: &str) -> String {
+    cache
+        .list(&cx())
+        .unwrap()
+        .into_iter()
+        .find_map(|l| match l {
+            Listed::Ok(e) if e.key.as_str() == k => e.last_used,
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// A store and every hit record the use in the entry's marker; listing
+/// reports it; removing the entry removes the marker.
+#[test]
+fn hits_record_the_last_use_and_remove_forgets_it() {
+    let (dir, cache) = setup();
+    let k = key("k-1");
+    let src = sources(&dir.path().join("src"), "t", 10, false);
+    cache
+        .store(&k, &src, &metadata(&k, "t", "2024-01-01T00:00:00Z"), &cx())
+        .unwrap();
+    let marker = last_use::marker(cache.root(), &k);
+    assert!(marker.is_file(), "a store is a use");
+    set_used(&cache, &k, "2025-03-01T10:00:00Z");
+    assert_eq!(last_used_of(&cache, "k-1"), "2025-03-01T10:00:00Z");
+    let listed_again = last_used_of(&cache, "k-1");
+    assert_eq!(listed_again, "2025-03-01T10:00:00Z", "listing is not a use");
+    cache.lookup(&k, &no_staging(), &cx()).unwrap().unwrap();
+    let after_hit = humantime::parse_rfc3339(&last_used_of(&cache, "k-1")).unwrap();
+    let age = std::time::SystemTime::now().duration_since(after_hit);
+    assert!(
+        age.is_ok_and(|a| a.as_secs() < 60),
+        "a hit did not record its use"
+    );
+    // A marker that vanished (an older ktstr's entry): the store time.
+    std::fs::remove_file(&marker).unwrap();
+    assert!(!last_used_of(&cache, "k-1").is_empty());
+    cache.lookup(&k, &no_staging(), &cx()).unwrap().unwrap();
+    assert!(marker.is_file(), "the first hit creates the marker");
+    assert!(cache.remove(&k, &cx()).unwrap());
+    assert!(!marker.exists(), "marker outlived its entry");
+    assert!(cache.lookup(&k, &no_staging(), &cx()).unwrap().is_none());
+    assert!(!marker.exists(), "a miss recorded a use");
+}
+
+/// `cache gc` on the local tier: least recently used first, whatever
+/// the build times say; an entry in use stays and the next one goes.
+#[test]
+fn gc_evicts_the_least_recently_used_and_spares_entries_in_use() {
+    let (dir, cache) = setup();
+    for (k, used) in [
+        ("k-a", "2025-05-01T00:00:00Z"),
+        ("k-b", "2025-01-01T00:00:00Z"),
+        ("k-c", "2025-03-01T00:00:00Z"),
+    ] {
+        let k = key(k);
+        let src = sources(&dir.path().join(k.as_str()), "t", 1000, false);
+        // Built in the opposite order of use.
+        cache
+            .store(&k, &src, &metadata(&k, "t", used), &cx())
+            .unwrap();
+        set_used(&cache, &k, used);
+    }
+    let entry_size = {
+        let Listed::Ok(e) = &cache.list(&cx()).unwrap()[0] else {
+            panic!()
+        };
+        e.metadata.artifacts.values().map(|a| a.size).sum::<u64>()
+    };
+    let request = |dry_run| ktstr_sdk::cache_gc::GcRequest {
+        policy: ktstr_sdk::cache_gc::GcPolicy {
+            max_size: Some(entry_size),
+            ..Default::default()
+        },
+        dry_run,
+        now: std::time::SystemTime::now(),
+    };
+    let dry = cache.gc(&request(true), &cx()).unwrap();
+    let keys = |r: &ktstr_sdk::cache_gc::GcReport| {
+        r.evicted.iter().map(|e| e.key.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&dry), ["k-b", "k-c"]);
+    assert_eq!(cache.list(&cx()).unwrap().len(), 3, "a dry run removed");
+    // k-b is being read: it stays, and k-a goes in its place.
+    let reader = lock::lock(&entry_lock(cache.root(), &key("k-b")), LockMode::Shared).unwrap();
+    let r = cache.gc(&request(false), &cx()).unwrap();
+    drop(reader);
+    assert_eq!(keys(&r), ["k-c", "k-a"]);
+    assert_eq!(r.spared.len(), 1);
+    assert!(r.spared[0].reason.contains("in use"), "{:?}", r.spared);
+    assert_eq!(r.bytes_after, entry_size);
+}

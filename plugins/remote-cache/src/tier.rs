@@ -7,10 +7,12 @@
 //!
 //! This file holds the tier's state and object naming; the work is split
 //! by what it does: `pull` (lookup, into the host's staging), `push`
-//! (store), `listing` (list and remove), `errors` (how failures are
+//! (store), `listing` (list, remove, last-use markers), `gc` (`ktstr
+//! cache gc`: eviction and orphans), `errors` (how failures are
 //! worded) and `scratch` (the private directory pushes pack in).
 
 mod errors;
+mod gc;
 mod lease;
 mod listing;
 mod pull;
@@ -215,6 +217,14 @@ impl CacheBackend for RemoteTier {
 
     fn remove(&self, key: &CacheKey, _: &StageContext) -> Result<bool> {
         self.remove_entry(key)
+    }
+
+    fn gc(
+        &self,
+        request: &ktstr_sdk::cache_gc::GcRequest,
+        cx: &StageContext,
+    ) -> Result<ktstr_sdk::cache_gc::GcReport> {
+        self.collect_garbage(request, cx)
     }
 
     fn describe(&self) -> String {

@@ -530,6 +530,7 @@ impl Stage {
             metadata,
             origin: NAME.into(),
             location: None,
+            last_used: None,
         })
     }
 
@@ -606,6 +607,7 @@ impl CacheBackend for Stage {
             metadata: stored,
             origin: NAME.into(),
             location: None,
+            last_used: None,
         })
     }
 

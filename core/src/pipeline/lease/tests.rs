@@ -190,6 +190,7 @@ fn entry() -> CacheEntry {
         metadata,
         origin: "local".into(),
         location: None,
+        last_used: None,
     }
 }
 

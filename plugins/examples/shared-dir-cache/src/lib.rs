@@ -206,6 +206,7 @@ impl SharedDirCache {
             metadata,
             origin: NAME.into(),
             location: None,
+            last_used: None,
         })
     }
 
@@ -312,6 +313,7 @@ impl CacheBackend for SharedDirCache {
             metadata: stored,
             origin: NAME.into(),
             location: None,
+            last_used: None,
         })
     }
 

@@ -9,21 +9,29 @@
 //! with the manifest is the entry returned. A bad object is reported as
 //! `Corrupt` (the host warns and builds) and its files deleted at once.
 //! The download reports its progress and stops between chunks when the
-//! run is interrupted.
+//! run is interrupted. A verified pull refreshes the entry's last-use
+//! marker (at most daily; see `listing`), which `ktstr cache gc` evicts by.
 
 use std::io::Read;
 use std::path::Path;
 use std::sync::mpsc;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use ktstr_sdk::cache::{CacheEntry, CacheKey, Staging};
+use ktstr_sdk::cache_gc::parse_time;
 use ktstr_sdk::context::StageContext;
 use ktstr_sdk::error::{IoResultExt, Result, StageError};
-use object_store::ObjectStoreExt;
+use object_store::{ObjectStoreExt, PutPayload};
 
 use super::RemoteTier;
+use super::listing::Marker;
 use crate::format::{self, Hashing, Manifest};
+
+/// How old a last-use marker may get before a pull rewrites it: gc works
+/// in days, so a fresher marker is not worth a write per pull.
+pub(super) const MARKER_REFRESH: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Reads what the download loop sends; EOF when the sender is gone.
 struct ChannelReader {
@@ -108,12 +116,14 @@ impl RemoteTier {
                     manifest.archive.size,
                     dest.display()
                 );
+                self.record_use(key);
                 Ok(Some(CacheEntry {
                     key: key.clone(),
                     dir: dest,
                     metadata: manifest.metadata,
                     origin: self.plugin.to_string(),
                     location: None,
+                    last_used: None,
                 }))
             }
             Err(e) => {
@@ -121,6 +131,39 @@ impl RemoteTier {
                 Err(e)
             }
         }
+    }
+
+    /// Refresh `key`'s last-use marker (see `listing`) when it is missing
+    /// or [`MARKER_REFRESH`] old: one small GET per pull, one PUT per entry
+    /// and day. Best effort: a marker never fails a pull, and a read-only
+    /// tier never writes one.
+    fn record_use(&self, key: &CacheKey) {
+        if self.opts.read_only {
+            return;
+        }
+        self.runtime.block_on(async {
+            let recent = |at: &str| {
+                parse_time(at)
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .is_some_and(|age| age < MARKER_REFRESH)
+            };
+            if self.read_marker(key).await.is_some_and(|at| recent(&at)) {
+                return;
+            }
+            let path = self.used_path(key);
+            let marker = Marker {
+                used_at: ktstr_sdk::now_rfc3339(),
+            };
+            let body = serde_json::to_vec(&marker).unwrap_or_default();
+            if let Err(e) = self.store.put(&path, PutPayload::from(body)).await {
+                tracing::warn!(
+                    "{}: could not record the use of {key} at {}: {}",
+                    self.plugin,
+                    self.url_of(&path),
+                    super::errors::summarize(&e)
+                );
+            }
+        });
     }
 
     pub(super) async fn fetch_manifest(&self, key: &CacheKey) -> Result<Option<Manifest>> {
