@@ -59,6 +59,7 @@ fn env(machine: FakeMachine<'_>) -> Env {
             cgroup_root: dir.path().join("cgroup"),
             lock_dir: Some(dir.path().join("locks")),
             budget_percent: 30,
+            mode: Mode::SharedLlc,
         },
     };
     Env {
