@@ -504,9 +504,11 @@ fn builds_wait_while_a_test_runner_holds_the_llc_with_flock() {
         .spawn()
         .expect("flock(1) from util-linux");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !topo.llcs.iter().all(|l| {
-        !ktstr_sdk::lock::holders(&locks.join(format!("llc-{}.lock", l.id))).is_empty()
-    }) {
+    while !topo
+        .llcs
+        .iter()
+        .all(|l| !ktstr_sdk::lock::holders(&locks.join(format!("llc-{}.lock", l.id))).is_empty())
+    {
         assert!(std::time::Instant::now() < deadline, "flock never locked");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }

@@ -386,7 +386,9 @@ fn waiting_note(
     let s = if want == 1 { "" } else { "s" };
     let what = match mode {
         Mode::SharedLlc => format!("{want} CPU{s} free in last-level caches open to builds"),
-        Mode::ExclusiveLlc => format!("{want} CPU{s} in last-level caches held by other ktstr runs"),
+        Mode::ExclusiveLlc => {
+            format!("{want} CPU{s} in last-level caches held by other ktstr runs")
+        }
     };
     Ok(format!(
         "waiting for {what}: {} (lock directory {})",

@@ -599,7 +599,13 @@ mod tests {
         assert_eq!(e, NoPlan::Busy { want: 13, free: 12 });
         // Too few CPUs on the machine is not a wait.
         let e = plan_shared(&t, &all(&t), 17, &busy).unwrap_err();
-        assert_eq!(e, NoPlan::TooFew { want: 17, usable: 16 });
+        assert_eq!(
+            e,
+            NoPlan::TooFew {
+                want: 17,
+                usable: 16
+            }
+        );
     }
 
     #[test]

@@ -370,7 +370,9 @@ fn two_one_cpu_builds_share_a_one_llc_host() {
     t.join().unwrap();
     assert_eq!(err.kind, ErrorKind::Cancelled);
     assert!(
-        progress.notes()[0].starts_with("waiting for 1 CPU free in last-level caches open to builds: LLC 0 held by pid"),
+        progress.notes()[0].starts_with(
+            "waiting for 1 CPU free in last-level caches open to builds: LLC 0 held by pid"
+        ),
         "{:?}",
         progress.notes()
     );
@@ -419,7 +421,10 @@ fn exclusive_llc_mode_still_queues() {
         .unwrap_err();
     canceller.join().unwrap();
     assert_eq!(err.kind, ErrorKind::Cancelled);
-    assert!(!second.is_finished(), "the second exclusive build must queue");
+    assert!(
+        !second.is_finished(),
+        "the second exclusive build must queue"
+    );
     drop(first);
     let (cpus, notes) = second.join().unwrap();
     assert_eq!(cpus.len(), 1);
@@ -482,8 +487,9 @@ fn builds_wait_for_an_llc_exclusive_test_runner() {
     let pid = runner.id();
     for (_, notes) in &got {
         assert!(
-            notes.iter().any(|n| n.contains("LLC 0 held by pid")
-                && n.contains(&format!("pid {pid} (flock"))),
+            notes.iter().any(
+                |n| n.contains("LLC 0 held by pid") && n.contains(&format!("pid {pid} (flock"))
+            ),
             "the runner is named: {notes:?}"
         );
     }
@@ -527,7 +533,10 @@ fn a_waiting_perf_run_is_not_starved_by_new_builds() {
     let held = perf.join().unwrap();
     let perf_done = Instant::now();
     std::thread::sleep(Duration::from_millis(200));
-    assert!(!newcomer.is_finished(), "the build must wait for the perf run");
+    assert!(
+        !newcomer.is_finished(),
+        "the build must wait for the perf run"
+    );
     drop(held);
     let (got_at, r) = newcomer.join().unwrap();
     assert!(got_at > perf_done);

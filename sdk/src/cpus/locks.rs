@@ -589,11 +589,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let t = two_llcs();
-        let running = take(d, &locks_for(&CpuSet::from([0]), Some(&t)), HolderKind::Build).unwrap();
+        let running = take(
+            d,
+            &locks_for(&CpuSet::from([0]), Some(&t)),
+            HolderKind::Build,
+        )
+        .unwrap();
         let d2 = d.to_path_buf();
-        let (cx, progress) = crate::testing::context_with(std::sync::Arc::new(
-            crate::runner::SystemRunner,
-        ));
+        let (cx, progress) =
+            crate::testing::context_with(std::sync::Arc::new(crate::runner::SystemRunner));
         let perf = std::thread::spawn(move || {
             lock_set(&d2, &[CpuLock::Llc(0)], HolderKind::PerfTest, &cx).map(|h| h.len())
         });
@@ -601,9 +605,13 @@ mod tests {
         // although CPU 1 is free.
         assert!(settles(|| occupancy(d, &t).closed.contains(&0)));
         assert_eq!(
-            try_lock_set(d, &locks_for(&CpuSet::from([1]), Some(&t)), HolderKind::Build)
-                .unwrap()
-                .unwrap_err(),
+            try_lock_set(
+                d,
+                &locks_for(&CpuSet::from([1]), Some(&t)),
+                HolderKind::Build
+            )
+            .unwrap()
+            .unwrap_err(),
             CpuLock::Llc(0)
         );
         assert!(!perf.is_finished(), "the build on CPU 0 still runs");

@@ -196,7 +196,11 @@ fn holder_modes_follow_the_documented_table() {
     for owner in [PerfTest, ExclusiveBuild] {
         let held = take(&[CpuLock::Llc(3)], owner).unwrap();
         for h in [Build, FunctionalTest, PerfTest, ExclusiveBuild] {
-            assert_eq!(take(&on(4), h).unwrap_err(), CpuLock::Llc(3), "{owner:?} vs {h:?}");
+            assert_eq!(
+                take(&on(4), h).unwrap_err(),
+                CpuLock::Llc(3),
+                "{owner:?} vs {h:?}"
+            );
         }
         drop(held);
     }
