@@ -53,6 +53,9 @@ pub const NAME: &str = "llc";
 const RACE_RETRIES: usize = 8;
 /// How often a waiting reservation looks again (and checks for Ctrl-C).
 const POLL: Duration = Duration::from_millis(100);
+/// Default `announce_after_secs`: long enough that a short wait for a few
+/// CPUs never idles the others, short against a kernel build.
+pub const DEFAULT_ANNOUNCE_AFTER_SECS: u64 = 30;
 
 ktstr_sdk::inventory::submit! {
     BuiltinPlugin {
@@ -102,6 +105,9 @@ pub struct LlcConfig {
     pub budget_percent: u32,
     /// `shared-llc` (default) or `exclusive-llc`.
     pub mode: Mode,
+    /// A build that has waited this long announces itself on the LLCs it
+    /// waits for, so builds that came later stop overtaking it.
+    pub announce_after_secs: u64,
 }
 
 impl Default for LlcConfig {
@@ -112,6 +118,7 @@ impl Default for LlcConfig {
             lock_dir: None,
             budget_percent: plan::DEFAULT_BUDGET_PERCENT,
             mode: Mode::default(),
+            announce_after_secs: DEFAULT_ANNOUNCE_AFTER_SECS,
         }
     }
 }
@@ -124,7 +131,8 @@ impl LlcConfig {
             .map_err(|e| {
                 e.with_hint(
                     "known keys: sysfs_root, cgroup_root, lock_dir, budget_percent, \
-                     mode = \"shared-llc\" | \"exclusive-llc\" (see `ktstr docs reservation`)",
+                     mode = \"shared-llc\" | \"exclusive-llc\", announce_after_secs \
+                     (see `ktstr docs reservation`)",
                 )
             })?;
         if !(1..=100).contains(&parsed.budget_percent) {
@@ -251,7 +259,7 @@ impl LlcReserver {
             }
         };
 
-        let (plan, shared, held) = acquire(self.config.mode, &topo, allowed, want, &lock_dir, cx)?;
+        let (plan, shared, held) = acquire(&self.config, &topo, allowed, want, &lock_dir, cx)?;
 
         let sandbox = match &hierarchy {
             Some(h) => match Sandbox::create_joinable(h, &plan.cpus, &plan.mems, cx) {
@@ -302,27 +310,36 @@ impl Reserver for LlcReserver {
     }
 }
 
-/// Plan and lock: take the plan's locks all or nothing (in `mode`); on a
-/// lost race re-plan at once (up to [`RACE_RETRIES`] times), otherwise
-/// wait, noting whom for, until the CPUs are free or the user cancels.
+/// Plan and lock: take the plan's locks all or nothing (in the configured
+/// mode); on a lost race re-plan at once (up to [`RACE_RETRIES`] times),
+/// otherwise wait, noting whom for, until the CPUs are free or the user
+/// cancels. After `announce_after_secs` of waiting, announce the LLCs it
+/// waits for (their intent files), so later builds stop overtaking it.
 /// Returns the plan, the LLCs in it other holders were on, and the locks.
 fn acquire(
-    mode: Mode,
+    cfg: &LlcConfig,
     topo: &Topology,
     allowed: &CpuSet,
     want: usize,
     lock_dir: &Path,
     cx: &StageContext,
 ) -> Result<(Plan, BTreeSet<usize>, Vec<FileLock>)> {
+    let mode = cfg.mode;
     let planner = match mode {
         Mode::SharedLlc => plan::plan_shared,
         Mode::ExclusiveLlc => plan::plan_exclusive,
     };
+    let announce_at = std::time::Instant::now() + Duration::from_secs(cfg.announce_after_secs);
+    // The LLCs this build announced, and their intent locks (dropped on
+    // return, once the build holds its CPUs or gives up).
+    let mut announced: BTreeSet<usize> = BTreeSet::new();
+    let mut _intents: Vec<FileLock> = Vec::new();
     let mut lost: Vec<CpuLock> = Vec::new();
     let mut last_note = String::new();
     loop {
         cx.cancel.check()?;
         let mut occ = locks::occupancy(lock_dir, topo);
+        occ.reopen_announced_by_me(lock_dir, &announced);
         for &l in &lost {
             occ.lost(l);
         }
@@ -330,7 +347,7 @@ fn acquire(
             Ok(p) => {
                 let cpus: CpuSet = p.cpus.iter().copied().collect();
                 let wanted = locks::locks_for(&cpus, Some(topo));
-                match locks::try_lock_set(lock_dir, &wanted, mode.holder())? {
+                match locks::try_lock_set_announced(lock_dir, &wanted, mode.holder(), &announced)? {
                     Ok(held) => {
                         let shared = p
                             .llc_ids()
@@ -352,26 +369,41 @@ fn acquire(
             }
             Err(NoPlan::Busy { .. }) => {}
         }
-        let note = waiting_note(mode, topo, allowed, want, &occ, lock_dir)?;
-        if note != last_note {
+        let waiting_for = waiting_for(topo, allowed, want, &occ)?;
+        let note = waiting_note(mode, topo, want, &waiting_for, lock_dir);
+        // Once announced, the holders' list would name this build too; the
+        // announcement said what happens next.
+        if announced.is_empty() && note != last_note {
             cx.progress.note(&note);
             last_note = note;
+        }
+        if announced.is_empty() && std::time::Instant::now() >= announce_at {
+            let ids: BTreeSet<usize> = waiting_for.iter().copied().collect();
+            if let Some(intents) = locks::announce(lock_dir, &ids)? {
+                let list: Vec<String> = ids.iter().map(usize::to_string).collect();
+                cx.progress.note(&format!(
+                    "waited {}s: announced LLC{} {}; builds that come later wait until this one runs",
+                    cfg.announce_after_secs,
+                    if ids.len() == 1 { "" } else { "s" },
+                    list.join(",")
+                ));
+                announced = ids;
+                _intents = intents;
+            }
         }
         std::thread::sleep(POLL);
         lost.clear();
     }
 }
 
-/// "waiting for 4 CPUs ...: LLC 0 held by pid 4242 (...)": the LLCs the
-/// build would use if everything were free, and who is on them.
-fn waiting_note(
-    mode: Mode,
+/// The LLCs the build would use if everything were free and someone is on
+/// (else every LLC someone is on): what it waits for.
+fn waiting_for(
     topo: &Topology,
     allowed: &CpuSet,
     want: usize,
     occ: &Occupancy,
-    lock_dir: &Path,
-) -> Result<String> {
+) -> Result<Vec<usize>> {
     let ideal = plan::plan(topo, allowed, want, &BTreeSet::new())
         .map_err(|e| StageError::internal(e.to_string()))?;
     let touched = occ.touched(topo);
@@ -383,6 +415,18 @@ fn waiting_note(
     if waiting_for.is_empty() {
         waiting_for = touched.into_iter().collect();
     }
+    Ok(waiting_for)
+}
+
+/// "waiting for 4 CPUs ...: LLC 0 held by pid 4242 (...)": the LLCs the
+/// build waits for, and who is on them.
+fn waiting_note(
+    mode: Mode,
+    topo: &Topology,
+    want: usize,
+    waiting_for: &[usize],
+    lock_dir: &Path,
+) -> String {
     let s = if want == 1 { "" } else { "s" };
     let what = match mode {
         Mode::SharedLlc => format!("{want} CPU{s} free in last-level caches open to builds"),
@@ -390,9 +434,9 @@ fn waiting_note(
             format!("{want} CPU{s} in last-level caches held by other ktstr runs")
         }
     };
-    Ok(format!(
+    format!(
         "waiting for {what}: {} (lock directory {})",
-        locks::describe_busy(lock_dir, topo, &waiting_for),
+        locks::describe_busy(lock_dir, topo, waiting_for),
         lock_dir.display()
-    ))
+    )
 }

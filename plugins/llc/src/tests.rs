@@ -60,6 +60,7 @@ fn env(machine: FakeMachine<'_>) -> Env {
             lock_dir: Some(dir.path().join("locks")),
             budget_percent: 30,
             mode: Mode::SharedLlc,
+            announce_after_secs: DEFAULT_ANNOUNCE_AFTER_SECS,
         },
     };
     Env {
@@ -543,6 +544,70 @@ fn a_waiting_perf_run_is_not_starved_by_new_builds() {
     assert_eq!(r.cpus.len(), 1);
 }
 
+/// A 2-CPU build waits behind a 1-CPU one on a 2-CPU host. Before
+/// `announce_after_secs`, a later 1-CPU build overtakes it (CPU 1 is free);
+/// after, the waiter announces the LLC and later builds wait for it.
+#[test]
+fn a_build_waiting_too_long_stops_later_builds_overtaking_it() {
+    for announce_after_secs in [DEFAULT_ANNOUNCE_AFTER_SECS, 0] {
+        let mut e = one_llc();
+        e.reserver.config.announce_after_secs = announce_after_secs;
+        let e = Arc::new(e);
+        let (cx, _) = new_cx();
+        let first = e
+            .reserver
+            .reserve_on(&req(Some(1)), &cx, &e.allowed)
+            .unwrap();
+        let e2 = e.clone();
+        let big = std::thread::spawn(move || {
+            let (cx, progress) = new_cx();
+            let r = e2
+                .reserver
+                .reserve_on(&req(Some(2)), &cx, &e2.allowed)
+                .unwrap();
+            (r, progress.notes())
+        });
+        // The big build is waiting (and, with 0 s, has announced LLC 0).
+        let dir = e.lock_dir();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!big.is_finished());
+        let e3 = e.clone();
+        let later = std::thread::spawn(move || {
+            let (cx, _) = new_cx();
+            e3.reserver
+                .reserve_on(&req(Some(1)), &cx, &e3.allowed)
+                .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        if announce_after_secs > 0 {
+            let later = later.join().unwrap();
+            assert_eq!(later.cpus, vec![1], "overtakes within the grace time");
+            drop((first, later));
+            let (r, _) = big.join().unwrap();
+            assert_eq!(r.cpus, vec![0, 1]);
+            continue;
+        }
+        assert!(
+            !lock::holders(&locks::intent_lock(&dir, 0)).is_empty(),
+            "the waiter announced LLC 0"
+        );
+        assert!(!later.is_finished(), "a later build overtook the waiter");
+        drop(first);
+        let (r, notes) = big.join().unwrap();
+        assert_eq!(r.cpus, vec![0, 1], "the waiter runs first");
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with("waited 0s: announced LLC 0; builds that come later wait")),
+            "{notes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!later.is_finished(), "the later build waits for the CPUs");
+        drop(r);
+        assert_eq!(later.join().unwrap().cpus.len(), 1);
+    }
+}
+
 #[test]
 fn unreadable_sysfs_with_a_cap_is_an_error_with_remedies() {
     let e = four_llcs();
@@ -671,8 +736,13 @@ fn config_table_is_parsed_and_checked() {
     assert_eq!(c.lock_dir.as_deref(), Some(Path::new("/x/locks")));
     assert_eq!(c.budget_percent, 50);
     assert_eq!(c.mode, Mode::SharedLlc, "sharing is the default");
-    let c = LlcConfig::from_value(&serde_json::json!({"mode": "exclusive-llc"})).unwrap();
+    assert_eq!(c.announce_after_secs, 30);
+    let c = LlcConfig::from_value(
+        &serde_json::json!({"mode": "exclusive-llc", "announce_after_secs": 5}),
+    )
+    .unwrap();
     assert_eq!(c.mode, Mode::ExclusiveLlc);
+    assert_eq!(c.announce_after_secs, 5);
     let e = LlcConfig::from_value(&serde_json::json!({"mode": "exclusive"})).unwrap_err();
     assert!(e.to_string().contains("exclusive-llc"), "{e}");
     let e = LlcConfig::from_value(&serde_json::json!({"budget": 5})).unwrap_err();

@@ -236,6 +236,24 @@ impl Occupancy {
         out
     }
 
+    /// LLCs in `mine` are announced by the caller itself (a build that
+    /// waited too long, see [`announce`]): they are closed only if someone
+    /// holds the LLC exclusively.
+    pub fn reopen_announced_by_me(&mut self, dir: &Path, mine: &BTreeSet<usize>) {
+        for &id in mine {
+            if !self.closed.remove(&id) {
+                continue;
+            }
+            let holders = lock::holders(&llc_lock(dir, id));
+            let holding = holders.iter().filter(|h| !h.waiting);
+            if holding.clone().any(|h| h.mode == "WRITE") {
+                self.closed.insert(id);
+            } else if holding.count() > 0 {
+                self.shared.insert(id);
+            }
+        }
+    }
+
     /// Record a lock lost in a race (someone took it between the look and
     /// the lock): an LLC counts as closed, a CPU as held.
     pub fn lost(&mut self, lock: CpuLock) {
@@ -296,16 +314,17 @@ pub fn try_lock_set(
     locks: &[CpuLock],
     holder: HolderKind,
 ) -> Result<std::result::Result<Vec<FileLock>, CpuLock>> {
-    try_lock_set_with(dir, locks, holder, false)
+    try_lock_set_announced(dir, locks, holder, &BTreeSet::new())
 }
 
-/// [`try_lock_set`]; `intents_held`: the caller already holds the intents
-/// of `locks`' LLCs (a second flock on them would conflict with its own).
-fn try_lock_set_with(
+/// [`try_lock_set`] for a caller that already holds the intents of the
+/// LLCs in `announced` (see [`announce`]; a second flock on them would
+/// conflict with its own): their intents are neither checked nor taken.
+pub fn try_lock_set_announced(
     dir: &Path,
     locks: &[CpuLock],
     holder: HolderKind,
-    intents_held: bool,
+    announced: &BTreeSet<usize>,
 ) -> Result<std::result::Result<Vec<FileLock>, CpuLock>> {
     let mut sorted = locks.to_vec();
     sorted.sort_unstable();
@@ -314,7 +333,7 @@ fn try_lock_set_with(
     for l in sorted {
         // Dropping `held` on a return releases what we took.
         let _gate = match l {
-            CpuLock::Llc(id) if !intents_held => {
+            CpuLock::Llc(id) if !announced.contains(&id) => {
                 let mode = if holder.announces_intent() {
                     LockMode::Exclusive
                 } else {
@@ -337,6 +356,23 @@ fn try_lock_set_with(
         }
     }
     Ok(Ok(held))
+}
+
+/// Take the intent files of the LLCs `ids` exclusively without waiting,
+/// all or nothing, in ascending order: from then on no new holder joins
+/// those LLCs (they count as closed) until the intents are dropped. `None`
+/// when someone else holds one (a perf run, or another build that waited
+/// longer). A build that has waited too long announces itself so; it then
+/// locks with [`try_lock_set_announced`].
+pub fn announce(dir: &Path, ids: &BTreeSet<usize>) -> Result<Option<Vec<FileLock>>> {
+    let mut held = Vec::with_capacity(ids.len());
+    for &id in ids {
+        match lock::try_lock(&intent_lock(dir, id), LockMode::Exclusive)? {
+            Some(f) => held.push(f),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(held))
 }
 
 /// Take every lock in `locks` (see [`try_lock_set`]), waiting while any is
@@ -367,15 +403,16 @@ pub fn lock_set(
         }
     };
     let mut intents = Vec::new();
+    let mut announced = BTreeSet::new();
     if holder.announces_intent() {
-        let ids: BTreeSet<usize> = locks
+        announced = locks
             .iter()
             .filter_map(|l| match l {
                 CpuLock::Llc(id) => Some(*id),
                 CpuLock::Cpu(_) => None,
             })
             .collect();
-        for id in ids {
+        for &id in &announced {
             let path = intent_lock(dir, id);
             loop {
                 cx.cancel.check()?;
@@ -390,7 +427,7 @@ pub fn lock_set(
     }
     loop {
         cx.cancel.check()?;
-        match try_lock_set_with(dir, locks, holder, holder.announces_intent())? {
+        match try_lock_set_announced(dir, locks, holder, &announced)? {
             Ok(mut held) => {
                 held.append(&mut intents);
                 return Ok(held);
