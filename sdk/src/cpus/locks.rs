@@ -286,8 +286,12 @@ pub fn occupancy(dir: &Path, topo: &Topology) -> Occupancy {
     let mut occ = Occupancy::default();
     for l in &topo.llcs {
         let on_llc = holding(&llc_lock(dir, l.id));
-        if on_llc.iter().any(|h| h.mode == "WRITE") || !holding(&intent_lock(dir, l.id)).is_empty()
-        {
+        // Takers hold an intent shared only for the moment they take the
+        // LLC; an exclusive holder announced the LLC.
+        let announced = holding(&intent_lock(dir, l.id))
+            .iter()
+            .any(|h| h.mode == "WRITE");
+        if announced || on_llc.iter().any(|h| h.mode == "WRITE") {
             occ.closed.insert(l.id);
         } else if !on_llc.is_empty() {
             occ.shared.insert(l.id);
@@ -446,11 +450,11 @@ pub fn lock_set(
     }
 }
 
-/// Whether someone holds LLC `id`'s intent file.
+/// Whether someone announced LLC `id` (holds its intent exclusively).
 fn llc_announced(dir: &Path, id: usize) -> bool {
     lock::holders(&intent_lock(dir, id))
         .iter()
-        .any(|h| !h.waiting)
+        .any(|h| !h.waiting && h.mode == "WRITE")
 }
 
 /// "LLC 2 held by pid 4242 (ktstr build ...)" for each id: the holders of
