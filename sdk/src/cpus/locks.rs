@@ -424,7 +424,7 @@ pub fn lock_set(
                     intents.push(f);
                     break;
                 }
-                note(format!("LLC {id}, announced"), &path);
+                note(format!("the intent file of LLC {id}"), &path);
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
@@ -666,6 +666,33 @@ mod tests {
             "{:?}",
             progress.notes()
         );
+    }
+
+    #[test]
+    fn a_second_perf_run_queues_on_the_intent() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let first = take(d, &[CpuLock::Llc(0)], HolderKind::PerfTest).unwrap();
+        let (cx, progress) =
+            crate::testing::context_with(std::sync::Arc::new(crate::runner::SystemRunner));
+        let cancel = cx.cancel.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            cancel.cancel();
+        });
+        let e = lock_set(d, &[CpuLock::Llc(0)], HolderKind::PerfTest, &cx).unwrap_err();
+        t.join().unwrap();
+        assert_eq!(e.kind, ErrorKind::Cancelled);
+        let me = format!("held by pid {}", std::process::id());
+        assert!(
+            progress
+                .notes()
+                .iter()
+                .any(|n| n.starts_with("waiting for the intent file of LLC 0") && n.contains(&me)),
+            "{:?}",
+            progress.notes()
+        );
+        drop(first);
     }
 
     #[test]
