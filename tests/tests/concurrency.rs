@@ -47,13 +47,15 @@ fn concurrent_builds_of_one_tree_build_once() {
     assert_eq!(fx.list_json().len(), 1);
 }
 
-/// With the default `llc` reserver the second build waits for the CPUs
-/// instead, names the holder, and still looks in the cache afterwards.
+/// With the default `llc` reserver and every CPU taken by the first build,
+/// the second waits for CPUs instead, names the holder, and still looks in
+/// the cache afterwards.
 #[test]
 fn waiting_for_cpus_also_rechecks_the_cache() {
     let fx = Fixture::git();
     let slow = [("KTSTR_FIXTURE_BUILD_SECONDS", "3")];
-    let mut first = fx.spawn_build(&["--cpu-cap", "1"], &slow);
+    let all = ktstr_sdk::cpus::allowed_cpus().unwrap().len().to_string();
+    let mut first = fx.spawn_build(&["--cpu-cap", &all], &slow);
     let first_pid = first.pid();
     fx.wait_for_build_start(1, &mut first, Duration::from_secs(60));
     let second = fx.spawn_build(&[], &slow);
@@ -78,7 +80,8 @@ fn different_trees_do_not_wait_for_each_other() {
     common::git(&b.tree, &["commit", "-q", "-am", "b"]);
     let slow = [("KTSTR_FIXTURE_BUILD_SECONDS", "2")];
     // Only the tree lock is under test: the default reserver would make
-    // them queue for the CPUs of this machine's one LLC.
+    // them queue for CPUs on a 1-CPU machine (reservation.rs has the test
+    // of two builds sharing a host's CPUs).
     let ra = a.spawn_build(&["--reserver", "none"], &slow);
     let rb = b.spawn_build(&["--reserver", "none"], &slow);
     let ra = ra.wait(Duration::from_secs(120));

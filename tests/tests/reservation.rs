@@ -325,3 +325,231 @@ fn scaffolded_reserver_passes_its_conformance_test_and_is_selected_per_host() {
     );
     sandbox_of(&log);
 }
+
+// ---- builds sharing a host ------------------------------------------------
+
+/// Two fixtures with one cache (so one CPU lock directory) and trees at
+/// different commits (so different keys: no build lock between them), each
+/// with its own CPU log, and a gate file their makes wait for.
+fn two_trees() -> (Fixture, Fixture, std::path::PathBuf) {
+    let a = Fixture::git();
+    let mut b = Fixture::git();
+    b.cache = a.cache.clone();
+    b.dirty_tracked_file();
+    common::git(&b.tree, &["commit", "-q", "-am", "b"]);
+    let gate = a.root.path().join("gate");
+    let gate_s = gate.display().to_string();
+    let a = with_cpus_log(a).with_env("KTSTR_FIXTURE_BUILD_GATE", &gate_s);
+    let b = with_cpus_log(b).with_env("KTSTR_FIXTURE_BUILD_GATE", &gate_s);
+    (a, b, gate)
+}
+
+/// The CPU a build's make ran on, from its "reserved 1 CPU (N) ..." note.
+fn reserved_cpu(run: &common::Run) -> usize {
+    run.stderr
+        .lines()
+        .find_map(|l| l.split_once("reserved 1 CPU (")?.1.split_once(')'))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no 'reserved 1 CPU (N)' note\n{}", run.describe()))
+}
+
+fn make_started(fx: &Fixture) -> bool {
+    cpus_log(fx).contains("jobs -j")
+}
+
+/// Whether every allowed CPU of this host is in one last-level cache.
+fn one_llc_host() -> bool {
+    let allowed = ktstr_sdk::cpus::allowed_cpus().unwrap();
+    ktstr_sdk::cpus::Topology::read(Path::new("/sys")).is_ok_and(|t| {
+        t.llcs
+            .iter()
+            .filter(|l| !l.cpus.is_disjoint(&allowed))
+            .count()
+            == 1
+    })
+}
+
+/// Two `--cpu-cap 1` builds of two trees on this host run side by side:
+/// both makes are running at once (each waits on a gate the test opens only
+/// when both have started, so serialised builds would never get there), on
+/// different CPUs.
+#[test]
+fn two_one_cpu_builds_run_side_by_side() {
+    if ktstr_sdk::cpus::allowed_cpus().unwrap().len() < 2 {
+        ktstr_sdk::testing::skip("needs 2 CPUs");
+        return;
+    }
+    let (a, b, gate) = two_trees();
+    let mut ra = a.spawn_build(&["--cpu-cap", "1"], &[]);
+    let mut rb = b.spawn_build(&["--cpu-cap", "1"], &[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !(make_started(&a) && make_started(&b)) {
+        for r in [&mut ra, &mut rb] {
+            assert!(
+                r.child.try_wait().unwrap().is_none(),
+                "a build ended before the gate opened"
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the builds did not run at once: make started in {}",
+            if make_started(&a) {
+                "the first only"
+            } else if make_started(&b) {
+                "the second only"
+            } else {
+                "neither"
+            }
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::fs::write(&gate, b"").unwrap();
+    let ra = ra.wait(std::time::Duration::from_secs(120));
+    let rb = rb.wait(std::time::Duration::from_secs(120));
+    ra.image_path();
+    rb.image_path();
+    for r in [&ra, &rb] {
+        r.assert_stderr_lacks("waiting for");
+    }
+    assert_ne!(reserved_cpu(&ra), reserved_cpu(&rb), "disjoint CPUs");
+    if one_llc_host() {
+        let sharing = [&ra, &rb]
+            .iter()
+            .filter(|r| r.stderr.contains("with other builds"))
+            .count();
+        assert_eq!(sharing, 1, "{}\n{}", ra.describe(), rb.describe());
+    }
+    if can_sandbox().is_ok() {
+        let cpus = |fx: &Fixture| {
+            cpus_log(fx)
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|c| c.trim().to_string())
+                .unwrap()
+        };
+        assert_eq!(cpus(&a), reserved_cpu(&ra).to_string());
+        assert_eq!(cpus(&b), reserved_cpu(&rb).to_string());
+    }
+}
+
+/// A build whose stderr goes to a file, so the test can read its notes
+/// while it runs.
+struct Watched {
+    child: std::process::Child,
+    stderr: std::path::PathBuf,
+}
+
+impl Watched {
+    fn spawn(fx: &Fixture, name: &str) -> Watched {
+        let stderr = fx.root.path().join(name);
+        let args = fx.build_args(&["--cpu-cap", "1"]);
+        let child = fx
+            .command(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        Watched { child, stderr }
+    }
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+    fn finish(mut self) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while self.child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("build did not finish:\n{}", self.stderr());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status}:\n{}", self.stderr());
+        self.stderr()
+    }
+}
+
+/// A test runner takes this host's LLCs exclusively with the flock(1)
+/// command docs/reservation.md gives: builds wait (and say for whom) and
+/// run, side by side, once it releases them.
+#[test]
+fn builds_wait_while_a_test_runner_holds_the_llc_with_flock() {
+    let Ok(topo) = ktstr_sdk::cpus::Topology::read(Path::new("/sys")) else {
+        ktstr_sdk::testing::skip("no CPU topology in /sys");
+        return;
+    };
+    let (a, b, gate) = two_trees();
+    let locks = a.root.path().join("cpu-locks");
+    let locks_s = locks.display().to_string();
+    let a = a.with_env("KTSTR_LOCK_DIR", &locks_s);
+    let b = b.with_env("KTSTR_LOCK_DIR", &locks_s);
+    std::fs::create_dir_all(&locks).unwrap();
+    // flock DIR/llc-<id>.intent flock DIR/llc-<id>.lock ... for every LLC.
+    let release = a.root.path().join("release");
+    let mut runner = std::process::Command::new("flock");
+    let mut first = true;
+    for l in &topo.llcs {
+        if !first {
+            runner.arg("flock");
+        }
+        first = false;
+        runner
+            .arg(locks.join(format!("llc-{}.intent", l.id)))
+            .arg("flock")
+            .arg(locks.join(format!("llc-{}.lock", l.id)));
+    }
+    let mut runner = runner
+        .args(["sh", "-c", "while [ ! -e \"$0\" ]; do sleep 0.05; done"])
+        .arg(&release)
+        .spawn()
+        .expect("flock(1) from util-linux");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !topo
+        .llcs
+        .iter()
+        .all(|l| !ktstr_sdk::lock::holders(&locks.join(format!("llc-{}.lock", l.id))).is_empty())
+    {
+        assert!(std::time::Instant::now() < deadline, "flock never locked");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let wa = Watched::spawn(&a, "a.err");
+    let wb = Watched::spawn(&b, "b.err");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !(wa.stderr().contains("waiting for 1 CPU") && wb.stderr().contains("waiting for 1 CPU"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the builds did not wait for the runner:\n{}\n{}",
+            wa.stderr(),
+            wb.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        !make_started(&a) && !make_started(&b),
+        "make ran on an LLC a test runner holds"
+    );
+    for w in [&wa, &wb] {
+        assert!(
+            w.stderr().contains(&format!("pid {} (flock", runner.id())),
+            "the runner is not named:\n{}",
+            w.stderr()
+        );
+    }
+    std::fs::write(&release, b"").unwrap();
+    assert!(runner.wait().unwrap().success());
+    // Released: both make runs start, at once (the gate opens only then).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !(make_started(&a) && make_started(&b)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the builds did not both start after the release:\n{}\n{}",
+            wa.stderr(),
+            wb.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::fs::write(&gate, b"").unwrap();
+    wa.finish();
+    wb.finish();
+}

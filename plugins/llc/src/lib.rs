@@ -1,20 +1,26 @@
-//! Built-in reserver `llc`: CPU budgets in whole last-level caches, with
-//! per-LLC flocks and a cpuset sandbox.
+//! Built-in reserver `llc`: CPU budgets planned by last-level cache, with
+//! the host's CPU locks and a cpuset sandbox.
 //!
 //! A kernel build next to a performance test ruins the test's numbers, and
-//! two builds thrash each other's L3. This reserver
+//! two builds thrash each other's L3, but most hosts have one LLC: a build
+//! that owned it whole would make every other build on the host queue
+//! behind it with CPUs idle. This reserver
 //!
 //! 1. sizes the budget: `--cpu-cap N` (an explicit contract), else
 //!    `budget_percent` (30%) of the CPUs this process may run on;
-//! 2. plans that many CPUs in whole LLCs on one NUMA node ([`plan`]) from
-//!    the sysfs topology;
-//! 3. takes the planned LLCs' lock files, all or nothing, re-planning when
-//!    it loses a race and waiting (saying for whom) when nothing is free;
+//! 2. plans that many CPUs on one NUMA node ([`plan`]) from the sysfs
+//!    topology, on LLCs nobody uses when there are enough;
+//! 3. locks them, all or nothing, re-planning when it loses a race and
+//!    waiting (saying for whom) when the CPUs are not free. In the default
+//!    mode, `shared-llc`, a build locks its CPUs and shares their LLCs
+//!    with other builds (not with perf runs, which take LLCs exclusively);
+//!    in `exclusive-llc` it owns every LLC it touches, as a host that
+//!    measures performance next to its builds wants;
 //! 4. creates a cpuset cgroup for the build's processes.
 //!
-//! Only the policy (budget, plan, waiting) lives here: topology, locks and
-//! sandbox are the SDK's reservation blocks ([`ktstr_sdk::cpus`]), shared
-//! with every other reserver.
+//! Only the policy (budget, plan, mode, waiting) lives here: topology,
+//! locks and sandbox are the SDK's reservation blocks
+//! ([`ktstr_sdk::cpus`]), shared with every other reserver.
 //!
 //! When the CPUs cannot be confined (no topology, no cpuset controller, no
 //! permission) an explicit cap fails with the remedies; the default budget
@@ -31,6 +37,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ktstr_sdk::config::ConfigReader;
+use ktstr_sdk::cpus::locks::{CpuLock, HolderKind, Occupancy};
 use ktstr_sdk::cpus::{self, Confined, CpuSet, Host, Sandbox, Topology, degrade, locks};
 use ktstr_sdk::lock::FileLock;
 use ktstr_sdk::prelude::*;
@@ -46,13 +53,40 @@ pub const NAME: &str = "llc";
 const RACE_RETRIES: usize = 8;
 /// How often a waiting reservation looks again (and checks for Ctrl-C).
 const POLL: Duration = Duration::from_millis(100);
+/// Default `announce_after_secs`: long enough that a short wait for a few
+/// CPUs never idles the others, short against a kernel build.
+pub const DEFAULT_ANNOUNCE_AFTER_SECS: u64 = 30;
 
 ktstr_sdk::inventory::submit! {
     BuiltinPlugin {
         name: NAME,
         version: env!("CARGO_PKG_VERSION"),
-        summary: "reserve --cpu-cap N (default 30%) CPUs in whole last-level caches: per-LLC locks shared by every ktstr on the host, make confined by a cpuset cgroup",
+        summary: "reserve --cpu-cap N (default 30%) CPUs planned by last-level cache: builds share an LLC on disjoint CPUs (or own it whole, mode = \"exclusive-llc\"), locks shared by every ktstr and test runner on the host, make confined by a cpuset cgroup",
         constructor: Constructor::Reserver(|cfg| Ok(Box::new(LlcReserver::from_config(cfg)?))),
+    }
+}
+
+/// How a build holds the LLCs its CPUs are in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Lock the CPUs, share their LLCs with other builds: builds run side
+    /// by side on one LLC and queue only for CPUs. Perf runs still get
+    /// LLCs to themselves.
+    #[default]
+    SharedLlc,
+    /// Own every LLC the CPUs touch: no other build shares its cache, at
+    /// the price of queueing on hosts with few LLCs.
+    ExclusiveLlc,
+}
+
+impl Mode {
+    /// The lock-protocol holder kind of a build in this mode.
+    pub fn holder(self) -> HolderKind {
+        match self {
+            Mode::SharedLlc => HolderKind::Build,
+            Mode::ExclusiveLlc => HolderKind::ExclusiveBuild,
+        }
     }
 }
 
@@ -69,6 +103,11 @@ pub struct LlcConfig {
     pub lock_dir: Option<PathBuf>,
     /// Default budget as a percentage of the allowed CPUs (1-100).
     pub budget_percent: u32,
+    /// `shared-llc` (default) or `exclusive-llc`.
+    pub mode: Mode,
+    /// A build that has waited this long announces itself on the LLCs it
+    /// waits for, so builds that came later stop overtaking it.
+    pub announce_after_secs: u64,
 }
 
 impl Default for LlcConfig {
@@ -78,6 +117,8 @@ impl Default for LlcConfig {
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             lock_dir: None,
             budget_percent: plan::DEFAULT_BUDGET_PERCENT,
+            mode: Mode::default(),
+            announce_after_secs: DEFAULT_ANNOUNCE_AFTER_SECS,
         }
     }
 }
@@ -89,7 +130,8 @@ impl LlcConfig {
             .and_then(|r| r.deserialize())
             .map_err(|e| {
                 e.with_hint(
-                    "known keys: sysfs_root, cgroup_root, lock_dir, budget_percent \
+                    "known keys: sysfs_root, cgroup_root, lock_dir, budget_percent, \
+                     mode = \"shared-llc\" | \"exclusive-llc\", announce_after_secs \
                      (see `ktstr docs reservation`)",
                 )
             })?;
@@ -217,7 +259,7 @@ impl LlcReserver {
             }
         };
 
-        let (plan, held) = acquire(&topo, allowed, want, &lock_dir, cx)?;
+        let (plan, shared, held) = acquire(&self.config, &topo, allowed, want, &lock_dir, cx)?;
 
         let sandbox = match &hierarchy {
             Some(h) => match Sandbox::create_joinable(h, &plan.cpus, &plan.mems, cx) {
@@ -234,8 +276,18 @@ impl LlcReserver {
             },
             None => None,
         };
+        let sharing = if shared.is_empty() {
+            String::new()
+        } else {
+            let ids: Vec<String> = shared.iter().map(usize::to_string).collect();
+            format!(
+                ", sharing LLC{} {} with other builds",
+                if ids.len() == 1 { "" } else { "s" },
+                ids.join(",")
+            )
+        };
         cx.progress.note(&format!(
-            "reserved {}{}",
+            "reserved {}{sharing}{}",
             plan.describe(),
             if sandbox.is_some() {
                 ""
@@ -258,64 +310,133 @@ impl Reserver for LlcReserver {
     }
 }
 
-/// Plan and lock: take the planned LLCs all or nothing; on a lost race
-/// re-plan at once (up to [`RACE_RETRIES`] times), otherwise wait, noting
-/// whom for, until enough LLCs are free or the user cancels.
+/// Plan and lock: take the plan's locks all or nothing (in the configured
+/// mode); on a lost race re-plan at once (up to [`RACE_RETRIES`] times),
+/// otherwise wait, noting whom for, until the CPUs are free or the user
+/// cancels. After `announce_after_secs` of waiting, announce the LLCs it
+/// waits for (their intent files), so later builds stop overtaking it.
+/// Returns the plan, the LLCs in it other holders were on, and the locks.
 fn acquire(
+    cfg: &LlcConfig,
     topo: &Topology,
     allowed: &CpuSet,
     want: usize,
     lock_dir: &Path,
     cx: &StageContext,
-) -> Result<(Plan, Vec<FileLock>)> {
-    let ids: Vec<usize> = topo.llcs.iter().map(|l| l.id).collect();
-    let mut lost = BTreeSet::new();
-    let mut races = 0;
+) -> Result<(Plan, BTreeSet<usize>, Vec<FileLock>)> {
+    let mode = cfg.mode;
+    let planner = match mode {
+        Mode::SharedLlc => plan::plan_shared,
+        Mode::ExclusiveLlc => plan::plan_exclusive,
+    };
+    let announce_at = std::time::Instant::now() + Duration::from_secs(cfg.announce_after_secs);
+    // The LLCs this build announced, and their intent locks (dropped on
+    // return, once the build holds its CPUs or gives up).
+    let mut announced: BTreeSet<usize> = BTreeSet::new();
+    let mut _intents: Vec<FileLock> = Vec::new();
+    let mut lost: Vec<CpuLock> = Vec::new();
     let mut last_note = String::new();
     loop {
         cx.cancel.check()?;
-        let mut busy = locks::busy(lock_dir, ids.iter().copied());
-        busy.extend(lost.iter().copied());
-        match plan::plan(topo, allowed, want, &busy) {
-            Ok(p) => match locks::try_lock_all(lock_dir, &p.llc_ids())? {
-                Ok(held) => return Ok((p, held)),
-                Err(id) => {
-                    lost.insert(id);
-                    races += 1;
-                    if races < RACE_RETRIES {
-                        continue;
+        let mut occ = locks::occupancy(lock_dir, topo);
+        occ.reopen_announced_by_me(lock_dir, &announced);
+        for &l in &lost {
+            occ.lost(l);
+        }
+        match planner(topo, allowed, want, &occ) {
+            Ok(p) => {
+                let cpus: CpuSet = p.cpus.iter().copied().collect();
+                let wanted = locks::locks_for(&cpus, Some(topo));
+                match locks::try_lock_set_announced(lock_dir, &wanted, mode.holder(), &announced)? {
+                    Ok(held) => {
+                        let shared = p
+                            .llc_ids()
+                            .into_iter()
+                            .filter(|id| occ.touched(topo).contains(id))
+                            .collect();
+                        return Ok((p, shared, held));
+                    }
+                    Err(l) => {
+                        lost.push(l);
+                        if lost.len() < RACE_RETRIES {
+                            continue;
+                        }
                     }
                 }
-            },
+            }
             Err(e @ NoPlan::TooFew { .. }) => {
                 return Err(StageError::invalid_input(e.to_string()));
             }
             Err(NoPlan::Busy { .. }) => {}
         }
-        // Wait for the LLCs we would take if everything were free.
-        let ideal = plan::plan(topo, allowed, want, &BTreeSet::new())
-            .map_err(|e| StageError::internal(e.to_string()))?;
-        let mut waiting_for: Vec<usize> = ideal
-            .llc_ids()
-            .into_iter()
-            .filter(|id| busy.contains(id))
-            .collect();
-        if waiting_for.is_empty() {
-            waiting_for = busy.iter().copied().collect();
-        }
-        let note = format!(
-            "waiting for {want} CPU{} in last-level caches held by other ktstr runs: {} \
-             (lock directory {})",
-            if want == 1 { "" } else { "s" },
-            locks::describe_busy(lock_dir, &waiting_for),
-            lock_dir.display()
-        );
-        if note != last_note {
+        let waiting_for = waiting_for(topo, allowed, want, &occ)?;
+        let note = waiting_note(mode, topo, want, &waiting_for, lock_dir);
+        // Once announced, the holders' list would name this build too; the
+        // announcement said what happens next.
+        if announced.is_empty() && note != last_note {
             cx.progress.note(&note);
             last_note = note;
         }
+        if announced.is_empty() && std::time::Instant::now() >= announce_at {
+            let ids: BTreeSet<usize> = waiting_for.iter().copied().collect();
+            if let Some(intents) = locks::announce(lock_dir, &ids)? {
+                let list: Vec<String> = ids.iter().map(usize::to_string).collect();
+                cx.progress.note(&format!(
+                    "waited {}s: announced LLC{} {}; builds that come later wait until this one runs",
+                    cfg.announce_after_secs,
+                    if ids.len() == 1 { "" } else { "s" },
+                    list.join(",")
+                ));
+                announced = ids;
+                _intents = intents;
+            }
+        }
         std::thread::sleep(POLL);
         lost.clear();
-        races = 0;
     }
+}
+
+/// The LLCs the build would use if everything were free and someone is on
+/// (else every LLC someone is on): what it waits for.
+fn waiting_for(
+    topo: &Topology,
+    allowed: &CpuSet,
+    want: usize,
+    occ: &Occupancy,
+) -> Result<Vec<usize>> {
+    let ideal = plan::plan(topo, allowed, want, &BTreeSet::new())
+        .map_err(|e| StageError::internal(e.to_string()))?;
+    let touched = occ.touched(topo);
+    let mut waiting_for: Vec<usize> = ideal
+        .llc_ids()
+        .into_iter()
+        .filter(|id| touched.contains(id))
+        .collect();
+    if waiting_for.is_empty() {
+        waiting_for = touched.into_iter().collect();
+    }
+    Ok(waiting_for)
+}
+
+/// "waiting for 4 CPUs ...: LLC 0 held by pid 4242 (...)": the LLCs the
+/// build waits for, and who is on them.
+fn waiting_note(
+    mode: Mode,
+    topo: &Topology,
+    want: usize,
+    waiting_for: &[usize],
+    lock_dir: &Path,
+) -> String {
+    let s = if want == 1 { "" } else { "s" };
+    let what = match mode {
+        Mode::SharedLlc => format!("{want} CPU{s} free in last-level caches open to builds"),
+        Mode::ExclusiveLlc => {
+            format!("{want} CPU{s} in last-level caches held by other ktstr runs")
+        }
+    };
+    format!(
+        "waiting for {what}: {} (lock directory {})",
+        locks::describe_busy(lock_dir, topo, waiting_for),
+        lock_dir.display()
+    )
 }

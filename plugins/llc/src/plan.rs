@@ -1,17 +1,18 @@
 //! The planner: which CPUs a build gets. Pure functions, no I/O.
 //!
-//! A build pollutes the whole last-level cache it runs on, so the unit of
-//! reservation is the LLC: every LLC the plan touches is locked as a whole,
-//! even when only part of it is used. The planner therefore
+//! A build pollutes the last-level cache it runs on, so LLCs are the unit
+//! the planner thinks in. It
 //!
 //! 1. counts only CPUs that are online and in this process's affinity mask;
 //! 2. keeps the plan on one NUMA node when any node can hold it (memory is
 //!    then bound to that node too), else spills over the fewest nodes;
 //! 3. fills whole LLCs first, biggest first, and takes the remainder from
 //!    the smallest LLC that can hold it, so the plan has exactly N CPUs and
-//!    locks as few and as small LLCs as possible;
-//! 4. skips LLCs that other ktstr processes hold (the caller passes them as
-//!    `busy`), so concurrent builds land on disjoint caches;
+//!    touches as few and as small LLCs as possible;
+//! 4. avoids LLCs other holders are on (the caller passes an
+//!    [`Occupancy`]), so concurrent builds land on disjoint caches when
+//!    there are enough; [`plan_shared`] then falls back to the free CPUs of
+//!    LLCs other builds share, where [`plan_exclusive`] waits;
 //! 5. takes a partial LLC in whole cores (SMT siblings together), leaving
 //!    whole cores idle rather than half-loaded.
 
@@ -19,6 +20,7 @@ use std::collections::BTreeSet;
 
 use ktstr_sdk::prelude::*;
 
+use ktstr_sdk::cpus::locks::Occupancy;
 use ktstr_sdk::cpus::{CpuSet, Topology, format_cpulist};
 
 /// Default budget: this share of the allowed CPUs, rounded up.
@@ -289,6 +291,41 @@ pub fn plan(
     Ok(Plan { llcs, cpus, mems })
 }
 
+/// Plan for a build that owns whole LLCs: only LLCs nobody is on.
+pub fn plan_exclusive(
+    topo: &Topology,
+    allowed: &CpuSet,
+    want: usize,
+    occ: &Occupancy,
+) -> std::result::Result<Plan, NoPlan> {
+    plan(topo, allowed, want, &occ.touched(topo))
+}
+
+/// Plan for a build that shares LLCs with other builds: LLCs nobody is on
+/// when they can hold the plan (exactly what [`plan_exclusive`] picks, so
+/// builds keep off each other's caches while there is room), else the free
+/// CPUs of every LLC that is not closed (held exclusively, or announced by
+/// a perf run waiting for it).
+pub fn plan_shared(
+    topo: &Topology,
+    allowed: &CpuSet,
+    want: usize,
+    occ: &Occupancy,
+) -> std::result::Result<Plan, NoPlan> {
+    match plan_exclusive(topo, allowed, want, occ) {
+        Err(NoPlan::Busy { .. }) => {}
+        done => return done,
+    }
+    let free: CpuSet = allowed
+        .difference(&occ.unavailable_cpus(topo))
+        .copied()
+        .collect();
+    plan(topo, &free, want, &occ.closed).map_err(|_| NoPlan::Busy {
+        want,
+        free: free.intersection(&topo.online).count(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,6 +564,78 @@ mod tests {
         assert_eq!(p.cpus.len(), 10);
         assert_eq!(p.llc_ids(), vec![0, 1]);
         assert!(p.llcs[0].whole && !p.llcs[1].whole);
+    }
+
+    fn occ(closed: &[usize], shared: &[usize], cpus: &[usize]) -> Occupancy {
+        Occupancy {
+            closed: closed.iter().copied().collect(),
+            shared: shared.iter().copied().collect(),
+            cpus: cpus.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn shared_plans_prefer_untouched_llcs_then_share() {
+        let t = four_on_two();
+        // A build on CPUs 0-1 of LLC 0: the next goes to an untouched LLC,
+        // as an exclusive plan would.
+        let busy = occ(&[], &[0], &[0, 1]);
+        let p = plan_shared(&t, &all(&t), 2, &busy).unwrap();
+        assert_eq!(p, plan_exclusive(&t, &all(&t), 2, &busy).unwrap());
+        assert_eq!(p.llc_ids(), vec![1]);
+        // Every LLC touched: share the free CPUs, where exclusive waits.
+        let busy = occ(&[], &[0, 1, 2, 3], &[0, 1, 4, 5, 6, 8, 12, 13, 14]);
+        let p = plan_shared(&t, &all(&t), 2, &busy).unwrap();
+        assert_eq!(p.cpus, vec![2, 3], "{p:?}");
+        assert!(matches!(
+            plan_exclusive(&t, &all(&t), 2, &busy),
+            Err(NoPlan::Busy { .. })
+        ));
+        // A closed LLC (perf run, exclusive build) is never shared.
+        let busy = occ(&[0], &[], &[]);
+        let p = plan_shared(&t, &all(&t), 16 - 4, &busy).unwrap();
+        assert!(p.cpus.iter().all(|&c| c >= 4), "{p:?}");
+        let e = plan_shared(&t, &all(&t), 13, &busy).unwrap_err();
+        assert_eq!(e, NoPlan::Busy { want: 13, free: 12 });
+        // Too few CPUs on the machine is not a wait.
+        let e = plan_shared(&t, &all(&t), 17, &busy).unwrap_err();
+        assert_eq!(
+            e,
+            NoPlan::TooFew {
+                want: 17,
+                usable: 16
+            }
+        );
+    }
+
+    #[test]
+    fn two_one_cpu_builds_on_a_two_cpu_llc() {
+        let t = topo(&[(&[0, 1], 0)], 1);
+        let a = plan_shared(&t, &all(&t), 1, &Occupancy::default()).unwrap();
+        assert_eq!(a.cpus, vec![0]);
+        let busy = occ(&[], &[0], &a.cpus);
+        let b = plan_shared(&t, &all(&t), 1, &busy).unwrap();
+        assert_eq!(b.cpus, vec![1]);
+        assert!(matches!(
+            plan_exclusive(&t, &all(&t), 1, &busy),
+            Err(NoPlan::Busy { .. })
+        ));
+        let full = occ(&[], &[0], &[0, 1]);
+        assert_eq!(
+            plan_shared(&t, &all(&t), 1, &full).unwrap_err(),
+            NoPlan::Busy { want: 1, free: 0 }
+        );
+    }
+
+    #[test]
+    fn shared_plans_take_whole_free_cores() {
+        // SMT-2 cores (0,1) (2,3) (4,5) (6,7); someone holds CPU 0.
+        let t = topo(&[(&[0, 1, 2, 3, 4, 5, 6, 7], 0)], 2);
+        let busy = occ(&[], &[0], &[0]);
+        let p = plan_shared(&t, &all(&t), 2, &busy).unwrap();
+        assert_eq!(p.cpus, vec![2, 3], "a whole core, not CPU 0's sibling");
+        let p = plan_shared(&t, &all(&t), 7, &busy).unwrap();
+        assert_eq!(p.cpus, vec![1, 2, 3, 4, 5, 6, 7]);
     }
 
     #[test]

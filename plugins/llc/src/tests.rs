@@ -59,6 +59,8 @@ fn env(machine: FakeMachine<'_>) -> Env {
             cgroup_root: dir.path().join("cgroup"),
             lock_dir: Some(dir.path().join("locks")),
             budget_percent: 30,
+            mode: Mode::SharedLlc,
+            announce_after_secs: DEFAULT_ANNOUNCE_AFTER_SECS,
         },
     };
     Env {
@@ -317,6 +319,295 @@ fn waiter_proceeds_when_a_peer_releases() {
     assert_eq!(held.len(), 12);
 }
 
+/// Two 1-CPU builds on a 2-CPU, 1-LLC host: both reserved at once, on
+/// disjoint CPUs, the second told it shares the LLC; a third waits.
+#[test]
+fn two_one_cpu_builds_share_a_one_llc_host() {
+    let e = Arc::new(one_llc());
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (e, barrier) = (e.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let (cx, progress) = new_cx();
+                barrier.wait();
+                let r = e
+                    .reserver
+                    .reserve_on(&req(Some(1)), &cx, &e.allowed)
+                    .unwrap();
+                (r, progress.notes())
+            })
+        })
+        .collect();
+    let got: Vec<(Reservation, Vec<String>)> =
+        threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut cpus: Vec<usize> = got.iter().flat_map(|(r, _)| r.cpus.clone()).collect();
+    cpus.sort_unstable();
+    assert_eq!(cpus, vec![0, 1], "disjoint CPUs");
+    let notes: Vec<&String> = got.iter().flat_map(|(_, n)| n).collect();
+    assert!(
+        notes.iter().all(|n| !n.starts_with("waiting")),
+        "neither waited: {notes:?}"
+    );
+    assert_eq!(
+        notes
+            .iter()
+            .filter(|n| n.ends_with("sharing LLC 0 with other builds"))
+            .count(),
+        1,
+        "{notes:?}"
+    );
+    // Both CPUs taken: a third build waits (cancelled here).
+    let (cx, progress) = new_cx();
+    let cancel = cx.cancel.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        cancel.cancel();
+    });
+    let err = e
+        .reserver
+        .reserve_on(&req(Some(1)), &cx, &e.allowed)
+        .unwrap_err();
+    t.join().unwrap();
+    assert_eq!(err.kind, ErrorKind::Cancelled);
+    assert!(
+        progress.notes()[0].starts_with(
+            "waiting for 1 CPU free in last-level caches open to builds: LLC 0 held by pid"
+        ),
+        "{:?}",
+        progress.notes()
+    );
+}
+
+/// `mode = "exclusive-llc"`: the second build queues until the first
+/// leaves, and a sharing build cannot join an exclusive one either.
+#[test]
+fn exclusive_llc_mode_still_queues() {
+    let mut e = one_llc();
+    e.reserver.config.mode = Mode::ExclusiveLlc;
+    let e = Arc::new(e);
+    let (cx, progress) = new_cx();
+    let first = e
+        .reserver
+        .reserve_on(&req(Some(1)), &cx, &e.allowed)
+        .unwrap();
+    assert_eq!(first.cpus, vec![0]);
+    assert!(
+        lock::try_lock(&locks::llc_lock(&e.lock_dir(), 0), LockMode::Shared)
+            .unwrap()
+            .is_none(),
+        "the LLC is held exclusively"
+    );
+    assert!(!progress.notes().iter().any(|n| n.contains("sharing")));
+    let e2 = e.clone();
+    let second = std::thread::spawn(move || {
+        let (cx, progress) = new_cx();
+        let r = e2
+            .reserver
+            .reserve_on(&req(Some(1)), &cx, &e2.allowed)
+            .unwrap();
+        (r.cpus.clone(), progress.notes())
+    });
+    // A sharing build (another host config, same lock directory) waits too.
+    let mut sharing = e.reserver.clone();
+    sharing.config.mode = Mode::SharedLlc;
+    let (cx3, _) = new_cx();
+    let cancel = cx3.cancel.clone();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        cancel.cancel();
+    });
+    let err = sharing
+        .reserve_on(&req(Some(1)), &cx3, &e.allowed)
+        .unwrap_err();
+    canceller.join().unwrap();
+    assert_eq!(err.kind, ErrorKind::Cancelled);
+    assert!(
+        !second.is_finished(),
+        "the second exclusive build must queue"
+    );
+    drop(first);
+    let (cpus, notes) = second.join().unwrap();
+    assert_eq!(cpus.len(), 1);
+    assert!(
+        notes.iter().any(|n| n.starts_with(
+            "waiting for 1 CPU in last-level caches held by other ktstr runs: LLC 0 held by pid"
+        )),
+        "{notes:?}"
+    );
+}
+
+/// A test runner holding the LLC exclusively (flock(1), as
+/// docs/reservation.md tells it) keeps builds off; they proceed when it
+/// releases.
+#[test]
+fn builds_wait_for_an_llc_exclusive_test_runner() {
+    let e = one_llc();
+    let dir = e.lock_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let release = dir.join("release");
+    let mut runner = std::process::Command::new("flock")
+        .arg(locks::intent_lock(&dir, 0))
+        .arg("flock")
+        .arg(locks::llc_lock(&dir, 0))
+        .args(["sh", "-c", "while [ ! -e \"$0\" ]; do sleep 0.05; done"])
+        .arg(&release)
+        .spawn()
+        .expect("flock(1) from util-linux");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lock::holders(&locks::llc_lock(&dir, 0)).is_empty() {
+        assert!(Instant::now() < deadline, "the runner never locked");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let e = Arc::new(e);
+    let builds: Vec<_> = (0..2)
+        .map(|_| {
+            let e = e.clone();
+            std::thread::spawn(move || {
+                let (cx, progress) = new_cx();
+                let r = e
+                    .reserver
+                    .reserve_on(&req(Some(1)), &cx, &e.allowed)
+                    .unwrap();
+                (r, progress.notes())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        builds.iter().all(|b| !b.is_finished()),
+        "a build got a CPU of an LLC a test runner holds exclusively"
+    );
+    std::fs::write(&release, b"").unwrap();
+    runner.wait().unwrap();
+    let got: Vec<(Reservation, Vec<String>)> =
+        builds.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut cpus: Vec<usize> = got.iter().flat_map(|(r, _)| r.cpus.clone()).collect();
+    cpus.sort_unstable();
+    assert_eq!(cpus, vec![0, 1], "after the runner, both at once");
+    let pid = runner.id();
+    for (_, notes) in &got {
+        assert!(
+            notes.iter().any(
+                |n| n.contains("LLC 0 held by pid") && n.contains(&format!("pid {pid} (flock"))
+            ),
+            "the runner is named: {notes:?}"
+        );
+    }
+}
+
+/// A perf run waiting (through the SDK) for builds to leave its LLC is not
+/// starved by builds that keep arriving: once it announced itself, new
+/// builds wait for it.
+#[test]
+fn a_waiting_perf_run_is_not_starved_by_new_builds() {
+    let e = Arc::new(one_llc());
+    let (cx, _) = new_cx();
+    let running = e
+        .reserver
+        .reserve_on(&req(Some(1)), &cx, &e.allowed)
+        .unwrap();
+    let dir = e.lock_dir();
+    let perf = std::thread::spawn(move || {
+        let (cx, _) = new_cx();
+        locks::lock_set(&dir, &[CpuLock::Llc(0)], HolderKind::PerfTest, &cx).unwrap()
+    });
+    let dir = e.lock_dir();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lock::holders(&locks::intent_lock(&dir, 0)).is_empty() {
+        assert!(Instant::now() < deadline, "the perf run never announced");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // CPU 1 is free, but the LLC is promised to the perf run.
+    let e2 = e.clone();
+    let newcomer = std::thread::spawn(move || {
+        let (cx, _) = new_cx();
+        let r = e2
+            .reserver
+            .reserve_on(&req(Some(1)), &cx, &e2.allowed)
+            .unwrap();
+        (Instant::now(), r)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!newcomer.is_finished(), "a new build joined the LLC");
+    drop(running);
+    let held = perf.join().unwrap();
+    let perf_done = Instant::now();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !newcomer.is_finished(),
+        "the build must wait for the perf run"
+    );
+    drop(held);
+    let (got_at, r) = newcomer.join().unwrap();
+    assert!(got_at > perf_done);
+    assert_eq!(r.cpus.len(), 1);
+}
+
+/// A 2-CPU build waits behind a 1-CPU one on a 2-CPU host. Before
+/// `announce_after_secs`, a later 1-CPU build overtakes it (CPU 1 is free);
+/// after, the waiter announces the LLC and later builds wait for it.
+#[test]
+fn a_build_waiting_too_long_stops_later_builds_overtaking_it() {
+    for announce_after_secs in [DEFAULT_ANNOUNCE_AFTER_SECS, 0] {
+        let mut e = one_llc();
+        e.reserver.config.announce_after_secs = announce_after_secs;
+        let e = Arc::new(e);
+        let (cx, _) = new_cx();
+        let first = e
+            .reserver
+            .reserve_on(&req(Some(1)), &cx, &e.allowed)
+            .unwrap();
+        let e2 = e.clone();
+        let big = std::thread::spawn(move || {
+            let (cx, progress) = new_cx();
+            let r = e2
+                .reserver
+                .reserve_on(&req(Some(2)), &cx, &e2.allowed)
+                .unwrap();
+            (r, progress.notes())
+        });
+        // The big build is waiting (and, with 0 s, has announced LLC 0).
+        let dir = e.lock_dir();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!big.is_finished());
+        let e3 = e.clone();
+        let later = std::thread::spawn(move || {
+            let (cx, _) = new_cx();
+            e3.reserver
+                .reserve_on(&req(Some(1)), &cx, &e3.allowed)
+                .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        if announce_after_secs > 0 {
+            let later = later.join().unwrap();
+            assert_eq!(later.cpus, vec![1], "overtakes within the grace time");
+            drop((first, later));
+            let (r, _) = big.join().unwrap();
+            assert_eq!(r.cpus, vec![0, 1]);
+            continue;
+        }
+        assert!(
+            !lock::holders(&locks::intent_lock(&dir, 0)).is_empty(),
+            "the waiter announced LLC 0"
+        );
+        assert!(!later.is_finished(), "a later build overtook the waiter");
+        drop(first);
+        let (r, notes) = big.join().unwrap();
+        assert_eq!(r.cpus, vec![0, 1], "the waiter runs first");
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with("waited 0s: announced LLC 0; builds that come later wait")),
+            "{notes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!later.is_finished(), "the later build waits for the CPUs");
+        drop(r);
+        assert_eq!(later.join().unwrap().cpus.len(), 1);
+    }
+}
+
 #[test]
 fn unreadable_sysfs_with_a_cap_is_an_error_with_remedies() {
     let e = four_llcs();
@@ -444,6 +735,16 @@ fn config_table_is_parsed_and_checked() {
     assert_eq!(c.cgroup_root, Path::new("/x/cg"));
     assert_eq!(c.lock_dir.as_deref(), Some(Path::new("/x/locks")));
     assert_eq!(c.budget_percent, 50);
+    assert_eq!(c.mode, Mode::SharedLlc, "sharing is the default");
+    assert_eq!(c.announce_after_secs, 30);
+    let c = LlcConfig::from_value(
+        &serde_json::json!({"mode": "exclusive-llc", "announce_after_secs": 5}),
+    )
+    .unwrap();
+    assert_eq!(c.mode, Mode::ExclusiveLlc);
+    assert_eq!(c.announce_after_secs, 5);
+    let e = LlcConfig::from_value(&serde_json::json!({"mode": "exclusive"})).unwrap_err();
+    assert!(e.to_string().contains("exclusive-llc"), "{e}");
     let e = LlcConfig::from_value(&serde_json::json!({"budget": 5})).unwrap_err();
     assert!(
         e.to_string()

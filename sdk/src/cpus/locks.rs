@@ -1,14 +1,22 @@
 //! The CPU lock protocol: how ktstr processes (and test runners) on one
 //! host tell each other which CPUs are taken.
 //!
-//! One file per last-level cache, `llc-<id>.lock`, and one per CPU,
-//! `cpu-<n>.lock`, in the CPU lock directory. A build holds an exclusive
-//! `flock` on every LLC its CPUs touch for as long as it runs (a CPU lock
-//! only when the host's topology is unknown); the kernel drops the lock when
-//! the process dies, so a crash never leaves a stale reservation. Which
-//! mode each kind of holder takes is [`HolderKind::mode`] (docs/reservation.md
-//! has the table), so a perf test runner can take an LLC exclusively and a
-//! functional one shared.
+//! Three kinds of file in the CPU lock directory, all `flock`ed:
+//!
+//! - `llc-<id>.lock`, one per last-level cache. Shared means "I run on some
+//!   CPUs of this cache and tolerate neighbours on the others"; exclusive
+//!   means "the whole cache is mine".
+//! - `cpu-<n>.lock`, one per CPU: "this CPU is mine" (exclusive) or "mine,
+//!   shared with my kind" (shared).
+//! - `llc-<id>.intent`: held exclusively by whoever takes (or waits to
+//!   take) the LLC exclusively. Shared takers look at it first and stay
+//!   off, so a perf run waiting for the builds on its LLC to finish is not
+//!   starved by new builds joining it (flock has no writer preference).
+//!
+//! Which mode each kind of holder takes on which file is
+//! [`HolderKind::mode`] (docs/reservation.md has the table and the flock(1)
+//! command a test runner uses). The kernel drops a flock when its process
+//! dies, so a crash never leaves a stale reservation.
 //!
 //! flock over NFS is emulated with byte-range locks on the server and over
 //! FUSE depends on the daemon; neither gives the crash-safe, host-local
@@ -17,7 +25,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::lock::{self, FileLock, LockMode};
+use crate::lock::{self, FileLock, Holder, LockMode};
 use crate::lock_list::{self, LockInfo};
 use crate::paths;
 use crate::prelude::*;
@@ -32,28 +40,47 @@ pub const LOCK_DIR_ENV: &str = "KTSTR_LOCK_DIR";
 const PREFIX: &str = "llc-";
 /// File name prefix of a CPU lock, `cpu-<n>.lock`.
 const CPU_PREFIX: &str = "cpu-";
+/// File name suffix of an LLC's intent lock, `llc-<id>.intent`.
+const INTENT_SUFFIX: &str = ".intent";
 
-/// Who takes a CPU lock, which decides its mode.
+/// Who takes a CPU lock, which decides its mode on each file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HolderKind {
-    /// A kernel build: its compilers pollute the cache, nobody else may
-    /// schedule there.
+    /// A kernel build that shares its LLCs with other builds (the `llc`
+    /// reserver's default mode, and `Host::confine`): the LLCs shared, its
+    /// CPUs exclusive. Keeps other builds off its CPUs and perf runs off
+    /// its LLCs.
     Build,
-    /// A test run whose numbers are measured: no build and no other
-    /// measured run may share its LLCs.
+    /// A kernel build that owns whole LLCs (`llc` in `exclusive-llc`
+    /// mode): its LLCs exclusive. Nobody else schedules on them.
+    ExclusiveBuild,
+    /// A test run whose numbers are measured: its LLCs exclusive, announced
+    /// on their intent files first so new builds stay off while it waits
+    /// for the running ones to leave.
     PerfTest,
-    /// A functional test run: keeps builds and perf runs off, but other
-    /// functional runs may share.
+    /// A functional test run: its LLCs and CPUs shared. Keeps builds off
+    /// its CPUs and perf runs off its LLCs; other functional runs may share
+    /// the CPUs, builds may use the LLC's other CPUs.
     FunctionalTest,
 }
 
 impl HolderKind {
-    /// The `flock` mode this kind of holder takes.
-    pub fn mode(self) -> LockMode {
-        match self {
-            HolderKind::Build | HolderKind::PerfTest => LockMode::Exclusive,
-            HolderKind::FunctionalTest => LockMode::Shared,
+    /// The `flock` mode this kind of holder takes on `lock`.
+    pub fn mode(self, lock: CpuLock) -> LockMode {
+        match (self, lock) {
+            (HolderKind::Build, CpuLock::Llc(_)) => LockMode::Shared,
+            (HolderKind::Build, CpuLock::Cpu(_)) => LockMode::Exclusive,
+            (HolderKind::ExclusiveBuild | HolderKind::PerfTest, _) => LockMode::Exclusive,
+            (HolderKind::FunctionalTest, _) => LockMode::Shared,
         }
+    }
+
+    /// Whether this holder takes an LLC's intent lock (exclusively) before
+    /// the LLC and keeps it while it waits and runs. Every other holder
+    /// only checks the intent before it takes an LLC, and stays off it
+    /// while someone holds it.
+    pub fn announces_intent(self) -> bool {
+        self == HolderKind::PerfTest
     }
 }
 
@@ -62,7 +89,7 @@ impl HolderKind {
 pub enum CpuLock {
     /// A last-level cache, by its topology id.
     Llc(usize),
-    /// A single CPU (used when the topology is unknown).
+    /// A single CPU.
     Cpu(usize),
 }
 
@@ -71,7 +98,7 @@ impl CpuLock {
     pub fn path(self, dir: &Path) -> PathBuf {
         match self {
             CpuLock::Llc(id) => llc_lock(dir, id),
-            CpuLock::Cpu(n) => dir.join(format!("{CPU_PREFIX}{n}.lock")),
+            CpuLock::Cpu(n) => cpu_lock(dir, n),
         }
     }
 }
@@ -85,13 +112,15 @@ impl std::fmt::Display for CpuLock {
     }
 }
 
-/// The locks a build on `cpus` takes: the LLC of each CPU, or (CPUs the
-/// topology does not know, or no topology at all) the CPU itself.
+/// The locks a holder on `cpus` takes: the LLC of each CPU the topology
+/// knows, then every CPU. Without a topology, only the CPUs.
 pub fn locks_for(cpus: &CpuSet, topology: Option<&Topology>) -> Vec<CpuLock> {
     let mut out = BTreeSet::new();
     for &c in cpus {
-        let llc = topology.and_then(|t| t.llcs.iter().find(|l| l.cpus.contains(&c)));
-        out.insert(llc.map_or(CpuLock::Cpu(c), |l| CpuLock::Llc(l.id)));
+        if let Some(l) = topology.and_then(|t| t.llcs.iter().find(|l| l.cpus.contains(&c))) {
+            out.insert(CpuLock::Llc(l.id));
+        }
+        out.insert(CpuLock::Cpu(c));
     }
     out.into_iter().collect()
 }
@@ -108,6 +137,17 @@ pub fn cpu_lock_dir(root: &Path, configured: Option<&Path>) -> PathBuf {
 /// Lock of one last-level cache, `llc-<id>.lock` in [`cpu_lock_dir`].
 pub fn llc_lock(cpu_lock_dir: &Path, llc_id: usize) -> PathBuf {
     cpu_lock_dir.join(format!("{PREFIX}{llc_id}.lock"))
+}
+
+/// Intent lock of one last-level cache, `llc-<id>.intent`: held by whoever
+/// takes or waits for the LLC exclusively.
+pub fn intent_lock(cpu_lock_dir: &Path, llc_id: usize) -> PathBuf {
+    cpu_lock_dir.join(format!("{PREFIX}{llc_id}{INTENT_SUFFIX}"))
+}
+
+/// Lock of one CPU, `cpu-<n>.lock`.
+pub fn cpu_lock(cpu_lock_dir: &Path, cpu: usize) -> PathBuf {
+    cpu_lock_dir.join(format!("{CPU_PREFIX}{cpu}.lock"))
 }
 
 /// Refuse lock directories on network or userspace filesystems.
@@ -155,67 +195,199 @@ fn lock_dir_hint() -> String {
     )
 }
 
-/// LLC ids in `ids` that some process holds right now, from `/proc/locks`.
+/// Who is on a host's LLCs and CPUs right now, from one read of
+/// `/proc/locks`.
 ///
-/// Only a hint for the planner (nothing is locked by looking): the real
-/// test is [`try_lock_all`], which may still lose a race. Locks held by
-/// this same process count too: they belong to another reservation (we
-/// hold none of our own while planning).
-pub fn busy(dir: &Path, ids: impl IntoIterator<Item = usize>) -> BTreeSet<usize> {
-    use std::os::unix::fs::MetadataExt;
-    // One read of /proc/locks for all LLCs: this runs every poll interval.
-    let table = lock::proc_locks();
-    ids.into_iter()
-        .filter(|&id| {
-            std::fs::metadata(llc_lock(dir, id)).is_ok_and(|m| {
-                lock::parse_proc_locks(&table, m.dev(), m.ino())
-                    .iter()
-                    .any(|h| !h.waiting)
-            })
-        })
-        .collect()
+/// Only a hint for a planner (nothing is locked by looking): the real test
+/// is [`try_lock_set`], which may still lose a race. Locks held by this
+/// same process count too: they belong to another reservation (a planner
+/// holds none of its own while planning).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    /// LLCs nobody may join: held exclusively, or announced on their intent
+    /// file by a holder that takes or waits for them exclusively.
+    pub closed: BTreeSet<usize>,
+    /// LLCs held shared (builds sharing them, functional runs).
+    pub shared: BTreeSet<usize>,
+    /// CPUs whose lock someone holds, in either mode.
+    pub cpus: CpuSet,
 }
 
-/// Take every LLC in `ids` exclusively without waiting: all or nothing.
-/// `Ok(Err(id))` names the first LLC someone else holds.
-pub fn try_lock_all(
-    dir: &Path,
-    ids: &[usize],
-) -> Result<std::result::Result<Vec<FileLock>, usize>> {
-    let locks: Vec<CpuLock> = ids.iter().map(|&id| CpuLock::Llc(id)).collect();
-    Ok(
-        try_lock_set(dir, &locks, HolderKind::Build)?.map_err(|l| match l {
-            CpuLock::Llc(id) | CpuLock::Cpu(id) => id,
-        }),
-    )
+impl Occupancy {
+    /// LLCs with anyone on them: closed, shared, or holding one of their
+    /// CPUs. An exclusive taker must avoid all of these.
+    pub fn touched(&self, topo: &Topology) -> BTreeSet<usize> {
+        let mut out: BTreeSet<usize> = self.closed.union(&self.shared).copied().collect();
+        for l in &topo.llcs {
+            if !l.cpus.is_disjoint(&self.cpus) {
+                out.insert(l.id);
+            }
+        }
+        out
+    }
+
+    /// CPUs a sharing build may not take: those held, and every CPU of a
+    /// closed LLC.
+    pub fn unavailable_cpus(&self, topo: &Topology) -> CpuSet {
+        let mut out = self.cpus.clone();
+        for l in topo.llcs.iter().filter(|l| self.closed.contains(&l.id)) {
+            out.extend(l.cpus.iter().copied());
+        }
+        out
+    }
+
+    /// LLCs in `mine` are announced by the caller itself (a build that
+    /// waited too long, see [`announce`]): they are closed only if someone
+    /// holds the LLC exclusively.
+    pub fn reopen_announced_by_me(&mut self, dir: &Path, mine: &BTreeSet<usize>) {
+        for &id in mine {
+            if !self.closed.remove(&id) {
+                continue;
+            }
+            let holders = lock::holders(&llc_lock(dir, id));
+            let holding = holders.iter().filter(|h| !h.waiting);
+            if holding.clone().any(|h| h.mode == "WRITE") {
+                self.closed.insert(id);
+            } else if holding.count() > 0 {
+                self.shared.insert(id);
+            }
+        }
+    }
+
+    /// Record a lock lost in a race (someone took it between the look and
+    /// the lock): an LLC counts as closed, a CPU as held.
+    pub fn lost(&mut self, lock: CpuLock) {
+        match lock {
+            CpuLock::Llc(id) => {
+                self.closed.insert(id);
+            }
+            CpuLock::Cpu(n) => {
+                self.cpus.insert(n);
+            }
+        }
+    }
+}
+
+/// The [`Occupancy`] of `topo`'s LLCs and CPUs in `dir`.
+pub fn occupancy(dir: &Path, topo: &Topology) -> Occupancy {
+    // One read of /proc/locks for every file: this runs every poll interval.
+    let table = lock::proc_locks();
+    let holding = |path: &Path| -> Vec<Holder> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path)
+            .map(|m| {
+                lock::parse_proc_locks(&table, m.dev(), m.ino())
+                    .into_iter()
+                    .filter(|h| !h.waiting)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut occ = Occupancy::default();
+    for l in &topo.llcs {
+        let on_llc = holding(&llc_lock(dir, l.id));
+        // Takers hold an intent shared only for the moment they take the
+        // LLC; an exclusive holder announced the LLC.
+        let announced = holding(&intent_lock(dir, l.id))
+            .iter()
+            .any(|h| h.mode == "WRITE");
+        if announced || on_llc.iter().any(|h| h.mode == "WRITE") {
+            occ.closed.insert(l.id);
+        } else if !on_llc.is_empty() {
+            occ.shared.insert(l.id);
+        }
+        for &c in &l.cpus {
+            if !holding(&cpu_lock(dir, c)).is_empty() {
+                occ.cpus.insert(c);
+            }
+        }
+    }
+    occ
 }
 
 /// Take every lock in `locks` in `holder`'s mode without waiting, all or
 /// nothing, in one global order (so two takers never deadlock).
 /// `Ok(Err(lock))` names the first lock someone else holds.
+///
+/// Before an LLC, a holder that does not announce intent checks the LLC's
+/// intent file (taking it shared for the moment it takes the LLC) and
+/// counts the LLC as held when someone announced it; one that does (a perf
+/// run) takes the intent exclusively and keeps it.
 pub fn try_lock_set(
     dir: &Path,
     locks: &[CpuLock],
     holder: HolderKind,
+) -> Result<std::result::Result<Vec<FileLock>, CpuLock>> {
+    try_lock_set_announced(dir, locks, holder, &BTreeSet::new())
+}
+
+/// [`try_lock_set`] for a caller that already holds the intents of the
+/// LLCs in `announced` (see [`announce`]; a second flock on them would
+/// conflict with its own): their intents are neither checked nor taken.
+pub fn try_lock_set_announced(
+    dir: &Path,
+    locks: &[CpuLock],
+    holder: HolderKind,
+    announced: &BTreeSet<usize>,
 ) -> Result<std::result::Result<Vec<FileLock>, CpuLock>> {
     let mut sorted = locks.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
     let mut held = Vec::with_capacity(sorted.len());
     for l in sorted {
-        match lock::try_lock(&l.path(dir), holder.mode())? {
+        // Dropping `held` on a return releases what we took.
+        let _gate = match l {
+            CpuLock::Llc(id) if !announced.contains(&id) => {
+                let mode = if holder.announces_intent() {
+                    LockMode::Exclusive
+                } else {
+                    LockMode::Shared
+                };
+                match lock::try_lock(&intent_lock(dir, id), mode)? {
+                    Some(gate) if holder.announces_intent() => {
+                        held.push(gate);
+                        None
+                    }
+                    Some(gate) => Some(gate),
+                    None => return Ok(Err(l)),
+                }
+            }
+            _ => None,
+        };
+        match lock::try_lock(&l.path(dir), holder.mode(l))? {
             Some(f) => held.push(f),
-            // Dropping `held` releases what we took.
             None => return Ok(Err(l)),
         }
     }
     Ok(Ok(held))
 }
 
+/// Take the intent files of the LLCs `ids` exclusively without waiting,
+/// all or nothing, in ascending order: from then on no new holder joins
+/// those LLCs (they count as closed) until the intents are dropped. `None`
+/// when someone else holds one (a perf run, or another build that waited
+/// longer). A build that has waited too long announces itself so; it then
+/// locks with [`try_lock_set_announced`].
+pub fn announce(dir: &Path, ids: &BTreeSet<usize>) -> Result<Option<Vec<FileLock>>> {
+    let mut held = Vec::with_capacity(ids.len());
+    for &id in ids {
+        match lock::try_lock(&intent_lock(dir, id), LockMode::Exclusive)? {
+            Some(f) => held.push(f),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(held))
+}
+
 /// Take every lock in `locks` (see [`try_lock_set`]), waiting while any is
 /// held by someone else: one note naming the holders (again when they
 /// change), a look every 100 ms, and Ctrl-C (the cancellation flag) ends
-/// the wait. Nothing is held while waiting.
+/// the wait.
+///
+/// Nothing is held while waiting, except by a holder that announces intent
+/// (a perf run): it takes its LLCs' intent files first, in order, and keeps
+/// them while it waits for the LLCs, so builds stop joining them and the
+/// wait ends when the builds already there have finished.
 pub fn lock_set(
     dir: &Path,
     locks: &[CpuLock],
@@ -223,48 +395,130 @@ pub fn lock_set(
     cx: &StageContext,
 ) -> Result<Vec<FileLock>> {
     let mut last_note = String::new();
+    let mut note = |what: String, path: &Path| {
+        let note = format!(
+            "waiting for {what} {} (lock directory {})",
+            lock::describe_holders(&lock::holders(path)),
+            dir.display()
+        );
+        if note != last_note {
+            cx.progress.note(&note);
+            last_note = note;
+        }
+    };
+    let mut intents = Vec::new();
+    let mut announced = BTreeSet::new();
+    if holder.announces_intent() {
+        announced = locks
+            .iter()
+            .filter_map(|l| match l {
+                CpuLock::Llc(id) => Some(*id),
+                CpuLock::Cpu(_) => None,
+            })
+            .collect();
+        for &id in &announced {
+            let path = intent_lock(dir, id);
+            loop {
+                cx.cancel.check()?;
+                if let Some(f) = lock::try_lock(&path, LockMode::Exclusive)? {
+                    intents.push(f);
+                    break;
+                }
+                note(format!("the intent file of LLC {id}"), &path);
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
     loop {
         cx.cancel.check()?;
-        match try_lock_set(dir, locks, holder)? {
-            Ok(held) => return Ok(held),
+        match try_lock_set_announced(dir, locks, holder, &announced)? {
+            Ok(mut held) => {
+                held.append(&mut intents);
+                return Ok(held);
+            }
             Err(busy) => {
-                let note = format!(
-                    "waiting for {busy} {} (lock directory {})",
-                    lock::describe_holders(&lock::holders(&busy.path(dir))),
-                    dir.display()
-                );
-                if note != last_note {
-                    cx.progress.note(&note);
-                    last_note = note;
-                }
+                let path = match busy {
+                    CpuLock::Llc(id) if !holder.announces_intent() && llc_announced(dir, id) => {
+                        intent_lock(dir, id)
+                    }
+                    _ => busy.path(dir),
+                };
+                note(busy.to_string(), &path);
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
-/// "LLC 2 held by pid 4242 (ktstr build ...)" for each id.
-pub fn describe_busy(dir: &Path, ids: &[usize]) -> String {
+/// Whether someone announced LLC `id` (holds its intent exclusively).
+fn llc_announced(dir: &Path, id: usize) -> bool {
+    lock::holders(&intent_lock(dir, id))
+        .iter()
+        .any(|h| !h.waiting && h.mode == "WRITE")
+}
+
+/// "LLC 2 held by pid 4242 (ktstr build ...)" for each id: the holders of
+/// the LLC's lock, its intent and its CPUs' locks, each pid once.
+pub fn describe_busy(dir: &Path, topo: &Topology, ids: &[usize]) -> String {
     ids.iter()
         .map(|&id| {
-            format!(
-                "LLC {id} {}",
-                lock::describe_holders(&lock::holders(&llc_lock(dir, id)))
-            )
+            let mut files = vec![llc_lock(dir, id), intent_lock(dir, id)];
+            if let Some(l) = topo.llcs.iter().find(|l| l.id == id) {
+                files.extend(l.cpus.iter().map(|&c| cpu_lock(dir, c)));
+            }
+            let mut seen = BTreeSet::new();
+            let holders: Vec<Holder> = files
+                .iter()
+                .flat_map(|f| lock::holders(f))
+                .filter(|h| !h.waiting && seen.insert(h.pid))
+                .collect();
+            format!("LLC {id} {}", lock::describe_holders(&holders))
         })
         .collect::<Vec<_>>()
         .join("; ")
 }
 
-/// Every `llc-<id>.lock` and `cpu-<n>.lock` in `dir` with holders and
-/// waiters, LLCs first, numeric ids in order (for `ktstr locks`). A missing
-/// directory lists nothing.
+/// Every `llc-<id>.lock` and `cpu-<n>.lock` in `dir`, and every
+/// `llc-<id>.intent` someone holds or waits for (kind `llc-intent`), with
+/// holders and waiters, LLCs first, numeric ids in order (for `ktstr
+/// locks`). A missing directory lists nothing.
 pub fn list(dir: &Path) -> Vec<LockInfo> {
     let mut out = lock_list::list_dir(dir, "llc", PREFIX);
     out.extend(lock_list::list_dir(dir, "cpu", CPU_PREFIX));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(PREFIX))
+                .and_then(|n| n.strip_suffix(INTENT_SUFFIX))
+            else {
+                continue;
+            };
+            // Every LLC taker touches its intent file; it says something
+            // only while a perf run holds or waits for it.
+            let path = entry.path();
+            let holders = lock::holders(&path);
+            if holders.is_empty() {
+                continue;
+            }
+            out.push(LockInfo {
+                kind: "llc-intent".to_string(),
+                id: id.to_string(),
+                guards: String::new(),
+                holders,
+                path,
+            });
+        }
+    }
+    let rank = |kind: &str| match kind {
+        "llc" => 0,
+        "llc-intent" => 1,
+        _ => 2,
+    };
     out.sort_by_key(|l| {
         (
-            l.kind != "llc",
+            rank(&l.kind),
             l.id.parse::<usize>().unwrap_or(usize::MAX),
             l.id.clone(),
         )
@@ -275,6 +529,7 @@ pub fn list(dir: &Path) -> Vec<LockInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpus::Llc;
 
     /// Another test thread may fork while these lock files are open: the
     /// child holds copies of their fds, and so the flocks, until it execs.
@@ -290,29 +545,154 @@ mod tests {
         true
     }
 
+    /// LLC 0 = CPUs 0-1, LLC 1 = CPUs 2-3.
+    fn two_llcs() -> Topology {
+        Topology {
+            llcs: vec![
+                Llc {
+                    id: 0,
+                    cpus: CpuSet::from([0, 1]),
+                    node: 0,
+                },
+                Llc {
+                    id: 1,
+                    cpus: CpuSet::from([2, 3]),
+                    node: 0,
+                },
+            ],
+            online: CpuSet::from([0, 1, 2, 3]),
+            ..Topology::default()
+        }
+    }
+
+    fn take(d: &Path, locks: &[CpuLock], holder: HolderKind) -> Option<Vec<FileLock>> {
+        try_lock_set(d, locks, holder).unwrap().ok()
+    }
+
     #[test]
     fn all_or_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let other = lock::try_lock(&llc_lock(d, 2), LockMode::Exclusive)
-            .unwrap()
-            .unwrap();
-        assert!(settles(|| busy(d, [0, 1, 2, 3]) == BTreeSet::from([2])));
-        assert_eq!(try_lock_all(d, &[0, 1, 2]).unwrap().unwrap_err(), 2);
-        // 0 and 1 were released again.
+        let t = two_llcs();
+        let x = HolderKind::ExclusiveBuild;
+        let other = take(d, &[CpuLock::Llc(1)], x).unwrap();
+        assert!(settles(|| occupancy(d, &t).closed == BTreeSet::from([1])));
+        assert_eq!(
+            try_lock_set(d, &[CpuLock::Llc(0), CpuLock::Llc(1)], x)
+                .unwrap()
+                .unwrap_err(),
+            CpuLock::Llc(1)
+        );
+        // LLC 0 was released again.
         let mut got = None;
         assert!(settles(|| {
-            got = try_lock_all(d, &[0, 1]).unwrap().ok();
+            got = take(d, &[CpuLock::Llc(0)], x);
             got.is_some()
         }));
-        assert_eq!(got.as_ref().unwrap().len(), 2);
-        assert!(settles(
-            || busy(d, [0, 1, 2, 3]) == BTreeSet::from([0, 1, 2])
-        ));
+        assert!(settles(|| occupancy(d, &t).closed == BTreeSet::from([0, 1])));
         drop(other);
         drop(got);
-        assert!(settles(|| busy(d, [0, 1, 2, 3]).is_empty()));
-        assert_eq!(try_lock_all(d, &[0, 1, 2]).unwrap().unwrap().len(), 3);
+        assert!(settles(|| occupancy(d, &t) == Occupancy::default()));
+    }
+
+    #[test]
+    fn builds_share_an_llc_on_disjoint_cpus() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let t = two_llcs();
+        let b = HolderKind::Build;
+        let a = take(d, &locks_for(&CpuSet::from([0]), Some(&t)), b).unwrap();
+        let second = take(d, &locks_for(&CpuSet::from([1]), Some(&t)), b).unwrap();
+        assert_eq!(
+            try_lock_set(d, &locks_for(&CpuSet::from([1]), Some(&t)), b)
+                .unwrap()
+                .unwrap_err(),
+            CpuLock::Cpu(1),
+            "a CPU is one build's"
+        );
+        let occ = occupancy(d, &t);
+        assert_eq!(occ.shared, BTreeSet::from([0]));
+        assert_eq!(occ.cpus, CpuSet::from([0, 1]));
+        assert_eq!(occ.touched(&t), BTreeSet::from([0]));
+        // Neither an LLC-exclusive build nor a perf run gets LLC 0.
+        for h in [HolderKind::ExclusiveBuild, HolderKind::PerfTest] {
+            assert_eq!(
+                try_lock_set(d, &[CpuLock::Llc(0)], h).unwrap().unwrap_err(),
+                CpuLock::Llc(0),
+                "{h:?}"
+            );
+        }
+        drop((a, second));
+    }
+
+    #[test]
+    fn a_perf_runs_intent_keeps_new_builds_off_while_it_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let t = two_llcs();
+        let running = take(
+            d,
+            &locks_for(&CpuSet::from([0]), Some(&t)),
+            HolderKind::Build,
+        )
+        .unwrap();
+        let d2 = d.to_path_buf();
+        let (cx, progress) =
+            crate::testing::context_with(std::sync::Arc::new(crate::runner::SystemRunner));
+        let perf = std::thread::spawn(move || {
+            lock_set(&d2, &[CpuLock::Llc(0)], HolderKind::PerfTest, &cx).map(|h| h.len())
+        });
+        // The perf run announces itself: LLC 0 is closed to newcomers,
+        // although CPU 1 is free.
+        assert!(settles(|| occupancy(d, &t).closed.contains(&0)));
+        assert_eq!(
+            try_lock_set(
+                d,
+                &locks_for(&CpuSet::from([1]), Some(&t)),
+                HolderKind::Build
+            )
+            .unwrap()
+            .unwrap_err(),
+            CpuLock::Llc(0)
+        );
+        assert!(!perf.is_finished(), "the build on CPU 0 still runs");
+        drop(running);
+        assert_eq!(perf.join().unwrap().unwrap(), 2, "intent and LLC held");
+        assert!(
+            progress
+                .notes()
+                .iter()
+                .any(|n| n.starts_with("waiting for LLC 0 held by pid")),
+            "{:?}",
+            progress.notes()
+        );
+    }
+
+    #[test]
+    fn a_second_perf_run_queues_on_the_intent() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let first = take(d, &[CpuLock::Llc(0)], HolderKind::PerfTest).unwrap();
+        let (cx, progress) =
+            crate::testing::context_with(std::sync::Arc::new(crate::runner::SystemRunner));
+        let cancel = cx.cancel.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            cancel.cancel();
+        });
+        let e = lock_set(d, &[CpuLock::Llc(0)], HolderKind::PerfTest, &cx).unwrap_err();
+        t.join().unwrap();
+        assert_eq!(e.kind, ErrorKind::Cancelled);
+        let me = format!("held by pid {}", std::process::id());
+        assert!(
+            progress
+                .notes()
+                .iter()
+                .any(|n| n.starts_with("waiting for the intent file of LLC 0") && n.contains(&me)),
+            "{:?}",
+            progress.notes()
+        );
+        drop(first);
     }
 
     #[test]
@@ -320,14 +700,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         assert!(list(&d.join("missing")).is_empty());
-        let held = try_lock_all(d, &[10, 2]).unwrap().unwrap();
+        let held = take(
+            d,
+            &[CpuLock::Llc(10), CpuLock::Llc(2)],
+            HolderKind::PerfTest,
+        )
+        .unwrap();
         std::fs::write(d.join("source-abc.lock"), b"").unwrap();
         let list = list(d);
         assert_eq!(
-            list.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
-            ["2", "10"]
+            list.iter()
+                .map(|l| (l.kind.as_str(), l.id.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                ("llc", "2"),
+                ("llc", "10"),
+                ("llc-intent", "2"),
+                ("llc-intent", "10")
+            ]
         );
-        assert!(list.iter().all(|l| l.kind == "llc"));
         let me = std::process::id();
         assert!(
             list[0]

@@ -168,7 +168,9 @@ impl Host {
     /// policy that has chosen them. `explicit` (a `--cpu-cap`) makes
     /// confinement a contract: when the host cannot confine, it fails with
     /// the remedies instead of warning once. Waits, cancellably, while
-    /// another holder has the CPUs' locks.
+    /// another holder has the CPUs' locks. The CPUs are locked as a
+    /// sharing build's ([`HolderKind::Build`]): other builds may use the
+    /// rest of their LLCs, perf runs may not.
     pub fn confine(&self, cpus: &CpuSet, explicit: bool, cx: &StageContext) -> Result<Reservation> {
         cx.cancel.check()?;
         let want = cpus.len();
@@ -192,7 +194,7 @@ impl Host {
         let topo = match self.topology() {
             Ok(t) => Some(t),
             Err(e) => {
-                tracing::info!("locking single CPUs: {e}");
+                tracing::info!("locking CPUs without their LLCs: {e}");
                 None
             }
         };

@@ -64,17 +64,34 @@ fn confine_locks_the_llc_and_creates_the_sandbox() {
         std::fs::read_to_string(sandbox.join("cpuset.cpus")).unwrap(),
         cpu.to_string()
     );
-    // The first allowed CPU is in the fake machine's first LLC, id 0.
+    // The first allowed CPU is in the fake machine's first LLC, id 0: the
+    // build shares the LLC and owns the CPU.
     let llc = dir.path().join("locks/llc-0.lock");
     assert!(
-        lock::try_lock(&llc, LockMode::Shared).unwrap().is_none(),
-        "the LLC must be held exclusively"
+        lock::try_lock(&llc, LockMode::Exclusive).unwrap().is_none(),
+        "the LLC must be held (shared): no perf run may take it"
+    );
+    assert!(
+        lock::try_lock(&llc, LockMode::Shared).unwrap().is_some(),
+        "another build may share the LLC"
+    );
+    let cpu_lock = locks::cpu_lock(&dir.path().join("locks"), cpu);
+    assert!(
+        lock::try_lock(&cpu_lock, LockMode::Shared)
+            .unwrap()
+            .is_none(),
+        "the CPU must be held exclusively"
     );
     assert!(progress.warnings().is_empty());
     assert!(progress.notes().iter().any(|n| n.contains("reserved CPU")));
     drop(res);
     assert!(!sandbox.exists());
     assert!(lock::try_lock(&llc, LockMode::Exclusive).unwrap().is_some());
+    assert!(
+        lock::try_lock(&cpu_lock, LockMode::Exclusive)
+            .unwrap()
+            .is_some()
+    );
 }
 
 #[test]
@@ -145,45 +162,48 @@ fn a_held_lock_makes_confine_wait_cancellably_naming_the_holder() {
         progress
             .notes()
             .iter()
-            .any(|n| n.starts_with("waiting for LLC") && n.contains(&me)),
+            .any(|n| n.starts_with("waiting for CPU") && n.contains(&me)),
         "{:?}",
         progress.notes()
     );
     drop(first);
 }
 
+/// The table of docs/reservation.md: who may share an LLC and a CPU with
+/// whom.
 #[test]
-fn holder_modes_let_functional_runs_share_and_keep_builds_off() {
+fn holder_modes_follow_the_documented_table() {
+    use HolderKind::*;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let l = [CpuLock::Llc(3)];
-    let a = locks::try_lock_set(d, &l, HolderKind::FunctionalTest)
-        .unwrap()
-        .unwrap();
-    let b = locks::try_lock_set(d, &l, HolderKind::FunctionalTest)
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        locks::try_lock_set(d, &l, HolderKind::Build)
-            .unwrap()
-            .unwrap_err(),
-        CpuLock::Llc(3)
-    );
-    assert!(
-        locks::try_lock_set(d, &l, HolderKind::PerfTest)
-            .unwrap()
-            .is_err()
-    );
-    drop((a, b));
-    let perf = locks::try_lock_set(d, &l, HolderKind::PerfTest)
-        .unwrap()
-        .unwrap();
-    assert!(
-        locks::try_lock_set(d, &l, HolderKind::FunctionalTest)
-            .unwrap()
-            .is_err()
-    );
-    drop(perf);
+    let on = |cpu: usize| [CpuLock::Llc(3), CpuLock::Cpu(cpu)];
+    let take = |locks: &[CpuLock], h: HolderKind| locks::try_lock_set(d, locks, h).unwrap();
+
+    // Functional runs share LLC and CPU with each other; builds share the
+    // LLC with them but not their CPU; a perf run shares nothing.
+    let f1 = take(&on(0), FunctionalTest).unwrap();
+    let f2 = take(&on(0), FunctionalTest).unwrap();
+    assert_eq!(take(&on(0), Build).unwrap_err(), CpuLock::Cpu(0));
+    let b1 = take(&on(1), Build).unwrap();
+    assert_eq!(take(&on(1), Build).unwrap_err(), CpuLock::Cpu(1));
+    let b2 = take(&on(2), Build).unwrap();
+    for h in [PerfTest, ExclusiveBuild] {
+        assert_eq!(take(&[CpuLock::Llc(3)], h).unwrap_err(), CpuLock::Llc(3));
+    }
+    drop((f1, f2, b1, b2));
+
+    // A perf run (or an LLC-exclusive build) keeps everyone off its LLC.
+    for owner in [PerfTest, ExclusiveBuild] {
+        let held = take(&[CpuLock::Llc(3)], owner).unwrap();
+        for h in [Build, FunctionalTest, PerfTest, ExclusiveBuild] {
+            assert_eq!(
+                take(&on(4), h).unwrap_err(),
+                CpuLock::Llc(3),
+                "{owner:?} vs {h:?}"
+            );
+        }
+        drop(held);
+    }
 }
 
 #[test]
@@ -199,7 +219,12 @@ fn locks_for_uses_llcs_and_falls_back_to_cpus() {
     let cpus = CpuSet::from([0, 1, 5]);
     assert_eq!(
         locks::locks_for(&cpus, Some(&topo)),
-        [CpuLock::Llc(7), CpuLock::Cpu(5)]
+        [
+            CpuLock::Llc(7),
+            CpuLock::Cpu(0),
+            CpuLock::Cpu(1),
+            CpuLock::Cpu(5)
+        ]
     );
     assert_eq!(
         locks::locks_for(&cpus, None),

@@ -283,27 +283,30 @@ impl Topology {
         mems.into_iter().collect()
     }
 
-    /// `cpus` ordered so SMT siblings are adjacent: taking a prefix takes
-    /// whole cores first.
+    /// `cpus` ordered so SMT siblings are adjacent, cores whose siblings are
+    /// all in `cpus` first: taking a prefix takes whole cores, and the
+    /// leftover sibling of a core someone else half uses comes last.
     pub fn core_order(&self, cpus: &CpuSet) -> Vec<usize> {
-        let mut out = Vec::with_capacity(cpus.len());
+        let mut groups: Vec<(bool, Vec<usize>)> = Vec::new();
         let mut seen = CpuSet::new();
         for &c in cpus {
             if seen.contains(&c) {
                 continue;
             }
             let core = self.cores.iter().find(|core| core.contains(&c));
-            let group: Vec<usize> = match core {
-                Some(core) => core.intersection(cpus).copied().collect(),
-                None => vec![c],
+            let (whole, group): (bool, Vec<usize>) = match core {
+                Some(core) => (
+                    core.is_subset(cpus),
+                    core.intersection(cpus).copied().collect(),
+                ),
+                None => (true, vec![c]),
             };
-            for g in group {
-                if seen.insert(g) {
-                    out.push(g);
-                }
-            }
+            seen.extend(group.iter().copied());
+            groups.push((whole, group));
         }
-        out
+        // Stable: cores keep their CPU order within each class.
+        groups.sort_by_key(|(whole, _)| !whole);
+        groups.into_iter().flat_map(|(_, g)| g).collect()
     }
 }
 
@@ -442,6 +445,8 @@ mod tests {
             ..Topology::default()
         };
         assert_eq!(t.core_order(&CpuSet::from([0, 1, 4, 5])), vec![0, 4, 1, 5]);
+        // Core 0 is half used by someone else: its free sibling comes last.
+        assert_eq!(t.core_order(&CpuSet::from([1, 4, 5])), vec![1, 5, 4]);
     }
 
     #[test]
