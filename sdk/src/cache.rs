@@ -164,6 +164,12 @@ pub struct Metadata {
     /// stored before ktstr recorded it (and in backfills of those).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<BuildRecord>,
+    /// The boot check's verdict (`ktstr build --verify`, `ktstr kernel
+    /// verify-boot`). Absent until a verifier ran; never part of the key.
+    /// The host's field, like `origin`: it sets it after running the
+    /// verifier and re-stores the metadata; backends store it verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<crate::verify::VerifyRecord>,
 }
 
 /// The evidence a build leaves in its entry's metadata (see docs/cache.md).

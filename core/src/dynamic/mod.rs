@@ -7,7 +7,7 @@
 //!
 //! Selection rule ([`apply`]): a loaded cache stage is appended to the
 //! cache tiers and a source stage to the acquirers (asked before the
-//! built-ins); a reserver, configurer or builder replaces the selection's
+//! built-ins); a reserver, configurer, builder or verifier replaces the selection's
 //! choice for its stage (`--plugin` and `plugins = [...]` come after the
 //! config file's per-host tables; `--reserver` still wins). A built-in
 //! name given to `--plugin` selects that built-in the same way.
@@ -187,6 +187,7 @@ pub fn load_selected(selection: &Selection, catalog: &mut Catalog) -> Result<Vec
         (StageKind::Reserver, selection.reserver.clone()),
         (StageKind::Configurer, selection.configurer.clone()),
         (StageKind::Builder, selection.builder.clone()),
+        (StageKind::Verifier, selection.verifier.clone()),
     ];
     wanted.extend(
         selection

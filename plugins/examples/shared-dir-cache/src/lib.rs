@@ -424,6 +424,7 @@ mod tests {
             origin: None,
             kernelrelease: None,
             build: None,
+            verify: None,
         }
     }
 

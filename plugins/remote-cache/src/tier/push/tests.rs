@@ -183,6 +183,7 @@ fn entry(dir: &std::path::Path, name: &str) -> (CacheKey, Artifacts, Metadata) {
         origin: None,
         kernelrelease: None,
         build: None,
+        verify: None,
     };
     (key, artifacts, metadata)
 }
