@@ -137,6 +137,7 @@ fn noise(len: usize) -> Vec<u8> {
 
 fn options(dir: &std::path::Path, multipart: Option<(u64, usize)>) -> TierOptions {
     TierOptions {
+        require_verified: false,
         read_only: false,
         max_entry_size: 1 << 30,
         compression_level: 1,
