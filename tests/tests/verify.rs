@@ -5,8 +5,8 @@
 //! tier; the exit codes; a verifier that panics or hangs.
 //!
 //! `cargo test` does not build cdylibs, so the first test to need them runs
-//! `$CARGO build -p <fixture>...` into this test's target directory; each
-//! fixture then gets a private plugin directory (`KTSTR_PLUGIN_PATH`).
+//! `$CARGO build -p <fixture>...` into this test's target directory, next
+//! to the `ktstr` binary, whose directory is a plugin search directory.
 
 mod common;
 
@@ -55,16 +55,11 @@ fn built() -> &'static Path {
     })
 }
 
-/// `fx` with the verifier fixtures in a plugin directory of its own.
+/// `fx`, once the verifier fixtures are built: they are found by name in
+/// the directory of the `ktstr` under test, a plugin search directory.
 fn with_verifiers(fx: Fixture) -> Fixture {
-    let dir = fx.root.path().join("plugins");
-    fs::create_dir_all(&dir).unwrap();
-    for lib in VERIFIERS {
-        let name = format!("lib{}.so", lib.replace('-', "_"));
-        fs::copy(built().join(&name), dir.join(&name)).unwrap();
-    }
-    let dir = dir.to_str().unwrap().to_string();
-    fx.with_env("KTSTR_PLUGIN_PATH", &dir)
+    built();
+    fx
 }
 
 fn git_fixture() -> Fixture {
@@ -84,10 +79,11 @@ fn boot_cell(fx: &Fixture, key: &str) -> String {
     list.assert_ok();
     let header = list.stdout.lines().next().unwrap();
     let at = header.find("BOOT").expect("a BOOT column");
+    let end = header.find("STATUS").expect("a STATUS column after it");
     let row = (list.stdout.lines())
         .find(|l| l.starts_with(key))
         .unwrap_or_else(|| panic!("{key} not listed\n{}", list.describe()));
-    row[at..].split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+    row[at..end].trim().to_string()
 }
 
 #[track_caller]
