@@ -524,6 +524,7 @@ pub(super) fn print_verdict(label: &str, record: &VerifyRecord, progress: &Stder
 }
 
 fn report(outcome: &Outcome, progress: &StderrProgress, verifying: bool) {
+    report_outcome(outcome, progress);
     if verifying {
         match outcome {
             Outcome::Hit(e) | Outcome::PeerBuilt(e) | Outcome::Stored(e) => {
@@ -537,6 +538,9 @@ fn report(outcome: &Outcome, progress: &StderrProgress, verifying: bool) {
             ),
         }
     }
+}
+
+fn report_outcome(outcome: &Outcome, progress: &StderrProgress) {
     match outcome {
         Outcome::Hit(entry) => progress.println(&format!("cache hit {}", entry.key)),
         Outcome::PeerBuilt(_) => {}

@@ -122,11 +122,13 @@ pub fn verify_boot(args: &VerifyBootArgs) -> Result<()> {
             }
         };
         if !args.json {
-            match &checked.verify {
-                Some(record) => {
+            match (&checked.verify, checked.status) {
+                (Some(record), _) => {
                     super::build::print_verdict(&format!("{}: ", checked.key), record, &progress)
                 }
-                None => progress.println(&format!(
+                // Reported as an error above.
+                (None, "error") => {}
+                (None, _) => progress.println(&format!(
                     "{}: {}",
                     checked.key,
                     checked.error.as_deref().unwrap_or("not checked")

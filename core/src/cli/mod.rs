@@ -147,9 +147,13 @@ impl std::fmt::Display for BootFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "boot check failed for {}; the entr{} stay cached, marked FAILED",
+            "boot check failed for {}; {} cached, marked FAILED",
             self.keys.join(", "),
-            if self.keys.len() == 1 { "y" } else { "ies" }
+            if self.keys.len() == 1 {
+                "the entry stays"
+            } else {
+                "the entries stay"
+            }
         )
     }
 }

@@ -130,7 +130,7 @@ impl BootCheck {
             })
             .map_err(|e| StageError::internal("cannot start the verifier's thread").caused_by(e))?;
         cx.progress
-            .step(&format!("boot check ({} verifier)", self.name));
+            .step(&format!("boot check with {}", self.name));
         let result = self.wait(&rx, &cancel, started, cx);
         cx.progress.finish_step();
         let verdict = result?;
