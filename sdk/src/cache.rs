@@ -681,6 +681,36 @@ mod tests {
         assert!(!c.read_only);
     }
 
+    /// Entries and manifests written before the boot check read as
+    /// unchecked; a verdict round-trips flat (`passed`, `summary` beside
+    /// the host's fields) and is left out of JSON when absent.
+    #[test]
+    fn metadata_without_a_verdict_still_reads_and_a_verdict_round_trips() {
+        let old = serde_json::json!({
+            "schema": 1, "key": "k-1", "source": {"kind": "x", "identity": "y"},
+            "version": null, "arch": "x86_64", "image_name": "bzImage",
+            "profile": "default", "config_sha256": "", "builder": "b",
+            "toolchain": "t", "built_at": "", "components": [], "artifacts": {}
+        });
+        let mut m: Metadata = serde_json::from_value(old).unwrap();
+        assert_eq!(m.verify, None);
+        assert!(!serde_json::to_string(&m).unwrap().contains("verify"));
+        let record: crate::verify::VerifyRecord = serde_json::from_value(serde_json::json!({
+            "verifier": "qemu", "verifier_version": "0.1.0",
+            "verified_at": "2026-12-06T05:00:00Z", "duration_ms": 24000,
+            "passed": false, "summary": "kernel panic",
+            "console_tail": ["Kernel panic - not syncing"]
+        }))
+        .unwrap();
+        assert!(record.verdict.observed.is_empty());
+        m.verify = Some(record);
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["verify"]["passed"], false);
+        assert_eq!(json["verify"]["verifier"], "qemu");
+        let back: Metadata = serde_json::from_value(json).unwrap();
+        assert_eq!(back, m);
+    }
+
     #[test]
     fn key_deserialization_validates() {
         let bad: std::result::Result<CacheKey, _> = serde_json::from_str("\"../etc\"");
