@@ -420,14 +420,17 @@ pub fn run(args: &BuildArgs) -> Result<()> {
     if args.skip_sha256 {
         ktstr_sdk::switch::apply(ktstr_sdk::switch::SKIP_SHA256, &mut setup.selection.configs);
     }
+    let verifier = if args.verify || setup.effective.settings.verify == Some(true) {
+        Some(super::kernel_verify::boot_check(
+            args.verify_timeout.as_deref(),
+            &mut setup,
+        )?)
+    } else {
+        None
+    };
     let mut stages = setup.stages()?;
     check_profile(&args.profile, &stages.configurer)?;
-    if args.verify || settings.verify == Some(true) {
-        stages.verifier = Some(super::kernel_verify::boot_check(
-            args.verify_timeout.as_deref(),
-            &setup,
-        )?);
-    }
+    stages.verifier = verifier;
     let root = ktstr_sdk::paths::cache_root()?;
     let targets = pipeline::resolve(&stages, &request.spec, &cx)?;
     if targets.len() == 1 {

@@ -11,6 +11,7 @@ use std::io::Write;
 use anyhow::Result;
 use ktstr_sdk::ErrorKind;
 use ktstr_sdk::cache::CacheKey;
+use ktstr_sdk::registry::StageKind;
 use ktstr_sdk::verify::VerifyRecord;
 use serde::Serialize;
 
@@ -37,14 +38,18 @@ pub struct VerifyBootArgs {
     pub json: bool,
 }
 
-/// The selected verifier, bounded by `--verify-timeout`, else the config
-/// file's `verify_timeout`, else the default. A bad flag is a usage error.
-pub(super) fn boot_check(flag: Option<&str>, setup: &Setup) -> Result<BootCheck> {
+/// The selected verifier (its library loaded now if it is a plugin named
+/// only by `verifier = "..."`), bounded by `--verify-timeout`, else the
+/// config file's `verify_timeout`, else the default. A bad flag is a usage
+/// error.
+pub(super) fn boot_check(flag: Option<&str>, setup: &mut Setup) -> Result<BootCheck> {
     let timeout = match (flag, &setup.effective.settings.verify_timeout) {
         (Some(raw), _) => verify::parse_timeout(raw, "--verify-timeout").map_err(UsageError)?,
         (None, Some(raw)) => verify::parse_timeout(raw, "config verify_timeout")?,
         (None, None) => verify::DEFAULT_TIMEOUT,
     };
+    let name = setup.selection.verifier.clone();
+    crate::dynamic::load_stage(StageKind::Verifier, &name, &mut setup.catalog)?;
     Ok(BootCheck::select(
         &setup.catalog,
         &setup.selection,
@@ -63,11 +68,11 @@ struct Checked {
 }
 
 pub fn verify_boot(args: &VerifyBootArgs) -> Result<()> {
-    let setup = stage_setup::setup(&Overrides {
+    let mut setup = stage_setup::setup(&Overrides {
         plugins: args.plugins.clone(),
         reserver: None,
     })?;
-    let check = boot_check(args.verify_timeout.as_deref(), &setup)?;
+    let check = boot_check(args.verify_timeout.as_deref(), &mut setup)?;
     let keys = (args.keys.iter())
         .map(|k| CacheKey::parse(k).map_err(UsageError))
         .collect::<std::result::Result<Vec<_>, _>>()?;
