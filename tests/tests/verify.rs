@@ -113,15 +113,26 @@ fn verify_records_the_verdict_where_list_and_json_show_it() {
         image.len().to_string(),
         "the verifier checked the built image"
     );
-    assert_eq!(verify["observed"]["timeout_ms"], "120000", "the default bound");
+    assert_eq!(
+        verify["observed"]["timeout_ms"], "120000",
+        "the default bound"
+    );
     assert_eq!(verify["observed"]["arch"], "x86_64");
-    let cpus: usize = verify["observed"]["cpus"].as_str().unwrap().parse().unwrap();
+    let cpus: usize = verify["observed"]["cpus"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=4).contains(&cpus), "{cpus}");
 
     assert_eq!(stored_verdict(&fx, &key), *verify, "metadata.json has it");
     let row = &fx.list_json()[0];
     assert_eq!(row["verify"], *verify);
-    assert!(boot_cell(&fx, &key).starts_with("ok "), "{}", boot_cell(&fx, &key));
+    assert!(
+        boot_cell(&fx, &key).starts_with("ok "),
+        "{}",
+        boot_cell(&fx, &key)
+    );
 
     // A hit that has a verdict is not checked again, whatever the verifier.
     let again = fx.build(&["--verify", "--plugin", "verifier-fail"]);
@@ -171,16 +182,22 @@ fn a_kernel_that_fails_is_kept_marked_and_exits_3() {
     let run = fx.build(&["--verify", "--plugin", "verifier-fail"]);
     assert_exit(&run, 3);
     let image = PathBuf::from(run.stdout.trim());
-    assert!(image.is_file(), "the image path is still printed\n{}", run.describe());
-    run.assert_stderr_has(
-        "boot check FAILED (verifier-fail 0.1.0, ",
-    )
-    .assert_stderr_has(" s): kernel panic: VFS: Unable to mount root fs on unknown-block(0,0)")
-    .assert_stderr_has("  | ---[ end Kernel panic - not syncing ]---")
-    .assert_stderr_has("ktstr: error: boot check failed for ")
-    .assert_stderr_prefixed();
+    assert!(
+        image.is_file(),
+        "the image path is still printed\n{}",
+        run.describe()
+    );
+    run.assert_stderr_has("boot check FAILED (verifier-fail 0.1.0, ")
+        .assert_stderr_has(" s): kernel panic: VFS: Unable to mount root fs on unknown-block(0,0)")
+        .assert_stderr_has("  | ---[ end Kernel panic - not syncing ]---")
+        .assert_stderr_has("ktstr: error: boot check failed for ")
+        .assert_stderr_prefixed();
     let key = run.cached_key();
-    assert_eq!(fx.entries_on_disk(), [key.clone()], "the entry is kept");
+    assert_eq!(
+        fx.entries_on_disk(),
+        std::slice::from_ref(&key),
+        "the entry is kept"
+    );
     assert_eq!(boot_cell(&fx, &key), "FAILED");
     assert_eq!(
         stored_verdict(&fx, &key)["console_tail"][1],
@@ -206,7 +223,7 @@ fn a_panicking_verifier_is_an_error_naming_it_and_the_build_stays_cached() {
         .assert_stderr_has("without a boot check")
         .assert_stderr_has("`ktstr kernel verify-boot ");
     let key = run.cached_key();
-    assert_eq!(fx.entries_on_disk(), [key.clone()]);
+    assert_eq!(fx.entries_on_disk(), std::slice::from_ref(&key));
     assert!(stored_verdict(&fx, &key).is_null());
     assert_eq!(boot_cell(&fx, &key), "-");
 }

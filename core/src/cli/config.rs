@@ -210,10 +210,7 @@ pub fn run(args: &ConfigArgs) -> Result<()> {
             Value::from("(for a foreign --arch: the usual triplet found on PATH)"),
         ),
         ("kconfig", json!([])),
-        (
-            "verifier",
-            Value::from(crate::registry::DEFAULT_VERIFIER),
-        ),
+        ("verifier", Value::from(crate::registry::DEFAULT_VERIFIER)),
         ("verify", Value::from(false)),
         (
             "verify_timeout",

@@ -97,34 +97,30 @@ pub fn verify_boot(args: &VerifyBootArgs) -> Result<()> {
                     local.stage.describe()
                 )),
             },
-            Some(entry) => {
-                match verify::check_entry(&stages, &check, &entry, &own, &root, &cx) {
-                    Ok(stored) => {
-                        let record = stored.metadata.verify;
-                        Checked {
-                            key: key.to_string(),
-                            status: match &record {
-                                Some(r) if r.verdict.passed => "passed",
-                                _ => "failed",
-                            },
-                            verify: record,
-                            error: None,
-                        }
-                    }
-                    Err(e) if e.kind == ErrorKind::Cancelled => return Err(e.into()),
-                    Err(e) => {
-                        crate::progress::suspended(|| {
-                            super::report(&anyhow::Error::from(e.clone()))
-                        });
-                        Checked {
-                            key: key.to_string(),
-                            status: "error",
-                            verify: None,
-                            error: Some(e.to_string()),
-                        }
+            Some(entry) => match verify::check_entry(&stages, &check, &entry, &own, &root, &cx) {
+                Ok(stored) => {
+                    let record = stored.metadata.verify;
+                    Checked {
+                        key: key.to_string(),
+                        status: match &record {
+                            Some(r) if r.verdict.passed => "passed",
+                            _ => "failed",
+                        },
+                        verify: record,
+                        error: None,
                     }
                 }
-            }
+                Err(e) if e.kind == ErrorKind::Cancelled => return Err(e.into()),
+                Err(e) => {
+                    crate::progress::suspended(|| super::report(&anyhow::Error::from(e.clone())));
+                    Checked {
+                        key: key.to_string(),
+                        status: "error",
+                        verify: None,
+                        error: Some(e.to_string()),
+                    }
+                }
+            },
         };
         if !args.json {
             match (&checked.verify, checked.status) {
@@ -170,7 +166,10 @@ pub fn verify_boot(args: &VerifyBootArgs) -> Result<()> {
         return Err(BootFailed::new(failed).into());
     }
     if results.len() > 1 {
-        eprintln!("{LABEL}: all {} kernels passed their boot check", results.len());
+        eprintln!(
+            "{LABEL}: all {} kernels passed their boot check",
+            results.len()
+        );
     }
     Ok(())
 }

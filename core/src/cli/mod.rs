@@ -73,7 +73,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build a kernel, or return the cached build of the same inputs.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Inspect and prune cached kernels.
     #[command(subcommand)]
     Kernel(KernelCommand),

@@ -16,9 +16,7 @@ use ktstr_sdk::reserve::Reserver;
 use ktstr_sdk::source::SourceAcquirer;
 use ktstr_sdk::verify::Verifier;
 
-use super::adapters::{
-    DynBuilder, DynCache, DynConfigurer, DynReserver, DynSource, DynVerifier,
-};
+use super::adapters::{DynBuilder, DynCache, DynConfigurer, DynReserver, DynSource, DynVerifier};
 use super::load::LoadedPlugin;
 use crate::registry::StageFactory;
 

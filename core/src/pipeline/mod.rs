@@ -163,12 +163,12 @@ pub fn run(
         bypass: req.bypass_locks,
     };
     Ok(match outcome {
-        Outcome::Hit(e) if e.metadata.verify.is_none() => {
-            Outcome::Hit(verify::check_entry(stages, check, &e, &own, cache_root, cx)?)
-        }
-        Outcome::PeerBuilt(e) if e.metadata.verify.is_none() => {
-            Outcome::PeerBuilt(verify::check_entry(stages, check, &e, &own, cache_root, cx)?)
-        }
+        Outcome::Hit(e) if e.metadata.verify.is_none() => Outcome::Hit(verify::check_entry(
+            stages, check, &e, &own, cache_root, cx,
+        )?),
+        Outcome::PeerBuilt(e) if e.metadata.verify.is_none() => Outcome::PeerBuilt(
+            verify::check_entry(stages, check, &e, &own, cache_root, cx)?,
+        ),
         other => other,
     })
 }

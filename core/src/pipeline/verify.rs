@@ -82,17 +82,21 @@ impl BootCheck {
     pub fn select(catalog: &Catalog, selection: &Selection, timeout: Duration) -> Result<Self> {
         let name = &selection.verifier;
         let factory = catalog.find(StageKind::Verifier, name).map_err(|e| {
-            e.context("--verify")
-                .with_hint(format!(
-                    "install the {name} verifier, or load a verifier plugin with --plugin NAME \
+            e.context("--verify").with_hint(format!(
+                "install the {name} verifier, or load a verifier plugin with --plugin NAME \
                      (`ktstr plugins list` shows the verifiers; `ktstr docs verify` says how \
                      to write one)"
-                ))
+            ))
         })?;
         let version = factory.version().to_string();
         let named =
-            crate::registry::named::<dyn Verifier>(factory, selection.config(&factory.name()))?;
-        Ok(Self::new(named.name, version, Arc::from(named.stage), timeout))
+            crate::registry::named::<dyn Verifier>(factory, selection.config(factory.name()))?;
+        Ok(Self::new(
+            named.name,
+            version,
+            Arc::from(named.stage),
+            timeout,
+        ))
     }
 
     pub fn new(name: String, version: String, stage: Arc<dyn Verifier>, timeout: Duration) -> Self {
@@ -129,8 +133,7 @@ impl BootCheck {
                 let _ = tx.send(result);
             })
             .map_err(|e| StageError::internal("cannot start the verifier's thread").caused_by(e))?;
-        cx.progress
-            .step(&format!("boot check with {}", self.name));
+        cx.progress.step(&format!("boot check with {}", self.name));
         let result = self.wait(&rx, &cancel, started, cx);
         cx.progress.finish_step();
         let verdict = result?;
@@ -203,11 +206,11 @@ impl BootCheck {
                         secs(grace(self.timeout)),
                     ),
                 )
-                .with_hint(format!(
+                .with_hint(
                     "the verifier ignores its bound: report it to its author; meanwhile raise \
                      --verify-timeout if the guest is merely slow, or select another verifier \
-                     (a library verifier that hangs keeps a thread until ktstr exits)"
-                )));
+                     (a library verifier that hangs keeps a thread until ktstr exits)",
+                ));
             }
         }
     }
@@ -317,7 +320,10 @@ pub fn record_verdict(
         if let Err(e) = tiers.push_to(tier, &local, cx) {
             crate::report::warn_error(
                 &*cx.progress,
-                &format!("{}: could not record the boot check of {}: ", tier.name, entry.key),
+                &format!(
+                    "{}: could not record the boot check of {}: ",
+                    tier.name, entry.key
+                ),
                 &e,
             );
         }
@@ -429,16 +435,21 @@ mod tests {
         let r = check(Fixed(Ok(passed.clone())))
             .check(VerifyRequest::default(), &cx())
             .unwrap();
-        assert_eq!((r.verifier.as_str(), r.verifier_version.as_str()), ("t", "1.0"));
+        assert_eq!(
+            (r.verifier.as_str(), r.verifier_version.as_str()),
+            ("t", "1.0")
+        );
         assert_eq!(r.verdict, passed);
         assert!(r.verified_at.ends_with('Z'), "{}", r.verified_at);
         assert!(verdict_line(&r).starts_with("boot check passed (t 1.0, "));
         assert_eq!(boot_cell(Some(&r)), "ok 0s");
         assert_eq!(boot_cell(None), "-");
 
-        let e = check(Fixed(Err(StageError::not_found("qemu-system-x86_64 is missing"))))
-            .check(VerifyRequest::default(), &cx())
-            .unwrap_err();
+        let e = check(Fixed(Err(StageError::not_found(
+            "qemu-system-x86_64 is missing",
+        ))))
+        .check(VerifyRequest::default(), &cx())
+        .unwrap_err();
         assert_eq!(e.kind, ErrorKind::NotFound);
         assert!(e.to_string().starts_with("verifier t: "), "{e}");
     }
@@ -479,7 +490,10 @@ mod tests {
             .check(VerifyRequest::default(), &c)
             .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Cancelled);
-        assert!(started.elapsed() < Duration::from_millis(2900), "waited for the bound");
+        assert!(
+            started.elapsed() < Duration::from_millis(2900),
+            "waited for the bound"
+        );
     }
 
     #[test]

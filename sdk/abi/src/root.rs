@@ -37,8 +37,7 @@ pub struct PluginMod {
     pub new_cache: extern "C" fn(name: RStr<'_>, config: RStr<'_>) -> FfiResult<FfiCacheBox>,
     /// Since ABI 0.3.
     #[sabi(last_prefix_field)]
-    pub new_verifier:
-        extern "C" fn(name: RStr<'_>, config: RStr<'_>) -> FfiResult<FfiVerifierBox>,
+    pub new_verifier: extern "C" fn(name: RStr<'_>, config: RStr<'_>) -> FfiResult<FfiVerifierBox>,
 }
 
 impl RootModule for PluginModRef {

@@ -121,7 +121,11 @@ fn a_verifier_round_trips_through_the_abi() {
         "{e}"
     );
     let e = err((root.new_verifier())("boom".into(), "null".into()));
-    assert_eq!(e.kind, ErrorKind::NotFound, "a cache is not a verifier: {e}");
+    assert_eq!(
+        e.kind,
+        ErrorKind::NotFound,
+        "a cache is not a verifier: {e}"
+    );
 }
 
 /// [`Interrupted`]'s recorder, without the interrupt.
