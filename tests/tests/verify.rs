@@ -388,3 +388,54 @@ fn verdicts_travel_with_entries_and_strict_machines_pull_only_verified_ones() {
     assert_eq!(build_from(&f, &broken, &[]).hit_key(), key);
     assert_eq!(f.list_json()[0]["verify"]["passed"], false);
 }
+
+/// The `verify-*` scratch directories under the cache root.
+fn verify_scratch(fx: &Fixture) -> Vec<String> {
+    fs::read_dir(fx.cache.join("scratch"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("verify-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Ctrl-C during the check of a new build stops the run at once, even with
+/// a verifier that ignores it, and stores nothing.
+#[test]
+fn an_interrupt_during_the_check_stores_nothing() {
+    let fx = git_fixture();
+    let mut child = fx.spawn_build(
+        &[
+            "--verify",
+            "--verify-timeout",
+            "60s",
+            "--plugin",
+            "verifier-hang",
+        ],
+        &[],
+    );
+    let started = std::time::Instant::now();
+    while verify_scratch(&fx).is_empty() {
+        assert!(
+            child.child.try_wait().unwrap().is_none(),
+            "ktstr exited before the check"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no check began"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.pid() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let run = child.wait(Duration::from_secs(20));
+    assert_exit(&run, 130);
+    assert!(fx.entries_on_disk().is_empty(), "{}", run.describe());
+    assert!(verify_scratch(&fx).is_empty(), "scratch left behind");
+}
