@@ -677,6 +677,30 @@ toolchain = "llvm"
     }
 
     #[test]
+    fn boot_check_settings_apply_per_host() {
+        let cfg = parse(
+            r#"
+verify_timeout = "5m"
+verifier = "acme-smoke"
+[hosts."ci-*"]
+verify = true
+"#,
+        )
+        .unwrap();
+        let dev = cfg.for_host("dev");
+        assert_eq!(dev.settings.verify, None);
+        assert_eq!(dev.settings.verify_timeout.as_deref(), Some("5m"));
+        assert_eq!(dev.selection().unwrap().verifier, "acme-smoke");
+        assert_eq!(cfg.for_host("ci-3").settings.verify, Some(true));
+        assert_eq!(
+            Selection::default().verifier,
+            crate::registry::DEFAULT_VERIFIER
+        );
+        let err = parse("verify = \"yes\"\n").unwrap_err();
+        assert!(err.message.contains("line 1 (key `verify`)"), "{err}");
+    }
+
+    #[test]
     fn empty_file_is_defaults() {
         let sel = parse("").unwrap().for_host("x").selection().unwrap();
         assert_eq!(sel, Selection::default());

@@ -318,5 +318,7 @@ mod tests {
         assert_eq!(selection.cache_tiers(), ["local-cache", "shared-dir-cache"]);
         selection.select(StageKind::Source, "my-src");
         assert_eq!(selection.sources, ["my-src"]);
+        selection.select(StageKind::Verifier, "acme-smoke");
+        assert_eq!(selection.verifier, "acme-smoke");
     }
 }
