@@ -531,6 +531,13 @@ pub trait CacheBackend: Send + Sync {
     fn locks(&self) -> Result<Vec<crate::lock_list::LockInfo>> {
         Ok(Vec::new())
     }
+
+    /// Build leases in this tier (fleet single-flight, see
+    /// [`crate::lease`]), if it can create objects atomically and may be
+    /// written. None by default: no fleet single-flight.
+    fn leases(&self) -> Option<std::sync::Arc<dyn crate::lease::LeaseStore>> {
+        None
+    }
 }
 
 #[cfg(test)]

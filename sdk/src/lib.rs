@@ -28,6 +28,7 @@ pub mod error;
 pub mod export;
 pub mod fsread;
 pub mod hash;
+pub mod lease;
 pub mod lock;
 pub mod lock_list;
 pub mod make_env;

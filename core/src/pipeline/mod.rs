@@ -15,6 +15,7 @@ mod evidence;
 mod explain;
 mod failure;
 mod keyer;
+mod lease;
 mod store;
 pub mod tree_state;
 pub mod verify;
@@ -221,6 +222,9 @@ struct Run<'a> {
 struct KeyState {
     /// The key last looked up (and missed).
     looked_up: Option<DerivedKey>,
+    /// The key's fleet build lease (`lease`), if a remote tier gave one;
+    /// released (dropped) before the local lock.
+    lease: Option<lease::FleetLease>,
     /// The key's build lock, once taken (`build_lock`).
     lock: Option<FileLock>,
 }
@@ -316,6 +320,18 @@ impl<'a> Run<'a> {
             }
             build_lock::Turn::Build(held) => {
                 key.lock = held;
+                // Our machine's turn: now the fleet's (`lease`).
+                if key.lock.is_some()
+                    && let Some(derived) = &key.looked_up
+                {
+                    match lease::take(self.stages, derived, self.cx)? {
+                        lease::Leased::Held(l) => key.lease = Some(l),
+                        lease::Leased::PeerBuilt(e) => {
+                            return Ok(ControlFlow::Break(Outcome::PeerBuilt(*e)));
+                        }
+                        lease::Leased::Without => {}
+                    }
+                }
                 Ok(ControlFlow::Continue(()))
             }
         }

@@ -111,6 +111,7 @@ pub fn s3_tier_with_env(
             scratch_dir,
             env_prefix: settings::S3_ENV_PREFIX,
             auth_hint,
+            leases: s.leases,
         },
     )
 }
@@ -160,6 +161,9 @@ pub fn http_tier_with_env(
                 http::USER_ENV,
                 http::PASSWORD_ENV
             ),
+            // object_store's HTTP client refuses conditional PUTs, and nginx's
+            // WebDAV ignores If-None-Match on PUT: no atomic create, no leases.
+            leases: None,
         },
     )
 }

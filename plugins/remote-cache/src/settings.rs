@@ -16,6 +16,7 @@ use std::time::Duration;
 use ktstr_sdk::config::{ConfigReader, Env};
 pub use ktstr_sdk::config::{Setting, env_name};
 use ktstr_sdk::error::Result;
+use ktstr_sdk::lease::LeaseTimings;
 use ktstr_sdk::paths::env_nonempty;
 use ktstr_sdk::registry::PluginConfig;
 
@@ -70,6 +71,8 @@ pub struct S3Settings {
     pub credentials_file: Option<String>,
     pub part_size: u64,
     pub concurrency: usize,
+    /// Build leases (fleet single-flight); `None` when `leases = false`.
+    pub leases: Option<LeaseTimings>,
     pub common: Common,
 }
 
@@ -120,6 +123,11 @@ settings!(S3_KEYS, [
     "max_entry_size" => "largest entry accepted on download, unpacked (default 4GiB)",
     "compression_level" => "zstd level for uploads, 1-19 (default 3)",
     "scratch_dir" => "where uploads are packed before they are sent",
+    "leases" => "take a build lease so a fleet builds each kernel once (default true)",
+    "lease_heartbeat" => "how often a lease holder refreshes its lease (default 30s)",
+    "lease_expiry" => "a lease not refreshed for this long is taken over (default 5m)",
+    "lease_wait" => "longest wait for another machine's build before building here (default 1h)",
+    "lease_poll" => "how often a waiter looks for the other machine's entry (default 5s)",
 ]);
 
 settings!(HTTP_KEYS, [
@@ -243,6 +251,7 @@ impl S3Settings {
             credentials_file: r.string("credentials_file")?,
             part_size,
             concurrency: r.int("concurrency", Self::DEFAULT_CONCURRENCY as i64, (1, 64))? as usize,
+            leases: leases(r)?,
             common: common(r)?,
         })
     }
@@ -272,6 +281,35 @@ impl HttpSettings {
             common: common(r)?,
         })
     }
+}
+
+/// The lease settings; `None` when `leases = false`.
+fn leases(r: &ConfigReader<'_>) -> Result<Option<LeaseTimings>> {
+    let d = LeaseTimings::DEFAULT;
+    let t = LeaseTimings {
+        heartbeat: r.duration("lease_heartbeat", d.heartbeat)?,
+        expiry: r.duration("lease_expiry", d.expiry)?,
+        wait: r.duration("lease_wait", d.wait)?,
+        poll: r.duration("lease_poll", d.poll)?,
+    };
+    if !r.bool("leases", true)? {
+        return Ok(None);
+    }
+    for (key, value) in [("lease_heartbeat", t.heartbeat), ("lease_poll", t.poll)] {
+        if value < Duration::from_millis(100) {
+            return Err(r.bad(key, format!("is {value:?}; it must be at least 100ms")));
+        }
+    }
+    if t.expiry < 2 * t.heartbeat {
+        return Err(r.bad(
+            "lease_expiry",
+            format!(
+                "is {:?}, less than two heartbeats ({:?} each): a live holder would be taken over",
+                t.expiry, t.heartbeat
+            ),
+        ));
+    }
+    Ok(Some(t))
 }
 
 /// `scratch_dir` of either plugin.
@@ -367,6 +405,44 @@ mod tests {
         .unwrap_err();
         assert!(err.message.contains("`endpoint`"), "{err}");
         assert!(!err.message.contains("sk@"), "secret echoed: {err}");
+    }
+
+    #[test]
+    fn lease_settings_default_on_and_are_checked() {
+        let s = S3Settings::from_sources(&serde_json::json!({"bucket": "b"}), &env(&[])).unwrap();
+        assert_eq!(s.leases, Some(LeaseTimings::DEFAULT));
+        let s = S3Settings::from_sources(
+            &serde_json::json!({"bucket": "b", "lease_expiry": "3s"}),
+            &env(&[
+                ("KTSTR_S3_LEASE_HEARTBEAT", "500ms"),
+                ("KTSTR_S3_LEASE_POLL", "200ms"),
+            ]),
+        )
+        .unwrap();
+        let t = s.leases.unwrap();
+        assert_eq!(t.heartbeat, Duration::from_millis(500));
+        assert_eq!(t.expiry, Duration::from_secs(3));
+        assert_eq!(t.poll, Duration::from_millis(200));
+        assert_eq!(t.wait, LeaseTimings::DEFAULT.wait);
+        let off = S3Settings::from_sources(
+            &serde_json::json!({"bucket": "b"}),
+            &env(&[("KTSTR_S3_LEASES", "0")]),
+        )
+        .unwrap();
+        assert_eq!(off.leases, None);
+        let err = S3Settings::from_sources(
+            &serde_json::json!({"bucket": "b", "lease_heartbeat": "1m", "lease_expiry": "90s"}),
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(err.message.contains("`lease_expiry`"), "{err}");
+        assert!(err.message.contains("two heartbeats"), "{err}");
+        let err = S3Settings::from_sources(
+            &serde_json::json!({"bucket": "b", "lease_poll": "1ms"}),
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(err.message.contains("at least 100ms"), "{err}");
     }
 
     #[test]

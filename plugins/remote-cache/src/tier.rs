@@ -11,6 +11,7 @@
 //! worded) and `scratch` (the private directory pushes pack in).
 
 mod errors;
+mod lease;
 mod listing;
 mod pull;
 mod push;
@@ -18,17 +19,19 @@ mod scratch;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ktstr_sdk::cache::{
     Artifacts, CacheBackend, CacheEntry, CacheKey, Capabilities, Listed, Metadata, Staging,
 };
 use ktstr_sdk::context::StageContext;
 use ktstr_sdk::error::{Result, StageError};
+use ktstr_sdk::lease::{LeaseStore, LeaseTimings};
 use object_store::ObjectStore;
 use object_store::path::Path as ObjPath;
 
 use crate::format;
+pub use lease::TierLeases;
 use scratch::{Scratch, scratch_base, sweep_dead_scratch};
 
 /// Tuning a tier needs beyond the client itself.
@@ -48,6 +51,9 @@ pub struct TierOptions {
     pub env_prefix: &'static str,
     /// What to say about credentials when the server refuses them.
     pub auth_hint: String,
+    /// Build leases (fleet single-flight), for a store whose PUT can be
+    /// conditional; `None`: no leases. Never used when read-only.
+    pub leases: Option<LeaseTimings>,
 }
 
 /// A remote cache tier.
@@ -57,11 +63,13 @@ pub struct RemoteTier {
     location: String,
     /// Extra words for `describe()` (endpoint, credential source).
     detail: String,
-    store: Box<dyn ObjectStore>,
+    store: Arc<dyn ObjectStore>,
     /// `<prefix>/v1`.
     root: ObjPath,
     opts: TierOptions,
-    runtime: tokio::runtime::Runtime,
+    runtime: Arc<tokio::runtime::Runtime>,
+    /// Build leases, shared with the host's heartbeat thread.
+    leases: Option<Arc<TierLeases>>,
     scratch: Mutex<Option<Scratch>>,
     /// Keys this run found damaged here: the next store replaces them
     /// whatever the remote's manifest claims.
@@ -125,6 +133,18 @@ impl RemoteTier {
         } else {
             ObjPath::from(format!("{prefix}/v{}", format::FORMAT_VERSION))
         };
+        let store: Arc<dyn ObjectStore> = Arc::from(store);
+        let runtime = Arc::new(runtime);
+        let leases = (opts.leases).filter(|_| !opts.read_only).map(|timings| {
+            Arc::new(TierLeases {
+                plugin,
+                location: location.clone(),
+                store: store.clone(),
+                runtime: runtime.clone(),
+                dir: root.clone().join("leases"),
+                timings,
+            })
+        });
         Ok(Self {
             plugin,
             location,
@@ -133,6 +153,7 @@ impl RemoteTier {
             root,
             opts,
             runtime,
+            leases,
             scratch: Mutex::new(None),
             damaged: Mutex::new(HashSet::new()),
             bucket_check: std::sync::OnceLock::new(),
@@ -213,5 +234,9 @@ impl CacheBackend for RemoteTier {
         Capabilities {
             read_only: self.opts.read_only,
         }
+    }
+
+    fn leases(&self) -> Option<Arc<dyn LeaseStore>> {
+        self.leases.clone().map(|l| l as Arc<dyn LeaseStore>)
     }
 }

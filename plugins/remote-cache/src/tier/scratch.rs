@@ -131,6 +131,7 @@ mod tests {
                 scratch_dir: Some(base.clone()),
                 env_prefix: "KTSTR_S3_",
                 auth_hint: String::new(),
+                leases: None,
             },
         )
         .unwrap();

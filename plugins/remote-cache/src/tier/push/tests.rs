@@ -145,6 +145,7 @@ fn options(dir: &std::path::Path, multipart: Option<(u64, usize)>) -> TierOption
         scratch_dir: Some(dir.join("scratch")),
         env_prefix: "KTSTR_S3_",
         auth_hint: String::new(),
+        leases: None,
     }
 }
 

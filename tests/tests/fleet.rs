@@ -1,0 +1,254 @@
+//! A fleet builds each kernel once: cache roots ("machines") that miss the
+//! same key at once against one s3s-fs bucket take turns through the
+//! bucket's build lease. One builds; the others wait for its entry and pull
+//! it. A holder killed with -9 is taken over after the lease's expiry; a
+//! holder whose build fails, or that is interrupted, releases the lease at
+//! once. With leases off, the same race builds on every machine. Skips
+//! with the reason when s3s-fs is not installed (.ci/run installs it).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Fixture, Run, Spawned, make_tarball};
+use ktstr_test_servers::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
+
+/// Far longer than any of these builds: a waiter that gets the lease
+/// sooner got it because the holder released it, not because it expired.
+const LONG_EXPIRY: &str = "120s";
+
+/// A machine on the bucket at `port`, with lease timings small enough for
+/// a test (`expiry` after the last heartbeat, which comes every 300 ms).
+fn machine(port: u16, expiry: &str) -> Fixture {
+    Fixture::plain()
+        .with_env("KTSTR_S3_ENDPOINT", &format!("http://127.0.0.1:{port}"))
+        .with_env("KTSTR_S3_BUCKET", BUCKET)
+        .with_env("KTSTR_S3_REGION", "us-east-1")
+        .with_env("KTSTR_S3_CONNECT_TIMEOUT", "2s")
+        .with_env("KTSTR_S3_RETRIES", "0")
+        .with_env("KTSTR_S3_LEASE_HEARTBEAT", "300ms")
+        .with_env("KTSTR_S3_LEASE_EXPIRY", expiry)
+        .with_env("KTSTR_S3_LEASE_POLL", "200ms")
+        .with_env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .with_env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+}
+
+fn tarball(dir: &Path, version: &str) -> PathBuf {
+    let work = dir.join(format!("work-{version}"));
+    std::fs::create_dir_all(&work).unwrap();
+    make_tarball(&work, version, dir)
+}
+
+/// `ktstr build --kernel SPEC --plugin s3-cache` in the background; the
+/// fixture's make sleeps `build_seconds` (a shell word list: "3; exit 1"
+/// sleeps, then fails the build).
+fn spawn_build(fx: &Fixture, spec: &Path, build_seconds: &str) -> Spawned {
+    fx.spawn(
+        &[
+            "build",
+            "--kernel",
+            spec.to_str().unwrap(),
+            "--plugin",
+            "s3-cache",
+        ],
+        &[("KTSTR_FIXTURE_BUILD_SECONDS", build_seconds)],
+    )
+}
+
+/// Files under the bucket's `dir` (relative to the prefix's `v1`).
+fn objects_under(s3: &S3Server, dir: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&s3.bucket_dir().join("ktstr/v1").join(dir), &mut out);
+    out
+}
+
+fn archives(s3: &S3Server) -> usize {
+    (objects_under(s3, "archives").iter())
+        .filter(|p| p.to_string_lossy().ends_with(".tar.zst"))
+        .count()
+}
+
+/// Every lease was released (or, for a killed holder, replaced and then
+/// released by whoever took it over).
+#[track_caller]
+fn no_lease_left(s3: &S3Server) {
+    let left = objects_under(s3, "leases");
+    assert!(left.is_empty(), "leases left in the bucket: {left:?}");
+}
+
+#[test]
+fn three_machines_missing_at_once_build_once() {
+    let Some(s3) = S3Server::start() else { return };
+    let shared = tempfile::tempdir().unwrap();
+    let spec = tarball(shared.path(), "6.99.11");
+    let fleet: Vec<Fixture> = (0..3).map(|_| machine(s3.port, "5s")).collect();
+    let running: Vec<Spawned> = fleet.iter().map(|m| spawn_build(m, &spec, "3")).collect();
+    let runs: Vec<Run> = (running.into_iter())
+        .map(|r| r.wait(Duration::from_secs(120)))
+        .collect();
+
+    let makes: usize = fleet.iter().map(Fixture::build_count).sum();
+    let everything = || {
+        runs.iter()
+            .map(Run::describe)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    eprintln!("fleet of 3: {makes} make run(s) built the kernel");
+    assert_eq!(makes, 1, "the fleet built more than once\n{}", everything());
+    for run in &runs {
+        run.image_path();
+        run.assert_stderr_lacks("warning");
+    }
+    let builder = fleet.iter().position(|m| m.build_count() == 1).unwrap();
+    let key = runs[builder].cached_key();
+    for (i, run) in runs.iter().enumerate().filter(|(i, _)| *i != builder) {
+        // Each waiter either waited on the lease or came late enough to
+        // find the entry; with a 3 s build, all of them waited.
+        run.assert_stderr_has("is being built by host")
+            .assert_stderr_has("not building it here");
+        assert!(
+            run.stdout
+                .trim()
+                .starts_with(fleet[i].cache.to_str().unwrap()),
+            "machine {i} serves the image from its own cache\n{}",
+            run.describe()
+        );
+        let listed = fleet[i].list_json();
+        assert_eq!(listed[0]["key"], key.as_str(), "{listed:?}");
+    }
+    assert_eq!(archives(&s3), 1, "archives in the bucket");
+    no_lease_left(&s3);
+}
+
+/// The same race with leases off (what http-cache and stores without
+/// conditional PUT get): every machine builds, every build is uploaded.
+/// Shows the test above measures the leases, not the timing.
+#[test]
+fn without_leases_the_same_fleet_builds_three_times() {
+    let Some(s3) = S3Server::start() else { return };
+    let shared = tempfile::tempdir().unwrap();
+    let spec = tarball(shared.path(), "6.99.15");
+    let fleet: Vec<Fixture> = (0..3)
+        .map(|_| machine(s3.port, "5s").with_env("KTSTR_S3_LEASES", "0"))
+        .collect();
+    let running: Vec<Spawned> = fleet.iter().map(|m| spawn_build(m, &spec, "3")).collect();
+    for run in running {
+        run.wait(Duration::from_secs(120)).image_path();
+    }
+    let makes: usize = fleet.iter().map(Fixture::build_count).sum();
+    eprintln!("fleet of 3 without leases: {makes} make runs built the kernel");
+    assert_eq!(makes, 3);
+    assert_eq!(archives(&s3), 3, "each build is its own archive");
+    no_lease_left(&s3);
+}
+
+#[test]
+fn a_holder_killed_with_sigkill_is_taken_over_after_the_expiry() {
+    let Some(s3) = S3Server::start() else { return };
+    let shared = tempfile::tempdir().unwrap();
+    let spec = tarball(shared.path(), "6.99.12");
+    let holder = machine(s3.port, "2s");
+    let waiter = machine(s3.port, "2s");
+
+    let mut held = spawn_build(&holder, &spec, "600");
+    holder.wait_for_build_start(1, &mut held, Duration::from_secs(60));
+    let mut waiting = spawn_build(&waiter, &spec, "0");
+    // Let the waiter find the lease and watch its heartbeats for a while.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        waiting.child.try_wait().unwrap().is_none(),
+        "the waiter did not wait"
+    );
+    let pid = nix::unistd::Pid::from_raw(held.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let killed = held.wait(Duration::from_secs(10));
+    assert!(killed.code().is_none(), "{}", killed.describe());
+    kill_everything_in(&holder.cache);
+
+    let run = waiting.wait(Duration::from_secs(60));
+    run.image_path();
+    run.assert_stderr_has("is being built by host")
+        .assert_stderr_has(&format!("pid {}", pid))
+        .assert_stderr_has("has had no heartbeat for")
+        .assert_stderr_has("taking it over");
+    assert_eq!(
+        waiter.build_count(),
+        1,
+        "the waiter built after taking over"
+    );
+    assert_eq!(archives(&s3), 1);
+    no_lease_left(&s3);
+}
+
+/// The killed holder's make and its children (ktstr -9 leaves them).
+fn kill_everything_in(dir: &Path) {
+    for (pid, _, _) in common::processes_in(dir) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    common::assert_nothing_runs_in(dir, Duration::from_secs(10), "the killed holder");
+}
+
+/// A holder that stops building (`stop` it) hands the lease on at once: the
+/// waiter builds long before the lease could have expired.
+fn a_failed_holder_releases(version: &str, holder_build: &str, stop: impl FnOnce(&mut Spawned)) {
+    let Some(s3) = S3Server::start() else { return };
+    let shared = tempfile::tempdir().unwrap();
+    let spec = tarball(shared.path(), version);
+    let holder = machine(s3.port, LONG_EXPIRY);
+    let waiter = machine(s3.port, LONG_EXPIRY);
+
+    let mut held = spawn_build(&holder, &spec, holder_build);
+    holder.wait_for_build_start(1, &mut held, Duration::from_secs(60));
+    let waiting = spawn_build(&waiter, &spec, "0");
+    std::thread::sleep(Duration::from_secs(1));
+    stop(&mut held);
+    let stopped = held.wait(Duration::from_secs(30));
+    assert!(
+        matches!(stopped.code(), Some(1 | 130)),
+        "{}",
+        stopped.describe()
+    );
+    stopped.assert_no_panic();
+
+    let run = waiting.wait(Duration::from_secs(60));
+    run.image_path();
+    run.assert_stderr_has("is being built by host")
+        .assert_stderr_lacks("taking it over");
+    assert!(
+        run.elapsed < Duration::from_secs(60),
+        "the waiter waited for the expiry, not the release\n{}",
+        run.describe()
+    );
+    assert_eq!(waiter.build_count(), 1);
+    assert_eq!(archives(&s3), 1);
+    no_lease_left(&s3);
+}
+
+#[test]
+fn a_holder_whose_build_fails_releases_the_lease() {
+    // The fixture's make sleeps 3 s, then fails.
+    a_failed_holder_releases("6.99.13", "3; exit 1", |_| {});
+}
+
+#[test]
+fn an_interrupted_holder_releases_the_lease() {
+    a_failed_holder_releases("6.99.14", "600", |held| {
+        let pid = nix::unistd::Pid::from_raw(held.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    });
+}
