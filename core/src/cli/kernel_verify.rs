@@ -61,7 +61,8 @@ pub(super) fn boot_check(flag: Option<&str>, setup: &mut Setup) -> Result<BootCh
 #[derive(Debug, Serialize)]
 struct Checked {
     key: String,
-    /// `passed`, `failed`, `missing` or `error` (the verifier could not run).
+    /// `passed`, `failed`, `missing` or `error` (a corrupt entry, or the
+    /// verifier could not run).
     status: &'static str,
     verify: Option<VerifyRecord>,
     error: Option<String>,
@@ -87,8 +88,12 @@ pub fn verify_boot(args: &VerifyBootArgs) -> Result<()> {
     for key in keys {
         cx.cancel.check()?;
         let local = stages.tiers.local();
-        let checked = match stages.tiers.lookup_in(local, &key, &cx)? {
-            None => Checked {
+        let found = stages.tiers.lookup_in(local, &key, &cx);
+        let checked = match found.and_then(|found| match found {
+            Some(entry) => verify::check_entry(&stages, &check, &entry, &own, &root, &cx).map(Some),
+            None => Ok(None),
+        }) {
+            Ok(None) => Checked {
                 key: key.to_string(),
                 status: "missing",
                 verify: None,
@@ -97,30 +102,30 @@ pub fn verify_boot(args: &VerifyBootArgs) -> Result<()> {
                     local.stage.describe()
                 )),
             },
-            Some(entry) => match verify::check_entry(&stages, &check, &entry, &own, &root, &cx) {
-                Ok(stored) => {
-                    let record = stored.metadata.verify;
-                    Checked {
-                        key: key.to_string(),
-                        status: match &record {
-                            Some(r) if r.verdict.passed => "passed",
-                            _ => "failed",
-                        },
-                        verify: record,
-                        error: None,
-                    }
+            Ok(Some(stored)) => {
+                let record = stored.metadata.verify;
+                Checked {
+                    key: key.to_string(),
+                    status: match &record {
+                        Some(r) if r.verdict.passed => "passed",
+                        _ => "failed",
+                    },
+                    verify: record,
+                    error: None,
                 }
-                Err(e) if e.kind == ErrorKind::Cancelled => return Err(e.into()),
-                Err(e) => {
-                    crate::progress::suspended(|| super::report(&anyhow::Error::from(e.clone())));
-                    Checked {
-                        key: key.to_string(),
-                        status: "error",
-                        verify: None,
-                        error: Some(e.to_string()),
-                    }
+            }
+            Err(e) if e.kind == ErrorKind::Cancelled => return Err(e.into()),
+            // A corrupt entry, a verifier that cannot run: said, and on to
+            // the next key.
+            Err(e) => {
+                crate::progress::suspended(|| super::report(&anyhow::Error::from(e.clone())));
+                Checked {
+                    key: key.to_string(),
+                    status: "error",
+                    verify: None,
+                    error: Some(e.to_string()),
                 }
-            },
+            }
         };
         if !args.json {
             match (&checked.verify, checked.status) {
