@@ -420,13 +420,20 @@ pub fn run(args: &BuildArgs) -> Result<()> {
     if args.skip_sha256 {
         ktstr_sdk::switch::apply(ktstr_sdk::switch::SKIP_SHA256, &mut setup.selection.configs);
     }
-    let verifier = if args.verify || setup.effective.settings.verify == Some(true) {
-        Some(super::kernel_verify::boot_check(
-            args.verify_timeout.as_deref(),
-            &mut setup,
-        )?)
+    let asked_by = if args.verify {
+        Some("--verify")
+    } else if setup.effective.settings.verify == Some(true) {
+        Some("verify = true in the config file")
     } else {
         None
+    };
+    let verifier = match asked_by {
+        Some(asked_by) => Some(super::kernel_verify::boot_check(
+            args.verify_timeout.as_deref(),
+            &mut setup,
+            asked_by,
+        )?),
+        None => None,
     };
     let mut stages = setup.stages()?;
     check_profile(&args.profile, &stages.configurer)?;

@@ -41,8 +41,12 @@ pub struct VerifyBootArgs {
 /// The selected verifier (its library loaded now if it is a plugin named
 /// only by `verifier = "..."`), bounded by `--verify-timeout`, else the
 /// config file's `verify_timeout`, else the default. A bad flag is a usage
-/// error.
-pub(super) fn boot_check(flag: Option<&str>, setup: &mut Setup) -> Result<BootCheck> {
+/// error; `asked_by` says what asked for the check.
+pub(super) fn boot_check(
+    flag: Option<&str>,
+    setup: &mut Setup,
+    asked_by: &str,
+) -> Result<BootCheck> {
     let timeout = match (flag, &setup.effective.settings.verify_timeout) {
         (Some(raw), _) => verify::parse_timeout(raw, "--verify-timeout").map_err(UsageError)?,
         (None, Some(raw)) => verify::parse_timeout(raw, "config verify_timeout")?,
@@ -54,6 +58,7 @@ pub(super) fn boot_check(flag: Option<&str>, setup: &mut Setup) -> Result<BootCh
         &setup.catalog,
         &setup.selection,
         timeout,
+        asked_by,
     )?)
 }
 
@@ -73,7 +78,11 @@ pub fn verify_boot(args: &VerifyBootArgs) -> Result<()> {
         plugins: args.plugins.clone(),
         reserver: None,
     })?;
-    let check = boot_check(args.verify_timeout.as_deref(), &mut setup)?;
+    let check = boot_check(
+        args.verify_timeout.as_deref(),
+        &mut setup,
+        "kernel verify-boot",
+    )?;
     let keys = (args.keys.iter())
         .map(|k| CacheKey::parse(k).map_err(UsageError))
         .collect::<std::result::Result<Vec<_>, _>>()?;

@@ -78,11 +78,18 @@ pub struct BootCheck {
 
 impl BootCheck {
     /// Construct the verifier `selection` names (`verifier = "..."`,
-    /// `--plugin`), with its `[plugin.<name>]` table.
-    pub fn select(catalog: &Catalog, selection: &Selection, timeout: Duration) -> Result<Self> {
+    /// `--plugin`), with its `[plugin.<name>]` table. `asked_by` names what
+    /// asked for the check (`--verify`, `verify = true in the config
+    /// file`), for the error when there is no such verifier.
+    pub fn select(
+        catalog: &Catalog,
+        selection: &Selection,
+        timeout: Duration,
+        asked_by: &str,
+    ) -> Result<Self> {
         let name = &selection.verifier;
         let factory = catalog.find(StageKind::Verifier, name).map_err(|e| {
-            e.context("--verify").with_hint(format!(
+            e.context(asked_by).with_hint(format!(
                 "install the {name} verifier, or load a verifier plugin with --plugin NAME \
                      (`ktstr plugins list` shows the verifiers; `ktstr docs verify` says how \
                      to write one)"
