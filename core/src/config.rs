@@ -67,6 +67,15 @@ pub struct Settings {
     /// `--kconfig` flags (`["CONFIG_KASAN=y"]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kconfig: Option<Vec<String>>,
+    /// The verifier `--verify` runs (default `qemu`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verifier: Option<String>,
+    /// Boot-check every new build, as if `--verify` were given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<bool>,
+    /// Default `--verify-timeout` (`"120s"`, `"5m"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify_timeout: Option<String>,
 }
 
 /// Where a setting's value came from, as `ktstr config` shows it (like
@@ -137,6 +146,9 @@ struct File {
     toolchain: Option<String>,
     cross_compile: Option<String>,
     kconfig: Option<Vec<String>>,
+    verifier: Option<String>,
+    verify: Option<bool>,
+    verify_timeout: Option<String>,
     #[serde(default)]
     hosts: BTreeMap<String, Settings>,
 }
@@ -203,6 +215,9 @@ impl Config {
                 toolchain: file.toolchain,
                 cross_compile: file.cross_compile,
                 kconfig: file.kconfig,
+                verifier: file.verifier,
+                verify: file.verify,
+                verify_timeout: file.verify_timeout,
             },
         })
     }
@@ -372,7 +387,10 @@ impl Settings {
             arch,
             toolchain,
             cross_compile,
-            kconfig
+            kconfig,
+            verifier,
+            verify,
+            verify_timeout
         );
         // Libraries add up: a host table's `plugins` loads more, it never
         // silently drops the top-level list.
@@ -410,6 +428,9 @@ impl Effective {
         }
         if let Some(c) = &s.caches {
             sel.caches.extend(c.iter().cloned());
+        }
+        if let Some(v) = &s.verifier {
+            sel.verifier = v.clone();
         }
         for (name, table) in &s.plugin {
             let json = serde_json::to_value(table).map_err(|e| {
@@ -653,6 +674,30 @@ toolchain = "llvm"
         assert_eq!(ci.arch.as_deref(), Some("arm64"));
         assert_eq!(ci.toolchain.as_deref(), Some("llvm"));
         assert_eq!(ci.kconfig.unwrap(), ["CONFIG_KASAN=y"]);
+    }
+
+    #[test]
+    fn boot_check_settings_apply_per_host() {
+        let cfg = parse(
+            r#"
+verify_timeout = "5m"
+verifier = "acme-smoke"
+[hosts."ci-*"]
+verify = true
+"#,
+        )
+        .unwrap();
+        let dev = cfg.for_host("dev");
+        assert_eq!(dev.settings.verify, None);
+        assert_eq!(dev.settings.verify_timeout.as_deref(), Some("5m"));
+        assert_eq!(dev.selection().unwrap().verifier, "acme-smoke");
+        assert_eq!(cfg.for_host("ci-3").settings.verify, Some(true));
+        assert_eq!(
+            Selection::default().verifier,
+            crate::registry::DEFAULT_VERIFIER
+        );
+        let err = parse("verify = \"yes\"\n").unwrap_err();
+        assert!(err.message.contains("line 1 (key `verify`)"), "{err}");
     }
 
     #[test]

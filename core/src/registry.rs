@@ -31,6 +31,8 @@ pub const DEFAULT_RESERVER: &str = "llc";
 pub const DEFAULT_CONFIGURER: &str = "kconfig";
 pub const DEFAULT_BUILDER: &str = "kbuild";
 pub const DEFAULT_CACHE_TIERS: &[&str] = &["local-cache"];
+/// The boot check `--verify` runs (built in: `plugins/qemu`).
+pub const DEFAULT_VERIFIER: &str = "qemu";
 /// The authoritative first tier; every other tier comes after it.
 pub const LOCAL_CACHE: &str = "local-cache";
 
@@ -48,6 +50,9 @@ pub struct Stages {
     pub builder: Named<dyn Builder>,
     /// Cache tiers: the local one and the remotes.
     pub tiers: Tiers,
+    /// The boot check, when this run verifies (`--verify`); constructed
+    /// only then, so a host without the verifier still builds.
+    pub verifier: Option<crate::pipeline::verify::BootCheck>,
 }
 
 /// One stage implementation the host can construct, built in or from a
@@ -166,6 +171,8 @@ pub struct Selection {
     pub caches: Vec<String>,
     /// Extra source acquirers asked before the built-in ones, in order.
     pub sources: Vec<String>,
+    /// The verifier `--verify` and `kernel verify-boot` run.
+    pub verifier: String,
     /// Per-plugin settings (`[plugin.<name>]`); a missing entry is `null`.
     pub configs: BTreeMap<String, PluginConfig>,
 }
@@ -178,6 +185,7 @@ impl Default for Selection {
             builder: DEFAULT_BUILDER.into(),
             caches: DEFAULT_CACHE_TIERS.iter().map(|s| s.to_string()).collect(),
             sources: Vec::new(),
+            verifier: DEFAULT_VERIFIER.into(),
             configs: BTreeMap::new(),
         }
     }
@@ -190,8 +198,8 @@ impl Selection {
     }
 
     /// Use `name` for a stage of `kind`: a cache joins the tiers, a source
-    /// is asked first, a reserver, configurer or builder replaces the
-    /// current one.
+    /// is asked first, a reserver, configurer, builder or verifier
+    /// replaces the current one.
     pub fn select(&mut self, kind: StageKind, name: &str) {
         let push = |list: &mut Vec<String>| {
             if !list.iter().any(|n| n == name) {
@@ -204,6 +212,7 @@ impl Selection {
             StageKind::Reserver => self.reserver = name.to_string(),
             StageKind::Configurer => self.configurer = name.to_string(),
             StageKind::Builder => self.builder = name.to_string(),
+            StageKind::Verifier => self.verifier = name.to_string(),
         }
     }
 
@@ -220,7 +229,7 @@ impl Selection {
 }
 
 /// Construct `factory`'s stage, of kind `S`, with `config`.
-fn named<S: Stage + ?Sized>(
+pub(crate) fn named<S: Stage + ?Sized>(
     factory: &Arc<dyn StageFactory>,
     config: &PluginConfig,
 ) -> Result<Named<S>> {
@@ -277,6 +286,7 @@ impl Stages {
             configurer: selected(catalog, selection, &selection.configurer)?,
             builder: selected(catalog, selection, &selection.builder)?,
             tiers: Tiers::new(local, remotes),
+            verifier: None,
         })
     }
 

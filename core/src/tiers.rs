@@ -508,6 +508,7 @@ mod tests {
                 origin: None,
                 kernelrelease: None,
                 build: None,
+                verify: None,
             },
             origin: origin.into(),
             location: None,

@@ -164,6 +164,12 @@ pub struct Metadata {
     /// stored before ktstr recorded it (and in backfills of those).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<BuildRecord>,
+    /// The boot check's verdict (`ktstr build --verify`, `ktstr kernel
+    /// verify-boot`). Absent until a verifier ran; never part of the key.
+    /// The host's field, like `origin`: it sets it after running the
+    /// verifier and re-stores the metadata; backends store it verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<crate::verify::VerifyRecord>,
 }
 
 /// The evidence a build leaves in its entry's metadata (see docs/cache.md).
@@ -701,6 +707,36 @@ mod tests {
         assert!(c.read_only);
         let c: Capabilities = serde_json::from_str("{}").unwrap();
         assert!(!c.read_only);
+    }
+
+    /// Entries and manifests written before the boot check read as
+    /// unchecked; a verdict round-trips flat (`passed`, `summary` beside
+    /// the host's fields) and is left out of JSON when absent.
+    #[test]
+    fn metadata_without_a_verdict_still_reads_and_a_verdict_round_trips() {
+        let old = serde_json::json!({
+            "schema": 1, "key": "k-1", "source": {"kind": "x", "identity": "y"},
+            "version": null, "arch": "x86_64", "image_name": "bzImage",
+            "profile": "default", "config_sha256": "", "builder": "b",
+            "toolchain": "t", "built_at": "", "components": [], "artifacts": {}
+        });
+        let mut m: Metadata = serde_json::from_value(old).unwrap();
+        assert_eq!(m.verify, None);
+        assert!(!serde_json::to_string(&m).unwrap().contains("verify"));
+        let record: crate::verify::VerifyRecord = serde_json::from_value(serde_json::json!({
+            "verifier": "qemu", "verifier_version": "0.1.0",
+            "verified_at": "2026-12-06T05:00:00Z", "duration_ms": 24000,
+            "passed": false, "summary": "kernel panic",
+            "console_tail": ["Kernel panic - not syncing"]
+        }))
+        .unwrap();
+        assert!(record.verdict.observed.is_empty());
+        m.verify = Some(record);
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["verify"]["passed"], false);
+        assert_eq!(json["verify"]["verifier"], "qemu");
+        let back: Metadata = serde_json::from_value(json).unwrap();
+        assert_eq!(back, m);
     }
 
     #[test]

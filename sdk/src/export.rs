@@ -46,6 +46,7 @@ use crate::configure::Configurer;
 use crate::registry::{Constructor, PluginConfig, StageKind};
 use crate::reserve::Reserver;
 use crate::source::SourceAcquirer;
+use crate::verify::Verifier;
 
 /// The version of this SDK; the host names it in "rebuild against" hints.
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -191,6 +192,7 @@ pub fn __root_module(define: fn() -> Plugin) -> Result<PluginModRef, RBoxError> 
         new_configurer: ffi_new::<dyn Configurer>,
         new_builder: ffi_new::<dyn Builder>,
         new_cache: ffi_new::<dyn CacheBackend>,
+        new_verifier: ffi_new::<dyn Verifier>,
     }
     .leak_into_prefix())
 }

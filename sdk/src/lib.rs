@@ -1,17 +1,19 @@
 //! The ktstr SDK: what the host and every plugin share.
 //!
-//! A ktstr build is a fixed pipeline of five stages: a [`SourceAcquirer`]
+//! A ktstr build is a fixed pipeline of six stages: a [`SourceAcquirer`]
 //! finds a kernel tree, a [`Reserver`] grants CPUs, a [`Configurer`] writes
-//! `.config`, a [`Builder`] runs kbuild, and [`CacheBackend`] tiers keep the
-//! result. Built-in plugins and third-party plugins implement these same
-//! traits. Everything crossing a stage boundary is plain data so each trait
-//! can be mirrored across a dynamic-library boundary.
+//! `.config`, a [`Builder`] runs kbuild, a [`Verifier`] (when asked) boots
+//! the image, and [`CacheBackend`] tiers keep the result. Built-in plugins
+//! and third-party plugins implement these same traits. Everything crossing
+//! a stage boundary is plain data so each trait can be mirrored across a
+//! dynamic-library boundary.
 //!
 //! [`SourceAcquirer`]: source::SourceAcquirer
 //! [`Reserver`]: reserve::Reserver
 //! [`Configurer`]: configure::Configurer
 //! [`Builder`]: build::Builder
 //! [`CacheBackend`]: cache::CacheBackend
+//! [`Verifier`]: verify::Verifier
 
 pub mod arch;
 pub mod archive;

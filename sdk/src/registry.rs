@@ -11,6 +11,7 @@ use crate::configure::Configurer;
 use crate::error::Result;
 use crate::reserve::Reserver;
 use crate::source::SourceAcquirer;
+use crate::verify::Verifier;
 
 /// A plugin's configuration table (from the config file), as JSON.
 pub type PluginConfig = serde_json::Value;
@@ -103,6 +104,7 @@ stage_kinds! {
     Configurer(Configurer) = "configurer",
     Builder(Builder) = "builder",
     Cache(CacheBackend) = "cache",
+    Verifier(Verifier) = "verifier",
 }
 
 /// The trait object of one stage kind (`dyn Builder`, ...): lets code

@@ -88,7 +88,17 @@ pub struct VerifyRecord {
     pub verdict: Verdict,
 }
 
-/// Stage 6: boot-check a built kernel.
+/// Stage 6: boot-check a built kernel (docs/verify.md).
+///
+/// The host calls it on a thread of its own and bounds it: stop the guest
+/// at `request.timeout_ms` and report what the console showed; check
+/// `cx.cancel` between steps; run processes through `cx.runner` with
+/// `cgroup_procs` set to `request.sandbox_procs`, so they stay inside the
+/// reservation and die with a cancelled context. A verifier that overruns
+/// its bound by the host's grace is abandoned (a library plugin's thread
+/// lives on until ktstr exits).
 pub trait Verifier: Send + Sync {
+    /// `Ok` with the verdict, passed or not; `Err` only when the check
+    /// could not be made.
     fn verify(&self, request: &VerifyRequest, cx: &StageContext) -> Result<Verdict>;
 }

@@ -35,6 +35,7 @@ const BUILD_FIELDS: &[&str] = &[
     "metadata",
     "tree",
     "durations",
+    "verify",
 ];
 const DURATION_FIELDS: &[&str] = &["total_ms", "configure_ms", "build_ms"];
 
@@ -248,6 +249,7 @@ fn list_json_rows_have_a_stable_field_set() {
             "strip",
             "build",
             "log",
+            "verify",
             "tier",
         ],
     );

@@ -50,7 +50,7 @@ fn list_shows_sizes_and_totals_and_fits_the_width() {
     wide.assert_ok();
     let header = wide.stdout.lines().next().unwrap();
     for col in [
-        "KEY", "VERSION", "ARCH", "PROFILE", "SIZE", "BUILT", "STATUS", "SOURCE",
+        "KEY", "VERSION", "ARCH", "PROFILE", "SIZE", "BUILT", "BOOT", "STATUS", "SOURCE",
     ] {
         assert!(header.contains(col), "{col} missing: {header}");
     }

@@ -30,7 +30,15 @@ fn built_in_plugins_are_listed_as_json() {
     for p in plugins.iter().filter(|p| p["status"] == "ok") {
         let kind = p["kind"].as_str().unwrap_or_else(|| panic!("kind: {p}"));
         assert!(
-            ["source", "reserver", "configurer", "builder", "cache"].contains(&kind),
+            [
+                "source",
+                "reserver",
+                "configurer",
+                "builder",
+                "cache",
+                "verifier"
+            ]
+            .contains(&kind),
             "unknown kind in {p}"
         );
         assert!(

@@ -11,9 +11,11 @@ use ktstr_sdk::StageError;
 use ktstr_sdk::build::Variant;
 use ktstr_sdk::configure::{ConfigureRequest, Configurer, Fragment};
 use ktstr_sdk::source::KernelSpec;
+use ktstr_sdk::verify::VerifyRecord;
 
 use super::build_json::{BuildReport, Failed};
-use super::{UsageError, host_context};
+use super::{BootFailed, UsageError, host_context};
+use crate::pipeline::verify;
 use crate::pipeline::{self, BuildRequestSpec, NotCached, Outcome};
 use crate::progress::{LABEL, StderrProgress};
 use crate::stage_setup::{self, Overrides};
@@ -114,6 +116,16 @@ pub struct BuildArgs {
     /// docs/cli.md) instead of the image path.
     #[arg(long)]
     pub json: bool,
+    /// Boot-check the kernel (the `qemu` verifier, or `verifier` in the
+    /// config file) and record the verdict with the entry: a new build
+    /// before it is stored, a hit that has no verdict yet. Exit 3 when the
+    /// kernel fails its check. Config: `verify = true`.
+    #[arg(long)]
+    pub verify: bool,
+    /// Wall-clock bound of the boot check (default 120s; config
+    /// `verify_timeout`).
+    #[arg(long, value_name = "DURATION")]
+    pub verify_timeout: Option<String>,
 }
 
 pub const CPU_CAP_ENV: &str = "KTSTR_CPU_CAP";
@@ -408,29 +420,51 @@ pub fn run(args: &BuildArgs) -> Result<()> {
     if args.skip_sha256 {
         ktstr_sdk::switch::apply(ktstr_sdk::switch::SKIP_SHA256, &mut setup.selection.configs);
     }
-    let stages = setup.stages()?;
+    let asked_by = if args.verify {
+        Some("--verify")
+    } else if setup.effective.settings.verify == Some(true) {
+        Some("verify = true in the config file")
+    } else {
+        None
+    };
+    let verifier = match asked_by {
+        Some(asked_by) => Some(super::kernel_verify::boot_check(
+            args.verify_timeout.as_deref(),
+            &mut setup,
+            asked_by,
+        )?),
+        None => None,
+    };
+    let mut stages = setup.stages()?;
     check_profile(&args.profile, &stages.configurer)?;
+    stages.verifier = verifier;
     let root = ktstr_sdk::paths::cache_root()?;
     let targets = pipeline::resolve(&stages, &request.spec, &cx)?;
     if targets.len() == 1 {
         let outcome = pipeline::run(&stages, &request, &targets[0], &root, &cx)?;
-        report(&outcome, &progress);
+        report(&outcome, &progress, stages.verifier.is_some());
         if args.json {
-            return crate::report::print_json(&BuildReport::new(&outcome, started, &stages.tiers));
+            crate::report::print_json(&BuildReport::new(&outcome, started, &stages.tiers))?;
+        } else {
+            println!("{}", outcome.image().display());
         }
-        println!("{}", outcome.image().display());
-        return Ok(());
+        return match failed_boot(&outcome) {
+            Some(key) => Err(BootFailed::new(vec![key]).into()),
+            None => Ok(()),
+        };
     }
 
     // A range: build each member, carry on past failures, sum up.
     let mut failed = Vec::new();
+    let mut failed_boots = Vec::new();
     let mut json = Vec::new();
     for (i, target) in targets.iter().enumerate() {
         let label = target.label();
         progress.println(&format!("[{}/{}] {label}", i + 1, targets.len()));
         match pipeline::run(&stages, &request, target, &root, &cx) {
             Ok(outcome) => {
-                report(&outcome, &progress);
+                report(&outcome, &progress, stages.verifier.is_some());
+                failed_boots.extend(failed_boot(&outcome));
                 if args.json {
                     json.push(serde_json::to_value(BuildReport::new(
                         &outcome,
@@ -459,6 +493,9 @@ pub fn run(args: &BuildArgs) -> Result<()> {
     let built = targets.len() - failed.len();
     if failed.is_empty() {
         progress.println(&format!("all {} kernels of {} built", built, args.kernel));
+        if !failed_boots.is_empty() {
+            return Err(BootFailed::new(failed_boots).into());
+        }
         return Ok(());
     }
     let names: Vec<_> = failed.iter().map(|(l, _)| l.as_str()).collect();
@@ -474,7 +511,46 @@ pub fn run(args: &BuildArgs) -> Result<()> {
     ))
 }
 
-fn report(outcome: &Outcome, progress: &StderrProgress) {
+/// The key of an entry whose recorded boot check failed.
+fn failed_boot(outcome: &Outcome) -> Option<String> {
+    match outcome {
+        Outcome::Hit(e) | Outcome::PeerBuilt(e) | Outcome::Stored(e) => (e.metadata.verify)
+            .as_ref()
+            .filter(|r| !r.verdict.passed)
+            .map(|_| e.key.to_string()),
+        Outcome::NotCached { .. } => None,
+    }
+}
+
+/// The verdict line (after `label: `), and on a failure the console
+/// lines the verifier kept.
+pub(super) fn print_verdict(label: &str, record: &VerifyRecord, progress: &StderrProgress) {
+    progress.println(&format!("{label}{}", verify::verdict_line(record)));
+    if !record.verdict.passed {
+        for line in &record.verdict.console_tail {
+            progress.println(&format!("  | {line}"));
+        }
+    }
+}
+
+fn report(outcome: &Outcome, progress: &StderrProgress, verifying: bool) {
+    report_outcome(outcome, progress);
+    if verifying {
+        match outcome {
+            Outcome::Hit(e) | Outcome::PeerBuilt(e) | Outcome::Stored(e) => {
+                if let Some(record) = &e.metadata.verify {
+                    print_verdict("", record, progress);
+                }
+            }
+            Outcome::NotCached { .. } => progress.println(
+                "boot check skipped: only cached kernels are checked (their verdict is stored \
+                 with them)",
+            ),
+        }
+    }
+}
+
+fn report_outcome(outcome: &Outcome, progress: &StderrProgress) {
     match outcome {
         Outcome::Hit(entry) => progress.println(&format!("cache hit {}", entry.key)),
         Outcome::PeerBuilt(_) => {}

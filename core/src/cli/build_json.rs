@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use ktstr_sdk::cache::{CacheEntry, METADATA_NAME};
+use ktstr_sdk::verify::VerifyRecord;
 use serde::Serialize;
 
 use crate::pipeline::{NotCached, Outcome};
@@ -31,6 +32,8 @@ pub struct BuildReport {
     /// The source tree, for a build that was not cached.
     pub tree: Option<PathBuf>,
     pub durations: Durations,
+    /// The entry's boot check (docs/verify.md); null when it has none.
+    pub verify: Option<VerifyRecord>,
 }
 
 /// Milliseconds.
@@ -73,6 +76,7 @@ fn from_entry(entry: &CacheEntry, outcome: &'static str, started: Started) -> Bu
             configure_ms: durations.and_then(|d| d.configure_ms),
             build_ms: durations.and_then(|d| d.build_ms),
         },
+        verify: entry.metadata.verify.clone(),
     }
 }
 
@@ -108,6 +112,7 @@ impl BuildReport {
                     configure_ms: None,
                     build_ms: None,
                 },
+                verify: None,
             },
         }
     }

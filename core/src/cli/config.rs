@@ -210,6 +210,12 @@ pub fn run(args: &ConfigArgs) -> Result<()> {
             Value::from("(for a foreign --arch: the usual triplet found on PATH)"),
         ),
         ("kconfig", json!([])),
+        ("verifier", Value::from(crate::registry::DEFAULT_VERIFIER)),
+        ("verify", Value::from(false)),
+        (
+            "verify_timeout",
+            Value::from(crate::pipeline::verify::DEFAULT_TIMEOUT_TEXT),
+        ),
     ] {
         rows.push(match from_file(name) {
             Some(t) => Row {

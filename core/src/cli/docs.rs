@@ -30,6 +30,7 @@ pub enum Topic {
     PluginAuthoring,
     PluginAbi,
     Architecture,
+    Verify,
 }
 
 impl Topic {
@@ -46,6 +47,7 @@ impl Topic {
             Topic::PluginAuthoring => include_str!("../../../docs/plugin-authoring.md"),
             Topic::PluginAbi => include_str!("../../../docs/plugin-abi.md"),
             Topic::Architecture => include_str!("../../../docs/architecture.md"),
+            Topic::Verify => include_str!("../../../docs/verify.md"),
         }
     }
 

@@ -1,5 +1,5 @@
 //! `ktstr kernel list` and `ktstr kernel verify`; `kernel clean` is in
-//! kernel_clean.rs.
+//! kernel_clean.rs, `kernel verify-boot` in kernel_verify.rs.
 
 use std::io::Write;
 
@@ -35,6 +35,10 @@ pub enum KernelCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Boot-check cached kernels with the verifier (`--verify` of `ktstr
+    /// build`) and record each verdict with its entry, locally and in the
+    /// writable remote tiers. Exit 3 when a kernel fails.
+    VerifyBoot(super::kernel_verify::VerifyBootArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -127,6 +131,7 @@ fn json_row(row: &Listed) -> serde_json::Value {
             "strip": e.metadata.strip,
             "build": e.metadata.build,
             "log": e.log().filter(|_| e.is_local()),
+            "verify": e.metadata.verify,
         }),
         Listed::Corrupt { key, reason } => json!({
             "key": key,
@@ -137,9 +142,9 @@ fn json_row(row: &Listed) -> serde_json::Value {
     }
 }
 
-/// The `kernel list` table: KEY VERSION ARCH PROFILE SIZE BUILT STATUS
-/// SOURCE.
-const LIST_COLUMNS: [Column; 8] = [
+/// The `kernel list` table: KEY VERSION ARCH PROFILE SIZE BUILT BOOT
+/// STATUS SOURCE.
+const LIST_COLUMNS: [Column; 9] = [
     Column {
         header: "KEY",
         min: 24,
@@ -171,6 +176,11 @@ const LIST_COLUMNS: [Column; 8] = [
         middle: false,
     },
     Column {
+        header: "BOOT",
+        min: 0,
+        middle: false,
+    },
+    Column {
         header: "STATUS",
         min: 10,
         middle: false,
@@ -185,15 +195,16 @@ const LIST_COLUMNS: [Column; 8] = [
 /// Too wide: the source shortens, then goes; the status shortens; the
 /// build time and profile go; only then does the key shorten (in its
 /// middle, so the version in front and the digest behind stay readable:
-/// keys are what people copy); then version and arch go. Key, size and
-/// status always stay.
-const LIST_GIVE_WAY: [GiveWay; 8] = [
+/// keys are what people copy); then the boot check, version and arch go.
+/// Key, size and status always stay.
+const LIST_GIVE_WAY: [GiveWay; 9] = [
+    GiveWay::Shorten(8),
+    GiveWay::Drop(8),
     GiveWay::Shorten(7),
-    GiveWay::Drop(7),
-    GiveWay::Shorten(6),
     GiveWay::Drop(5),
     GiveWay::Drop(3),
     GiveWay::Shorten(0),
+    GiveWay::Drop(6),
     GiveWay::Drop(1),
     GiveWay::Drop(2),
 ];
@@ -235,13 +246,14 @@ fn table_row(row: &Listed, note: &str) -> Vec<String> {
                 m.profile.clone(),
                 human(entry_size(e)),
                 short_time(&m.built_at),
+                crate::pipeline::verify::boot_cell(m.verify.as_ref()),
                 status.to_string(),
                 format!("{source}{note}"),
             ]
         }
         Listed::Corrupt { key, reason } => {
             let mut cells = vec![key.clone()];
-            cells.extend(["?", "?", "?", "?", "?"].map(String::from));
+            cells.extend(["?", "?", "?", "?", "?", "?"].map(String::from));
             cells.push(format!("corrupt: {reason}"));
             cells.push(note.trim_start().to_string());
             cells

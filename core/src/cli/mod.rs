@@ -4,7 +4,7 @@
 //! stderr, each line prefixed `ktstr: `, coloured only on a terminal and
 //! never with `NO_COLOR`. Exit codes: 0 success, 1 failure, 2 usage
 //! (clap's, and [`UsageError`] for a flag value judged after parsing),
-//! 130 interrupted.
+//! 3 a kernel failed its boot check ([`BootFailed`]), 130 interrupted.
 
 mod build;
 mod build_json;
@@ -14,6 +14,7 @@ mod config;
 mod docs;
 mod kernel;
 mod kernel_clean;
+mod kernel_verify;
 mod locks;
 mod log;
 mod log_format;
@@ -46,7 +47,8 @@ const AFTER_HELP: &str = concat!(
     "  KTSTR_CPU_CAP, KTSTR_BYPASS_LLC_LOCKS, KTSTR_PLUGIN_PATH, KTSTR_LOCK_DIR,\n",
     "  KTSTR_KERNEL_MIRROR, KTSTR_RELEASES_URL, NO_COLOR, RUST_LOG; an empty value\n",
     "  counts as unset.\n",
-    "Exit codes: 0 success, 1 failure, 2 usage error, 130 interrupted.\n",
+    "Exit codes: 0 success, 1 failure, 2 usage error, 3 a kernel failed its\n",
+    "  boot check (--verify, kernel verify-boot), 130 interrupted.\n",
     "Documentation: `ktstr help <command>`, `ktstr man | man -l -`, and the\n",
     "  guides, built in: `ktstr docs` lists them (`ktstr docs cli` has every\n",
     "  flag, variable and error; config, sources, cache, plugin-authoring)."
@@ -72,7 +74,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build a kernel, or return the cached build of the same inputs.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Inspect and prune cached kernels.
     #[command(subcommand)]
     Kernel(KernelCommand),
@@ -125,6 +127,40 @@ impl std::fmt::Display for UsageError {
 }
 
 impl std::error::Error for UsageError {}
+
+/// Kernels that failed their boot check (`build --verify`, `kernel
+/// verify-boot`): the command did its job, the kernel is bad. Exit 3, so a
+/// script tells a broken kernel from a broken tool; the verdict lines were
+/// printed already.
+#[derive(Debug)]
+pub struct BootFailed {
+    pub keys: Vec<String>,
+}
+
+impl BootFailed {
+    pub const EXIT: i32 = 3;
+
+    pub fn new(keys: Vec<String>) -> Self {
+        Self { keys }
+    }
+}
+
+impl std::fmt::Display for BootFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "boot check failed for {}; {} cached, marked FAILED",
+            self.keys.join(", "),
+            if self.keys.len() == 1 {
+                "the entry stays"
+            } else {
+                "the entries stay"
+            }
+        )
+    }
+}
+
+impl std::error::Error for BootFailed {}
 
 fn stage_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a StageError> {
     e.downcast_ref::<StageError>()
@@ -263,6 +299,7 @@ pub fn main() -> i32 {
         Command::Kernel(KernelCommand::Clean(args)) => kernel::clean(&args),
         Command::Kernel(KernelCommand::Log(LogArgs { key })) => log::run(&key),
         Command::Kernel(KernelCommand::Verify { keys, json }) => kernel::verify(&keys, json),
+        Command::Kernel(KernelCommand::VerifyBoot(args)) => kernel_verify::verify_boot(&args),
         Command::Plugins(PluginsCommand::List { json }) => plugins::list(json),
         Command::Plugins(PluginsCommand::Info { name, json }) => plugins::info(&name, json),
         Command::Plugins(PluginsCommand::New {
@@ -297,6 +334,8 @@ pub fn main() -> i32 {
                 crate::interrupt::EXIT_INTERRUPTED
             } else if e.chain().any(|c| c.is::<UsageError>()) {
                 2
+            } else if e.chain().any(|c| c.is::<BootFailed>()) {
+                BootFailed::EXIT
             } else {
                 1
             }

@@ -62,6 +62,7 @@ fn in_use(selection: &Selection, kind: StageKind, name: &str) -> bool {
         StageKind::Configurer => name == selection.configurer,
         StageKind::Builder => name == selection.builder,
         StageKind::Cache => selection.cache_tiers().contains(&name),
+        StageKind::Verifier => name == selection.verifier,
     }
 }
 

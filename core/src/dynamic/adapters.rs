@@ -18,11 +18,12 @@ use ktstr_sdk::context::StageContext;
 use ktstr_sdk::export::abi::abi_stable::std_types::{ROption, RString};
 use ktstr_sdk::export::abi::{
     FfiBuilderBox, FfiCacheBox, FfiConfigurerBox, FfiGuardBox, FfiReserverBox, FfiResult,
-    FfiSourceBox,
+    FfiSourceBox, FfiVerifierBox,
 };
 use ktstr_sdk::export::{from_ffi, from_json, json_arg, wire};
 use ktstr_sdk::reserve::{Reservation, ReserveRequest, Reserver};
 use ktstr_sdk::source::{AcquiredSource, KernelSpec, Resolved, SourceAcquirer, SourceState};
+use ktstr_sdk::verify::{Verdict, Verifier, VerifyRequest};
 use ktstr_sdk::{Result, StageError};
 
 use super::callbacks::host_box;
@@ -265,6 +266,20 @@ impl CacheBackend for DynCache {
     }
     fn locks(&self) -> Result<Vec<ktstr_sdk::lock_list::LockInfo>> {
         decode("locks", self.inner.locks())
+    }
+}
+
+pub struct DynVerifier {
+    pub(super) inner: FfiVerifierBox,
+}
+
+impl Verifier for DynVerifier {
+    fn verify(&self, request: &VerifyRequest, cx: &StageContext) -> Result<Verdict> {
+        let request = json_arg(request)?;
+        decode(
+            "a verdict",
+            self.inner.verify(request.as_str().into(), host_box(cx)),
+        )
     }
 }
 

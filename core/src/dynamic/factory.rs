@@ -8,14 +8,15 @@ use ktstr_sdk::build::Builder;
 use ktstr_sdk::cache::CacheBackend;
 use ktstr_sdk::configure::Configurer;
 use ktstr_sdk::export::abi::{
-    FfiBuilderBox, FfiCacheBox, FfiConfigurerBox, FfiReserverBox, FfiSourceBox,
+    FfiBuilderBox, FfiCacheBox, FfiConfigurerBox, FfiReserverBox, FfiSourceBox, FfiVerifierBox,
 };
 use ktstr_sdk::export::{Exported, StageManifest, from_ffi, json_arg};
 use ktstr_sdk::registry::{AnyStage, PluginConfig, StageKind};
 use ktstr_sdk::reserve::Reserver;
 use ktstr_sdk::source::SourceAcquirer;
+use ktstr_sdk::verify::Verifier;
 
-use super::adapters::{DynBuilder, DynCache, DynConfigurer, DynReserver, DynSource};
+use super::adapters::{DynBuilder, DynCache, DynConfigurer, DynReserver, DynSource, DynVerifier};
 use super::load::LoadedPlugin;
 use crate::registry::StageFactory;
 
@@ -88,6 +89,12 @@ impl Adapt for dyn CacheBackend {
     }
 }
 
+impl Adapt for dyn Verifier {
+    fn adapt(_label: String, inner: FfiVerifierBox) -> Box<Self> {
+        Box::new(DynVerifier { inner })
+    }
+}
+
 impl StageFactory for DynFactory {
     fn kind(&self) -> StageKind {
         self.stage.kind
@@ -111,6 +118,7 @@ impl StageFactory for DynFactory {
             StageKind::Configurer => self.make::<dyn Configurer>(config),
             StageKind::Builder => self.make::<dyn Builder>(config),
             StageKind::Cache => self.make::<dyn CacheBackend>(config),
+            StageKind::Verifier => self.make::<dyn Verifier>(config),
         }
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! Selection rule ([`apply`]): a loaded cache stage is appended to the
 //! cache tiers and a source stage to the acquirers (asked before the
-//! built-ins); a reserver, configurer or builder replaces the selection's
+//! built-ins); a reserver, configurer, builder or verifier replaces the selection's
 //! choice for its stage (`--plugin` and `plugins = [...]` come after the
 //! config file's per-host tables; `--reserver` still wins). A built-in
 //! name given to `--plugin` selects that built-in the same way.
@@ -182,6 +182,8 @@ pub fn apply(
 /// its library is in a plugin directory under the stage's name. The
 /// stages are added to `catalog`, not selected: only the named stage is
 /// used. A name with no library is left for `Stages::select` to report.
+/// The verifier is not among them: it runs only when asked for, and
+/// [`load_stage`] loads it then.
 pub fn load_selected(selection: &Selection, catalog: &mut Catalog) -> Result<Vec<LoadedPlugin>> {
     let mut wanted: Vec<(StageKind, String)> = vec![
         (StageKind::Reserver, selection.reserver.clone()),
@@ -202,34 +204,47 @@ pub fn load_selected(selection: &Selection, catalog: &mut Catalog) -> Result<Vec
     );
     let mut loaded: Vec<LoadedPlugin> = Vec::new();
     for (kind, name) in wanted {
-        if catalog.get(kind, &name).is_some() || PluginSpec::parse(&name).is_err() {
-            continue;
+        if let Some(plugin) = load_stage(kind, &name, catalog)?
+            && !loaded.iter().any(|p| p.path == plugin.path)
+        {
+            loaded.push(plugin);
         }
-        let path = match search::find(&name) {
-            Ok(p) => p,
-            Err(e) if e.kind == ktstr_sdk::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e.context(format!("{kind} {name:?} is selected"))),
-        };
-        let plugin = load_path(&path, Some(&name))
-            .map_err(|e| e.context(format!("{kind} {name:?} is selected")))?;
-        if loaded.iter().any(|p| p.path == plugin.path) {
-            continue;
-        }
-        let shared = Arc::new(plugin.clone());
-        for stage in &plugin.manifest.stages {
-            if catalog.get(stage.kind, &stage.name).is_none() {
-                let factory = factory::DynFactory::new(shared.clone(), stage.clone());
-                catalog.add(Arc::new(factory) as Arc<dyn StageFactory>)?;
-            }
-        }
-        tracing::debug!(
-            "loaded plugin {} from {} for the selected {kind} {name}",
-            plugin.manifest.name,
-            plugin.path.display()
-        );
-        loaded.push(plugin);
     }
     Ok(loaded)
+}
+
+/// Load the library of the selected stage `name` of `kind` from the plugin
+/// directories, unless a built-in or loaded library provides it; its
+/// stages join `catalog` (not selected). `None` when nothing was loaded (a
+/// name with no library is left for the catalog to report).
+pub fn load_stage(
+    kind: StageKind,
+    name: &str,
+    catalog: &mut Catalog,
+) -> Result<Option<LoadedPlugin>> {
+    if catalog.get(kind, name).is_some() || PluginSpec::parse(name).is_err() {
+        return Ok(None);
+    }
+    let path = match search::find(name) {
+        Ok(p) => p,
+        Err(e) if e.kind == ktstr_sdk::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.context(format!("{kind} {name:?} is selected"))),
+    };
+    let plugin = load_path(&path, Some(name))
+        .map_err(|e| e.context(format!("{kind} {name:?} is selected")))?;
+    let shared = Arc::new(plugin.clone());
+    for stage in &plugin.manifest.stages {
+        if catalog.get(stage.kind, &stage.name).is_none() {
+            let factory = factory::DynFactory::new(shared.clone(), stage.clone());
+            catalog.add(Arc::new(factory) as Arc<dyn StageFactory>)?;
+        }
+    }
+    tracing::debug!(
+        "loaded plugin {} from {} for the selected {kind} {name}",
+        plugin.manifest.name,
+        plugin.path.display()
+    );
+    Ok(Some(plugin))
 }
 
 /// `[plugin.<name>]` tables that name no stage this run knows: a typo, or
@@ -303,5 +318,7 @@ mod tests {
         assert_eq!(selection.cache_tiers(), ["local-cache", "shared-dir-cache"]);
         selection.select(StageKind::Source, "my-src");
         assert_eq!(selection.sources, ["my-src"]);
+        selection.select(StageKind::Verifier, "acme-smoke");
+        assert_eq!(selection.verifier, "acme-smoke");
     }
 }

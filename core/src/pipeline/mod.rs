@@ -1,6 +1,7 @@
 //! One `ktstr build`: resolve → identity → (hit?) → acquire → (hit?) →
 //! reserve → lock → re-check → configure → (hit?) → build → validate →
-//! gate → store. [`run`] reads as these phases, each a method of `Run`.
+//! gate → (boot check) → store. [`run`] reads as these phases, each a
+//! method of `Run`; a hit is boot-checked afterwards when asked ([`verify`]).
 //!
 //! The order is what makes "never build the same kernel twice" cheap:
 //! the key is derived before anything is reserved or locked, so a hit
@@ -17,6 +18,7 @@ mod keyer;
 mod lease;
 mod store;
 pub mod tree_state;
+pub mod verify;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -152,6 +154,34 @@ pub fn run(
     cache_root: &Path,
     cx: &StageContext,
 ) -> Result<Outcome> {
+    let outcome = build(stages, req, target, cache_root, cx)?;
+    let Some(check) = &stages.verifier else {
+        return Ok(outcome);
+    };
+    // A new build was checked before it was stored.
+    let own = verify::OwnReservation {
+        cpu_cap: req.cpu_cap,
+        bypass: req.bypass_locks,
+    };
+    Ok(match outcome {
+        Outcome::Hit(e) if e.metadata.verify.is_none() => Outcome::Hit(verify::check_entry(
+            stages, check, &e, &own, cache_root, cx,
+        )?),
+        Outcome::PeerBuilt(e) if e.metadata.verify.is_none() => Outcome::PeerBuilt(
+            verify::check_entry(stages, check, &e, &own, cache_root, cx)?,
+        ),
+        other => other,
+    })
+}
+
+/// [`run`] up to the outcome, a new build boot-checked before its store.
+fn build(
+    stages: &Stages,
+    req: &BuildRequestSpec,
+    target: &Target<'_>,
+    cache_root: &Path,
+    cx: &StageContext,
+) -> Result<Outcome> {
     let run = Run::new(stages, req, target, cache_root, cx)?;
     // Declared first, so dropped last: the key's build lock outlives the
     // scratch tree, the reservation and the tree lock.
@@ -168,7 +198,7 @@ pub fn run(
     let derived = or_done!(run.look_up_after_configuring(&tree, &configured, &key));
     let built = run.build(&mut tree, &reservation, &configured, &mut log)?;
     let cacheable = or_done!(run.check_cacheable(&tree, derived, &configured, &built));
-    let entry = run.store(&tree, &configured, &built, cacheable, log)?;
+    let entry = run.store(&tree, &configured, &built, cacheable, &reservation, log)?;
     drop(reservation);
     drop(key);
     Ok(Outcome::Stored(entry))
@@ -596,6 +626,7 @@ impl<'a> Run<'a> {
         configured: &Configured,
         built: &Built,
         cacheable: Cacheable,
+        reservation: &Reservation,
         log: BuildLog,
     ) -> Result<CacheEntry> {
         let summary = log.finish(self.cx);
@@ -609,7 +640,7 @@ impl<'a> Run<'a> {
         evidence.declared = self.keyer.declared.clone();
         evidence.ktstr_command =
             evidence::ktstr_command(&self.target.resolved.spec.raw, &tree.source, self.req);
-        let metadata = store::metadata_for(
+        let mut metadata = store::metadata_for(
             &tree.source,
             &cacheable.derived,
             &configured.request,
@@ -618,7 +649,30 @@ impl<'a> Run<'a> {
             self.plan.arch.name,
             &evidence,
         );
-        store::store_all(
+        let unchecked = match &self.stages.verifier {
+            Some(check) => {
+                let fresh = verify::Fresh {
+                    image: &built.output.image,
+                    vmlinux: built.output.vmlinux.as_deref(),
+                    config: tree.build_dir.join(".config"),
+                    arch: self.plan.arch.name,
+                    kernelrelease: evidence.kernelrelease.clone(),
+                };
+                let scratch = ktstr_sdk::scratch::Scratch::stage(self.root, "verify")?;
+                match check.check(fresh.request(reservation, scratch.path()), self.cx) {
+                    Ok(record) => {
+                        metadata.verify = Some(record);
+                        None
+                    }
+                    Err(e) if e.kind == ktstr_sdk::ErrorKind::Cancelled => return Err(e),
+                    // The build is good and stays cached; the check can be
+                    // run again once the verifier works.
+                    Err(e) => Some(e),
+                }
+            }
+            None => None,
+        };
+        let entry = store::store_all(
             self.stages,
             &cacheable.derived,
             &store::Built {
@@ -630,7 +684,20 @@ impl<'a> Run<'a> {
             },
             self.root,
             self.cx,
-        )
+        )?;
+        match unchecked {
+            None => Ok(entry),
+            Some(e) => {
+                let hint = format!(
+                    "{}; then `ktstr kernel verify-boot {}` checks the cached kernel",
+                    e.hint.as_deref().unwrap_or("fix the verifier"),
+                    entry.key
+                );
+                Err(e
+                    .context(format!("cached {} without a boot check", entry.key))
+                    .with_hint(hint))
+            }
+        }
     }
 }
 

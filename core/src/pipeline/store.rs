@@ -150,6 +150,7 @@ pub fn metadata_for(
         origin: None,
         kernelrelease: evidence.kernelrelease.clone(),
         build: Some(build),
+        verify: None,
     }
 }
 

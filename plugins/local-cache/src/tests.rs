@@ -58,6 +58,7 @@ fn metadata(key: &CacheKey, tag: &str, built_at: &str) -> Metadata {
         origin: None,
         kernelrelease: None,
         build: None,
+        verify: None,
     }
 }
 

@@ -678,6 +678,7 @@ mod tests {
             origin: None,
             kernelrelease: None,
             build: None,
+            verify: None,
         }
     }
 

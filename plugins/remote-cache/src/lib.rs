@@ -104,6 +104,7 @@ pub fn s3_tier_with_env(
         &s.prefix,
         TierOptions {
             read_only: s.common.read_only,
+            require_verified: s.common.require_verified,
             max_entry_size: s.common.max_entry_size,
             compression_level: s.common.compression_level,
             multipart: Some((s.part_size, s.concurrency)),
@@ -147,6 +148,7 @@ pub fn http_tier_with_env(
         &s.prefix,
         TierOptions {
             read_only: s.common.read_only,
+            require_verified: s.common.require_verified,
             max_entry_size: s.common.max_entry_size,
             compression_level: s.common.compression_level,
             multipart: None,

@@ -24,6 +24,9 @@ use ktstr_sdk::registry::PluginConfig;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Common {
     pub read_only: bool,
+    /// Serve only entries whose recorded boot check passed; any other
+    /// entry is a miss (with a note), not an error.
+    pub require_verified: bool,
     pub connect_timeout: Duration,
     /// Longest silence on an open connection (a stalled server).
     pub read_timeout: Duration,
@@ -109,6 +112,7 @@ settings!(S3_KEYS, [
     "profile" => "profile in the shared credentials file (default AWS_PROFILE, else default)",
     "credentials_file" => "shared credentials file (default AWS_SHARED_CREDENTIALS_FILE, else ~/.aws/credentials)",
     "read_only" => "never upload or delete (default false)",
+    "require_verified" => "pull only entries whose boot check passed (default false)",
     "connect_timeout" => "TCP+TLS connect timeout (default 5s)",
     "read_timeout" => "longest silence on an open connection (default 30s)",
     "request_timeout" => "longest single request, transfer included (default 10m)",
@@ -130,6 +134,7 @@ settings!(HTTP_KEYS, [
     "url" => "base URL of the cache (required), e.g. http://cache.example:8080/ktstr",
     "prefix" => "path below the URL (default none)",
     "read_only" => "never upload or delete (default false)",
+    "require_verified" => "pull only entries whose boot check passed (default false)",
     "connect_timeout" => "TCP+TLS connect timeout (default 5s)",
     "read_timeout" => "longest silence on an open connection (default 30s)",
     "request_timeout" => "longest single request, transfer included (default 10m)",
@@ -161,6 +166,7 @@ fn reader<'a>(
 fn common(r: &ConfigReader<'_>) -> Result<Common> {
     Ok(Common {
         read_only: r.bool("read_only", false)?,
+        require_verified: r.bool("require_verified", false)?,
         connect_timeout: r.duration("connect_timeout", Common::DEFAULT_CONNECT_TIMEOUT)?,
         read_timeout: r.duration("read_timeout", Common::DEFAULT_READ_TIMEOUT)?,
         request_timeout: r.duration("request_timeout", Common::DEFAULT_REQUEST_TIMEOUT)?,

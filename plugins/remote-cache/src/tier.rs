@@ -40,6 +40,8 @@ use scratch::{Scratch, scratch_base, sweep_dead_scratch};
 #[derive(Debug, Clone)]
 pub struct TierOptions {
     pub read_only: bool,
+    /// Serve only entries whose recorded boot check passed.
+    pub require_verified: bool,
     pub max_entry_size: u64,
     pub compression_level: i32,
     /// `(part size, concurrent parts)`; `None`: always one PUT.

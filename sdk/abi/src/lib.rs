@@ -41,6 +41,7 @@ pub use stages::{
     FfiBuilder, FfiBuilder_TO, FfiBuilderBox, FfiCache, FfiCache_TO, FfiCacheBox, FfiConfigurer,
     FfiConfigurer_TO, FfiConfigurerBox, FfiGuard, FfiGuard_TO, FfiGuardBox, FfiReservation,
     FfiReserver, FfiReserver_TO, FfiReserverBox, FfiSource, FfiSource_TO, FfiSourceBox,
+    FfiVerifier, FfiVerifier_TO, FfiVerifierBox,
 };
 
 /// The plugin ABI version: this crate's version. A plugin records the

@@ -12,7 +12,9 @@ use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings
 
 use crate::callbacks::LoggerBox;
 use crate::error::FfiResult;
-use crate::stages::{FfiBuilderBox, FfiCacheBox, FfiConfigurerBox, FfiReserverBox, FfiSourceBox};
+use crate::stages::{
+    FfiBuilderBox, FfiCacheBox, FfiConfigurerBox, FfiReserverBox, FfiSourceBox, FfiVerifierBox,
+};
 
 /// A plugin library's entry points. Constructors take the stage name (one
 /// of the manifest's stages of that kind) and its config table as JSON.
@@ -32,8 +34,10 @@ pub struct PluginMod {
     pub new_configurer:
         extern "C" fn(name: RStr<'_>, config: RStr<'_>) -> FfiResult<FfiConfigurerBox>,
     pub new_builder: extern "C" fn(name: RStr<'_>, config: RStr<'_>) -> FfiResult<FfiBuilderBox>,
-    #[sabi(last_prefix_field)]
     pub new_cache: extern "C" fn(name: RStr<'_>, config: RStr<'_>) -> FfiResult<FfiCacheBox>,
+    /// Since ABI 0.3.
+    #[sabi(last_prefix_field)]
+    pub new_verifier: extern "C" fn(name: RStr<'_>, config: RStr<'_>) -> FfiResult<FfiVerifierBox>,
 }
 
 impl RootModule for PluginModRef {

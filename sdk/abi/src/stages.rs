@@ -1,4 +1,4 @@
-//! FFI mirrors of the five `ktstr-sdk` stage traits.
+//! FFI mirrors of the six `ktstr-sdk` stage traits.
 //!
 //! One method per sdk method, same name, same order. Arguments and results
 //! that are sdk data types are their JSON form (see the crate docs); every
@@ -117,3 +117,13 @@ pub trait FfiCache: Send + Sync {
 }
 
 pub type FfiCacheBox = FfiCache_TO<'static, RBox<()>>;
+
+/// `ktstr_sdk::verify::Verifier` (since ABI 0.3).
+#[sabi_trait]
+pub trait FfiVerifier: Send + Sync {
+    /// `request`: `VerifyRequest` → `Verdict`.
+    #[sabi(last_prefix_field)]
+    fn verify(&self, request: RStr<'_>, host: HostBox) -> FfiResult<RString>;
+}
+
+pub type FfiVerifierBox = FfiVerifier_TO<'static, RBox<()>>;

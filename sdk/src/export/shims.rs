@@ -16,8 +16,8 @@ use ktstr_plugin_abi::abi_stable::std_types::{ROption, RStr, RString};
 use ktstr_plugin_abi::{
     FfiBuilder, FfiBuilder_TO, FfiBuilderBox, FfiCache, FfiCache_TO, FfiCacheBox, FfiConfigurer,
     FfiConfigurer_TO, FfiConfigurerBox, FfiGuard, FfiGuard_TO, FfiReservation, FfiReserver,
-    FfiReserver_TO, FfiReserverBox, FfiResult, FfiSource, FfiSource_TO, FfiSourceBox, HostBox,
-    PluginModRef,
+    FfiReserver_TO, FfiReserverBox, FfiResult, FfiSource, FfiSource_TO, FfiSourceBox, FfiVerifier,
+    FfiVerifier_TO, FfiVerifierBox, HostBox, PluginModRef,
 };
 
 use super::context_proxy::context;
@@ -30,6 +30,7 @@ use crate::configure::{ConfigureRequest, Configurer};
 use crate::registry::{Stage, StageKind};
 use crate::reserve::{ReservationGuard, ReserveRequest, Reserver};
 use crate::source::{AcquiredSource, KernelSpec, SourceAcquirer};
+use crate::verify::{Verifier, VerifyRequest};
 
 /// A root-module entry point constructing a stage: `(name, config JSON)`.
 pub type NewFn<F> = extern "C" fn(RStr<'_>, RStr<'_>) -> FfiResult<F>;
@@ -279,5 +280,24 @@ impl FfiCache for Shim<dyn CacheBackend> {
     }
     fn locks(&self) -> FfiResult<RString> {
         self.call("locks", |s| to_json(&s.locks()?))
+    }
+}
+
+impl Exported for dyn Verifier {
+    type Ffi = FfiVerifierBox;
+    fn new_fn(root: &PluginModRef) -> NewFn<FfiVerifierBox> {
+        root.new_verifier()
+    }
+    fn shim(name: &str, stage: Box<Self>) -> FfiVerifierBox {
+        FfiVerifier_TO::from_value(Shim::new(Self::KIND, name, stage), TD_Opaque)
+    }
+}
+
+impl FfiVerifier for Shim<dyn Verifier> {
+    fn verify(&self, request: RStr<'_>, host: HostBox) -> FfiResult<RString> {
+        self.call("verify", |s| {
+            let request: VerifyRequest = from_json("a verify request", request.as_str())?;
+            to_json(&s.verify(&request, &context(host))?)
+        })
     }
 }

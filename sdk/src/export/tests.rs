@@ -44,13 +44,112 @@ impl CacheBackend for Boom {
     }
 }
 
+/// Passes, echoing the request; panics for an image named `panic`.
+struct Echo;
+
+impl crate::verify::Verifier for Echo {
+    fn verify(
+        &self,
+        r: &crate::verify::VerifyRequest,
+        cx: &StageContext,
+    ) -> crate::Result<crate::verify::Verdict> {
+        if r.image.ends_with("panic") {
+            panic!("verifier exploded");
+        }
+        cx.progress.line("booting");
+        cx.cancel.check()?;
+        Ok(crate::verify::Verdict {
+            passed: true,
+            summary: format!("{} on {} CPUs", r.image.display(), r.vcpus),
+            observed: [("timeout_ms".to_string(), r.timeout_ms.to_string())].into(),
+            console_tail: Vec::new(),
+        })
+    }
+}
+
 fn define() -> Plugin {
-    Plugin::new("unit", "1.2.3").stage(
-        "boom",
-        "panics on lookup",
-        &["dir"],
-        Constructor::Cache(|_| Ok(Box::new(Boom))),
-    )
+    Plugin::new("unit", "1.2.3")
+        .stage(
+            "boom",
+            "panics on lookup",
+            &["dir"],
+            Constructor::Cache(|_| Ok(Box::new(Boom))),
+        )
+        .stage(
+            "echo",
+            "passes",
+            &[],
+            Constructor::Verifier(|_| Ok(Box::new(Echo))),
+        )
+}
+
+/// A verifier crosses the ABI: request in, verdict out, a panic and the
+/// host's interrupt as errors.
+#[test]
+fn a_verifier_round_trips_through_the_abi() {
+    use crate::verify::{Verdict, VerifyRequest};
+    let root = __root_module(define).unwrap();
+    let verifier = ok((root.new_verifier())("echo".into(), "null".into()));
+    let request = |image: &str| VerifyRequest {
+        image: image.into(),
+        vcpus: 2,
+        timeout_ms: 5000,
+        ..VerifyRequest::default()
+    };
+    let recorder = Interrupted::default();
+    let calm = Calm(recorder.clone());
+    let json = to_json(&request("/k/bzImage")).unwrap();
+    let out = ok(verifier.verify(
+        json.as_str().into(),
+        HostCallbacks_TO::from_ptr(RArc::new(calm), TD_Opaque),
+    ));
+    let verdict: Verdict = from_json("a verdict", &out).unwrap();
+    assert!(verdict.passed);
+    assert_eq!(verdict.summary, "/k/bzImage on 2 CPUs");
+    assert_eq!(verdict.observed["timeout_ms"], "5000");
+    assert_eq!(*recorder.0.lock().unwrap(), ["booting"]);
+
+    let json = to_json(&request("/k/bzImage")).unwrap();
+    let e = err(verifier.verify(json.as_str().into(), host(&recorder)));
+    assert_eq!(e.kind, ErrorKind::Cancelled, "{e}");
+    let json = to_json(&request("/k/panic")).unwrap();
+    let e = err(verifier.verify(json.as_str().into(), host(&recorder)));
+    assert_eq!(e.kind, ErrorKind::Internal);
+    assert!(
+        e.message
+            .starts_with("plugin unit panicked in verifier echo verify: verifier exploded"),
+        "{e}"
+    );
+    let e = err((root.new_verifier())("boom".into(), "null".into()));
+    assert_eq!(
+        e.kind,
+        ErrorKind::NotFound,
+        "a cache is not a verifier: {e}"
+    );
+}
+
+/// [`Interrupted`]'s recorder, without the interrupt.
+#[derive(Clone)]
+struct Calm(Interrupted);
+
+impl HostCallbacks for Calm {
+    fn step(&self, _: RStr<'_>) {}
+    fn line(&self, line: RStr<'_>) {
+        self.0.line(line)
+    }
+    fn finish_step(&self) {}
+    fn warn(&self, _: RStr<'_>) {}
+    fn note(&self, _: RStr<'_>) {}
+    fn is_cancelled(&self) -> bool {
+        false
+    }
+    fn run(&self, _: RStr<'_>, _: LineSinkMut<'_>) -> FfiResult<RString> {
+        unreachable!("no commands here")
+    }
+    fn capture(&self, _: RStr<'_>) -> FfiResult<RString> {
+        unreachable!("no commands here")
+    }
+    fn bytes(&self, _: u64, _: ROption<u64>) {}
 }
 
 /// A host that has been interrupted and records progress lines.
@@ -122,8 +221,9 @@ fn manifest_names_the_stages_and_abi() {
     assert_eq!(m.name, "unit");
     assert_eq!(m.version, "1.2.3");
     assert_eq!(m.abi_version, abi::ABI_VERSION);
-    assert_eq!(m.stages.len(), 1);
+    assert_eq!(m.stages.len(), 2);
     assert_eq!(m.stages[0].kind, StageKind::Cache);
+    assert_eq!(m.stages[1].kind, StageKind::Verifier);
     assert_eq!(m.stages[0].config_keys, ["dir"]);
 }
 

@@ -426,6 +426,7 @@ mod tests {
             origin: None,
             kernelrelease: None,
             build: None,
+            verify: None,
         }
     }
 

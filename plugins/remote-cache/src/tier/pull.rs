@@ -98,6 +98,20 @@ impl RemoteTier {
         let Some(manifest) = self.runtime.block_on(self.fetch_manifest(key))? else {
             return Ok(None);
         };
+        if self.opts.require_verified {
+            let why = match &manifest.metadata.verify {
+                Some(v) if v.verdict.passed => None,
+                Some(v) => Some(format!("its boot check failed ({})", v.verdict.summary)),
+                None => Some("it has no boot check".to_string()),
+            };
+            if let Some(why) = why {
+                cx.progress.note(&format!(
+                    "{}: not pulling {key}: {why} and require_verified is set",
+                    self.plugin
+                ));
+                return Ok(None);
+            }
+        }
         cx.cancel.check()?;
         let dest = staging.dir()?.join(key.as_str());
         std::fs::create_dir(&dest).at("create directory", &dest)?;

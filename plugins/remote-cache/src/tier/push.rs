@@ -1,6 +1,7 @@
 //! Pushing an entry: pack into a temporary archive (digests computed on
 //! the way), skip only if the remote already holds the same build intact,
-//! upload the archive, then the manifest.
+//! upload the archive, then the manifest. The same build with a new boot
+//! check verdict (`ktstr kernel verify-boot`) replaces only the manifest.
 //!
 //! An existing entry counts as the same only if it records the same file
 //! digests *and* its archive's streamed sha256 is the recorded one; a key a
@@ -30,8 +31,9 @@ use crate::format::{self, Hashing, Manifest};
 /// What a push found at the remote under its key.
 enum Existing {
     Absent,
-    /// An intact entry with the same files: nothing to upload.
-    Same,
+    /// An intact entry with the same files (its manifest): nothing to
+    /// upload but, at most, a new verdict.
+    Same(Box<Manifest>),
     /// An intact entry of another build of the key.
     Different,
     /// Unreadable, or bytes that do not match their digest.
@@ -59,13 +61,19 @@ impl RemoteTier {
             let m = &packed.manifest;
             self.runtime.block_on(async {
                 match self.existing(key, m).await {
-                    Existing::Same => {
+                    Existing::Same(existing)
+                        if m.metadata.verify.is_none()
+                            || existing.metadata.verify == m.metadata.verify =>
+                    {
                         tracing::debug!(
                             "{}: {key} is already at {} (archive digest verified)",
                             self.plugin,
                             self.location
                         );
                         return Ok(());
+                    }
+                    Existing::Same(existing) => {
+                        return self.record_verdict(key, *existing, m, cx).await;
                     }
                     Existing::Damaged(why) => tracing::info!(
                         "{}: replacing the damaged {key} at {} ({why})",
@@ -113,6 +121,31 @@ impl RemoteTier {
         })();
         let _ = std::fs::remove_dir_all(&work);
         result
+    }
+
+    /// The remote holds this build intact; only its boot check verdict is
+    /// new: replace the manifest, which keeps naming the same archive.
+    async fn record_verdict(
+        &self,
+        key: &CacheKey,
+        mut existing: Manifest,
+        m: &Manifest,
+        cx: &StageContext,
+    ) -> Result<()> {
+        cx.cancel.check()?;
+        existing.metadata.verify = m.metadata.verify.clone();
+        existing.uploaded_at = m.uploaded_at.clone();
+        let manifest = self.manifest_path(key);
+        self.store
+            .put(&manifest, PutPayload::from(existing.to_json()))
+            .await
+            .map_err(|e| self.request_error("PUT", &manifest, e))?;
+        tracing::debug!(
+            "{}: recorded the boot check of {key} at {}",
+            self.plugin,
+            self.location
+        );
+        Ok(())
     }
 
     async fn upload_archive(
@@ -227,7 +260,7 @@ impl RemoteTier {
             return Existing::Different;
         }
         match self.archive_digest(key, &existing).await {
-            Ok(()) => Existing::Same,
+            Ok(()) => Existing::Same(Box::new(existing)),
             Err(why) => Existing::Damaged(why),
         }
     }

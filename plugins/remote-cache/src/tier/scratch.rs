@@ -123,6 +123,7 @@ mod tests {
             Box::new(InMemory::new()),
             "p",
             TierOptions {
+                require_verified: false,
                 read_only: false,
                 max_entry_size: 1 << 30,
                 compression_level: 1,

@@ -74,6 +74,7 @@ pub fn metadata(key: &CacheKey, built_at: &str) -> Metadata {
         origin: None,
         kernelrelease: None,
         build: None,
+        verify: None,
     }
 }
 

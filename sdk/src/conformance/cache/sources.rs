@@ -238,6 +238,7 @@ pub(super) fn metadata(key: &CacheKey, version: u32, image_name: &str) -> Metada
         origin: None,
         kernelrelease: Some("6.12.3".into()),
         build: None,
+        verify: None,
     }
 }
 

@@ -137,6 +137,7 @@ fn noise(len: usize) -> Vec<u8> {
 
 fn options(dir: &std::path::Path, multipart: Option<(u64, usize)>) -> TierOptions {
     TierOptions {
+        require_verified: false,
         read_only: false,
         max_entry_size: 1 << 30,
         compression_level: 1,
@@ -184,6 +185,7 @@ fn entry(dir: &std::path::Path, name: &str) -> (CacheKey, Artifacts, Metadata) {
         origin: None,
         kernelrelease: None,
         build: None,
+        verify: None,
     };
     (key, artifacts, metadata)
 }
@@ -284,4 +286,58 @@ fn an_interrupted_push_leaves_nothing_on_the_remote() {
         assert!(objects.is_empty(), "{multipart:?}: {objects:?}");
         assert_eq!(scratch_files(dir.path()), 0);
     }
+}
+
+/// The same build pushed again with a boot check verdict replaces only
+/// the manifest (the archive stays the one object under its key); a push
+/// without a verdict never drops the one recorded.
+#[test]
+fn a_new_verdict_for_the_same_build_replaces_only_the_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let tier = RemoteTier::new(
+        "s3-cache",
+        "s3://test/p".into(),
+        String::new(),
+        Box::new(InMemory::new()),
+        "p",
+        options(dir.path(), None),
+    )
+    .unwrap();
+    let (key, artifacts, mut metadata) = entry(dir.path(), "k-verdict");
+    let cx = StageContext::quiet();
+    tier.store(&key, &artifacts, &metadata, &cx).unwrap();
+    let objects = || -> Vec<String> {
+        let listed: Vec<_> = tier
+            .runtime
+            .block_on(tier.store.list(None).collect::<Vec<_>>());
+        let mut names: Vec<String> = listed
+            .into_iter()
+            .map(|o| o.unwrap().location.to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = objects();
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    metadata.verify = Some(
+        serde_json::from_value(serde_json::json!({
+            "verifier": "qemu", "verifier_version": "0.1.0",
+            "verified_at": "2026-12-06T05:00:00Z", "duration_ms": 24000,
+            "passed": true, "summary": "booted"
+        }))
+        .unwrap(),
+    );
+    tier.store(&key, &artifacts, &metadata, &cx).unwrap();
+    assert_eq!(objects(), before, "one archive, one manifest");
+    let staging = Staging::new(dir.path());
+    let found = tier.lookup(&key, &staging, &cx).unwrap().unwrap();
+    assert_eq!(found.metadata.verify, metadata.verify);
+
+    let mut unchecked = metadata.clone();
+    unchecked.verify = None;
+    tier.store(&key, &artifacts, &unchecked, &cx).unwrap();
+    let staging = Staging::new(dir.path());
+    let found = tier.lookup(&key, &staging, &cx).unwrap().unwrap();
+    assert_eq!(found.metadata.verify, metadata.verify, "verdict kept");
 }
