@@ -114,7 +114,16 @@ pub fn resolve(spec: &PluginSpec) -> Result<LoadedPlugin> {
     }
 }
 
-fn check_version(name: &str, version: &str, req: &semver::VersionReq, origin: &str) -> Result<()> {
+/// The executable when `spec` names a process plugin (docs/plugin-protocol.md).
+fn process_path(spec: &PluginSpec) -> Result<Option<PathBuf>> {
+    let path = match spec {
+        PluginSpec::Path(p) => p.clone(),
+        PluginSpec::Name { name, .. } => search::find(name)?,
+    };
+    Ok(search::is_process(&path).then_some(path))
+}
+
+pub(crate) fn check_version(name: &str, version: &str, req: &semver::VersionReq, origin: &str) -> Result<()> {
     let ok = semver::Version::parse(version).is_ok_and(|v| req.matches(&v));
     if ok {
         Ok(())
@@ -154,6 +163,10 @@ pub fn apply(
                 }
                 continue;
             }
+        }
+        if let Some(path) = process_path(&spec)? {
+            crate::process::apply(&path, &spec, catalog, selection)?;
+            continue;
         }
         let plugin = resolve(&spec)?;
         if loaded.iter().any(|p| p.path == plugin.path) {
@@ -210,6 +223,11 @@ pub fn load_selected(selection: &Selection, catalog: &mut Catalog) -> Result<Vec
             Err(e) if e.kind == ktstr_sdk::ErrorKind::NotFound => continue,
             Err(e) => return Err(e.context(format!("{kind} {name:?} is selected"))),
         };
+        if search::is_process(&path) {
+            crate::process::load_selected(&path, kind, &name, catalog)
+                .map_err(|e| e.context(format!("{kind} {name:?} is selected")))?;
+            continue;
+        }
         let plugin = load_path(&path, Some(&name))
             .map_err(|e| e.context(format!("{kind} {name:?} is selected")))?;
         if loaded.iter().any(|p| p.path == plugin.path) {

@@ -1,0 +1,334 @@
+//! One plugin process and the calls made to it, one at a time.
+//!
+//! A call writes its request and waits for the response, forwarding the
+//! plugin's progress notifications to the caller's `StageContext`
+//! meanwhile. It fails — and the process is killed with its process group
+//! — when the plugin exits, says nothing for the call's timeout, writes
+//! something that is not a protocol message, or does not stop after a
+//! cancel. From then on every call fails at once with that same error:
+//! one failure, one message, never a half-working plugin.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use ktstr_sdk::context::StageContext;
+use ktstr_sdk::{ErrorKind, Result, StageError};
+use serde_json::{Value, json};
+
+use super::framing::{self, Incoming, Message};
+use super::spawn::Process;
+
+/// How long a plugin may take to answer after a cancel before it is killed.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
+/// How often a waiting call checks for cancellation.
+const POLL: Duration = Duration::from_millis(50);
+
+/// The running plugin, or why it is not running any more.
+pub struct Conn {
+    /// `team-cache (/path/ktstr-plugin-team-cache)`, for messages.
+    label: String,
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+struct State {
+    process: Option<Process>,
+    rx: Option<Receiver<Incoming>>,
+    next_id: u64,
+    dead: Option<StageError>,
+}
+
+impl Conn {
+    /// Start the plugin at `path`; `name` is what it is known as so far.
+    pub fn start(path: &Path, name: &str, protocol: u32) -> Result<Self> {
+        let label = format!("{name} ({})", path.display());
+        let mut process = Process::spawn(path, name, protocol).map_err(|e| {
+            StageError::io(&format!("cannot start plugin {name}:"), path, e).with_hint(format!(
+                "a process plugin must be an executable file (chmod +x {}; a script needs a #! line)",
+                path.display()
+            ))
+        })?;
+        let rx = process.stdout.take().map(framing::reader);
+        tracing::debug!("started plugin {label} as pid {}", process.pid());
+        Ok(Self {
+            label,
+            path: path.to_path_buf(),
+            state: Mutex::new(State {
+                process: Some(process),
+                rx,
+                next_id: 0,
+                dead: None,
+            }),
+        })
+    }
+
+    /// A plugin that never started properly: every call fails with `error`.
+    pub fn failed(path: &Path, name: &str, error: StageError) -> Self {
+        Self {
+            label: format!("{name} ({})", path.display()),
+            path: path.to_path_buf(),
+            state: Mutex::new(State {
+                process: None,
+                rx: None,
+                next_id: 0,
+                dead: Some(error),
+            }),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Now that the handshake named the plugin, use its name in messages.
+    pub fn rename(&mut self, name: &str) {
+        self.label = format!("{name} ({})", self.path.display());
+    }
+
+    /// Whether the plugin failed and is not used any more.
+    pub fn is_dead(&self) -> bool {
+        self.state.lock().map_or(true, |s| s.dead.is_some())
+    }
+
+    /// The pid of the running plugin (tests look for orphans with it).
+    pub fn pid(&self) -> Option<u32> {
+        let state = self.state.lock().ok()?;
+        state.process.as_ref().map(Process::pid)
+    }
+
+    /// Call `method` with `params`: the plugin's `result`, or its `error`
+    /// as a `StageError`. `cx` receives progress and may cancel; `timeout`
+    /// is the longest the plugin may stay silent.
+    pub fn call(
+        &self,
+        method: &str,
+        params: Value,
+        cx: Option<&StageContext>,
+        timeout: Duration,
+    ) -> Result<Value> {
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| StageError::internal(format!("plugin {}: poisoned", self.label)))?;
+        if let Some(e) = &state.dead {
+            return Err(e.clone());
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        let request = json!({"id": id, "method": method, "params": params});
+        let sent = match state.process.as_mut().and_then(|p| p.stdin.as_mut()) {
+            Some(stdin) => framing::send(stdin, &request),
+            None => Err(std::io::ErrorKind::BrokenPipe.into()),
+        };
+        if let Err(e) = sent {
+            tracing::debug!("plugin {}: writing {method} failed: {e}", self.label);
+            return Err(self.die(&mut state, method, Failure::Exited));
+        }
+        self.wait(&mut state, id, method, cx, timeout)
+    }
+
+    fn wait(
+        &self,
+        state: &mut State,
+        id: u64,
+        method: &str,
+        cx: Option<&StageContext>,
+        timeout: Duration,
+    ) -> Result<Value> {
+        let mut heard = Instant::now();
+        let mut cancelled_at: Option<Instant> = None;
+        loop {
+            let Some(rx) = state.rx.as_ref() else {
+                return Err(self.die(state, method, Failure::Exited));
+            };
+            let got = rx.recv_timeout(POLL);
+            match got {
+                Ok(Incoming::Line(line)) => {
+                    heard = Instant::now();
+                    match framing::parse(&line) {
+                        Ok(Message::Response { id: got, outcome }) if got == id => {
+                            return outcome.map_err(|e| self.plugin_error(method, e));
+                        }
+                        Ok(Message::Response { id: got, .. }) => {
+                            let why = format!("answered request {got} while {id} was pending");
+                            return Err(self.die(state, method, Failure::Protocol(why)));
+                        }
+                        Ok(Message::Notification { method: n, params }) => {
+                            notify(cx, &n, &params, &self.label);
+                        }
+                        Err(why) => {
+                            let shown: String = line.chars().take(120).collect();
+                            let why = format!("{shown:?} ({why})");
+                            return Err(self.die(state, method, Failure::Garbage(why)));
+                        }
+                    }
+                }
+                Ok(Incoming::TooLong) => {
+                    let why = format!("a line longer than {} MiB", framing::MAX_LINE >> 20);
+                    return Err(self.die(state, method, Failure::Garbage(why)));
+                }
+                Ok(Incoming::NotUtf8) => {
+                    let why = "bytes that are not UTF-8".to_string();
+                    return Err(self.die(state, method, Failure::Garbage(why)));
+                }
+                Ok(Incoming::Eof) | Err(RecvTimeoutError::Disconnected) => {
+                    return Err(self.die(state, method, Failure::Exited));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if let Some(at) = cancelled_at {
+                if at.elapsed() > CANCEL_GRACE {
+                    let _ = self.die(state, method, Failure::IgnoredCancel);
+                    return Err(StageError::cancelled());
+                }
+            } else if cx.is_some_and(|cx| cx.cancel.is_cancelled()) {
+                let cancel = json!({"method": "cancel", "params": {"id": id}});
+                if let Some(stdin) = state.process.as_mut().and_then(|p| p.stdin.as_mut()) {
+                    let _ = framing::send(stdin, &cancel);
+                }
+                cancelled_at = Some(Instant::now());
+            }
+            if cancelled_at.is_none() && heard.elapsed() > timeout {
+                return Err(self.die(state, method, Failure::Silent(timeout)));
+            }
+        }
+    }
+
+    /// The plugin's own error object as a `StageError`; its hint and
+    /// message are kept, so they reach the user as the plugin wrote them.
+    fn plugin_error(&self, method: &str, error: Value) -> StageError {
+        match serde_json::from_value::<WireError>(error.clone()) {
+            Ok(e) => StageError {
+                kind: serde_json::from_value(Value::String(e.kind.clone()))
+                    .unwrap_or(ErrorKind::Internal),
+                message: e.message,
+                hint: e.hint,
+                causes: e.causes,
+            },
+            Err(_) => StageError::internal(format!(
+                "plugin {} answered {method} with an error that is not an error object: {error}",
+                self.label
+            ))
+            .with_hint(
+                "an error is {\"kind\", \"message\", \"hint\", \"causes\"}: see `ktstr docs plugin-protocol`",
+            ),
+        }
+    }
+
+    /// Record why the plugin is unusable, kill it and its process group,
+    /// and return the error every later call gets.
+    fn die(&self, state: &mut State, method: &str, failure: Failure) -> StageError {
+        let during = if method == "hello" {
+            "during the handshake".to_string()
+        } else {
+            format!("during {method}")
+        };
+        let (what, last_words) = match state.process.as_mut() {
+            Some(p) => {
+                let status = match failure {
+                    Failure::Exited => p.exited_within(Duration::from_secs(1)),
+                    _ => None,
+                };
+                p.kill();
+                let what = match (&failure, status) {
+                    (Failure::Exited, Some(status)) => format!("exited {during} ({status})"),
+                    (Failure::Exited, None) => {
+                        format!("closed its stdout {during} (killed it)")
+                    }
+                    (Failure::Silent(t), _) => {
+                        format!("sent nothing for {} s {during}; killed it", t.as_secs_f32())
+                    }
+                    (Failure::Garbage(why), _) => format!(
+                        "wrote something that is not a protocol message on stdout {during}: {why}; killed it"
+                    ),
+                    (Failure::Protocol(why), _) => {
+                        format!("broke the protocol {during}: {why}; killed it")
+                    }
+                    (Failure::IgnoredCancel, _) => format!(
+                        "did not stop within {} s of the cancel {during}; killed it",
+                        CANCEL_GRACE.as_secs()
+                    ),
+                };
+                (what, p.last_stderr_line())
+            }
+            None => (format!("is not running {during}"), None),
+        };
+        let mut message = format!("plugin {} {what}", self.label);
+        if let Some(line) = last_words {
+            let line: String = line.chars().take(200).collect();
+            message.push_str(&format!("; its stderr ended with: {line}"));
+        }
+        let hint = match failure {
+            Failure::Silent(_) => {
+                "it is not used again in this run; a plugin must report progress during long calls, or raise call_timeout in its [plugin.<stage>] table (`ktstr docs plugin-protocol`)"
+            }
+            Failure::Garbage(_) => {
+                "it is not used again in this run; a plugin writes only protocol messages to stdout and logs to stderr (`ktstr docs plugin-protocol`)"
+            }
+            _ => {
+                "it is not used again in this run; `ktstr -v` shows its stderr, and `ktstr docs plugin-protocol` how to test it by hand"
+            }
+        };
+        let error = StageError::internal(message).with_hint(hint);
+        state.dead = Some(error.clone());
+        state.rx = None;
+        error
+    }
+
+    /// Close the plugin's stdin and wait for it to exit (then kill it).
+    pub fn shut_down(&self) {
+        if let Ok(mut state) = self.state.lock()
+            && let Some(mut p) = state.process.take()
+        {
+            p.shut_down();
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+enum Failure {
+    Exited,
+    Silent(Duration),
+    Garbage(String),
+    Protocol(String),
+    IgnoredCancel,
+}
+
+#[derive(serde::Deserialize)]
+struct WireError {
+    kind: String,
+    message: String,
+    #[serde(default)]
+    hint: Option<String>,
+    #[serde(default)]
+    causes: Vec<String>,
+}
+
+/// Forward one notification to the call's progress sink.
+fn notify(cx: Option<&StageContext>, method: &str, params: &Value, label: &str) {
+    let Some(cx) = cx else {
+        tracing::debug!("plugin {label}: {method} outside a stage call: {params}");
+        return;
+    };
+    let text = |key: &str| params.get(key).and_then(Value::as_str).unwrap_or("");
+    let p = &cx.progress;
+    match method {
+        "progress.step" => p.step(text("name")),
+        "progress.line" => p.line(text("line")),
+        "progress.finish_step" => p.finish_step(),
+        "progress.warn" => p.warn(text("message")),
+        "progress.note" => p.note(text("message")),
+        "progress.bytes" => p.bytes(
+            params.get("done").and_then(Value::as_u64).unwrap_or(0),
+            params.get("total").and_then(Value::as_u64),
+        ),
+        other => tracing::debug!("plugin {label}: ignoring unknown notification {other}"),
+    }
+}
