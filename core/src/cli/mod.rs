@@ -266,9 +266,10 @@ pub fn main() -> i32 {
         Command::Plugins(PluginsCommand::New {
             name,
             kind,
+            lang,
             sdk_path,
             dir,
-        }) => plugins::new(&name, kind, sdk_path.as_deref(), dir.as_deref()),
+        }) => plugins::new(&name, kind, lang, sdk_path.as_deref(), dir.as_deref()),
         Command::Locks(args) => locks::run(&args),
         Command::Cache(CacheCommand::Push { key, plugins }) => cache::push(&key, &plugins),
         Command::Cache(CacheCommand::Pull { key, plugins, json }) => {
