@@ -18,6 +18,7 @@ use ktstr_sdk::{ErrorKind, Result, StageError};
 use serde_json::{Value, json};
 
 use super::framing::{self, Incoming, Message};
+use super::factory::TIMEOUT_KEY;
 use super::spawn::Process;
 
 /// How long a plugin may take to answer after a cancel before it is killed.
@@ -27,7 +28,9 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// The running plugin, or why it is not running any more.
 pub struct Conn {
-    /// `team-cache (/path/ktstr-plugin-team-cache)`, for messages.
+    /// The plugin's name, and `team-cache (/path/ktstr-plugin-team-cache)`
+    /// for messages.
+    name: String,
     label: String,
     path: PathBuf,
     state: Mutex<State>,
@@ -53,6 +56,7 @@ impl Conn {
         let rx = process.stdout.take().map(framing::reader);
         tracing::debug!("started plugin {label} as pid {}", process.pid());
         Ok(Self {
+            name: name.to_string(),
             label,
             path: path.to_path_buf(),
             state: Mutex::new(State {
@@ -67,6 +71,7 @@ impl Conn {
     /// A plugin that never started properly: every call fails with `error`.
     pub fn failed(path: &Path, name: &str, error: StageError) -> Self {
         Self {
+            name: name.to_string(),
             label: format!("{name} ({})", path.display()),
             path: path.to_path_buf(),
             state: Mutex::new(State {
@@ -84,6 +89,7 @@ impl Conn {
 
     /// Now that the handshake named the plugin, use its name in messages.
     pub fn rename(&mut self, name: &str) {
+        self.name = name.to_string();
         self.label = format!("{name} ({})", self.path.display());
     }
 
@@ -233,6 +239,9 @@ impl Conn {
                 };
                 p.kill();
                 let what = match (&failure, status) {
+                    (Failure::Exited, Some(status)) if status.starts_with("killed") => {
+                        format!("died {during} ({status})")
+                    }
                     (Failure::Exited, Some(status)) => format!("exited {during} ({status})"),
                     (Failure::Exited, None) => {
                         format!("closed its stdout {during} (killed it)")
@@ -261,15 +270,12 @@ impl Conn {
             message.push_str(&format!("; its stderr ended with: {line}"));
         }
         let hint = match failure {
-            Failure::Silent(_) => {
-                "it is not used again in this run; a plugin must report progress during long calls, or raise call_timeout in its [plugin.<stage>] table (`ktstr docs plugin-protocol`)"
-            }
-            Failure::Garbage(_) => {
-                "it is not used again in this run; a plugin writes only protocol messages to stdout and logs to stderr (`ktstr docs plugin-protocol`)"
-            }
-            _ => {
-                "it is not used again in this run; `ktstr -v` shows its stderr, and `ktstr docs plugin-protocol` how to test it by hand"
-            }
+            Failure::Silent(_) => format!(
+                "it is not used again in this run; a plugin must report progress during long calls, or raise {TIMEOUT_KEY} in [plugin.{}] (`ktstr docs plugin-protocol`)",
+                self.name
+            ),
+            Failure::Garbage(_) => "it is not used again in this run; a plugin writes only protocol messages to stdout and logs to stderr (`ktstr docs plugin-protocol`)".to_string(),
+            _ => "it is not used again in this run; `ktstr -v` shows its stderr, and `ktstr docs plugin-protocol` how to test it by hand".to_string(),
         };
         let error = StageError::internal(message).with_hint(hint);
         state.dead = Some(error.clone());

@@ -137,7 +137,9 @@ pub fn apply(
         Ok(p) => p,
         Err(e) => {
             if !already {
-                crate::report::eprint_warning("", &e.context("not using it in this run"));
+                let mut e = e;
+                e.message.push_str("; going on without it");
+                crate::report::eprint_warning("", &e);
             }
             return Ok(());
         }
