@@ -331,7 +331,9 @@ fn a_plugin_that_exits_during_the_handshake_is_not_used() {
     run.assert_stderr_has("no credentials for the artifact store");
     s.assert_no_orphans(&run);
 
-    // Named as a cache tier in the config file: the tier is down, once.
+    // Named as a cache tier in the config file: the tier is down, once,
+    // when the build needs it (a local miss).
+    fs::remove_dir_all(&s.fx.cache).unwrap();
     s.config("caches = [\"fixture-exit-handshake\"]\n");
     let run = s.build(&[]);
     assert_built_anyway(&run);
@@ -339,6 +341,12 @@ fn a_plugin_that_exits_during_the_handshake_is_not_used() {
         "fixture-exit-handshake: not using it for the rest of this run: lookup of",
     );
     run.assert_stderr_has("exited during the handshake (exit status 3)");
+    assert_eq!(
+        run.stderr.matches("exited during the handshake").count(),
+        1,
+        "one message\n{}",
+        run.describe()
+    );
     s.assert_no_orphans(&run);
 }
 
