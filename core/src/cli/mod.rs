@@ -16,7 +16,7 @@ mod kernel_clean;
 mod locks;
 mod log;
 mod log_format;
-mod plugins;
+pub(crate) mod plugins;
 mod shell;
 
 use std::sync::Arc;

@@ -118,6 +118,11 @@ impl Conn {
             .state
             .lock()
             .map_err(|_| StageError::internal(format!("plugin {}: poisoned", self.label)))?;
+        // An interrupted run starts nothing new, as a stage's own
+        // `cx.cancel.check()` would.
+        if let Some(cx) = cx {
+            cx.cancel.check()?;
+        }
         if let Some(e) = &state.dead {
             return Err(e.clone());
         }

@@ -173,3 +173,6 @@ pub fn load_selected(path: &Path, kind: StageKind, name: &str, catalog: &mut Cat
 fn was_launched(path: &Path) -> bool {
     started().lock().is_ok_and(|s| s.contains_key(path))
 }
+
+#[cfg(test)]
+mod tests;

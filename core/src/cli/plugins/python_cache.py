@@ -6,11 +6,12 @@ per line (`ktstr docs plugin-protocol`). Standard library only.
 
 Each entry is <dir>/<key>/ holding the kernel's files and metadata.json. A
 store writes it into <dir>/.tmp/ and publishes it with one rename, so
-readers see the old entry or the new one. A lookup copies the entry into
-the staging directory ktstr lends it and checks every file's sha256: to
-make this a client of your artifact store, replace `_copy` in `store`
-with an upload and in `lookup` with a download. Files never go through
-the pipe, only their paths.
+readers see the old entry or the new one. Like an artifact store, it
+gives ktstr no files to use in place: store and list name the entry as
+`location`, and a lookup copies it into the staging directory ktstr
+lends it, checking every file's sha256. To make this a client of your
+artifact store, replace `_copy` in `store` with an upload and in `lookup`
+with a download. Files never go through the pipe, only their paths.
 
 Settings ([plugin.{{NAME}}] in ktstr's config file):
     dir        = "/srv/kernels"   # required, absolute
@@ -228,10 +229,16 @@ class DirCache:
             call.check_cancel()
             self._publish(tmp, self._entry(key))
             call.finish_step()
-            return {"key": key, "dir": self._entry(key), "metadata": stored, "origin": NAME}
+            return self._stored(key, stored)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def _stored(self, key, metadata):
+        # Like an artifact store's entry: no files ktstr may use in place
+        # (`dir` empty), only where it is (`location`); a lookup copies.
+        return {"key": key, "dir": "", "location": self._entry(key), "metadata": metadata,
+                "origin": NAME}
 
     def _publish(self, new, dest):
         while True:
@@ -265,8 +272,7 @@ class DirCache:
                     path = os.path.join(self._entry(key), name)
                     if not os.path.isfile(path) or os.path.getsize(path) != info["size"]:
                         raise self._corrupt(key, f"{name} is missing or resized")
-                entry = {"key": key, "dir": self._entry(key), "metadata": metadata, "origin": NAME}
-                rows.append({"status": "ok", "entry": entry})
+                rows.append({"status": "ok", "entry": self._stored(key, metadata)})
             except PluginError as e:
                 corrupt.append({"status": "corrupt", "key": key, "reason": e.message})
         rows.sort(key=lambda r: r["entry"]["key"])
