@@ -418,3 +418,59 @@ fn a_name_that_is_both_a_library_and_an_executable_is_an_error_naming_both() {
     ));
     assert_eq!(s.fx.build_count(), 0);
 }
+
+/// The shared-dir-cache example's stdio binary (`ktstr_sdk::stdio::serve`
+/// over the same `Plugin` the library exports), built into the target
+/// directory of the ktstr under test.
+fn stdio_example() -> PathBuf {
+    let bin = common::ktstr_bin();
+    let profile_dir = bin.parent().unwrap();
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev".to_string(),
+        Some(p) => p.to_string(),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "--profile", &profile])
+        .args(["-p", "ktstr-plugin-shared-dir-cache", "--bin", "shared-dir-cache-stdio"])
+        .arg("--manifest-path")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
+        .arg("--target-dir")
+        .arg(profile_dir.parent().unwrap())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "building the stdio example failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    profile_dir.join("shared-dir-cache-stdio")
+}
+
+#[test]
+fn a_rust_plugin_is_served_over_stdio_from_the_same_code() {
+    let s = Setup::new();
+    let exe = s.plugins.join("ktstr-plugin-shared-dir-cache");
+    fs::copy(stdio_example(), &exe).unwrap();
+    let shared = s.fx.root.path().join("shared");
+    s.config(&format!(
+        "[plugin.shared-dir-cache]\ndir = \"{}\"\n",
+        shared.display()
+    ));
+    // By path: ktstr's own directory may hold the library of that name.
+    let plugin = ["--plugin", exe.to_str().unwrap()];
+    let info = s.fx.run(&["plugins", "info", exe.to_str().unwrap(), "--json"]);
+    let info = info.assert_ok().json();
+    assert_eq!(info["transport"], "process", "{info}");
+    assert_eq!(info["name"], "shared-dir-cache", "{info}");
+
+    let run = s.build(&plugin);
+    let key = run.cached_key();
+    assert!(shared.join("kernels").join(&key).join("bzImage").is_file(), "{}", run.describe());
+    fs::remove_dir_all(&s.fx.cache).unwrap();
+    let hit = s.build(&plugin);
+    assert_eq!(hit.hit_key(), key, "{}", hit.describe());
+    assert_eq!(s.fx.build_count(), 1, "the hit must not build again");
+    hit.assert_stderr_has("came from shared directory cache at");
+}

@@ -10,6 +10,7 @@ use ktstr_sdk::{ErrorKind, Result, StageError};
 use serde_json::{Value, json};
 
 use super::conn::Conn;
+use crate::dynamic::search;
 use super::{PROTOCOL, PROTOCOLS};
 
 /// The handshake and `stage.new` must answer within this.
@@ -46,7 +47,8 @@ struct Hello {
 }
 
 /// Start the executable at `path` (a trusted file) and shake hands.
-/// `name` is the plugin name the file stands for.
+/// `name` is the plugin name the file stands for: what `--plugin NAME`
+/// asked for, or the file's name for a path.
 pub fn launch(path: &Path, name: &str) -> Result<ProcessPlugin> {
     let mut conn = Conn::start(path, name, PROTOCOL)?;
     let params = json!({
@@ -106,7 +108,7 @@ pub fn launch(path: &Path, name: &str) -> Result<ProcessPlugin> {
             Err(e) => tracing::debug!("plugin {name}: ignoring stage {raw}: {e}"),
         }
     }
-    if hello.name != name {
+    if hello.name != name && search::name_of(path).as_deref() == Some(name) {
         tracing::warn!(
             "{} declares plugin name {:?}, not {name:?}; using it as {:?}",
             path.display(),

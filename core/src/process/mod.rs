@@ -42,8 +42,34 @@ pub const PROTOCOLS: &[u32] = &[1];
 /// input) when the catalog goes, and the kernel kills it if ktstr exits
 /// first.
 struct Started {
-    plugin: ProcessPlugin,
+    name: String,
+    version: String,
+    protocol: u32,
+    stages: Vec<ktstr_sdk::export::StageManifest>,
     conn: Weak<Conn>,
+}
+
+impl Started {
+    fn of(p: &ProcessPlugin) -> Self {
+        Self {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            protocol: p.protocol,
+            stages: p.stages.clone(),
+            conn: Arc::downgrade(&p.conn),
+        }
+    }
+
+    /// The plugin, if its process is still in use.
+    fn plugin(&self) -> Option<ProcessPlugin> {
+        Some(ProcessPlugin {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            protocol: self.protocol,
+            stages: self.stages.clone(),
+            conn: self.conn.upgrade()?,
+        })
+    }
 }
 
 /// Plugins started in this run, by path: a plugin named twice (by
@@ -63,27 +89,14 @@ pub fn launch(path: &Path, name: &str) -> Result<ProcessPlugin> {
     match started.get(path) {
         Some(Err(e)) => return Err(e.clone()),
         Some(Ok(s)) => {
-            if let Some(conn) = s.conn.upgrade() {
-                return Ok(ProcessPlugin {
-                    conn,
-                    ..s.plugin.clone()
-                });
+            if let Some(plugin) = s.plugin() {
+                return Ok(plugin);
             }
         }
         None => {}
     }
     let result = handshake::launch(path, name);
-    let entry = match &result {
-        Ok(p) => Ok(Started {
-            conn: Arc::downgrade(&p.conn),
-            plugin: ProcessPlugin {
-                conn: Arc::new(Conn::failed(path, &p.name, StageError::internal("placeholder"))),
-                ..p.clone()
-            },
-        }),
-        Err(e) => Err(e.clone()),
-    };
-    started.insert(path.to_path_buf(), entry);
+    started.insert(path.to_path_buf(), result.as_ref().map(Started::of).map_err(Clone::clone));
     result
 }
 
@@ -130,7 +143,7 @@ pub fn apply(
     let trusted = search::check_trusted(path)?;
     let (name, req) = match spec {
         PluginSpec::Name { name, req } => (name.clone(), req.as_ref()),
-        PluginSpec::Path(_) => (search::name_of(path).unwrap_or_else(|| "?".into()), None),
+        PluginSpec::Path(_) => (file_name(path), None),
     };
     let already = was_launched(&trusted);
     let plugin = match launch(&trusted, &name) {
@@ -172,6 +185,15 @@ pub fn load_selected(path: &Path, kind: StageKind, name: &str, catalog: &mut Cat
 /// Whether `launch(path)` already ran in this run.
 fn was_launched(path: &Path) -> bool {
     started().lock().is_ok_and(|s| s.contains_key(path))
+}
+
+
+/// What a plugin given by path is called until its handshake names it.
+fn file_name(path: &Path) -> String {
+    search::name_of(path).unwrap_or_else(|| {
+        path.file_name()
+            .map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned())
+    })
 }
 
 #[cfg(test)]
