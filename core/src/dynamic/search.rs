@@ -155,7 +155,7 @@ pub fn find(name: &str) -> Result<PathBuf> {
             known.extend(discover().iter().filter_map(|p| name_of(p)));
             let guess = crate::suggest::did_you_mean(name, known.iter().map(String::as_str));
             Err(StageError::not_found(format!(
-                "--plugin {name}: no built-in plugin has this name and no {file} or {exe} was found"
+                "--plugin {name}: no built-in plugin has this name and no {file} was found, nor an executable {exe}"
             ))
             .with_hint(format!(
                 "{guess}searched {}; install the library ({file}) or the executable ({exe}) into one of them, set {PLUGIN_PATH_ENV}, or pass its path (--plugin /path/to/{file}); `ktstr plugins list` shows what is found",
