@@ -298,3 +298,29 @@ impl CacheBackend for ProcCache {
         self.0.locks()
     }
 }
+
+/// The verifier kind's adapter (`verifier.verify`, docs/plugin-protocol.md).
+/// Constructed once the sixth stage kind is registered (task E1): the
+/// factory then maps `StageKind::Verifier` to it. A boot check may be
+/// silent for as long as its own bound, so the call may too.
+#[allow(dead_code)]
+pub struct ProcVerifier(pub Instance);
+
+impl ktstr_sdk::verify::Verifier for ProcVerifier {
+    fn verify(
+        &self,
+        request: &ktstr_sdk::verify::VerifyRequest,
+        cx: &StageContext,
+    ) -> Result<ktstr_sdk::verify::Verdict> {
+        let bound = Duration::from_millis(request.timeout_ms) + Duration::from_secs(30);
+        let instance = Instance {
+            conn: self.0.conn.clone(),
+            kind: self.0.kind,
+            id: self.0.id.clone(),
+            label: self.0.label.clone(),
+            timeout: self.0.timeout.max(bound),
+        };
+        let params = json!({ "request": request });
+        instance.call("verify", "a verdict", params, Some(cx))
+    }
+}
