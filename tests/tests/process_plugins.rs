@@ -55,7 +55,12 @@ impl Setup {
         }
         for entry in fs::read_dir(&scripts).unwrap() {
             let path = entry.unwrap().path();
-            let stem = path.file_stem().unwrap().to_str().unwrap().replace('_', "-");
+            let stem = path
+                .file_stem()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .replace('_', "-");
             if stem == "fixture-proto" {
                 continue;
             }
@@ -94,8 +99,11 @@ impl Setup {
                 continue;
             };
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            let zombie = fs::read_to_string(entry.path().join("stat"))
-                .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')));
+            let zombie = fs::read_to_string(entry.path().join("stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            });
             if cmdline.contains(needle) && !zombie {
                 found.push(format!("{} {cmdline}", entry.file_name().to_string_lossy()));
             }
@@ -197,7 +205,8 @@ fn a_python_cache_stores_a_build_and_a_fresh_cache_hits_through_it() {
         "the backfilled image is the stored one"
     );
 
-    let list = s.fx.run(&["kernel", "list", "--json", "--plugin", "team-py"]);
+    let list =
+        s.fx.run(&["kernel", "list", "--json", "--plugin", "team-py"]);
     let rows = list.assert_ok().json();
     let tiers: Vec<&str> = rows
         .as_array()
@@ -244,9 +253,7 @@ fn a_python_reserver_is_chosen_per_host_in_the_config_file() {
 
     // Its config error is its own message, and fatal: ktstr never builds
     // with a reserver the host did not choose.
-    s.config(&format!(
-        "[hosts.\"{host}\"]\nreserver = \"py-reserver\"\n"
-    ));
+    s.config(&format!("[hosts.\"{host}\"]\nreserver = \"py-reserver\"\n"));
     let run = s.build(&[]);
     run.assert_fails();
     run.assert_stderr_has("record");
@@ -284,11 +291,7 @@ fn a_plugin_that_hangs_past_its_timeout_is_killed_with_its_children() {
     assert_built_anyway(&run);
     run.assert_stderr_has("sent nothing for 1 s during cache.lookup; killed it");
     run.assert_stderr_has("raise call_timeout in [plugin.fixture-hang]");
-    assert!(
-        run.elapsed < Duration::from_secs(30),
-        "{}",
-        run.describe()
-    );
+    assert!(run.elapsed < Duration::from_secs(30), "{}", run.describe());
     s.assert_no_orphans(&run);
 }
 
@@ -432,7 +435,12 @@ fn stdio_example() -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = std::process::Command::new(cargo)
         .args(["build", "--quiet", "--profile", &profile])
-        .args(["-p", "ktstr-plugin-shared-dir-cache", "--bin", "shared-dir-cache-stdio"])
+        .args([
+            "-p",
+            "ktstr-plugin-shared-dir-cache",
+            "--bin",
+            "shared-dir-cache-stdio",
+        ])
         .arg("--manifest-path")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
         .arg("--target-dir")
@@ -460,14 +468,19 @@ fn a_rust_plugin_is_served_over_stdio_from_the_same_code() {
     ));
     // By path: ktstr's own directory may hold the library of that name.
     let plugin = ["--plugin", exe.to_str().unwrap()];
-    let info = s.fx.run(&["plugins", "info", exe.to_str().unwrap(), "--json"]);
+    let info =
+        s.fx.run(&["plugins", "info", exe.to_str().unwrap(), "--json"]);
     let info = info.assert_ok().json();
     assert_eq!(info["transport"], "process", "{info}");
     assert_eq!(info["name"], "shared-dir-cache", "{info}");
 
     let run = s.build(&plugin);
     let key = run.cached_key();
-    assert!(shared.join("kernels").join(&key).join("bzImage").is_file(), "{}", run.describe());
+    assert!(
+        shared.join("kernels").join(&key).join("bzImage").is_file(),
+        "{}",
+        run.describe()
+    );
     fs::remove_dir_all(&s.fx.cache).unwrap();
     let hit = s.build(&plugin);
     assert_eq!(hit.hit_key(), key, "{}", hit.describe());

@@ -17,8 +17,8 @@ use serde_json::json;
 
 use crate::dynamic::{self, LoadError, LoadedPlugin, PluginSpec, Status};
 use crate::process::ProcessPlugin;
-use ktstr_sdk::export::StageManifest;
 use crate::registry::Selection;
+use ktstr_sdk::export::StageManifest;
 
 pub use new::{Lang, NewKind, new};
 
@@ -344,8 +344,9 @@ pub fn info(raw: &str, as_json: bool) -> Result<()> {
     }
     let process = match &spec {
         PluginSpec::Path(p) => dynamic::search::is_process(p).then(|| p.clone()),
-        PluginSpec::Name { name, .. } => Some(dynamic::search::find(name)?)
-            .filter(|p| dynamic::search::is_process(p)),
+        PluginSpec::Name { name, .. } => {
+            Some(dynamic::search::find(name)?).filter(|p| dynamic::search::is_process(p))
+        }
     };
     if let Some(path) = process {
         let trusted = dynamic::search::check_trusted(&path)?;

@@ -12,6 +12,10 @@
 //! config file's per-host tables; `--reserver` still wins). A built-in
 //! name given to `--plugin` selects that built-in the same way.
 //!
+//! A name that [`search`] finds as an executable (`ktstr-plugin-NAME`) is
+//! a process plugin: `apply` and `load_selected` hand it to
+//! [`crate::process`], which adds its stages to the same catalog.
+//!
 //! Libraries are never unloaded (abi_stable leaks them too): a stage, or a
 //! reservation guard it returned, may be alive until the process exits.
 
@@ -123,7 +127,12 @@ fn process_path(spec: &PluginSpec) -> Result<Option<PathBuf>> {
     Ok(search::is_process(&path).then_some(path))
 }
 
-pub(crate) fn check_version(name: &str, version: &str, req: &semver::VersionReq, origin: &str) -> Result<()> {
+pub(crate) fn check_version(
+    name: &str,
+    version: &str,
+    req: &semver::VersionReq,
+    origin: &str,
+) -> Result<()> {
     let ok = semver::Version::parse(version).is_ok_and(|v| req.matches(&v));
     if ok {
         Ok(())

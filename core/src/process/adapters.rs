@@ -101,11 +101,15 @@ pub struct ProcSource(pub Instance);
 
 impl SourceAcquirer for ProcSource {
     fn claims(&self, spec: &KernelSpec) -> bool {
-        let r = self.0.call("claims", "a bool", json!({ "spec": spec }), None);
+        let r = self
+            .0
+            .call("claims", "a bool", json!({ "spec": spec }), None);
         self.0.fallback("claims", r, false)
     }
     fn accepted_forms(&self) -> Vec<String> {
-        let r = self.0.call("accepted_forms", "a list of strings", json!({}), None);
+        let r = self
+            .0
+            .call("accepted_forms", "a list of strings", json!({}), None);
         self.0.fallback("accepted_forms", r, Vec::new())
     }
     fn resolve(&self, spec: &KernelSpec, cx: &StageContext) -> Result<Vec<Resolved>> {
@@ -117,7 +121,8 @@ impl SourceAcquirer for ProcSource {
     }
     fn acquire(&self, spec: &KernelSpec, cx: &StageContext) -> Result<AcquiredSource> {
         let params = json!({ "spec": spec });
-        self.0.call("acquire", "an acquired source", params, Some(cx))
+        self.0
+            .call("acquire", "an acquired source", params, Some(cx))
     }
     fn probe(&self, source: &AcquiredSource, cx: &StageContext) -> Result<Option<SourceState>> {
         let params = json!({ "source": source });
@@ -202,7 +207,8 @@ impl Configurer for ProcConfigurer {
     }
     fn configure(&self, tree: &Path, request: &ConfigureRequest, cx: &StageContext) -> Result<()> {
         let params = json!({ "tree": tree, "request": request });
-        self.0.call::<Value>("configure", "null", params, Some(cx))?;
+        self.0
+            .call::<Value>("configure", "null", params, Some(cx))?;
         Ok(())
     }
     fn validate(&self, tree: &Path, request: &ConfigureRequest) -> Result<()> {
@@ -261,7 +267,9 @@ impl CacheBackend for ProcCache {
         Ok(stored)
     }
     fn list(&self, cx: &StageContext) -> Result<Vec<Listed>> {
-        let rows: Vec<wire::Listed> = self.0.call("list", "a cache listing", json!({}), Some(cx))?;
+        let rows: Vec<wire::Listed> =
+            self.0
+                .call("list", "a cache listing", json!({}), Some(cx))?;
         Ok(rows
             .into_iter()
             .map(|row| match Listed::from(row) {

@@ -17,8 +17,8 @@ use ktstr_sdk::context::StageContext;
 use ktstr_sdk::{ErrorKind, Result, StageError};
 use serde_json::{Value, json};
 
-use super::framing::{self, Incoming, Message};
 use super::factory::TIMEOUT_KEY;
+use super::framing::{self, Incoming, Message};
 use super::spawn::Process;
 
 /// How long a plugin may take to answer after a cancel before it is killed.

@@ -143,6 +143,10 @@ mod tests {
         assert_eq!(parse("[1]").unwrap_err(), "not a JSON object");
         assert!(parse(r#"{"id":"x","result":1}"#).is_err());
         assert!(parse(r#"{"id":1}"#).unwrap_err().contains("neither result"));
-        assert!(parse(r#"{"x":1}"#).unwrap_err().contains("neither a response"));
+        assert!(
+            parse(r#"{"x":1}"#)
+                .unwrap_err()
+                .contains("neither a response")
+        );
     }
 }

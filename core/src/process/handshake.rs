@@ -10,8 +10,8 @@ use ktstr_sdk::{ErrorKind, Result, StageError};
 use serde_json::{Value, json};
 
 use super::conn::Conn;
-use crate::dynamic::search;
 use super::{PROTOCOL, PROTOCOLS};
+use crate::dynamic::search;
 
 /// The handshake and `stage.new` must answer within this.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);

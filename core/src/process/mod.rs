@@ -96,7 +96,10 @@ pub fn launch(path: &Path, name: &str) -> Result<ProcessPlugin> {
         None => {}
     }
     let result = handshake::launch(path, name);
-    started.insert(path.to_path_buf(), result.as_ref().map(Started::of).map_err(Clone::clone));
+    started.insert(
+        path.to_path_buf(),
+        result.as_ref().map(Started::of).map_err(Clone::clone),
+    );
     result
 }
 
@@ -124,7 +127,11 @@ pub fn add_stages(
 }
 
 /// The same plugin's stage is already in the catalog (named twice).
-fn was_added(catalog: &Catalog, plugin: &ProcessPlugin, stage: &ktstr_sdk::export::StageManifest) -> bool {
+fn was_added(
+    catalog: &Catalog,
+    plugin: &ProcessPlugin,
+    stage: &ktstr_sdk::export::StageManifest,
+) -> bool {
     catalog
         .get(stage.kind, &stage.name)
         .is_some_and(|f| f.origin() == plugin.conn.path().display().to_string())
@@ -160,7 +167,9 @@ pub fn apply(
     if let Some(req) = req {
         crate::dynamic::check_version(&name, &plugin.version, req, &path.display().to_string())?;
     }
-    add_stages(&plugin, catalog, |kind, stage| selection.select(kind, stage))
+    add_stages(&plugin, catalog, |kind, stage| {
+        selection.select(kind, stage)
+    })
 }
 
 /// A stage named by the selection (`reserver = "NAME"`, a name in
@@ -168,7 +177,12 @@ pub fn apply(
 /// (unselected: the selection already names the one it wants). If it does
 /// not start, the selected stage is still there and fails on first use
 /// with why (a cache tier is then marked down).
-pub fn load_selected(path: &Path, kind: StageKind, name: &str, catalog: &mut Catalog) -> Result<()> {
+pub fn load_selected(
+    path: &Path,
+    kind: StageKind,
+    name: &str,
+    catalog: &mut Catalog,
+) -> Result<()> {
     let trusted = search::check_trusted(path)?;
     match launch(&trusted, name) {
         Ok(plugin) => add_stages(&plugin, catalog, |_, _| {}),
@@ -187,12 +201,13 @@ fn was_launched(path: &Path) -> bool {
     started().lock().is_ok_and(|s| s.contains_key(path))
 }
 
-
 /// What a plugin given by path is called until its handshake names it.
 fn file_name(path: &Path) -> String {
     search::name_of(path).unwrap_or_else(|| {
-        path.file_name()
-            .map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned())
+        path.file_name().map_or_else(
+            || path.display().to_string(),
+            |f| f.to_string_lossy().into_owned(),
+        )
     })
 }
 

@@ -140,7 +140,9 @@ impl Process {
             match self.peek_exit() {
                 Some(status) => return Some(status),
                 None if Instant::now() >= deadline => return None,
-                None => std::thread::sleep(Duration::from_millis(10)),
+                // A plugin usually exits within milliseconds of end of
+                // input, and ktstr's own exit waits on this.
+                None => std::thread::sleep(Duration::from_millis(1)),
             }
         }
     }

@@ -82,7 +82,10 @@ fn a_bad_setting_is_the_plugins_own_error_with_its_hint() {
         .err()
         .unwrap();
     assert_eq!(e.kind, ErrorKind::InvalidInput, "{e}");
-    assert!(e.message.contains("[plugin.py-cache] dir = 'relative'"), "{e}");
+    assert!(
+        e.message.contains("[plugin.py-cache] dir = 'relative'"),
+        "{e}"
+    );
     assert!(e.hint.unwrap().contains("dir = \"/srv/kernels\""));
 }
 
@@ -115,10 +118,7 @@ fn a_silent_plugin_times_out_and_every_later_call_fails_at_once() {
     let plugin = handshake::launch(&exe, "silent").unwrap();
     let pid = plugin.conn.pid().unwrap();
     let factory = ProcFactory::new(&plugin, plugin.stages[0].clone());
-    let AnyStage::Cache(c) = factory
-        .construct(&json!({"call_timeout": 0.3}))
-        .unwrap()
-    else {
+    let AnyStage::Cache(c) = factory.construct(&json!({"call_timeout": 0.3})).unwrap() else {
         panic!("not a cache")
     };
     let (cx, progress) = context_with(Arc::new(RecordingRunner::default()));
@@ -126,7 +126,8 @@ fn a_silent_plugin_times_out_and_every_later_call_fails_at_once() {
     assert_eq!(e.kind, ErrorKind::Internal);
     assert!(
         e.message.starts_with("plugin silent (")
-            && e.message.contains("sent nothing for 0.3 s during cache.list; killed it"),
+            && e.message
+                .contains("sent nothing for 0.3 s during cache.list; killed it"),
         "{e}"
     );
     assert!(progress.lines().contains(&"thinking".to_string()));
@@ -135,7 +136,10 @@ fn a_silent_plugin_times_out_and_every_later_call_fails_at_once() {
         "the silent plugin was killed and reaped"
     );
     let again: StageError = c.list(&cx).unwrap_err();
-    assert_eq!(again, e, "a dead plugin fails every later call the same way");
+    assert_eq!(
+        again, e,
+        "a dead plugin fails every later call the same way"
+    );
 }
 
 #[test]

@@ -67,10 +67,12 @@ impl Progress for Notifier {
         self.0.notify("progress.finish_step", json!({}));
     }
     fn warn(&self, message: &str) {
-        self.0.notify("progress.warn", json!({ "message": message }));
+        self.0
+            .notify("progress.warn", json!({ "message": message }));
     }
     fn note(&self, message: &str) {
-        self.0.notify("progress.note", json!({ "message": message }));
+        self.0
+            .notify("progress.note", json!({ "message": message }));
     }
     fn bytes(&self, done: u64, total: Option<u64>) {
         self.0
@@ -116,7 +118,10 @@ pub fn serve(plugin: Plugin) -> std::process::ExitCode {
     let out = match protocol_stdout() {
         Ok(out) => out,
         Err(e) => {
-            eprintln!("{}: cannot set up stdout for the protocol: {e}", plugin.name);
+            eprintln!(
+                "{}: cannot set up stdout for the protocol: {e}",
+                plugin.name
+            );
             return std::process::ExitCode::FAILURE;
         }
     };
