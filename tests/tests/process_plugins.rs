@@ -360,7 +360,7 @@ fn no_plugin_outlives_a_killed_ktstr() {
     }
     let s = Setup::new();
     s.config("[plugin.fixture-hang]\ncall_timeout = 600\n");
-    let mut child = s.fx.spawn_build(&["--plugin", "fixture-hang"], &[]);
+    let child = s.fx.spawn_build(&["--plugin", "fixture-hang"], &[]);
     // Wait for the plugin's own child: the plugin is inside its lookup.
     let deadline = Instant::now() + Duration::from_secs(20);
     while !Setup::processes_under(&s.scripts)
