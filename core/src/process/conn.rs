@@ -18,7 +18,7 @@ use ktstr_sdk::{ErrorKind, Result, StageError};
 use serde_json::{Value, json};
 
 use super::factory::TIMEOUT_KEY;
-use super::framing::{self, Incoming, Message};
+use super::framing::{self, Incoming, Message, SendError};
 use super::spawn::Process;
 
 /// How long a plugin may take to answer after a cancel before it is killed.
@@ -129,13 +129,20 @@ impl Conn {
         let id = state.next_id;
         state.next_id += 1;
         let request = json!({"id": id, "method": method, "params": params});
-        let sent = match state.process.as_mut().and_then(|p| p.stdin.as_mut()) {
-            Some(stdin) => framing::send(stdin, &request),
-            None => Err(std::io::ErrorKind::BrokenPipe.into()),
+        let sent = match state.process.as_ref().and_then(|p| p.stdin.as_ref()) {
+            Some(stdin) => framing::send(stdin, &request, timeout),
+            None => Err(SendError::Closed(std::io::ErrorKind::BrokenPipe.into())),
         };
-        if let Err(e) = sent {
-            tracing::debug!("plugin {}: writing {method} failed: {e}", self.label);
-            return Err(self.die(&mut state, method, Failure::Exited));
+        match sent {
+            Ok(()) => {}
+            Err(SendError::Closed(e)) => {
+                tracing::debug!("plugin {}: writing {method} failed: {e}", self.label);
+                return Err(self.die(&mut state, method, Failure::Exited));
+            }
+            Err(SendError::Stuck) => {
+                let why = "did not read its stdin".to_string();
+                return Err(self.die(&mut state, method, Failure::Protocol(why)));
+            }
         }
         self.wait(&mut state, id, method, cx, timeout)
     }
@@ -196,8 +203,9 @@ impl Conn {
                 }
             } else if cx.is_some_and(|cx| cx.cancel.is_cancelled()) {
                 let cancel = json!({"method": "cancel", "params": {"id": id}});
-                if let Some(stdin) = state.process.as_mut().and_then(|p| p.stdin.as_mut()) {
-                    let _ = framing::send(stdin, &cancel);
+                if let Some(stdin) = state.process.as_ref().and_then(|p| p.stdin.as_ref()) {
+                    // Not read in time: the grace period below still ends it.
+                    let _ = framing::send(stdin, &cancel, CANCEL_GRACE);
                 }
                 cancelled_at = Some(Instant::now());
             }

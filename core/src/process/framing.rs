@@ -6,9 +6,11 @@
 //! writes endlessly without a newline is broken, not a reason to run out
 //! of memory.
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{ChildStdin, ChildStdout};
+use std::process::ChildStdout;
 use std::sync::mpsc;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -57,12 +59,35 @@ pub fn reader(stdout: ChildStdout) -> mpsc::Receiver<Incoming> {
     rx
 }
 
-/// Write one message and flush it.
-pub fn send(stdin: &mut ChildStdin, message: &Value) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(message).map_err(std::io::Error::other)?;
+/// Why a message could not be written.
+#[derive(Debug)]
+pub enum SendError {
+    /// The pipe is closed: the plugin exited.
+    Closed(std::io::Error),
+    /// The plugin did not read it within the time allowed (a full pipe).
+    Stuck,
+}
+
+/// Write one message, giving up after `within`: a plugin that stops
+/// reading its stdin fills the pipe, and a blocked write must not hang
+/// ktstr. The write runs on a thread of its own, which ends when the
+/// plugin is killed (the write then fails).
+pub fn send(stdin: &File, message: &Value, within: Duration) -> Result<(), SendError> {
+    let mut line = serde_json::to_vec(message).map_err(|e| SendError::Closed(e.into()))?;
     line.push(b'\n');
-    stdin.write_all(&line)?;
-    stdin.flush()
+    let mut pipe = stdin.try_clone().map_err(SendError::Closed)?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("ktstr-plugin-stdin".into())
+        .spawn(move || {
+            let _ = tx.send(pipe.write_all(&line).and_then(|()| pipe.flush()));
+        })
+        .map_err(SendError::Closed)?;
+    match rx.recv_timeout(within) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(SendError::Closed(e)),
+        Err(_) => Err(SendError::Stuck),
+    }
 }
 
 /// A message from the plugin, classified.

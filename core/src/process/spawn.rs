@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -52,7 +52,9 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnJob>> {
 /// its stderr (also logged at debug level as `plugin LABEL: LINE`).
 pub struct Process {
     child: Child,
-    pub stdin: Option<ChildStdin>,
+    /// The write end of the plugin's stdin (a `File`, so a write can be
+    /// handed to a thread of its own: see `framing::send`).
+    pub stdin: Option<std::fs::File>,
     pub stdout: Option<ChildStdout>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     status: Option<ExitStatus>,
@@ -109,7 +111,10 @@ impl Process {
                 });
         }
         Ok(Self {
-            stdin: child.stdin.take(),
+            stdin: child
+                .stdin
+                .take()
+                .map(|s| std::fs::File::from(std::os::fd::OwnedFd::from(s))),
             stdout: child.stdout.take(),
             child,
             stderr_tail,

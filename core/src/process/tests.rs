@@ -168,3 +168,33 @@ fn a_cancelled_call_sends_cancel_and_a_plugin_that_ignores_it_is_killed() {
     // Nothing new starts under a cancelled context.
     assert_eq!(c.list(&cx).unwrap_err().kind, ErrorKind::Cancelled);
 }
+
+#[test]
+fn a_plugin_that_stops_reading_its_stdin_cannot_block_ktstr() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = silent_plugin(tmp.path());
+    // The silent plugin without its last `read`: it never reads again.
+    let text = std::fs::read_to_string(&exe).unwrap();
+    std::fs::write(&exe, text.replace("read call\n", "")).unwrap();
+    let plugin = handshake::launch(&exe, "silent").unwrap();
+    plugin
+        .conn
+        .call("stage.new", json!({}), None, Duration::from_secs(5))
+        .unwrap();
+    // More than a pipe holds.
+    let big = json!({ "pad": "x".repeat(4 << 20) });
+    let start = std::time::Instant::now();
+    let e = plugin
+        .conn
+        .call("cache.store", big, None, Duration::from_millis(300))
+        .unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(5), "{e}");
+    assert!(
+        e.message.starts_with("plugin silent (")
+            && e.message.contains(
+                "broke the protocol during cache.store: did not read its stdin; killed it"
+            ),
+        "{e}"
+    );
+    assert!(plugin.conn.is_dead());
+}
