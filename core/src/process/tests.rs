@@ -198,3 +198,57 @@ fn a_plugin_that_stops_reading_its_stdin_cannot_block_ktstr() {
     );
     assert!(plugin.conn.is_dead());
 }
+
+#[test]
+fn a_cancel_mid_store_stops_the_python_cache_which_stores_nothing_and_keeps_serving() {
+    if !have_python() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = scaffold(tmp.path());
+    let dir = tmp.path().join("kernels");
+    let c = cache_at(&exe, json!({ "dir": dir }));
+    let image = tmp.path().join("bzImage");
+    let config = tmp.path().join("config");
+    // Large enough that the copy is still running when the cancel arrives
+    // (sparse: it costs hashing time, not disk).
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(256 << 20))
+        .unwrap();
+    std::fs::write(&config, "CONFIG_X=y\n").unwrap();
+    let key = CacheKey::parse("k-1").unwrap();
+    let metadata: ktstr_sdk::cache::Metadata = serde_json::from_value(json!({
+        "schema": 1, "key": "k-1", "source": {"kind": "x", "identity": "y"},
+        "version": null, "arch": "x86_64", "image_name": "bzImage",
+        "profile": "p", "config_sha256": "", "builder": "b", "toolchain": "t",
+        "built_at": "", "components": [], "artifacts": {}
+    }))
+    .unwrap();
+    let artifacts = ktstr_sdk::cache::Artifacts {
+        image,
+        vmlinux: None,
+        config,
+        log: None,
+    };
+    let (cx, progress) = context_with(Arc::new(RecordingRunner::default()));
+    let cancel = cx.cancel.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        cancel.cancel();
+    });
+    let e = c.store(&key, &artifacts, &metadata, &cx).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Cancelled, "{e}");
+    assert_eq!(progress.steps().len(), 1, "the store had begun");
+    assert!(
+        !dir.join("k-1").exists(),
+        "a cancelled store stores nothing"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.join(".tmp")).unwrap().collect();
+    assert!(
+        leftovers.is_empty(),
+        "and leaves no temp dir: {leftovers:?}"
+    );
+    // The plugin answered the cancel: it is alive and still serves.
+    let (cx, _) = context_with(Arc::new(RecordingRunner::default()));
+    assert!(c.list(&cx).unwrap().is_empty());
+}
