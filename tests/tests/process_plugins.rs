@@ -218,6 +218,13 @@ fn a_python_cache_stores_a_build_and_a_fresh_cache_hits_through_it() {
     assert_eq!(tiers, ["local-cache", "team-py"], "{}", list.describe());
     s.assert_no_orphans(&hit);
 
+    // Its handshake and capabilities are remembered: a local hit does not
+    // start the plugin at all.
+    let local = s.fx.run(&s.fx.build_args(&["-v", "--plugin", "team-py"]));
+    assert_eq!(local.hit_key(), key, "{}", local.describe());
+    local.assert_stderr_has("handshake remembered, started on first use");
+    local.assert_stderr_lacks("started plugin team-py");
+
     // A damaged entry is reported as corrupt and rebuilt, never served.
     fs::remove_dir_all(&s.fx.cache).unwrap();
     fs::write(entry.join("bzImage"), b"damaged").unwrap();
@@ -251,8 +258,9 @@ fn a_python_reserver_is_chosen_per_host_in_the_config_file() {
     );
     s.assert_no_orphans(&run);
 
-    // Its config error is its own message, and fatal: ktstr never builds
-    // with a reserver the host did not choose.
+    // Its config error is its own message, and fatal when a build needs
+    // the reserver: ktstr never builds with one the host did not choose.
+    fs::remove_dir_all(&s.fx.cache).unwrap();
     s.config(&format!("[hosts.\"{host}\"]\nreserver = \"py-reserver\"\n"));
     let run = s.build(&[]);
     run.assert_fails();

@@ -7,7 +7,7 @@
 //! answer; optional methods answered `unsupported` take the trait default.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ktstr_sdk::build::{BuildOutput, BuildRequest, Builder};
@@ -27,30 +27,74 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::conn::Conn;
+use super::handshake::SETUP_TIMEOUT;
+use super::memo::Memo;
 
-/// One stage instance inside a plugin process.
+/// One stage instance inside a plugin process, created (`stage.new`) by
+/// its first call, so a stage never used never starts its plugin.
 pub struct Instance {
     pub conn: Arc<Conn>,
     pub kind: StageKind,
-    pub id: Value,
+    pub name: String,
+    pub config: Value,
+    /// The plugin's instance id, once created.
+    pub id: Mutex<Option<Value>>,
     /// `cache stage team-cache (plugin team-cache)`, for logs.
     pub label: String,
     pub timeout: Duration,
+    pub memo: Option<Arc<Memo>>,
 }
 
 impl Instance {
+    /// The plugin's instance of this stage, created on first use.
+    fn id(&self) -> Result<Value> {
+        let mut id = self
+            .id
+            .lock()
+            .map_err(|_| StageError::internal(format!("{}: poisoned", self.label)))?;
+        if let Some(id) = id.as_ref() {
+            return Ok(id.clone());
+        }
+        let params = json!({"kind": self.kind, "name": self.name, "config": self.config});
+        let created = self.conn.call("stage.new", params, None, SETUP_TIMEOUT)?;
+        let new = created.get("instance").cloned().ok_or_else(|| {
+            StageError::internal(format!(
+                "{}: stage.new answered {created}, which has no instance",
+                self.label
+            ))
+            .with_hint("stage.new answers {\"instance\": N}: see `ktstr docs plugin-protocol`")
+        })?;
+        *id = Some(new.clone());
+        Ok(new)
+    }
+
     /// Call `<kind>.<method>` with `params` (an object) and decode the
     /// result as `what`.
     fn call<T: DeserializeOwned>(
         &self,
         method: &str,
         what: &str,
-        mut params: Value,
+        params: Value,
         cx: Option<&StageContext>,
     ) -> Result<T> {
+        self.call_within(method, what, params, cx, self.timeout)
+    }
+
+    /// [`Self::call`] with another silence bound than the stage's.
+    fn call_within<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        what: &str,
+        mut params: Value,
+        cx: Option<&StageContext>,
+        timeout: Duration,
+    ) -> Result<T> {
         let method = format!("{}.{method}", self.kind);
-        params["instance"] = self.id.clone();
-        let result = self.conn.call(&method, params, cx, self.timeout)?;
+        if let Some(cx) = cx {
+            cx.cancel.check()?;
+        }
+        params["instance"] = self.id()?;
+        let result = self.conn.call(&method, params, cx, timeout)?;
         serde_json::from_value(result).map_err(|e| {
             StageError::internal(format!(
                 "{}: {method} answered something that is not {what}",
@@ -169,10 +213,11 @@ impl Reserver for ProcReserver {
     fn reserve(&self, request: &ReserveRequest, cx: &StageContext) -> Result<Reservation> {
         let params = json!({ "request": request });
         let g: Granted = self.0.call("reserve", "a reservation", params, Some(cx))?;
+        let instance = self.0.id()?;
         let guard = g.guard.map(|guard| {
             Box::new(Guard {
                 conn: self.0.conn.clone(),
-                instance: self.0.id.clone(),
+                instance,
                 guard,
                 timeout: self.0.timeout,
             }) as Box<dyn ktstr_sdk::reserve::ReservationGuard>
@@ -292,15 +337,29 @@ impl CacheBackend for ProcCache {
         let r = self.0.call("describe", "a string", json!({}), None);
         self.0.fallback("describe", r, self.0.label.clone())
     }
+    /// Asked when the tiers are set up, on every run: answered from the
+    /// memo when the plugin said it before (for this config), so a run
+    /// that needs no remote tier does not start the plugin.
     fn capabilities(&self) -> Capabilities {
-        let r = self.0.optional(
+        let i = &self.0;
+        if let Some(c) = i
+            .memo
+            .as_ref()
+            .and_then(|m| m.capabilities(&i.name, &i.config))
+        {
+            return c;
+        }
+        let r = i.optional(
             "capabilities",
             "capabilities",
             json!({}),
             None,
             Capabilities::default,
         );
-        self.0.fallback("capabilities", r, Capabilities::default())
+        if let (Ok(c), Some(m)) = (&r, &i.memo) {
+            m.record_capabilities(&i.name, &i.config, *c);
+        }
+        i.fallback("capabilities", r, Capabilities::default())
     }
     fn locks(&self) -> Result<Vec<LockInfo>> {
         self.0.locks()
@@ -321,14 +380,13 @@ impl ktstr_sdk::verify::Verifier for ProcVerifier {
         cx: &StageContext,
     ) -> Result<ktstr_sdk::verify::Verdict> {
         let bound = Duration::from_millis(request.timeout_ms) + Duration::from_secs(30);
-        let instance = Instance {
-            conn: self.0.conn.clone(),
-            kind: self.0.kind,
-            id: self.0.id.clone(),
-            label: self.0.label.clone(),
-            timeout: self.0.timeout.max(bound),
-        };
         let params = json!({ "request": request });
-        instance.call("verify", "a verdict", params, Some(cx))
+        self.0.call_within(
+            "verify",
+            "a verdict",
+            params,
+            Some(cx),
+            self.0.timeout.max(bound),
+        )
     }
 }

@@ -9,16 +9,19 @@
 //! one failure, one message, never a half-working plugin.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ktstr_sdk::context::StageContext;
 use ktstr_sdk::{ErrorKind, Result, StageError};
 use serde_json::{Value, json};
 
+use super::PROTOCOL;
 use super::factory::TIMEOUT_KEY;
 use super::framing::{self, Incoming, Message, SendError};
+use super::handshake::{self, SETUP_TIMEOUT};
+use super::memo::Memo;
 use super::spawn::Process;
 
 /// How long a plugin may take to answer after a cancel before it is killed.
@@ -41,46 +44,110 @@ struct State {
     rx: Option<Receiver<Incoming>>,
     next_id: u64,
     dead: Option<StageError>,
+    /// Not started yet: the first call starts it and checks its handshake
+    /// against the one remembered here.
+    lazy: Option<Option<Arc<Memo>>>,
 }
 
 impl Conn {
-    /// Start the plugin at `path`; `name` is what it is known as so far.
-    pub fn start(path: &Path, name: &str, protocol: u32) -> Result<Self> {
-        let label = format!("{name} ({})", path.display());
-        let mut process = Process::spawn(path, name, protocol).map_err(|e| {
-            StageError::io(&format!("cannot start plugin {name}:"), path, e).with_hint(format!(
-                "a process plugin must be an executable file (chmod +x {}; a script needs a #! line)",
-                path.display()
-            ))
-        })?;
-        let rx = process.stdout.take().map(framing::reader);
-        tracing::debug!("started plugin {label} as pid {}", process.pid());
-        Ok(Self {
-            name: name.to_string(),
-            label,
-            path: path.to_path_buf(),
-            state: Mutex::new(State {
-                process: Some(process),
-                rx,
-                next_id: 0,
-                dead: None,
-            }),
-        })
-    }
-
-    /// A plugin that never started properly: every call fails with `error`.
-    pub fn failed(path: &Path, name: &str, error: StageError) -> Self {
+    fn new(path: &Path, name: &str, state: State) -> Self {
         Self {
             name: name.to_string(),
             label: format!("{name} ({})", path.display()),
             path: path.to_path_buf(),
-            state: Mutex::new(State {
+            state: Mutex::new(state),
+        }
+    }
+
+    /// Start the plugin at `path` now; `name` is what it is known as so far.
+    pub fn start(path: &Path, name: &str, protocol: u32) -> Result<Self> {
+        let conn = Self::lazy(path, name, None);
+        {
+            let mut state = conn.lock()?;
+            state.lazy = None;
+            conn.spawn(&mut state, protocol)?;
+        }
+        Ok(conn)
+    }
+
+    /// The plugin at `path`, started by its first call, which shakes
+    /// hands first (and forgets `memo` if the plugin no longer answers
+    /// as remembered).
+    pub fn lazy(path: &Path, name: &str, memo: Option<Arc<Memo>>) -> Self {
+        Self::new(
+            path,
+            name,
+            State {
+                process: None,
+                rx: None,
+                next_id: 0,
+                dead: None,
+                lazy: Some(memo),
+            },
+        )
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
+        self.state
+            .lock()
+            .map_err(|_| StageError::internal(format!("plugin {}: poisoned", self.label)))
+    }
+
+    fn spawn(&self, state: &mut State, protocol: u32) -> Result<()> {
+        let mut process = Process::spawn(&self.path, &self.name, protocol).map_err(|e| {
+            StageError::io(&format!("cannot start plugin {}:", self.name), &self.path, e)
+                .with_hint(format!(
+                    "a process plugin must be an executable file (chmod +x {}; a script needs a #! line)",
+                    self.path.display()
+                ))
+        })?;
+        state.rx = process.stdout.take().map(framing::reader);
+        tracing::debug!("started plugin {} as pid {}", self.label, process.pid());
+        state.process = Some(process);
+        Ok(())
+    }
+
+    /// A lazily started plugin's start and handshake, at its first call.
+    fn start_now(&self, state: &mut State, memo: Option<Arc<Memo>>) -> Result<()> {
+        let failed = |state: &mut State, e: StageError| {
+            if let Some(p) = state.process.as_mut() {
+                p.kill();
+            }
+            if let Some(m) = &memo {
+                m.forget();
+            }
+            state.dead = Some(e.clone());
+            e
+        };
+        if let Err(e) = self.spawn(state, PROTOCOL) {
+            return Err(failed(state, e));
+        }
+        let answer = match self.exchange(state, "hello", handshake::params(), None, SETUP_TIMEOUT) {
+            Ok(v) => v,
+            Err(e) if state.dead.is_some() => return Err(failed(state, e)),
+            Err(e) => return Err(failed(state, handshake::refused(&self.path, &self.name, e))),
+        };
+        let hello =
+            handshake::check(&self.path, &self.name, answer).map_err(|e| failed(state, e))?;
+        if let Some(m) = &memo {
+            m.record_hello(&hello);
+        }
+        Ok(())
+    }
+
+    /// A plugin that never started properly: every call fails with `error`.
+    pub fn failed(path: &Path, name: &str, error: StageError) -> Self {
+        Self::new(
+            path,
+            name,
+            State {
                 process: None,
                 rx: None,
                 next_id: 0,
                 dead: Some(error),
-            }),
-        }
+                lazy: None,
+            },
+        )
     }
 
     pub fn path(&self) -> &Path {
@@ -114,10 +181,7 @@ impl Conn {
         cx: Option<&StageContext>,
         timeout: Duration,
     ) -> Result<Value> {
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| StageError::internal(format!("plugin {}: poisoned", self.label)))?;
+        let mut state = self.lock()?;
         // An interrupted run starts nothing new, as a stage's own
         // `cx.cancel.check()` would.
         if let Some(cx) = cx {
@@ -126,6 +190,21 @@ impl Conn {
         if let Some(e) = &state.dead {
             return Err(e.clone());
         }
+        if let Some(memo) = state.lazy.take() {
+            self.start_now(&mut state, memo)?;
+        }
+        self.exchange(&mut state, method, params, cx, timeout)
+    }
+
+    /// Send one request and wait for its response.
+    fn exchange(
+        &self,
+        state: &mut State,
+        method: &str,
+        params: Value,
+        cx: Option<&StageContext>,
+        timeout: Duration,
+    ) -> Result<Value> {
         let id = state.next_id;
         state.next_id += 1;
         let request = json!({"id": id, "method": method, "params": params});
@@ -137,14 +216,14 @@ impl Conn {
             Ok(()) => {}
             Err(SendError::Closed(e)) => {
                 tracing::debug!("plugin {}: writing {method} failed: {e}", self.label);
-                return Err(self.die(&mut state, method, Failure::Exited));
+                return Err(self.die(state, method, Failure::Exited));
             }
             Err(SendError::Stuck) => {
                 let why = "did not read its stdin".to_string();
-                return Err(self.die(&mut state, method, Failure::Protocol(why)));
+                return Err(self.die(state, method, Failure::Protocol(why)));
             }
         }
-        self.wait(&mut state, id, method, cx, timeout)
+        self.wait(state, id, method, cx, timeout)
     }
 
     fn wait(

@@ -1,19 +1,20 @@
-//! `StageFactory` for a stage of a process plugin: `stage.new` with the
-//! stage's config table, then an adapter over that instance. The config
-//! key `call_timeout` is the host's and is taken out before the table is
-//! sent.
+//! `StageFactory` for a stage of a process plugin: an adapter whose first
+//! call creates the plugin's instance (`stage.new`) with the stage's
+//! config table. The config key `call_timeout` is the host's and is taken
+//! out before the table is sent.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ktstr_sdk::export::StageManifest;
 use ktstr_sdk::registry::{AnyStage, PluginConfig, StageKind};
 use ktstr_sdk::{Result, StageError};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::adapters::{Instance, ProcBuilder, ProcCache, ProcConfigurer, ProcReserver, ProcSource};
 use super::conn::Conn;
-use super::handshake::{ProcessPlugin, SETUP_TIMEOUT};
+use super::handshake::ProcessPlugin;
+use super::memo::Memo;
 use crate::registry::StageFactory;
 
 /// The host's key in a process plugin's config table.
@@ -23,6 +24,7 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct ProcFactory {
     conn: Arc<Conn>,
+    memo: Option<Arc<Memo>>,
     plugin: String,
     version: String,
     stage: StageManifest,
@@ -32,6 +34,7 @@ impl ProcFactory {
     pub fn new(plugin: &ProcessPlugin, stage: StageManifest) -> Self {
         Self {
             conn: plugin.conn.clone(),
+            memo: plugin.memo.clone(),
             plugin: plugin.name.clone(),
             version: plugin.version.clone(),
             stage,
@@ -44,6 +47,7 @@ impl ProcFactory {
     pub fn failed(kind: StageKind, name: &str, path: &std::path::Path, error: StageError) -> Self {
         Self {
             conn: Arc::new(Conn::failed(path, name, error)),
+            memo: None,
             plugin: name.to_string(),
             version: "?".into(),
             stage: StageManifest {
@@ -99,32 +103,22 @@ impl StageFactory for ProcFactory {
     fn origin(&self) -> String {
         self.conn.path().display().to_string()
     }
+    /// No call to the plugin: the instance is created by its first call
+    /// (see `adapters::Instance`), so selecting a stage starts nothing.
     fn construct(&self, config: &PluginConfig) -> Result<AnyStage> {
         let mut config = config.clone();
         let timeout = take_timeout(&mut config, &self.stage.name)?;
         let kind = self.stage.kind;
-        let instance = |id: Value| Instance {
+        let i = Instance {
             conn: self.conn.clone(),
             kind,
-            id,
+            name: self.stage.name.clone(),
+            config,
+            id: Mutex::new(None),
             label: self.label(),
             timeout,
+            memo: self.memo.clone(),
         };
-        let params = json!({"kind": kind, "name": self.stage.name, "config": config});
-        let id = match self.conn.call("stage.new", params, None, SETUP_TIMEOUT) {
-            Ok(created) => created.get("instance").cloned().ok_or_else(|| {
-                StageError::internal(format!(
-                    "{}: stage.new answered {created}, which has no instance",
-                    self.label()
-                ))
-                .with_hint("stage.new answers {\"instance\": N}: see `ktstr docs plugin-protocol`")
-            })?,
-            // A tier whose plugin is down is a tier that is down: its
-            // first lookup says why, and the build goes on without it.
-            Err(_) if kind == StageKind::Cache && self.conn.is_dead() => Value::Null,
-            Err(e) => return Err(e),
-        };
-        let i = instance(id);
         Ok(match kind {
             StageKind::Source => AnyStage::Source(Box::new(ProcSource(i))),
             StageKind::Reserver => AnyStage::Reserver(Box::new(ProcReserver(i))),
@@ -138,6 +132,7 @@ impl StageFactory for ProcFactory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn call_timeout_is_the_hosts_and_leaves_the_table() {

@@ -16,6 +16,7 @@ mod conn;
 mod factory;
 mod framing;
 mod handshake;
+mod memo;
 mod spawn;
 
 use std::collections::BTreeMap;
@@ -32,6 +33,7 @@ pub use spawn::PROTOCOL_ENV;
 use crate::dynamic::{PluginSpec, search};
 use crate::registry::{Catalog, Selection, StageFactory};
 use conn::Conn;
+use memo::Memo;
 
 /// The protocol version ktstr prefers, and every version it speaks.
 pub const PROTOCOL: u32 = 1;
@@ -42,33 +44,33 @@ pub const PROTOCOLS: &[u32] = &[1];
 /// input) when the catalog goes, and the kernel kills it if ktstr exits
 /// first.
 struct Started {
-    name: String,
-    version: String,
-    protocol: u32,
-    stages: Vec<ktstr_sdk::export::StageManifest>,
+    hello: memo::Hello,
     conn: Weak<Conn>,
+    memo: Option<Arc<Memo>>,
 }
 
 impl Started {
     fn of(p: &ProcessPlugin) -> Self {
         Self {
-            name: p.name.clone(),
-            version: p.version.clone(),
-            protocol: p.protocol,
-            stages: p.stages.clone(),
+            hello: memo::Hello {
+                protocol: p.protocol,
+                name: p.name.clone(),
+                version: p.version.clone(),
+                stages: p.stages.clone(),
+            },
             conn: Arc::downgrade(&p.conn),
+            memo: p.memo.clone(),
         }
     }
 
     /// The plugin, if its process is still in use.
     fn plugin(&self) -> Option<ProcessPlugin> {
-        Some(ProcessPlugin {
-            name: self.name.clone(),
-            version: self.version.clone(),
-            protocol: self.protocol,
-            stages: self.stages.clone(),
-            conn: self.conn.upgrade()?,
-        })
+        let conn = self.conn.upgrade()?;
+        Some(ProcessPlugin::new(
+            self.hello.clone(),
+            conn,
+            self.memo.clone(),
+        ))
     }
 }
 
@@ -95,7 +97,7 @@ pub fn launch(path: &Path, name: &str) -> Result<ProcessPlugin> {
         }
         None => {}
     }
-    let result = handshake::launch(path, name);
+    let result = start_or_defer(path, name, Memo::of(path).map(Arc::new));
     started.insert(
         path.to_path_buf(),
         result.as_ref().map(Started::of).map_err(Clone::clone),
@@ -103,10 +105,27 @@ pub fn launch(path: &Path, name: &str) -> Result<ProcessPlugin> {
     result
 }
 
+/// Shake hands with the plugin now, or, when `memo` remembers its
+/// handshake from an earlier run, only when a stage of it is called.
+fn start_or_defer(path: &Path, name: &str, memo: Option<Arc<Memo>>) -> Result<ProcessPlugin> {
+    match memo.as_ref().and_then(|m| m.hello()) {
+        Some(hello) => {
+            tracing::debug!(
+                "plugin {} ({}): handshake remembered, started on first use",
+                hello.name,
+                path.display()
+            );
+            let conn = Arc::new(Conn::lazy(path, &hello.name, memo.clone()));
+            Ok(ProcessPlugin::new(hello, conn, memo))
+        }
+        None => handshake::launch(path, name, memo),
+    }
+}
+
 /// Start `path` without remembering it (`ktstr plugins list` and `info`,
 /// which shake hands with a plugin and use none of its stages).
 pub fn probe(path: &Path, name: &str) -> Result<ProcessPlugin> {
-    handshake::launch(path, name)
+    handshake::launch(path, name, Memo::of(path).map(Arc::new))
 }
 
 /// Add every stage of `plugin` to `catalog`; `select` is called for each.

@@ -39,7 +39,7 @@ fn scaffold(dir: &Path) -> PathBuf {
 
 /// A cache stage of the plugin at `exe`, in a process of its own.
 fn cache_at(exe: &Path, config: serde_json::Value) -> Box<dyn CacheBackend> {
-    let plugin = handshake::launch(exe, "py-cache").unwrap();
+    let plugin = handshake::launch(exe, "py-cache", None).unwrap();
     let factory = ProcFactory::new(&plugin, plugin.stages[0].clone());
     match factory.construct(&config).unwrap() {
         AnyStage::Cache(c) => c,
@@ -75,12 +75,17 @@ fn a_bad_setting_is_the_plugins_own_error_with_its_hint() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let exe = scaffold(tmp.path());
-    let plugin = handshake::launch(&exe, "py-cache").unwrap();
+    let plugin = handshake::launch(&exe, "py-cache", None).unwrap();
     let factory = ProcFactory::new(&plugin, plugin.stages[0].clone());
-    let e = factory
+    let AnyStage::Cache(c) = factory
         .construct(&json!({"dir": "relative", "call_timeout": 5}))
-        .err()
-        .unwrap();
+        .unwrap()
+    else {
+        panic!("not a cache")
+    };
+    // The instance is created, and refused, at its first call.
+    let (cx, _) = context_with(Arc::new(RecordingRunner::default()));
+    let e = c.list(&cx).unwrap_err();
     assert_eq!(e.kind, ErrorKind::InvalidInput, "{e}");
     assert!(
         e.message.contains("[plugin.py-cache] dir = 'relative'"),
@@ -115,7 +120,7 @@ exec sleep 600
 fn a_silent_plugin_times_out_and_every_later_call_fails_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = silent_plugin(tmp.path());
-    let plugin = handshake::launch(&exe, "silent").unwrap();
+    let plugin = handshake::launch(&exe, "silent", None).unwrap();
     let pid = plugin.conn.pid().unwrap();
     let factory = ProcFactory::new(&plugin, plugin.stages[0].clone());
     let AnyStage::Cache(c) = factory.construct(&json!({"call_timeout": 0.3})).unwrap() else {
@@ -146,7 +151,7 @@ fn a_silent_plugin_times_out_and_every_later_call_fails_at_once() {
 fn a_cancelled_call_sends_cancel_and_a_plugin_that_ignores_it_is_killed() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = silent_plugin(tmp.path());
-    let plugin = handshake::launch(&exe, "silent").unwrap();
+    let plugin = handshake::launch(&exe, "silent", None).unwrap();
     let factory = ProcFactory::new(&plugin, plugin.stages[0].clone());
     let AnyStage::Cache(c) = factory.construct(&json!(null)).unwrap() else {
         panic!("not a cache")
@@ -176,7 +181,7 @@ fn a_plugin_that_stops_reading_its_stdin_cannot_block_ktstr() {
     // The silent plugin without its last `read`: it never reads again.
     let text = std::fs::read_to_string(&exe).unwrap();
     std::fs::write(&exe, text.replace("read call\n", "")).unwrap();
-    let plugin = handshake::launch(&exe, "silent").unwrap();
+    let plugin = handshake::launch(&exe, "silent", None).unwrap();
     plugin
         .conn
         .call("stage.new", json!({}), None, Duration::from_secs(5))
@@ -251,4 +256,48 @@ fn a_cancel_mid_store_stops_the_python_cache_which_stores_nothing_and_keeps_serv
     // The plugin answered the cancel: it is alive and still serves.
     let (cx, _) = context_with(Arc::new(RecordingRunner::default()));
     assert!(c.list(&cx).unwrap().is_empty());
+}
+
+#[test]
+fn a_remembered_plugin_starts_on_first_use_and_is_forgotten_when_it_answers_otherwise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = silent_plugin(tmp.path());
+    let text = std::fs::read_to_string(&exe).unwrap();
+    let broken = tmp.path().join("broken");
+    std::fs::write(
+        &exe,
+        text.replacen(
+            "\n",
+            &format!(
+                "\n[ -e {} ] && {{ echo 'broken now' >&2; exit 3; }}\n",
+                broken.display()
+            ),
+            1,
+        ),
+    )
+    .unwrap();
+    let memo = Arc::new(super::memo::Memo::at(&tmp.path().join("memo.json"), &exe));
+    drop(handshake::launch(&exe, "silent", Some(memo.clone())).unwrap());
+    assert!(memo.hello().is_some(), "the handshake is remembered");
+
+    let plugin = super::start_or_defer(&exe, "silent", Some(memo.clone())).unwrap();
+    assert_eq!(plugin.conn.pid(), None, "not started: no stage was called");
+    assert_eq!(plugin.stages[0].name, "silent");
+    let factory = ProcFactory::new(&plugin, plugin.stages[0].clone());
+    let AnyStage::Cache(c) = factory.construct(&json!(null)).unwrap() else {
+        panic!("not a cache")
+    };
+    std::fs::write(&broken, "").unwrap();
+    let (cx, _) = context_with(Arc::new(RecordingRunner::default()));
+    let e = c.list(&cx).unwrap_err();
+    assert!(
+        e.message
+            .contains("exited during the handshake (exit status 3)")
+            && e.message.contains("broken now"),
+        "{e}"
+    );
+    assert!(
+        memo.hello().is_none(),
+        "a plugin that answers otherwise is asked again next run"
+    );
 }
