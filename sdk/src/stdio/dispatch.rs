@@ -219,3 +219,102 @@ fn source(
         _ => Err(unsupported(&format!("source.{call}"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::registry::Constructor;
+    use crate::reserve::{Reservation, ReserveRequest, Reserver};
+
+    static RELEASED: AtomicBool = AtomicBool::new(false);
+
+    struct Released;
+    impl Drop for Released {
+        fn drop(&mut self) {
+            RELEASED.store(true, Ordering::SeqCst);
+        }
+    }
+
+    struct One;
+    impl Reserver for One {
+        fn reserve(&self, request: &ReserveRequest, _: &StageContext) -> Result<Reservation> {
+            if request.cpu_cap == Some(0) {
+                panic!("no CPUs at all");
+            }
+            Ok(Reservation {
+                cpus: vec![0],
+                mems: vec![],
+                make_jobs: 1,
+                sandbox_procs: None,
+                guard: Some(Box::new(Released)),
+            })
+        }
+    }
+
+    fn server() -> Server {
+        Server::new(Plugin::new("one", "1.2.3").stage(
+            "one",
+            "one CPU",
+            &[],
+            Constructor::Reserver(|_| Ok(Box::new(One))),
+        ))
+    }
+
+    #[test]
+    fn methods_reach_the_stage_and_a_release_drops_the_guard() {
+        let mut s = server();
+        let cx = StageContext::quiet();
+        let hello = s.call("hello", json!({"protocols": [1, 2]}), &cx).unwrap();
+        assert_eq!(hello["protocol"], 1);
+        assert_eq!(hello["stages"][0]["kind"], "reserver");
+        let e = s.call("hello", json!({"protocols": [9]}), &cx).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unsupported, "{e}");
+
+        let e = s
+            .call("stage.new", json!({"kind": "cache", "name": "one"}), &cx)
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+        let new = s
+            .call("stage.new", json!({"kind": "reserver", "name": "one"}), &cx)
+            .unwrap();
+        let i = new["instance"].clone();
+
+        let grant = s
+            .call(
+                "reserver.reserve",
+                json!({"instance": i, "request": {"cpu_cap": null}}),
+                &cx,
+            )
+            .unwrap();
+        assert_eq!(grant["cpus"], json!([0]));
+        assert_eq!(grant["make_jobs"], 1);
+        assert!(!RELEASED.load(Ordering::SeqCst));
+        s.call(
+            "reserver.release",
+            json!({"instance": i, "guard": grant["guard"]}),
+            &cx,
+        )
+        .unwrap();
+        assert!(RELEASED.load(Ordering::SeqCst), "release drops the guard");
+
+        let e = s
+            .call("cache.lookup", json!({"instance": i}), &cx)
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unsupported, "{e}");
+        let e = s
+            .call(
+                "reserver.reserve",
+                json!({"instance": i, "request": {"cpu_cap": 0}}),
+                &cx,
+            )
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Internal);
+        assert!(
+            e.message
+                .starts_with("plugin one panicked in reserver.reserve: no CPUs at all"),
+            "{e}"
+        );
+    }
+}
