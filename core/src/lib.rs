@@ -11,6 +11,7 @@ pub mod identity;
 pub mod integrity;
 pub mod interrupt;
 pub mod pipeline;
+pub mod process;
 pub mod progress;
 pub mod registry;
 pub mod report;

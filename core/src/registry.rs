@@ -145,11 +145,12 @@ impl Catalog {
                 .collect();
             let guess = crate::suggest::did_you_mean(name, known.iter().map(String::as_str));
             StageError::not_found(unknown_stage(kind, name)).with_hint(format!(
-                "{guess}available {kind} plugins: {}; a plugin library is loaded with --plugin NAME, \
+                "{guess}available {kind} plugins: {}; a plugin is loaded with --plugin NAME, \
                  plugins = [\"NAME\"] in the config file, or by selecting its stage when \
-                 {} is in a plugin directory (`ktstr plugins list` shows them)",
+                 {} or {} is in a plugin directory (`ktstr plugins list` shows them)",
                 known.join(", "),
-                crate::dynamic::search::file_name(name)
+                crate::dynamic::search::file_name(name),
+                crate::dynamic::search::exe_name(name)
             ))
         })
     }

@@ -41,6 +41,7 @@ pub mod reserve;
 pub mod runner;
 pub mod scratch;
 pub mod source;
+pub mod stdio;
 pub mod switch;
 pub mod testing;
 pub mod verify;

@@ -29,6 +29,7 @@ pub enum Topic {
     Reservation,
     PluginAuthoring,
     PluginAbi,
+    PluginProtocol,
     Architecture,
     Verify,
 }
@@ -46,6 +47,7 @@ impl Topic {
             Topic::Reservation => include_str!("../../../docs/reservation.md"),
             Topic::PluginAuthoring => include_str!("../../../docs/plugin-authoring.md"),
             Topic::PluginAbi => include_str!("../../../docs/plugin-abi.md"),
+            Topic::PluginProtocol => include_str!("../../../docs/plugin-protocol.md"),
             Topic::Architecture => include_str!("../../../docs/architecture.md"),
             Topic::Verify => include_str!("../../../docs/verify.md"),
         }

@@ -18,7 +18,7 @@ mod kernel_verify;
 mod locks;
 mod log;
 mod log_format;
-mod plugins;
+pub(crate) mod plugins;
 mod shell;
 
 use std::sync::Arc;
@@ -305,9 +305,10 @@ pub fn main() -> i32 {
         Command::Plugins(PluginsCommand::New {
             name,
             kind,
+            lang,
             sdk_path,
             dir,
-        }) => plugins::new(&name, kind, sdk_path.as_deref(), dir.as_deref()),
+        }) => plugins::new(&name, kind, lang, sdk_path.as_deref(), dir.as_deref()),
         Command::Locks(args) => locks::run(&args),
         Command::Cache(CacheCommand::Push { key, plugins }) => cache::push(&key, &plugins),
         Command::Cache(CacheCommand::Pull { key, plugins, json }) => {

@@ -16,9 +16,11 @@ use ktstr_sdk::registry::builtins;
 use serde_json::json;
 
 use crate::dynamic::{self, LoadError, LoadedPlugin, PluginSpec, Status};
+use crate::process::ProcessPlugin;
 use crate::registry::Selection;
+use ktstr_sdk::export::StageManifest;
 
-pub use new::{NewKind, new};
+pub use new::{Lang, NewKind, new};
 
 #[derive(Debug, Subcommand)]
 pub enum PluginsCommand {
@@ -44,6 +46,10 @@ pub enum PluginsCommand {
         /// The stage the plugin provides.
         #[arg(long, value_enum)]
         kind: NewKind,
+        /// rust: a library crate (default); python: one executable Python
+        /// file speaking the process protocol (--kind cache).
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: Lang,
         /// The ktstr-sdk crate to depend on (a path dependency). Default:
         /// the sdk of the source tree this ktstr was built from.
         #[arg(long, value_name = "DIR")]
@@ -131,10 +137,37 @@ pub fn list(as_json: bool) -> Result<()> {
     Ok(())
 }
 
-/// One library found in the search directories, loaded or not.
+/// A plugin that loaded (a library) or answered its handshake (a process).
+enum Found {
+    Library(LoadedPlugin),
+    Process(ProcessPlugin),
+}
+
+impl Found {
+    fn name(&self) -> &str {
+        match self {
+            Found::Library(p) => &p.manifest.name,
+            Found::Process(p) => &p.name,
+        }
+    }
+    fn version(&self) -> &str {
+        match self {
+            Found::Library(p) => &p.manifest.version,
+            Found::Process(p) => &p.version,
+        }
+    }
+    fn stages(&self) -> &[StageManifest] {
+        match self {
+            Found::Library(p) => &p.manifest.stages,
+            Found::Process(p) => &p.stages,
+        }
+    }
+}
+
+/// One plugin file found in the search directories, loaded or not.
 struct Library {
     path: PathBuf,
-    result: std::result::Result<LoadedPlugin, LoadError>,
+    result: std::result::Result<Found, LoadError>,
 }
 
 impl Library {
@@ -162,7 +195,17 @@ impl Library {
             };
         }
         let result = match dynamic::search::check_trusted(&path) {
-            Ok(trusted) => dynamic::load::load(&trusted, None),
+            Ok(trusted) if dynamic::search::is_process(&path) => {
+                let name = dynamic::search::name_of(&path).unwrap_or_default();
+                crate::process::probe(&trusted, &name)
+                    .map(Found::Process)
+                    .map_err(|error| LoadError {
+                        status: Status::Broken,
+                        abi_version: None,
+                        error,
+                    })
+            }
+            Ok(trusted) => dynamic::load::load(&trusted, None).map(Found::Library),
             Err(error) => Err(LoadError {
                 status: Status::Broken,
                 abi_version: None,
@@ -174,14 +217,15 @@ impl Library {
 
     fn name(&self) -> String {
         match &self.result {
-            Ok(p) => p.manifest.name.clone(),
+            Ok(p) => p.name().to_string(),
             Err(_) => dynamic::search::name_of(&self.path).unwrap_or_default(),
         }
     }
 
     fn abi(&self) -> String {
         match &self.result {
-            Ok(p) => format!("ok ({})", p.manifest.abi_version),
+            Ok(Found::Library(p)) => format!("ok ({})", p.manifest.abi_version),
+            Ok(Found::Process(p)) => format!("process (protocol {})", p.protocol),
             Err(e) => match (&e.status, &e.abi_version) {
                 (Status::AbiMismatch, Some(v)) => {
                     format!("mismatch ({v}, needs {})", dynamic::abi_requirement())
@@ -195,21 +239,26 @@ impl Library {
         let path = self.path.display().to_string();
         match &self.result {
             Ok(p) => p
-                .manifest
-                .stages
+                .stages()
                 .iter()
                 .map(|s| {
+                    let (abi, protocol) = match p {
+                        Found::Library(l) => (Some(l.manifest.abi_version.as_str()), None),
+                        Found::Process(x) => (None, Some(x.protocol)),
+                    };
                     json!({
                         "name": s.name,
                         "kind": s.kind,
-                        "version": p.manifest.version,
+                        "version": p.version(),
                         "summary": s.summary,
                         "origin": "dynamic",
+                        "transport": if protocol.is_some() { "process" } else { "library" },
                         "status": "ok",
                         "selected": selected(s.kind, &s.name),
-                        "plugin": p.manifest.name,
+                        "plugin": p.name(),
                         "path": path,
-                        "abi_version": p.manifest.abi_version,
+                        "abi_version": abi,
+                        "protocol": protocol,
                         "config_keys": s.config_keys,
                     })
                 })
@@ -220,6 +269,7 @@ impl Library {
                 "version": null,
                 "summary": null,
                 "origin": "dynamic",
+                "transport": if dynamic::search::is_process(&self.path) { "process" } else { "library" },
                 "status": e.status.as_str(),
                 "selected": false,
                 "plugin": self.name(),
@@ -237,9 +287,8 @@ impl Library {
     ) -> std::io::Result<()> {
         let (version, detail) = match &self.result {
             Ok(p) => (
-                p.manifest.version.clone(),
-                p.manifest
-                    .stages
+                p.version().to_string(),
+                p.stages()
                     .iter()
                     .map(|s| {
                         let used = if selected(s.kind, &s.name) {
@@ -294,6 +343,18 @@ pub fn info(raw: &str, as_json: bool) -> Result<()> {
             return Ok(());
         }
     }
+    let process = match &spec {
+        PluginSpec::Path(p) => dynamic::search::is_process(p).then(|| p.clone()),
+        PluginSpec::Name { name, .. } => {
+            Some(dynamic::search::find(name)?).filter(|p| dynamic::search::is_process(p))
+        }
+    };
+    if let Some(path) = process {
+        let trusted = dynamic::search::check_trusted(&path)?;
+        let name = dynamic::search::name_of(&path).unwrap_or_default();
+        let p = crate::process::probe(&trusted, &name)?;
+        return info_process(&trusted, &p, as_json);
+    }
     let p = dynamic::resolve(&spec)?;
     let mut out = std::io::stdout().lock();
     if as_json {
@@ -301,6 +362,7 @@ pub fn info(raw: &str, as_json: bool) -> Result<()> {
             "name": p.manifest.name,
             "version": p.manifest.version,
             "origin": "dynamic",
+            "transport": "library",
             "path": p.path,
             "abi_version": p.manifest.abi_version,
             "abi_required": dynamic::abi_requirement().to_string(),
@@ -311,6 +373,49 @@ pub fn info(raw: &str, as_json: bool) -> Result<()> {
         return Ok(());
     }
     write_info(&mut out, &p.path, &p)?;
+    Ok(())
+}
+
+/// `plugins info` of a process plugin: what its handshake said.
+fn info_process(path: &Path, p: &ProcessPlugin, as_json: bool) -> Result<()> {
+    if as_json {
+        let row = json!({
+            "name": p.name,
+            "version": p.version,
+            "origin": "dynamic",
+            "transport": "process",
+            "path": path,
+            "protocol": p.protocol,
+            "protocols_supported": crate::process::PROTOCOLS,
+            "stages": p.stages,
+        });
+        crate::report::print_json(&row)?;
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "plugin   {} {}", p.name, p.version)?;
+    writeln!(
+        out,
+        "process  {} (protocol {}: `ktstr docs plugin-protocol`)",
+        path.display(),
+        p.protocol
+    )?;
+    write_stages(&mut out, &p.stages)?;
+    Ok(())
+}
+
+fn write_stages(out: &mut impl Write, stages: &[StageManifest]) -> std::io::Result<()> {
+    for s in stages {
+        writeln!(out, "stage    {} {}: {}", s.kind, s.name, s.summary)?;
+        if !s.config_keys.is_empty() {
+            writeln!(
+                out,
+                "         config keys ([plugin.{}]): {}",
+                s.name,
+                s.config_keys.join(", ")
+            )?;
+        }
+    }
     Ok(())
 }
 
@@ -327,16 +432,5 @@ fn write_info(out: &mut impl Write, path: &Path, p: &LoadedPlugin) -> std::io::R
     if !m.sdk_version.is_empty() {
         writeln!(out, "sdk      ktstr-sdk {}", m.sdk_version)?;
     }
-    for s in &m.stages {
-        writeln!(out, "stage    {} {}: {}", s.kind, s.name, s.summary)?;
-        if !s.config_keys.is_empty() {
-            writeln!(
-                out,
-                "         config keys ([plugin.{}]): {}",
-                s.name,
-                s.config_keys.join(", ")
-            )?;
-        }
-    }
-    Ok(())
+    write_stages(out, &m.stages)
 }

@@ -12,6 +12,10 @@
 //! config file's per-host tables; `--reserver` still wins). A built-in
 //! name given to `--plugin` selects that built-in the same way.
 //!
+//! A name that [`search`] finds as an executable (`ktstr-plugin-NAME`) is
+//! a process plugin: `apply` and `load_selected` hand it to
+//! [`crate::process`], which adds its stages to the same catalog.
+//!
 //! Libraries are never unloaded (abi_stable leaks them too): a stage, or a
 //! reservation guard it returned, may be alive until the process exits.
 
@@ -114,7 +118,21 @@ pub fn resolve(spec: &PluginSpec) -> Result<LoadedPlugin> {
     }
 }
 
-fn check_version(name: &str, version: &str, req: &semver::VersionReq, origin: &str) -> Result<()> {
+/// The executable when `spec` names a process plugin (docs/plugin-protocol.md).
+fn process_path(spec: &PluginSpec) -> Result<Option<PathBuf>> {
+    let path = match spec {
+        PluginSpec::Path(p) => p.clone(),
+        PluginSpec::Name { name, .. } => search::find(name)?,
+    };
+    Ok(search::is_process(&path).then_some(path))
+}
+
+pub(crate) fn check_version(
+    name: &str,
+    version: &str,
+    req: &semver::VersionReq,
+    origin: &str,
+) -> Result<()> {
     let ok = semver::Version::parse(version).is_ok_and(|v| req.matches(&v));
     if ok {
         Ok(())
@@ -154,6 +172,10 @@ pub fn apply(
                 }
                 continue;
             }
+        }
+        if let Some(path) = process_path(&spec)? {
+            crate::process::apply(&path, &spec, catalog, selection)?;
+            continue;
         }
         let plugin = resolve(&spec)?;
         if loaded.iter().any(|p| p.path == plugin.path) {
@@ -230,6 +252,11 @@ pub fn load_stage(
         Err(e) if e.kind == ktstr_sdk::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.context(format!("{kind} {name:?} is selected"))),
     };
+    if search::is_process(&path) {
+        crate::process::load_selected(&path, kind, name, catalog)
+            .map_err(|e| e.context(format!("{kind} {name:?} is selected")))?;
+        return Ok(None);
+    }
     let plugin = load_path(&path, Some(name))
         .map_err(|e| e.context(format!("{kind} {name:?} is selected")))?;
     let shared = Arc::new(plugin.clone());

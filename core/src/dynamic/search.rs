@@ -33,11 +33,30 @@ pub fn file_name(name: &str) -> String {
     format!("libktstr_plugin_{}.so", name.replace('-', "_"))
 }
 
-/// The plugin name a library file name stands for (`_` shown as `-`).
+/// `ktstr-plugin-<name>`: the file name of a process plugin (an
+/// executable speaking docs/plugin-protocol.md).
+pub fn exe_name(name: &str) -> String {
+    format!("ktstr-plugin-{name}")
+}
+
+/// The plugin name a library file name (`_` shown as `-`) or a process
+/// plugin's file name stands for.
 pub fn name_of(file: &Path) -> Option<String> {
     let stem = file.file_name()?.to_str()?;
+    if let Some(name) = stem.strip_prefix("ktstr-plugin-") {
+        let valid = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        return (valid && !name.is_empty()).then(|| name.to_string());
+    }
     let name = stem.strip_prefix("libktstr_plugin_")?.strip_suffix(".so")?;
     (!name.is_empty()).then(|| name.replace('_', "-"))
+}
+
+/// Whether `path` is a process plugin (an executable) rather than a
+/// library: anything that does not end in `.so`.
+pub fn is_process(path: &Path) -> bool {
+    !path.to_string_lossy().ends_with(".so")
 }
 
 /// The directories searched, in order, without duplicates.
@@ -104,12 +123,24 @@ pub fn search_dirs() -> Vec<SearchDir> {
 /// Find the library of plugin `name` in the search directories.
 pub fn find(name: &str) -> Result<PathBuf> {
     let file = file_name(name);
+    let exe = exe_name(name);
     let dirs = search_dirs();
     let found: Vec<PathBuf> = dirs
         .iter()
-        .map(|d| d.path.join(&file))
-        .filter(|p| p.exists())
+        .flat_map(|d| [d.path.join(&file), d.path.join(&exe)])
+        .filter(|p| p.is_file())
         .collect();
+    if let (Some(lib), Some(proc)) = (
+        found.iter().find(|p| !is_process(p)),
+        found.iter().find(|p| is_process(p)),
+    ) {
+        return Err(StageError::invalid_input(format!(
+            "--plugin {name}: found both as a library, {}, and as an executable, {}",
+            lib.display(),
+            proc.display()
+        ))
+        .with_hint("remove one of them, or pass the path of the one to use"));
+    }
     match found.as_slice() {
         [one] => Ok(one.clone()),
         [] => {
@@ -124,10 +155,10 @@ pub fn find(name: &str) -> Result<PathBuf> {
             known.extend(discover().iter().filter_map(|p| name_of(p)));
             let guess = crate::suggest::did_you_mean(name, known.iter().map(String::as_str));
             Err(StageError::not_found(format!(
-                "--plugin {name}: no built-in plugin has this name and no {file} was found"
+                "--plugin {name}: no built-in plugin has this name and no {file} was found, nor an executable {exe}"
             ))
             .with_hint(format!(
-                "{guess}searched {}; install the library into one of them, set {PLUGIN_PATH_ENV}, or pass its path (--plugin /path/to/{file}); `ktstr plugins list` shows what is found",
+                "{guess}searched {}; install the library ({file}) or the executable ({exe}) into one of them, set {PLUGIN_PATH_ENV}, or pass its path (--plugin /path/to/{file}); `ktstr plugins list` shows what is found",
                 searched.join(", ")
             )))
         }
@@ -140,7 +171,8 @@ pub fn find(name: &str) -> Result<PathBuf> {
     }
 }
 
-/// Every `libktstr_plugin_*.so` in the search directories, in search order.
+/// Every `libktstr_plugin_*.so` and `ktstr-plugin-*` file in the search
+/// directories, in search order.
 pub fn discover() -> Vec<PathBuf> {
     let mut found = Vec::new();
     for dir in search_dirs() {
@@ -150,7 +182,7 @@ pub fn discover() -> Vec<PathBuf> {
         let mut here: Vec<PathBuf> = entries
             .flatten()
             .map(|e| e.path())
-            .filter(|p| name_of(p).is_some())
+            .filter(|p| name_of(p).is_some() && p.is_file())
             .collect();
         here.sort();
         found.extend(here);
@@ -238,6 +270,13 @@ mod tests {
             Some("shared-dir-cache")
         );
         assert_eq!(name_of(Path::new("/x/libfoo.so")), None);
+        assert_eq!(
+            name_of(Path::new("/x/ktstr-plugin-team-cache")).as_deref(),
+            Some("team-cache")
+        );
+        assert_eq!(name_of(Path::new("/x/ktstr-plugin-x.py")), None);
+        assert!(is_process(Path::new("/x/ktstr-plugin-team-cache")));
+        assert!(!is_process(Path::new("/x/libktstr_plugin_x.so")));
         assert_eq!(name_of(Path::new("/x/libktstr_plugin_.so")), None);
     }
 

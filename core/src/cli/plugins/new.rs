@@ -21,6 +21,60 @@ pub enum NewKind {
     Cache,
 }
 
+/// The language of a new plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Lang {
+    /// A cdylib crate against ktstr-sdk (loaded as a library).
+    #[default]
+    Rust,
+    /// One Python file (standard library only) speaking the process
+    /// plugin protocol.
+    Python,
+}
+
+/// The Python cache plugin and its README; `{{NAME}}` is the plugin name.
+const PYTHON_CACHE: &str = include_str!("python_cache.py");
+const PYTHON_README: &str = include_str!("python_readme.md");
+
+/// `plugins new NAME --kind cache --lang python`: a directory with the
+/// executable `ktstr-plugin-NAME` and a README.
+fn new_python(name: &str, kind: NewKind, dir: Option<&Path>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if kind != NewKind::Cache {
+        bail!(
+            "--lang python has a template for --kind cache only; use --lang rust for a {kind:?} plugin, or write one to the protocol (`ktstr docs plugin-protocol`)"
+        );
+    }
+    let dir = dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(format!("ktstr-plugin-{name}")));
+    if dir.exists() {
+        bail!(
+            "{} already exists; pick another --dir or remove it",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let exe = dir.join(crate::dynamic::search::exe_name(name));
+    let readme = dir.join("README.md");
+    for (path, text) in [(&exe, PYTHON_CACHE), (&readme, PYTHON_README)] {
+        std::fs::write(path, text.replace("{{NAME}}", name))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("cannot make {} executable", exe.display()))?;
+    eprintln!(
+        "{LABEL}: created {} (Python cache plugin {name})",
+        exe.display()
+    );
+    eprintln!(
+        "{LABEL}: next: install -Dm755 {} ~/.local/share/ktstr/plugins/{}, set dir in [plugin.{name}], then: ktstr plugins info {name}",
+        exe.display(),
+        crate::dynamic::search::exe_name(name)
+    );
+    Ok(())
+}
+
 /// The SDK of the source tree this binary was built from, if it is still
 /// there.
 fn default_sdk() -> Option<PathBuf> {
@@ -38,11 +92,20 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
-pub fn new(name: &str, kind: NewKind, sdk: Option<&Path>, dir: Option<&Path>) -> Result<()> {
+pub fn new(
+    name: &str,
+    kind: NewKind,
+    lang: Lang,
+    sdk: Option<&Path>,
+    dir: Option<&Path>,
+) -> Result<()> {
     if !valid_name(name) {
         bail!(
             "plugin name {name:?}: use lowercase letters, digits and -, starting with a letter (e.g. team-cache)"
         );
+    }
+    if lang == Lang::Python {
+        return new_python(name, kind, dir);
     }
     let sdk = match sdk {
         Some(p) => std::fs::canonicalize(p)

@@ -378,7 +378,9 @@ impl CacheBackend for SharedDirCache {
     }
 }
 
-fn plugin() -> Plugin {
+/// The plugin, for both transports: the library export below and the
+/// stdio binary (`src/stdio.rs`).
+pub fn plugin() -> Plugin {
     Plugin::new(NAME, env!("CARGO_PKG_VERSION")).stage(
         NAME,
         "kernels in a directory shared by many machines (NFS): O_EXCL lock files, atomic rename publish",

@@ -1,0 +1,210 @@
+//! Starting a plugin process so that it can never outlive ktstr, and
+//! stopping it with everything it started.
+//!
+//! The child gets its own process group (Ctrl-C reaches ktstr only, which
+//! then cancels the call; killing the group takes the plugin's own children
+//! with it) and `PR_SET_PDEATHSIG = SIGKILL`, so the kernel kills it when
+//! ktstr dies, however ktstr dies. The death signal fires when the *thread*
+//! that forked exits, so every plugin is forked by one thread that lives as
+//! long as ktstr.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+/// Lines of the plugin's stderr kept for failure messages.
+const STDERR_TAIL: usize = 20;
+
+/// How long a plugin may take to exit once its stdin is closed.
+pub const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// The environment variable naming the protocol version a plugin is run with.
+pub const PROTOCOL_ENV: &str = "KTSTR_PLUGIN_PROTOCOL";
+
+type SpawnJob = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// The thread every plugin is forked from (see the module docs).
+fn spawner() -> &'static Mutex<mpsc::Sender<SpawnJob>> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnJob>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnJob>();
+        std::thread::Builder::new()
+            .name("ktstr-plugin-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("start the plugin spawner thread");
+        Mutex::new(tx)
+    })
+}
+
+/// A running plugin process: its stdin, its stdout, and the last lines of
+/// its stderr (also logged at debug level as `plugin LABEL: LINE`).
+pub struct Process {
+    child: Child,
+    /// The write end of the plugin's stdin (a `File`, so a write can be
+    /// handed to a thread of its own: see `framing::send`).
+    pub stdin: Option<std::fs::File>,
+    pub stdout: Option<ChildStdout>,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    status: Option<ExitStatus>,
+}
+
+impl Process {
+    /// Start `path` with piped stdio, in its own process group, to die
+    /// with ktstr.
+    pub fn spawn(path: &Path, label: &str, protocol: u32) -> std::io::Result<Self> {
+        let ktstr = nix::unistd::getpid();
+        let mut cmd = Command::new(path);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env(PROTOCOL_ENV, protocol.to_string())
+            .process_group(0);
+        // SAFETY: only async-signal-safe calls (prctl, getppid, _exit)
+        // between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                // ktstr died before the death signal was armed.
+                if nix::unistd::getppid() != ktstr {
+                    nix::libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let (tx, rx) = mpsc::channel();
+        spawner()
+            .lock()
+            .map_err(|_| std::io::Error::other("the plugin spawner thread is gone"))?
+            .send((cmd, tx))
+            .map_err(|_| std::io::Error::other("the plugin spawner thread is gone"))?;
+        let mut child = rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the plugin spawner thread is gone"))??;
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let (tail, label) = (stderr_tail.clone(), label.to_string());
+            let _ = std::thread::Builder::new()
+                .name("ktstr-plugin-stderr".into())
+                .spawn(move || {
+                    for line in BufReader::new(stderr).lines() {
+                        let Ok(line) = line else { break };
+                        tracing::debug!(target: "ktstr::plugin", "plugin {label}: {line}");
+                        if let Ok(mut t) = tail.lock() {
+                            if t.len() == STDERR_TAIL {
+                                t.pop_front();
+                            }
+                            t.push_back(line);
+                        }
+                    }
+                });
+        }
+        Ok(Self {
+            stdin: child
+                .stdin
+                .take()
+                .map(|s| std::fs::File::from(std::os::fd::OwnedFd::from(s))),
+            stdout: child.stdout.take(),
+            child,
+            stderr_tail,
+            status: None,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last line the plugin wrote to stderr, if any.
+    pub fn last_stderr_line(&self) -> Option<String> {
+        // Give the stderr thread a moment to read what a dying plugin wrote.
+        std::thread::sleep(Duration::from_millis(20));
+        let tail = self.stderr_tail.lock().ok()?;
+        tail.iter()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| l.trim().to_string())
+    }
+
+    /// Wait up to `grace` for the plugin to exit on its own; `None` if it
+    /// is still running. The process is not reaped here (see [`Self::kill`]).
+    pub fn exited_within(&mut self, grace: Duration) -> Option<String> {
+        let deadline = Instant::now() + grace;
+        loop {
+            match self.peek_exit() {
+                Some(status) => return Some(status),
+                None if Instant::now() >= deadline => return None,
+                // A plugin usually exits within milliseconds of end of
+                // input, and ktstr's own exit waits on this.
+                None => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+
+    /// The exit status, without reaping (so the process group id stays
+    /// the plugin's until [`Self::kill`] has signalled it).
+    fn peek_exit(&mut self) -> Option<String> {
+        use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+        if let Some(s) = self.status {
+            return Some(describe(s));
+        }
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        match waitid(Id::Pid(Pid::from_raw(self.child.id() as i32)), flags) {
+            Ok(WaitStatus::Exited(_, code)) => Some(format!("exit status {code}")),
+            Ok(WaitStatus::Signaled(_, sig, _)) => Some(format!("killed by signal {sig}")),
+            _ => None,
+        }
+    }
+
+    /// Kill the plugin's whole process group and reap the plugin.
+    pub fn kill(&mut self) {
+        self.stdin = None;
+        if self.status.is_some() {
+            return;
+        }
+        let _ = killpg(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        self.status = self.child.wait().ok();
+    }
+
+    /// Close stdin, let the plugin exit on its own for [`EXIT_GRACE`],
+    /// then kill whatever is left of its process group.
+    pub fn shut_down(&mut self) {
+        self.stdin = None;
+        if self.exited_within(EXIT_GRACE).is_none() {
+            tracing::debug!(
+                "plugin process {} did not exit within {EXIT_GRACE:?} of end of input; killing it",
+                self.child.id()
+            );
+        }
+        self.kill();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// "exit status 1", "killed by signal SIGSEGV".
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => match Signal::try_from(sig) {
+            Ok(s) => format!("killed by signal {s}"),
+            Err(_) => format!("killed by signal {sig}"),
+        },
+        _ => "an unknown status".into(),
+    }
+}

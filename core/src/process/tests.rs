@@ -1,0 +1,303 @@
+//! The process transport against real plugin processes: the Python cache
+//! scaffold (`plugins new --lang python`) must pass the SDK's cache
+//! conformance suite through [`ProcCache`](super::adapters::ProcCache),
+//! and a call is cancelled, timed out and reported as the protocol says.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ktstr_sdk::cache::{CacheBackend, CacheKey};
+use ktstr_sdk::conformance::cache::{self, Fixture, Options};
+use ktstr_sdk::registry::AnyStage;
+use ktstr_sdk::testing::{RecordingRunner, context_with};
+use ktstr_sdk::{ErrorKind, StageError};
+use serde_json::json;
+
+use super::factory::ProcFactory;
+use super::handshake;
+use crate::cli::plugins::{Lang, NewKind};
+use crate::registry::StageFactory;
+
+fn have_python() -> bool {
+    let ok = std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("skipped: python3 is not installed (CI: apt-get install python3)");
+    }
+    ok
+}
+
+/// The Python cache scaffold, generated once per test into `dir`.
+fn scaffold(dir: &Path) -> PathBuf {
+    let out = dir.join("scaffold");
+    crate::cli::plugins::new("py-cache", NewKind::Cache, Lang::Python, None, Some(&out)).unwrap();
+    out.join("ktstr-plugin-py-cache")
+}
+
+/// A cache stage of the plugin at `exe`, in a process of its own.
+fn cache_at(exe: &Path, config: serde_json::Value) -> Box<dyn CacheBackend> {
+    let plugin = handshake::launch(exe, "py-cache", None).unwrap();
+    let factory = ProcFactory::new(&plugin, plugin.stages[0].clone());
+    match factory.construct(&config).unwrap() {
+        AnyStage::Cache(c) => c,
+        _ => panic!("not a cache"),
+    }
+}
+
+#[test]
+fn the_python_cache_scaffold_conforms_through_the_process_transport() {
+    if !have_python() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = scaffold(tmp.path());
+    let dir = |fx: &Fixture| fx.shared.join("kernels");
+    cache::run(
+        &|fx: &Fixture| cache_at(&exe, json!({"dir": dir(fx)})),
+        Options::default()
+            .read_only(|fx: &Fixture| cache_at(&exe, json!({"dir": dir(fx), "read_only": true})))
+            .corrupt(|fx: &Fixture, key: &CacheKey| {
+                let image = dir(fx).join(key.as_str()).join("bzImage");
+                let mut bytes = std::fs::read(&image).unwrap();
+                bytes[0] ^= 0xff;
+                std::fs::write(&image, bytes).unwrap();
+            }),
+    );
+}
+
+#[test]
+fn a_bad_setting_is_the_plugins_own_error_with_its_hint() {
+    if !have_python() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = scaffold(tmp.path());
+    let plugin = handshake::launch(&exe, "py-cache", None).unwrap();
+    let factory = ProcFactory::new(&plugin, plugin.stages[0].clone());
+    let AnyStage::Cache(c) = factory
+        .construct(&json!({"dir": "relative", "call_timeout": 5}))
+        .unwrap()
+    else {
+        panic!("not a cache")
+    };
+    // The instance is created, and refused, at its first call.
+    let (cx, _) = context_with(Arc::new(RecordingRunner::default()));
+    let e = c.list(&cx).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidInput, "{e}");
+    assert!(
+        e.message.contains("[plugin.py-cache] dir = 'relative'"),
+        "{e}"
+    );
+    assert!(e.hint.unwrap().contains("dir = \"/srv/kernels\""));
+}
+
+/// A plugin that reads its requests but never answers `cache.list`, and
+/// ignores `cancel`: written with `sh` so the test needs nothing else.
+fn silent_plugin(dir: &Path) -> PathBuf {
+    let exe = dir.join("ktstr-plugin-silent");
+    std::fs::write(
+        &exe,
+        r#"#!/bin/sh
+read hello
+echo '{"id":0,"result":{"protocol":1,"name":"silent","version":"1.0.0","stages":[{"kind":"cache","name":"silent","summary":"s"}]}}'
+read new
+echo '{"id":1,"result":{"instance":7}}'
+read call
+echo '{"method":"progress.line","params":{"line":"thinking"}}'
+exec sleep 600
+"#,
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    exe
+}
+
+#[test]
+fn a_silent_plugin_times_out_and_every_later_call_fails_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = silent_plugin(tmp.path());
+    let plugin = handshake::launch(&exe, "silent", None).unwrap();
+    let pid = plugin.conn.pid().unwrap();
+    let factory = ProcFactory::new(&plugin, plugin.stages[0].clone());
+    let AnyStage::Cache(c) = factory.construct(&json!({"call_timeout": 0.3})).unwrap() else {
+        panic!("not a cache")
+    };
+    let (cx, progress) = context_with(Arc::new(RecordingRunner::default()));
+    let e = c.list(&cx).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Internal);
+    assert!(
+        e.message.starts_with("plugin silent (")
+            && e.message
+                .contains("sent nothing for 0.3 s during cache.list; killed it"),
+        "{e}"
+    );
+    assert!(progress.lines().contains(&"thinking".to_string()));
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the silent plugin was killed and reaped"
+    );
+    let again: StageError = c.list(&cx).unwrap_err();
+    assert_eq!(
+        again, e,
+        "a dead plugin fails every later call the same way"
+    );
+}
+
+#[test]
+fn a_cancelled_call_sends_cancel_and_a_plugin_that_ignores_it_is_killed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = silent_plugin(tmp.path());
+    let plugin = handshake::launch(&exe, "silent", None).unwrap();
+    let factory = ProcFactory::new(&plugin, plugin.stages[0].clone());
+    let AnyStage::Cache(c) = factory.construct(&json!(null)).unwrap() else {
+        panic!("not a cache")
+    };
+    let (cx, _) = context_with(Arc::new(RecordingRunner::default()));
+    let cancel = cx.cancel.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        cancel.cancel();
+    });
+    let start = std::time::Instant::now();
+    let e = c.list(&cx).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Cancelled, "{e}");
+    let took = start.elapsed();
+    assert!(
+        took >= super::conn::CANCEL_GRACE && took < super::conn::CANCEL_GRACE * 2,
+        "killed after the grace period, not before: {took:?}"
+    );
+    // Nothing new starts under a cancelled context.
+    assert_eq!(c.list(&cx).unwrap_err().kind, ErrorKind::Cancelled);
+}
+
+#[test]
+fn a_plugin_that_stops_reading_its_stdin_cannot_block_ktstr() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = silent_plugin(tmp.path());
+    // The silent plugin without its last `read`: it never reads again.
+    let text = std::fs::read_to_string(&exe).unwrap();
+    std::fs::write(&exe, text.replace("read call\n", "")).unwrap();
+    let plugin = handshake::launch(&exe, "silent", None).unwrap();
+    plugin
+        .conn
+        .call("stage.new", json!({}), None, Duration::from_secs(5))
+        .unwrap();
+    // More than a pipe holds.
+    let big = json!({ "pad": "x".repeat(4 << 20) });
+    let start = std::time::Instant::now();
+    let e = plugin
+        .conn
+        .call("cache.store", big, None, Duration::from_millis(300))
+        .unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(5), "{e}");
+    assert!(
+        e.message.starts_with("plugin silent (")
+            && e.message.contains(
+                "broke the protocol during cache.store: did not read its stdin; killed it"
+            ),
+        "{e}"
+    );
+    assert!(plugin.conn.is_dead());
+}
+
+#[test]
+fn a_cancel_mid_store_stops_the_python_cache_which_stores_nothing_and_keeps_serving() {
+    if !have_python() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = scaffold(tmp.path());
+    let dir = tmp.path().join("kernels");
+    let c = cache_at(&exe, json!({ "dir": dir }));
+    let image = tmp.path().join("bzImage");
+    let config = tmp.path().join("config");
+    // Large enough that the copy is still running when the cancel arrives
+    // (sparse: it costs hashing time, not disk).
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(256 << 20))
+        .unwrap();
+    std::fs::write(&config, "CONFIG_X=y\n").unwrap();
+    let key = CacheKey::parse("k-1").unwrap();
+    let metadata: ktstr_sdk::cache::Metadata = serde_json::from_value(json!({
+        "schema": 1, "key": "k-1", "source": {"kind": "x", "identity": "y"},
+        "version": null, "arch": "x86_64", "image_name": "bzImage",
+        "profile": "p", "config_sha256": "", "builder": "b", "toolchain": "t",
+        "built_at": "", "components": [], "artifacts": {}
+    }))
+    .unwrap();
+    let artifacts = ktstr_sdk::cache::Artifacts {
+        image,
+        vmlinux: None,
+        config,
+        log: None,
+    };
+    let (cx, progress) = context_with(Arc::new(RecordingRunner::default()));
+    let cancel = cx.cancel.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        cancel.cancel();
+    });
+    let e = c.store(&key, &artifacts, &metadata, &cx).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Cancelled, "{e}");
+    assert_eq!(progress.steps().len(), 1, "the store had begun");
+    assert!(
+        !dir.join("k-1").exists(),
+        "a cancelled store stores nothing"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.join(".tmp")).unwrap().collect();
+    assert!(
+        leftovers.is_empty(),
+        "and leaves no temp dir: {leftovers:?}"
+    );
+    // The plugin answered the cancel: it is alive and still serves.
+    let (cx, _) = context_with(Arc::new(RecordingRunner::default()));
+    assert!(c.list(&cx).unwrap().is_empty());
+}
+
+#[test]
+fn a_remembered_plugin_starts_on_first_use_and_is_forgotten_when_it_answers_otherwise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = silent_plugin(tmp.path());
+    let text = std::fs::read_to_string(&exe).unwrap();
+    let broken = tmp.path().join("broken");
+    std::fs::write(
+        &exe,
+        text.replacen(
+            "\n",
+            &format!(
+                "\n[ -e {} ] && {{ echo 'broken now' >&2; exit 3; }}\n",
+                broken.display()
+            ),
+            1,
+        ),
+    )
+    .unwrap();
+    let memo = Arc::new(super::memo::Memo::at(&tmp.path().join("memo.json"), &exe));
+    drop(handshake::launch(&exe, "silent", Some(memo.clone())).unwrap());
+    assert!(memo.hello().is_some(), "the handshake is remembered");
+
+    let plugin = super::start_or_defer(&exe, "silent", Some(memo.clone())).unwrap();
+    assert_eq!(plugin.conn.pid(), None, "not started: no stage was called");
+    assert_eq!(plugin.stages[0].name, "silent");
+    let factory = ProcFactory::new(&plugin, plugin.stages[0].clone());
+    let AnyStage::Cache(c) = factory.construct(&json!(null)).unwrap() else {
+        panic!("not a cache")
+    };
+    std::fs::write(&broken, "").unwrap();
+    let (cx, _) = context_with(Arc::new(RecordingRunner::default()));
+    let e = c.list(&cx).unwrap_err();
+    assert!(
+        e.message
+            .contains("exited during the handshake (exit status 3)")
+            && e.message.contains("broken now"),
+        "{e}"
+    );
+    assert!(
+        memo.hello().is_none(),
+        "a plugin that answers otherwise is asked again next run"
+    );
+}
