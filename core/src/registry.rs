@@ -23,6 +23,7 @@ use ktstr_plugin_llc as _;
 use ktstr_plugin_local as _;
 use ktstr_plugin_local_cache as _;
 use ktstr_plugin_none as _;
+use ktstr_plugin_qemu as _;
 use ktstr_plugin_remote_cache as _;
 use ktstr_plugin_tarball as _;
 

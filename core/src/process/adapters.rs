@@ -367,10 +367,8 @@ impl CacheBackend for ProcCache {
 }
 
 /// The verifier kind's adapter (`verifier.verify`, docs/plugin-protocol.md).
-/// Constructed once the sixth stage kind is registered (task E1): the
-/// factory then maps `StageKind::Verifier` to it. A boot check may be
-/// silent for as long as its own bound, so the call may too.
-#[allow(dead_code)]
+/// A boot check may be silent for as long as its own bound, so the call
+/// may too.
 pub struct ProcVerifier(pub Instance);
 
 impl ktstr_sdk::verify::Verifier for ProcVerifier {

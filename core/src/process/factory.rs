@@ -11,7 +11,9 @@ use ktstr_sdk::registry::{AnyStage, PluginConfig, StageKind};
 use ktstr_sdk::{Result, StageError};
 use serde_json::Value;
 
-use super::adapters::{Instance, ProcBuilder, ProcCache, ProcConfigurer, ProcReserver, ProcSource};
+use super::adapters::{
+    Instance, ProcBuilder, ProcCache, ProcConfigurer, ProcReserver, ProcSource, ProcVerifier,
+};
 use super::conn::Conn;
 use super::handshake::ProcessPlugin;
 use super::memo::Memo;
@@ -125,6 +127,7 @@ impl StageFactory for ProcFactory {
             StageKind::Configurer => AnyStage::Configurer(Box::new(ProcConfigurer(i))),
             StageKind::Builder => AnyStage::Builder(Box::new(ProcBuilder(i))),
             StageKind::Cache => AnyStage::Cache(Box::new(ProcCache(i))),
+            StageKind::Verifier => AnyStage::Verifier(Box::new(ProcVerifier(i))),
         })
     }
 }

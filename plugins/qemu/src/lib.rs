@@ -42,6 +42,15 @@ pub const SUMMARY: &str = "boots the kernel under qemu (KVM, else TCG) with a kt
 /// The bound when the request carries none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
+ktstr_sdk::inventory::submit! {
+    ktstr_sdk::registry::BuiltinPlugin {
+        name: NAME,
+        version: VERSION,
+        summary: SUMMARY,
+        constructor: ktstr_sdk::registry::Constructor::Verifier(make),
+    }
+}
+
 /// Build the verifier from its `[plugin.qemu]` table.
 pub fn make(config: &PluginConfig) -> Result<Box<dyn Verifier>> {
     Ok(Box::new(QemuVerifier::new(Settings::read(config)?)))

@@ -160,6 +160,10 @@ impl Server {
                             _ => Err(unsupported(method)),
                         }
                     }
+                    AnyStage::Verifier(v) => match call {
+                        "verify" => ok(v.verify(&arg(params, "request")?, cx)?),
+                        _ => Err(unsupported(method)),
+                    },
                 }
             }
         }
