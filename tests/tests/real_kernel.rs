@@ -213,6 +213,32 @@ fn real_kernel_tiny_build_then_cache_hit() {
         "the gcc x86 build shares a key with a variant: {variant_keys:?}"
     );
     boot::boot_checks(&image, &entry.join("config"));
+
+    // The "done when", through the CLI: `--verify` on the hit boots
+    // the entry under the built-in qemu verifier and records the verdict in
+    // its metadata and `kernel list`. TCG straight away: KVM on CI-like VMs
+    // can hang, which the verifier only detects after 10 silent seconds.
+    let verify_args = fx.build_args(&["--profile", "tiny", "--verify"]);
+    let mut verify_cmd = fx.command(&verify_args);
+    verify_cmd.env("KTSTR_QEMU_ACCEL", "tcg");
+    let verified = fx.run_cmd(verify_cmd, &verify_args);
+    verified.assert_ok().assert_stderr_has("boot check passed");
+    assert_eq!(verified.hit_key(), key, "{}", verified.describe());
+    let metadata: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(entry.join("metadata.json")).unwrap()).unwrap();
+    let verdict = &metadata["verify"];
+    assert_eq!(verdict["passed"], true, "{metadata:#}");
+    assert_eq!(verdict["verifier"], "qemu", "{metadata:#}");
+    assert_eq!(verdict["observed"]["sched_ext"], "disabled", "{metadata:#}");
+    assert_eq!(verdict["observed"]["btf"], "present", "{metadata:#}");
+    let listed = fx.run(&["kernel", "list", "--json"]);
+    listed.assert_ok();
+    let rows = listed.json();
+    let row = rows
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["key"] == key.as_str()))
+        .unwrap_or_else(|| panic!("{key} not in kernel list --json: {rows:#}"));
+    assert_eq!(row["verify"]["passed"], true, "{row:#}");
 }
 
 /// How many CPUs a cpuset list (`0-1`, `3`, `0,2`) names.
