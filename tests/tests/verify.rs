@@ -251,11 +251,14 @@ fn a_hanging_verifier_is_abandoned_after_its_bound() {
 }
 
 #[test]
-fn without_the_verifier_verify_is_one_clear_error_before_building() {
+fn an_unknown_verifier_is_one_clear_error_before_building() {
     let fx = git_fixture();
+    let config = fx.root.path().join("xdg-config/ktstr/config.toml");
+    fs::create_dir_all(config.parent().unwrap()).unwrap();
+    fs::write(&config, "verifier = \"acme-smoke\"\n").unwrap();
     let run = fx.build(&["--verify"]);
     run.assert_fails()
-        .assert_stderr_has("no verifier plugin named \"qemu\"")
+        .assert_stderr_has("no verifier plugin named \"acme-smoke\"")
         .assert_hint();
     assert_eq!(fx.build_count(), 0, "{}", run.describe());
 }
