@@ -53,7 +53,7 @@ pub fn boots_sched_ext_ready(image: &Path, config: &Path, state: &Path) {
         verdict.summary
     );
     assert!(verdict.console_tail.is_empty());
-    // Visible in CI's log: the measured TCG boot (docs/verify-qemu.md).
+    // Visible in CI's log: the measured TCG boot (docs/verify.md).
     note(format!(
         "qemu boot check took {took:.1?}: {}",
         verdict.summary
