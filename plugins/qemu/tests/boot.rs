@@ -16,7 +16,10 @@ mod boot;
 #[test]
 fn boot_checks_on_a_given_image() {
     let Some(image) = std::env::var_os("KTSTR_BOOT_IMAGE") else {
-        ktstr_sdk::testing::skip("boot checks: set KTSTR_BOOT_IMAGE to an x86_64 tiny bzImage");
+        ktstr_sdk::testing::skip(
+            "boot checks on a given image: set KTSTR_BOOT_IMAGE to an x86_64 tiny bzImage \
+             (the real-kernel test runs the same checks on the kernel it builds)",
+        );
         return;
     };
     let image = std::path::PathBuf::from(image);
