@@ -125,7 +125,9 @@ fn request_arch(request: &ConfigureRequest) -> String {
         .rev()
         .find_map(|a| a.strip_prefix("ARCH="))
     {
-        Some(name) => ktstr_sdk::arch::find(name).map_or_else(|_| name.to_string(), |a| a.name.into()),
+        Some(name) => {
+            ktstr_sdk::arch::find(name).map_or_else(|_| name.to_string(), |a| a.name.into())
+        }
         None => ktstr_sdk::arch::host().name.to_string(),
     }
 }

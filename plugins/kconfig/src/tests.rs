@@ -875,6 +875,35 @@ fn real_tree_profiles_survive_olddefconfig() {
         eprintln!("{profile}: every baked-in line survived olddefconfig");
     }
 
+    // The tiny profile's arm64 lines (PL011 console) survive an arm64
+    // olddefconfig too; configuring needs the cross compiler kbuild probes.
+    let cross = "aarch64-linux-gnu-";
+    if std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(format!("{cross}gcc")).is_file()))
+    {
+        let _ = std::fs::remove_file(tree.join(".config"));
+        let h = harness();
+        let mut req = request("tiny", &[]);
+        req.make_jobs = 2;
+        req.make_args = vec!["ARCH=arm64".into(), format!("CROSS_COMPILE={cross}")];
+        c.configure(tree, &req, &h.cx).unwrap();
+        assert!(
+            h.progress.warnings().is_empty(),
+            "{:?}",
+            h.progress.warnings()
+        );
+        assert!(h.progress.notes().is_empty(), "{:?}", h.progress.notes());
+        assert!(c.is_configured(tree, &req).unwrap());
+        c.validate(tree, &req).unwrap();
+        assert!(read_config(tree).contains("\nCONFIG_SERIAL_AMBA_PL011_CONSOLE=y\n"));
+        eprintln!("tiny (arm64): every baked-in line survived olddefconfig");
+    } else {
+        eprintln!(
+            "skipping the arm64 part of the real-tree kconfig test: {cross}gcc missing \
+             (apt-get install gcc-aarch64-linux-gnu)"
+        );
+    }
+
     // A user fragment that breaks sched_ext's dependency chain and asks for
     // an option whose dependency is off: real olddefconfig drops both.
     let _ = std::fs::remove_file(tree.join(".config"));

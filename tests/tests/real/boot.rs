@@ -143,7 +143,10 @@ pub fn hung_boot_times_out_and_leaves_no_qemu(
     );
     assert!(!verdict.observed.contains_key("release"), "init ran?");
     assert!(took < Duration::from_secs(13), "{took:?}");
-    note(format!("{arch} qemu hung boot took {took:.1?}: {}", verdict.summary));
+    note(format!(
+        "{arch} qemu hung boot took {took:.1?}: {}",
+        verdict.summary
+    ));
     let left = processes_naming(&scratch);
     assert!(left.is_empty(), "qemu left running: {left:?}");
 }
