@@ -55,7 +55,7 @@ fn have_qemu_for(arch: &str) -> bool {
     if on_path(machine.qemu) {
         return true;
     }
-    ktstr_sdk::testing::skip(&format!(
+    ktstr_sdk::testing::skip(format!(
         "{arch} qemu boot check: {} missing (apt-get install {})",
         machine.qemu, machine.package
     ));
