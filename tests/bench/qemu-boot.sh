@@ -2,11 +2,13 @@
 # Boot time of the qemu verifier on this machine: runs the real boot checks
 # (tests/tests/real/boot.rs, through plugins/qemu/tests/boot.rs) N times on
 # an image and prints each "qemu boot check took ..." line: the pass check's
-# wall time (init cached) and qemu-start-to-`done` time. TCG, as in CI.
+# wall time (including the init's compile: each run starts with an empty
+# state dir) and qemu-start-to-`done` time. TCG, as in CI. The image is an
+# x86_64 bzImage or an arm64 Image (told apart by the arm64 header magic).
 #
-#   tests/bench/qemu-boot.sh /path/to/bzImage [N]
+#   tests/bench/qemu-boot.sh /path/to/bzImage-or-Image [N]
 set -eu
-image=${1:?usage: $0 BZIMAGE [RUNS]}
+image=${1:?usage: $0 IMAGE [RUNS]}
 runs=${2:-5}
 cd "$(dirname "$0")/../.."
 cargo test -q -p ktstr-plugin-qemu --test boot --no-run >/dev/null 2>&1

@@ -5,7 +5,8 @@
 //! installed (CI: `.ci/run`); elsewhere it prints why it skips (a missing
 //! cross or LLVM toolchain skips only that variant). Between the variants and
 //! the in-tree build, a kill -9 mid-compile (out of tree too) must leave no
-//! process behind. Last, the in-tree entry boots under qemu (`real/boot.rs`).
+//! process behind. The arm64 entry boots under qemu-system-aarch64 right
+//! after its build; last, the in-tree entry boots under qemu (`real/boot.rs`).
 //! One test, one unpacked tree: CI pays for one extraction.
 
 #[path = "real/boot.rs"]
@@ -314,6 +315,9 @@ fn out_of_tree_variants(fx: &Fixture) -> Vec<String> {
                 // The arm64 boot image's header carries the "ARM\x64" magic at 56.
                 let bytes = fs::read(&image).unwrap();
                 assert_eq!(&bytes[56..60], b"ARM\x64", "not an arm64 Image");
+                // The cross-built kernel boots (virt machine, PL011 console
+                // from the tiny profile's arm64 fragment), sched_ext-ready.
+                boot::arm64_boots(&image, &entry.join("config"));
             }
             _ => {
                 assert!(key.contains("-local-x86_64-"), "{key}");

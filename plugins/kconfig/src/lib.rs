@@ -79,8 +79,14 @@ struct Plan {
 impl Plan {
     fn new(request: &ConfigureRequest) -> Result<Self> {
         let profile = profiles::find(&request.profile)?;
-        let baked_lines = fragment::parse(&profile.origin_name(), profile.fragment)
-            .map_err(|e| StageError::internal(e.message).with_hint("this is a ktstr bug"))?;
+        let shipped = |origin: &str, text: &str| {
+            fragment::parse(origin, text)
+                .map_err(|e| StageError::internal(e.message).with_hint("this is a ktstr bug"))
+        };
+        let mut baked_lines = shipped(&profile.origin_name(), profile.fragment)?;
+        if let Some((origin, text)) = profile.arch_fragment(&request_arch(request)) {
+            baked_lines.extend(shipped(&origin, text)?);
+        }
         let user_lines = request
             .fragments
             .iter()
@@ -106,6 +112,23 @@ impl Plan {
 
     fn is_user_symbol(&self, symbol: &str) -> bool {
         self.user.iter().any(|a| a.symbol == symbol)
+    }
+}
+
+/// The kbuild arch the request configures for: the builder's `ARCH=`
+/// make argument (the last one, as make takes it), else the host's. An
+/// arch ktstr does not know is passed through: it has no arch fragment.
+fn request_arch(request: &ConfigureRequest) -> String {
+    match request
+        .make_args
+        .iter()
+        .rev()
+        .find_map(|a| a.strip_prefix("ARCH="))
+    {
+        Some(name) => {
+            ktstr_sdk::arch::find(name).map_or_else(|_| name.to_string(), |a| a.name.into())
+        }
+        None => ktstr_sdk::arch::host().name.to_string(),
     }
 }
 

@@ -7,6 +7,11 @@
 //! when the shipped fragment does. Each profile also names the symbols a
 //! ktstr kernel cannot work without; `validate` checks them after the build
 //! and explains, per symbol, what usually removes it.
+//!
+//! A profile may add a fragment for one architecture (`tiny.arm64.kconfig`)
+//! for what only that arch needs, such as its serial console driver. In the
+//! shared fragment such a symbol would not exist on the other arches, so
+//! every build there would report it dropped and never look configured.
 
 use ktstr_sdk::configure::ProfileInfo;
 use ktstr_sdk::error::{Result, StageError};
@@ -32,6 +37,16 @@ pub struct Profile {
     pub fragment: &'static str,
     /// Checked after the build.
     pub required: &'static [RequiredSymbol],
+    /// Applied after `fragment` when building for that arch.
+    pub arch_fragments: &'static [ArchFragment],
+}
+
+/// A profile's lines for one architecture only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchFragment {
+    /// kbuild arch name (`ktstr_sdk::arch::KernelArch::name`).
+    pub arch: &'static str,
+    pub fragment: &'static str,
 }
 
 impl Profile {
@@ -47,6 +62,15 @@ impl Profile {
             base_target: self.base_target.to_string(),
             summary: self.summary.to_string(),
         }
+    }
+
+    /// The fragment this profile adds for kbuild arch `arch`, with the
+    /// origin its assignments carry (`tiny profile (arm64)`).
+    pub fn arch_fragment(&self, arch: &str) -> Option<(String, &'static str)> {
+        self.arch_fragments
+            .iter()
+            .find(|f| f.arch == arch)
+            .map(|f| (format!("{} ({arch})", self.origin_name()), f.fragment))
     }
 
     /// The required-symbol entry for `symbol`, if the profile requires it.
@@ -102,6 +126,7 @@ pub const PROFILES: &[Profile] = &[
                   serial console and virtio for VM boot",
         fragment: include_str!("profiles/default.kconfig"),
         required: SCHED_EXT_REQUIRED,
+        arch_fragments: &[],
     },
     Profile {
         name: "tiny",
@@ -110,6 +135,10 @@ pub const PROFILES: &[Profile] = &[
                   fastest to build",
         fragment: include_str!("profiles/tiny.kconfig"),
         required: SCHED_EXT_REQUIRED,
+        arch_fragments: &[ArchFragment {
+            arch: "arm64",
+            fragment: include_str!("profiles/tiny.arm64.kconfig"),
+        }],
     },
 ];
 
@@ -137,6 +166,23 @@ mod tests {
         for p in PROFILES {
             let lines = fragment::parse(&p.origin_name(), p.fragment)
                 .unwrap_or_else(|e| panic!("{}: {e}", p.name));
+            for f in p.arch_fragments {
+                ktstr_sdk::arch::find(f.arch).expect("a kbuild arch name");
+                let arch_lines = fragment::parse(&p.origin_name(), f.fragment)
+                    .unwrap_or_else(|e| panic!("{} ({}): {e}", p.name, f.arch));
+                assert!(!arch_lines.is_empty());
+                // An arch line must not repeat a shared one: it would
+                // silently override it on that arch only.
+                for a in &arch_lines {
+                    assert!(
+                        lines.iter().all(|l| l.symbol != a.symbol),
+                        "{} ({}): {} is in the shared fragment too",
+                        p.name,
+                        f.arch,
+                        a.symbol
+                    );
+                }
+            }
             for r in p.required {
                 assert!(
                     lines.iter().any(
@@ -188,6 +234,21 @@ mod tests {
             "CONFIG_BINFMT_ELF=y",
         ];
         assert_eq!(lines, want);
+        let (origin, arm64) = tiny.arch_fragment("arm64").unwrap();
+        assert_eq!(origin, "tiny profile (arm64)");
+        let arm64: Vec<String> = fragment::parse(&origin, arm64)
+            .unwrap()
+            .iter()
+            .map(|a| a.config_line())
+            .collect();
+        assert_eq!(
+            arm64,
+            [
+                "CONFIG_SERIAL_AMBA_PL011=y",
+                "CONFIG_SERIAL_AMBA_PL011_CONSOLE=y"
+            ]
+        );
+        assert!(tiny.arch_fragment("x86_64").is_none());
         assert_eq!(tiny.base_target, "tinyconfig");
         assert_eq!(find("default").unwrap().base_target, "defconfig");
     }

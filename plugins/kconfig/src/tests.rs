@@ -177,6 +177,48 @@ fn identity_names_profile_and_hashes_its_fragment() {
     assert_eq!(default, c.identity(&request("default", &[])).unwrap());
 }
 
+/// The tiny profile's arm64 lines (its PL011 serial console) apply when
+/// the builder passes `ARCH=arm64`, and only then: an x86_64 tree neither
+/// gets them nor has its key changed by them.
+#[test]
+fn arch_fragment_applies_to_its_arch_only() {
+    let c = KconfigConfigurer::new();
+    let for_arch = |make_args: &[&str]| {
+        let mut req = request("tiny", &[]);
+        req.make_args = make_args.iter().map(|a| a.to_string()).collect();
+        req
+    };
+    let pl011 = "CONFIG_SERIAL_AMBA_PL011_CONSOLE=y";
+    let plan_lines = |req: &ConfigureRequest| fragment::normalized(&Plan::new(req).unwrap().all);
+    let x86 = for_arch(&["ARCH=x86_64"]);
+    let arm64 = for_arch(&["ARCH=x86_64", "ARCH=aarch64", "LLVM=1"]);
+    assert!(!plan_lines(&x86).contains(pl011));
+    assert!(plan_lines(&arm64).contains(pl011), "{}", plan_lines(&arm64));
+    // Unknown arches pass through without a fragment; the host's applies
+    // when no ARCH= is given (this test host is x86_64 or arm64).
+    assert!(!plan_lines(&for_arch(&["ARCH=um"])).contains(pl011));
+    let host_is_arm64 = ktstr_sdk::arch::host().name == "arm64";
+    assert_eq!(plan_lines(&for_arch(&[])).contains(pl011), host_is_arm64);
+
+    let key = |req: &ConfigureRequest| {
+        component(&c.identity(req).unwrap(), COMPONENT_PROFILE_CONFIG).map(str::to_string)
+    };
+    assert_ne!(key(&x86), key(&arm64));
+    assert_eq!(key(&x86), key(&for_arch(&["ARCH=x86"])));
+    // The default profile has no arm64 lines.
+    let mut default_arm64 = request("default", &[]);
+    default_arm64.make_args = vec!["ARCH=arm64".into()];
+    let mut default_x86 = request("default", &[]);
+    default_x86.make_args = vec!["ARCH=x86_64".into()];
+    assert_eq!(key(&default_x86), key(&default_arm64));
+
+    // An arm64 .config without the console is not configured for arm64.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(".config"), satisfying_config(&x86)).unwrap();
+    assert!(c.is_configured(dir.path(), &x86).unwrap());
+    assert!(!c.is_configured(dir.path(), &arm64).unwrap());
+}
+
 #[test]
 fn identity_extra_kconfig_ignores_formatting_but_not_values() {
     let c = KconfigConfigurer::new();
@@ -831,6 +873,35 @@ fn real_tree_profiles_survive_olddefconfig() {
         assert!(c.is_configured(tree, &req).unwrap(), "{profile}");
         c.validate(tree, &req).unwrap();
         eprintln!("{profile}: every baked-in line survived olddefconfig");
+    }
+
+    // The tiny profile's arm64 lines (PL011 console) survive an arm64
+    // olddefconfig too; configuring needs the cross compiler kbuild probes.
+    let cross = "aarch64-linux-gnu-";
+    if std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(format!("{cross}gcc")).is_file()))
+    {
+        let _ = std::fs::remove_file(tree.join(".config"));
+        let h = harness();
+        let mut req = request("tiny", &[]);
+        req.make_jobs = 2;
+        req.make_args = vec!["ARCH=arm64".into(), format!("CROSS_COMPILE={cross}")];
+        c.configure(tree, &req, &h.cx).unwrap();
+        assert!(
+            h.progress.warnings().is_empty(),
+            "{:?}",
+            h.progress.warnings()
+        );
+        assert!(h.progress.notes().is_empty(), "{:?}", h.progress.notes());
+        assert!(c.is_configured(tree, &req).unwrap());
+        c.validate(tree, &req).unwrap();
+        assert!(read_config(tree).contains("\nCONFIG_SERIAL_AMBA_PL011_CONSOLE=y\n"));
+        eprintln!("tiny (arm64): every baked-in line survived olddefconfig");
+    } else {
+        eprintln!(
+            "skipping the arm64 part of the real-tree kconfig test: {cross}gcc missing \
+             (apt-get install gcc-aarch64-linux-gnu)"
+        );
     }
 
     // A user fragment that breaks sched_ext's dependency chain and asks for

@@ -11,6 +11,8 @@ use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
+use ktstr_sdk::arch::KernelArch;
+
 /// The accelerator a run uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -72,6 +74,26 @@ pub fn choose(
             Err(why) => (Accel::Tcg, Some(why)),
         },
     }
+}
+
+/// `Ok` when a guest of kbuild arch `arch` can run on this host's KVM
+/// at `device`. KVM runs only the host's own architecture: an arm64
+/// kernel on an x86_64 host is TCG without asking the device, where
+/// trying KVM would only fail in qemu and warn.
+pub fn probe_kvm_for(arch: &KernelArch, device: &Path) -> Result<(), String> {
+    if !arch.is_native() {
+        return Err(foreign_arch(arch));
+    }
+    probe_kvm(device)
+}
+
+/// Why KVM cannot run `arch`'s guests here.
+pub fn foreign_arch(arch: &KernelArch) -> String {
+    format!(
+        "KVM runs only {} guests on this host, not {}",
+        ktstr_sdk::arch::host().name,
+        arch.name
+    )
 }
 
 /// `Ok` when `device` is a KVM this process can create VMs on.
@@ -138,6 +160,21 @@ mod tests {
         // Opens read-write, but the ioctl is not KVM's.
         let err = probe_kvm(Path::new("/dev/null")).unwrap_err();
         assert!(err.contains("not a usable KVM device"), "{err}");
+    }
+
+    #[test]
+    fn a_foreign_arch_never_probes_kvm() {
+        let foreign = ktstr_sdk::arch::ARCHES
+            .iter()
+            .find(|a| !a.is_native())
+            .unwrap();
+        // A device that would pass is not even opened.
+        let err = probe_kvm_for(foreign, Path::new("/nonexistent/kvm")).unwrap_err();
+        assert_eq!(err, foreign_arch(foreign));
+        assert!(err.contains(&format!("not {}", foreign.name)), "{err}");
+        // The host's own arch goes on to the device probe.
+        let err = probe_kvm_for(ktstr_sdk::arch::host(), Path::new("/nonexistent/kvm"));
+        assert!(err.unwrap_err().contains("cannot open"));
     }
 
     #[test]

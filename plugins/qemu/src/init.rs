@@ -32,10 +32,16 @@ pub fn compiler(arch: &KernelArch, on_path: impl Fn(&str) -> bool) -> Result<Str
     if let Some(found) = candidates.iter().find(|c| on_path(c)) {
         return Ok(found.clone());
     }
+    // The cross C library is only a Recommends of the cross gcc package:
+    // name it too, or the next error is the static link's.
     let package = if arch.is_native() {
-        "gcc libc6-dev"
+        "gcc libc6-dev".to_string()
     } else {
-        arch.cross_package
+        format!(
+            "{} libc6-dev-{}-cross",
+            arch.cross_package,
+            debian_arch(arch.name)
+        )
     };
     Err(StageError::command(format!(
         "qemu verifier: no C compiler for the {} boot-check init (looked for {})",
@@ -164,7 +170,7 @@ mod tests {
             assert!(err.message.contains("aarch64-linux-gnu-gcc"), "{err}");
             assert_eq!(
                 err.hint.as_deref(),
-                Some("install it: apt-get install gcc-aarch64-linux-gnu")
+                Some("install it: apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross")
             );
         }
         let err = compiler(host, |_| false).unwrap_err();

@@ -106,6 +106,13 @@ impl Verifier for QemuVerifier {
         let deadline = started + bound;
         let arch = ktstr_sdk::arch::find(&request.arch)?;
         let machine = machine::for_arch(arch.name)?;
+        if self.settings.accel == AccelChoice::Kvm && !arch.is_native() {
+            return Err(StageError::invalid_input(format!(
+                "qemu verifier: accel = \"kvm\", but {}",
+                accel::foreign_arch(arch)
+            ))
+            .with_hint("set [plugin.qemu] accel = \"auto\" or \"tcg\" to boot it under TCG"));
+        }
         if !request.image.is_file() {
             return Err(StageError::invalid_input(format!(
                 "qemu verifier: boot image {} does not exist",
@@ -125,7 +132,7 @@ impl Verifier for QemuVerifier {
         std::fs::write(&initramfs, cpio::initramfs(init)).at("write", &initramfs)?;
 
         let (accel, no_kvm) = accel::choose(self.settings.accel, || {
-            accel::probe_kvm(Path::new(accel::KVM_DEVICE))
+            accel::probe_kvm_for(arch, Path::new(accel::KVM_DEVICE))
         });
         if let Some(why) = no_kvm {
             cx.progress
@@ -282,6 +289,32 @@ mod tests {
         assert_eq!(short.bound(&r), Duration::from_secs(2));
         r.timeout_ms = 1_000;
         assert_eq!(short.bound(&r), Duration::from_secs(1));
+    }
+
+    /// Forcing KVM for a kernel of another arch than the host's is bad
+    /// input, said before anything is compiled or run.
+    #[test]
+    fn forced_kvm_refuses_a_foreign_arch_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let foreign = ktstr_sdk::arch::ARCHES
+            .iter()
+            .find(|a| !a.is_native() && machine::for_arch(a.name).is_ok())
+            .unwrap();
+        let mut r = request(dir.path(), Path::new("/nonexistent/Image"));
+        r.arch = foreign.name.into();
+        let kvm = QemuVerifier::new(Settings::read(&serde_json::json!({"accel": "kvm"})).unwrap())
+            .with_state_dir(dir.path());
+        let runner = std::sync::Arc::new(ktstr_sdk::testing::RecordingRunner::default());
+        let (cx, _) = ktstr_sdk::testing::context_with(runner.clone());
+        let err = kvm.verify(&r, &cx).unwrap_err();
+        assert!(runner.specs().is_empty(), "ran {:?}", runner.specs());
+        assert_eq!(err.kind, ErrorKind::InvalidInput, "{err}");
+        assert!(
+            err.message.contains(&format!("not {}", foreign.name)),
+            "{err}"
+        );
+        assert!(err.hint.unwrap().contains("accel = \"auto\""));
+        assert!(!dir.path().join("initramfs.cpio").exists());
     }
 
     #[test]

@@ -1,12 +1,13 @@
-//! Real boots of a built x86_64 kernel under the `qemu` verifier, forced
-//! to TCG as in CI: it boots and reports sched_ext `disabled`, BTF present
-//! and both vCPUs; a forced panic (`rdinit=/nonexistent`) is a failed
-//! verdict naming the panic, with the console tail; a bound shorter than
-//! the boot is a "timed out" verdict and leaves no qemu behind.
+//! Real boots of a built kernel under the `qemu` verifier, forced to TCG
+//! as in CI: it boots and reports sched_ext `disabled`, BTF present and
+//! both vCPUs; a forced panic (`rdinit=/nonexistent`) is a failed verdict
+//! naming the panic, with the console tail; a bound shorter than the boot
+//! is a "timed out" verdict and leaves no qemu behind.
 //!
-//! `real_kernel.rs` calls [`boot_checks`] with its tiny build's entry (one
-//! unpacked tree, one build: the boots reuse it). The same functions run
-//! on any image through `plugins/qemu/tests/boot.rs`
+//! `real_kernel.rs` calls [`boot_checks`] with its x86_64 tiny build's
+//! entry and [`arm64_boots`] with its arm64 cross build's (one unpacked
+//! tree; the boots reuse the builds). The same functions run on any image
+//! through `plugins/qemu/tests/boot.rs`
 //! (`KTSTR_BOOT_IMAGE=... cargo test -p ktstr-plugin-qemu --test boot`).
 
 use std::path::{Path, PathBuf};
@@ -18,24 +19,52 @@ use ktstr_sdk::context::{Cancellation, StageContext};
 use ktstr_sdk::runner::InterruptibleRunner;
 use ktstr_sdk::verify::{Verdict, VerifyRequest};
 
-/// Every check, on one image; skipped (saying so) without qemu.
+/// Every check, on one x86_64 image; skipped (saying so) without qemu.
 pub fn boot_checks(image: &Path, config: &Path) {
-    if !on_path("qemu-system-x86_64") {
-        ktstr_sdk::testing::skip(
-            "qemu boot check: qemu-system-x86_64 missing (apt-get install qemu-system-x86)",
-        );
+    boot_checks_for("x86_64", image, config);
+}
+
+/// Every check, on one image of kbuild arch `arch`; skipped (saying so)
+/// without that arch's qemu.
+pub fn boot_checks_for(arch: &str, image: &Path, config: &Path) {
+    if !have_qemu_for(arch) {
         return;
     }
     let state = tempfile::tempdir().unwrap();
-    boots_sched_ext_ready(image, config, state.path());
-    forced_panic_fails_naming_it(image, config, state.path());
-    tiny_bound_times_out_and_leaves_no_qemu(image, config, state.path());
-    cancelled_boot_stops_qemu(image, config, state.path());
+    boots_sched_ext_ready(arch, image, config, state.path());
+    forced_panic_fails_naming_it(arch, image, config, state.path());
+    hung_boot_times_out_and_leaves_no_qemu(arch, image, config, state.path());
+    cancelled_boot_stops_qemu(arch, image, config, state.path());
+}
+
+/// The arm64 image boots (`virt` machine, PL011 console) sched_ext-ready:
+/// one boot, the pass check only, since the failure paths do not depend
+/// on the arch. Skipped (saying so) without `qemu-system-aarch64`.
+pub fn arm64_boots(image: &Path, config: &Path) {
+    if !have_qemu_for("arm64") {
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    boots_sched_ext_ready("arm64", image, config, state.path());
+}
+
+/// Whether `arch`'s qemu is on PATH; prints the skip and the package to
+/// install when it is not.
+fn have_qemu_for(arch: &str) -> bool {
+    let machine = ktstr_plugin_qemu::machine::for_arch(arch).unwrap();
+    if on_path(machine.qemu) {
+        return true;
+    }
+    ktstr_sdk::testing::skip(format!(
+        "{arch} qemu boot check: {} missing (apt-get install {})",
+        machine.qemu, machine.package
+    ));
+    false
 }
 
 /// The kernel boots to the init, which sees sched_ext ready and BTF.
-pub fn boots_sched_ext_ready(image: &Path, config: &Path, state: &Path) {
-    let (verdict, took, _) = verify(image, config, state, serde_json::json!({}), 120_000);
+pub fn boots_sched_ext_ready(arch: &str, image: &Path, config: &Path, state: &Path) {
+    let (verdict, took, _) = verify(arch, image, config, state, serde_json::json!({}), 120_000);
     assert!(verdict.passed, "{verdict:#?}");
     let seen = |key: &str| verdict.observed.get(key).map(String::as_str);
     assert_eq!(seen("sched_ext"), Some("disabled"), "{verdict:#?}");
@@ -55,16 +84,16 @@ pub fn boots_sched_ext_ready(image: &Path, config: &Path, state: &Path) {
     assert!(verdict.console_tail.is_empty());
     // Visible in CI's log: the measured TCG boot (docs/verify.md).
     note(format!(
-        "qemu boot check took {took:.1?}: {}",
+        "{arch} qemu boot check took {took:.1?}: {}",
         verdict.summary
     ));
 }
 
 /// `rdinit=` naming nothing: the kernel panics, qemu exits (`panic=-1`,
 /// `-no-reboot`), and the verdict names the panic.
-pub fn forced_panic_fails_naming_it(image: &Path, config: &Path, state: &Path) {
+pub fn forced_panic_fails_naming_it(arch: &str, image: &Path, config: &Path, state: &Path) {
     let settings = serde_json::json!({"append": "rdinit=/nonexistent"});
-    let (verdict, took, _) = verify(image, config, state, settings, 120_000);
+    let (verdict, took, _) = verify(arch, image, config, state, settings, 120_000);
     assert!(!verdict.passed, "{verdict:#?}");
     assert!(
         verdict.summary.starts_with("kernel panic: "),
@@ -84,41 +113,60 @@ pub fn forced_panic_fails_naming_it(image: &Path, config: &Path, state: &Path) {
         "waited for the bound: {took:?}"
     );
     note(format!(
-        "qemu forced panic took {took:.1?}: {}",
+        "{arch} qemu forced panic took {took:.1?}: {}",
         verdict.summary
     ));
 }
 
-/// A one-second bound: the verdict says "timed out" and no process of
-/// the run (qemu's command line names the scratch dir) is left.
-pub fn tiny_bound_times_out_and_leaves_no_qemu(image: &Path, config: &Path, state: &Path) {
-    let (verdict, took, scratch) = verify(image, config, state, serde_json::json!({}), 1_000);
+/// Kernel parameters that hang the boot before init without a panic: no
+/// init in the initramfs, so the kernel goes on to mount a root device
+/// and first sleeps `rootdelay` seconds. A bound alone is no hang: the
+/// tiny arm64 kernel reaches init in under a second under TCG.
+const HANG: &str = "rdinit=/nonexistent rootdelay=3600";
+
+/// A hung boot and a 3 s bound: the verdict says "timed out", init never
+/// ran, and no process of the run (qemu's command line names the scratch
+/// dir) is left.
+pub fn hung_boot_times_out_and_leaves_no_qemu(
+    arch: &str,
+    image: &Path,
+    config: &Path,
+    state: &Path,
+) {
+    let settings = serde_json::json!({ "append": HANG });
+    let (verdict, took, scratch) = verify(arch, image, config, state, settings, 3_000);
     assert!(!verdict.passed, "{verdict:#?}");
     assert!(
-        verdict.summary.starts_with("timed out after 1 s: "),
+        verdict.summary.starts_with("timed out after 3 s: "),
         "{}",
         verdict.summary
     );
-    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(!verdict.observed.contains_key("release"), "init ran?");
+    assert!(took < Duration::from_secs(13), "{took:?}");
+    note(format!(
+        "{arch} qemu hung boot took {took:.1?}: {}",
+        verdict.summary
+    ));
     let left = processes_naming(&scratch);
     assert!(left.is_empty(), "qemu left running: {left:?}");
 }
 
-/// Ctrl-C (the run's cancellation) mid-boot: the check ends as
-/// cancelled, promptly, and takes its qemu with it.
-pub fn cancelled_boot_stops_qemu(image: &Path, config: &Path, state: &Path) {
+/// Ctrl-C (the run's cancellation) mid-boot (a hung one, so the boot
+/// cannot finish first): the check ends as cancelled, promptly, and takes
+/// its qemu with it.
+pub fn cancelled_boot_stops_qemu(arch: &str, image: &Path, config: &Path, state: &Path) {
     let cancel = Cancellation::new();
     let cx = StageContext {
         progress: Arc::new(ktstr_sdk::testing::RecordingProgress::default()),
         runner: Arc::new(InterruptibleRunner::new(cancel.clone())),
         cancel: cancel.clone(),
     };
-    let verifier = verifier(serde_json::json!({}), state);
+    let verifier = verifier(serde_json::json!({ "append": HANG }), state);
     let scratch = tempfile::Builder::new()
         .prefix("ktstr-boot-")
         .tempdir()
         .unwrap();
-    let request = request(image, config, scratch.path(), 120_000);
+    let request = request(arch, image, config, scratch.path(), 120_000);
     let pidfile = scratch.path().join("qemu.pid");
     let trigger = std::thread::spawn(move || {
         let until = Instant::now() + Duration::from_secs(60);
@@ -140,6 +188,7 @@ pub fn cancelled_boot_stops_qemu(image: &Path, config: &Path, state: &Path) {
 /// how long it took and the request's scratch directory (removed when
 /// this returns, as the host does).
 fn verify(
+    arch: &str,
     image: &Path,
     config: &Path,
     state: &Path,
@@ -151,7 +200,7 @@ fn verify(
         .prefix("ktstr-boot-")
         .tempdir()
         .unwrap();
-    let request = request(image, config, scratch.path(), timeout_ms);
+    let request = request(arch, image, config, scratch.path(), timeout_ms);
     let runner = Arc::new(InterruptibleRunner::new(Cancellation::new()));
     let (cx, _progress) = ktstr_sdk::testing::context_with(runner);
     let started = Instant::now();
@@ -166,13 +215,19 @@ fn verifier(mut settings: serde_json::Value, state: &Path) -> QemuVerifier {
     QemuVerifier::new(Settings::read(&settings).unwrap()).with_state_dir(state)
 }
 
-/// An x86_64 request for 2 vCPUs.
-fn request(image: &Path, config: &Path, scratch: &Path, timeout_ms: u64) -> VerifyRequest {
+/// A request for 2 vCPUs of kbuild arch `arch`.
+fn request(
+    arch: &str,
+    image: &Path,
+    config: &Path,
+    scratch: &Path,
+    timeout_ms: u64,
+) -> VerifyRequest {
     VerifyRequest {
         image: image.to_path_buf(),
         vmlinux: None,
         config: config.to_path_buf(),
-        arch: "x86_64".into(),
+        arch: arch.into(),
         kernelrelease: None,
         vcpus: 2,
         timeout_ms,
