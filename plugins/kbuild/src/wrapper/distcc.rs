@@ -153,6 +153,15 @@ pub fn ready(
     cc: &str,
     cx: &StageContext,
 ) -> std::result::Result<(usize, String), Unavailable> {
+    if let Some(dir) = ktstr_sdk::paths::env_nonempty("DISTCC_DIR")
+        && !Path::new(&dir).is_dir()
+    {
+        // distcc keeps its locks there, and without it compiles everything locally.
+        return Err(Unavailable {
+            why: format!("DISTCC_DIR={dir} is not a directory"),
+            fix: format!("mkdir -p {dir}, or unset DISTCC_DIR"),
+        });
+    }
     let Some((source, text)) = host_list() else {
         return Err(Unavailable {
             why: "it has no hosts (DISTCC_HOSTS is unset and there is no ~/.distcc/hosts or \
