@@ -307,6 +307,16 @@ fn apply_wrapper_flags(args: &BuildArgs, setup: &mut stage_setup::Setup) -> Resu
         *table = serde_json::json!({});
     }
     if let Some(map) = table.as_object_mut() {
+        if args.wrapper_required
+            && args.wrapper.is_none()
+            && !map.contains_key(ktstr_plugin_kbuild::WRAPPER_KEY)
+        {
+            return Err(UsageError(
+                StageError::invalid_input("--wrapper-required: no wrapper is chosen")
+                    .with_hint("add --wrapper NAME (distcc, icecc, ccache, sccache)"),
+            )
+            .into());
+        }
         if let Some(w) = &args.wrapper {
             map.insert(ktstr_plugin_kbuild::WRAPPER_KEY.into(), w.clone().into());
         }
