@@ -8,6 +8,10 @@
 //! process behind. One test, one unpacked tree: CI pays for one extraction.
 
 mod common;
+#[path = "wrapper_daemons/mod.rs"]
+mod daemons;
+#[path = "real/wrappers.rs"]
+mod real_wrappers;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -209,6 +213,7 @@ fn real_kernel_tiny_build_then_cache_hit() {
         !variant_keys.contains(&key),
         "the gcc x86 build shares a key with a variant: {variant_keys:?}"
     );
+    real_wrappers::wrapper_builds(&fx, &key);
 }
 
 /// How many CPUs a cpuset list (`0-1`, `3`, `0,2`) names.

@@ -1,0 +1,176 @@
+//! The real tiny kernel through compiler wrappers, on the real-kernel
+//! test's one unpacked tree (after its in-tree build is cached): one build
+//! through a distccd on loopback and one through an icecream scheduler +
+//! iceccd, each out of tree with `--force`, must land on the plain build's
+//! key with the daemon's own log showing the kernel's compiles; then a dirty
+//! tree built twice through ccache, the second time after touching a header
+//! every file includes, must show ccache hits. The tree is left as found.
+//! A missing engine skips its step, naming the package.
+
+use std::fs;
+use std::path::Path;
+
+use crate::common::{self, Fixture};
+use crate::daemons::{Distccd, Icecream, ccache_stat, daemon_dir, missing};
+
+/// Packages CI installs for these steps.
+pub const PACKAGES: &str = "distcc icecc ccache";
+
+/// Every wrapper step; `plain_key` is the in-tree gcc build's key.
+pub fn wrapper_builds(fx: &Fixture, plain_key: &str) {
+    distcc_build(fx, plain_key);
+    icecc_build(fx, plain_key);
+    ccache_rebuild(fx);
+}
+
+/// `--profile tiny --cpu-cap 2 --force` out of tree in `<root>/out-<name>`
+/// with `flags`, then the output directory is removed (disk).
+fn forced_build(fx: &Fixture, name: &str, flags: &[&str], env: &[(String, String)]) -> common::Run {
+    let out = fx.root.path().join(format!("out-{name}"));
+    let out_arg = out.to_str().unwrap().to_string();
+    let mut args = fx.build_args(&["--profile", "tiny", "--cpu-cap", "2", "--force"]);
+    args.extend(["--output", &out_arg]);
+    args.extend(flags);
+    let mut cmd = fx.command(&args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let run = fx.run_cmd(cmd, &args);
+    eprintln!("real-kernel {name} build: {:.1}s", run.elapsed.as_secs_f64());
+    let _ = fs::remove_dir_all(&out);
+    run
+}
+
+/// Kernel sources among `jobs`: more than a hundred, `init/main.c` one.
+fn assert_kernel_compiles(engine: &str, jobs: &[String]) {
+    assert!(
+        jobs.len() > 100 && jobs.iter().any(|j| j.ends_with("init/main.c")),
+        "{engine}: {} jobs, init/main.c among them: {}; first: {:?}",
+        jobs.len(),
+        jobs.iter().any(|j| j.ends_with("init/main.c")),
+        jobs.iter().take(5).collect::<Vec<_>>()
+    );
+}
+
+pub fn distcc_build(fx: &Fixture, plain_key: &str) {
+    if missing("real-kernel distcc build", &["distcc", "distccd"], "distcc") {
+        return;
+    }
+    let dir = daemon_dir();
+    let d = Distccd::start(dir.path(), None);
+    let run = forced_build(
+        fx,
+        "distcc",
+        &["--wrapper", "distcc", "--wrapper-required"],
+        &d.env(2),
+    );
+    run.assert_ok()
+        .assert_stderr_has("building with distcc (2 remote slots, -j2; local: 2 CPUs)")
+        .assert_stderr_lacks("warning: distcc host");
+    assert_eq!(run.cached_key(), plain_key, "{}", run.describe());
+    let jobs = d.compiled();
+    assert_kernel_compiles("distccd", &jobs);
+}
+
+pub fn icecc_build(fx: &Fixture, plain_key: &str) {
+    if missing(
+        "real-kernel icecream build",
+        &["icecc", "iceccd", "icecc-scheduler"],
+        "icecc",
+    ) {
+        return;
+    }
+    let dir = daemon_dir();
+    let ice = Icecream::start(dir.path());
+    let run = forced_build(
+        fx,
+        "icecc",
+        &["--wrapper", "icecc", "--wrapper-required"],
+        &ice.env(),
+    );
+    run.assert_ok()
+        .assert_stderr_has("building with icecc (-j2; local: 2 CPUs)");
+    assert_eq!(run.cached_key(), plain_key, "{}", run.describe());
+    // The scheduler's NEW lines end with the source file and its language.
+    let jobs: Vec<String> = ice
+        .jobs()
+        .iter()
+        .filter_map(|l| l.split_whitespace().rev().nth(2).map(str::to_string))
+        .collect();
+    assert_kernel_compiles("icecc-scheduler", &jobs);
+}
+
+pub fn ccache_rebuild(fx: &Fixture) {
+    if missing("real-kernel ccache rebuild", &["ccache"], "ccache") {
+        return;
+    }
+    let ccache_dir = fx.root.path().join("ccache");
+    let env = [(
+        "CCACHE_DIR".to_string(),
+        ccache_dir.to_str().unwrap().to_string(),
+    )];
+    let out = fx.root.path().join("out-ccache");
+    let out_arg = out.to_str().unwrap().to_string();
+    let args = fx.build_args(&[
+        "--profile",
+        "tiny",
+        "--cpu-cap",
+        "2",
+        "--output",
+        &out_arg,
+        "--wrapper",
+        "ccache",
+    ]);
+    let build = || {
+        let mut cmd = fx.command(&args);
+        cmd.envs(env.iter().cloned());
+        let run = fx.run_cmd(cmd, &args);
+        eprintln!("real-kernel ccache build: {:.1}s", run.elapsed.as_secs_f64());
+        run.assert_ok()
+            .assert_stderr_has("building with ccache (-j2; local: 2 CPUs)")
+            .assert_stderr_has("not cached");
+        run
+    };
+    let edited = fx.tree.join("init/calibrate.c");
+    let original = fs::read(&edited).unwrap();
+    let mut dirty = original.clone();
+    dirty.extend_from_slice(b"/* a developer's uncommitted edit */\n");
+    fs::write(&edited, &dirty).unwrap();
+
+    build();
+    let hits = |d: &Path| {
+        ccache_stat(d, "direct_cache_hit") + ccache_stat(d, "preprocessed_cache_hit")
+    };
+    let (misses, before) = (ccache_stat(&ccache_dir, "cache_miss"), hits(&ccache_dir));
+    assert!(misses > 100, "the first ccache build missed {misses} times");
+    // Every C file includes kconfig.h (-include): all of them recompile,
+    // and ccache has each one.
+    let header = fx.tree.join("include/linux/kconfig.h");
+    let now = std::time::SystemTime::now();
+    fs::File::options()
+        .append(true)
+        .open(&header)
+        .unwrap()
+        .set_modified(now)
+        .unwrap();
+    build();
+    let gained = hits(&ccache_dir) - before;
+    assert!(
+        gained > 100,
+        "the rebuild after touching kconfig.h hit ccache {gained} times"
+    );
+    // Only what changes per build misses (the build timestamp's file).
+    let new_misses = ccache_stat(&ccache_dir, "cache_miss") - misses;
+    assert!(
+        new_misses < 10,
+        "the rebuild missed ccache {new_misses} times"
+    );
+
+    fs::write(&edited, &original).unwrap();
+    let _ = fs::remove_dir_all(&out);
+    assert_eq!(
+        common::git(&fx.tree, &["status", "--porcelain"]),
+        "",
+        "the ccache step left the tree changed"
+    );
+}
