@@ -13,9 +13,6 @@ use std::path::Path;
 use crate::common::{self, Fixture};
 use crate::daemons::{Distccd, Icecream, ccache_stat, daemon_dir, missing};
 
-/// Packages CI installs for these steps.
-pub const PACKAGES: &str = "distcc icecc ccache";
-
 /// Every wrapper step; `plain_key` is the in-tree gcc build's key.
 pub fn wrapper_builds(fx: &Fixture, plain_key: &str) {
     distcc_build(fx, plain_key);
