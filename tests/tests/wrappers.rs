@@ -55,7 +55,13 @@ fn distcc_compiles_cc_and_hostcc_on_distccd_under_the_plain_key() {
     let dir = daemon_dir();
     let d = Distccd::start(dir.path(), None);
     let fx = fixture(&d.env(3));
-    let run = fx.build(&["--wrapper", "distcc", "--wrapper-required", "--cpu-cap", "1"]);
+    let run = fx.build(&[
+        "--wrapper",
+        "distcc",
+        "--wrapper-required",
+        "--cpu-cap",
+        "1",
+    ]);
     run.assert_ok()
         .assert_stderr_has("building with distcc (3 remote slots, -j3; local: 1 CPU)")
         .assert_stderr_lacks("warning");
@@ -74,20 +80,29 @@ fn distcc_compiles_cc_and_hostcc_on_distccd_under_the_plain_key() {
             .join("metadata.json"),
     )
     .unwrap();
-    assert!(meta.contains("CC='distcc gcc' HOSTCC='distcc gcc'"), "{meta}");
+    assert!(
+        meta.contains("CC='distcc gcc' HOSTCC='distcc gcc'"),
+        "{meta}"
+    );
     assert_plain_key(&fx, &run);
 }
 
 #[test]
 fn a_distcc_host_with_another_compiler_is_a_warning() {
-    if missing("distcc compiler check", &["distcc", "distccd", "objcopy"], "distcc binutils") {
+    if missing(
+        "distcc compiler check",
+        &["distcc", "distccd", "objcopy"],
+        "distcc binutils",
+    ) {
         return;
     }
     // The daemon's gcc stamps its objects as another release would.
     let dir = daemon_dir();
     let bin = dir.path().join("other-gcc");
     fs::create_dir(&bin).unwrap();
-    let real = which("x86_64-linux-gnu-gcc").or_else(|| which("gcc")).unwrap();
+    let real = which("x86_64-linux-gnu-gcc")
+        .or_else(|| which("gcc"))
+        .unwrap();
     let stamp = dir.path().join("stamp");
     fs::write(&stamp, "GCC: (Other 99.1-1) 99.1\0").unwrap();
     let script = format!(
@@ -131,7 +146,10 @@ fn icecc_sends_jobs_through_the_scheduler_under_the_plain_key() {
     let ice = Icecream::start(dir.path());
     let fx = fixture(&ice.env());
     // The scheduler's capacity is not asked; the config gives -j.
-    write_config(&fx, "[plugin.kbuild]\nwrapper = \"icecc\"\nwrapper_jobs = 5\n");
+    write_config(
+        &fx,
+        "[plugin.kbuild]\nwrapper = \"icecc\"\nwrapper_jobs = 5\n",
+    );
     let run = fx.build(&["--wrapper-required", "--cpu-cap", "1"]);
     run.assert_ok()
         .assert_stderr_has("building with icecc (wrapper_jobs, -j5; local: 1 CPU)");
@@ -222,7 +240,11 @@ fn a_missing_engine_builds_locally_with_one_warning_unless_required() {
         .assert_stderr_has("wrapper distcc is required, but ")
         .assert_hint();
     assert_eq!(required.code(), Some(1), "{}", required.describe());
-    assert_eq!(fx.build_count(), builds, "make ran for a failed requirement");
+    assert_eq!(
+        fx.build_count(),
+        builds,
+        "make ran for a failed requirement"
+    );
 
     // Not installed: the hint names the package.
     let bin = common::path_without(fx.root.path(), &["sccache"]);

@@ -294,7 +294,9 @@ fn apply_wrapper_flags(args: &BuildArgs, setup: &mut stage_setup::Setup) -> Resu
             StageError::invalid_input(format!(
                 "--wrapper: the selected builder {builder:?} does not take a compiler wrapper"
             ))
-            .with_hint("only the built-in kbuild builder does; drop --wrapper or use builder = \"kbuild\""),
+            .with_hint(
+                "only the built-in kbuild builder does; drop --wrapper or use builder = \"kbuild\"",
+            ),
         )
         .into());
     }
@@ -321,7 +323,10 @@ fn apply_wrapper_flags(args: &BuildArgs, setup: &mut stage_setup::Setup) -> Resu
             map.insert(ktstr_plugin_kbuild::WRAPPER_KEY.into(), w.clone().into());
         }
         if args.wrapper_required {
-            map.insert(ktstr_plugin_kbuild::WRAPPER_REQUIRED_KEY.into(), true.into());
+            map.insert(
+                ktstr_plugin_kbuild::WRAPPER_REQUIRED_KEY.into(),
+                true.into(),
+            );
         }
     }
     Ok(())

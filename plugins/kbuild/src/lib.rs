@@ -38,9 +38,9 @@ use std::path::{Path, PathBuf};
 use ktstr_sdk::arch::{self, KernelArch};
 use ktstr_sdk::build::{BuildOutput, BuildPlan, BuildRequest, Builder, Variant};
 use ktstr_sdk::cache::KeyComponent;
+use ktstr_sdk::config::ConfigReader;
 use ktstr_sdk::context::{CommandOutcome, CommandSpec, StageContext};
 use ktstr_sdk::error::{Result, StageError};
-use ktstr_sdk::config::ConfigReader;
 use ktstr_sdk::make_env;
 use ktstr_sdk::registry::{BuiltinPlugin, Constructor, PluginConfig};
 
@@ -185,7 +185,12 @@ impl Setup {
 
     /// [`Self::args_for`] with `wrap` in front of `CC` and `HOSTCC`: what
     /// the build's makes run, never what the key records.
-    pub fn wrapped_args(&self, jobs: usize, output: Option<&Path>, wrap: Option<&Wrap>) -> Vec<String> {
+    pub fn wrapped_args(
+        &self,
+        jobs: usize,
+        output: Option<&Path>,
+        wrap: Option<&Wrap>,
+    ) -> Vec<String> {
         let mut args = self.args_for(jobs, output);
         let Some(wrap) = wrap else { return args };
         for (var, cc) in [("CC", &self.cc), ("HOSTCC", &self.hostcc)] {

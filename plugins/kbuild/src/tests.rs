@@ -862,7 +862,11 @@ fn kbuild_settings_are_checked() {
     let parse = |v: serde_json::Value| Settings::from_value(&v);
     assert_eq!(parse(serde_json::Value::Null).unwrap(), Settings::default());
     let err = parse(serde_json::json!({"wraper": "distcc"})).unwrap_err();
-    assert!(err.hint.unwrap().contains("known keys: wrapper"), "{}", err.message);
+    assert!(
+        err.hint.unwrap().contains("known keys: wrapper"),
+        "{}",
+        err.message
+    );
     let with = |s: Settings| builder().with_settings(&s).map(|_| ());
     let err = with(Settings {
         wrapper: Some("distc".into()),

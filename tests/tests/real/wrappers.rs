@@ -33,7 +33,10 @@ fn forced_build(fx: &Fixture, name: &str, flags: &[&str], env: &[(String, String
         cmd.env(k, v);
     }
     let run = fx.run_cmd(cmd, &args);
-    eprintln!("real-kernel {name} build: {:.1}s", run.elapsed.as_secs_f64());
+    eprintln!(
+        "real-kernel {name} build: {:.1}s",
+        run.elapsed.as_secs_f64()
+    );
     let _ = fs::remove_dir_all(&out);
     run
 }
@@ -122,7 +125,10 @@ pub fn ccache_rebuild(fx: &Fixture) {
         let mut cmd = fx.command(&args);
         cmd.envs(env.iter().cloned());
         let run = fx.run_cmd(cmd, &args);
-        eprintln!("real-kernel ccache build: {:.1}s", run.elapsed.as_secs_f64());
+        eprintln!(
+            "real-kernel ccache build: {:.1}s",
+            run.elapsed.as_secs_f64()
+        );
         run.assert_ok()
             .assert_stderr_has("building with ccache (-j2; local: 2 CPUs)")
             .assert_stderr_has("not cached");
@@ -135,9 +141,8 @@ pub fn ccache_rebuild(fx: &Fixture) {
     fs::write(&edited, &dirty).unwrap();
 
     build();
-    let hits = |d: &Path| {
-        ccache_stat(d, "direct_cache_hit") + ccache_stat(d, "preprocessed_cache_hit")
-    };
+    let hits =
+        |d: &Path| ccache_stat(d, "direct_cache_hit") + ccache_stat(d, "preprocessed_cache_hit");
     let (misses, before) = (ccache_stat(&ccache_dir, "cache_miss"), hits(&ccache_dir));
     assert!(misses > 100, "the first ccache build missed {misses} times");
     // Every C file includes kconfig.h (-include): all of them recompile,

@@ -149,10 +149,7 @@ fn connect(host: &str, port: u16) -> std::result::Result<(), String> {
 
 /// distcc can send jobs somewhere: `(-j, "N remote slots")`, after
 /// warning about hosts that do not answer or compile with another compiler.
-pub fn ready(
-    cc: &str,
-    cx: &StageContext,
-) -> std::result::Result<(usize, String), Unavailable> {
+pub fn ready(cc: &str, cx: &StageContext) -> std::result::Result<(usize, String), Unavailable> {
     if let Some(dir) = ktstr_sdk::paths::env_nonempty("DISTCC_DIR")
         && !Path::new(&dir).is_dir()
     {
@@ -271,10 +268,8 @@ impl ProbeDir {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let dir = std::env::temp_dir().join(format!(
-            "ktstr-distcc-probe-{}-{nanos}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("ktstr-distcc-probe-{}-{nanos}", std::process::id()));
         std::fs::create_dir(&dir).ok()?;
         let me = Self(dir);
         std::fs::write(
@@ -287,7 +282,13 @@ impl ProbeDir {
 
     /// Compile the probe (through distcc on `host`, with no local
     /// fallback) and return the compiler's stamp in the object.
-    fn compile(&self, cx: &StageContext, cc: &str, host: Option<&str>, out: &str) -> Option<String> {
+    fn compile(
+        &self,
+        cx: &StageContext,
+        cc: &str,
+        host: Option<&str>,
+        out: &str,
+    ) -> Option<String> {
         let mut words: Vec<&str> = cc.split_whitespace().collect();
         if host.is_some() {
             words.insert(0, "distcc");
@@ -384,7 +385,10 @@ mod tests {
         assert_eq!(without_limit("u@h/4:/bin/distccd"), "u@h:/bin/distccd");
         assert_eq!(without_limit("@g/5"), "@g");
         assert_eq!(without_limit("@g"), "@g");
-        assert_eq!(without_limit("u@h:/usr/bin/distccd"), "u@h:/usr/bin/distccd");
+        assert_eq!(
+            without_limit("u@h:/usr/bin/distccd"),
+            "u@h:/usr/bin/distccd"
+        );
     }
 
     #[test]

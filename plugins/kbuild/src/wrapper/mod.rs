@@ -225,7 +225,10 @@ fn icecc_ready() -> std::result::Result<(), Unavailable> {
     }
     let tried: Vec<String> = sockets.iter().map(|s| s.display().to_string()).collect();
     Err(Unavailable {
-        why: format!("no iceccd answers on this host (tried {})", tried.join(", ")),
+        why: format!(
+            "no iceccd answers on this host (tried {})",
+            tried.join(", ")
+        ),
         fix: "start iceccd (on Debian: apt-get install icecc; point it at the scheduler with \
               -s HOST or let it find one by broadcast)"
             .to_string(),
