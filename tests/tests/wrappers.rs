@@ -269,3 +269,31 @@ fn bad_wrapper_flags_are_usage_errors() {
         .assert_hint();
     fx.assert_nothing_cached();
 }
+
+#[test]
+fn a_wrapper_that_changes_the_compilers_version_line_is_not_used() {
+    // kbuild records `$(CC) --version` in .config and the kernel; a wrapper
+    // answering differently would build another kernel under this key.
+    let fx = Fixture::git();
+    let bin = fx.root.path().join("fake-bin");
+    fs::create_dir(&bin).unwrap();
+    let fake = bin.join("sccache");
+    fs::write(
+        &fake,
+        "#!/bin/sh\n[ \"$2\" = --version ] && { echo 'patched-gcc 1.0'; exit 0; }\nexec \"$@\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let fx = fx.with_env("PATH", &path);
+    let run = fx.build(&["--wrapper", "sccache", "--cpu-cap", "1"]);
+    run.assert_ok()
+        .assert_stderr_has(
+            "warning: wrapper sccache: `sccache gcc --version` answers `patched-gcc 1.0`, not `gcc ",
+        )
+        .assert_stderr_has("building (make -j1)");
+    assert_eq!(run.cached_key(), plain_key(&fx));
+    fx.build(&["--wrapper", "sccache", "--wrapper-required", "--force"])
+        .assert_fails()
+        .assert_stderr_has("wrapper sccache is required, but `sccache gcc --version`");
+}

@@ -306,7 +306,9 @@ impl KbuildBuilder {
     /// Run one `make` as a progress step, streaming its lines.
     fn run_make(&self, cx: &StageContext, tree: &Path, make: Invocation) -> Result<()> {
         cx.cancel.check()?;
-        let mut spec = make_env::controlled(CommandSpec::new("make").args(make.args).cwd(tree));
+        let mut spec = CommandSpec::new("make").args(make.args).cwd(tree);
+        spec.env = make.env;
+        let mut spec = make_env::controlled(spec);
         spec.cgroup_procs = make.sandbox;
         tracing::debug!(command = %spec.display(), tree = %tree.display(), "running make");
         cx.progress.step(&make.step);
@@ -329,6 +331,8 @@ struct Invocation {
     /// Names the run in error messages (`make`, `make mrproper`).
     what: &'static str,
     args: Vec<String>,
+    /// Set for make on top of the controlled environment.
+    env: Vec<(String, String)>,
     sandbox: Option<PathBuf>,
     /// What to do when it fails (the reproduce command is appended).
     hint: &'static str,
@@ -411,6 +415,7 @@ impl Builder for KbuildBuilder {
                 step: "make mrproper".to_string(),
                 what: "make mrproper",
                 args: vec!["mrproper".to_string()],
+                env: Vec::new(),
                 sandbox: None,
                 hint: "fix the error shown above",
             },
@@ -432,6 +437,7 @@ impl Builder for KbuildBuilder {
             None => None,
         };
         let jobs = wrap.as_ref().map_or(req.make_jobs, |w| w.jobs);
+        let wrap_env = wrap.as_ref().map(|w| w.env.clone()).unwrap_or_default();
         let args = setup.wrapped_args(jobs, output, wrap.as_ref());
         let step = match &wrap {
             Some(w) => w.step(req.make_jobs),
@@ -444,6 +450,7 @@ impl Builder for KbuildBuilder {
                 step,
                 what: "make",
                 args: args.clone(),
+                env: wrap_env.clone(),
                 sandbox: req.sandbox_procs.clone(),
                 hint: "fix the error shown above",
             },
@@ -459,6 +466,7 @@ impl Builder for KbuildBuilder {
                     step: "generating compile_commands.json".to_string(),
                     what: "make compile_commands.json",
                     args: cc_args,
+                    env: wrap_env,
                     sandbox: req.sandbox_procs.clone(),
                     hint: "the kernel itself built; generating compile_commands.json needs \
                            python3 (scripts/clang-tools/gen_compile_commands.py)",

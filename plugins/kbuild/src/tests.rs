@@ -777,6 +777,7 @@ fn a_wrapper_goes_in_front_of_cc_and_hostcc_in_place() {
         engine,
         jobs: 6,
         capacity: String::new(),
+        env: Vec::new(),
     };
     let plain = Setup::new(&Variant::default(), &[]).unwrap();
     assert_eq!(

@@ -298,6 +298,9 @@ impl ProbeDir {
             .args(["-c", "probe.c", "-o", out])
             .cwd(&self.0);
         if let Some(h) = host {
+            for (k, v) in super::Engine::Distcc.env() {
+                spec = spec.env(k, v);
+            }
             spec = spec
                 .env("DISTCC_HOSTS", h)
                 .env("DISTCC_FALLBACK", "0")

@@ -23,8 +23,9 @@ mod distcc;
 
 use std::path::PathBuf;
 
-use ktstr_sdk::context::StageContext;
+use ktstr_sdk::context::{CommandSpec, StageContext};
 use ktstr_sdk::error::{Result, StageError};
+use ktstr_sdk::make_env;
 
 use crate::toolchain::which;
 
@@ -62,6 +63,17 @@ impl Engine {
 
     fn parse(raw: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|e| e.name() == raw)
+    }
+
+    /// Variables the engine needs to leave the compiler's identity alone.
+    /// distcc otherwise runs `gcc` as `x86_64-linux-gnu-gcc`, whose
+    /// `--version` line kbuild records in `CONFIG_CC_VERSION_TEXT` and in
+    /// the kernel's banner.
+    pub fn env(self) -> Vec<(String, String)> {
+        match self {
+            Self::Distcc => vec![("DISTCC_NO_REWRITE_CROSS".into(), "1".into())],
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -104,6 +116,43 @@ pub struct Wrap {
     pub jobs: usize,
     /// What `jobs` comes from, for the progress line (`12 remote slots`).
     pub capacity: String,
+    /// Added to make's environment ([`Engine::env`]).
+    pub env: Vec<(String, String)>,
+}
+
+/// The first line `command --version` prints (with the engine's `env`),
+/// as kbuild's `CC_VERSION_TEXT` takes it.
+fn version_line(cx: &StageContext, command: &str, env: &[(String, String)]) -> Option<String> {
+    let mut words = command.split_whitespace();
+    let mut spec = CommandSpec::new(words.next()?).args(words).arg("--version");
+    spec.env = env.to_vec();
+    let out = cx.runner.capture(&make_env::controlled(spec)).ok()?;
+    let line = out.stdout.lines().next()?.trim().to_string();
+    (out.code == Some(0) && !line.is_empty()).then_some(line)
+}
+
+/// The wrapped compiler must say what the compiler says: kbuild puts that
+/// line in `.config` and the kernel, so anything else is another kernel.
+fn same_identity(
+    engine: Engine,
+    cc: &str,
+    cx: &StageContext,
+) -> std::result::Result<(), Unavailable> {
+    let wrapped = format!("{} {cc}", engine.name());
+    let plain = version_line(cx, cc, &[]);
+    let through = version_line(cx, &wrapped, &engine.env());
+    if plain.is_some() && plain == through {
+        return Ok(());
+    }
+    Err(Unavailable {
+        why: format!(
+            "`{wrapped} --version` answers {}, not {} as `{cc} --version` does; kbuild records \
+             that line in the kernel (CONFIG_CC_VERSION_TEXT), so it would build another kernel",
+            through.map_or("nothing".into(), |l| format!("`{l}`")),
+            plain.map_or("nothing".into(), |l| format!("`{l}`")),
+        ),
+        fix: format!("fix or update {} so it runs {cc} unchanged", engine.name()),
+    })
 }
 
 impl Wrap {
@@ -159,11 +208,11 @@ pub fn resolve(
                 engine.package()
             ),
         }),
-        Some(_) => match engine {
+        Some(_) => same_identity(engine, cc, cx).and_then(|()| match engine {
             Engine::Distcc => distcc::ready(cc, cx),
             Engine::Icecc => icecc_ready().map(|()| (0, String::new())),
             Engine::Ccache | Engine::Sccache => Ok((0, String::new())),
-        },
+        }),
     };
     match ready {
         Ok((engine_jobs, capacity)) => {
@@ -175,6 +224,7 @@ pub fn resolve(
                 engine,
                 jobs,
                 capacity,
+                env: engine.env(),
             }))
         }
         Err(u) if choice.required => Err(StageError::not_found(format!(
@@ -256,6 +306,7 @@ mod tests {
             engine: Engine::Distcc,
             jobs: 12,
             capacity: "12 remote slots".into(),
+            env: Vec::new(),
         };
         assert_eq!(w.command("gcc-12"), "distcc gcc-12");
         assert_eq!(w.command("distcc gcc"), "distcc gcc");
@@ -267,6 +318,7 @@ mod tests {
             engine: Engine::Ccache,
             jobs: 1,
             capacity: String::new(),
+            env: Vec::new(),
         };
         assert_eq!(c.step(1), "building with ccache (-j1; local: 1 CPU)");
     }
