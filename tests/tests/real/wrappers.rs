@@ -1,10 +1,12 @@
 //! The real tiny kernel through compiler wrappers, on the real-kernel
-//! test's one unpacked tree (after its in-tree build is cached): one build
+//! test's one unpacked tree (after its in-tree build is cached; the tree is
+//! then configured in place, so these build in tree too): one build
 //! through a distccd on loopback and one through an icecream scheduler +
-//! iceccd, each out of tree with `--force`, must land on the plain build's
-//! key with the daemon's own log showing the kernel's compiles; then a dirty
-//! tree built twice through ccache, the second time after touching a header
-//! every file includes, must show ccache hits. The tree is left as found.
+//! iceccd, each with `--force`, must land on the plain build's key with the
+//! daemon's own log showing the kernel's compiles; then a dirty tree built
+//! twice through ccache, the second time after touching a header every file
+//! includes, must show ccache hits. The tree's tracked files are left as
+//! found. Each build is a full one (the `CC` command changes each time).
 //! A missing engine skips its step, naming the package.
 
 use std::fs;
@@ -20,13 +22,9 @@ pub fn wrapper_builds(fx: &Fixture, plain_key: &str) {
     ccache_rebuild(fx);
 }
 
-/// `--profile tiny --cpu-cap 2 --force` out of tree in `<root>/out-<name>`
-/// with `flags`, then the output directory is removed (disk).
+/// `--profile tiny --cpu-cap 2 --force` with `flags`.
 fn forced_build(fx: &Fixture, name: &str, flags: &[&str], env: &[(String, String)]) -> common::Run {
-    let out = fx.root.path().join(format!("out-{name}"));
-    let out_arg = out.to_str().unwrap().to_string();
     let mut args = fx.build_args(&["--profile", "tiny", "--cpu-cap", "2", "--force"]);
-    args.extend(["--output", &out_arg]);
     args.extend(flags);
     let mut cmd = fx.command(&args);
     for (k, v) in env {
@@ -37,7 +35,6 @@ fn forced_build(fx: &Fixture, name: &str, flags: &[&str], env: &[(String, String
         "real-kernel {name} build: {:.1}s",
         run.elapsed.as_secs_f64()
     );
-    let _ = fs::remove_dir_all(&out);
     run
 }
 
@@ -109,18 +106,7 @@ pub fn ccache_rebuild(fx: &Fixture) {
         "CCACHE_DIR".to_string(),
         ccache_dir.to_str().unwrap().to_string(),
     )];
-    let out = fx.root.path().join("out-ccache");
-    let out_arg = out.to_str().unwrap().to_string();
-    let args = fx.build_args(&[
-        "--profile",
-        "tiny",
-        "--cpu-cap",
-        "2",
-        "--output",
-        &out_arg,
-        "--wrapper",
-        "ccache",
-    ]);
+    let args = fx.build_args(&["--profile", "tiny", "--cpu-cap", "2", "--wrapper", "ccache"]);
     let build = || {
         let mut cmd = fx.command(&args);
         cmd.envs(env.iter().cloned());
@@ -169,7 +155,6 @@ pub fn ccache_rebuild(fx: &Fixture) {
     );
 
     fs::write(&edited, &original).unwrap();
-    let _ = fs::remove_dir_all(&out);
     assert_eq!(
         common::git(&fx.tree, &["status", "--porcelain"]),
         "",
