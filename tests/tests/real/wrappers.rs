@@ -147,11 +147,12 @@ pub fn ccache_rebuild(fx: &Fixture) {
         gained > 100,
         "the rebuild after touching kconfig.h hit ccache {gained} times"
     );
-    // Only what changes per build misses (the build timestamp's file).
+    // Only what changes per build misses (the build timestamp's file, the
+    // kallsyms passes): far fewer than the hits.
     let new_misses = ccache_stat(&ccache_dir, "cache_miss") - misses;
     assert!(
-        new_misses < 10,
-        "the rebuild missed ccache {new_misses} times"
+        new_misses * 10 < gained,
+        "the rebuild missed ccache {new_misses} times and hit it {gained} times"
     );
 
     fs::write(&edited, &original).unwrap();
