@@ -12,6 +12,10 @@
 #[path = "real/boot.rs"]
 mod boot;
 mod common;
+#[path = "wrapper_daemons/mod.rs"]
+mod daemons;
+#[path = "real/wrappers.rs"]
+mod real_wrappers;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -240,6 +244,8 @@ fn real_kernel_tiny_build_then_cache_hit() {
         .and_then(|rows| rows.iter().find(|r| r["key"] == key.as_str()))
         .unwrap_or_else(|| panic!("{key} not in kernel list --json: {rows:#}"));
     assert_eq!(row["verify"]["passed"], true, "{row:#}");
+
+    real_wrappers::wrapper_builds(&fx, &key);
 }
 
 /// How many CPUs a cpuset list (`0-1`, `3`, `0,2`) names.

@@ -112,6 +112,15 @@ pub struct BuildArgs {
     /// last occurrence of a symbol wins), e.g. --kconfig CONFIG_KASAN=y.
     #[arg(long = "kconfig", value_name = "CONFIG_X=VALUE")]
     pub kconfig: Vec<String>,
+    /// Put a compiler wrapper in front of CC and HOSTCC: distcc, icecc,
+    /// ccache, sccache, or none (overrides `wrapper` in the config file). A
+    /// wrapper never changes the cache key; one that cannot run here means
+    /// a local build and a warning (see `ktstr docs build-farm`).
+    #[arg(long, value_name = "NAME", value_parser = Completed(parse_wrapper, ktstr_plugin_kbuild::wrapper::wrapper_names), hide_possible_values = true)]
+    pub wrapper: Option<String>,
+    /// A wrapper that cannot run is an error instead of a local build.
+    #[arg(long)]
+    pub wrapper_required: bool,
     /// Print the result as JSON on stdout (key, paths, outcome, durations;
     /// docs/cli.md) instead of the image path.
     #[arg(long)]
@@ -275,6 +284,66 @@ fn toolchain_names() -> Vec<&'static str> {
     vec!["gcc", "clang", "llvm"]
 }
 
+fn parse_wrapper(raw: &str) -> Result<String, String> {
+    ktstr_plugin_kbuild::wrapper::parse_wrapper(raw)
+        .map(|_| raw.to_string())
+        .map_err(|e| match e.hint {
+            Some(h) => format!("not a compiler wrapper ktstr knows; {h}"),
+            None => e.message,
+        })
+}
+
+/// `--wrapper` and `--wrapper-required` into the kbuild builder's table,
+/// over the config file's `wrapper` (the builder reads them from there,
+/// so per-host config and the flag are one setting).
+fn apply_wrapper_flags(args: &BuildArgs, setup: &mut stage_setup::Setup) -> Result<()> {
+    if args.wrapper.is_none() && !args.wrapper_required {
+        return Ok(());
+    }
+    let builder = &setup.selection.builder;
+    if builder != ktstr_plugin_kbuild::NAME {
+        return Err(UsageError(
+            StageError::invalid_input(format!(
+                "--wrapper: the selected builder {builder:?} does not take a compiler wrapper"
+            ))
+            .with_hint(
+                "only the built-in kbuild builder does; drop --wrapper or use builder = \"kbuild\"",
+            ),
+        )
+        .into());
+    }
+    let table = setup
+        .selection
+        .configs
+        .entry(ktstr_plugin_kbuild::NAME.to_string())
+        .or_insert_with(|| serde_json::json!({}));
+    if table.is_null() {
+        *table = serde_json::json!({});
+    }
+    if let Some(map) = table.as_object_mut() {
+        if args.wrapper_required
+            && args.wrapper.is_none()
+            && !map.contains_key(ktstr_plugin_kbuild::WRAPPER_KEY)
+        {
+            return Err(UsageError(
+                StageError::invalid_input("--wrapper-required: no wrapper is chosen")
+                    .with_hint("add --wrapper NAME (distcc, icecc, ccache, sccache)"),
+            )
+            .into());
+        }
+        if let Some(w) = &args.wrapper {
+            map.insert(ktstr_plugin_kbuild::WRAPPER_KEY.into(), w.clone().into());
+        }
+        if args.wrapper_required {
+            map.insert(
+                ktstr_plugin_kbuild::WRAPPER_REQUIRED_KEY.into(),
+                true.into(),
+            );
+        }
+    }
+    Ok(())
+}
+
 fn parse_toolchain(raw: &str) -> Result<String, String> {
     ktstr_plugin_kbuild::toolchain::Family::parse(raw)
         .map(|_| raw.to_string())
@@ -435,6 +504,7 @@ pub fn run(args: &BuildArgs) -> Result<()> {
         )?),
         None => None,
     };
+    apply_wrapper_flags(args, &mut setup)?;
     let mut stages = setup.stages()?;
     check_profile(&args.profile, &stages.configurer)?;
     stages.verifier = verifier;

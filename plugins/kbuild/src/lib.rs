@@ -31,18 +31,21 @@
 //! what it builds, so they are left out of the cache key.
 
 pub mod toolchain;
+pub mod wrapper;
 
 use std::path::{Path, PathBuf};
 
 use ktstr_sdk::arch::{self, KernelArch};
 use ktstr_sdk::build::{BuildOutput, BuildPlan, BuildRequest, Builder, Variant};
 use ktstr_sdk::cache::KeyComponent;
+use ktstr_sdk::config::ConfigReader;
 use ktstr_sdk::context::{CommandOutcome, CommandSpec, StageContext};
 use ktstr_sdk::error::{Result, StageError};
 use ktstr_sdk::make_env;
-use ktstr_sdk::registry::{BuiltinPlugin, Constructor};
+use ktstr_sdk::registry::{BuiltinPlugin, Constructor, PluginConfig};
 
 use crate::toolchain::Family;
+use crate::wrapper::Wrap;
 
 /// Plugin name in the registry and in the `builder` key component.
 pub const NAME: &str = "kbuild";
@@ -58,7 +61,40 @@ ktstr_sdk::inventory::submit! {
         name: NAME,
         version: env!("CARGO_PKG_VERSION"),
         summary: "builds the kernel with kbuild `make -jN` inside the CPU reservation",
-        constructor: Constructor::Builder(|_cfg| Ok(Box::new(KbuildBuilder::new()))),
+        constructor: Constructor::Builder(|cfg| {
+            Ok(Box::new(KbuildBuilder::new().with_settings(&Settings::from_value(cfg)?)?))
+        }),
+    }
+}
+
+/// The `[plugin.kbuild]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Compiler wrapper: `distcc`, `icecc`, `ccache`, `sccache` or `none`.
+    pub wrapper: Option<String>,
+    /// A wrapper that cannot run is an error, not a local build.
+    pub wrapper_required: bool,
+    /// `make -j` with the wrapper, instead of the engine's capacity.
+    pub wrapper_jobs: Option<usize>,
+}
+
+/// The key `--wrapper` sets in the `[plugin.kbuild]` table.
+pub const WRAPPER_KEY: &str = "wrapper";
+/// The key `--wrapper-required` sets.
+pub const WRAPPER_REQUIRED_KEY: &str = "wrapper_required";
+
+impl Settings {
+    /// Parse a `[plugin.kbuild]` table (`Null` when absent).
+    pub fn from_value(cfg: &PluginConfig) -> Result<Self> {
+        ConfigReader::new(NAME, cfg)
+            .and_then(|r| r.deserialize())
+            .map_err(|e| {
+                e.with_hint(
+                    "known keys: wrapper, wrapper_required, wrapper_jobs (see `ktstr docs \
+                     build-farm`)",
+                )
+            })
     }
 }
 
@@ -74,6 +110,8 @@ pub struct Setup {
     pub ld: String,
     pub assembler: Option<String>,
     pub objcopy: String,
+    /// The compiler for host programs (`HOSTCC`).
+    pub hostcc: String,
 }
 
 impl Setup {
@@ -120,6 +158,7 @@ impl Setup {
         let ld = var("LD").unwrap_or_else(|| family.ld(&cross));
         let assembler = var("AS").or_else(|| family.assembler(&cross));
         let objcopy = var("OBJCOPY").unwrap_or_else(|| family.objcopy(&cross));
+        let hostcc = var("HOSTCC").unwrap_or_else(|| family.cc(""));
         let make_args = [format!("KCFLAGS={kcflags}"), "LOCALVERSION=".to_string()]
             .into_iter()
             .chain(vars.iter().map(|(k, v)| format!("{k}={v}")))
@@ -132,6 +171,7 @@ impl Setup {
             ld,
             assembler,
             objcopy,
+            hostcc,
         })
     }
 
@@ -142,6 +182,39 @@ impl Setup {
             .chain(output.map(|o| format!("O={}", o.display())))
             .collect()
     }
+
+    /// [`Self::args_for`] with `wrap` in front of `CC` and `HOSTCC`: what
+    /// the build's makes run, never what the key records.
+    pub fn wrapped_args(
+        &self,
+        jobs: usize,
+        output: Option<&Path>,
+        wrap: Option<&Wrap>,
+    ) -> Vec<String> {
+        let mut args = self.args_for(jobs, output);
+        let Some(wrap) = wrap else { return args };
+        for (var, cc) in [("CC", &self.cc), ("HOSTCC", &self.hostcc)] {
+            let arg = format!("{var}={}", wrap.command(cc));
+            let prefix = format!("{var}=");
+            match args.iter_mut().find(|a| a.starts_with(&prefix)) {
+                Some(slot) => *slot = arg,
+                None => args.push(arg),
+            }
+        }
+        args
+    }
+}
+
+/// A make command line as a shell reads it: values with blanks quoted.
+fn shell_line(args: &[String]) -> String {
+    let quoted = args.iter().map(|a| match a.split_once('=') {
+        Some((k, v)) if v.contains(char::is_whitespace) => format!("{k}='{v}'"),
+        _ => a.clone(),
+    });
+    std::iter::once("make".to_string())
+        .chain(quoted)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The kbuild builder.
@@ -152,6 +225,8 @@ pub struct KbuildBuilder {
     inputs: Option<Vec<(String, String)>>,
     /// Where toolchain answers are remembered (a cache root).
     memo_root: Option<PathBuf>,
+    /// The compiler wrapper asked for, if any.
+    wrapper: Option<wrapper::Choice>,
 }
 
 impl Default for KbuildBuilder {
@@ -167,7 +242,33 @@ impl KbuildBuilder {
         Self {
             inputs: None,
             memo_root: ktstr_sdk::paths::cache_root().ok(),
+            wrapper: None,
         }
+    }
+
+    /// Apply `[plugin.kbuild]` settings (the wrapper).
+    pub fn with_settings(mut self, settings: &Settings) -> Result<Self> {
+        let engine = match &settings.wrapper {
+            Some(raw) => wrapper::parse_wrapper(raw)?,
+            None => None,
+        };
+        if settings.wrapper_required && engine.is_none() {
+            return Err(StageError::invalid_input(
+                "wrapper_required is set (--wrapper-required) but no wrapper is chosen",
+            )
+            .with_hint("pass --wrapper NAME or set wrapper = \"NAME\" in [plugin.kbuild]"));
+        }
+        if settings.wrapper_jobs == Some(0) {
+            return Err(StageError::invalid_input(
+                "[plugin.kbuild] wrapper_jobs = 0: must be at least 1",
+            ));
+        }
+        self.wrapper = engine.map(|engine| wrapper::Choice {
+            engine,
+            required: settings.wrapper_required,
+            jobs: settings.wrapper_jobs,
+        });
+        Ok(self)
     }
 
     /// A builder with explicit kbuild inputs (`CC`, `KCFLAGS`, ...),
@@ -176,6 +277,7 @@ impl KbuildBuilder {
         Self {
             inputs: Some(inputs),
             memo_root: None,
+            wrapper: None,
         }
     }
 
@@ -204,7 +306,9 @@ impl KbuildBuilder {
     /// Run one `make` as a progress step, streaming its lines.
     fn run_make(&self, cx: &StageContext, tree: &Path, make: Invocation) -> Result<()> {
         cx.cancel.check()?;
-        let mut spec = make_env::controlled(CommandSpec::new("make").args(make.args).cwd(tree));
+        let mut spec = CommandSpec::new("make").args(make.args).cwd(tree);
+        spec.env = make.env;
+        let mut spec = make_env::controlled(spec);
         spec.cgroup_procs = make.sandbox;
         tracing::debug!(command = %spec.display(), tree = %tree.display(), "running make");
         cx.progress.step(&make.step);
@@ -227,6 +331,8 @@ struct Invocation {
     /// Names the run in error messages (`make`, `make mrproper`).
     what: &'static str,
     args: Vec<String>,
+    /// Set for make on top of the controlled environment.
+    env: Vec<(String, String)>,
     sandbox: Option<PathBuf>,
     /// What to do when it fails (the reproduce command is appended).
     hint: &'static str,
@@ -309,6 +415,7 @@ impl Builder for KbuildBuilder {
                 step: "make mrproper".to_string(),
                 what: "make mrproper",
                 args: vec!["mrproper".to_string()],
+                env: Vec::new(),
                 sandbox: None,
                 hint: "fix the error shown above",
             },
@@ -325,14 +432,25 @@ impl Builder for KbuildBuilder {
             std::fs::create_dir_all(out)
                 .map_err(|e| StageError::io("create the output directory", out, e))?;
         }
-        let args = setup.args_for(req.make_jobs, output);
+        let wrap = match self.wrapper {
+            Some(choice) => wrapper::resolve(choice, &setup.cc, req.make_jobs, cx)?,
+            None => None,
+        };
+        let jobs = wrap.as_ref().map_or(req.make_jobs, |w| w.jobs);
+        let wrap_env = wrap.as_ref().map(|w| w.env.clone()).unwrap_or_default();
+        let args = setup.wrapped_args(jobs, output, wrap.as_ref());
+        let step = match &wrap {
+            Some(w) => w.step(req.make_jobs),
+            None => format!("building (make {})", args[0]),
+        };
         self.run_make(
             cx,
             tree,
             Invocation {
-                step: format!("building (make {})", args[0]),
+                step,
                 what: "make",
                 args: args.clone(),
+                env: wrap_env.clone(),
                 sandbox: req.sandbox_procs.clone(),
                 hint: "fix the error shown above",
             },
@@ -348,6 +466,7 @@ impl Builder for KbuildBuilder {
                     step: "generating compile_commands.json".to_string(),
                     what: "make compile_commands.json",
                     args: cc_args,
+                    env: wrap_env,
                     sandbox: req.sandbox_procs.clone(),
                     hint: "the kernel itself built; generating compile_commands.json needs \
                            python3 (scripts/clang-tools/gen_compile_commands.py)",
@@ -377,10 +496,7 @@ impl Builder for KbuildBuilder {
                 .warn("vmlinux not found; BTF will not be cached");
             None
         };
-        let command = Some(format!(
-            "make {}",
-            setup.args_for(req.make_jobs, output).join(" ")
-        ));
+        let command = Some(shell_line(&setup.wrapped_args(jobs, output, wrap.as_ref())));
         Ok(BuildOutput {
             image,
             vmlinux,

@@ -770,3 +770,128 @@ fn registered_as_builtin_builder() {
     };
     assert!(make(&Default::default()).is_ok());
 }
+
+#[test]
+fn a_wrapper_goes_in_front_of_cc_and_hostcc_in_place() {
+    let w = |engine| wrapper::Wrap {
+        engine,
+        jobs: 6,
+        capacity: String::new(),
+        env: Vec::new(),
+    };
+    let plain = Setup::new(&Variant::default(), &[]).unwrap();
+    assert_eq!(
+        plain.wrapped_args(6, None, Some(&w(wrapper::Engine::Distcc))),
+        [
+            "-j6",
+            "KCFLAGS=-Wno-error",
+            "LOCALVERSION=",
+            "CC=distcc gcc",
+            "HOSTCC=distcc gcc"
+        ]
+    );
+    assert_eq!(plain.wrapped_args(6, None, None), plain.args_for(6, None));
+    let gcc12 = Setup::new(
+        &Variant {
+            toolchain: Some("gcc-12".into()),
+            cross_compile: Some("x-".into()),
+            ..Variant::default()
+        },
+        &[],
+    )
+    .unwrap();
+    let args = gcc12.wrapped_args(2, Some(Path::new("/o")), Some(&w(wrapper::Engine::Ccache)));
+    assert_eq!(
+        args[3..],
+        [
+            "CROSS_COMPILE=x-",
+            "CC=ccache x-gcc-12",
+            "HOSTCC=ccache gcc-12",
+            "O=/o"
+        ]
+    );
+    let llvm = Setup::new(
+        &Variant {
+            toolchain: Some("llvm-16".into()),
+            ..Variant::default()
+        },
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        llvm.wrapped_args(1, None, Some(&w(wrapper::Engine::Icecc)))[3..],
+        ["LLVM=-16", "CC=icecc clang-16", "HOSTCC=icecc clang-16"]
+    );
+    assert_eq!(
+        shell_line(&args),
+        "make -j2 KCFLAGS=-Wno-error LOCALVERSION= CROSS_COMPILE=x- CC='ccache x-gcc-12' \
+         HOSTCC='ccache gcc-12' O=/o"
+    );
+}
+
+#[test]
+fn a_wrapper_is_not_in_the_key() {
+    let runner = Arc::new(FakeRunner {
+        versions: vec![
+            ("gcc".into(), "gcc (GCC) 14.1.0\n".into()),
+            ("ld".into(), "GNU ld 2.42\n".into()),
+            ("as".into(), "GNU assembler 2.42\n".into()),
+        ],
+        ..FakeRunner::new(Some(0))
+    });
+    let (cx, _) = context(runner.clone());
+    let settings = Settings {
+        wrapper: Some("distcc".into()),
+        wrapper_required: true,
+        wrapper_jobs: Some(9),
+    };
+    let wrapped = builder().with_settings(&settings).unwrap();
+    assert_eq!(
+        wrapped.plan(&Variant::default(), &cx).unwrap(),
+        builder().plan(&Variant::default(), &cx).unwrap()
+    );
+    // Planning (every cache hit plans) never asks the engine anything.
+    assert!(
+        runner.specs().iter().all(|s| s.program != "distcc"),
+        "{:?}",
+        runner.specs()
+    );
+}
+
+#[test]
+fn kbuild_settings_are_checked() {
+    let parse = |v: serde_json::Value| Settings::from_value(&v);
+    assert_eq!(parse(serde_json::Value::Null).unwrap(), Settings::default());
+    let err = parse(serde_json::json!({"wraper": "distcc"})).unwrap_err();
+    assert!(
+        err.hint.unwrap().contains("known keys: wrapper"),
+        "{}",
+        err.message
+    );
+    let with = |s: Settings| builder().with_settings(&s).map(|_| ());
+    let err = with(Settings {
+        wrapper: Some("distc".into()),
+        ..Settings::default()
+    })
+    .unwrap_err();
+    assert!(err.message.contains("wrapper distc"), "{err}");
+    let err = with(Settings {
+        wrapper_required: true,
+        ..Settings::default()
+    })
+    .unwrap_err();
+    assert!(err.message.contains("no wrapper is chosen"), "{err}");
+    let err = with(Settings {
+        wrapper: Some("ccache".into()),
+        wrapper_jobs: Some(0),
+        ..Settings::default()
+    })
+    .unwrap_err();
+    assert!(err.message.contains("wrapper_jobs = 0"), "{err}");
+    with(Settings {
+        wrapper: Some("none".into()),
+        wrapper_required: false,
+        wrapper_jobs: None,
+    })
+    .unwrap();
+}
