@@ -400,6 +400,24 @@ pub enum Listed {
     Corrupt { key: String, reason: String },
 }
 
+impl Listed {
+    /// The row as the host trusts it: an entry that fails
+    /// [`CacheEntry::check_returned`] (a plugin's listing crossed a process
+    /// or library boundary) is reported as corrupt instead.
+    pub fn checked(self, backend: &str) -> Listed {
+        match self {
+            Listed::Ok(e) => match e.check_returned("list", None, backend) {
+                Ok(()) => Listed::Ok(e),
+                Err(why) => Listed::Corrupt {
+                    key: e.key.to_string(),
+                    reason: why.to_string(),
+                },
+            },
+            corrupt => corrupt,
+        }
+    }
+}
+
 /// Put a listing in the order [`CacheBackend::list`] returns: usable
 /// entries newest first (equal times by key), then corrupt ones by key.
 /// `ktstr kernel clean --keep N` keeps the first N usable rows.

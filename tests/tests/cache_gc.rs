@@ -15,8 +15,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use common::{Fixture, Run, make_tarball};
-use ktstr_test_servers::{ACCESS_KEY, BUCKET, Nginx, S3Server, SECRET_KEY};
+use common::{Fixture, Run};
+use ktstr_test_servers::{Nginx, S3Server};
 use serde_json::json;
 
 const DAY: u64 = 24 * 60 * 60;
@@ -75,13 +75,7 @@ impl Remote {
     /// A machine (cache root) using this tier.
     fn machine(&self) -> Fixture {
         match &self.server {
-            Server::S3(s3) => Fixture::plain()
-                .with_env("KTSTR_S3_ENDPOINT", &s3.endpoint())
-                .with_env("KTSTR_S3_BUCKET", BUCKET)
-                .with_env("KTSTR_S3_REGION", "us-east-1")
-                .with_env("KTSTR_S3_RETRIES", "0")
-                .with_env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-                .with_env("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+            Server::S3(s3) => Fixture::plain().on_s3(s3.port),
             Server::Dav(nginx) => Fixture::plain()
                 .with_env("KTSTR_HTTP_CACHE_URL", &nginx.url())
                 .with_env("KTSTR_HTTP_CACHE_RETRIES", "0"),
@@ -418,12 +412,6 @@ fn a_read_only_tier_and_a_missing_tier_are_refused() {
     bad_age.assert_stderr_has("like 30d");
 }
 
-fn tarball(dir: &Path, version: &str) -> PathBuf {
-    let work = dir.join(format!("work-{version}"));
-    std::fs::create_dir_all(&work).unwrap();
-    make_tarball(&work, version, dir)
-}
-
 fn local_keys(fx: &Fixture) -> Vec<String> {
     fx.list_json()
         .iter()
@@ -439,7 +427,7 @@ fn local_keys(fx: &Fixture) -> Vec<String> {
 fn pulls_record_their_use_and_never_install_a_half_deleted_entry() {
     for (n, remote) in Remote::all().into_iter().enumerate() {
         let shared = tempfile::tempdir().unwrap();
-        let spec = tarball(shared.path(), &format!("6.99.{}", 70 + n));
+        let spec = common::fixture_tarball(shared.path(), &format!("6.99.{}", 70 + n));
         let a = remote.machine();
         let built = a.run(&[
             "build",
@@ -532,7 +520,7 @@ fn the_local_cache_is_collected_by_last_use() {
     let mut keys = Vec::new();
     let mut specs = Vec::new();
     for v in ["6.99.11", "6.99.12", "6.99.13"] {
-        let spec = tarball(shared.path(), v);
+        let spec = common::fixture_tarball(shared.path(), v);
         keys.push(
             fx.run(&["build", "--kernel", spec.to_str().unwrap()])
                 .cached_key(),

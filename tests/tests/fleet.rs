@@ -11,8 +11,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Fixture, Run, Spawned, make_tarball};
-use ktstr_test_servers::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
+use common::{Fixture, Run, Spawned};
+use ktstr_test_servers::S3Server;
 
 /// Far longer than any of these builds: a waiter that gets the lease
 /// sooner got it because the holder released it, not because it expired.
@@ -22,22 +22,10 @@ const LONG_EXPIRY: &str = "120s";
 /// a test (`expiry` after the last heartbeat, which comes every 300 ms).
 fn machine(port: u16, expiry: &str) -> Fixture {
     Fixture::plain()
-        .with_env("KTSTR_S3_ENDPOINT", &format!("http://127.0.0.1:{port}"))
-        .with_env("KTSTR_S3_BUCKET", BUCKET)
-        .with_env("KTSTR_S3_REGION", "us-east-1")
-        .with_env("KTSTR_S3_CONNECT_TIMEOUT", "2s")
-        .with_env("KTSTR_S3_RETRIES", "0")
+        .on_s3(port)
         .with_env("KTSTR_S3_LEASE_HEARTBEAT", "300ms")
         .with_env("KTSTR_S3_LEASE_EXPIRY", expiry)
         .with_env("KTSTR_S3_LEASE_POLL", "200ms")
-        .with_env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .with_env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-}
-
-fn tarball(dir: &Path, version: &str) -> PathBuf {
-    let work = dir.join(format!("work-{version}"));
-    std::fs::create_dir_all(&work).unwrap();
-    make_tarball(&work, version, dir)
 }
 
 /// `ktstr build --kernel SPEC --plugin s3-cache` in the background; the
@@ -91,7 +79,7 @@ fn no_lease_left(s3: &S3Server) {
 fn three_machines_missing_at_once_build_once() {
     let Some(s3) = S3Server::start() else { return };
     let shared = tempfile::tempdir().unwrap();
-    let spec = tarball(shared.path(), "6.99.11");
+    let spec = common::fixture_tarball(shared.path(), "6.99.11");
     let fleet: Vec<Fixture> = (0..3).map(|_| machine(s3.port, "5s")).collect();
     let running: Vec<Spawned> = fleet.iter().map(|m| spawn_build(m, &spec, "3")).collect();
     let runs: Vec<Run> = (running.into_iter())
@@ -139,7 +127,7 @@ fn three_machines_missing_at_once_build_once() {
 fn without_leases_the_same_fleet_builds_three_times() {
     let Some(s3) = S3Server::start() else { return };
     let shared = tempfile::tempdir().unwrap();
-    let spec = tarball(shared.path(), "6.99.15");
+    let spec = common::fixture_tarball(shared.path(), "6.99.15");
     let fleet: Vec<Fixture> = (0..3)
         .map(|_| machine(s3.port, "5s").with_env("KTSTR_S3_LEASES", "0"))
         .collect();
@@ -158,7 +146,7 @@ fn without_leases_the_same_fleet_builds_three_times() {
 fn a_holder_killed_with_sigkill_is_taken_over_after_the_expiry() {
     let Some(s3) = S3Server::start() else { return };
     let shared = tempfile::tempdir().unwrap();
-    let spec = tarball(shared.path(), "6.99.12");
+    let spec = common::fixture_tarball(shared.path(), "6.99.12");
     let holder = machine(s3.port, "2s");
     let waiter = machine(s3.port, "2s");
 
@@ -208,7 +196,7 @@ fn kill_everything_in(dir: &Path) {
 fn a_failed_holder_releases(version: &str, holder_build: &str, stop: impl FnOnce(&mut Spawned)) {
     let Some(s3) = S3Server::start() else { return };
     let shared = tempfile::tempdir().unwrap();
-    let spec = tarball(shared.path(), version);
+    let spec = common::fixture_tarball(shared.path(), version);
     let holder = machine(s3.port, LONG_EXPIRY);
     let waiter = machine(s3.port, LONG_EXPIRY);
 

@@ -8,26 +8,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Fixture, make_tarball};
-use ktstr_test_servers::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY, free_port};
+use common::Fixture;
+use ktstr_test_servers::{S3Server, free_port};
 
 /// A fixture ("machine") whose ktstr uses the bucket at `port`.
 fn machine(port: u16) -> Fixture {
-    Fixture::plain()
-        .with_env("KTSTR_S3_ENDPOINT", &format!("http://127.0.0.1:{port}"))
-        .with_env("KTSTR_S3_BUCKET", BUCKET)
-        .with_env("KTSTR_S3_REGION", "us-east-1")
-        .with_env("KTSTR_S3_CONNECT_TIMEOUT", "2s")
-        .with_env("KTSTR_S3_RETRIES", "0")
-        .with_env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .with_env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-}
-
-/// The same tarball for every machine (same digest, same key).
-fn tarball(dir: &Path, version: &str) -> PathBuf {
-    let work = dir.join(format!("work-{version}"));
-    std::fs::create_dir_all(&work).unwrap();
-    make_tarball(&work, version, dir)
+    Fixture::plain().on_s3(port)
 }
 
 fn build(fx: &Fixture, spec: &Path) -> common::Run {
@@ -44,7 +30,7 @@ fn build(fx: &Fixture, spec: &Path) -> common::Run {
 fn a_second_machine_downloads_instead_of_building() {
     let Some(s3) = S3Server::start() else { return };
     let shared = tempfile::tempdir().unwrap();
-    let spec = tarball(shared.path(), "6.99.5");
+    let spec = common::fixture_tarball(shared.path(), "6.99.5");
 
     let a = machine(s3.port);
     let built = build(&a, &spec);
@@ -122,7 +108,7 @@ fn no_staging_left(cache: &std::path::Path) {
 fn read_only_never_writes_and_a_down_remote_costs_a_warning() {
     let Some(s3) = S3Server::start() else { return };
     let shared = tempfile::tempdir().unwrap();
-    let spec = tarball(shared.path(), "6.99.6");
+    let spec = common::fixture_tarball(shared.path(), "6.99.6");
 
     let ro = machine(s3.port).with_env("KTSTR_S3_READ_ONLY", "1");
     build(&ro, &spec).image_path();
@@ -188,7 +174,7 @@ fn damage_archives(s3: &S3Server) -> usize {
 fn an_entry_damaged_at_rest_is_repaired_and_push_tells_the_truth() {
     let Some(s3) = S3Server::start() else { return };
     let shared = tempfile::tempdir().unwrap();
-    let spec = tarball(shared.path(), "6.99.7");
+    let spec = common::fixture_tarball(shared.path(), "6.99.7");
     let a = machine(s3.port);
     let key = build(&a, &spec).cached_key();
     assert_eq!(damage_archives(&s3), 1);
@@ -244,7 +230,7 @@ fn an_entry_damaged_at_rest_is_repaired_and_push_tells_the_truth() {
 fn a_missing_bucket_is_said_once_with_a_hint() {
     let Some(s3) = S3Server::start() else { return };
     let shared = tempfile::tempdir().unwrap();
-    let spec = tarball(shared.path(), "6.99.8");
+    let spec = common::fixture_tarball(shared.path(), "6.99.8");
     let m = machine(s3.port)
         .with_env("KTSTR_S3_BUCKET", "kernelz")
         .with_env("KTSTR_S3_READ_ONLY", "1");
@@ -264,7 +250,7 @@ fn a_missing_bucket_is_said_once_with_a_hint() {
 fn refused_credentials_warn_with_the_documented_hint() {
     let Some(s3) = S3Server::start() else { return };
     let shared = tempfile::tempdir().unwrap();
-    let spec = tarball(shared.path(), "6.99.9");
+    let spec = common::fixture_tarball(shared.path(), "6.99.9");
     let m = machine(s3.port).with_env("AWS_SECRET_ACCESS_KEY", "not-the-secret-key-0000");
     let run = build(&m, &spec);
     run.image_path();
@@ -277,7 +263,7 @@ fn refused_credentials_warn_with_the_documented_hint() {
 #[test]
 fn a_killed_push_leaves_nothing_after_the_next_command() {
     let shared = tempfile::tempdir().unwrap();
-    let spec = tarball(shared.path(), "6.99.10");
+    let spec = common::fixture_tarball(shared.path(), "6.99.10");
     let m = machine(free_port());
     build(&m, &spec).image_path();
     // What `kill -9` during a push leaves: the tier's scratch with a
@@ -295,7 +281,7 @@ fn a_killed_push_leaves_nothing_after_the_next_command() {
 #[test]
 fn kernel_clean_says_it_skips_a_read_only_tier() {
     let shared = tempfile::tempdir().unwrap();
-    let spec = tarball(shared.path(), "6.99.11");
+    let spec = common::fixture_tarball(shared.path(), "6.99.11");
     let m = machine(free_port()).with_env("KTSTR_S3_READ_ONLY", "1");
     build(&m, &spec).image_path();
     let run = m.run(&["kernel", "clean", "--force", "--plugin", "s3-cache"]);
@@ -330,7 +316,7 @@ fn manifests(s3: &S3Server) -> Vec<PathBuf> {
 fn a_remote_entry_built_from_other_inputs_is_never_installed() {
     let Some(s3) = S3Server::start() else { return };
     let shared = tempfile::tempdir().unwrap();
-    let spec = tarball(shared.path(), "6.99.17");
+    let spec = common::fixture_tarball(shared.path(), "6.99.17");
     let a = machine(s3.port);
     let key = build(&a, &spec).cached_key();
 

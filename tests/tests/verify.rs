@@ -16,8 +16,8 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{Fixture, Run, make_tarball};
-use ktstr_test_servers::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
+use common::{Fixture, Run};
+use ktstr_test_servers::S3Server;
 
 const VERIFIERS: [&str; 4] = [
     "ktstr-plugin-verifier-pass",
@@ -296,14 +296,7 @@ fn per_host_config_verifies_every_new_build() {
 
 /// A fixture machine whose ktstr uses the bucket at `port`.
 fn machine(port: u16) -> Fixture {
-    with_verifiers(Fixture::plain())
-        .with_env("KTSTR_S3_ENDPOINT", &format!("http://127.0.0.1:{port}"))
-        .with_env("KTSTR_S3_BUCKET", BUCKET)
-        .with_env("KTSTR_S3_REGION", "us-east-1")
-        .with_env("KTSTR_S3_CONNECT_TIMEOUT", "2s")
-        .with_env("KTSTR_S3_RETRIES", "0")
-        .with_env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .with_env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    with_verifiers(Fixture::plain()).on_s3(port)
 }
 
 /// A machine that pulls only entries whose boot check passed, and never
@@ -330,11 +323,7 @@ fn build_from(fx: &Fixture, spec: &Path, extra: &[&str]) -> Run {
 fn verdicts_travel_with_entries_and_strict_machines_pull_only_verified_ones() {
     let Some(s3) = S3Server::start() else { return };
     let shared = tempfile::tempdir().unwrap();
-    let tarball = |v: &str| {
-        let work = shared.path().join(format!("work-{v}"));
-        fs::create_dir_all(&work).unwrap();
-        make_tarball(&work, v, shared.path())
-    };
+    let tarball = |v: &str| common::fixture_tarball(shared.path(), v);
 
     // Built without a check and pushed: a strict machine builds its own.
     let unchecked = tarball("6.99.6");

@@ -241,16 +241,7 @@ impl CacheBackend for DynCache {
         let rows: Vec<wire::Listed> = decode("a cache listing", self.inner.list(host_box(cx)))?;
         Ok(rows
             .into_iter()
-            .map(|row| match Listed::from(row) {
-                Listed::Ok(e) => match e.check_returned("list", None, &self.label) {
-                    Ok(()) => Listed::Ok(e),
-                    Err(why) => Listed::Corrupt {
-                        key: e.key.to_string(),
-                        reason: why.to_string(),
-                    },
-                },
-                corrupt => corrupt,
-            })
+            .map(|row| Listed::from(row).checked(&self.label))
             .collect())
     }
     fn remove(&self, key: &CacheKey, cx: &StageContext) -> Result<bool> {

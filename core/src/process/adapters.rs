@@ -317,16 +317,7 @@ impl CacheBackend for ProcCache {
                 .call("list", "a cache listing", json!({}), Some(cx))?;
         Ok(rows
             .into_iter()
-            .map(|row| match Listed::from(row) {
-                Listed::Ok(e) => match e.check_returned("list", None, &self.0.label) {
-                    Ok(()) => Listed::Ok(e),
-                    Err(why) => Listed::Corrupt {
-                        key: e.key.to_string(),
-                        reason: why.to_string(),
-                    },
-                },
-                corrupt => corrupt,
-            })
+            .map(|row| Listed::from(row).checked(&self.0.label))
             .collect())
     }
     fn remove(&self, key: &CacheKey, cx: &StageContext) -> Result<bool> {

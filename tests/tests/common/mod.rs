@@ -376,6 +376,18 @@ impl Fixture {
         self
     }
 
+    /// This machine's `s3-cache` is the test s3s-fs bucket on `port`, with
+    /// the servers' credentials and no retries (a failure shows at once).
+    pub fn on_s3(self, port: u16) -> Fixture {
+        self.with_env("KTSTR_S3_ENDPOINT", &format!("http://127.0.0.1:{port}"))
+            .with_env("KTSTR_S3_BUCKET", ktstr_test_servers::BUCKET)
+            .with_env("KTSTR_S3_REGION", "us-east-1")
+            .with_env("KTSTR_S3_CONNECT_TIMEOUT", "2s")
+            .with_env("KTSTR_S3_RETRIES", "0")
+            .with_env("AWS_ACCESS_KEY_ID", ktstr_test_servers::ACCESS_KEY)
+            .with_env("AWS_SECRET_ACCESS_KEY", ktstr_test_servers::SECRET_KEY)
+    }
+
     /// A file in the temp dir (outside the tree), e.g. for fragments.
     pub fn write_file(&self, name: &str, content: &str) -> PathBuf {
         let path = self.root.path().join(name);
@@ -719,6 +731,14 @@ pub fn stem(version: &str) -> String {
 }
 
 /// `<stem>.tar.xz` of the fixture tree, its Makefile set to `version`.
+/// The fixture kernel as `linux-<version>.tar.xz` in `dir`: the same bytes
+/// (so the same key) for every caller, e.g. every "machine" of a fleet test.
+pub fn fixture_tarball(dir: &Path, version: &str) -> PathBuf {
+    let work = dir.join(format!("work-{version}"));
+    fs::create_dir_all(&work).unwrap();
+    make_tarball(&work, version, dir)
+}
+
 pub fn make_tarball(work: &Path, version: &str, out_dir: &Path) -> PathBuf {
     let [v, p, s]: [&str; 3] = version
         .split('.')
