@@ -79,6 +79,13 @@ pub struct CommandSpec {
     /// A `cgroup.procs` file the child joins before exec (CPU sandbox).
     #[serde(default)]
     pub cgroup_procs: Option<PathBuf>,
+    /// Starts a service that outlives every build by design (the `sccache`
+    /// server): the command does not inherit the build's locks, which a
+    /// long-lived daemon would otherwise hold for ever, keeping the next
+    /// build of the tree waiting. For nothing else: a build's own processes
+    /// must hold its locks.
+    #[serde(default)]
+    pub service: bool,
 }
 
 impl CommandSpec {
@@ -110,6 +117,12 @@ impl CommandSpec {
 
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Mark the command as starting a service ([`CommandSpec::service`]).
+    pub fn service(mut self) -> Self {
+        self.service = true;
         self
     }
 

@@ -110,15 +110,21 @@ fn command_for(spec: &CommandSpec) -> Result<(Command, Option<OwnedFd>)> {
 }
 
 /// Spawn `cmd` (through `spawn`) so that the child inherits the build's
-/// locks and is killed if ktstr dies (see the module doc).
+/// locks (unless it starts a [`CommandSpec::service`]) and is killed if
+/// ktstr dies (see the module doc).
 fn spawn_guarded<T>(
+    spec: &CommandSpec,
     cmd: &mut Command,
     spawn: impl FnOnce(&mut Command) -> std::io::Result<T>,
 ) -> std::io::Result<T> {
     use nix::libc;
     // Held across the fork: no registered fd is closed meanwhile.
     let registry = crate::lock::inherited_fds();
-    let fds: Vec<RawFd> = registry.clone();
+    let fds: Vec<RawFd> = if spec.service {
+        Vec::new()
+    } else {
+        registry.clone()
+    };
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: between fork and exec the closure only calls fcntl, prctl,
     // getppid and _exit (async-signal-safe) and reads a Vec allocated
@@ -270,7 +276,8 @@ fn run_streaming(
     if cancel.is_some() {
         cmd.process_group(0);
     }
-    let mut child = spawn_guarded(&mut cmd, Command::spawn).map_err(|e| spawn_error(spec, e))?;
+    let mut child =
+        spawn_guarded(spec, &mut cmd, Command::spawn).map_err(|e| spawn_error(spec, e))?;
     drop(cgroup_fd);
     let group = nix::unistd::Pid::from_raw(child.id() as i32);
     let mut reaper = cancel.map(|_| Reaper::start(group.as_raw()));
@@ -341,7 +348,8 @@ impl CommandRunner for SystemRunner {
     fn capture(&self, spec: &CommandSpec) -> Result<CapturedOutput> {
         let (mut cmd, cgroup_fd) = command_for(spec)?;
         cmd.stdin(Stdio::null());
-        let out = spawn_guarded(&mut cmd, Command::output).map_err(|e| spawn_error(spec, e))?;
+        let out =
+            spawn_guarded(spec, &mut cmd, Command::output).map_err(|e| spawn_error(spec, e))?;
         drop(cgroup_fd);
         Ok(CapturedOutput {
             code: out.status.code(),
@@ -506,6 +514,27 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    #[test]
+    fn a_service_started_by_a_build_holds_none_of_its_locks() {
+        use crate::lock::{LockMode, try_lock};
+        let dir = tempfile::tempdir().unwrap();
+        let build = dir.path().join("build.lock");
+        let b = try_lock(&build, LockMode::Exclusive)
+            .unwrap()
+            .unwrap()
+            .inherit_into_commands();
+        // A daemon left running (as sccache's server is), started as a service.
+        let spec = CommandSpec::new("sh")
+            .args(["-c", "sleep 5 >/dev/null 2>&1 </dev/null &"])
+            .service();
+        SystemRunner.run(&spec, &mut |_| {}).unwrap();
+        drop(b);
+        assert!(
+            try_lock(&build, LockMode::Exclusive).unwrap().is_some(),
+            "the service kept the build lock"
+        );
     }
 
     #[test]

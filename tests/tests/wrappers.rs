@@ -19,8 +19,11 @@ use daemons::{Distccd, Icecream, ccache_stat, daemon_dir, missing};
 
 /// A fixture with `env` for every run.
 fn fixture(env: &[(String, String)]) -> Fixture {
-    env.iter()
-        .fold(Fixture::git(), |fx, (k, v)| fx.with_env(k, v))
+    fixture_with(Fixture::git(), env)
+}
+
+fn fixture_with(fx: Fixture, env: &[(String, String)]) -> Fixture {
+    env.iter().fold(fx, |fx, (k, v)| fx.with_env(k, v))
 }
 
 /// The key a plain build of `fx`'s tree gets, in a cache of its own.
@@ -189,6 +192,78 @@ fn ccache_hits_on_the_second_build_of_a_dirty_tree() {
     assert!(ccache_stat(&ccache_dir, "direct_cache_hit") >= 4);
 }
 
+/// A private sccache server (its own port and directory), stopped on drop.
+struct Sccache {
+    env: Vec<(String, String)>,
+}
+
+impl Sccache {
+    fn new(root: &Path) -> Sccache {
+        let env = vec![
+            (
+                "SCCACHE_DIR".to_string(),
+                root.join("sccache").display().to_string(),
+            ),
+            (
+                "SCCACHE_SERVER_PORT".to_string(),
+                ktstr_test_servers::free_port().to_string(),
+            ),
+        ];
+        Sccache { env }
+    }
+
+    fn command(&self, arg: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new("sccache");
+        cmd.arg(arg).envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    /// `Cache hits` of `sccache --show-stats`.
+    fn hits(&self) -> u64 {
+        let out = self.command("--show-stats").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.strip_prefix("Cache hits ").map(str::trim))
+            .and_then(|n| n.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no `Cache hits` in:\n{text}"))
+    }
+}
+
+impl Drop for Sccache {
+    fn drop(&mut self) {
+        let _ = self.command("--stop-server").output();
+    }
+}
+
+#[test]
+fn sccache_serves_a_dirty_rebuild_and_its_server_holds_no_build_lock() {
+    if missing("sccache test", &["sccache"], "sccache") {
+        return;
+    }
+    let fx = Fixture::git();
+    let sccache = Sccache::new(fx.root.path());
+    let fx = fixture_with(fx, &sccache.env);
+    let run = fx.build(&["--wrapper", "sccache", "--cpu-cap", "1"]);
+    run.assert_ok()
+        .assert_stderr_has("building with sccache (-j1; local: 1 CPU)");
+    assert_plain_key(&fx, &run);
+
+    // The server outlives the build. Had a compile started it, it would
+    // hold the tree's lock and the next build of the tree would wait for
+    // ever: ktstr starts it as a service instead.
+    fx.dirty_tracked_file();
+    for _ in 0..2 {
+        fx.spawn_build(&["--wrapper", "sccache"], &[])
+            .wait(std::time::Duration::from_secs(120))
+            .assert_ok()
+            .assert_stderr_has("not cached");
+    }
+    assert!(
+        sccache.hits() >= 2,
+        "the dirty rebuilds did not hit sccache"
+    );
+}
+
 #[test]
 fn per_host_config_picks_the_wrapper_and_wrapper_none_drops_it() {
     if missing("wrapper config test", &["ccache"], "ccache") {
@@ -280,7 +355,8 @@ fn a_wrapper_that_changes_the_compilers_version_line_is_not_used() {
     let fake = bin.join("sccache");
     fs::write(
         &fake,
-        "#!/bin/sh\n[ \"$2\" = --version ] && { echo 'patched-gcc 1.0'; exit 0; }\nexec \"$@\"\n",
+        "#!/bin/sh\n[ \"$1\" = --start-server ] && exit 0\n\
+         [ \"$2\" = --version ] && { echo 'patched-gcc 1.0'; exit 0; }\nexec \"$@\"\n",
     )
     .unwrap();
     fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();

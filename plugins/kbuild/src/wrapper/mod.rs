@@ -131,6 +131,39 @@ fn version_line(cx: &StageContext, command: &str, env: &[(String, String)]) -> O
     (out.code == Some(0) && !line.is_empty()).then_some(line)
 }
 
+/// sccache compiles through a server its first client starts and that
+/// stays up for later builds. Started by a compile, it would inherit the
+/// build's locks and hold them for as long as it runs (the next build of the
+/// tree would wait for it); started here as a [`CommandSpec::service`], it
+/// holds none. "Address in use" is a server already running.
+fn start_service(engine: Engine, cx: &StageContext) -> std::result::Result<(), Unavailable> {
+    if engine != Engine::Sccache {
+        return Ok(());
+    }
+    let mut spec = CommandSpec::new("sccache").arg("--start-server").service();
+    spec.env = engine.env();
+    let failed = |why: String| Unavailable {
+        why: format!("its server did not start: {why}"),
+        fix: "run `sccache --start-server` by hand to see why (SCCACHE_* settings)".into(),
+    };
+    let out = cx
+        .runner
+        .capture(&make_env::controlled(spec))
+        .map_err(|e| failed(e.to_string()))?;
+    let said = format!("{}{}", out.stdout, out.stderr);
+    if out.code == Some(0) || said.contains("Address in use") {
+        return Ok(());
+    }
+    Err(failed(
+        said.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no output")
+            .trim()
+            .to_string(),
+    ))
+}
+
 /// The wrapped compiler must say what the compiler says: kbuild puts that
 /// line in `.config` and the kernel, so anything else is another kernel.
 fn same_identity(
@@ -208,11 +241,13 @@ pub fn resolve(
                 engine.package()
             ),
         }),
-        Some(_) => same_identity(engine, cc, cx).and_then(|()| match engine {
-            Engine::Distcc => distcc::ready(cc, cx),
-            Engine::Icecc => icecc_ready().map(|()| (0, String::new())),
-            Engine::Ccache | Engine::Sccache => Ok((0, String::new())),
-        }),
+        Some(_) => start_service(engine, cx)
+            .and_then(|()| same_identity(engine, cc, cx))
+            .and_then(|()| match engine {
+                Engine::Distcc => distcc::ready(cc, cx),
+                Engine::Icecc => icecc_ready().map(|()| (0, String::new())),
+                Engine::Ccache | Engine::Sccache => Ok((0, String::new())),
+            }),
     };
     match ready {
         Ok((engine_jobs, capacity)) => {
