@@ -65,8 +65,8 @@ impl Setup {
                 continue;
             }
             fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-            let name = if stem == "reserver" {
-                "ktstr-plugin-py-reserver".to_string()
+            let name = if stem == "reserver" || stem == "verifier" {
+                format!("ktstr-plugin-py-{stem}")
             } else {
                 format!("ktstr-plugin-fixture-{stem}")
             };
@@ -266,6 +266,43 @@ fn a_python_reserver_is_chosen_per_host_in_the_config_file() {
     run.assert_fails();
     run.assert_stderr_has("record");
     s.assert_no_orphans(&run);
+}
+
+#[test]
+fn a_python_verifier_checks_builds_and_its_verdict_is_recorded() {
+    if !have_python() {
+        return;
+    }
+    let s = Setup::new();
+    s.config("verifier = \"py-verifier\"\n");
+    let run = s.build(&["--verify"]);
+    run.assert_ok()
+        .assert_stderr_has("boot check passed (py-verifier 0.1.0, ");
+    let image = run.image_path();
+    let key = run.cached_key();
+    let metadata: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(image.with_file_name("metadata.json")).unwrap())
+            .unwrap();
+    let verdict = &metadata["verify"];
+    assert_eq!(verdict["verifier"], "py-verifier", "{metadata:#}");
+    assert_eq!(verdict["passed"], true, "{metadata:#}");
+    assert_eq!(
+        verdict["observed"]["image_bytes"],
+        fs::metadata(&image).unwrap().len().to_string(),
+        "the plugin read the image the host named"
+    );
+    s.assert_no_orphans(&run);
+
+    // A kernel the plugin fails: exit 3, its console tail shown, the entry
+    // kept and marked.
+    s.config("verifier = \"py-verifier\"\n[plugin.py-verifier]\nfail = true\n");
+    let failed = s.fx.run(&["kernel", "verify-boot", &key]);
+    assert_eq!(failed.code(), Some(3), "{}", failed.describe());
+    failed
+        .assert_stderr_has("boot check FAILED (py-verifier 0.1.0, ")
+        .assert_stderr_has("  | Kernel panic - not syncing: the fixture said so");
+    assert!(image.is_file(), "a failed boot keeps the entry");
+    s.assert_no_orphans(&failed);
 }
 
 #[test]
