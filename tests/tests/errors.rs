@@ -280,7 +280,8 @@ fn help_names_every_kernel_spec_form_and_where_to_read_on() {
         "~/.config/ktstr/config.toml",
         "KTSTR_CACHE_DIR",
         "NO_COLOR",
-        "Exit codes: 0 success, 1 failure, 2 usage error, 130 interrupted",
+        "Exit codes: 0 success, 1 failure, 2 usage error, 3 a kernel failed its",
+        "boot check (--verify, kernel verify-boot), 130 interrupted",
         "ktstr man",
     ] {
         assert!(
