@@ -131,6 +131,13 @@ pub fn context_with(runner: Arc<dyn CommandRunner>) -> (StageContext, Arc<Record
 /// Say why a test did not run, on the process's real stderr. libtest
 /// captures `eprintln!` of passing tests, and a skip nobody sees reads as a
 /// pass; writing to the stderr handle itself is not captured.
+/// A line for the test log that `cargo test` shows even for a passing test
+/// (its capture takes only `print!`/`eprint!`): timings CI should report.
+pub fn note(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 pub fn skip(reason: impl std::fmt::Display) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "skipped: {reason}");

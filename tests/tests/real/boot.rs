@@ -83,7 +83,7 @@ pub fn boots_sched_ext_ready(arch: &str, image: &Path, config: &Path, state: &Pa
     );
     assert!(verdict.console_tail.is_empty());
     // Visible in CI's log: the measured TCG boot (docs/verify.md).
-    note(format!(
+    ktstr_sdk::testing::note(format!(
         "{arch} qemu boot check took {took:.1?}: {}",
         verdict.summary
     ));
@@ -112,7 +112,7 @@ pub fn forced_panic_fails_naming_it(arch: &str, image: &Path, config: &Path, sta
         took < Duration::from_secs(100),
         "waited for the bound: {took:?}"
     );
-    note(format!(
+    ktstr_sdk::testing::note(format!(
         "{arch} qemu forced panic took {took:.1?}: {}",
         verdict.summary
     ));
@@ -143,7 +143,7 @@ pub fn hung_boot_times_out_and_leaves_no_qemu(
     );
     assert!(!verdict.observed.contains_key("release"), "init ran?");
     assert!(took < Duration::from_secs(13), "{took:?}");
-    note(format!(
+    ktstr_sdk::testing::note(format!(
         "{arch} qemu hung boot took {took:.1?}: {}",
         verdict.summary
     ));
@@ -261,10 +261,4 @@ fn processes_naming(dir: &Path) -> Vec<String> {
 fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-}
-
-/// A line on the real stderr (not captured by libtest).
-fn note(line: String) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
 }

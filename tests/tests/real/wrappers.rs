@@ -31,10 +31,11 @@ fn forced_build(fx: &Fixture, name: &str, flags: &[&str], env: &[(String, String
         cmd.env(k, v);
     }
     let run = fx.run_cmd(cmd, &args);
-    eprintln!(
+    // Uncaptured, so CI's log shows what each wrapper build costs.
+    ktstr_sdk::testing::note(format!(
         "real-kernel {name} build: {:.1}s",
         run.elapsed.as_secs_f64()
-    );
+    ));
     run
 }
 
@@ -115,10 +116,10 @@ pub fn ccache_rebuild(fx: &Fixture) {
         let mut cmd = fx.command(&args);
         cmd.envs(env.iter().cloned());
         let run = fx.run_cmd(cmd, &args);
-        eprintln!(
+        ktstr_sdk::testing::note(format!(
             "real-kernel ccache build: {:.1}s",
             run.elapsed.as_secs_f64()
-        );
+        ));
         run.assert_ok()
             .assert_stderr_has("building with ccache (-j2; local: 2 CPUs)")
             .assert_stderr_has("not cached");
