@@ -872,6 +872,11 @@ pub fn cargo_in_scaffold(dir: &Path, args: &[&str]) -> Output {
         .arg("--offline")
         .current_dir(dir)
         .env("CARGO_TARGET_DIR", scaffold_target())
+        // The scaffold's own tests (conformance suites) take CPU and cache
+        // locks: in a directory of their own, not the machine's, so a build
+        // running on this host cannot make them wait or fail.
+        .env("KTSTR_CACHE_DIR", dir.join(".ktstr-test-cache"))
+        .env("KTSTR_LOCK_DIR", dir.join(".ktstr-test-locks"))
         .stdin(Stdio::null())
         .output()
         .unwrap()
