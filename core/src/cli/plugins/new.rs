@@ -36,15 +36,9 @@ pub enum Lang {
 const PYTHON_CACHE: &str = include_str!("python_cache.py");
 const PYTHON_README: &str = include_str!("python_readme.md");
 
-/// `plugins new NAME --kind cache --lang python`: a directory with the
-/// executable `ktstr-plugin-NAME` and a README.
-fn new_python(name: &str, kind: NewKind, dir: Option<&Path>) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if kind != NewKind::Cache {
-        bail!(
-            "--lang python has a template for --kind cache only; use --lang rust for a {kind:?} plugin, or write one to the protocol (`ktstr docs plugin-protocol`)"
-        );
-    }
+/// Where a scaffold goes: `--dir`, else `./ktstr-plugin-NAME`; never over
+/// something that exists.
+fn fresh_dir(name: &str, dir: Option<&Path>) -> Result<PathBuf> {
     let dir = dir
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(format!("ktstr-plugin-{name}")));
@@ -54,6 +48,19 @@ fn new_python(name: &str, kind: NewKind, dir: Option<&Path>) -> Result<()> {
             dir.display()
         );
     }
+    Ok(dir)
+}
+
+/// `plugins new NAME --kind cache --lang python`: a directory with the
+/// executable `ktstr-plugin-NAME` and a README.
+fn new_python(name: &str, kind: NewKind, dir: Option<&Path>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if kind != NewKind::Cache {
+        bail!(
+            "--lang python has a template for --kind cache only; use --lang rust for a {kind:?} plugin, or write one to the protocol (`ktstr docs plugin-protocol`)"
+        );
+    }
+    let dir = fresh_dir(name, dir)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let exe = dir.join(crate::dynamic::search::exe_name(name));
     let readme = dir.join("README.md");
@@ -120,15 +127,7 @@ pub fn new(
             sdk.display()
         );
     }
-    let dir = dir
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(format!("ktstr-plugin-{name}")));
-    if dir.exists() {
-        bail!(
-            "{} already exists; pick another --dir or remove it",
-            dir.display()
-        );
-    }
+    let dir = fresh_dir(name, dir)?;
     let subdirs: &[&str] = match kind {
         NewKind::Cache => &["src", "tests"],
         _ => &["src"],
