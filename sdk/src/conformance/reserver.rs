@@ -217,15 +217,18 @@ fn check_reservation(
     let held = mine(&lock_paths);
 
     // Watch the release: a lock of ours free while the sandbox exists
-    // breaks the order.
+    // breaks the order. The lock is looked at first and the sandbox after:
+    // a sandbox seen afterwards existed when the lock was seen free (it is
+    // never re-created), whereas the other order would blame a guard that
+    // removed the sandbox between the two looks.
     let done = Arc::new(AtomicBool::new(false));
     let watcher = {
         let (done, held, dir) = (done.clone(), held.clone(), sandbox_dir.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Acquire) {
                 if let Some(d) = &dir
-                    && d.exists()
                     && let Some(free) = held.iter().find(|p| !held_by_me(p))
+                    && d.exists()
                 {
                     return Some(free.clone());
                 }
