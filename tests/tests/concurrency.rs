@@ -5,19 +5,22 @@ mod common;
 
 use std::time::Duration;
 
-use common::Fixture;
+use common::{Fixture, Gate};
 
 /// The reserver `none` takes no CPU locks, so the two meet at the tree lock.
 #[test]
 fn concurrent_builds_of_one_tree_build_once() {
     let fx = Fixture::git();
-    let slow = [("KTSTR_FIXTURE_BUILD_SECONDS", "3")];
+    let gate = Gate::new();
     let args = ["--reserver", "none"];
-    let mut first = fx.spawn_build(&args, &slow);
+    let mut first = fx.spawn_build(&args, &[gate.env()]);
     let first_pid = first.pid();
-    // The first holds the source-tree lock once make is building.
+    // The first holds the source-tree lock once make is building, and
+    // keeps building until the second has said it waits.
     fx.wait_for_build_start(1, &mut first, Duration::from_secs(60));
-    let second = fx.spawn_build(&args, &slow);
+    let mut second = fx.spawn_build(&args, &[gate.env()]);
+    second.wait_for_stderr("is locked by", Duration::from_secs(60));
+    gate.open();
 
     let first = first.wait(Duration::from_secs(120));
     let second = second.wait(Duration::from_secs(120));
@@ -53,12 +56,14 @@ fn concurrent_builds_of_one_tree_build_once() {
 #[test]
 fn waiting_for_cpus_also_rechecks_the_cache() {
     let fx = Fixture::git();
-    let slow = [("KTSTR_FIXTURE_BUILD_SECONDS", "3")];
+    let gate = Gate::new();
     let all = ktstr_sdk::cpus::allowed_cpus().unwrap().len().to_string();
-    let mut first = fx.spawn_build(&["--cpu-cap", &all], &slow);
+    let mut first = fx.spawn_build(&["--cpu-cap", &all], &[gate.env()]);
     let first_pid = first.pid();
     fx.wait_for_build_start(1, &mut first, Duration::from_secs(60));
-    let second = fx.spawn_build(&[], &slow);
+    let mut second = fx.spawn_build(&[], &[gate.env()]);
+    second.wait_for_stderr("waiting for 1 CPU", Duration::from_secs(60));
+    gate.open();
     let first = first.wait(Duration::from_secs(120));
     let second = second.wait(Duration::from_secs(120));
     assert_eq!(second.image_path(), first.image_path());
@@ -99,18 +104,16 @@ fn different_trees_do_not_wait_for_each_other() {
 fn cache_hit_does_not_wait_for_a_running_build() {
     let fx = Fixture::git();
     let key = fx.build(&[]).cached_key();
-    let mut forced = fx.spawn_build(&["--force"], &[("KTSTR_FIXTURE_BUILD_SECONDS", "4")]);
+    let gate = Gate::new();
+    let mut forced = fx.spawn_build(&["--force"], &[gate.env()]);
     fx.wait_for_build_start(2, &mut forced, Duration::from_secs(60));
-    let hit = fx.build(&[]);
-    let still_running = forced.child.try_wait().unwrap().is_none();
+    // The forced build stays at make until the hit is done: a hit that
+    // waited for the tree lock would never finish.
+    let hit = fx.spawn_build(&[], &[]).wait(Duration::from_secs(60));
     hit.image_path();
     assert_eq!(hit.hit_key(), key, "{}", hit.describe());
     hit.assert_stderr_lacks("is locked by");
-    assert!(
-        still_running,
-        "the hit should not have waited for the --force build\n{}",
-        hit.describe()
-    );
+    gate.open();
     forced.wait(Duration::from_secs(120)).assert_ok();
 }
 
@@ -119,7 +122,8 @@ fn cache_hit_does_not_wait_for_a_running_build() {
 #[test]
 fn killed_build_leaves_nothing_behind() {
     let fx = Fixture::git();
-    let mut victim = fx.spawn_build(&[], &[("KTSTR_FIXTURE_BUILD_SECONDS", "2")]);
+    let gate = Gate::new();
+    let mut victim = fx.spawn_build(&[], &[gate.env()]);
     fx.wait_for_build_start(1, &mut victim, Duration::from_secs(60));
     victim.child.kill().unwrap();
     let killed = victim.wait(Duration::from_secs(30));
@@ -144,7 +148,8 @@ fn killed_build_leaves_nothing_behind() {
 #[test]
 fn interrupted_build_stops_cleanly() {
     let fx = Fixture::git();
-    let mut victim = fx.spawn_build(&[], &[("KTSTR_FIXTURE_BUILD_SECONDS", "2")]);
+    let gate = Gate::new();
+    let mut victim = fx.spawn_build(&[], &[gate.env()]);
     fx.wait_for_build_start(1, &mut victim, Duration::from_secs(60));
     let sent = std::process::Command::new("kill")
         .args(["-INT", &victim.pid().to_string()])

@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Fixture, Run, Spawned};
+use common::{Fixture, Gate, Run, Spawned};
 use ktstr_test_servers::S3Server;
 
 /// Far longer than any of these builds: a waiter that gets the lease
@@ -28,10 +28,9 @@ fn machine(port: u16, expiry: &str) -> Fixture {
         .with_env("KTSTR_S3_LEASE_POLL", "200ms")
 }
 
-/// `ktstr build --kernel SPEC --plugin s3-cache` in the background; the
-/// fixture's make sleeps `build_seconds` (a shell word list: "3; exit 1"
-/// sleeps, then fails the build).
-fn spawn_build(fx: &Fixture, spec: &Path, build_seconds: &str) -> Spawned {
+/// `ktstr build --kernel SPEC --plugin s3-cache` in the background, its
+/// make held at `gate` if there is one.
+fn spawn_build(fx: &Fixture, spec: &Path, gate: Option<&Gate>) -> Spawned {
     fx.spawn(
         &[
             "build",
@@ -40,8 +39,26 @@ fn spawn_build(fx: &Fixture, spec: &Path, build_seconds: &str) -> Spawned {
             "--plugin",
             "s3-cache",
         ],
-        &[("KTSTR_FIXTURE_BUILD_SECONDS", build_seconds)],
+        &gate.map(Gate::env).into_iter().collect::<Vec<_>>(),
     )
+}
+
+/// What a machine that found another's lease says.
+const WAITS_ON_THE_LEASE: &str = "is being built by host";
+
+/// The machine whose make has started, once one has.
+fn the_builder(fleet: &[Fixture]) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(i) = fleet.iter().position(|m| m.build_count() > 0) {
+            return i;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no machine started make within 60s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Files under the bucket's `dir` (relative to the prefix's `v1`).
@@ -80,8 +97,18 @@ fn three_machines_missing_at_once_build_once() {
     let Some(s3) = S3Server::start() else { return };
     let shared = tempfile::tempdir().unwrap();
     let spec = common::fixture_tarball(shared.path(), "6.99.11");
-    let fleet: Vec<Fixture> = (0..3).map(|_| machine(s3.port, "5s")).collect();
-    let running: Vec<Spawned> = fleet.iter().map(|m| spawn_build(m, &spec, "3")).collect();
+    let fleet: Vec<Fixture> = (0..3).map(|_| machine(s3.port, "10s")).collect();
+    let gate = Gate::new();
+    let mut running: Vec<Spawned> = (fleet.iter())
+        .map(|m| spawn_build(m, &spec, Some(&gate)))
+        .collect();
+    // One machine builds, held at make until the other two wait on its
+    // lease.
+    let first = the_builder(&fleet);
+    for (_, waiter) in running.iter_mut().enumerate().filter(|(i, _)| *i != first) {
+        waiter.wait_for_stderr(WAITS_ON_THE_LEASE, Duration::from_secs(60));
+    }
+    gate.open();
     let runs: Vec<Run> = (running.into_iter())
         .map(|r| r.wait(Duration::from_secs(120)))
         .collect();
@@ -102,10 +129,7 @@ fn three_machines_missing_at_once_build_once() {
     let builder = fleet.iter().position(|m| m.build_count() == 1).unwrap();
     let key = runs[builder].cached_key();
     for (i, run) in runs.iter().enumerate().filter(|(i, _)| *i != builder) {
-        // Each waiter either waited on the lease or came late enough to
-        // find the entry; with a 3 s build, all of them waited.
-        run.assert_stderr_has("is being built by host")
-            .assert_stderr_has("not building it here");
+        run.assert_stderr_has("not building it here");
         assert!(
             run.stdout
                 .trim()
@@ -131,7 +155,9 @@ fn without_leases_the_same_fleet_builds_three_times() {
     let fleet: Vec<Fixture> = (0..3)
         .map(|_| machine(s3.port, "5s").with_env("KTSTR_S3_LEASES", "0"))
         .collect();
-    let running: Vec<Spawned> = fleet.iter().map(|m| spawn_build(m, &spec, "3")).collect();
+    let running: Vec<Spawned> = (fleet.iter())
+        .map(|m| spawn_build(m, &spec, None))
+        .collect();
     for run in running {
         run.wait(Duration::from_secs(120)).image_path();
     }
@@ -147,18 +173,14 @@ fn a_holder_killed_with_sigkill_is_taken_over_after_the_expiry() {
     let Some(s3) = S3Server::start() else { return };
     let shared = tempfile::tempdir().unwrap();
     let spec = common::fixture_tarball(shared.path(), "6.99.12");
-    let holder = machine(s3.port, "2s");
-    let waiter = machine(s3.port, "2s");
+    let holder = machine(s3.port, "5s");
+    let waiter = machine(s3.port, "5s");
 
-    let mut held = spawn_build(&holder, &spec, "600");
+    let never = Gate::new();
+    let mut held = spawn_build(&holder, &spec, Some(&never));
     holder.wait_for_build_start(1, &mut held, Duration::from_secs(60));
-    let mut waiting = spawn_build(&waiter, &spec, "0");
-    // Let the waiter find the lease and watch its heartbeats for a while.
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        waiting.child.try_wait().unwrap().is_none(),
-        "the waiter did not wait"
-    );
+    let mut waiting = spawn_build(&waiter, &spec, None);
+    waiting.wait_for_stderr(WAITS_ON_THE_LEASE, Duration::from_secs(60));
     let pid = nix::unistd::Pid::from_raw(held.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
     let killed = held.wait(Duration::from_secs(10));
@@ -191,20 +213,22 @@ fn kill_everything_in(dir: &Path) {
     common::assert_nothing_runs_in(dir, Duration::from_secs(10), "the killed holder");
 }
 
-/// A holder that stops building (`stop` it) hands the lease on at once: the
-/// waiter builds long before the lease could have expired.
-fn a_failed_holder_releases(version: &str, holder_build: &str, stop: impl FnOnce(&mut Spawned)) {
+/// A holder that stops building (`stop` it, or fail its build at the
+/// gate) hands the lease on at once: the waiter builds long before the
+/// lease could have expired.
+fn a_failed_holder_releases(version: &str, stop: impl FnOnce(&mut Spawned, &Gate)) {
     let Some(s3) = S3Server::start() else { return };
     let shared = tempfile::tempdir().unwrap();
     let spec = common::fixture_tarball(shared.path(), version);
     let holder = machine(s3.port, LONG_EXPIRY);
     let waiter = machine(s3.port, LONG_EXPIRY);
 
-    let mut held = spawn_build(&holder, &spec, holder_build);
+    let gate = Gate::new();
+    let mut held = spawn_build(&holder, &spec, Some(&gate));
     holder.wait_for_build_start(1, &mut held, Duration::from_secs(60));
-    let waiting = spawn_build(&waiter, &spec, "0");
-    std::thread::sleep(Duration::from_secs(1));
-    stop(&mut held);
+    let mut waiting = spawn_build(&waiter, &spec, None);
+    waiting.wait_for_stderr(WAITS_ON_THE_LEASE, Duration::from_secs(60));
+    stop(&mut held, &gate);
     let stopped = held.wait(Duration::from_secs(30));
     assert!(
         matches!(stopped.code(), Some(1 | 130)),
@@ -215,8 +239,7 @@ fn a_failed_holder_releases(version: &str, holder_build: &str, stop: impl FnOnce
 
     let run = waiting.wait(Duration::from_secs(60));
     run.image_path();
-    run.assert_stderr_has("is being built by host")
-        .assert_stderr_lacks("taking it over");
+    run.assert_stderr_lacks("taking it over");
     assert!(
         run.elapsed < Duration::from_secs(60),
         "the waiter waited for the expiry, not the release\n{}",
@@ -229,13 +252,12 @@ fn a_failed_holder_releases(version: &str, holder_build: &str, stop: impl FnOnce
 
 #[test]
 fn a_holder_whose_build_fails_releases_the_lease() {
-    // The fixture's make sleeps 3 s, then fails.
-    a_failed_holder_releases("6.99.13", "3; exit 1", |_| {});
+    a_failed_holder_releases("6.99.13", |_, gate| gate.fail());
 }
 
 #[test]
 fn an_interrupted_holder_releases_the_lease() {
-    a_failed_holder_releases("6.99.14", "600", |held| {
+    a_failed_holder_releases("6.99.14", |held, _| {
         let pid = nix::unistd::Pid::from_raw(held.pid() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     });

@@ -43,11 +43,7 @@ fn spawn_in_own_group(fx: &Fixture, extra: &[&str], env: &[(&str, String)]) -> S
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    Spawned {
-        args,
-        start: Instant::now(),
-        child: cmd.spawn().expect("spawn ktstr"),
-    }
+    Spawned::new(args, cmd.spawn().expect("spawn ktstr"))
 }
 
 fn signal(pid: u32, how: Kill) {

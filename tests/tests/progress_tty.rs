@@ -147,12 +147,16 @@ fn the_status_line_fits_80_columns_and_ticks_while_make_is_silent() {
         .collect();
     let mut seconds: Vec<&str> = silent.clone();
     seconds.dedup();
-    for want in ["1s", "2s", "3s"] {
-        assert!(
-            seconds.contains(&want),
-            "the silent build step should show {want} elapsed; it showed {seconds:?}"
-        );
-    }
+    // A 1 s tick that drifts can skip a displayed second; what must hold
+    // is that the count goes up, several times, while make is silent.
+    let counted: Vec<u64> = (seconds.iter())
+        .filter_map(|s| s.strip_suffix('s')?.parse().ok())
+        .filter(|&n| n > 0)
+        .collect();
+    assert!(
+        counted.len() >= 3 && counted.windows(2).all(|w| w[0] < w[1]),
+        "the silent build step should count up its elapsed seconds; it showed {seconds:?}"
+    );
     // Whole lines still arrive, prefixed, and the status line is erased
     // before each: none is glued to a status line.
     let lines: Vec<String> = shown
@@ -217,10 +221,17 @@ fn off_a_terminal_a_silent_step_gets_heartbeats_on_a_timer() {
         beats.len() >= 4,
         "expected heartbeats every 0.5 s: {text:#?}"
     );
+    // The times are when this test read the lines, so one late read puts
+    // two beats together; their mean spacing is what the timer sets.
+    let mean = (beats[beats.len() - 1] - beats[0]) / (beats.len() as u32 - 1);
+    assert!(
+        mean >= Duration::from_millis(300) && mean <= Duration::from_millis(1000),
+        "heartbeats {mean:?} apart on average, expected ~0.5 s: {text:#?}"
+    );
     for pair in beats.windows(2) {
         let gap = pair[1] - pair[0];
         assert!(
-            gap >= Duration::from_millis(300) && gap <= Duration::from_millis(2000),
+            gap <= Duration::from_millis(2500),
             "heartbeats {gap:?} apart, expected ~0.5 s: {text:#?}"
         );
     }

@@ -10,20 +10,23 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Fixture, Run, make_tarball};
-
-const SLOW: [(&str, &str); 1] = [("KTSTR_FIXTURE_BUILD_SECONDS", "3")];
+use common::{Fixture, Gate, Run, make_tarball};
 
 /// Start four builds of `spec` at once (the first one first, until make
-/// runs), wait for all, and check that make built once and every run got
-/// the same image.
+/// runs, where it stays until the other three say they wait), wait for
+/// all, and check that make built once and every run got the same image.
 fn four_at_once(fx: &Fixture, spec: &str, extra: &[&str]) -> Vec<Run> {
     let mut args = vec!["build", "--kernel", spec];
     args.extend_from_slice(extra);
-    let mut first = fx.spawn(&args, &SLOW);
+    let gate = Gate::new();
+    let mut first = fx.spawn(&args, &[gate.env()]);
     let first_pid = first.pid();
     fx.wait_for_build_start(1, &mut first, Duration::from_secs(60));
-    let others: Vec<_> = (0..3).map(|_| fx.spawn(&args, &SLOW)).collect();
+    let mut others: Vec<_> = (0..3).map(|_| fx.spawn(&args, &[gate.env()])).collect();
+    for other in &mut others {
+        other.wait_for_stderr("waiting", Duration::from_secs(60));
+    }
+    gate.open();
     let mut runs = vec![first.wait(Duration::from_secs(180))];
     runs.extend(others.into_iter().map(|o| o.wait(Duration::from_secs(180))));
     let image = runs[0].image_path();

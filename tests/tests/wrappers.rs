@@ -69,7 +69,7 @@ fn distcc_compiles_cc_and_hostcc_on_distccd_under_the_plain_key() {
         .assert_stderr_has("building with distcc (3 remote slots, -j3; local: 1 CPU)")
         .assert_stderr_lacks("warning");
     // The compiler probe, then the fixture's HOSTCC and CC compiles.
-    let jobs = d.compiled();
+    let jobs = d.compiled_once_logged("fixture.c", 2);
     assert_eq!(
         jobs.iter().filter(|j| *j == "fixture.c").count(),
         2,
@@ -127,7 +127,8 @@ fn a_distcc_host_with_another_compiler_is_a_warning() {
         "warning: distcc host {} compiles with `GCC: (Other 99.1-1) 99.1`, this host with `GCC: (",
         d.hosts(2)
     ));
-    assert!(d.compiled().iter().any(|j| j == "fixture.c"));
+    let jobs = d.compiled_once_logged("fixture.c", 1);
+    assert!(jobs.iter().any(|j| j == "fixture.c"), "{jobs:?}");
 }
 
 fn which(program: &str) -> Option<std::path::PathBuf> {
@@ -156,7 +157,7 @@ fn icecc_sends_jobs_through_the_scheduler_under_the_plain_key() {
     let run = fx.build(&["--wrapper-required", "--cpu-cap", "1"]);
     run.assert_ok()
         .assert_stderr_has("building with icecc (wrapper_jobs, -j5; local: 1 CPU)");
-    let jobs = ice.jobs();
+    let jobs = ice.jobs_once_logged("fixture.c", 2);
     assert_eq!(
         jobs.iter().filter(|j| j.contains("fixture.c")).count(),
         2,

@@ -10,7 +10,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Path of the `ktstr` binary under test.
@@ -457,11 +457,7 @@ impl Fixture {
             cmd.env(k, v);
         }
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        Spawned {
-            args,
-            start: Instant::now(),
-            child: cmd.spawn().expect("spawn ktstr"),
-        }
+        Spawned::new(args, cmd.spawn().expect("spawn ktstr"))
     }
 
     /// One entry per make invocation: its goals (`all` for the default goal).
@@ -551,24 +547,96 @@ pub fn is_build_goal(line: &str) -> bool {
         .any(|g| matches!(g, "all" | "bzImage" | "vmlinux"))
 }
 
+/// The fixture make's gate (`KTSTR_FIXTURE_BUILD_GATE`): a build waits
+/// there until the test opens it, so a test holds a build at make for as
+/// long as it needs (until a second ktstr has said it waits) instead of for
+/// a guessed number of seconds.
+pub struct Gate {
+    dir: tempfile::TempDir,
+    path: String,
+    opened: std::cell::Cell<bool>,
+}
+
+impl Gate {
+    pub fn new() -> Gate {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gate").display().to_string();
+        Gate {
+            dir,
+            path,
+            opened: Default::default(),
+        }
+    }
+
+    /// The environment a build must have to stop at this gate.
+    pub fn env(&self) -> (&'static str, &str) {
+        ("KTSTR_FIXTURE_BUILD_GATE", &self.path)
+    }
+
+    /// Let the builds at the gate go on.
+    pub fn open(&self) {
+        self.pass("");
+    }
+
+    /// Let the builds at the gate go on and fail.
+    pub fn fail(&self) {
+        self.pass("fail\n");
+    }
+
+    /// The gate appears with its content at once (a rename), so make never
+    /// reads it half written.
+    fn pass(&self, content: &str) {
+        let staged = self.dir.path().join("staged");
+        fs::write(&staged, content).unwrap();
+        fs::rename(&staged, &self.path).unwrap();
+        self.opened.set(true);
+    }
+}
+
+impl Drop for Gate {
+    /// A test that failed before opening its gate must not leave builds
+    /// polling for it forever.
+    fn drop(&mut self) {
+        if !self.opened.get() {
+            self.open();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
 /// A `ktstr` running in the background.
 pub struct Spawned {
     pub args: Vec<String>,
     pub start: Instant,
     pub child: Child,
+    /// stderr as read so far, once [`Spawned::wait_for_stderr`] started
+    /// reading it (the reader also keeps the pipe from filling up).
+    stderr_read: Option<(Arc<Mutex<Vec<u8>>>, std::thread::JoinHandle<()>)>,
 }
 
 impl Spawned {
+    /// `child`, spawned with `args` and piped stdout and stderr.
+    pub fn new(args: Vec<String>, child: Child) -> Spawned {
+        Spawned {
+            args,
+            start: Instant::now(),
+            child,
+            stderr_read: None,
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// Wait for exit, at most `timeout` from now.
     pub fn wait(mut self, timeout: Duration) -> Run {
+        let deadline = Instant::now() + timeout;
         loop {
             if self.child.try_wait().unwrap().is_some() {
                 return self.collect();
             }
-            if self.start.elapsed() > timeout {
+            if Instant::now() > deadline {
                 let _ = self.child.kill();
                 let run = self.collect();
                 panic!(
@@ -578,6 +646,49 @@ impl Spawned {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Wait until ktstr has written `needle` to stderr: the way to know a
+    /// second process has reached a lock or lease, rather than sleeping and
+    /// hoping it has. Fails if ktstr exits first or `timeout` passes.
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) {
+        let seen = self.stderr_reader().clone();
+        let deadline = Instant::now() + timeout;
+        let text = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+        while !text().contains(needle) {
+            let exited = self.child.try_wait().unwrap().is_some();
+            if exited || Instant::now() > deadline {
+                // What the reader has not appended yet is in the pipe still.
+                std::thread::sleep(Duration::from_millis(100));
+                if text().contains(needle) {
+                    return;
+                }
+                let _ = self.child.kill();
+                let run = self.collect();
+                panic!(
+                    "ktstr {} before saying {needle:?} (waited {timeout:?})\n{}",
+                    if exited { "exited" } else { "did not finish" },
+                    run.describe()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr_reader(&mut self) -> &Arc<Mutex<Vec<u8>>> {
+        if self.stderr_read.is_none() {
+            let mut pipe = self.child.stderr.take().expect("stderr is piped");
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let sink = seen.clone();
+            let reader = std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                    sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+            self.stderr_read = Some((seen, reader));
+        }
+        &self.stderr_read.as_ref().unwrap().0
     }
 
     /// Wait for exit and read the output.
@@ -590,6 +701,10 @@ impl Spawned {
         }
         if let Some(mut err) = self.child.stderr.take() {
             err.read_to_end(&mut stderr).unwrap();
+        }
+        if let Some((seen, reader)) = self.stderr_read.take() {
+            reader.join().unwrap();
+            stderr = std::mem::take(&mut *seen.lock().unwrap());
         }
         let elapsed = self.start.elapsed();
         Run::from_output(

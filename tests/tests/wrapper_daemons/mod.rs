@@ -163,8 +163,31 @@ impl Distccd {
             .collect()
     }
 
+    /// [`Distccd::compiled`] once `source` has been compiled `n` times, or
+    /// after 10 s: distccd logs a job after it has sent the object back, so
+    /// the client can finish before the log says so.
+    pub fn compiled_once_logged(&self, source: &str, n: usize) -> Vec<String> {
+        logged(|| self.compiled(), |jobs| count(jobs, source) >= n)
+    }
+
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn count(jobs: &[String], source: &str) -> usize {
+    jobs.iter().filter(|j| j.contains(source)).count()
+}
+
+/// `read()` once `enough` says so, or what it reads after 10 s.
+fn logged(read: impl Fn() -> Vec<String>, enough: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let jobs = read();
+        if enough(&jobs) || Instant::now() > deadline {
+            return jobs;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -234,6 +257,12 @@ impl Icecream {
             .filter(|l| l.contains(": NEW "))
             .map(str::to_string)
             .collect()
+    }
+
+    /// [`Icecream::jobs`] once `source` has been placed `n` times, or after
+    /// 10 s (the scheduler's log is written on its own time).
+    pub fn jobs_once_logged(&self, source: &str, n: usize) -> Vec<String> {
+        logged(|| self.jobs(), |jobs| count(jobs, source) >= n)
     }
 }
 
