@@ -228,7 +228,7 @@ fn check_reservation(
     let watcher = {
         let (done, held, dir) = (done.clone(), held.clone(), sandbox_dir.clone());
         std::thread::spawn(move || {
-            let Some(d) = dir else { return None };
+            let d = dir?;
             let mut seen_free = false;
             while !done.load(Ordering::Acquire) {
                 match held.iter().find(|p| !held_by_me(p)) {
