@@ -319,8 +319,23 @@ pub fn lock_reporting(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Whether `ok` comes true within 30 s, polled every 5 ms. Another
+    /// test thread may fork while a lock file is open: the child holds a
+    /// copy of the fd, and so the flock, until it execs. A lock dropped
+    /// here is therefore asserted to become free, not to be free at once.
+    pub(crate) fn settles(mut ok: impl FnMut() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !ok() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        true
+    }
 
     #[test]
     fn exclusive_excludes_and_releases_on_drop() {
@@ -350,7 +365,7 @@ mod tests {
         assert!(!prune(&p).unwrap());
         assert!(p.exists(), "a held lock file is kept");
         drop(held);
-        assert!(prune(&p).unwrap());
+        assert!(settles(|| prune(&p).unwrap()), "a free lock file is pruned");
         assert!(!p.exists());
     }
 
@@ -432,36 +447,40 @@ mod tests {
     fn contention_reports_the_holder_then_proceeds() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.lock");
+        let release = dir.path().join("release");
         std::fs::write(&p, b"").unwrap();
-        // flock(1) --close: only flock itself holds the lock, for ~0.7 s.
+        // flock(1) --close: only flock itself holds the lock, until the
+        // waiter creates `release` (or a minute passes, if this test dies).
         let mut holder = std::process::Command::new("flock")
             .args(["--exclusive", "--close"])
             .arg(&p)
-            .args(["sleep", "0.7"])
+            .args([
+                "sh",
+                "-c",
+                "i=0; while [ ! -e \"$0\" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done",
+            ])
+            .arg(&release)
             .spawn()
             .expect("flock(1) from util-linux");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while try_lock(&p, LockMode::Exclusive).unwrap().is_some() {
-            assert!(std::time::Instant::now() < deadline, "holder never locked");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        let started = std::time::Instant::now();
-        let mut reported = Vec::new();
-        let (_lock, waited) =
-            lock_reporting(&p, LockMode::Exclusive, |h| reported = h.to_vec()).unwrap();
-        assert!(waited);
         let pid = holder.id();
+        assert!(
+            settles(|| holders(&p).iter().any(|h| h.pid == pid)),
+            "holder {pid} never locked"
+        );
+        let mut reported = Vec::new();
+        let (_lock, waited) = lock_reporting(&p, LockMode::Exclusive, |h| {
+            reported = h.to_vec();
+            std::fs::write(&release, b"").unwrap();
+        })
+        .unwrap();
+        assert!(waited, "the lock was free although flock held it");
         assert!(
             reported
                 .iter()
                 .any(|h| h.pid == pid && !h.waiting && h.cmdline.starts_with("flock")),
             "holder {pid} not reported: {reported:?}"
         );
-        assert!(
-            started.elapsed() >= std::time::Duration::from_millis(100),
-            "did not block"
-        );
-        holder.wait().unwrap();
+        assert!(holder.wait().unwrap().success());
     }
 
     #[test]

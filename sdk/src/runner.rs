@@ -492,14 +492,19 @@ mod tests {
             .unwrap()
             .inherit_into_commands();
         // SystemRunner: no process group, so nothing kills the leftover.
-        let spec = CommandSpec::new("sh").args(["-c", "sleep 2 >/dev/null 2>&1 </dev/null &"]);
-        SystemRunner.run(&spec, &mut |_| {}).unwrap();
+        let spec =
+            CommandSpec::new("sh").args(["-c", "sleep 60 >/dev/null 2>&1 </dev/null & echo $!"]);
+        let mut pid = None;
+        SystemRunner
+            .run(&spec, &mut |l| pid = l.trim().parse::<i32>().ok())
+            .unwrap();
+        let leftover = KillOnDrop(pid.expect("the shell printed its job's pid"));
         drop((p, b));
         assert!(
             try_lock(&build, LockMode::Exclusive).unwrap().is_none(),
             "the leftover sleep should still hold the build lock"
         );
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while try_lock(&plain, LockMode::Exclusive).unwrap().is_none() {
             assert!(
                 Instant::now() < deadline,
@@ -507,6 +512,7 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        drop(leftover);
         while try_lock(&build, LockMode::Exclusive).unwrap().is_none() {
             assert!(
                 Instant::now() < deadline,
@@ -516,25 +522,59 @@ mod tests {
         }
     }
 
+    /// A daemon left running by a command started as a service (as
+    /// sccache's server is) has no fd of the build's lock open. The fds are
+    /// looked at, not the lock: any other command spawned meanwhile (in
+    /// another test thread too) inherits the lock by design.
     #[test]
     fn a_service_started_by_a_build_holds_none_of_its_locks() {
         use crate::lock::{LockMode, try_lock};
+        use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let build = dir.path().join("build.lock");
         let b = try_lock(&build, LockMode::Exclusive)
             .unwrap()
             .unwrap()
             .inherit_into_commands();
-        // A daemon left running (as sccache's server is), started as a service.
         let spec = CommandSpec::new("sh")
-            .args(["-c", "sleep 5 >/dev/null 2>&1 </dev/null &"])
+            .args(["-c", "sleep 60 >/dev/null 2>&1 </dev/null & echo $!"])
             .service();
-        SystemRunner.run(&spec, &mut |_| {}).unwrap();
-        drop(b);
+        let mut pid = None;
+        SystemRunner
+            .run(&spec, &mut |l| pid = l.trim().parse::<i32>().ok())
+            .unwrap();
+        let pid = pid.expect("the shell printed its daemon's pid");
+        let daemon = KillOnDrop(pid);
+        let lock = std::fs::metadata(&build).unwrap();
+        let fds: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("the daemon runs, its fds readable")
+            .flatten()
+            .map(|fd| fd.path())
+            .collect();
+        assert!(!fds.is_empty(), "the daemon has no fds at all");
+        let holding: Vec<_> = fds
+            .iter()
+            .filter(|fd| {
+                std::fs::metadata(fd).is_ok_and(|m| m.dev() == lock.dev() && m.ino() == lock.ino())
+            })
+            .collect();
         assert!(
-            try_lock(&build, LockMode::Exclusive).unwrap().is_some(),
-            "the service kept the build lock"
+            holding.is_empty(),
+            "the service kept the build lock: {holding:?}"
         );
+        drop((daemon, b));
+    }
+
+    /// SIGKILLs a test's leftover process when the test ends, passed or not.
+    struct KillOnDrop(i32);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 
     #[test]

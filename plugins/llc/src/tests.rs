@@ -102,21 +102,30 @@ fn req(cap: Option<usize>) -> ReserveRequest {
     ReserveRequest { cpu_cap: cap }
 }
 
-/// Whether the lock at `p` can be taken within a second. Other tests in this
-/// process fork children; a child forked while a lock fd was open shares
-/// that flock until it execs (the fd is close-on-exec), so "released" is
-/// observed a moment later, not necessarily at once.
-fn free_soon(p: &Path) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-    loop {
-        if lock::try_lock(p, LockMode::Exclusive).unwrap().is_some() {
-            return true;
-        }
-        if std::time::Instant::now() > deadline {
+/// Whether `ok` comes true within 30 s, polled every 10 ms: what another
+/// thread or process does is awaited, never assumed after a sleep.
+fn eventually(mut ok: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ok() {
+        if Instant::now() > deadline {
             return false;
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(10));
     }
+    true
+}
+
+/// Whether the lock at `p` can be taken soon. Other tests in this process
+/// fork children; a child forked while a lock fd was open shares that
+/// flock until it execs (the fd is close-on-exec), so "released" is
+/// observed a moment later, not necessarily at once.
+fn free_soon(p: &Path) -> bool {
+    eventually(|| lock::try_lock(p, LockMode::Exclusive).unwrap().is_some())
+}
+
+/// Whether a build reporting to `progress` has noted `prefix` (waits for it).
+fn noted(progress: &RecordingProgress, prefix: &str) -> bool {
+    eventually(|| progress.notes().iter().any(|n| n.starts_with(prefix)))
 }
 
 fn llcs_of(cpus: &[usize]) -> BTreeSet<usize> {
@@ -224,43 +233,47 @@ fn concurrent_reservations_get_disjoint_llcs() {
 /// for (pid and command line), and proceeds once the holder exits.
 #[test]
 fn waits_for_a_holder_process_and_names_it() {
-    let e = one_llc();
+    let e = Arc::new(one_llc());
     let lock_path = locks::llc_lock(&e.lock_dir(), 0);
     std::fs::create_dir_all(lock_path.parent().unwrap()).unwrap();
     std::fs::write(&lock_path, b"").unwrap();
+    // Holds the LLC until `release` exists (or a minute passes, if this
+    // test dies first).
+    let release = e.dir.path().join("release");
     let mut holder = std::process::Command::new("flock")
         .args(["--exclusive", "--close"])
         .arg(&lock_path)
-        .args(["sleep", "1"])
+        .args([
+            "sh",
+            "-c",
+            "i=0; while [ ! -e \"$0\" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done",
+        ])
+        .arg(&release)
         .spawn()
         .expect("flock(1) from util-linux");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while lock::holders(&lock_path)
-        .iter()
-        .all(|h| h.pid != holder.id())
-    {
-        assert!(Instant::now() < deadline, "holder never locked");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let (cx, progress) = new_cx();
-    let started = Instant::now();
-    let r = e
-        .reserver
-        .reserve_on(&req(Some(1)), &cx, &e.allowed)
-        .unwrap();
-    assert!(
-        started.elapsed() >= Duration::from_millis(200),
-        "did not wait"
-    );
-    assert_eq!(r.cpus, vec![0]);
-    let notes = progress.notes();
     let pid = holder.id();
     assert!(
-        notes.iter().any(|n| n.starts_with("waiting for 1 CPU")
-            && n.contains(&format!("LLC 0 held by pid {pid} (flock"))),
-        "holder {pid} not named: {notes:?}"
+        eventually(|| lock::holders(&lock_path).iter().any(|h| h.pid == pid)),
+        "holder {pid} never locked"
     );
-    holder.wait().unwrap();
+    let (cx, progress) = new_cx();
+    let e2 = e.clone();
+    let waiter =
+        std::thread::spawn(move || e2.reserver.reserve_on(&req(Some(1)), &cx, &e2.allowed));
+    let named = format!("LLC 0 held by pid {pid} (flock");
+    assert!(
+        eventually(|| progress
+            .notes()
+            .iter()
+            .any(|n| n.starts_with("waiting for 1 CPU") && n.contains(&named))),
+        "holder {pid} not named: {:?}",
+        progress.notes()
+    );
+    assert!(!waiter.is_finished(), "reserved a CPU of a held LLC");
+    std::fs::write(&release, b"").unwrap();
+    let r = waiter.join().unwrap().unwrap();
+    assert_eq!(r.cpus, vec![0]);
+    assert!(holder.wait().unwrap().success());
 }
 
 #[test]
@@ -273,20 +286,21 @@ fn waiting_is_cancellable() {
         .unwrap();
     let (cx2, progress) = new_cx();
     let cancel = cx2.cancel.clone();
-    let t = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
-        cancel.cancel();
-    });
-    let err = e
-        .reserver
-        .reserve_on(&req(Some(1)), &cx2, &e.allowed)
-        .unwrap_err();
+    let e = Arc::new(e);
+    let e2 = e.clone();
+    let t = std::thread::spawn(move || e2.reserver.reserve_on(&req(Some(1)), &cx2, &e2.allowed));
+    assert!(
+        noted(&progress, "waiting for 1 CPU"),
+        "{:?}",
+        progress.notes()
+    );
+    cancel.cancel();
+    let err = t.join().unwrap().unwrap_err();
     assert_eq!(err.kind, ErrorKind::Cancelled);
     assert_eq!(progress.notes().len(), 1, "one note while waiting");
     // This same process holds the LLC; the note says so.
     let me = std::process::id();
     assert!(progress.notes()[0].contains(&format!("pid {me}")));
-    t.join().unwrap();
     drop(first);
 }
 
@@ -299,23 +313,24 @@ fn waiter_proceeds_when_a_peer_releases() {
         .reserve_on(&req(Some(12)), &cx, &e.allowed)
         .unwrap();
     let e2 = e.clone();
+    let (cx2, progress) = new_cx();
     let t = std::thread::spawn(move || {
-        let (cx, progress) = new_cx();
         let r = e2
             .reserver
-            .reserve_on(&req(Some(8)), &cx, &e2.allowed)
+            .reserve_on(&req(Some(8)), &cx2, &e2.allowed)
             .unwrap();
-        (r.cpus.clone(), progress.notes())
+        r.cpus.clone()
     });
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        noted(&progress, "waiting for 8 CPUs"),
+        "{:?}",
+        progress.notes()
+    );
+    assert!(!t.is_finished(), "8 CPUs reserved while only 4 were free");
     let held = first.cpus.clone();
     drop(first);
-    let (cpus, notes) = t.join().unwrap();
+    let cpus = t.join().unwrap();
     assert_eq!(cpus.len(), 8);
-    assert!(
-        notes.iter().any(|n| n.starts_with("waiting for 8 CPUs")),
-        "{notes:?}"
-    );
     assert_eq!(held.len(), 12);
 }
 
@@ -349,34 +364,30 @@ fn two_one_cpu_builds_share_a_one_llc_host() {
         notes.iter().all(|n| !n.starts_with("waiting")),
         "neither waited: {notes:?}"
     );
-    assert_eq!(
-        notes
-            .iter()
-            .filter(|n| n.ends_with("sharing LLC 0 with other builds"))
-            .count(),
-        1,
-        "{notes:?}"
-    );
+    // The build that locked second saw the first on LLC 0 when it planned
+    // (its first plan lost the race for CPU 0). Both can say so: a build
+    // that plans while the other tries the LLC sees it there too.
+    let sharing = notes
+        .iter()
+        .filter(|n| n.ends_with("sharing LLC 0 with other builds"))
+        .count();
+    assert!((1..=2).contains(&sharing), "{notes:?}");
     // Both CPUs taken: a third build waits (cancelled here).
     let (cx, progress) = new_cx();
     let cancel = cx.cancel.clone();
-    let t = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
-        cancel.cancel();
-    });
-    let err = e
-        .reserver
-        .reserve_on(&req(Some(1)), &cx, &e.allowed)
-        .unwrap_err();
-    t.join().unwrap();
-    assert_eq!(err.kind, ErrorKind::Cancelled);
+    let e3 = e.clone();
+    let third = std::thread::spawn(move || e3.reserver.reserve_on(&req(Some(1)), &cx, &e3.allowed));
     assert!(
-        progress.notes()[0].starts_with(
+        noted(
+            &progress,
             "waiting for 1 CPU free in last-level caches open to builds: LLC 0 held by pid"
         ),
         "{:?}",
         progress.notes()
     );
+    cancel.cancel();
+    let err = third.join().unwrap().unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Cancelled);
 }
 
 /// `mode = "exclusive-llc"`: the second build queues until the first
@@ -400,41 +411,46 @@ fn exclusive_llc_mode_still_queues() {
     );
     assert!(!progress.notes().iter().any(|n| n.contains("sharing")));
     let e2 = e.clone();
+    let (cx2, second_progress) = new_cx();
     let second = std::thread::spawn(move || {
-        let (cx, progress) = new_cx();
         let r = e2
             .reserver
-            .reserve_on(&req(Some(1)), &cx, &e2.allowed)
+            .reserve_on(&req(Some(1)), &cx2, &e2.allowed)
             .unwrap();
-        (r.cpus.clone(), progress.notes())
+        r.cpus.clone()
     });
+    assert!(
+        noted(
+            &second_progress,
+            "waiting for 1 CPU in last-level caches held by other ktstr runs: LLC 0 held by pid"
+        ),
+        "{:?}",
+        second_progress.notes()
+    );
     // A sharing build (another host config, same lock directory) waits too.
     let mut sharing = e.reserver.clone();
     sharing.config.mode = Mode::SharedLlc;
-    let (cx3, _) = new_cx();
+    let (cx3, sharing_progress) = new_cx();
     let cancel = cx3.cancel.clone();
-    let canceller = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
-        cancel.cancel();
-    });
-    let err = sharing
-        .reserve_on(&req(Some(1)), &cx3, &e.allowed)
-        .unwrap_err();
-    canceller.join().unwrap();
+    let allowed = e.allowed.clone();
+    let sharer = std::thread::spawn(move || sharing.reserve_on(&req(Some(1)), &cx3, &allowed));
+    assert!(
+        noted(
+            &sharing_progress,
+            "waiting for 1 CPU free in last-level caches open to builds: LLC 0 held by pid"
+        ),
+        "{:?}",
+        sharing_progress.notes()
+    );
+    cancel.cancel();
+    let err = sharer.join().unwrap().unwrap_err();
     assert_eq!(err.kind, ErrorKind::Cancelled);
     assert!(
         !second.is_finished(),
         "the second exclusive build must queue"
     );
     drop(first);
-    let (cpus, notes) = second.join().unwrap();
-    assert_eq!(cpus.len(), 1);
-    assert!(
-        notes.iter().any(|n| n.starts_with(
-            "waiting for 1 CPU in last-level caches held by other ktstr runs: LLC 0 held by pid"
-        )),
-        "{notes:?}"
-    );
+    assert_eq!(second.join().unwrap().len(), 1);
 }
 
 /// A test runner holding the LLC exclusively (flock(1), as
@@ -460,40 +476,40 @@ fn builds_wait_for_an_llc_exclusive_test_runner() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let e = Arc::new(e);
-    let builds: Vec<_> = (0..2)
+    let (builds, progress): (Vec<_>, Vec<_>) = (0..2)
         .map(|_| {
             let e = e.clone();
-            std::thread::spawn(move || {
-                let (cx, progress) = new_cx();
-                let r = e
-                    .reserver
+            let (cx, progress) = new_cx();
+            let build = std::thread::spawn(move || {
+                e.reserver
                     .reserve_on(&req(Some(1)), &cx, &e.allowed)
-                    .unwrap();
-                (r, progress.notes())
-            })
+                    .unwrap()
+            });
+            (build, progress)
         })
-        .collect();
-    std::thread::sleep(Duration::from_millis(500));
+        .unzip();
+    // Each build waits, naming the runner, until it releases.
+    let runner_named = format!("pid {} (flock", runner.id());
+    for p in &progress {
+        assert!(
+            eventually(|| p
+                .notes()
+                .iter()
+                .any(|n| n.contains("LLC 0 held by pid") && n.contains(&runner_named))),
+            "the runner is named: {:?}",
+            p.notes()
+        );
+    }
     assert!(
         builds.iter().all(|b| !b.is_finished()),
         "a build got a CPU of an LLC a test runner holds exclusively"
     );
     std::fs::write(&release, b"").unwrap();
     runner.wait().unwrap();
-    let got: Vec<(Reservation, Vec<String>)> =
-        builds.into_iter().map(|t| t.join().unwrap()).collect();
-    let mut cpus: Vec<usize> = got.iter().flat_map(|(r, _)| r.cpus.clone()).collect();
+    let got: Vec<Reservation> = builds.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut cpus: Vec<usize> = got.iter().flat_map(|r| r.cpus.clone()).collect();
     cpus.sort_unstable();
     assert_eq!(cpus, vec![0, 1], "after the runner, both at once");
-    let pid = runner.id();
-    for (_, notes) in &got {
-        assert!(
-            notes.iter().any(
-                |n| n.contains("LLC 0 held by pid") && n.contains(&format!("pid {pid} (flock"))
-            ),
-            "the runner is named: {notes:?}"
-        );
-    }
 }
 
 /// A perf run waiting (through the SDK) for builds to leave its LLC is not
@@ -520,15 +536,19 @@ fn a_waiting_perf_run_is_not_starved_by_new_builds() {
     }
     // CPU 1 is free, but the LLC is promised to the perf run.
     let e2 = e.clone();
+    let (cx2, newcomer_progress) = new_cx();
     let newcomer = std::thread::spawn(move || {
-        let (cx, _) = new_cx();
         let r = e2
             .reserver
-            .reserve_on(&req(Some(1)), &cx, &e2.allowed)
+            .reserve_on(&req(Some(1)), &cx2, &e2.allowed)
             .unwrap();
         (Instant::now(), r)
     });
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        noted(&newcomer_progress, "waiting for 1 CPU"),
+        "{:?}",
+        newcomer_progress.notes()
+    );
     assert!(!newcomer.is_finished(), "a new build joined the LLC");
     drop(running);
     let held = perf.join().unwrap();
@@ -559,48 +579,49 @@ fn a_build_waiting_too_long_stops_later_builds_overtaking_it() {
             .reserve_on(&req(Some(1)), &cx, &e.allowed)
             .unwrap();
         let e2 = e.clone();
+        let (cx2, big_progress) = new_cx();
         let big = std::thread::spawn(move || {
-            let (cx, progress) = new_cx();
-            let r = e2
-                .reserver
-                .reserve_on(&req(Some(2)), &cx, &e2.allowed)
-                .unwrap();
-            (r, progress.notes())
+            e2.reserver
+                .reserve_on(&req(Some(2)), &cx2, &e2.allowed)
+                .unwrap()
         });
         // The big build is waiting (and, with 0 s, has announced LLC 0).
         let dir = e.lock_dir();
-        std::thread::sleep(Duration::from_millis(300));
+        let waits = if announce_after_secs > 0 {
+            "waiting for 2 CPUs"
+        } else {
+            "waited 0s: announced LLC 0; builds that come later wait"
+        };
+        assert!(noted(&big_progress, waits), "{:?}", big_progress.notes());
         assert!(!big.is_finished());
         let e3 = e.clone();
+        let (cx3, later_progress) = new_cx();
         let later = std::thread::spawn(move || {
-            let (cx, _) = new_cx();
             e3.reserver
-                .reserve_on(&req(Some(1)), &cx, &e3.allowed)
+                .reserve_on(&req(Some(1)), &cx3, &e3.allowed)
                 .unwrap()
         });
-        std::thread::sleep(Duration::from_millis(500));
         if announce_after_secs > 0 {
             let later = later.join().unwrap();
             assert_eq!(later.cpus, vec![1], "overtakes within the grace time");
             drop((first, later));
-            let (r, _) = big.join().unwrap();
+            let r = big.join().unwrap();
             assert_eq!(r.cpus, vec![0, 1]);
             continue;
         }
+        assert!(
+            noted(&later_progress, "waiting for 1 CPU"),
+            "{:?}",
+            later_progress.notes()
+        );
         assert!(
             !lock::holders(&locks::intent_lock(&dir, 0)).is_empty(),
             "the waiter announced LLC 0"
         );
         assert!(!later.is_finished(), "a later build overtook the waiter");
         drop(first);
-        let (r, notes) = big.join().unwrap();
+        let r = big.join().unwrap();
         assert_eq!(r.cpus, vec![0, 1], "the waiter runs first");
-        assert!(
-            notes
-                .iter()
-                .any(|n| n.starts_with("waited 0s: announced LLC 0; builds that come later wait")),
-            "{notes:?}"
-        );
         std::thread::sleep(Duration::from_millis(200));
         assert!(!later.is_finished(), "the later build waits for the CPUs");
         drop(r);

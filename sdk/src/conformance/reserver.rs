@@ -220,17 +220,20 @@ fn check_reservation(
     // breaks the order. The lock is looked at first and the sandbox after:
     // a sandbox seen afterwards existed when the lock was seen free (it is
     // never re-created), whereas the other order would blame a guard that
-    // removed the sandbox between the two looks.
+    // removed the sandbox between the two looks. A lock counts as free when
+    // two readings of /proc/locks in a row miss it: while other processes
+    // take and release locks, one reading of a table longer than a page
+    // can skip a held lock (see `lock::proc_locks`).
     let done = Arc::new(AtomicBool::new(false));
     let watcher = {
         let (done, held, dir) = (done.clone(), held.clone(), sandbox_dir.clone());
         std::thread::spawn(move || {
+            let d = dir?;
+            let mut seen_free = false;
             while !done.load(Ordering::Acquire) {
-                if let Some(d) = &dir
-                    && let Some(free) = held.iter().find(|p| !held_by_me(p))
-                    && d.exists()
-                {
-                    return Some(free.clone());
+                match held.iter().find(|p| !held_by_me(p)) {
+                    Some(free) if seen_free && d.exists() => return Some(free.clone()),
+                    free => seen_free = free.is_some(),
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }

@@ -530,20 +530,7 @@ pub fn list(dir: &Path) -> Vec<LockInfo> {
 mod tests {
     use super::*;
     use crate::cpus::Llc;
-
-    /// Another test thread may fork while these lock files are open: the
-    /// child holds copies of their fds, and so the flocks, until it execs.
-    /// A lock state is therefore asserted to settle, not to hold at once.
-    fn settles(mut ok: impl FnMut() -> bool) -> bool {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !ok() {
-            if std::time::Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        true
-    }
+    use crate::lock::tests::settles;
 
     /// LLC 0 = CPUs 0-1, LLC 1 = CPUs 2-3.
     fn two_llcs() -> Topology {
@@ -655,17 +642,18 @@ mod tests {
             .unwrap_err(),
             CpuLock::Llc(0)
         );
-        assert!(!perf.is_finished(), "the build on CPU 0 still runs");
-        drop(running);
-        assert_eq!(perf.join().unwrap().unwrap(), 2, "intent and LLC held");
+        // It waits for the build, saying so, until the build leaves.
         assert!(
-            progress
+            settles(|| progress
                 .notes()
                 .iter()
-                .any(|n| n.starts_with("waiting for LLC 0 held by pid")),
+                .any(|n| n.starts_with("waiting for LLC 0 held by pid"))),
             "{:?}",
             progress.notes()
         );
+        assert!(!perf.is_finished(), "the build on CPU 0 still runs");
+        drop(running);
+        assert_eq!(perf.join().unwrap().unwrap(), 2, "intent and LLC held");
     }
 
     #[test]
@@ -676,22 +664,24 @@ mod tests {
         let (cx, progress) =
             crate::testing::context_with(std::sync::Arc::new(crate::runner::SystemRunner));
         let cancel = cx.cancel.clone();
-        let t = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(300));
-            cancel.cancel();
+        let d2 = d.to_path_buf();
+        let second = std::thread::spawn(move || {
+            lock_set(&d2, &[CpuLock::Llc(0)], HolderKind::PerfTest, &cx)
         });
-        let e = lock_set(d, &[CpuLock::Llc(0)], HolderKind::PerfTest, &cx).unwrap_err();
-        t.join().unwrap();
-        assert_eq!(e.kind, ErrorKind::Cancelled);
+        // It queues on the intent, naming the first (this process), until
+        // cancelled.
         let me = format!("held by pid {}", std::process::id());
         assert!(
-            progress
+            settles(|| progress
                 .notes()
                 .iter()
-                .any(|n| n.starts_with("waiting for the intent file of LLC 0") && n.contains(&me)),
+                .any(|n| n.starts_with("waiting for the intent file of LLC 0") && n.contains(&me))),
             "{:?}",
             progress.notes()
         );
+        cancel.cancel();
+        let e = second.join().unwrap().unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Cancelled);
         drop(first);
     }
 

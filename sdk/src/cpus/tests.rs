@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::topology::fake::FakeMachine;
 use super::*;
+use crate::lock::tests::settles;
 use crate::lock::{self, LockMode};
 use crate::runner::SystemRunner;
 use crate::testing::context_with;
@@ -86,12 +87,9 @@ fn confine_locks_the_llc_and_creates_the_sandbox() {
     assert!(progress.notes().iter().any(|n| n.contains("reserved CPU")));
     drop(res);
     assert!(!sandbox.exists());
-    assert!(lock::try_lock(&llc, LockMode::Exclusive).unwrap().is_some());
-    assert!(
-        lock::try_lock(&cpu_lock, LockMode::Exclusive)
-            .unwrap()
-            .is_some()
-    );
+    let free = |p: &Path| settles(|| lock::try_lock(p, LockMode::Exclusive).unwrap().is_some());
+    assert!(free(&llc), "the LLC is released");
+    assert!(free(&cpu_lock), "the CPU is released");
 }
 
 #[test]
@@ -150,22 +148,20 @@ fn a_held_lock_makes_confine_wait_cancellably_naming_the_holder() {
     let (cx, progress) = context_with(Arc::new(SystemRunner));
     let first = h.confine(&first_cpu(), false, &cx).unwrap();
     let cancel = cx.cancel.clone();
-    let t = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        cancel.cancel();
-    });
-    let e = h.confine(&first_cpu(), false, &cx).unwrap_err();
-    t.join().unwrap();
-    assert_eq!(e.kind, ErrorKind::Cancelled, "{e}");
+    let second = std::thread::spawn(move || h.confine(&first_cpu(), false, &cx).map(drop));
     let me = format!("pid {}", std::process::id());
     assert!(
-        progress
+        settles(|| progress
             .notes()
             .iter()
-            .any(|n| n.starts_with("waiting for CPU") && n.contains(&me)),
+            .any(|n| n.starts_with("waiting for CPU") && n.contains(&me))),
         "{:?}",
         progress.notes()
     );
+    assert!(!second.is_finished(), "confine must wait for the held CPU");
+    cancel.cancel();
+    let e = second.join().unwrap().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Cancelled, "{e}");
     drop(first);
 }
 
@@ -194,7 +190,14 @@ fn holder_modes_follow_the_documented_table() {
 
     // A perf run (or an LLC-exclusive build) keeps everyone off its LLC.
     for owner in [PerfTest, ExclusiveBuild] {
-        let held = take(&[CpuLock::Llc(3)], owner).unwrap();
+        let mut held = None;
+        assert!(
+            settles(|| {
+                held = take(&[CpuLock::Llc(3)], owner).ok();
+                held.is_some()
+            }),
+            "{owner:?} cannot take the released LLC"
+        );
         for h in [Build, FunctionalTest, PerfTest, ExclusiveBuild] {
             assert_eq!(
                 take(&on(4), h).unwrap_err(),
