@@ -126,11 +126,18 @@ fn spawn_guarded<T>(
         registry.clone()
     };
     let parent = std::process::id() as libc::pid_t;
-    // SAFETY: between fork and exec the closure only calls fcntl, prctl,
-    // getppid and _exit (async-signal-safe) and reads a Vec allocated
-    // before the fork.
+    // SAFETY: between fork and exec the closure only calls fcntl, signal,
+    // prctl, getppid and _exit (async-signal-safe) and reads a Vec
+    // allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
+            // A ktstr started with these ignored (a `&` job of a script
+            // without job control ignores SIGINT) must not pass that on:
+            // cancelling a command is a SIGINT to its group, and a make
+            // that ignored it would run until the SIGKILL after the grace.
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGQUIT] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
             for &fd in &fds {
                 let flags = libc::fcntl(fd, libc::F_GETFD);
                 if flags >= 0 {
