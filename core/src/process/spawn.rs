@@ -26,6 +26,11 @@ const STDERR_TAIL: usize = 20;
 /// How long a plugin may take to exit once its stdin is closed.
 pub const EXIT_GRACE: Duration = Duration::from_secs(2);
 
+/// How long a failure message waits, once the plugin is reaped, for the
+/// stderr reader to reach end of file: bounded, because a grandchild
+/// that left the process group may hold the pipe open for ever.
+const STDERR_DRAIN: Duration = Duration::from_secs(2);
+
 /// The environment variable naming the protocol version a plugin is run with.
 pub const PROTOCOL_ENV: &str = "KTSTR_PLUGIN_PROTOCOL";
 
@@ -57,6 +62,9 @@ pub struct Process {
     pub stdin: Option<std::fs::File>,
     pub stdout: Option<ChildStdout>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    /// Disconnected when the stderr reader has read to end of file (its
+    /// sender is dropped then); `None` once waited for.
+    stderr_eof: Option<mpsc::Receiver<()>>,
     status: Option<ExitStatus>,
 }
 
@@ -93,11 +101,14 @@ impl Process {
             .recv()
             .map_err(|_| std::io::Error::other("the plugin spawner thread is gone"))??;
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        let mut stderr_eof = None;
         if let Some(stderr) = child.stderr.take() {
             let (tail, label) = (stderr_tail.clone(), label.to_string());
-            let _ = std::thread::Builder::new()
+            let (eof_tx, eof_rx) = mpsc::channel::<()>();
+            let started = std::thread::Builder::new()
                 .name("ktstr-plugin-stderr".into())
                 .spawn(move || {
+                    let _eof = eof_tx;
                     for line in BufReader::new(stderr).lines() {
                         let Ok(line) = line else { break };
                         tracing::debug!(target: "ktstr::plugin", "plugin {label}: {line}");
@@ -109,6 +120,7 @@ impl Process {
                         }
                     }
                 });
+            stderr_eof = started.is_ok().then_some(eof_rx);
         }
         Ok(Self {
             stdin: child
@@ -118,6 +130,7 @@ impl Process {
             stdout: child.stdout.take(),
             child,
             stderr_tail,
+            stderr_eof,
             status: None,
         })
     }
@@ -126,10 +139,19 @@ impl Process {
         self.child.id()
     }
 
-    /// The last line the plugin wrote to stderr, if any.
-    pub fn last_stderr_line(&self) -> Option<String> {
-        // Give the stderr thread a moment to read what a dying plugin wrote.
-        std::thread::sleep(Duration::from_millis(20));
+    /// The last line the plugin wrote to stderr, if any. Call it after
+    /// [`Self::kill`]: it waits (up to [`STDERR_DRAIN`]) for the stderr
+    /// reader to read everything the dead plugin wrote.
+    pub fn last_stderr_line(&mut self) -> Option<String> {
+        if let Some(eof) = self.stderr_eof.take()
+            && let Err(mpsc::RecvTimeoutError::Timeout) = eof.recv_timeout(STDERR_DRAIN)
+        {
+            tracing::debug!(
+                "plugin process {}: its stderr stayed open {STDERR_DRAIN:?} after it was reaped \
+                 (a child of its own outside its process group?)",
+                self.child.id()
+            );
+        }
         let tail = self.stderr_tail.lock().ok()?;
         tail.iter()
             .rev()
