@@ -34,6 +34,10 @@ const STDERR_DRAIN: Duration = Duration::from_secs(2);
 /// The environment variable naming the protocol version a plugin is run with.
 pub const PROTOCOL_ENV: &str = "KTSTR_PLUGIN_PROTOCOL";
 
+/// How long a start failing with ETXTBSY is retried (see
+/// [`spawn_when_not_busy`]).
+const TEXT_BUSY_WAIT: Duration = Duration::from_secs(2);
+
 type SpawnJob = (Command, mpsc::Sender<std::io::Result<Child>>);
 
 /// The thread every plugin is forked from (see the module docs).
@@ -45,12 +49,32 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnJob>> {
             .name("ktstr-plugin-spawner".into())
             .spawn(move || {
                 for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
+                    let _ = reply.send(spawn_when_not_busy(&mut cmd));
                 }
             })
             .expect("start the plugin spawner thread");
         Mutex::new(tx)
     })
+}
+
+/// `cmd.spawn()`, retried for a while on ETXTBSY ("Text file busy"). A
+/// plugin just written (a scaffold, a script a build produced) is busy
+/// while any process still holds it open for writing, and that includes
+/// a child some other thread of ours forked while the file was open:
+/// the inherited descriptor closes only when that child execs, moments
+/// later.
+fn spawn_when_not_busy(cmd: &mut Command) -> std::io::Result<Child> {
+    let deadline = Instant::now() + TEXT_BUSY_WAIT;
+    loop {
+        match cmd.spawn() {
+            Err(e)
+                if e.raw_os_error() == Some(nix::libc::ETXTBSY) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            spawned => return spawned,
+        }
+    }
 }
 
 /// A running plugin process: its stdin, its stdout, and the last lines of
