@@ -158,7 +158,9 @@ impl Waiter<'_> {
                 claim = self.store.take_over(&self.record(), &theirs);
                 continue;
             }
-            self.cx.progress.line(&status(&theirs, started.elapsed(), SystemTime::now()));
+            self.cx
+                .progress
+                .line(&status(&theirs, started.elapsed(), SystemTime::now()));
             if started.elapsed() >= timings.wait {
                 self.cx.progress.finish_step();
                 self.cx.progress.warn(&format!(

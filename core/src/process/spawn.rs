@@ -67,9 +67,7 @@ fn spawn_when_not_busy(cmd: &mut Command) -> std::io::Result<Child> {
     let deadline = Instant::now() + TEXT_BUSY_WAIT;
     loop {
         match cmd.spawn() {
-            Err(e)
-                if e.raw_os_error() == Some(nix::libc::ETXTBSY) && Instant::now() < deadline =>
-            {
+            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
             }
             spawned => return spawned,

@@ -421,7 +421,8 @@ fn a_holder_that_lost_its_lease_leaves_the_new_one_alone() {
     };
     let usurper = LeaseRecord::new(&key(), "other", "other-run", fast().expiry);
     Fake::ours(&mut store.slot(), &usurper, 100);
-    let lost = |w: &String| w.starts_with("s3-cache: lost the build lease of k-1 to host other pid");
+    let lost =
+        |w: &String| w.starts_with("s3-cache: lost the build lease of k-1 to host other pid");
     assert!(
         eventually(|| progress.warnings().iter().any(lost)),
         "the next heartbeat did not notice: {:?}",
