@@ -357,3 +357,26 @@ fn a_remembered_plugin_starts_on_first_use_and_is_forgotten_when_it_answers_othe
         "a plugin that answers otherwise is asked again next run"
     );
 }
+
+/// The failure message quotes the plugin's real last stderr line even when
+/// a burst of output before it is still being read as the plugin dies
+/// (the reader is waited for, not given a fixed moment).
+#[test]
+fn a_dying_plugins_last_words_survive_a_burst_of_stderr() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("ktstr-plugin-noisy");
+    // More than a pipe holds: up to 64 KiB of it is unread at the exit.
+    write_script(
+        &exe,
+        "#!/bin/sh\nread hello\nyes x | head -n 60000 >&2\necho 'broken now' >&2\nexit 3\n",
+    );
+    let Err(e) = handshake::launch(&exe, "noisy", None) else {
+        panic!("the handshake of a plugin that exits succeeded")
+    };
+    assert!(
+        e.message
+            .contains("exited during the handshake (exit status 3)")
+            && e.message.ends_with("its stderr ended with: broken now"),
+        "{e}"
+    );
+}
