@@ -136,7 +136,7 @@ impl Waiter<'_> {
                         "{} is now being built by {} ({})",
                         self.key,
                         holder(&theirs),
-                        ages(&theirs)
+                        ages(&theirs, SystemTime::now())
                     )),
                     Some(_) => {}
                 }
@@ -149,7 +149,7 @@ impl Waiter<'_> {
             let unchanged = watched
                 .as_ref()
                 .map_or(Duration::ZERO, |w| w.since.elapsed());
-            if let Some(why) = abandoned(&theirs, unchanged, timings.expiry) {
+            if let Some(why) = abandoned(&theirs, unchanged, timings.expiry, SystemTime::now()) {
                 self.cx.progress.note(&format!(
                     "the build lease of {} by {} {why}; taking it over",
                     self.key,
@@ -158,7 +158,9 @@ impl Waiter<'_> {
                 claim = self.store.take_over(&self.record(), &theirs);
                 continue;
             }
-            self.cx.progress.line(&status(&theirs, started.elapsed()));
+            self.cx
+                .progress
+                .line(&status(&theirs, started.elapsed(), SystemTime::now()));
             if started.elapsed() >= timings.wait {
                 self.cx.progress.finish_step();
                 self.cx.progress.warn(&format!(
@@ -221,7 +223,7 @@ impl Waiter<'_> {
              building it twice",
             self.key,
             holder(theirs),
-            ages(theirs),
+            ages(theirs, SystemTime::now()),
             human_duration(wait),
             self.tier
         ));
@@ -246,14 +248,19 @@ impl Waiter<'_> {
     }
 }
 
-/// Why `theirs` counts as abandoned, if it does: its heartbeat is older
-/// than its expiry, or it has not changed for an expiry while we watched.
-fn abandoned(theirs: &Theirs, unchanged: Duration, default_expiry: Duration) -> Option<String> {
+/// Why `theirs` counts as abandoned at `now`, if it does: its heartbeat
+/// is older than its expiry, or it has not changed for an expiry while we
+/// watched.
+fn abandoned(
+    theirs: &Theirs,
+    unchanged: Duration,
+    default_expiry: Duration,
+    now: SystemTime,
+) -> Option<String> {
     let expiry = theirs
         .record
         .as_ref()
         .map_or(default_expiry, |r| r.expiry());
-    let now = SystemTime::now();
     if let Ok(r) = &theirs.record
         && r.expired(now)
     {
@@ -284,12 +291,11 @@ fn holder(theirs: &Theirs) -> String {
     }
 }
 
-/// "lease taken 2m 3s ago, last heartbeat 4s ago".
-fn ages(theirs: &Theirs) -> String {
+/// "lease taken 2m 3s ago, last heartbeat 4s ago", as of `now`.
+fn ages(theirs: &Theirs, now: SystemTime) -> String {
     let Ok(r) = &theirs.record else {
         return "holder unknown".into();
     };
-    let now = SystemTime::now();
     let beat = r.heartbeat_age(now).map_or("unknown".to_string(), |a| {
         format!("{} ago", human_duration(a))
     });
@@ -300,8 +306,8 @@ fn ages(theirs: &Theirs) -> String {
 }
 
 /// The status line while waiting.
-fn status(theirs: &Theirs, waited: Duration) -> String {
-    format!("{}; waited {}", ages(theirs), human_duration(waited))
+fn status(theirs: &Theirs, waited: Duration, now: SystemTime) -> String {
+    format!("{}; waited {}", ages(theirs, now), human_duration(waited))
 }
 
 /// A progress sink that passes each distinct warning and note once.

@@ -13,6 +13,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -26,8 +27,22 @@ const STDERR_TAIL: usize = 20;
 /// How long a plugin may take to exit once its stdin is closed.
 pub const EXIT_GRACE: Duration = Duration::from_secs(2);
 
+/// How long a failure message waits, once the plugin is reaped, for the
+/// stderr reader to reach end of file while it reads nothing new: bounded,
+/// because a grandchild that left the process group may hold the pipe
+/// open for ever. A reader still catching up (a starved thread, 64 KiB of
+/// unread lines) is waited for, up to [`STDERR_DRAIN_MAX`].
+const STDERR_DRAIN: Duration = Duration::from_secs(2);
+/// The longest wait for the stderr reader, however busy it is (a
+/// grandchild that keeps writing to the plugin's stderr).
+const STDERR_DRAIN_MAX: Duration = Duration::from_secs(10);
+
 /// The environment variable naming the protocol version a plugin is run with.
 pub const PROTOCOL_ENV: &str = "KTSTR_PLUGIN_PROTOCOL";
+
+/// How long a start failing with ETXTBSY is retried (see
+/// [`spawn_when_not_busy`]).
+const TEXT_BUSY_WAIT: Duration = Duration::from_secs(2);
 
 type SpawnJob = (Command, mpsc::Sender<std::io::Result<Child>>);
 
@@ -40,12 +55,30 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnJob>> {
             .name("ktstr-plugin-spawner".into())
             .spawn(move || {
                 for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
+                    let _ = reply.send(spawn_when_not_busy(&mut cmd));
                 }
             })
             .expect("start the plugin spawner thread");
         Mutex::new(tx)
     })
+}
+
+/// `cmd.spawn()`, retried for a while on ETXTBSY ("Text file busy"). A
+/// plugin just written (a scaffold, a script a build produced) is busy
+/// while any process still holds it open for writing, and that includes
+/// a child some other thread of ours forked while the file was open:
+/// the inherited descriptor closes only when that child execs, moments
+/// later.
+fn spawn_when_not_busy(cmd: &mut Command) -> std::io::Result<Child> {
+    let deadline = Instant::now() + TEXT_BUSY_WAIT;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            spawned => return spawned,
+        }
+    }
 }
 
 /// A running plugin process: its stdin, its stdout, and the last lines of
@@ -57,6 +90,11 @@ pub struct Process {
     pub stdin: Option<std::fs::File>,
     pub stdout: Option<ChildStdout>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    /// Lines the stderr reader has read so far.
+    stderr_read: Arc<AtomicU64>,
+    /// Disconnected when the stderr reader has read to end of file (its
+    /// sender is dropped then); `None` once waited for.
+    stderr_eof: Option<mpsc::Receiver<()>>,
     status: Option<ExitStatus>,
 }
 
@@ -93,11 +131,15 @@ impl Process {
             .recv()
             .map_err(|_| std::io::Error::other("the plugin spawner thread is gone"))??;
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        let stderr_read = Arc::new(AtomicU64::new(0));
+        let mut stderr_eof = None;
         if let Some(stderr) = child.stderr.take() {
-            let (tail, label) = (stderr_tail.clone(), label.to_string());
-            let _ = std::thread::Builder::new()
+            let (tail, read, label) = (stderr_tail.clone(), stderr_read.clone(), label.to_string());
+            let (eof_tx, eof_rx) = mpsc::channel::<()>();
+            let started = std::thread::Builder::new()
                 .name("ktstr-plugin-stderr".into())
                 .spawn(move || {
+                    let _eof = eof_tx;
                     for line in BufReader::new(stderr).lines() {
                         let Ok(line) = line else { break };
                         tracing::debug!(target: "ktstr::plugin", "plugin {label}: {line}");
@@ -107,8 +149,10 @@ impl Process {
                             }
                             t.push_back(line);
                         }
+                        read.fetch_add(1, Ordering::Relaxed);
                     }
                 });
+            stderr_eof = started.is_ok().then_some(eof_rx);
         }
         Ok(Self {
             stdin: child
@@ -118,6 +162,8 @@ impl Process {
             stdout: child.stdout.take(),
             child,
             stderr_tail,
+            stderr_read,
+            stderr_eof,
             status: None,
         })
     }
@@ -126,15 +172,44 @@ impl Process {
         self.child.id()
     }
 
-    /// The last line the plugin wrote to stderr, if any.
-    pub fn last_stderr_line(&self) -> Option<String> {
-        // Give the stderr thread a moment to read what a dying plugin wrote.
-        std::thread::sleep(Duration::from_millis(20));
+    /// The last line the plugin wrote to stderr, if any. Call it after
+    /// [`Self::kill`]: it waits for the stderr reader to read everything
+    /// the dead plugin wrote (see [`STDERR_DRAIN`]).
+    pub fn last_stderr_line(&mut self) -> Option<String> {
+        if let Some(eof) = self.stderr_eof.take() {
+            self.drain_stderr(&eof);
+        }
         let tail = self.stderr_tail.lock().ok()?;
         tail.iter()
             .rev()
             .find(|l| !l.trim().is_empty())
             .map(|l| l.trim().to_string())
+    }
+
+    /// Wait until the stderr reader hit end of file, or read nothing for
+    /// [`STDERR_DRAIN`], or [`STDERR_DRAIN_MAX`] passed.
+    fn drain_stderr(&self, eof: &mpsc::Receiver<()>) {
+        let started = Instant::now();
+        let (mut read, mut progressed) = (self.stderr_read.load(Ordering::Relaxed), started);
+        loop {
+            match eof.recv_timeout(Duration::from_millis(100)) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            let now = self.stderr_read.load(Ordering::Relaxed);
+            if now != read {
+                (read, progressed) = (now, Instant::now());
+            }
+            if progressed.elapsed() >= STDERR_DRAIN || started.elapsed() >= STDERR_DRAIN_MAX {
+                tracing::debug!(
+                    "plugin process {}: its stderr stayed open {:?} after it was reaped \
+                     (a child of its own outside its process group?)",
+                    self.child.id(),
+                    started.elapsed()
+                );
+                return;
+            }
+        }
     }
 
     /// Wait up to `grace` for the plugin to exit on its own; `None` if it

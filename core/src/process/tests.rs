@@ -4,13 +4,14 @@
 //! and a call is cancelled, timed out and reported as the protocol says.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ktstr_sdk::cache::{CacheBackend, CacheKey};
 use ktstr_sdk::conformance::cache::{self, Fixture, Options};
+use ktstr_sdk::context::{Cancellation, Progress, StageContext};
 use ktstr_sdk::registry::AnyStage;
-use ktstr_sdk::testing::{RecordingRunner, context_with};
+use ktstr_sdk::testing::{RecordingProgress, RecordingRunner, context_with};
 use ktstr_sdk::{ErrorKind, StageError};
 use serde_json::json;
 
@@ -94,13 +95,17 @@ fn a_bad_setting_is_the_plugins_own_error_with_its_hint() {
     assert!(e.hint.unwrap().contains("dir = \"/srv/kernels\""));
 }
 
-/// A plugin that reads its requests but never answers `cache.list`, and
-/// ignores `cancel`: written with `sh` so the test needs nothing else.
-fn silent_plugin(dir: &Path) -> PathBuf {
-    let exe = dir.join("ktstr-plugin-silent");
-    std::fs::write(
-        &exe,
-        r#"#!/bin/sh
+/// Write the executable script `exe` (replacing it if it exists). Spawning
+/// it at once is safe although other test threads fork meanwhile: a fork
+/// that inherited the write descriptor makes exec fail with ETXTBSY until
+/// that child execs, and `Process::spawn` retries that.
+fn write_script(exe: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(exe, text).unwrap();
+    std::fs::set_permissions(exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+const SILENT: &str = r#"#!/bin/sh
 read hello
 echo '{"id":0,"result":{"protocol":1,"name":"silent","version":"1.0.0","stages":[{"kind":"cache","name":"silent","summary":"s"}]}}'
 read new
@@ -108,12 +113,75 @@ echo '{"id":1,"result":{"instance":7}}'
 read call
 echo '{"method":"progress.line","params":{"line":"thinking"}}'
 exec sleep 600
-"#,
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+"#;
+
+/// A plugin that reads its requests but never answers `cache.list`, and
+/// ignores `cancel`: written with `sh` so the test needs nothing else.
+fn silent_plugin(dir: &Path) -> PathBuf {
+    let exe = dir.join("ktstr-plugin-silent");
+    write_script(&exe, SILENT);
     exe
+}
+
+/// A progress sink that records, and cancels the call at the first event
+/// `fires` picks (the plugin's own progress: the call is in flight then).
+struct CancelOn {
+    inner: Arc<RecordingProgress>,
+    cancel: Cancellation,
+    fires: fn(&str) -> bool,
+    at: Mutex<Option<Instant>>,
+}
+
+impl CancelOn {
+    /// A context whose call is cancelled at the first step or line
+    /// `fires` accepts (steps are seen as `step:NAME`).
+    fn context(fires: fn(&str) -> bool) -> (StageContext, Arc<Self>) {
+        let (cx, inner) = context_with(Arc::new(RecordingRunner::default()));
+        let me = Arc::new(Self {
+            inner,
+            cancel: cx.cancel.clone(),
+            fires,
+            at: Mutex::new(None),
+        });
+        let cx = StageContext {
+            progress: me.clone(),
+            ..cx
+        };
+        (cx, me)
+    }
+
+    fn seen(&self, event: &str) {
+        let mut at = self.at.lock().unwrap();
+        if at.is_none() && (self.fires)(event) {
+            *at = Some(Instant::now());
+            self.cancel.cancel();
+        }
+    }
+
+    /// When the cancel fired.
+    fn fired(&self) -> Instant {
+        self.at.lock().unwrap().expect("the cancel never fired")
+    }
+}
+
+impl Progress for CancelOn {
+    fn step(&self, name: &str) {
+        self.inner.step(name);
+        self.seen(&format!("step:{name}"));
+    }
+    fn line(&self, line: &str) {
+        self.inner.line(line);
+        self.seen(line);
+    }
+    fn finish_step(&self) {
+        self.inner.finish_step();
+    }
+    fn warn(&self, message: &str) {
+        self.inner.warn(message);
+    }
+    fn note(&self, message: &str) {
+        self.inner.note(message);
+    }
 }
 
 #[test]
@@ -123,7 +191,7 @@ fn a_silent_plugin_times_out_and_every_later_call_fails_at_once() {
     let plugin = handshake::launch(&exe, "silent", None).unwrap();
     let pid = plugin.conn.pid().unwrap();
     let factory = ProcFactory::new(&plugin, plugin.stages[0].clone());
-    let AnyStage::Cache(c) = factory.construct(&json!({"call_timeout": 0.3})).unwrap() else {
+    let AnyStage::Cache(c) = factory.construct(&json!({"call_timeout": 2})).unwrap() else {
         panic!("not a cache")
     };
     let (cx, progress) = context_with(Arc::new(RecordingRunner::default()));
@@ -132,7 +200,7 @@ fn a_silent_plugin_times_out_and_every_later_call_fails_at_once() {
     assert!(
         e.message.starts_with("plugin silent (")
             && e.message
-                .contains("sent nothing for 0.3 s during cache.list; killed it"),
+                .contains("sent nothing for 2 s during cache.list; killed it"),
         "{e}"
     );
     assert!(progress.lines().contains(&"thinking".to_string()));
@@ -156,16 +224,11 @@ fn a_cancelled_call_sends_cancel_and_a_plugin_that_ignores_it_is_killed() {
     let AnyStage::Cache(c) = factory.construct(&json!(null)).unwrap() else {
         panic!("not a cache")
     };
-    let (cx, _) = context_with(Arc::new(RecordingRunner::default()));
-    let cancel = cx.cancel.clone();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(200));
-        cancel.cancel();
-    });
-    let start = std::time::Instant::now();
+    // Cancelled once the plugin is inside the call (it said "thinking").
+    let (cx, progress) = CancelOn::context(|event| event == "thinking");
     let e = c.list(&cx).unwrap_err();
+    let took = progress.fired().elapsed();
     assert_eq!(e.kind, ErrorKind::Cancelled, "{e}");
-    let took = start.elapsed();
     assert!(
         took >= super::conn::CANCEL_GRACE && took < super::conn::CANCEL_GRACE * 2,
         "killed after the grace period, not before: {took:?}"
@@ -179,8 +242,7 @@ fn a_plugin_that_stops_reading_its_stdin_cannot_block_ktstr() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = silent_plugin(tmp.path());
     // The silent plugin without its last `read`: it never reads again.
-    let text = std::fs::read_to_string(&exe).unwrap();
-    std::fs::write(&exe, text.replace("read call\n", "")).unwrap();
+    write_script(&exe, &SILENT.replace("read call\n", ""));
     let plugin = handshake::launch(&exe, "silent", None).unwrap();
     plugin
         .conn
@@ -216,9 +278,9 @@ fn a_cancel_mid_store_stops_the_python_cache_which_stores_nothing_and_keeps_serv
     let image = tmp.path().join("bzImage");
     let config = tmp.path().join("config");
     // Large enough that the copy is still running when the cancel arrives
-    // (sparse: it costs hashing time, not disk).
+    // (sparse: it costs hashing time, not disk; and only until the cancel).
     std::fs::File::create(&image)
-        .and_then(|f| f.set_len(256 << 20))
+        .and_then(|f| f.set_len(1 << 30))
         .unwrap();
     std::fs::write(&config, "CONFIG_X=y\n").unwrap();
     let key = CacheKey::parse("k-1").unwrap();
@@ -235,15 +297,11 @@ fn a_cancel_mid_store_stops_the_python_cache_which_stores_nothing_and_keeps_serv
         config,
         log: None,
     };
-    let (cx, progress) = context_with(Arc::new(RecordingRunner::default()));
-    let cancel = cx.cancel.clone();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
-        cancel.cancel();
-    });
+    // Cancelled as the store begins its copy (its first step).
+    let (cx, progress) = CancelOn::context(|event| event.starts_with("step:storing k-1"));
     let e = c.store(&key, &artifacts, &metadata, &cx).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Cancelled, "{e}");
-    assert_eq!(progress.steps().len(), 1, "the store had begun");
+    assert_eq!(progress.inner.steps().len(), 1, "the store had begun");
     assert!(
         !dir.join("k-1").exists(),
         "a cancelled store stores nothing"
@@ -262,11 +320,10 @@ fn a_cancel_mid_store_stops_the_python_cache_which_stores_nothing_and_keeps_serv
 fn a_remembered_plugin_starts_on_first_use_and_is_forgotten_when_it_answers_otherwise() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = silent_plugin(tmp.path());
-    let text = std::fs::read_to_string(&exe).unwrap();
     let broken = tmp.path().join("broken");
-    std::fs::write(
+    write_script(
         &exe,
-        text.replacen(
+        &SILENT.replacen(
             "\n",
             &format!(
                 "\n[ -e {} ] && {{ echo 'broken now' >&2; exit 3; }}\n",
@@ -274,8 +331,7 @@ fn a_remembered_plugin_starts_on_first_use_and_is_forgotten_when_it_answers_othe
             ),
             1,
         ),
-    )
-    .unwrap();
+    );
     let memo = Arc::new(super::memo::Memo::at(&tmp.path().join("memo.json"), &exe));
     drop(handshake::launch(&exe, "silent", Some(memo.clone())).unwrap());
     assert!(memo.hello().is_some(), "the handshake is remembered");
@@ -299,5 +355,28 @@ fn a_remembered_plugin_starts_on_first_use_and_is_forgotten_when_it_answers_othe
     assert!(
         memo.hello().is_none(),
         "a plugin that answers otherwise is asked again next run"
+    );
+}
+
+/// The failure message quotes the plugin's real last stderr line even when
+/// a burst of output before it is still being read as the plugin dies
+/// (the reader is waited for, not given a fixed moment).
+#[test]
+fn a_dying_plugins_last_words_survive_a_burst_of_stderr() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("ktstr-plugin-noisy");
+    // More than a pipe holds: up to 64 KiB of it is unread at the exit.
+    write_script(
+        &exe,
+        "#!/bin/sh\nread hello\nyes x | head -n 60000 >&2\necho 'broken now' >&2\nexit 3\n",
+    );
+    let Err(e) = handshake::launch(&exe, "noisy", None) else {
+        panic!("the handshake of a plugin that exits succeeded")
+    };
+    assert!(
+        e.message
+            .contains("exited during the handshake (exit status 3)")
+            && e.message.ends_with("its stderr ended with: broken now"),
+        "{e}"
     );
 }

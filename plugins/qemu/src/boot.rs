@@ -189,14 +189,26 @@ mod tests {
         std::process::Command::new("sh")
             .args(["-c", &format!("echo $$ > \"$0\"; {script}")])
             .arg(pidfile)
+            .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap()
     }
 
-    fn wait_for(path: &Path) {
-        let until = Instant::now() + Duration::from_secs(5);
-        while !path.exists() {
-            assert!(Instant::now() < until, "{} never appeared", path.display());
+    /// Wait until the fake qemu has written its pid to `pidfile`: the
+    /// shell creates the file (empty) before `echo` fills it, so the file
+    /// existing is not enough. One `echo` is one write, of a whole line.
+    fn wait_for_pid(pidfile: &Path) -> i32 {
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(pidfile).unwrap_or_default();
+            if let Some(pid) = text.strip_suffix('\n').and_then(|t| t.parse().ok()) {
+                return pid;
+            }
+            assert!(
+                Instant::now() < until,
+                "{} holds no pid: {text:?}",
+                pidfile.display()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -207,8 +219,7 @@ mod tests {
         let pidfile = dir.path().join("qemu.pid");
         assert!(!kill_qemu(&pidfile), "no pidfile yet");
         let mut child = fake_qemu(&pidfile, "exec tail -f \"$0\"");
-        wait_for(&pidfile);
-        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(wait_for_pid(&pidfile), child.id() as i32);
         // Another pidfile naming the same pid: not ours, left alone.
         let other = dir.path().join("other.pid");
         std::fs::copy(&pidfile, &other).unwrap();
@@ -230,8 +241,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("qemu.pid");
         let mut child = fake_qemu(&pidfile, "exec tail -f \"$0\"");
-        wait_for(&pidfile);
-        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(wait_for_pid(&pidfile), child.id() as i32);
         let shared = Mutex::new(shared);
         let started = Instant::now();
         watch(

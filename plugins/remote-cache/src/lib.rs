@@ -111,7 +111,10 @@ pub fn s3_tier_with_env(
             scratch_dir,
             env_prefix: settings::S3_ENV_PREFIX,
             auth_hint,
-            leases: s.leases,
+            leases: s.leases.map(|timings| tier::LeaseOptions {
+                timings,
+                settle: s.lease_settle,
+            }),
         },
     )
 }

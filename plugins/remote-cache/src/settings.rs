@@ -73,6 +73,8 @@ pub struct S3Settings {
     pub concurrency: usize,
     /// Build leases (fleet single-flight); `None` when `leases = false`.
     pub leases: Option<LeaseTimings>,
+    /// How long after a lease write it is read back (`lease_settle`).
+    pub lease_settle: Duration,
     pub common: Common,
 }
 
@@ -83,6 +85,11 @@ impl S3Settings {
     pub const MAX_PART_SIZE: u64 = 5 << 30;
     pub const DEFAULT_PART_SIZE: u64 = 16 << 20;
     pub const DEFAULT_CONCURRENCY: usize = 4;
+    /// `lease_settle`: on s3s-fs a racing writer's check-then-write takes
+    /// milliseconds; 250 ms covers it on a loaded machine.
+    pub const DEFAULT_LEASE_SETTLE: Duration = Duration::from_millis(250);
+    /// Longest `lease_settle`: every lease write waits this long.
+    pub const MAX_LEASE_SETTLE: Duration = Duration::from_secs(10);
 }
 
 /// Settings of `http-cache`.
@@ -128,6 +135,7 @@ settings!(S3_KEYS, [
     "lease_expiry" => "a lease not refreshed for this long is taken over (default 5m)",
     "lease_wait" => "longest wait for another machine's build before building here (default 1h)",
     "lease_poll" => "how often a waiter looks for the other machine's entry (default 5s)",
+    "lease_settle" => "how long after a lease write it is read back to confirm it (default 250ms)",
 ]);
 
 settings!(HTTP_KEYS, [
@@ -252,6 +260,7 @@ impl S3Settings {
             part_size,
             concurrency: r.int("concurrency", Self::DEFAULT_CONCURRENCY as i64, (1, 64))? as usize,
             leases: leases(r)?,
+            lease_settle: lease_settle(r)?,
             common: common(r)?,
         })
     }
@@ -310,6 +319,18 @@ fn leases(r: &ConfigReader<'_>) -> Result<Option<LeaseTimings>> {
         ));
     }
     Ok(Some(t))
+}
+
+/// `lease_settle`, at most [`S3Settings::MAX_LEASE_SETTLE`].
+fn lease_settle(r: &ConfigReader<'_>) -> Result<Duration> {
+    let d = r.duration("lease_settle", S3Settings::DEFAULT_LEASE_SETTLE)?;
+    if d > S3Settings::MAX_LEASE_SETTLE {
+        return Err(r.bad(
+            "lease_settle",
+            format!("is {d:?}; it must be at most 10s (every lease write waits this long)"),
+        ));
+    }
+    Ok(d)
 }
 
 /// `scratch_dir` of either plugin.
@@ -411,6 +432,7 @@ mod tests {
     fn lease_settings_default_on_and_are_checked() {
         let s = S3Settings::from_sources(&serde_json::json!({"bucket": "b"}), &env(&[])).unwrap();
         assert_eq!(s.leases, Some(LeaseTimings::DEFAULT));
+        assert_eq!(s.lease_settle, Duration::from_millis(250));
         let s = S3Settings::from_sources(
             &serde_json::json!({"bucket": "b", "lease_expiry": "3s"}),
             &env(&[
@@ -443,6 +465,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.message.contains("at least 100ms"), "{err}");
+        let s = S3Settings::from_sources(
+            &serde_json::json!({"bucket": "b"}),
+            &env(&[("KTSTR_S3_LEASE_SETTLE", "2s")]),
+        )
+        .unwrap();
+        assert_eq!(s.lease_settle, Duration::from_secs(2));
+        let err = S3Settings::from_sources(
+            &serde_json::json!({"bucket": "b", "lease_settle": "1m"}),
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(err.message.contains("`lease_settle`"), "{err}");
+        assert!(err.message.contains("at most 10s"), "{err}");
     }
 
     #[test]

@@ -55,7 +55,15 @@ pub struct TierOptions {
     pub auth_hint: String,
     /// Build leases (fleet single-flight), for a store whose PUT can be
     /// conditional; `None`: no leases. Never used when read-only.
-    pub leases: Option<LeaseTimings>,
+    pub leases: Option<LeaseOptions>,
+}
+
+/// The settings of a tier's build leases.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseOptions {
+    pub timings: LeaseTimings,
+    /// How long after a write a lease is read back (see [`TierLeases`]).
+    pub settle: std::time::Duration,
 }
 
 /// A remote cache tier.
@@ -137,14 +145,15 @@ impl RemoteTier {
         };
         let store: Arc<dyn ObjectStore> = Arc::from(store);
         let runtime = Arc::new(runtime);
-        let leases = (opts.leases).filter(|_| !opts.read_only).map(|timings| {
+        let leases = (opts.leases).filter(|_| !opts.read_only).map(|lease| {
             Arc::new(TierLeases {
                 plugin,
                 location: location.clone(),
                 store: store.clone(),
                 runtime: runtime.clone(),
                 dir: root.clone().join("leases"),
-                timings,
+                timings: lease.timings,
+                settle: lease.settle,
             })
         });
         Ok(Self {

@@ -11,11 +11,12 @@ use ktstr_sdk::testing::{RecordingProgress, RecordingRunner, context_with};
 
 use super::*;
 
-fn theirs(expiry: Duration, heartbeat_ago: Duration) -> Theirs {
+/// A lease whose last heartbeat was `heartbeat_ago` before `now`.
+fn theirs(expiry: Duration, heartbeat_ago: Duration, now: SystemTime) -> Theirs {
     let key = CacheKey::parse("k-1").unwrap();
     let r = LeaseRecord::new(&key, "ci-3", "run", expiry);
     Theirs {
-        record: Ok(r.beat(SystemTime::now() - heartbeat_ago)),
+        record: Ok(r.beat(now - heartbeat_ago)),
         version: "\"v1\"".into(),
     }
 }
@@ -23,27 +24,33 @@ fn theirs(expiry: Duration, heartbeat_ago: Duration) -> Theirs {
 #[test]
 fn a_lease_is_abandoned_by_its_heartbeat_or_by_not_changing() {
     let expiry = Duration::from_secs(10);
-    let fresh = theirs(expiry, Duration::ZERO);
-    assert_eq!(abandoned(&fresh, Duration::from_secs(3), expiry), None);
-    let old = theirs(expiry, Duration::from_secs(60));
-    let why = abandoned(&old, Duration::ZERO, expiry).unwrap();
+    // One fixed "now": a stalled test thread cannot change the ages.
+    let now = SystemTime::now();
+    let fresh = theirs(expiry, Duration::ZERO, now);
+    assert_eq!(abandoned(&fresh, Duration::from_secs(3), expiry, now), None);
+    let old = theirs(expiry, Duration::from_secs(60), now);
+    let why = abandoned(&old, Duration::ZERO, expiry, now).unwrap();
     assert!(why.starts_with("has had no heartbeat for 1m00s"), "{why}");
     // A holder whose clock runs ahead looks fresh forever; watched long
     // enough without a change, it is abandoned all the same.
-    let ahead = theirs(expiry, Duration::ZERO);
-    let why = abandoned(&ahead, Duration::from_secs(11), expiry).unwrap();
+    let ahead = theirs(expiry, Duration::ZERO, now + Duration::from_secs(3600));
+    assert_eq!(abandoned(&ahead, Duration::from_secs(9), expiry, now), None);
+    let why = abandoned(&ahead, Duration::from_secs(11), expiry, now).unwrap();
     assert!(why.starts_with("has not changed for 11.0s"), "{why}");
     let unreadable = Theirs {
         record: Err("version 9".into()),
         version: "\"v\"".into(),
     };
-    assert_eq!(abandoned(&unreadable, Duration::from_secs(9), expiry), None);
-    assert!(abandoned(&unreadable, Duration::from_secs(11), expiry).is_some());
+    assert_eq!(
+        abandoned(&unreadable, Duration::from_secs(9), expiry, now),
+        None
+    );
+    assert!(abandoned(&unreadable, Duration::from_secs(11), expiry, now).is_some());
     assert_eq!(holder(&unreadable), "an unreadable lease (version 9)");
     assert!(
-        ages(&old).contains("last heartbeat 1m00s ago"),
+        ages(&old, now).contains("last heartbeat 1m00s ago"),
         "{}",
-        ages(&old)
+        ages(&old, now)
     );
 }
 
@@ -85,8 +92,14 @@ impl Fake {
         self
     }
 
-    fn theirs(&self) -> Claim {
-        let mut cur = self.current.lock().unwrap();
+    /// Every method takes the `current` guard once and holds it through
+    /// its read and its write, as the bucket's conditional PUT is atomic:
+    /// a heartbeat in flight must not overwrite a takeover made meanwhile.
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<(LeaseRecord, u64)>> {
+        self.current.lock().unwrap()
+    }
+
+    fn theirs(&self, cur: &mut Option<(LeaseRecord, u64)>) -> Claim {
         let (r, v) = cur.as_mut().unwrap();
         if self.alive && r.run_id == "other-run" {
             *r = r.beat(SystemTime::now());
@@ -98,8 +111,8 @@ impl Fake {
         })
     }
 
-    fn ours(&self, record: &LeaseRecord, version: u64) -> Claim {
-        *self.current.lock().unwrap() = Some((record.clone(), version));
+    fn ours(cur: &mut Option<(LeaseRecord, u64)>, record: &LeaseRecord, version: u64) -> Claim {
+        *cur = Some((record.clone(), version));
         Claim::Ours(Lease {
             record: record.clone(),
             version: version.to_string(),
@@ -122,35 +135,32 @@ impl LeaseStore for Fake {
         if self.fails {
             return Err(Self::broken());
         }
-        if self.current.lock().unwrap().is_none() {
-            return Ok(self.ours(record, 1));
+        let mut cur = self.slot();
+        if cur.is_none() {
+            return Ok(Self::ours(&mut cur, record, 1));
         }
-        Ok(self.theirs())
+        Ok(self.theirs(&mut cur))
     }
     fn take_over(&self, record: &LeaseRecord, stale: &Theirs) -> Result<Claim> {
         self.take_overs.fetch_add(1, Ordering::SeqCst);
-        let v = self.current.lock().unwrap().as_ref().map(|(_, v)| *v);
+        let mut cur = self.slot();
+        let v = cur.as_ref().map(|(_, v)| *v);
         if v.map(|v| v.to_string()) == Some(stale.version.clone()) {
-            return Ok(self.ours(record, v.unwrap() + 1));
+            return Ok(Self::ours(&mut cur, record, v.unwrap() + 1));
         }
-        Ok(self.theirs())
+        Ok(self.theirs(&mut cur))
     }
     fn refresh(&self, held: &Lease, record: &LeaseRecord) -> Result<Claim> {
         self.refreshes.fetch_add(1, Ordering::SeqCst);
-        let v = self
-            .current
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map(|(r, v)| (r.run_id.clone(), *v));
-        match v {
-            Some((run, v)) if run == held.record.run_id => Ok(self.ours(record, v + 1)),
-            _ => Ok(self.theirs()),
+        let mut cur = self.slot();
+        match cur.as_ref().map(|(r, v)| (r.run_id.clone(), *v)) {
+            Some((run, v)) if run == held.record.run_id => Ok(Self::ours(&mut cur, record, v + 1)),
+            _ => Ok(self.theirs(&mut cur)),
         }
     }
     fn release(&self, held: &Lease) -> Result<bool> {
         self.releases.fetch_add(1, Ordering::SeqCst);
-        let mut cur = self.current.lock().unwrap();
+        let mut cur = self.slot();
         if cur
             .as_ref()
             .is_some_and(|(r, _)| r.run_id == held.record.run_id)
@@ -160,6 +170,19 @@ impl LeaseStore for Fake {
         }
         Ok(false)
     }
+}
+
+/// Whether `done` holds within a deadline far beyond any heartbeat here
+/// (a loaded machine may not run the heartbeat thread for seconds).
+fn eventually(done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
 }
 
 fn key() -> CacheKey {
@@ -230,8 +253,10 @@ fn a_free_lease_is_taken_heartbeated_and_released_on_drop() {
         panic!("not held")
     };
     assert_eq!(lookups, 1, "won: looked once more before building");
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(store.refreshes.load(Ordering::SeqCst) >= 2, "no heartbeats");
+    assert!(
+        eventually(|| store.refreshes.load(Ordering::SeqCst) >= 2),
+        "no heartbeats"
+    );
     assert!(store.current.lock().unwrap().is_some());
     drop(held);
     assert_eq!(store.releases.load(Ordering::SeqCst), 1);
@@ -296,10 +321,17 @@ fn an_expired_lease_is_taken_over() {
     let (got, progress, _) = wait_on(&store, None, true);
     assert!(matches!(got, Ok(Leased::Held(_))));
     assert_eq!(store.take_overs.load(Ordering::SeqCst), 1);
+    // 60m00s, or a few seconds more if this thread stalled since the
+    // heartbeat was written (the exact text is the unit test's above).
+    let expired = |n: &String| {
+        n.strip_prefix("the build lease of k-1 by host other pid 7 has had no heartbeat for 60m")
+            .and_then(|rest| rest.split_once("s (expiry 0.3s); "))
+            .is_some_and(|(secs, then)| {
+                secs.len() == 2 && secs.parse::<u8>().is_ok() && then == "taking it over"
+            })
+    };
     assert!(
-        (progress.notes().iter()).any(|n| n.starts_with(
-            "the build lease of k-1 by host other pid 7 has had no heartbeat for 60m00s"
-        ) && n.ends_with("taking it over")),
+        progress.notes().iter().any(expired),
         "{:?}",
         progress.notes()
     );
@@ -388,16 +420,22 @@ fn a_holder_that_lost_its_lease_leaves_the_new_one_alone() {
         panic!("not held")
     };
     let usurper = LeaseRecord::new(&key(), "other", "other-run", fast().expiry);
-    store.ours(&usurper, 100);
-    std::thread::sleep(Duration::from_millis(150));
+    Fake::ours(&mut store.slot(), &usurper, 100);
+    let lost =
+        |w: &String| w.starts_with("s3-cache: lost the build lease of k-1 to host other pid");
+    assert!(
+        eventually(|| progress.warnings().iter().any(lost)),
+        "the next heartbeat did not notice: {:?}",
+        progress.warnings()
+    );
     drop(held);
     assert_eq!(
         store.current.lock().unwrap().as_ref().unwrap().0.run_id,
         "other-run"
     );
-    assert!(
-        (progress.warnings().iter())
-            .any(|w| w.starts_with("s3-cache: lost the build lease of k-1 to host other pid")),
+    assert_eq!(
+        progress.warnings().iter().filter(|w| lost(w)).count(),
+        1,
         "{:?}",
         progress.warnings()
     );

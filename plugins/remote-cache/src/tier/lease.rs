@@ -29,13 +29,6 @@ use super::errors::summarize;
 /// create and the read of its holder (a holder releasing just then).
 const CLAIM_ATTEMPTS: usize = 5;
 
-/// How long after a successful conditional write the lease is read back.
-/// On a store whose conditional PUT is atomic (AWS S3, MinIO, R2) the
-/// write alone decides and the read only confirms; on one that checks,
-/// then writes (s3s-fs), a racing writer that passed the check too has
-/// finished its write by then, so the read shows the one real winner.
-const SETTLE: std::time::Duration = std::time::Duration::from_millis(250);
-
 /// The leases of one tier. Shares the tier's client and runtime, so the
 /// host's heartbeat thread and the build's own requests use one
 /// connection pool (a current-thread runtime may be blocked on from
@@ -48,6 +41,13 @@ pub struct TierLeases {
     /// `<prefix>/v1/leases`.
     pub(super) dir: ObjPath,
     pub(super) timings: LeaseTimings,
+    /// How long after a successful conditional write the lease is read
+    /// back (`lease_settle`). On a store whose conditional PUT is atomic
+    /// (AWS S3, MinIO, R2) the write alone decides and the read only
+    /// confirms; on one that checks, then writes (s3s-fs), a racing writer
+    /// that passed the check too has finished its write by then, so the
+    /// read shows the one real winner.
+    pub(super) settle: std::time::Duration,
 }
 
 /// What one read of a lease object found.
@@ -130,7 +130,7 @@ impl TierLeases {
         let body = PutPayload::from(record.to_json());
         match self.store.put_opts(&path, body, mode.into()).await {
             Ok(_) => {
-                tokio::time::sleep(SETTLE).await;
+                tokio::time::sleep(self.settle).await;
                 self.confirm(record).await
             }
             // Ours all the same when a retry of a write whose answer was
