@@ -262,7 +262,7 @@ mod tests {
     fn the_deadline_kills() {
         let (stop, took) = watch_with(Shared::default(), Duration::from_millis(300), None);
         assert_eq!(stop, Some(Stop::Deadline));
-        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert!(took < Duration::from_secs(10), "{took:?}");
     }
 
     #[test]
