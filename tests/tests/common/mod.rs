@@ -611,7 +611,13 @@ pub struct Spawned {
     pub child: Child,
     /// stderr as read so far, once [`Spawned::wait_for_stderr`] started
     /// reading it (the reader also keeps the pipe from filling up).
-    stderr_read: Option<(Arc<Mutex<Vec<u8>>>, std::thread::JoinHandle<()>)>,
+    stderr_read: Option<StderrReader>,
+}
+
+/// A thread that reads a child's stderr into `seen` as it comes.
+struct StderrReader {
+    seen: Arc<Mutex<Vec<u8>>>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Spawned {
@@ -686,9 +692,12 @@ impl Spawned {
                     sink.lock().unwrap().extend_from_slice(&buf[..n]);
                 }
             });
-            self.stderr_read = Some((seen, reader));
+            self.stderr_read = Some(StderrReader {
+                seen,
+                thread: reader,
+            });
         }
-        &self.stderr_read.as_ref().unwrap().0
+        &self.stderr_read.as_ref().unwrap().seen
     }
 
     /// Wait for exit and read the output.
@@ -702,9 +711,9 @@ impl Spawned {
         if let Some(mut err) = self.child.stderr.take() {
             err.read_to_end(&mut stderr).unwrap();
         }
-        if let Some((seen, reader)) = self.stderr_read.take() {
-            reader.join().unwrap();
-            stderr = std::mem::take(&mut *seen.lock().unwrap());
+        if let Some(reader) = self.stderr_read.take() {
+            reader.thread.join().unwrap();
+            stderr = std::mem::take(&mut *reader.seen.lock().unwrap());
         }
         let elapsed = self.start.elapsed();
         Run::from_output(
