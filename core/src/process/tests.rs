@@ -316,6 +316,68 @@ fn a_cancel_mid_store_stops_the_python_cache_which_stores_nothing_and_keeps_serv
     assert!(c.list(&cx).unwrap().is_empty());
 }
 
+/// Three processes of the Python scaffold store one key over and over at
+/// once: every store succeeds. Its publish once gave up when another
+/// writer moved the old entry aside between its rename and its look
+/// ("Directory not empty"), which failed the conformance suite's
+/// atomic-replace rule in a CI-like run.
+#[test]
+fn concurrent_stores_of_one_key_through_the_python_cache_all_succeed() {
+    if !have_python() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = scaffold(tmp.path());
+    let dir = tmp.path().join("kernels");
+    let image = tmp.path().join("bzImage");
+    let config = tmp.path().join("config");
+    std::fs::write(&image, "an image").unwrap();
+    std::fs::write(&config, "CONFIG_X=y\n").unwrap();
+    let key = CacheKey::parse("k-1").unwrap();
+    let metadata: ktstr_sdk::cache::Metadata = serde_json::from_value(json!({
+        "schema": 1, "key": "k-1", "source": {"kind": "x", "identity": "y"},
+        "version": null, "arch": "x86_64", "image_name": "bzImage",
+        "profile": "p", "config_sha256": "", "builder": "b", "toolchain": "t",
+        "built_at": "", "components": [], "artifacts": {}
+    }))
+    .unwrap();
+    let artifacts = ktstr_sdk::cache::Artifacts {
+        image,
+        vmlinux: None,
+        config,
+        log: None,
+    };
+    let writers: Vec<_> = (0..3)
+        .map(|_| cache_at(&exe, json!({ "dir": dir })))
+        .collect();
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let running: Vec<_> = (writers.iter())
+            .map(|c| {
+                let (key, artifacts, metadata) = (&key, &artifacts, &metadata);
+                scope.spawn(move || {
+                    let (cx, _) = context_with(Arc::new(RecordingRunner::default()));
+                    (0..60)
+                        .filter_map(|_| c.store(key, artifacts, metadata, &cx).err())
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:#?}",
+        failures.len()
+    );
+    let (cx, _) = context_with(Arc::new(RecordingRunner::default()));
+    let listed = writers[0].list(&cx).unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+}
+
 #[test]
 fn a_remembered_plugin_starts_on_first_use_and_is_forgotten_when_it_answers_otherwise() {
     let tmp = tempfile::tempdir().unwrap();

@@ -18,6 +18,7 @@ Settings ([plugin.{{NAME}}] in ktstr's config file):
     read_only  = false            # true: never store or remove
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -241,19 +242,21 @@ class DirCache:
                 "origin": NAME}
 
     def _publish(self, new, dest):
+        # Another writer can publish the key between our moving the old
+        # entry aside and our rename: whatever is there goes aside, again.
         while True:
             try:
                 os.rename(new, dest)
                 return
             except OSError as e:
-                if not os.path.isdir(dest):
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
-                old = tempfile.mkdtemp(dir=os.path.join(self.dir, ".tmp"))
-                try:
-                    os.rename(dest, os.path.join(old, "entry"))
-                except FileNotFoundError:
-                    pass
-                shutil.rmtree(old, ignore_errors=True)
+            old = tempfile.mkdtemp(dir=os.path.join(self.dir, ".tmp"))
+            try:
+                os.rename(dest, os.path.join(old, "entry"))
+            except FileNotFoundError:
+                pass
+            shutil.rmtree(old, ignore_errors=True)
 
     def list(self, call):
         try:
