@@ -378,6 +378,101 @@ fn concurrent_stores_of_one_key_through_the_python_cache_all_succeed() {
     assert_eq!(listed.len(), 1, "{listed:?}");
 }
 
+/// Lookups through the Python scaffold while two other processes keep
+/// replacing the entry with versions of different content: every lookup
+/// is served one whole version. Its lookup once re-read the entry by path
+/// after reading the metadata, so under steady replacement it read files
+/// of another version three times running and failed ("it keeps changing
+/// while it is read"), which failed the conformance suite in a CI-like run.
+#[test]
+fn lookups_through_the_python_cache_during_replacements_see_whole_versions() {
+    if !have_python() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = scaffold(tmp.path());
+    let dir = tmp.path().join("kernels");
+    let key = CacheKey::parse("k-1").unwrap();
+    let metadata: ktstr_sdk::cache::Metadata = serde_json::from_value(json!({
+        "schema": 1, "key": "k-1", "source": {"kind": "x", "identity": "y"},
+        "version": null, "arch": "x86_64", "image_name": "bzImage",
+        "profile": "p", "config_sha256": "", "builder": "b", "toolchain": "t",
+        "built_at": "", "components": [], "artifacts": {}
+    }))
+    .unwrap();
+    // Two versions whose files differ in content and size.
+    let version = |n: usize| {
+        let d = tmp.path().join(format!("v{n}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("bzImage"), vec![b'a' + n as u8; 200_000 + n * 1000]).unwrap();
+        std::fs::write(d.join("config"), format!("CONFIG_V{n}=y\n")).unwrap();
+        ktstr_sdk::cache::Artifacts {
+            image: d.join("bzImage"),
+            vmlinux: None,
+            config: d.join("config"),
+            log: None,
+        }
+    };
+    let versions = [version(0), version(1)];
+    let (cx, _) = context_with(Arc::new(RecordingRunner::default()));
+    let first = cache_at(&exe, json!({ "dir": dir }));
+    first.store(&key, &versions[0], &metadata, &cx).unwrap();
+    let writers: Vec<_> = (0..2)
+        .map(|_| cache_at(&exe, json!({ "dir": dir })))
+        .collect();
+    let readers: Vec<_> = (0..2)
+        .map(|_| cache_at(&exe, json!({ "dir": dir })))
+        .collect();
+    let writing = std::sync::atomic::AtomicUsize::new(writers.len());
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        for (w, artifacts) in writers.iter().zip(&versions) {
+            let (key, metadata, writing) = (&key, &metadata, &writing);
+            scope.spawn(move || {
+                let (cx, _) = context_with(Arc::new(RecordingRunner::default()));
+                for _ in 0..40 {
+                    w.store(key, artifacts, metadata, &cx).unwrap();
+                }
+                writing.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+        let running: Vec<_> = (readers.iter())
+            .map(|r| {
+                let (key, writing, tmp) = (&key, &writing, tmp.path());
+                scope.spawn(move || {
+                    let (cx, _) = context_with(Arc::new(RecordingRunner::default()));
+                    let mut failed = Vec::new();
+                    while writing.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                        let staging_dir = tempfile::tempdir_in(tmp).unwrap();
+                        let staging = ktstr_sdk::cache::Staging::new(staging_dir.path());
+                        match r.lookup(key, &staging, &cx) {
+                            Ok(Some(entry)) => {
+                                let image = std::fs::read(entry.image()).unwrap();
+                                let whole = (image.iter().all(|&b| b == image[0]))
+                                    && image.len() == 200_000 + (image[0] - b'a') as usize * 1000;
+                                if !whole {
+                                    failed.push(format!("a mixed image of {} bytes", image.len()));
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(e) => failed.push(e.to_string()),
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:#?}",
+        failures.len()
+    );
+}
+
 #[test]
 fn a_remembered_plugin_starts_on_first_use_and_is_forgotten_when_it_answers_otherwise() {
     let tmp = tempfile::tempdir().unwrap();

@@ -113,10 +113,10 @@ class Call:
             raise PluginError("cancelled", "interrupted")
 
 
-def _copy(call, src, dst, done, total):
-    """Copy src to dst; return (sha256, size, done)."""
+def _copy(call, fin, dst, done, total):
+    """Copy the open file fin to dst; return (sha256, size, done)."""
     digest, size = hashlib.sha256(), 0
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
+    with open(dst, "wb") as fout:
         while True:
             call.check_cancel()
             chunk = fin.read(CHUNK)
@@ -128,6 +128,10 @@ def _copy(call, src, dst, done, total):
             done += len(chunk)
             call.bytes(done, total)
     return digest.hexdigest(), size, done
+
+
+# What _open_entry returns for an entry replaced while it was being opened.
+REPLACED = object()
 
 
 class DirCache:
@@ -162,16 +166,25 @@ class DirCache:
         path = os.path.join(self._entry(key), "metadata.json")
         try:
             with open(path, "rb") as f:
-                text = f.read()
+                return self._parse_metadata(key, f.read())
         except FileNotFoundError:
-            return None, None
+            return None
+
+    def _parse_metadata(self, key, text):
         try:
             metadata = json.loads(text)
         except ValueError as e:
             raise self._corrupt(key, f"bad metadata.json: {e}")
-        if metadata.get("key") != key:
-            raise self._corrupt(key, f"its metadata is for {metadata.get('key')}")
-        return text, metadata
+        if not isinstance(metadata, dict) or metadata.get("key") != key:
+            raise self._corrupt(key, "its metadata.json is not this key's")
+        artifacts = metadata.get("artifacts")
+        if not isinstance(artifacts, dict) or not all(
+                name and name not in (".", "..") and "/" not in name
+                and isinstance(info, dict) and isinstance(info.get("size"), int)
+                and isinstance(info.get("sha256"), str)
+                for name, info in artifacts.items()):
+            raise self._corrupt(key, "its metadata.json lists artifacts that are not its files")
+        return metadata
 
     def _refuse_writes(self):
         if self.read_only:
@@ -179,29 +192,78 @@ class DirCache:
                               f"set read_only = false in [plugin.{NAME}] to store and remove")
 
     def lookup(self, call, key, staging):
-        for _ in range(3):  # an entry replaced while it was read is read again
-            text, metadata = self._metadata(key)
-            if metadata is None:
+        for _ in range(10):  # an entry replaced while it was opened is opened again
+            opened = self._open_entry(key)
+            if opened is None:
                 return None
+            if opened is REPLACED:
+                continue
+            metadata, files = opened
             dest = tempfile.mkdtemp(prefix=key + ".", dir=_made(staging))
             try:
-                return self._fetch(call, key, metadata, dest)
-            except PluginError as e:
-                if e.kind != "corrupt" or self._metadata(key)[0] == text:
-                    raise
-        raise self._corrupt(key, "it keeps changing while it is read")
+                return self._fetch(call, key, metadata, files, dest)
+            except BaseException:
+                shutil.rmtree(dest, ignore_errors=True)
+                raise
+            finally:
+                for f in files.values():
+                    f.close()
+        raise self._corrupt(key, "it keeps being replaced while it is read")
 
-    def _fetch(self, call, key, metadata, dest):
-        files = metadata.get("artifacts", {})
-        total = sum(info["size"] for info in files.values())
+    def _open_entry(self, key):
+        """The entry's metadata and its files, opened: (metadata, {name: file}).
+
+        Everything is opened through one descriptor of the entry's
+        directory, so it is all one stored version even while another
+        writer replaces the entry (a store renames a whole new directory
+        in; nothing is changed in place). None when there is no entry;
+        REPLACED when it was replaced before all was open.
+        """
+        path = self._entry(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return None
+
+        def still_there():
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                return False
+            opened = os.fstat(fd)
+            return (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino)
+
+        files = {}
+        try:
+            try:
+                with os.fdopen(os.open("metadata.json", os.O_RDONLY, dir_fd=fd), "rb") as f:
+                    metadata = self._parse_metadata(key, f.read())
+            except FileNotFoundError:
+                return None if still_there() else REPLACED
+            for name in metadata["artifacts"]:
+                try:
+                    files[name] = os.fdopen(os.open(name, os.O_RDONLY, dir_fd=fd), "rb")
+                except FileNotFoundError:
+                    if still_there():
+                        raise self._corrupt(key, f"{name} is missing")
+                    for f in files.values():
+                        f.close()
+                    return REPLACED
+            return metadata, files
+        except BaseException:
+            for f in files.values():
+                f.close()
+            raise
+        finally:
+            os.close(fd)
+
+    def _fetch(self, call, key, metadata, files, dest):
+        artifacts = metadata["artifacts"]
+        total = sum(info["size"] for info in artifacts.values())
         call.step(f"copying {key} from {self.dir}")
         done = 0
-        for name, info in files.items():
-            try:
-                sha, size, done = _copy(call, os.path.join(self._entry(key), name),
-                                        os.path.join(dest, name), done, total)
-            except FileNotFoundError:
-                raise self._corrupt(key, f"{name} is missing")
+        for name, info in artifacts.items():
+            sha, size, done = _copy(call, files[name], os.path.join(dest, name), done, total)
             if (sha, size) != (info["sha256"], info["size"]):
                 raise self._corrupt(key, f"{name} does not match its recorded sha256 and size")
         with open(os.path.join(dest, "metadata.json"), "w") as f:
@@ -223,7 +285,8 @@ class DirCache:
             call.step(f"storing {key} in {self.dir}")
             done = 0
             for name, src in files:
-                sha, size, done = _copy(call, src, os.path.join(tmp, name), done, total)
+                with open(src, "rb") as fin:
+                    sha, size, done = _copy(call, fin, os.path.join(tmp, name), done, total)
                 stored["artifacts"][name] = {"sha256": sha, "size": size}
             with open(os.path.join(tmp, "metadata.json"), "w") as f:
                 json.dump(stored, f, indent=1)
@@ -268,7 +331,7 @@ class DirCache:
             if key.startswith("."):
                 continue
             try:
-                _, metadata = self._metadata(key)
+                metadata = self._metadata(key)
                 if metadata is None:
                     continue
                 for name, info in metadata.get("artifacts", {}).items():
