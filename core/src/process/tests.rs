@@ -38,6 +38,39 @@ fn scaffold(dir: &Path) -> PathBuf {
     out.join("ktstr-plugin-py-cache")
 }
 
+/// The metadata of a store of key `k-1` (the plugin fills in the artifacts).
+fn metadata_of_k1() -> ktstr_sdk::cache::Metadata {
+    serde_json::from_value(json!({
+        "schema": 1, "key": "k-1", "source": {"kind": "x", "identity": "y"},
+        "version": null, "arch": "x86_64", "image_name": "bzImage",
+        "profile": "p", "config_sha256": "", "builder": "b", "toolchain": "t",
+        "built_at": "", "components": [], "artifacts": {}
+    }))
+    .unwrap()
+}
+
+fn image_and_config(image: PathBuf, config: PathBuf) -> ktstr_sdk::cache::Artifacts {
+    ktstr_sdk::cache::Artifacts {
+        image,
+        vmlinux: None,
+        config,
+        log: None,
+    }
+}
+
+/// Join `threads` and fail the test with every failure they report.
+#[track_caller]
+fn assert_none_failed(threads: Vec<std::thread::ScopedJoinHandle<'_, Vec<String>>>) {
+    let failures: Vec<String> = (threads.into_iter())
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:#?}",
+        failures.len()
+    );
+}
+
 /// A cache stage of the plugin at `exe`, in a process of its own.
 fn cache_at(exe: &Path, config: serde_json::Value) -> Box<dyn CacheBackend> {
     let plugin = handshake::launch(exe, "py-cache", None).unwrap();
@@ -284,19 +317,8 @@ fn a_cancel_mid_store_stops_the_python_cache_which_stores_nothing_and_keeps_serv
         .unwrap();
     std::fs::write(&config, "CONFIG_X=y\n").unwrap();
     let key = CacheKey::parse("k-1").unwrap();
-    let metadata: ktstr_sdk::cache::Metadata = serde_json::from_value(json!({
-        "schema": 1, "key": "k-1", "source": {"kind": "x", "identity": "y"},
-        "version": null, "arch": "x86_64", "image_name": "bzImage",
-        "profile": "p", "config_sha256": "", "builder": "b", "toolchain": "t",
-        "built_at": "", "components": [], "artifacts": {}
-    }))
-    .unwrap();
-    let artifacts = ktstr_sdk::cache::Artifacts {
-        image,
-        vmlinux: None,
-        config,
-        log: None,
-    };
+    let metadata = metadata_of_k1();
+    let artifacts = image_and_config(image, config);
     // Cancelled as the store begins its copy (its first step).
     let (cx, progress) = CancelOn::context(|event| event.starts_with("step:storing k-1"));
     let e = c.store(&key, &artifacts, &metadata, &cx).unwrap_err();
@@ -334,23 +356,12 @@ fn concurrent_stores_of_one_key_through_the_python_cache_all_succeed() {
     std::fs::write(&image, "an image").unwrap();
     std::fs::write(&config, "CONFIG_X=y\n").unwrap();
     let key = CacheKey::parse("k-1").unwrap();
-    let metadata: ktstr_sdk::cache::Metadata = serde_json::from_value(json!({
-        "schema": 1, "key": "k-1", "source": {"kind": "x", "identity": "y"},
-        "version": null, "arch": "x86_64", "image_name": "bzImage",
-        "profile": "p", "config_sha256": "", "builder": "b", "toolchain": "t",
-        "built_at": "", "components": [], "artifacts": {}
-    }))
-    .unwrap();
-    let artifacts = ktstr_sdk::cache::Artifacts {
-        image,
-        vmlinux: None,
-        config,
-        log: None,
-    };
+    let metadata = metadata_of_k1();
+    let artifacts = image_and_config(image, config);
     let writers: Vec<_> = (0..3)
         .map(|_| cache_at(&exe, json!({ "dir": dir })))
         .collect();
-    let failures: Vec<String> = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let running: Vec<_> = (writers.iter())
             .map(|c| {
                 let (key, artifacts, metadata) = (&key, &artifacts, &metadata);
@@ -363,16 +374,8 @@ fn concurrent_stores_of_one_key_through_the_python_cache_all_succeed() {
                 })
             })
             .collect();
-        running
-            .into_iter()
-            .flat_map(|t| t.join().unwrap())
-            .collect()
+        assert_none_failed(running);
     });
-    assert!(
-        failures.is_empty(),
-        "{} failed: {failures:#?}",
-        failures.len()
-    );
     let (cx, _) = context_with(Arc::new(RecordingRunner::default()));
     let listed = writers[0].list(&cx).unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
@@ -393,25 +396,14 @@ fn lookups_through_the_python_cache_during_replacements_see_whole_versions() {
     let exe = scaffold(tmp.path());
     let dir = tmp.path().join("kernels");
     let key = CacheKey::parse("k-1").unwrap();
-    let metadata: ktstr_sdk::cache::Metadata = serde_json::from_value(json!({
-        "schema": 1, "key": "k-1", "source": {"kind": "x", "identity": "y"},
-        "version": null, "arch": "x86_64", "image_name": "bzImage",
-        "profile": "p", "config_sha256": "", "builder": "b", "toolchain": "t",
-        "built_at": "", "components": [], "artifacts": {}
-    }))
-    .unwrap();
+    let metadata = metadata_of_k1();
     // Two versions whose files differ in content and size.
     let version = |n: usize| {
         let d = tmp.path().join(format!("v{n}"));
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("bzImage"), vec![b'a' + n as u8; 200_000 + n * 1000]).unwrap();
         std::fs::write(d.join("config"), format!("CONFIG_V{n}=y\n")).unwrap();
-        ktstr_sdk::cache::Artifacts {
-            image: d.join("bzImage"),
-            vmlinux: None,
-            config: d.join("config"),
-            log: None,
-        }
+        image_and_config(d.join("bzImage"), d.join("config"))
     };
     let versions = [version(0), version(1)];
     let (cx, _) = context_with(Arc::new(RecordingRunner::default()));
@@ -424,7 +416,7 @@ fn lookups_through_the_python_cache_during_replacements_see_whole_versions() {
         .map(|_| cache_at(&exe, json!({ "dir": dir })))
         .collect();
     let writing = std::sync::atomic::AtomicUsize::new(writers.len());
-    let failures: Vec<String> = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         for (w, artifacts) in writers.iter().zip(&versions) {
             let (key, metadata, writing) = (&key, &metadata, &writing);
             scope.spawn(move || {
@@ -461,16 +453,8 @@ fn lookups_through_the_python_cache_during_replacements_see_whole_versions() {
                 })
             })
             .collect();
-        running
-            .into_iter()
-            .flat_map(|t| t.join().unwrap())
-            .collect()
+        assert_none_failed(running);
     });
-    assert!(
-        failures.is_empty(),
-        "{} failed: {failures:#?}",
-        failures.len()
-    );
 }
 
 #[test]
