@@ -128,9 +128,6 @@ pub fn context_with(runner: Arc<dyn CommandRunner>) -> (StageContext, Arc<Record
     (cx, progress)
 }
 
-/// Say why a test did not run, on the process's real stderr. libtest
-/// captures `eprintln!` of passing tests, and a skip nobody sees reads as a
-/// pass; writing to the stderr handle itself is not captured.
 /// A line for the test log that `cargo test` shows even for a passing test
 /// (its capture takes only `print!`/`eprint!`): timings CI should report.
 pub fn note(line: impl std::fmt::Display) {
@@ -138,7 +135,30 @@ pub fn note(line: impl std::fmt::Display) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
+/// Say why a test did not run, on the process's real stderr. libtest
+/// captures `eprintln!` of passing tests, and a skip nobody sees reads as a
+/// pass; writing to the stderr handle itself is not captured.
 pub fn skip(reason: impl std::fmt::Display) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "skipped: {reason}");
+}
+
+/// Whether `program` is a file in a `PATH` directory.
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+/// Whether any of `programs` is missing; if so, says that `what` is
+/// skipped and which package installs them.
+pub fn missing(what: &str, programs: &[&str], package: &str) -> bool {
+    let gone: Vec<&str> = programs.iter().copied().filter(|p| !on_path(p)).collect();
+    if gone.is_empty() {
+        return false;
+    }
+    skip(format!(
+        "{what}: {} missing (apt-get install {package})",
+        gone.join(", ")
+    ));
+    true
 }

@@ -18,14 +18,7 @@ use std::time::{Duration, Instant};
 use common::{Fixture, Run};
 
 fn have_python() -> bool {
-    let ok = std::process::Command::new("python3")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("skipped: python3 is not installed (CI: apt-get install python3)");
-    }
-    ok
+    !ktstr_sdk::testing::missing("Python plugin test", &["python3"], "python3")
 }
 
 /// A fixture tree plus a private plugin directory (in `KTSTR_PLUGIN_PATH`)

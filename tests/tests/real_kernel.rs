@@ -26,11 +26,7 @@ use common::{Fixture, assert_stripped_vmlinux, canon};
 const TARBALL: &str = "/usr/src/linux-source-6.12.tar.xz";
 const PACKAGES: &str = "linux-source-6.12 build-essential flex bison bc libelf-dev libssl-dev dwarves cpio xz-utils python3";
 
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
-}
+use ktstr_sdk::testing::on_path;
 
 fn missing_prerequisites() -> Vec<String> {
     let mut missing = Vec::new();

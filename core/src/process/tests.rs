@@ -21,14 +21,7 @@ use crate::cli::plugins::{Lang, NewKind};
 use crate::registry::StageFactory;
 
 fn have_python() -> bool {
-    let ok = std::process::Command::new("python3")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("skipped: python3 is not installed (CI: apt-get install python3)");
-    }
-    ok
+    !ktstr_sdk::testing::missing("Python plugin test", &["python3"], "python3")
 }
 
 /// The Python cache scaffold, generated once per test into `dir`.

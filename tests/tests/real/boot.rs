@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use ktstr_plugin_qemu::{QemuVerifier, Settings};
 use ktstr_sdk::context::{Cancellation, StageContext};
 use ktstr_sdk::runner::InterruptibleRunner;
+use ktstr_sdk::testing::on_path;
 use ktstr_sdk::verify::{Verdict, VerifyRequest};
 
 /// Every check, on one x86_64 image; skipped (saying so) without qemu.
@@ -256,9 +257,4 @@ fn processes_naming(dir: &Path) -> Vec<String> {
         }
     }
     found
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }

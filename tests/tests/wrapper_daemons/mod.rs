@@ -17,23 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// `program` is on PATH.
-pub fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-}
-
-/// The missing programs among `programs`, after printing why the caller skips.
-pub fn missing(what: &str, programs: &[&str], package: &str) -> bool {
-    let gone: Vec<&str> = programs.iter().copied().filter(|p| !on_path(p)).collect();
-    if gone.is_empty() {
-        return false;
-    }
-    ktstr_sdk::testing::skip(format!(
-        "{what}: {} missing (apt-get install {package})",
-        gone.join(", ")
-    ));
-    true
-}
+pub use ktstr_sdk::testing::missing;
 
 /// A port nobody listens on now (and, with `pair`, the next one too: the
 /// icecream scheduler takes two).
