@@ -327,7 +327,10 @@ fn lease_settle(r: &ConfigReader<'_>) -> Result<Duration> {
     if d > S3Settings::MAX_LEASE_SETTLE {
         return Err(r.bad(
             "lease_settle",
-            format!("is {d:?}; it must be at most 10s (every lease write waits this long)"),
+            format!(
+                "is {d:?}; it must be at most {:?} (every lease write waits this long)",
+                S3Settings::MAX_LEASE_SETTLE
+            ),
         ));
     }
     Ok(d)
